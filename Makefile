@@ -1,0 +1,33 @@
+# mcp-proxy developer commands. `make install` creates .venv; the others use it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?= --port 8080 -- $(BIN)/python tests/servers/sdk_server.py
+
+.PHONY: install run test lint bench docker clean
+
+$(BIN)/mcp-proxy: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,lint]'
+	touch $@
+
+install: $(BIN)/mcp-proxy
+
+run: install
+	$(BIN)/mcp-proxy $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check mcp_proxy tests
+
+bench: install
+	$(BIN)/python bench/run.py
+
+docker:
+	docker build -t mcp-proxy .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

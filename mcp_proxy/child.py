@@ -1,0 +1,160 @@
+"""StdioChild: a local stdio MCP server process as a link.
+
+Owns the process: spawning it (in its own process group), the one reader greenlet that
+frames its stdout, the lock that keeps writes to its stdin whole, and stopping it (close
+stdin, wait, SIGTERM the group, wait, SIGKILL the group). Its stderr is inherited, so the
+server's logs reach ours untouched. It never interprets a message beyond framing it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+
+import gevent
+from gevent import subprocess
+from gevent.event import Event
+from gevent.lock import RLock
+
+from mcp_proxy import jsonrpc
+from mcp_proxy.errors import LinkClosed, MessageError, SpawnError
+from mcp_proxy.link import Link
+from mcp_proxy.settings import ServerSpec
+
+logger = logging.getLogger(__name__)
+
+_PIPE_BUFFER = 1 << 18
+_LEADING_ID = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.){0,200}")')
+
+
+class StdioChild(Link):
+    """A spawned stdio MCP server; iterate it for what the server writes to stdout."""
+
+    def __init__(self, spec: ServerSpec, name: str, max_frame: int, stop_grace: float = 2.0):
+        super().__init__(name)
+        self.spec = spec
+        self.max_frame = max_frame
+        self.stop_grace = stop_grace
+        self.stopped = Event()
+        self._write_lock = RLock()
+        try:
+            self.process = subprocess.Popen(
+                spec.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+                cwd=spec.cwd, env=spec.child_env(), start_new_session=True,
+                bufsize=_PIPE_BUFFER,
+            )
+        except OSError as exc:
+            raise SpawnError(f"cannot start {spec.command!r}: {exc.strerror or exc}") from exc
+        self.pid = self.process.pid
+        logger.info("%s: started %s (pid %d)", name, spec.display(), self.pid)
+        self._reader = gevent.spawn(self._read_stdout)
+
+    @property
+    def state(self) -> str:
+        if self.process.returncode is not None:
+            return f"exited({self.process.returncode})"
+        return "stopping" if self.closed.is_set() else "running"
+
+    def send(self, message: jsonrpc.Message) -> None:
+        if self.closed.is_set():
+            raise LinkClosed(f"{self.name} is closed: {self.close_reason}")
+        try:
+            with self._write_lock:
+                self.process.stdin.write(message.raw)
+                self.process.stdin.write(b"\n")
+                self.process.stdin.flush()
+        except (OSError, ValueError) as exc:  # ValueError: write to a closed file
+            self.close(f"server stdin closed ({exc})")
+            raise LinkClosed(f"{self.name}: server stdin closed") from exc
+
+    def _read_stdout(self) -> None:
+        stdout = self.process.stdout
+        cap = self.max_frame
+        try:
+            while True:
+                line = stdout.readline(cap + 1)
+                if not line:
+                    break
+                if len(line) > cap and not line.endswith(b"\n"):
+                    self._skip_oversize(stdout, line)
+                    continue
+                line = line.strip()
+                if line:
+                    self._deliver_line(line)
+        except (OSError, ValueError) as exc:
+            logger.debug("%s: stdout read ended: %s", self.name, exc)
+        except LinkClosed:
+            pass
+        stdout.close()
+        code = self._wait_exit(self.stop_grace)
+        self.close(f"server process exited with code {code}" if code is not None
+                   else "server closed its stdout")
+
+    def _deliver_line(self, line: bytes) -> None:
+        try:
+            message = jsonrpc.parse(line)
+        except MessageError as exc:
+            logger.warning("%s: skipped a stdout line that is not JSON-RPC (%s): %.200r",
+                           self.name, exc.message, line)
+            return
+        self.deliver(message)
+
+    def _skip_oversize(self, stdout, head: bytes) -> None:
+        """Drop a frame over the cap; answer its request with an error if we can find its id."""
+        size = len(head)
+        chunk = head
+        while chunk and not chunk.endswith(b"\n"):
+            chunk = stdout.readline(1 << 20)
+            size += len(chunk)
+        logger.error("%s: dropped a %d-byte message from the server (frame cap %d bytes)",
+                     self.name, size, self.max_frame)
+        found = _LEADING_ID.search(head[:256])
+        if found and b'"method"' not in head[:found.start()]:
+            request_id = json.loads(found.group(1))
+            self.deliver(jsonrpc.error_message(
+                request_id, jsonrpc.INTERNAL_ERROR,
+                f"server response of {size} bytes exceeds the proxy's frame cap "
+                f"of {self.max_frame} bytes"))
+
+    def _wait_exit(self, timeout: float) -> int | None:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _on_close(self, reason: str) -> None:
+        gevent.spawn(self._stop)
+
+    def _stop(self) -> None:
+        """Close stdin, then TERM, then KILL the process group; reap it."""
+        try:
+            try:
+                with self._write_lock:
+                    self.process.stdin.close()
+            except OSError:
+                pass
+            code = self._wait_exit(self.stop_grace)
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                if code is not None:
+                    break
+                logger.info("%s: sending %s to pid %d", self.name, sig.name, self.pid)
+                self._signal_group(sig)
+                code = self._wait_exit(self.stop_grace)
+            # the server may have left helpers behind in its group: they go too
+            self._signal_group(signal.SIGKILL)
+            logger.info("%s: server pid %d stopped (code %s)", self.name, self.pid, code)
+        finally:
+            self.stopped.set()
+
+    def kill_now(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Signal the whole process group at once, without waiting."""
+        self._signal_group(sig)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -1,0 +1,48 @@
+"""The ``mcp-proxy`` command: parse the command line, set up logging, run one of the modes.
+
+gevent's monkey-patching happens here, before anything else is imported, so that every
+socket, pipe and sleep below cooperates. A URL as the positional argument means client mode;
+anything else is the command of the stdio server that server mode spawns per session.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+# ruff: noqa: E402  (imports must follow the monkey-patch)
+import argparse
+import logging
+import sys
+
+from mcp_proxy.errors import ConfigError
+from mcp_proxy.options import build_parser, is_url, server_settings
+
+logger = logging.getLogger("mcp_proxy")
+
+
+def setup_logging(ns: argparse.Namespace) -> None:
+    logging.basicConfig(stream=sys.stderr, level="DEBUG" if ns.debug else ns.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if not ns.command_or_url and not ns.named_server and not ns.named_server_config:
+        parser.error("give a URL (client mode) or a server command (server mode); see --help")
+    setup_logging(ns)
+    try:
+        if is_url(ns.command_or_url):
+            from mcp_proxy.client import run_client  # lazy: client mode never imports Flask
+
+            return run_client(ns)
+        settings = server_settings(ns)
+        from mcp_proxy.serve import serve
+
+        return serve(settings)
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 1
+    except OSError as exc:  # e.g. the port is taken
+        logger.error("%s", exc)
+        return 1

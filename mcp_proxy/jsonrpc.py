@@ -1,0 +1,140 @@
+"""JSON-RPC 2.0 framing for the relay: parse and validate, classify by shape, build errors.
+
+The relay never rebuilds a message it forwards: :class:`Message` keeps the bytes it arrived
+with (one line, no newline) beside the parsed object that routing reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from mcp_proxy.errors import MessageError
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INTERNAL_ERROR = -32603
+CONNECTION_CLOSED = -32000
+REQUEST_CANCELLED = -32800
+
+REQUEST, NOTIFICATION, RESPONSE = "request", "notification", "response"
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_decoder = json.JSONDecoder(parse_float=_finite_float, parse_constant=_reject_constant)
+
+
+def encode(obj: Any) -> bytes:
+    """Serialise ``obj`` as compact single-line UTF-8 JSON."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def id_key(request_id: Any) -> tuple[bool, Any]:
+    """A dict key that keeps ``1`` and ``"1"`` apart (JSON-RPC ids keep their type)."""
+    return (isinstance(request_id, str), request_id)
+
+
+def _valid_id(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+class Message:
+    """One JSON-RPC message: ``obj`` for routing, ``raw`` (single-line bytes) for the wire."""
+
+    __slots__ = ("obj", "raw", "kind")
+
+    def __init__(self, obj: dict, raw: bytes | None = None) -> None:
+        self.obj = obj
+        self.raw = raw if raw is not None else encode(obj)
+        self.kind = classify(obj)
+
+    @property
+    def id(self) -> Any:
+        return self.obj.get("id")
+
+    @property
+    def method(self) -> str | None:
+        return self.obj.get("method")
+
+    @property
+    def params(self) -> dict:
+        params = self.obj.get("params")
+        return params if isinstance(params, dict) else {}
+
+    def __repr__(self) -> str:
+        return f"<Message {self.kind} id={self.id!r} method={self.method!r} {len(self.raw)}B>"
+
+
+def classify(obj: dict) -> str:
+    """Name the shape of a validated message: request, notification or response."""
+    if "method" in obj:
+        return REQUEST if "id" in obj else NOTIFICATION
+    return RESPONSE
+
+
+def validate(obj: Any) -> dict:
+    """Check that ``obj`` is a single JSON-RPC 2.0 message; raise :class:`MessageError` if not."""
+    if isinstance(obj, list):
+        raise MessageError(INVALID_REQUEST, "Invalid Request: batches are not supported")
+    if not isinstance(obj, dict):
+        raise MessageError(INVALID_REQUEST, "Invalid Request: a message must be a JSON object")
+    if obj.get("jsonrpc") != "2.0":
+        raise MessageError(INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"')
+    if "id" in obj and not _valid_id(obj["id"]):
+        raise MessageError(INVALID_REQUEST, "Invalid Request: id must be a string or an integer")
+    if "method" in obj:
+        if not isinstance(obj["method"], str):
+            raise MessageError(INVALID_REQUEST, "Invalid Request: method must be a string")
+        if "params" in obj and not isinstance(obj["params"], (dict, list)):
+            raise MessageError(INVALID_REQUEST, "Invalid Request: params must be an object")
+    elif "id" not in obj or ("result" in obj) == ("error" in obj):
+        raise MessageError(
+            INVALID_REQUEST, "Invalid Request: need a method, or an id with result or error"
+        )
+    return obj
+
+
+def parse(data: bytes | str) -> Message:
+    """Parse one message from bytes; raise :class:`MessageError` with the JSON-RPC code."""
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MessageError(PARSE_ERROR, f"Parse error: body is not UTF-8 ({exc.reason})")
+    else:
+        text = data
+    try:
+        obj = _decoder.decode(text)
+    except RecursionError:
+        raise MessageError(PARSE_ERROR, "Parse error: JSON nested too deeply") from None
+    except ValueError as exc:
+        raise MessageError(PARSE_ERROR, f"Parse error: {exc}") from None
+    validate(obj)
+    raw = data.strip() if isinstance(data, bytes) else None
+    if raw is None or b"\n" in raw or b"\r" in raw:
+        raw = None  # re-encode: stdio framing needs exactly one line
+    return Message(obj, raw)
+
+
+def error_obj(request_id: Any, code: int, message: str, data: Any = None) -> dict:
+    """Build a JSON-RPC error response object (``request_id`` may be None)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def error_message(request_id: Any, code: int, message: str, data: Any = None) -> Message:
+    return Message(error_obj(request_id, code, message, data))

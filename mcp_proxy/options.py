@@ -1,0 +1,211 @@
+"""The command line: every flag with its default and help, and turning flags into settings.
+
+Importing this module has no side effects (no monkey-patching), so the WSGI entry point
+can parse ``MCP_PROXY_ARGS`` with the very parser the command uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import shlex
+
+from mcp_proxy import __version__
+from mcp_proxy.errors import ConfigError
+from mcp_proxy.settings import (
+    ClientSettings,
+    MiB,
+    ServerSettings,
+    ServerSpec,
+    check_server_name,
+    load_named_servers,
+)
+
+logger = logging.getLogger("mcp_proxy")
+
+EXAMPLES = """\
+examples:
+  server mode (spawn a stdio server per client session, serve it over HTTP):
+    mcp-proxy --port 8080 -- python3 my_server.py --flag
+    mcp-proxy --port 8080 --host 0.0.0.0 uvx mcp-server-fetch
+    mcp-proxy uvx mcp-server-fetch --port 8080 -e KEY VALUE -e OTHER VALUE
+    mcp-proxy --named-server fetch 'uvx mcp-server-fetch' --port 8080
+  client mode (be a stdio server for a desktop client, forward to a remote server):
+    mcp-proxy http://localhost:8080/sse
+    mcp-proxy --transport streamablehttp http://localhost:8080/mcp
+    mcp-proxy --headers Authorization 'Bearer TOKEN' https://host/sse
+"""
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+
+
+def size(text: str) -> int:
+    """Parse a byte count: ``4194304``, ``4MiB``, ``512k``, ``1G``."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 4MiB or 4194304)")
+    unit = (match.group(2) or "b")[0].lower()
+    return int(match.group(1)) * {"b": 1, "k": 1 << 10, "m": MiB, "g": 1 << 30}[unit]
+
+
+def positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcp-proxy",
+        description="Bridge MCP transports. Server mode spawns a stdio MCP server per client "
+                    "session and serves it over HTTP+SSE (/sse) and Streamable HTTP (/mcp); "
+                    "client mode (a URL as the first argument) is a stdio MCP server that "
+                    "forwards everything to a remote SSE or Streamable HTTP server.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("command_or_url", nargs="?",
+                        help="a URL (client mode) or the stdio server command (server mode)")
+    parser.add_argument("args", nargs="*", help="arguments of the stdio server command "
+                        "(put them after -- when they start with -)")
+
+    client = parser.add_argument_group("client mode (remote SSE / Streamable HTTP server)")
+    client.add_argument("-H", "--headers", nargs=2, action="append", default=[],
+                        metavar=("KEY", "VALUE"), help="HTTP header for the remote; repeatable")
+    client.add_argument("--transport", choices=["sse", "streamablehttp", "auto"], default="sse",
+                        help="remote transport (default sse); auto tries Streamable HTTP first")
+    client.add_argument("--client-id", help="OAuth2 client id (client credentials grant)")
+    client.add_argument("--client-secret", help="OAuth2 client secret")
+    client.add_argument("--token-url", help="OAuth2 token endpoint")
+    client.add_argument("--username", help="user for basic (or --digest) auth")
+    client.add_argument("--password", help="password for basic (or --digest) auth")
+    client.add_argument("--digest", action="store_true", help="use digest instead of basic auth")
+    client.add_argument("--verify-ssl", nargs="?", const="true", default=None, metavar="VALUE",
+                        help="verify TLS (default); 'false' disables; or a CA bundle path")
+    client.add_argument("--no-verify-ssl", dest="verify_ssl", action="store_const",
+                        const="false", help="do not verify TLS (same as --verify-ssl false)")
+    client.add_argument("--connect-timeout", type=positive, default=10.0, metavar="SECONDS",
+                        help="connect timeout to the remote (default 10)")
+    client.add_argument("--read-timeout", type=positive, default=600.0, metavar="SECONDS",
+                        help="longest silence tolerated on a remote stream or answer "
+                             "(default 600)")
+    client.add_argument("--start-timeout", type=positive, default=30.0, metavar="SECONDS",
+                        help="keep retrying an unreachable remote at start this long "
+                             "(default 30), then exit 1")
+    client.add_argument("--recovery-timeout", type=positive, default=300.0, metavar="SECONDS",
+                        help="keep reconnecting a lost remote this long (default 300)")
+
+    stdio = parser.add_argument_group("stdio server (server mode)")
+    stdio.add_argument("-e", "--env", nargs=2, action="append", default=[],
+                       metavar=("KEY", "VALUE"), help="environment variable for the server; "
+                       "repeatable")
+    stdio.add_argument("--cwd", help="working directory of the server")
+    stdio.add_argument("--pass-environment", action=argparse.BooleanOptionalAction,
+                       default=False, help="pass our whole environment to the server "
+                       "(default: only PATH, HOME, USER, LANG and a few more, plus -e)")
+    stdio.add_argument("--named-server", nargs=2, action="append", default=[],
+                       metavar=("NAME", "COMMAND_STRING"),
+                       help="also serve COMMAND_STRING under /servers/NAME/; repeatable")
+    stdio.add_argument("--named-server-config", metavar="FILE",
+                       help='JSON file {"mcpServers": {NAME: {command, args, env}}}; '
+                            "replaces --named-server")
+
+    server = parser.add_argument_group("HTTP server (server mode)")
+    server.add_argument("--port", type=int, default=None,
+                        help="port to listen on (default 0: a free one, logged at start)")
+    server.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    server.add_argument("--sse-port", type=int, default=None, help="(deprecated) same as --port")
+    server.add_argument("--sse-host", default=None, help="(deprecated) same as --host")
+    server.add_argument("--stateless", action=argparse.BooleanOptionalAction, default=False,
+                        help="stateless Streamable HTTP (not supported yet: an error)")
+    server.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                        help="browser origin allowed to call us, '*' for any; repeatable")
+    server.add_argument("--allow-host", action="append", default=[], metavar="HOST",
+                        help="extra Host header value to accept (e.g. behind a reverse "
+                             "proxy), '*' for any; repeatable")
+    server.add_argument("--expose-header", action="append", default=None, metavar="HEADER",
+                        help="header exposed to browsers via CORS (default Mcp-Session-Id)")
+    server.add_argument("--auth-token", default=os.environ.get("MCP_PROXY_AUTH_TOKEN"),
+                        metavar="TOKEN", help="require 'Authorization: Bearer TOKEN' "
+                        "(default from MCP_PROXY_AUTH_TOKEN; none if unset)")
+    server.add_argument("--keepalive", type=positive, default=15.0, metavar="SECONDS",
+                        help="ping comment interval on open event streams (default 15)")
+    server.add_argument("--max-body-size", type=size, default=4 * MiB, metavar="BYTES",
+                        help="largest POST body accepted, else 413 (default 4MiB)")
+    server.add_argument("--max-message-size", type=size, default=64 * MiB, metavar="BYTES",
+                        help="largest message accepted from a server's stdout (default 64MiB)")
+    server.add_argument("--max-queued-size", type=size, default=64 * MiB, metavar="BYTES",
+                        help="bytes queued for a client that does not read before its "
+                             "session is closed (default 64MiB)")
+    server.add_argument("--session-timeout", type=positive, default=600.0, metavar="SECONDS",
+                        help="end a Streamable HTTP session idle this long with no stream "
+                             "open (default 600)")
+    server.add_argument("--stop-timeout", type=positive, default=5.0, metavar="SECONDS",
+                        help="grace for streams and servers on shutdown (default 5)")
+
+    logs = parser.add_argument_group("logging")
+    logs.add_argument("--log-level", default="INFO", metavar="LEVEL",
+                      type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                      help="DEBUG, INFO (default), WARNING, ERROR or CRITICAL")
+    logs.add_argument("--debug", action=argparse.BooleanOptionalAction, default=False,
+                      help="same as --log-level DEBUG, and wins over it")
+    return parser
+
+
+def is_url(text: str | None) -> bool:
+    return bool(text) and text.lower().startswith(("http://", "https://"))
+
+
+def server_settings(ns: argparse.Namespace) -> ServerSettings:
+    """Turn parsed arguments into ServerSettings; raise ConfigError for impossible asks."""
+    if ns.stateless:
+        raise ConfigError("--stateless is not supported yet: each session gets its own server")
+    servers: dict[str, ServerSpec] = {}
+    if ns.command_or_url:
+        servers[""] = ServerSpec(ns.command_or_url, list(ns.args), dict(ns.env), ns.cwd,
+                                 ns.pass_environment)
+    if ns.named_server_config:
+        if ns.named_server:
+            logger.warning("--named-server-config given: ignoring --named-server")
+        servers.update(load_named_servers(ns.named_server_config, ns.pass_environment))
+    else:
+        for name, command in ns.named_server:
+            check_server_name(name)
+            argv = shlex.split(command)
+            if not argv:
+                raise ConfigError(f"--named-server {name}: empty command")
+            servers[name] = ServerSpec(argv[0], argv[1:], {}, None, ns.pass_environment)
+    for spec in servers.values():
+        spec.check()
+    return ServerSettings(
+        servers=servers,
+        host=ns.host if ns.host is not None else (ns.sse_host or "127.0.0.1"),
+        port=ns.port if ns.port is not None else (ns.sse_port or 0),
+        allow_origins=ns.allow_origin, allow_hosts=ns.allow_host,
+        expose_headers=ns.expose_header or ["Mcp-Session-Id"],
+        auth_token=ns.auth_token or None, keepalive=ns.keepalive,
+        max_body=ns.max_body_size, max_frame=ns.max_message_size,
+        max_queued=ns.max_queued_size, session_idle_timeout=ns.session_timeout,
+        stop_timeout=ns.stop_timeout)
+
+
+def client_settings(ns: argparse.Namespace) -> ClientSettings:
+    verify: bool | str = True
+    if ns.verify_ssl is not None:
+        lowered = ns.verify_ssl.lower()
+        if lowered in ("false", "0", "no", "off"):
+            verify = False
+        elif lowered not in ("true", "1", "yes", "on"):
+            if not os.path.exists(ns.verify_ssl):
+                raise ConfigError(f"--verify-ssl: no CA bundle at {ns.verify_ssl!r}")
+            verify = ns.verify_ssl
+    if ns.args:
+        raise ConfigError(f"client mode takes one URL; unexpected: {' '.join(ns.args)}")
+    return ClientSettings(
+        url=ns.command_or_url, transport=ns.transport, headers=dict(ns.headers),
+        username=ns.username, password=ns.password, digest=ns.digest,
+        client_id=ns.client_id, client_secret=ns.client_secret, token_url=ns.token_url,
+        verify=verify, connect_timeout=ns.connect_timeout, read_timeout=ns.read_timeout,
+        start_timeout=ns.start_timeout, recovery_timeout=ns.recovery_timeout)

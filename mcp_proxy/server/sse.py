@@ -1,0 +1,93 @@
+"""The HTTP+SSE transport (protocol 2024-11-05): ``GET /sse`` and ``POST /messages/``.
+
+One event stream per session carries everything the child sends; the client POSTs each of
+its messages and gets 202 once the message is on its way to the child. The session ends
+with its stream.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import Blueprint, Response, request, url_for
+
+from mcp_proxy import jsonrpc
+from mcp_proxy.errors import LinkClosed, SpawnError
+from mcp_proxy.jsonrpc import Message
+from mcp_proxy.server.http import (
+    event_stream,
+    json_content_type,
+    read_message,
+    rpc_error,
+    text_error,
+    too_large,
+)
+from mcp_proxy.server.sessions import Registry, Session, Stream, sse_event
+
+
+class SseSession(Session):
+    """A session whose every outgoing message goes down its one event stream."""
+
+    transport = "sse"
+
+    def __init__(self, registry: Registry, server_name: str) -> None:
+        super().__init__(registry, server_name)
+        self.stream = Stream(self)
+
+    def send(self, message: Message) -> None:
+        if self.closed.is_set():
+            raise LinkClosed(f"{self.name} is closed: {self.close_reason}")
+        self.stream.put(message)
+
+    def _on_close(self, reason: str) -> None:
+        super()._on_close(reason)
+        self.stream.end()
+
+
+def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
+    keepalive = registry.settings.keepalive
+
+    @bp.get("/sse")
+    def sse() -> Response:
+        session = registry.add(SseSession(registry, server_name))
+        endpoint = f"{url_for('.messages')}?session_id={session.id}".encode()
+
+        def chunks():
+            try:
+                # headers leave only with the first chunk: send the endpoint at once
+                yield sse_event(endpoint, b"endpoint")
+                yield from session.stream.events(keepalive)
+            finally:
+                session.close("client disconnected")
+
+        return event_stream(chunks())
+
+    @bp.post("/messages/")
+    def messages() -> Response:
+        refused = too_large()
+        if refused is not None:
+            return refused
+        if not json_content_type():
+            return text_error(400, "Invalid Content-Type header")
+        session_id = request.args.get("session_id") or request.args.get("sessionId")
+        if not session_id:
+            return text_error(400, "session_id is required")
+        try:
+            session_id = uuid.UUID(session_id).hex
+        except ValueError:
+            return text_error(400, "Invalid session ID")
+        session = registry.get(session_id, server_name, SseSession.transport)
+        if session is None:
+            return text_error(404, "Could not find session")
+        message = read_message()
+        if isinstance(message, Response):
+            return message
+        try:
+            session.receive(message)
+        except SpawnError as exc:
+            session.close(str(exc))
+            return rpc_error(502, jsonrpc.INTERNAL_ERROR, f"Could not start the MCP server: {exc}",
+                             message.id if message.kind == jsonrpc.REQUEST else None)
+        except LinkClosed:
+            return text_error(404, "Could not find session")
+        return Response("Accepted", status=202, mimetype="text/plain")

@@ -1,0 +1,42 @@
+"""``GET /status``: health and usage, with the keys mcp-proxy 0.13 reported and more."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from flask import Flask, jsonify
+
+from mcp_proxy import __version__
+from mcp_proxy.server.sessions import Registry
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
+
+
+def add_status_route(app: Flask, registry: Registry) -> None:
+    @app.get("/status")
+    def status():
+        sessions = list(registry.sessions.values())
+        instances = {
+            name or "default": {
+                "command": spec.command,
+                "sessions": sum(1 for s in sessions if s.server_name == name),
+            }
+            for name, spec in registry.settings.servers.items()
+        }
+        return jsonify({
+            "api_last_activity": _iso(registry.last_activity),
+            "active_sse_connections": sum(1 for s in sessions if s.transport == "sse"),
+            "server_instances": instances,
+            "version": __version__,
+            "sessions": len(sessions),
+            "children_started": registry.spawned,
+            "session_details": [{
+                "id": s.id[:8],
+                "transport": s.transport,
+                "server": s.server_name or "default",
+                "started": _iso(s.created),
+                "child": None if s.child is None else {"pid": s.child.pid, "state": s.child.state},
+            } for s in sessions],
+        })

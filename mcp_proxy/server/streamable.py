@@ -1,0 +1,242 @@
+"""The Streamable HTTP transport (2025-03-26 and later, legacy sessions): ``/mcp``.
+
+Each POSTed request gets its own stream; routing decides where each message from the child
+goes: a response to the stream of its request, progress to the stream that owns its token,
+a log line to an open request's stream, anything else to the GET stream if one is open, else
+to an open request's stream, else to a backlog that the next GET stream drains. A request
+is answered as plain JSON when its response is the first thing the child sends for it, and
+as an event stream otherwise (progress, sampling, elicitation before the answer).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Blueprint, Response, request
+
+from mcp_proxy import jsonrpc
+from mcp_proxy.errors import LinkClosed, SpawnError
+from mcp_proxy.jsonrpc import Message, id_key
+from mcp_proxy.server.http import (
+    event_stream,
+    json_content_type,
+    read_message,
+    rpc_error,
+    too_large,
+)
+from mcp_proxy.server.sessions import PING, Registry, Session, Stream, StreamEnded, sse_event
+
+logger = logging.getLogger(__name__)
+
+KNOWN_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
+SESSION_HEADER = "Mcp-Session-Id"
+
+
+class StreamableSession(Session):
+    """A session whose messages are routed over per-request streams and one GET stream."""
+
+    transport = "streamable"
+
+    def __init__(self, registry: Registry, server_name: str) -> None:
+        super().__init__(registry, server_name)
+        self.requests: dict[tuple, Stream] = {}  # open client requests, oldest first
+        self.progress: dict[tuple, tuple] = {}  # progress token -> request key
+        self.unsolicited = Stream(self)  # the GET stream's queue, also the backlog
+        self.get_open = False
+
+    def open_request(self, message: Message) -> Stream | None:
+        """Register a stream for a client request; None if its id is already in flight."""
+        key = id_key(message.id)
+        if key in self.requests:
+            return None
+        stream = self.requests[key] = Stream(self)
+        meta = message.params.get("_meta")
+        token = meta.get("progressToken") if isinstance(meta, dict) else None
+        if token is not None:
+            self.progress[id_key(token)] = key
+        return stream
+
+    def release(self, key: tuple) -> None:
+        """Stop routing to a request's stream (answered, cancelled, or its client left)."""
+        stream = self.requests.pop(key, None)
+        if stream is not None:
+            stream.end()
+            for token, owner in list(self.progress.items()):
+                if owner == key:
+                    del self.progress[token]
+
+    def receive(self, message: Message) -> None:
+        super().receive(message)
+        if message.method == "notifications/cancelled":
+            key = id_key(message.params.get("requestId"))
+            stream = self.requests.get(key)
+            if stream is not None:
+                # the child may never answer now; end the POST stream as the SDK does
+                stream.put(jsonrpc.error_message(
+                    message.params["requestId"], jsonrpc.REQUEST_CANCELLED, "Request cancelled"))
+                self.release(key)
+
+    def send(self, message: Message) -> None:
+        if self.closed.is_set():
+            raise LinkClosed(f"{self.name} is closed: {self.close_reason}")
+        self.last_activity = time.monotonic()
+        if message.kind == jsonrpc.RESPONSE:
+            key = id_key(message.id)
+            stream = self.requests.get(key)
+            if stream is None:
+                logger.info("%s: no open request %r (cancelled, or its client left); "
+                            "dropped the server's answer", self.name, message.id)
+                return
+            stream.put(message)
+            self.release(key)
+            return
+        self._route(message).put(message)
+
+    def _route(self, message: Message) -> Stream:
+        if message.method == "notifications/progress":
+            token = message.params.get("progressToken")
+            owner = self.requests.get(self.progress.get(id_key(token)))
+            if owner is not None:
+                return owner
+        oldest = next(iter(self.requests.values()), None)
+        if message.method == "notifications/message" and oldest is not None:
+            return oldest
+        if self.get_open or oldest is None:
+            return self.unsolicited
+        return oldest
+
+    def idle(self, now: float) -> float:
+        if self.get_open or self.requests:
+            return 0.0
+        return now - self.last_activity
+
+    def _on_close(self, reason: str) -> None:
+        super()._on_close(reason)
+        for key in list(self.requests):
+            self.release(key)
+        self.unsolicited.end()
+
+
+def _accepts(mimetype: str) -> bool:
+    return not request.accept_mimetypes or request.accept_mimetypes[mimetype] > 0
+
+
+def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
+    keepalive = registry.settings.keepalive
+
+    def find_session() -> StreamableSession | Response:
+        session_id = request.headers.get(SESSION_HEADER)
+        if not session_id:
+            return rpc_error(400, jsonrpc.INVALID_REQUEST, "Bad Request: Missing session ID")
+        session = registry.get(session_id, server_name, StreamableSession.transport)
+        if session is None:
+            return rpc_error(404, jsonrpc.INVALID_REQUEST, "Session not found")
+        return session
+
+    def request_events(session: StreamableSession, key: tuple, stream: Stream,
+                       first: Message | None):
+        try:
+            yield PING if first is None else sse_event(first.raw)
+            if first is not None and first.kind == jsonrpc.RESPONSE:
+                return
+            while True:
+                message = stream.next(keepalive)
+                if message is None:
+                    yield PING
+                    continue
+                yield sse_event(message.raw)
+                if message.kind == jsonrpc.RESPONSE:
+                    return
+        except StreamEnded:
+            return
+        finally:
+            session.release(key)
+
+    @bp.post("/mcp")
+    @bp.post("/mcp/")
+    def mcp_post() -> Response:
+        refused = too_large()
+        if refused is not None:
+            return refused
+        if not (_accepts("application/json") and _accepts("text/event-stream")):
+            return rpc_error(406, jsonrpc.INVALID_REQUEST, "Not Acceptable: Client must accept "
+                             "both application/json and text/event-stream")
+        if not json_content_type():
+            return rpc_error(415, jsonrpc.INVALID_REQUEST,
+                             "Unsupported Media Type: Content-Type must be application/json")
+        message = read_message()
+        if isinstance(message, Response):
+            return message
+        version = request.headers.get("MCP-Protocol-Version")
+        if version is not None and version not in KNOWN_VERSIONS:
+            return rpc_error(400, jsonrpc.INVALID_REQUEST,
+                             f"Bad Request: Unsupported protocol version: {version}; supported: "
+                             f"{', '.join(sorted(KNOWN_VERSIONS))}")
+        if request.headers.get(SESSION_HEADER) or message.method != "initialize":
+            session = find_session()
+            if isinstance(session, Response):
+                return session
+        else:
+            session = registry.add(StreamableSession(registry, server_name))
+        headers = {SESSION_HEADER: session.id}
+
+        stream = None
+        if message.kind == jsonrpc.REQUEST:
+            stream = session.open_request(message)
+            if stream is None:
+                return rpc_error(400, jsonrpc.INVALID_REQUEST,
+                                 f"Bad Request: request id {message.id!r} is already in flight")
+        try:
+            session.receive(message)
+        except SpawnError as exc:
+            session.close(str(exc))
+            return rpc_error(502, jsonrpc.INTERNAL_ERROR,
+                             f"Could not start the MCP server: {exc}", message.id)
+        except LinkClosed:
+            return rpc_error(404, jsonrpc.INVALID_REQUEST, "Session not found")
+        if stream is None:
+            return Response(status=202, headers=headers)
+
+        key = id_key(message.id)
+        try:
+            first = stream.next(keepalive)
+        except StreamEnded:
+            return rpc_error(503, jsonrpc.CONNECTION_CLOSED,
+                             f"Session closed: {session.close_reason}", message.id)
+        if first is not None and first.kind == jsonrpc.RESPONSE:
+            return Response(first.raw, mimetype="application/json", headers=headers)
+        return event_stream(request_events(session, key, stream, first), **headers)
+
+    @bp.get("/mcp")
+    @bp.get("/mcp/")
+    def mcp_get() -> Response:
+        if not _accepts("text/event-stream"):
+            return rpc_error(406, jsonrpc.INVALID_REQUEST,
+                             "Not Acceptable: Client must accept text/event-stream")
+        session = find_session()
+        if isinstance(session, Response):
+            return session
+        if session.get_open:
+            return rpc_error(409, jsonrpc.INVALID_REQUEST,
+                             "Conflict: Only one SSE stream is allowed per session")
+        session.get_open = True
+
+        def chunks():
+            try:
+                yield PING  # headers leave with the first chunk
+                yield from session.unsolicited.events(keepalive)
+            finally:
+                session.get_open = False
+                session.last_activity = time.monotonic()
+
+        return event_stream(chunks(), **{SESSION_HEADER: session.id})
+
+    @bp.delete("/mcp")
+    @bp.delete("/mcp/")
+    def mcp_delete() -> Response:
+        session = find_session()
+        if isinstance(session, Response):
+            return session
+        session.close("client ended the session")
+        return Response(status=200)

@@ -1,0 +1,133 @@
+"""Every option of the proxy as a dataclass, and the named-server config file loader.
+
+Settings are plain data: building them never starts a process or opens a socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+from dataclasses import dataclass, field
+
+from mcp_proxy.errors import ConfigError
+
+MiB = 1 << 20
+
+# What a child sees of our environment without --pass-environment (as the official SDK does).
+SAFE_ENV_KEYS = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "LC_ALL",
+                 "TMPDIR", "SYSTEMROOT")
+
+
+@dataclass
+class ServerSpec:
+    """How to start one stdio MCP server."""
+
+    command: str
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    pass_environment: bool = False
+
+    def argv(self) -> list[str]:
+        return [self.command, *self.args]
+
+    def display(self) -> str:
+        return shlex.join(self.argv())
+
+    def child_env(self) -> dict[str, str]:
+        if self.pass_environment:
+            env = dict(os.environ)
+        else:
+            env = {key: os.environ[key] for key in SAFE_ENV_KEYS if key in os.environ}
+        env.update(self.env)
+        return env
+
+    def check(self) -> None:
+        """Fail now, with a clear message, if the command cannot be started later."""
+        if self.cwd is not None and not os.path.isdir(self.cwd):
+            raise ConfigError(f"--cwd {self.cwd!r} is not a directory")
+        path = self.child_env().get("PATH", os.defpath)
+        if os.sep in self.command:
+            target = os.path.join(self.cwd or "", self.command)
+            if not (os.path.isfile(target) and os.access(target, os.X_OK)):
+                raise ConfigError(f"command {self.command!r} is not an executable file")
+        elif shutil.which(self.command, path=path) is None:
+            raise ConfigError(f"command {self.command!r} not found on PATH")
+
+
+@dataclass
+class ServerSettings:
+    """Server mode: what to spawn, where to listen, and the limits that protect us."""
+
+    servers: dict[str, ServerSpec]  # "" is the default server at the root of the URL space
+    host: str = "127.0.0.1"
+    port: int = 0
+    allow_origins: list[str] = field(default_factory=list)
+    allow_hosts: list[str] = field(default_factory=list)
+    expose_headers: list[str] = field(default_factory=lambda: ["Mcp-Session-Id"])
+    auth_token: str | None = None
+    keepalive: float = 15.0
+    max_body: int = 4 * MiB
+    max_frame: int = 64 * MiB
+    max_queued: int = 64 * MiB
+    session_idle_timeout: float = 600.0
+    stop_timeout: float = 5.0
+
+
+def load_named_servers(path: str, pass_environment: bool) -> dict[str, ServerSpec]:
+    """Read ``{"mcpServers": {name: {command, args, env, enabled}}}`` (Claude Desktop's shape)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    entries = data.get("mcpServers") if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        raise ConfigError(f'{path}: expected an object with an "mcpServers" object')
+    specs = {}
+    for name, entry in entries.items():
+        where = f"{path}: server {name!r}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be an object")
+        if not entry.get("enabled", True):
+            continue
+        check_server_name(name)
+        command, args, env = entry.get("command"), entry.get("args", []), entry.get("env", {})
+        if not isinstance(command, str) or not command:
+            raise ConfigError(f'{where} needs a "command" string')
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise ConfigError(f'{where}: "args" must be a list of strings')
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            raise ConfigError(f'{where}: "env" must map names to strings')
+        specs[name] = ServerSpec(command, args, env, entry.get("cwd"), pass_environment)
+    return specs
+
+
+def check_server_name(name: str) -> None:
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise ConfigError(f"server name {name!r} must be letters, digits, '-', '_' or '.'")
+
+
+@dataclass
+class ClientSettings:
+    """Client mode: the remote server and how to reach it."""
+
+    url: str
+    transport: str = "sse"  # sse | streamablehttp | auto
+    headers: dict[str, str] = field(default_factory=dict)
+    username: str | None = None
+    password: str | None = None
+    digest: bool = False
+    client_id: str | None = None
+    client_secret: str | None = None
+    token_url: str | None = None
+    verify: bool | str = True
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0
+    start_timeout: float = 30.0  # keep retrying an unreachable remote this long at start
+    recovery_timeout: float = 300.0  # keep reconnecting a lost remote this long
+    max_frame: int = 64 * MiB

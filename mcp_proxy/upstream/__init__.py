@@ -1,0 +1,1 @@
+"""Client mode: upstream links to remote SSE and Streamable HTTP servers."""

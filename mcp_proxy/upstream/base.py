@@ -1,0 +1,239 @@
+"""Upstream: a remote MCP server as a link, with recovery.
+
+The remote may drop, expire our session or restart. Recovery keeps the desktop client's
+stdio session alive: requests in flight get a JSON-RPC error at once, then we reconnect with
+backoff and replay the client's own ``initialize`` (under an id of ours, whose answer we
+keep to ourselves) and ``notifications/initialized``. Messages sent meanwhile wait, bounded,
+for the link to be ready again. Subclasses provide the transport: ``_open``, ``_transmit``,
+``_after_initialized`` and ``_teardown``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import gevent
+import requests
+from gevent.event import AsyncResult, Event
+
+from mcp_proxy import jsonrpc
+from mcp_proxy.errors import AuthError, FallbackNeeded, LinkClosed, SessionLost, UpstreamError
+from mcp_proxy.jsonrpc import Message, id_key
+from mcp_proxy.link import Link
+from mcp_proxy.settings import ClientSettings
+
+logger = logging.getLogger(__name__)
+
+REPLAY_ID = "mcp-proxy-reinitialize"
+
+
+def backoff(attempt: int, cap: float = 10.0) -> float:
+    return min(cap, 0.25 * 2 ** attempt) * (0.75 + random.random() / 2)
+
+
+class Upstream(Link):
+    """Base of the remote links: bookkeeping, error answers and the recovery loop."""
+
+    concurrent_requests = False  # True: each request is transmitted in its own greenlet
+
+    def __init__(self, settings: ClientSettings, http: requests.Session, name: str) -> None:
+        super().__init__(name)
+        self.settings = settings
+        self.http = http
+        self.timeout = (settings.connect_timeout, settings.read_timeout)
+        self.ready = Event()
+        self.initialize: Message | None = None
+        self.initialized: Message | None = None
+        self.in_flight: dict[tuple, object] = {}
+        self._replay: AsyncResult | None = None
+        self._recovering = False
+        self._failures = 0
+
+    # --- start and stop -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect, retrying with backoff up to ``start_timeout``; AuthError fails at once."""
+        deadline = gevent.get_hub().loop.now() + self.settings.start_timeout
+        attempt = 0
+        while True:
+            try:
+                self._open()
+                self.ready.set()
+                return
+            except AuthError:
+                raise
+            except UpstreamError as exc:
+                left = deadline - gevent.get_hub().loop.now()
+                if left <= 0:
+                    raise UpstreamError(f"cannot reach {self.settings.url}: {exc}") from exc
+                logger.warning("%s: %s; retrying", self.name, exc)
+                gevent.sleep(min(backoff(attempt), left))
+                attempt += 1
+
+    def _on_close(self, reason: str) -> None:
+        self.ready.set()  # wake waiters: they will see the link closed
+        try:
+            self._teardown()
+        except Exception:
+            logger.debug("%s: teardown failed", self.name, exc_info=True)
+
+    # --- client -> remote -----------------------------------------------------------------
+
+    def send(self, message: Message) -> None:
+        if self.closed.is_set():
+            raise LinkClosed(f"{self.name} is closed: {self.close_reason}")
+        if message.method == "initialize":
+            self.initialize = message
+        elif message.method == "notifications/initialized":
+            self.initialized = message
+        if message.kind == jsonrpc.REQUEST:
+            self.in_flight[id_key(message.id)] = message.id
+            if self.concurrent_requests:
+                gevent.spawn(self._send_now, message)
+                return
+        self._send_now(message)
+
+    def send_first(self, message: Message) -> None:
+        """Carry the client's first message now, letting FallbackNeeded through (auto)."""
+        if message.method == "initialize":
+            self.initialize = message
+        if message.kind == jsonrpc.REQUEST:
+            self.in_flight[id_key(message.id)] = message.id
+        try:
+            self._transmit(message)
+        except FallbackNeeded:
+            self.in_flight.clear()
+            raise
+        except UpstreamError as exc:
+            self._fail(message, str(exc))
+
+    def _send_now(self, message: Message) -> None:
+        if not self.ready.wait(self.settings.recovery_timeout) or self.closed.is_set():
+            self._fail(message, f"remote unavailable: {self.close_reason or 'reconnecting'}")
+            return
+        if self._failures:
+            gevent.sleep(backoff(self._failures - 1, cap=5.0))
+        try:
+            self._transmit(message)
+            self._failures = 0
+            if message is self.initialized:
+                self._after_initialized()
+        except AuthError as exc:
+            self._fail(message, str(exc))
+        except SessionLost as exc:
+            self._fail(message, str(exc))
+            self.lost(str(exc))
+        except UpstreamError as exc:
+            self._failures += 1
+            self._fail(message, str(exc))
+        except Exception as exc:  # a bug must not leave the client waiting
+            logger.exception("%s: sending %r failed", self.name, message)
+            self._fail(message, f"proxy error: {exc.__class__.__name__}")
+
+    def _fail(self, message: Message, text: str) -> None:
+        """Answer a request we could not carry with a JSON-RPC error (never a hang)."""
+        logger.warning("%s: %s failed: %s", self.name, message.method or "message", text)
+        if message.kind == jsonrpc.REQUEST and self.in_flight.pop(id_key(message.id), None) \
+                is not None:
+            self._deliver(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR, text))
+
+    # --- remote -> client -----------------------------------------------------------------
+
+    def on_remote(self, message: Message) -> None:
+        """A message from the remote: keep replay answers, pass the rest to the client."""
+        if message.kind == jsonrpc.RESPONSE:
+            if message.id == REPLAY_ID and self._replay is not None:
+                self._replay.set(message)
+                return
+            if self.in_flight.pop(id_key(message.id), None) is None:
+                logger.debug("%s: answer to %r arrived after its error; dropped",
+                             self.name, message.id)
+                return
+        self._deliver(message)
+
+    def _deliver(self, message: Message) -> None:
+        try:
+            self.deliver(message)
+        except LinkClosed:
+            pass
+
+    # --- recovery ---------------------------------------------------------------------------
+
+    def lost(self, reason: str) -> None:
+        """The remote session is gone: fail what is in flight, then reconnect in the background."""
+        if self.closed.is_set() or self._recovering:
+            return
+        logger.warning("%s: lost the remote session (%s); reconnecting", self.name, reason)
+        self._recovering = True
+        self.ready.clear()
+        for request_id in list(self.in_flight.values()):
+            self.in_flight.pop(id_key(request_id), None)
+            self._deliver(jsonrpc.error_message(
+                request_id, jsonrpc.INTERNAL_ERROR, f"remote connection lost: {reason}"))
+        gevent.spawn(self._recover)
+
+    def _recover(self) -> None:
+        deadline = gevent.get_hub().loop.now() + self.settings.recovery_timeout
+        attempt = 0
+        while not self.closed.is_set():
+            try:
+                self._reset()
+                self._open()
+                self._replay_handshake()
+                logger.info("%s: reconnected and re-initialized", self.name)
+                self._recovering = False
+                self._failures = 0
+                self.ready.set()
+                return
+            except AuthError as exc:
+                self.close(f"remote refused our credentials: {exc}")
+                return
+            except UpstreamError as exc:
+                if gevent.get_hub().loop.now() > deadline:
+                    self.close(f"could not reconnect within {self.settings.recovery_timeout:g}"
+                               f" s: {exc}")
+                    return
+                logger.warning("%s: reconnect failed (%s)", self.name, exc)
+                gevent.sleep(backoff(attempt))
+                attempt += 1
+
+    def _replay_handshake(self) -> None:
+        if self.initialize is None:
+            return
+        obj = dict(self.initialize.obj, id=REPLAY_ID)
+        self._replay = AsyncResult()
+        try:
+            self._transmit(Message(obj))
+            answer = self._replay.get(timeout=self.settings.connect_timeout + 20)
+        except gevent.Timeout as exc:
+            raise UpstreamError("no answer to the replayed initialize") from exc
+        finally:
+            self._replay = None
+        if "error" in answer.obj:
+            raise UpstreamError(f"replayed initialize failed: {answer.obj['error']}")
+        self._initialized_by(answer)
+        if self.initialized is not None:
+            self._transmit(self.initialized)
+            self._after_initialized()
+
+    # --- transport hooks ----------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Connect (or check the remote is reachable); raise UpstreamError or AuthError."""
+
+    def _transmit(self, message: Message) -> None:
+        """Carry one message to the remote; answers come back through on_remote."""
+        raise NotImplementedError
+
+    def _initialized_by(self, answer: Message) -> None:
+        """Learn what the initialize answer tells (session, version)."""
+
+    def _after_initialized(self) -> None:
+        """The handshake is complete (e.g. open the GET stream)."""
+
+    def _reset(self) -> None:
+        """Forget the old connection before reconnecting."""
+
+    def _teardown(self) -> None:
+        """Release the connection for good (e.g. DELETE the session)."""

@@ -1,0 +1,209 @@
+"""StreamableUpstream: a remote Streamable HTTP server as a link.
+
+Every message is its own POST (requests concurrently, each in a greenlet, so a long tool
+call never holds up the answer to a sampling request it caused). Answers come back as JSON
+or as an event stream. We keep ``Mcp-Session-Id`` and the negotiated protocol version from
+the initialize answer and send both on every later request; after ``initialized`` we open the
+GET stream for the remote's own messages (405 means it has none). A 404 on our session
+means it expired: recovery re-initializes. Closing sends DELETE.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gevent
+import requests
+
+from mcp_proxy import jsonrpc
+from mcp_proxy.errors import FallbackNeeded, MessageError, SessionLost, UpstreamError
+from mcp_proxy.jsonrpc import Message
+from mcp_proxy.upstream.base import Upstream, backoff
+from mcp_proxy.upstream.http import check_status, events
+
+logger = logging.getLogger(__name__)
+
+POST_HEADERS = {"Accept": "application/json, text/event-stream",
+                "Content-Type": "application/json", "Accept-Encoding": "identity"}
+
+
+class StreamableUpstream(Upstream):
+    concurrent_requests = True
+
+    def __init__(self, settings, http, allow_fallback: bool = False) -> None:
+        super().__init__(settings, http, "remote-http")
+        self.allow_fallback = allow_fallback
+        self.session_id: str | None = None
+        self.protocol_version: str | None = None
+        self._get_stream: gevent.Greenlet | None = None
+
+    def _headers(self, base: dict) -> dict:
+        headers = dict(base)
+        if self.session_id:
+            headers["Mcp-Session-Id"] = self.session_id
+        if self.protocol_version:
+            headers["MCP-Protocol-Version"] = self.protocol_version
+        return headers
+
+    def _open(self) -> None:
+        """Check the remote answers at all (any status but 401/403 will do)."""
+        try:
+            probe = self.http.get(self.settings.url, headers={"Accept": "text/event-stream"},
+                                  stream=True, timeout=(self.settings.connect_timeout, 10))
+        except requests.RequestException as exc:
+            raise UpstreamError(f"cannot connect: {exc.__class__.__name__}: {exc}") from exc
+        probe.close()
+        if probe.status_code in (401, 403):
+            check_status(probe, f"GET {self.settings.url}")
+        if probe.status_code >= 500:
+            raise UpstreamError(f"GET {self.settings.url}: HTTP {probe.status_code}")
+
+    def _transmit(self, message: Message) -> None:
+        is_init = message.method == "initialize"
+        headers = POST_HEADERS if is_init else self._headers(POST_HEADERS)
+        try:
+            answer = self.http.post(self.settings.url, data=message.raw, headers=headers,
+                                    stream=True, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise UpstreamError(f"POST failed: {exc.__class__.__name__}") from exc
+        with answer:
+            self._handle_answer(message, answer, is_init)
+
+    def _handle_answer(self, message: Message, answer: requests.Response, is_init: bool):
+        status = answer.status_code
+        if is_init and self.allow_fallback and status in (400, 404, 405) \
+                and not _json_rpc_error(answer):
+            raise FallbackNeeded(f"initialize answered {status}")
+        if status == 404 and self.session_id and not is_init:
+            raise SessionLost("the remote no longer knows our session (404)")
+        if status in (401, 403):
+            check_status(answer, "POST")
+        if status == 202:
+            return
+        if is_init and status == 200:
+            self.session_id = answer.headers.get("Mcp-Session-Id") or self.session_id
+        kind = answer.headers.get("Content-Type", "").split(";")[0].strip()
+        if status >= 300:
+            error = _json_rpc_error(answer)
+            if error is not None and message.kind == jsonrpc.REQUEST:
+                error["id"] = message.id
+                self.on_remote(Message(error))
+                return
+            raise UpstreamError(f"POST: HTTP {status} {answer.reason}")
+        if kind == "application/json":
+            self._take(answer.content, is_init)
+        elif kind == "text/event-stream":
+            self._read_stream(message, answer, is_init)
+        elif message.kind == jsonrpc.REQUEST:
+            raise UpstreamError(f"POST: unexpected answer type {kind or 'none'}")
+
+    def _take(self, data: bytes | str, is_init: bool = False) -> Message | None:
+        try:
+            message = jsonrpc.parse(data)
+        except MessageError as exc:
+            logger.warning("%s: skipped a message that is not JSON-RPC: %s", self.name,
+                           exc.message)
+            return None
+        if is_init and message.kind == jsonrpc.RESPONSE:
+            self._initialized_by(message)
+        self.on_remote(message)
+        return message
+
+    def _read_stream(self, request: Message, answer: requests.Response, is_init: bool) -> None:
+        last_id, retry_ms = None, None
+        for attempt in range(4):
+            for event in events(answer):
+                last_id = event.id or last_id
+                retry_ms = event.retry or retry_ms
+                if event.event == "message" and event.data.strip():
+                    got = self._take(event.data, is_init)
+                    if got is not None and got.kind == jsonrpc.RESPONSE \
+                            and got.id == request.id:
+                        return
+            if request.kind != jsonrpc.REQUEST:
+                return
+            if not last_id:
+                raise UpstreamError("the answer stream ended before the answer")
+            gevent.sleep(int(retry_ms) / 1000 if retry_ms else backoff(attempt))
+            answer = self._resume(last_id)  # SEP-1699: poll with Last-Event-ID
+        raise UpstreamError("the answer stream kept ending before the answer")
+
+    def _resume(self, last_event_id: str) -> requests.Response:
+        headers = self._headers({"Accept": "text/event-stream", "Accept-Encoding": "identity",
+                                 "Last-Event-ID": last_event_id})
+        try:
+            answer = self.http.get(self.settings.url, headers=headers, stream=True,
+                                   timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise UpstreamError(f"resume failed: {exc.__class__.__name__}") from exc
+        check_status(answer, "GET (resume)")
+        return answer
+
+    def _initialized_by(self, answer: Message) -> None:
+        result = answer.obj.get("result")
+        if isinstance(result, dict) and isinstance(result.get("protocolVersion"), str):
+            self.protocol_version = result["protocolVersion"]
+
+    def _after_initialized(self) -> None:
+        if self._get_stream is None or self._get_stream.dead:
+            self._get_stream = gevent.spawn(self._listen)
+
+    def _listen(self) -> None:
+        """The GET stream for the remote's own messages, reopened while the session lives."""
+        attempt, last_id = 0, None
+        while not self.closed.is_set():
+            headers = self._headers({"Accept": "text/event-stream",
+                                     "Accept-Encoding": "identity"})
+            if last_id:
+                headers["Last-Event-ID"] = last_id
+            try:
+                stream = self.http.get(self.settings.url, headers=headers, stream=True,
+                                       timeout=self.timeout)
+            except requests.RequestException as exc:
+                logger.info("%s: GET stream failed: %s", self.name, exc.__class__.__name__)
+                stream = None
+            if stream is not None:
+                with stream:
+                    if stream.status_code == 405:
+                        logger.debug("%s: the remote offers no GET stream", self.name)
+                        return
+                    if stream.status_code == 404:
+                        self.lost("the remote no longer knows our session (404)")
+                        return
+                    if stream.status_code == 200:
+                        attempt = 0
+                        try:
+                            for event in events(stream):
+                                last_id = event.id or last_id
+                                if event.event == "message" and event.data.strip():
+                                    self._take(event.data)
+                        except UpstreamError as exc:
+                            logger.info("%s: GET stream dropped: %s", self.name, exc)
+            gevent.sleep(backoff(attempt))
+            attempt += 1
+
+    def _reset(self) -> None:
+        if self._get_stream is not None:
+            self._get_stream.kill(block=False)
+        self._get_stream = None
+        self.session_id = None
+        self.protocol_version = None
+
+    def _teardown(self) -> None:
+        if self._get_stream is not None:
+            self._get_stream.kill(block=False)
+        if self.session_id:
+            try:
+                self.http.delete(self.settings.url, headers=self._headers({}), timeout=(
+                    self.settings.connect_timeout, 5))
+            except requests.RequestException:
+                logger.debug("%s: DELETE of the session failed", self.name)
+
+
+def _json_rpc_error(answer: requests.Response) -> dict | None:
+    """The JSON-RPC error object in an HTTP error body, if there is one."""
+    try:
+        body = answer.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) and isinstance(body.get("error"), dict) else None

@@ -1,0 +1,189 @@
+"""Shared fixtures: the real CLI in a subprocess, fixture servers, and the SDK driver.
+
+The test process itself never monkey-patches and never runs asyncio: the proxy runs as a
+subprocess (gevent), and the official SDK client runs in its own subprocess (asyncio).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+TESTS = Path(__file__).parent
+SERVERS = TESTS / "servers"
+RAW_SERVER = [sys.executable, str(SERVERS / "raw_server.py")]
+SDK_SERVER = [sys.executable, str(SERVERS / "sdk_server.py")]
+STREAM_HEADERS = {"Accept": "application/json, text/event-stream",
+                  "Content-Type": "application/json"}
+
+
+class ProxyProcess:
+    """The real ``mcp-proxy`` command in a subprocess, with its stderr readable line by line."""
+
+    def __init__(self, *args: str, env: dict | None = None, stdin=subprocess.DEVNULL) -> None:
+        self.args = args
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mcp_proxy", *args], stdin=stdin,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
+            start_new_session=True)
+        self.lines: list[str] = []
+        self._queue: queue.Queue = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.base = ""
+
+    def _read(self) -> None:
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.lines.append(line)
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def expect(self, pattern: str, timeout: float = 15.0) -> re.Match:
+        """Wait (bounded) for a stderr line matching ``pattern``, including lines already seen."""
+        regex = re.compile(pattern)
+        for line in list(self.lines):
+            if (match := regex.search(line)):
+                return match
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            if (match := regex.search(line)):
+                return match
+        raise AssertionError(f"no stderr line matching {pattern!r}; got:\n" + self.stderr())
+
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+    def started(self) -> ProxyProcess:
+        self.base = self.expect(r"Status at (http://\S+)/status").group(1)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def proxy_factory():
+    """Start proxies with ``proxy_factory(*args)``; all are stopped (bounded) at teardown."""
+    started: list[ProxyProcess] = []
+
+    def start(*args: str, env: dict | None = None, wait: bool = True) -> ProxyProcess:
+        proxy = ProxyProcess(*args, env=env)
+        started.append(proxy)
+        return proxy.started() if wait else proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture
+def raw_proxy(proxy_factory):
+    """A proxy in server mode in front of the raw fixture server."""
+    return proxy_factory("--keepalive", "1", "--", *RAW_SERVER)
+
+
+def run_driver(transport: str, target: str, *scenarios: str, timeout: float = 90,
+               extra: tuple = ()) -> dict:
+    """Run the official-SDK client driver in its own process; return its JSON report."""
+    cmd = [sys.executable, str(TESTS / "sdk_driver.py"), "--transport", transport,
+           "--target", target, *extra, *scenarios]
+    done = subprocess.run(cmd, capture_output=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-4000:]
+    return json.loads(done.stdout)
+
+
+class SseReader:
+    """An open SSE response read event by event (one line iterator, so nothing is lost)."""
+
+    def __init__(self, response: requests.Response) -> None:
+        assert response.status_code == 200, response.text
+        self.response = response
+        self.comments = 0
+        self._lines = response.iter_lines(chunk_size=None)
+
+    def next_event(self) -> tuple[str, str]:
+        """The next (event, data); reads are bounded by the response's read timeout."""
+        event, data = "message", []
+        for line in self._lines:
+            line = line.decode()
+            if not line:
+                if data:
+                    return event, "\n".join(data)
+                continue
+            if line.startswith(":"):
+                self.comments += 1
+            elif line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip(" "))
+        raise EOFError("stream ended")
+
+    def next_message(self) -> dict:
+        event, data = self.next_event()
+        assert event == "message", (event, data)
+        return json.loads(data)
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def open_sse(base: str, path: str = "/sse", **kwargs) -> tuple[SseReader, str]:
+    """GET an SSE stream; return its reader and the URL of its endpoint event."""
+    kwargs.setdefault("timeout", 10)
+    reader = SseReader(requests.get(base + path, stream=True, **kwargs))
+    event, data = reader.next_event()
+    assert event == "endpoint", (event, data)
+    return reader, base + data
+
+
+def rpc(method: str, request_id=1, **params) -> dict:
+    message = {"jsonrpc": "2.0", "method": method, "params": params}
+    if request_id is not None:
+        message["id"] = request_id
+    return message
+
+
+INIT_PARAMS = {"protocolVersion": "2025-06-18", "capabilities": {},
+               "clientInfo": {"name": "tests", "version": "0"}}
+
+
+def pids_alive(pids) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        try:  # zombies are reaped by init: count them as gone
+            with open(f"/proc/{pid}/stat") as handle:
+                if handle.read().split(") ")[1].startswith("Z"):
+                    continue
+        except OSError:
+            continue
+        alive.append(pid)
+    return alive

@@ -1,0 +1,159 @@
+"""A tiny stdio JSON-RPC "MCP server" with no SDK: stdlib only, fast start-up, fast echo.
+
+One JSON message per line on stdin/stdout; stdout is written in binary and flushed after
+every message. It answers ``initialize`` (echoing the client's protocolVersion), ``ping``,
+``tools/list`` (one tool, ``echo``) and ``tools/call`` (``echo``, and ``ask``, which sends a
+``sampling/createMessage`` request to the client and returns the client's result as JSON
+text). Notifications are ignored; any other request gets -32601.
+
+Options (for exercising a proxy's failure handling):
+
+  --garbage            print a non-JSON line on stdout before every response
+  --slow SECONDS       delay every response
+  --exit-after N       exit with code 5 on receiving the N-th request, without answering it
+  --huge-line BYTES    on tools/call, first emit a notifications/message whose data is that big
+  --stderr-banner      write a line to stderr at start
+  --ignore-stdin-eof   keep running after stdin closes, and ignore SIGTERM
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from collections import deque
+
+ECHO_TOOL = {
+    "name": "echo",
+    "description": "Return the text unchanged.",
+    "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}},
+                    "required": ["text"]},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--garbage", action="store_true")
+    parser.add_argument("--slow", type=float, default=0.0)
+    parser.add_argument("--exit-after", type=int, default=0)
+    parser.add_argument("--huge-line", type=int, default=0)
+    parser.add_argument("--stderr-banner", action="store_true")
+    parser.add_argument("--ignore-stdin-eof", action="store_true")
+    opts = parser.parse_args()
+
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    backlog: deque = deque()  # messages read while waiting for a client's answer
+    requests_seen = 0
+    server_ids = 0
+
+    if opts.ignore_stdin_eof:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if opts.stderr_banner:
+        sys.stderr.write("raw_server: started (stderr banner)\n")
+        sys.stderr.flush()
+
+    def send(message: dict) -> None:
+        stdout.write(dumps(message).encode() + b"\n")
+        stdout.flush()
+
+    def respond(message: dict) -> None:
+        if opts.slow:
+            time.sleep(opts.slow)
+        if opts.garbage:
+            stdout.write(b"hello this is not json\n")
+        send(message)
+
+    def read() -> dict | None:
+        """The next message (backlog first); None at EOF. Unparseable lines get -32700."""
+        if backlog:
+            return backlog.popleft()
+        while True:
+            line = stdin.readline()
+            if not line:
+                return None
+            if not line.strip():
+                continue
+            try:
+                message = json.loads(line)
+            except ValueError:
+                respond({"jsonrpc": "2.0", "id": None,
+                         "error": {"code": -32700, "message": "Parse error"}})
+                continue
+            if isinstance(message, dict):
+                return message
+            respond({"jsonrpc": "2.0", "id": None,
+                     "error": {"code": -32600, "message": "Invalid Request"}})
+
+    def ask_client(params: dict) -> dict:
+        """Send a sampling request to the client and wait for the response with its id."""
+        nonlocal server_ids
+        server_ids += 1
+        sid = f"srv-{server_ids}"
+        send({"jsonrpc": "2.0", "id": sid, "method": "sampling/createMessage", "params": {
+            "messages": [{"role": "user", "content": {
+                "type": "text", "text": str(params.get("prompt", "hello"))}}],
+            "maxTokens": 100}})
+        held = []
+        try:
+            while True:
+                message = read()
+                if message is None:
+                    return {"error": "stdin closed"}
+                if message.get("id") == sid and "method" not in message:
+                    return message["result"] if "result" in message else {"error": message.get("error")}
+                held.append(message)
+        finally:
+            backlog.extend(held)
+
+    while True:
+        message = read()
+        if message is None:
+            break
+        method = message.get("method")
+        if "id" not in message or method is None:
+            continue  # notifications and stray responses are ignored
+        requests_seen += 1
+        if opts.exit_after and requests_seen >= opts.exit_after:
+            stdout.flush()
+            sys.exit(5)
+        params = message.get("params") or {}
+        reply: dict = {"jsonrpc": "2.0", "id": message["id"]}
+        if method == "initialize":
+            reply["result"] = {
+                "protocolVersion": params.get("protocolVersion", "2025-06-18"),
+                "capabilities": {"tools": {}, "logging": {}},
+                "serverInfo": {"name": "raw_server", "version": "1.0.0"},
+            }
+        elif method == "ping":
+            reply["result"] = {}
+        elif method == "tools/list":
+            reply["result"] = {"tools": [ECHO_TOOL]}
+        elif method == "tools/call":
+            name, args = params.get("name"), params.get("arguments") or {}
+            if opts.huge_line:
+                send({"jsonrpc": "2.0", "method": "notifications/message",
+                      "params": {"level": "info", "data": "x" * opts.huge_line}})
+            if name == "echo":
+                reply["result"] = {"content": [{"type": "text", "text": args.get("text", "")}]}
+            elif name == "ask":
+                answer = ask_client(args)
+                reply["result"] = {"content": [{"type": "text", "text": json.dumps(answer)}]}
+            else:
+                reply["error"] = {"code": -32602, "message": f"Unknown tool: {name}"}
+        else:
+            reply["error"] = {"code": -32601, "message": "Method not found"}
+        respond(reply)
+
+    if opts.ignore_stdin_eof:
+        while True:
+            time.sleep(3600)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass

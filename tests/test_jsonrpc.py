@@ -1,0 +1,69 @@
+"""Unit tests of JSON-RPC parsing: every bad body is a MessageError with the right code."""
+
+import json
+
+import pytest
+
+from mcp_proxy import jsonrpc
+from mcp_proxy.errors import MessageError
+
+
+@pytest.mark.parametrize("body, kind", [
+    (b'{"jsonrpc":"2.0","id":1,"method":"ping"}', jsonrpc.REQUEST),
+    (b'{"jsonrpc":"2.0","id":"a","method":"ping","params":{}}', jsonrpc.REQUEST),
+    (b'{"jsonrpc":"2.0","method":"notifications/initialized"}', jsonrpc.NOTIFICATION),
+    (b'{"jsonrpc":"2.0","id":0,"result":{}}', jsonrpc.RESPONSE),
+    (b'{"jsonrpc":"2.0","id":-3,"error":{"code":1,"message":"x"}}', jsonrpc.RESPONSE),
+])
+def test_classifies_by_shape(body, kind):
+    assert jsonrpc.parse(body).kind == kind
+
+
+def test_ids_keep_their_type():
+    assert jsonrpc.parse(b'{"jsonrpc":"2.0","id":"1","method":"x"}').id == "1"
+    assert jsonrpc.parse(b'{"jsonrpc":"2.0","id":1,"method":"x"}').id == 1
+    assert jsonrpc.id_key(1) != jsonrpc.id_key("1")
+
+
+def test_raw_bytes_are_kept_when_single_line():
+    body = b'{"jsonrpc":"2.0", "id":1, "method":"x", "params":{"a":1.50}}'
+    assert jsonrpc.parse(body).raw == body
+
+
+def test_multiline_body_is_reencoded_as_one_line():
+    body = b'{\n "jsonrpc": "2.0",\n "id": 1,\n "method": "x"\n}'
+    message = jsonrpc.parse(body)
+    assert b"\n" not in message.raw
+    assert json.loads(message.raw) == json.loads(body)
+
+
+@pytest.mark.parametrize("body, code", [
+    (b"{not json", jsonrpc.PARSE_ERROR),
+    (b"\xff\xfe{}", jsonrpc.PARSE_ERROR),
+    (b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"v":NaN}}', jsonrpc.PARSE_ERROR),
+    (b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"v":1e400}}', jsonrpc.PARSE_ERROR),
+    (b"[" * 100000 + b"]" * 100000, jsonrpc.PARSE_ERROR),
+    (b"", jsonrpc.PARSE_ERROR),
+    (b'[{"jsonrpc":"2.0","id":1,"method":"x"}]', jsonrpc.INVALID_REQUEST),
+    (b'"just a string"', jsonrpc.INVALID_REQUEST),
+    (b'{"id":1,"method":"x"}', jsonrpc.INVALID_REQUEST),
+    (b'{"jsonrpc":"2.0","id":{"a":1},"method":"x"}', jsonrpc.INVALID_REQUEST),
+    (b'{"jsonrpc":"2.0","id":1.5,"method":"x"}', jsonrpc.INVALID_REQUEST),
+    (b'{"jsonrpc":"2.0","id":1e400,"method":"x"}', jsonrpc.PARSE_ERROR),
+    (b'{"jsonrpc":"2.0","id":null,"method":"x"}', jsonrpc.INVALID_REQUEST),
+    (b'{"jsonrpc":"2.0","id":true,"method":"x"}', jsonrpc.INVALID_REQUEST),
+    (b'{"jsonrpc":"2.0","id":1,"method":7}', jsonrpc.INVALID_REQUEST),
+    (b'{"jsonrpc":"2.0","id":1,"method":"x","params":3}', jsonrpc.INVALID_REQUEST),
+    (b'{"jsonrpc":"2.0","id":1}', jsonrpc.INVALID_REQUEST),
+    (b'{"jsonrpc":"2.0","id":1,"result":{},"error":{}}', jsonrpc.INVALID_REQUEST),
+])
+def test_bad_bodies_get_a_jsonrpc_error_code(body, code):
+    with pytest.raises(MessageError) as caught:
+        jsonrpc.parse(body)
+    assert caught.value.code == code
+    assert caught.value.message
+
+
+def test_error_builder():
+    assert jsonrpc.error_obj(7, -1, "no") == {
+        "jsonrpc": "2.0", "id": 7, "error": {"code": -1, "message": "no"}}

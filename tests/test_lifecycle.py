@@ -1,0 +1,180 @@
+"""Children, sessions and the proxy process: start-up errors, crashes, stalls, shutdown."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import requests
+
+from conftest import RAW_SERVER, STREAM_HEADERS, ProxyProcess, open_sse, pids_alive, rpc
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def child_pids(base: str) -> list[int]:
+    status = requests.get(base + "/status", timeout=10).json()
+    return [s["child"]["pid"] for s in status["session_details"] if s["child"]]
+
+
+def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mcp_proxy", *args], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_no_arguments_is_a_usage_error():
+    done = run_cli()
+    assert done.returncode == 2
+    assert "usage:" in done.stderr
+
+
+def test_version_and_help():
+    assert run_cli("--version").stdout.startswith("mcp-proxy ")
+    assert "--allow-origin" in run_cli("--help").stdout
+
+
+def test_missing_command_fails_at_start():
+    done = run_cli("--port", "0", "--", "no-such-command-xyz", "--flag")
+    assert done.returncode == 1
+    assert "no-such-command-xyz" in done.stderr and "not found" in done.stderr
+
+
+def test_port_in_use_fails_at_start(raw_proxy):
+    port = raw_proxy.base.rsplit(":", 1)[1]
+    done = run_cli("--port", port, "--", *RAW_SERVER)
+    assert done.returncode == 1
+    assert "in use" in done.stderr.lower()
+
+
+def test_allow_origin_does_not_swallow_the_command(proxy_factory):
+    proxy = proxy_factory("--allow-origin", "*", *RAW_SERVER, "--port", "0")
+    reader, endpoint = open_sse(proxy.base, headers={"Origin": "https://anything.example"})
+    requests.post(endpoint, json=rpc("ping"), timeout=10)
+    assert reader.next_message()["result"] == {}
+    reader.close()
+
+
+def test_child_stderr_is_passed_through(proxy_factory):
+    proxy = proxy_factory("--", *RAW_SERVER, "--stderr-banner")
+    reader, endpoint = open_sse(proxy.base)
+    requests.post(endpoint, json=rpc("ping"), timeout=10)
+    reader.next_message()
+    proxy.expect("raw_server")
+    reader.close()
+
+
+def test_deprecated_sse_port_is_honoured(proxy_factory):
+    probe = ProxyProcess("--", *RAW_SERVER).started()
+    port = int(probe.base.rsplit(":", 1)[1])
+    probe.stop()
+    proxy = proxy_factory("--sse-port", str(port), "--sse-host", "127.0.0.1", *RAW_SERVER)
+    assert proxy.base == f"http://127.0.0.1:{port}"
+
+
+def test_child_exit_fails_in_flight_requests_and_the_proxy_keeps_serving(proxy_factory):
+    proxy = proxy_factory("--", *RAW_SERVER, "--exit-after", "2")
+    reader, endpoint = open_sse(proxy.base)
+    requests.post(endpoint, json=rpc("ping", 1), timeout=10)
+    assert reader.next_message()["id"] == 1
+    requests.post(endpoint, json=rpc("ping", 2), timeout=10)  # the child exits on this one
+    answer = reader.next_message()
+    assert answer["id"] == 2 and "exited" in answer["error"]["message"]
+    try:
+        reader.next_event()
+        raise AssertionError("the stream should have ended")
+    except (EOFError, requests.exceptions.ChunkedEncodingError):
+        pass
+    later = requests.post(endpoint, json=rpc("ping", 3), timeout=10)
+    assert later.status_code == 404
+    fresh, fresh_endpoint = open_sse(proxy.base)
+    requests.post(fresh_endpoint, json=rpc("ping", 1), timeout=10)
+    assert fresh.next_message()["result"] == {}
+    fresh.close()
+
+
+def test_garbage_on_stdout_is_skipped_and_logged(proxy_factory):
+    proxy = proxy_factory("--", *RAW_SERVER, "--garbage")
+    reader, endpoint = open_sse(proxy.base)
+    requests.post(endpoint, json=rpc("ping", 1), timeout=10)
+    assert reader.next_message() == {"jsonrpc": "2.0", "id": 1, "result": {}}
+    proxy.expect("not JSON-RPC")
+    reader.close()
+
+
+def test_vanished_sse_client_is_cleaned_up(proxy_factory):
+    proxy = proxy_factory("--keepalive", "0.5", "--", *RAW_SERVER)
+    reader, endpoint = open_sse(proxy.base)
+    requests.post(endpoint, json=rpc("ping", 1), timeout=10)
+    reader.next_message()
+    pids = child_pids(proxy.base)
+    assert len(pids) == 1
+    reader.close()
+    wait_until(lambda: not child_pids(proxy.base) and not pids_alive(pids), timeout=5)
+
+
+def test_stalled_client_loses_its_session_not_our_memory(proxy_factory):
+    proxy = proxy_factory("--max-queued-size", "2MiB", "--", *RAW_SERVER)
+    stalled = requests.get(proxy.base + "/sse", stream=True, timeout=10)
+    lines = stalled.iter_lines()  # kept referenced: dropping it would close the stream
+    endpoint = proxy.base + next(
+        line for line in lines if line.startswith(b"data:"))[5:].decode().strip()
+    other, other_endpoint = open_sse(proxy.base)
+    big = {"text": "x" * (1 << 20)}
+    for n in range(80):  # ~80 MiB the stalled client never reads
+        posted = requests.post(endpoint, json=rpc("tools/call", n, name="echo", arguments=big),
+                               timeout=10)
+        if posted.status_code == 404:
+            break
+    else:
+        raise AssertionError("the stalled session was never closed")
+    proxy.expect("not reading")
+    requests.post(other_endpoint, json=rpc("ping", 7), timeout=10)
+    assert other.next_message()["id"] == 7
+    stalled.close()
+    other.close()
+
+
+def test_ten_mib_both_ways(proxy_factory):
+    proxy = proxy_factory("--max-body-size", "16MiB", "--", *RAW_SERVER)
+    text = "é" * (5 << 20)  # 10 MiB of UTF-8
+    reader, endpoint = open_sse(proxy.base, timeout=60)
+    body = json.dumps(rpc("tools/call", 1, name="echo", arguments={"text": text}),
+                      ensure_ascii=False).encode()
+    assert requests.post(endpoint, data=body, headers={"Content-Type": "application/json"},
+                         timeout=60).status_code == 202
+    assert reader.next_message()["result"]["content"][0]["text"] == text
+    reader.close()
+    init = requests.post(proxy.base + "/mcp", headers=STREAM_HEADERS, timeout=60,
+                         json=rpc("initialize", 0, protocolVersion="2025-06-18"))
+    answer = requests.post(proxy.base + "/mcp", data=body, timeout=60, headers={
+        **STREAM_HEADERS, "Mcp-Session-Id": init.headers["Mcp-Session-Id"]})
+    assert answer.json()["result"]["content"][0]["text"] == text
+
+
+def test_sigterm_stops_everything_with_no_orphans(proxy_factory):
+    proxy = proxy_factory("--stop-timeout", "1", "--", *RAW_SERVER, "--ignore-stdin-eof")
+    readers = []
+    for n in range(3):
+        reader, endpoint = open_sse(proxy.base)
+        requests.post(endpoint, json=rpc("ping", n), timeout=10)
+        reader.next_message()
+        readers.append(reader)
+    pids = child_pids(proxy.base)
+    assert len(pids) == 3
+    started = time.monotonic()
+    assert proxy.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 8
+    wait_until(lambda: not pids_alive(pids), timeout=5)
+    for reader in readers:
+        reader.close()
