@@ -14,6 +14,7 @@ import logging
 
 import gevent
 import requests
+from gevent.event import Event
 
 from mcp_proxy import jsonrpc
 from mcp_proxy.errors import FallbackNeeded, MessageError, SessionLost, UpstreamError
@@ -36,6 +37,8 @@ class StreamableUpstream(Upstream):
         self.session_id: str | None = None
         self.protocol_version: str | None = None
         self._get_stream: gevent.Greenlet | None = None
+        self._handshake = Event()  # clear while an initialize is unanswered
+        self._handshake.set()
 
     def _headers(self, base: dict) -> dict:
         headers = dict(base)
@@ -58,16 +61,30 @@ class StreamableUpstream(Upstream):
         if probe.status_code >= 500:
             raise UpstreamError(f"GET {self.settings.url}: HTTP {probe.status_code}")
 
+    def send(self, message: Message) -> None:
+        if message.method == "initialize":
+            self._handshake.clear()  # now, before the request's greenlet even starts
+        super().send(message)
+
     def _transmit(self, message: Message) -> None:
         is_init = message.method == "initialize"
-        headers = POST_HEADERS if is_init else self._headers(POST_HEADERS)
+        if is_init:
+            self._handshake.clear()
+        elif not self._handshake.wait(self.settings.read_timeout):
+            raise UpstreamError("initialize is still unanswered")
         try:
-            answer = self.http.post(self.settings.url, data=message.raw, headers=headers,
-                                    stream=True, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise UpstreamError(f"POST failed: {exc.__class__.__name__}") from exc
-        with answer:
-            self._handle_answer(message, answer, is_init)
+            # later messages need the session id the initialize answer brings
+            headers = POST_HEADERS if is_init else self._headers(POST_HEADERS)
+            try:
+                answer = self.http.post(self.settings.url, data=message.raw, headers=headers,
+                                        stream=True, timeout=self.timeout)
+            except requests.RequestException as exc:
+                raise UpstreamError(f"POST failed: {exc.__class__.__name__}") from exc
+            with answer:
+                self._handle_answer(message, answer, is_init)
+        finally:
+            if is_init:
+                self._handshake.set()
 
     def _handle_answer(self, message: Message, answer: requests.Response, is_init: bool):
         status = answer.status_code

@@ -1,0 +1,130 @@
+"""Unit tests of the link layer: bridge() with in-memory links, StdioChild with a real child.
+
+These run gevent objects in the test process without monkey-patching (gevent's own
+subprocess and queues need none).
+"""
+
+from __future__ import annotations
+
+import gevent
+import pytest
+
+from conftest import RAW_SERVER
+from mcp_proxy import jsonrpc
+from mcp_proxy.child import StdioChild
+from mcp_proxy.errors import LinkClosed, SpawnError
+from mcp_proxy.link import Link, bridge
+from mcp_proxy.settings import ServerSpec
+
+
+class MemoryLink(Link):
+    """A link whose peer is the test: ``sent`` is what the bridge gave it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.sent: list[jsonrpc.Message] = []
+
+    def send(self, message: jsonrpc.Message) -> None:
+        if self.closed.is_set():
+            raise LinkClosed(self.name)
+        self.sent.append(message)
+
+
+def msg(**obj) -> jsonrpc.Message:
+    return jsonrpc.Message({"jsonrpc": "2.0", **obj})
+
+
+def settle() -> None:
+    gevent.sleep(0.01)
+
+
+def test_bridge_relays_both_ways_untouched():
+    down, up = MemoryLink("down"), MemoryLink("up")
+    bridge(down, up)
+    request = msg(id="7", method="tools/call", params={"x": 1})
+    down.deliver(request)
+    up.deliver(msg(method="notifications/progress", params={"progressToken": 1}))
+    up.deliver(msg(id="7", result={}))
+    settle()
+    assert up.sent == [request]
+    assert [m.obj for m in down.sent] == [
+        {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1}},
+        {"jsonrpc": "2.0", "id": "7", "result": {}}]
+
+
+def test_upstream_closing_answers_every_pending_request():
+    down, up = MemoryLink("down"), MemoryLink("up")
+    done = bridge(down, up)
+    for request_id in (1, "1", 2):
+        down.deliver(msg(id=request_id, method="slow"))
+    settle()
+    up.deliver(msg(id=2, result={}))
+    down.deliver(msg(method="notifications/cancelled", params={"requestId": "1"}))
+    settle()
+    up.close("server process exited with code 3")
+    done.join(timeout=5)
+    errors = [m.obj for m in down.sent if "error" in m.obj]
+    assert [e["id"] for e in errors] == [1]  # 2 was answered, "1" was cancelled
+    assert "exited with code 3" in errors[0]["error"]["message"]
+    assert down.closed.is_set()
+
+
+def test_client_leaving_closes_the_server_side():
+    down, up = MemoryLink("down"), MemoryLink("up")
+    done = bridge(down, up)
+    down.close("client disconnected")
+    done.join(timeout=5)
+    assert up.closed.is_set() and up.close_reason == "client disconnected"
+
+
+def test_sending_to_a_closed_server_answers_at_once():
+    down, up = MemoryLink("down"), MemoryLink("up")
+    up.closed.set()  # closed, but its inbox not yet drained
+    bridge(down, up)
+    down.deliver(msg(id=5, method="ping"))
+    settle()
+    assert down.sent[0].obj["error"]["code"] == jsonrpc.CONNECTION_CLOSED
+
+
+def spawn(*args: str, max_frame: int = 1 << 20) -> StdioChild:
+    return StdioChild(ServerSpec(RAW_SERVER[0], [*RAW_SERVER[1:], *args]), "t", max_frame,
+                      stop_grace=0.5)
+
+
+def receive(child: StdioChild, timeout: float = 10) -> jsonrpc.Message:
+    with gevent.Timeout(timeout):
+        return next(iter(child))
+
+
+def test_child_round_trip_and_exit_reason():
+    child = spawn("--exit-after", "2")
+    child.send(msg(id=1, method="ping"))
+    assert receive(child).obj == {"jsonrpc": "2.0", "id": 1, "result": {}}
+    child.send(msg(id=2, method="ping"))
+    child.closed.wait(10)
+    assert child.close_reason == "server process exited with code 5"
+    with pytest.raises(LinkClosed):
+        child.send(msg(id=3, method="ping"))
+
+
+def test_oversize_frame_is_dropped_and_the_session_goes_on():
+    child = spawn("--huge-line", "5000", max_frame=4096)
+    child.send(msg(id=1, method="tools/call", params={"name": "echo",
+                                                       "arguments": {"text": "hi"}}))
+    answer = receive(child)
+    assert answer.id == 1 and answer.obj["result"]["content"][0]["text"] == "hi"
+    child.close("test over")
+
+
+def test_stop_escalates_to_sigkill():
+    child = spawn("--ignore-stdin-eof")
+    child.send(msg(id=1, method="ping"))
+    receive(child)
+    child.close("test over")
+    assert child.stopped.wait(10)
+    assert child.process.returncode == -9
+
+
+def test_missing_command_is_a_spawn_error():
+    with pytest.raises(SpawnError):
+        StdioChild(ServerSpec("/nonexistent/server"), "t", 1024)
