@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 
 import pytest
 import requests
@@ -235,4 +236,69 @@ def test_status(raw_proxy):
     assert status["active_sse_connections"] == 1
     assert status["sessions"] == 1
     assert status["session_details"][0]["child"]["state"] == "running"
+    reader.close()
+
+
+# --- relay semantics over raw HTTP --------------------------------------------------------
+
+def test_two_sessions_same_ids_no_crosstalk(raw_proxy):
+    first, first_url = open_sse(raw_proxy.base)
+    second, second_url = open_sse(raw_proxy.base)
+    for n in range(5):
+        for url, text in ((first_url, f"one-{n}"), (second_url, f"two-{n}")):
+            requests.post(url, json=rpc("tools/call", n, name="echo", arguments={"text": text}),
+                          timeout=10)
+    got_first = [first.next_message() for _ in range(5)]
+    got_second = [second.next_message() for _ in range(5)]
+    assert [m["result"]["content"][0]["text"] for m in got_first] == [f"one-{n}" for n in range(5)]
+    assert [m["result"]["content"][0]["text"] for m in got_second] == [f"two-{n}"
+                                                                      for n in range(5)]
+    first.close()
+    second.close()
+
+
+def test_cancelled_request_ends_its_post_stream(proxy_factory):
+    proxy = proxy_factory("--", *RAW_SERVER, "--slow", "1")
+    sid = initialize(proxy.base)
+    headers = {**STREAM_HEADERS, "Mcp-Session-Id": sid}
+    answers = []
+    call = threading.Thread(target=lambda: answers.append(requests.post(
+        proxy.base + "/mcp", json=rpc("tools/call", 7, name="echo", arguments={"text": "x"}),
+        headers=headers, timeout=20)))
+    call.start()
+    note = rpc("notifications/cancelled", None, requestId=7, reason="user")
+    while call.is_alive() and not answers:
+        requests.post(proxy.base + "/mcp", json=note, headers=headers, timeout=10)
+        call.join(0.2)
+    call.join(10)
+    body = answers[0].text
+    assert '"code":-32800' in body.replace(" ", "") and '"id":7' in body.replace(" ", "")
+    proxy.expect("dropped the server's answer")  # the child's late answer goes nowhere
+
+
+def test_server_to_client_request_over_streamable(raw_proxy):
+    sid = initialize(raw_proxy.base)
+    headers = {**STREAM_HEADERS, "Mcp-Session-Id": sid}
+    call = requests.post(raw_proxy.base + "/mcp", json=rpc("tools/call", 3, name="ask",
+                         arguments={"prompt": "hi"}), headers=headers, stream=True, timeout=10)
+    assert call.headers["Content-Type"].startswith("text/event-stream")
+    reader = SseReader(call)
+    ask = reader.next_message()
+    assert ask["method"] == "sampling/createMessage" and ask["id"] == "srv-1"
+    reply = {"jsonrpc": "2.0", "id": "srv-1", "result": {"role": "assistant", "model": "m",
+             "content": {"type": "text", "text": "sampled"}}}
+    posted = requests.post(raw_proxy.base + "/mcp", json=reply, headers=headers, timeout=10)
+    assert posted.status_code == 202
+    final = reader.next_message()
+    assert final["id"] == 3 and "sampled" in final["result"]["content"][0]["text"]
+
+
+def test_server_to_client_request_over_sse(raw_proxy):
+    reader, endpoint = open_sse(raw_proxy.base)
+    requests.post(endpoint, json=rpc("tools/call", 1, name="ask"), timeout=10)
+    ask = reader.next_message()
+    assert ask["method"] == "sampling/createMessage"
+    requests.post(endpoint, json={"jsonrpc": "2.0", "id": ask["id"], "result": {"x": 1}},
+                  timeout=10)
+    assert json.loads(reader.next_message()["result"]["content"][0]["text"]) == {"x": 1}
     reader.close()

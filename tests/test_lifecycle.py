@@ -178,3 +178,24 @@ def test_sigterm_stops_everything_with_no_orphans(proxy_factory):
     wait_until(lambda: not pids_alive(pids), timeout=5)
     for reader in readers:
         reader.close()
+
+
+def test_vanished_streamable_client_is_cleaned_up(proxy_factory):
+    proxy = proxy_factory("--keepalive", "0.5", "--", *RAW_SERVER)
+    init = requests.post(proxy.base + "/mcp", headers=STREAM_HEADERS, timeout=10,
+                         json=rpc("initialize", 0, protocolVersion="2025-06-18"))
+    headers = {**STREAM_HEADERS, "Mcp-Session-Id": init.headers["Mcp-Session-Id"]}
+    stream = requests.get(proxy.base + "/mcp", headers=headers, stream=True, timeout=10)
+    pids = child_pids(proxy.base)
+    assert len(pids) == 1
+    stream.close()  # the client vanishes without DELETE
+    wait_until(lambda: not child_pids(proxy.base) and not pids_alive(pids), timeout=5)
+    proxy.expect("idle for more than 1 s")
+
+
+def test_idle_streamable_session_without_streams_times_out(proxy_factory):
+    proxy = proxy_factory("--session-timeout", "1", "--", *RAW_SERVER)
+    requests.post(proxy.base + "/mcp", headers=STREAM_HEADERS, timeout=10,
+                  json=rpc("initialize", 0, protocolVersion="2025-06-18"))
+    assert len(child_pids(proxy.base)) == 1
+    wait_until(lambda: not child_pids(proxy.base), timeout=5)

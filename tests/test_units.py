@@ -128,3 +128,40 @@ def test_stop_escalates_to_sigkill():
 def test_missing_command_is_a_spawn_error():
     with pytest.raises(SpawnError):
         StdioChild(ServerSpec("/nonexistent/server"), "t", 1024)
+
+
+def test_streamable_routing():
+    from mcp_proxy.server.sessions import Registry
+    from mcp_proxy.server.streamable import StreamableSession
+    from mcp_proxy.settings import ServerSettings
+
+    session = StreamableSession(Registry(ServerSettings(servers={})), "")
+    session.send(msg(method="notifications/tools/list_changed"))  # nothing open: kept
+    stream = session.open_request(msg(id=1, method="tools/call",
+                                      params={"_meta": {"progressToken": "p"}}))
+    other = session.open_request(msg(id=2, method="tools/call"))
+    session.send(msg(method="notifications/progress", params={"progressToken": "p"}))
+    session.send(msg(method="notifications/message", params={"data": "log"}))
+    session.send(msg(id=0, method="sampling/createMessage"))  # no GET stream: a request's
+    session.get_open = True
+    session.send(msg(id=1, method="roots/list"))  # GET stream open: there
+    session.send(msg(id=2, result={}))
+    session.send(msg(id=1, result={}))
+    session.send(msg(id=9, result={}))  # nobody asked: dropped, logged
+
+    def drain(s):
+        seen = []
+        while True:
+            try:
+                item = s.next(0.01)
+            except Exception:
+                return seen
+            if item is None:
+                return seen
+            seen.append(item.method or item.id)
+
+    assert drain(stream) == ["notifications/progress", "notifications/message",
+                             "sampling/createMessage", 1]
+    assert drain(other) == [2]
+    assert drain(session.unsolicited) == ["notifications/tools/list_changed", "roots/list"]
+    assert session.requests == {} and session.progress == {}

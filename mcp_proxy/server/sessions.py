@@ -114,6 +114,8 @@ class Session(Link):
             bridge(self, self.child)
         self.deliver(message)
 
+    idle_limit = float("inf")
+
     def idle(self, now: float) -> float:
         """Seconds the session has been idle with nothing open; 0 while a stream keeps it."""
         return 0.0
@@ -178,11 +180,11 @@ class Registry:
                 session.child.kill_now(signal.SIGTERM)
 
     def _reap_idle(self) -> None:
-        limit = self.settings.session_idle_timeout
+        settings = self.settings
         while True:
-            gevent.sleep(min(limit / 4, 30.0))
+            gevent.sleep(min(settings.keepalive / 2, settings.session_idle_timeout / 4, 30.0))
             now = time.monotonic()
             for session in list(self.sessions.values()):
-                if session.idle(now) > limit:
-                    session.close(f"idle for more than {limit:g} s")
+                if session.idle(now) > session.idle_limit:
+                    session.close(f"idle for more than {session.idle_limit:g} s")
 

@@ -44,6 +44,7 @@ class StreamableSession(Session):
         self.progress: dict[tuple, tuple] = {}  # progress token -> request key
         self.unsolicited = Stream(self)  # the GET stream's queue, also the backlog
         self.get_open = False
+        self.idle_limit = self.settings.session_idle_timeout
 
     def open_request(self, message: Message) -> Stream | None:
         """Register a stream for a client request; None if its id is already in flight."""
@@ -67,6 +68,7 @@ class StreamableSession(Session):
                     del self.progress[token]
 
     def receive(self, message: Message) -> None:
+        self.idle_limit = self.settings.session_idle_timeout
         super().receive(message)
         if message.method == "notifications/cancelled":
             key = id_key(message.params.get("requestId"))
@@ -221,14 +223,18 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
             return rpc_error(409, jsonrpc.INVALID_REQUEST,
                              "Conflict: Only one SSE stream is allowed per session")
         session.get_open = True
+        session.idle_limit = registry.settings.session_idle_timeout
 
         def chunks():
             try:
                 yield PING  # headers leave with the first chunk
                 yield from session.unsolicited.events(keepalive)
             finally:
+                # a client that loses its GET stream reopens it at once; one that does
+                # not within two keepalive periods is gone, and so is its session
                 session.get_open = False
                 session.last_activity = time.monotonic()
+                session.idle_limit = 2 * keepalive
 
         return event_stream(chunks(), **{SESSION_HEADER: session.id})
 
