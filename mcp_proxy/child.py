@@ -49,7 +49,9 @@ class StdioChild(Link):
         except OSError as exc:
             raise SpawnError(f"cannot start {spec.command!r}: {exc.strerror or exc}") from exc
         self.pid = self.process.pid
-        logger.info("%s: started %s (pid %d)", name, spec.display(), self.pid)
+        # arguments may carry secrets: only the command name at INFO
+        logger.info("%s: started %s (pid %d)", name, spec.command, self.pid)
+        logger.debug("%s: argv %s", name, spec.display())
         self._reader = gevent.spawn(self._read_stdout)
 
     @property

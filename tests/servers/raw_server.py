@@ -103,7 +103,7 @@ def main() -> None:
                 if message is None:
                     return {"error": "stdin closed"}
                 if message.get("id") == sid and "method" not in message:
-                    return message["result"] if "result" in message else {"error": message.get("error")}
+                    return message.get("result", {"error": message.get("error")})
                 held.append(message)
         finally:
             backlog.extend(held)
