@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from mcp_proxy.errors import AuthError, FallbackNeeded, UpstreamError
+from mcp_proxy.errors import AuthError, FallbackNeeded, TlsError, UpstreamError
 from mcp_proxy.link import bridge
 from mcp_proxy.options import client_settings
 from mcp_proxy.settings import ClientSettings
@@ -39,6 +39,9 @@ def run_client(ns: argparse.Namespace) -> int:
         upstream = connect(settings, http, settings.transport)
     except AuthError as exc:
         logger.error("authentication failed: %s", exc)
+        return 1
+    except TlsError as exc:
+        logger.error("%s (give --verify-ssl CA_BUNDLE, or --no-verify-ssl)", exc)
         return 1
     except UpstreamError as exc:
         logger.error("%s", exc)

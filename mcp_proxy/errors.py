@@ -36,6 +36,10 @@ class AuthError(UpstreamError):
     """The remote refused our credentials (401 or 403); retrying will not help."""
 
 
+class TlsError(UpstreamError):
+    """The remote's TLS certificate failed verification; retrying will not help."""
+
+
 class SessionLost(UpstreamError):
     """The remote session is gone (stream dropped, 404, restart): reconnect and replay."""
 

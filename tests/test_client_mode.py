@@ -8,83 +8,13 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
-import queue
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 import requests
 
-from conftest import INIT_PARAMS, RAW_SERVER, ProxyProcess, rpc
-
-
-class ClientProcess:
-    """``mcp-proxy URL`` in a subprocess: write JSON lines to it, read JSON lines back."""
-
-    def __init__(self, *args: str, env: dict | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mcp_proxy", *args], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
-        self.out: queue.Queue = queue.Queue()
-        self.err: list[str] = []
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.out.put), daemon=True
-                         ).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.err.append),
-                         daemon=True).start()
-
-    @staticmethod
-    def _pump(stream, sink) -> None:
-        for line in stream:
-            sink(line.decode("utf-8", "replace"))
-        sink(None)
-
-    def send(self, obj: dict | bytes) -> None:
-        self.proc.stdin.write(obj if isinstance(obj, bytes) else json.dumps(obj).encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def recv(self, timeout: float = 15.0) -> dict:
-        line = self.out.get(timeout=timeout)
-        assert line is not None, "stdout closed; stderr:\n" + self.stderr()
-        return json.loads(line)  # stdout carries nothing but JSON-RPC
-
-    def call(self, message: dict, timeout: float = 15.0) -> dict:
-        self.send(message)
-        return self.recv(timeout)
-
-    def handshake(self) -> dict:
-        answer = self.call(rpc("initialize", 0, **INIT_PARAMS))
-        self.send(rpc("notifications/initialized", None))
-        return answer
-
-    def stderr(self) -> str:
-        return "".join(line for line in self.err if line)
-
-    def close(self, timeout: float = 15.0) -> int:
-        self.proc.stdin.close()
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-
-
-@pytest.fixture
-def clients():
-    started: list[ClientProcess] = []
-
-    def start(*args: str, env: dict | None = None) -> ClientProcess:
-        client = ClientProcess(*args, env=env)
-        started.append(client)
-        return client
-
-    yield start
-    for client in started:
-        if client.proc.poll() is None:
-            client.proc.kill()
-            client.proc.wait(5)
+from conftest import RAW_SERVER, ProxyProcess, rpc
 
 
 @pytest.mark.parametrize("transport, path", [

@@ -18,7 +18,14 @@ import requests
 from gevent.event import AsyncResult, Event
 
 from mcp_proxy import jsonrpc
-from mcp_proxy.errors import AuthError, FallbackNeeded, LinkClosed, SessionLost, UpstreamError
+from mcp_proxy.errors import (
+    AuthError,
+    FallbackNeeded,
+    LinkClosed,
+    SessionLost,
+    TlsError,
+    UpstreamError,
+)
 from mcp_proxy.jsonrpc import Message, id_key
 from mcp_proxy.link import Link
 from mcp_proxy.settings import ClientSettings
@@ -61,8 +68,8 @@ class Upstream(Link):
                 self._open()
                 self.ready.set()
                 return
-            except AuthError:
-                raise
+            except (AuthError, TlsError):
+                raise  # retrying will not help
             except UpstreamError as exc:
                 left = deadline - gevent.get_hub().loop.now()
                 if left <= 0:
@@ -186,8 +193,8 @@ class Upstream(Link):
                 self._failures = 0
                 self.ready.set()
                 return
-            except AuthError as exc:
-                self.close(f"remote refused our credentials: {exc}")
+            except (AuthError, TlsError) as exc:
+                self.close(f"cannot reconnect: {exc}")
                 return
             except UpstreamError as exc:
                 if gevent.get_hub().loop.now() > deadline:

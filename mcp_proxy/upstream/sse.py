@@ -15,7 +15,7 @@ import requests
 from gevent.event import AsyncResult
 
 from mcp_proxy import jsonrpc
-from mcp_proxy.errors import MessageError, SessionLost, UpstreamError
+from mcp_proxy.errors import MessageError, SessionLost, TlsError, UpstreamError
 from mcp_proxy.jsonrpc import Message
 from mcp_proxy.upstream.base import Upstream
 from mcp_proxy.upstream.http import check_status, events, same_origin
@@ -39,6 +39,8 @@ class SseUpstream(Upstream):
         try:
             response = self.http.get(url, headers=STREAM_HEADERS, stream=True,
                                      timeout=self.timeout)
+        except requests.exceptions.SSLError as exc:
+            raise TlsError(f"GET {url}: TLS verification failed: {exc}") from exc
         except requests.RequestException as exc:
             raise UpstreamError(f"GET {url} failed: {exc.__class__.__name__}: {exc}") from exc
         try:

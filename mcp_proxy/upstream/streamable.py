@@ -17,7 +17,7 @@ import requests
 from gevent.event import Event
 
 from mcp_proxy import jsonrpc
-from mcp_proxy.errors import FallbackNeeded, MessageError, SessionLost, UpstreamError
+from mcp_proxy.errors import FallbackNeeded, MessageError, SessionLost, TlsError, UpstreamError
 from mcp_proxy.jsonrpc import Message
 from mcp_proxy.upstream.base import Upstream, backoff
 from mcp_proxy.upstream.http import check_status, events
@@ -53,6 +53,8 @@ class StreamableUpstream(Upstream):
         try:
             probe = self.http.get(self.settings.url, headers={"Accept": "text/event-stream"},
                                   stream=True, timeout=(self.settings.connect_timeout, 10))
+        except requests.exceptions.SSLError as exc:
+            raise TlsError(f"TLS verification failed: {exc}") from exc
         except requests.RequestException as exc:
             raise UpstreamError(f"cannot connect: {exc.__class__.__name__}: {exc}") from exc
         probe.close()

@@ -1,0 +1,269 @@
+"""Client mode against scripted remotes: auth schemes, OAuth2, TLS, origins, SSE failures.
+
+A scripted remote is a small threaded http.server on 127.0.0.1 that speaks just enough
+Streamable HTTP (or HTTP+SSE) to answer, and checks what it must check.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import json
+import queue
+import re
+import ssl
+import subprocess
+import threading
+from urllib.parse import parse_qs
+
+import pytest
+
+from conftest import ClientProcess, rpc
+
+INIT = {"protocolVersion": "2025-06-18", "capabilities": {},
+        "serverInfo": {"name": "scripted", "version": "0"}}
+
+
+def md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+class Remote(http.server.BaseHTTPRequestHandler):
+    """Streamable HTTP: initialize and any request get a JSON answer, if authorized."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def reply(self, status: int, body: bytes = b"", kind: str = "application/json",
+              **headers: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+    def do_GET(self) -> None:
+        self.reply(405)
+
+    def do_DELETE(self) -> None:
+        self.reply(200)
+
+    def do_POST(self) -> None:
+        body = self.body()
+        if self.path == "/token":
+            form = parse_qs(body.decode())
+            if form.get("client_secret") != ["shh"] or form.get("grant_type") != [
+                    "client_credentials"]:
+                return self.reply(401, b'{"error":"invalid_client"}')
+            self.server.tokens_issued += 1
+            token = f"tok-{self.server.tokens_issued}"
+            return self.reply(200, json.dumps({"access_token": token, "token_type": "Bearer",
+                                               "expires_in": 3600}).encode())
+        challenge = self.server.authorize(self)
+        if challenge:
+            return self.reply(401, b"", "text/plain", WWW_Authenticate=challenge)
+        message = json.loads(body)
+        if "id" not in message:
+            return self.reply(202)
+        result = INIT if message.get("method") == "initialize" else {"seen": message["method"]}
+        self.reply(200, json.dumps({"jsonrpc": "2.0", "id": message["id"],
+                                    "result": result}).encode(), Mcp_Session_Id="s-1")
+
+
+def serve(authorize=lambda handler: None, tls: tuple | None = None):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Remote)
+    server.authorize = authorize
+    server.tokens_issued = 0
+    scheme = "http"
+    if tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"{scheme}://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture
+def remote_factory():
+    servers = []
+
+    def start(**kwargs):
+        server, base = serve(**kwargs)
+        servers.append(server)
+        return server, base
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def exchange(client: ClientProcess) -> dict:
+    client.call(rpc("initialize", 0, **INIT))
+    return client.call(rpc("tools/list", 1))
+
+
+def test_basic_auth(remote_factory, clients):
+    expected = "Basic " + base64.b64encode(b"ann:pw").decode()
+    _, base = remote_factory(authorize=lambda h: None if h.headers.get("Authorization") ==
+                             expected else 'Basic realm="r"')
+    client = clients("--transport", "streamablehttp", "--username", "ann", "--password", "pw",
+                     base + "/mcp")
+    assert exchange(client)["result"] == {"seen": "tools/list"}
+    assert client.close() == 0
+    assert "pw" not in client.stderr()
+
+
+def test_digest_auth(remote_factory, clients):
+    realm, nonce = "mcp", "n0nce"
+
+    def authorize(handler):
+        sent = handler.headers.get("Authorization", "")
+        fields = dict(re.findall(r'(\w+)="?([^",]+)"?', sent))
+        if sent.startswith("Digest ") and fields.get("username") == "ann":
+            ha1 = md5(f"ann:{realm}:pw")
+            ha2 = md5(f"{handler.command}:{fields['uri']}")
+            good = md5(f"{ha1}:{nonce}:{fields['nc']}:{fields['cnonce']}:auth:{ha2}")
+            if fields.get("response") == good:
+                return None
+        return f'Digest realm="{realm}", nonce="{nonce}", qop="auth"'
+
+    _, base = remote_factory(authorize=authorize)
+    client = clients("--transport", "streamablehttp", "--username", "ann", "--password", "pw",
+                     "--digest", base + "/mcp")
+    assert exchange(client)["result"] == {"seen": "tools/list"}
+    assert client.close() == 0
+
+
+def test_oauth2_client_credentials(remote_factory, clients):
+    server, base = remote_factory(authorize=lambda h: None if h.headers.get(
+        "Authorization") == "Bearer tok-1" else "Bearer")
+    client = clients("--transport", "streamablehttp", "--client-id", "me", "--client-secret",
+                     "shh", "--token-url", base + "/token", base + "/mcp")
+    assert exchange(client)["result"] == {"seen": "tools/list"}
+    assert client.call(rpc("ping", 2))["result"] == {"seen": "ping"}
+    assert server.tokens_issued == 1  # cached, not fetched per request
+    assert client.close() == 0
+    assert "shh" not in client.stderr() and "tok-1" not in client.stderr()
+
+
+def test_oauth2_wrong_secret_is_an_auth_error(remote_factory, clients):
+    _, base = remote_factory()
+    client = clients("--transport", "streamablehttp", "--client-id", "me", "--client-secret",
+                     "nope", "--token-url", base + "/token", base + "/mcp")
+    assert client.proc.wait(15) == 1
+    assert "authentication failed: token endpoint refused the client credentials" \
+        in client.stderr()
+    assert "nope" not in client.stderr()
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
+                   timeout=60)
+    return str(cert), str(key)
+
+
+def test_tls_verification(remote_factory, clients, certificate):
+    _, base = remote_factory(tls=certificate)
+    url = base + "/mcp"
+    refused = clients("--transport", "streamablehttp", url)
+    assert refused.proc.wait(15) == 1
+    assert "TLS verification failed" in refused.stderr()
+    for flags in (["--no-verify-ssl"], ["--verify-ssl", "false"],
+                  ["--verify-ssl", certificate[0]]):
+        client = clients("--transport", "streamablehttp", *flags, url)
+        assert exchange(client)["result"] == {"seen": "tools/list"}
+        assert client.close() == 0
+
+
+def test_verify_ssl_bundle_must_exist(clients):
+    client = clients("--verify-ssl", "/no/such/bundle.pem", "https://127.0.0.1:9/sse")
+    assert client.proc.wait(15) == 1
+    assert "no CA bundle" in client.stderr()
+
+
+class SseRemote(http.server.BaseHTTPRequestHandler):
+    """HTTP+SSE: the stream says ``endpoint``; POSTs answer 500 once, then 202 + an event."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(f"event: endpoint\ndata: {self.server.endpoint}\n\n".encode())
+        self.wfile.flush()
+        while not self.server.stopping.is_set():
+            try:
+                data = self.server.outbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self.wfile.write(b"event: message\ndata: " + data + b"\n\n")
+            self.wfile.flush()
+
+    def do_POST(self) -> None:
+        message = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.posts += 1
+        if message.get("method") == "tools/call" and not self.server.failed:
+            self.server.failed = True
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(202)
+        self.send_header("Content-Length", "8")
+        self.end_headers()
+        self.wfile.write(b"Accepted")
+        if "id" in message:
+            result = INIT if message["method"] == "initialize" else {"ok": message["method"]}
+            self.server.outbox.put(json.dumps({"jsonrpc": "2.0", "id": message["id"],
+                                               "result": result}).encode())
+
+
+@pytest.fixture
+def sse_remote():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SseRemote)
+    server.daemon_threads = True
+    server.outbox, server.stopping = queue.Queue(), threading.Event()
+    server.posts, server.failed, server.endpoint = 0, False, "/messages/?session_id=abc"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server, f"http://127.0.0.1:{server.server_address[1]}"
+    server.stopping.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_sse_remote_5xx_fails_only_that_request(sse_remote, clients):
+    server, base = sse_remote
+    client = clients(base + "/sse")
+    assert client.call(rpc("initialize", 0, **INIT))["result"] == INIT
+    failed = client.call(rpc("tools/call", 1, name="x"))
+    assert failed["id"] == 1 and "500" in failed["error"]["message"]
+    assert client.call(rpc("tools/call", 2, name="x"))["result"] == {"ok": "tools/call"}
+    assert client.close() == 0
+
+
+def test_endpoint_on_another_origin_is_refused(sse_remote, clients):
+    server, base = sse_remote
+    server.endpoint = "http://evil.example/messages/?session_id=abc"
+    client = clients("--start-timeout", "1", base + "/sse")
+    assert client.proc.wait(15) == 1
+    assert "not on the origin" in client.stderr()
+    assert server.posts == 0
