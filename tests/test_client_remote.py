@@ -156,6 +156,16 @@ def test_oauth2_client_credentials(remote_factory, clients):
     assert "shh" not in client.stderr() and "tok-1" not in client.stderr()
 
 
+def test_oauth2_token_refused_early_is_refreshed(remote_factory, clients):
+    server, base = remote_factory(authorize=lambda h: None if h.headers.get(
+        "Authorization") == "Bearer tok-2" else "Bearer")
+    client = clients("--transport", "streamablehttp", "--client-id", "me", "--client-secret",
+                     "shh", "--token-url", base + "/token", base + "/mcp")
+    assert exchange(client)["result"] == {"seen": "tools/list"}
+    assert server.tokens_issued == 2
+    assert client.close() == 0
+
+
 def test_oauth2_wrong_secret_is_an_auth_error(remote_factory, clients):
     _, base = remote_factory()
     client = clients("--transport", "streamablehttp", "--client-id", "me", "--client-secret",

@@ -25,9 +25,11 @@ logger = logging.getLogger(__name__)
 class ClientCredentials(AuthBase):
     """OAuth2 client-credentials grant: a cached bearer token, refreshed before it expires."""
 
-    def __init__(self, token_url: str, client_id: str, client_secret: str, http_timeout):
+    def __init__(self, token_url: str, client_id: str, client_secret: str, http_timeout,
+                 verify: bool | str = True):
         self.token_url, self.client_id, self.client_secret = token_url, client_id, client_secret
         self.timeout = http_timeout
+        self.verify = verify
         self._token: str | None = None
         self._expires = 0.0
         self._lock = threading.Lock()  # monkey-patched: a greenlet lock
@@ -40,7 +42,7 @@ class ClientCredentials(AuthBase):
 
     def _fetch(self) -> None:
         try:
-            answer = requests.post(self.token_url, timeout=self.timeout, data={
+            answer = requests.post(self.token_url, timeout=self.timeout, verify=self.verify, data={
                 "grant_type": "client_credentials", "client_id": self.client_id,
                 "client_secret": self.client_secret})
         except requests.RequestException as exc:
@@ -61,7 +63,22 @@ class ClientCredentials(AuthBase):
 
     def __call__(self, request):
         request.headers["Authorization"] = f"Bearer {self.token()}"
+        request.register_hook("response", self._retry_on_401)
         return request
+
+    def _retry_on_401(self, response, **kwargs):
+        """A token revoked before its expiry: fetch a new one and resend once."""
+        if response.status_code != 401 or getattr(response.request, "_token_retried", False):
+            return response
+        response.content  # noqa: B018  (drain, so the connection can be reused)
+        response.close()
+        retry = response.request.copy()
+        retry._token_retried = True
+        retry.headers["Authorization"] = f"Bearer {self.token(refresh=True)}"
+        again = response.connection.send(retry, **kwargs)
+        again.history.append(response)
+        again.request = retry
+        return again
 
 
 def make_session(settings: ClientSettings) -> requests.Session:
@@ -76,7 +93,8 @@ def make_session(settings: ClientSettings) -> requests.Session:
         if not all(oauth):
             raise ConfigError("OAuth2 needs all of --client-id, --client-secret and --token-url")
         session.auth = ClientCredentials(settings.token_url, settings.client_id,
-                                         settings.client_secret, settings.connect_timeout)
+                                         settings.client_secret, settings.connect_timeout,
+                                         settings.verify)
     elif settings.username is not None or settings.password is not None:
         if settings.username is None or settings.password is None:
             raise ConfigError("--username and --password go together")
