@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from urllib.parse import urlsplit
 
 from mcp_proxy.errors import AuthError, FallbackNeeded, TlsError, UpstreamError
 from mcp_proxy.link import bridge
@@ -32,8 +34,35 @@ def connect(settings: ClientSettings, http, transport: str) -> Upstream:
     return upstream
 
 
+class Redact(logging.Filter):
+    """Blank every secret out of log records: header values, passwords, URL query strings."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if any(secret in text for secret in self.secrets):
+            for secret in self.secrets:
+                text = text.replace(secret, "***")
+            record.msg, record.args = text, None
+        return True
+
+
+def secrets_of(settings: ClientSettings) -> list[str]:
+    parts = urlsplit(settings.url)
+    found = [*settings.headers.values(), settings.password, settings.client_secret,
+             os.environ.get("API_ACCESS_TOKEN"), parts.query, parts.password]
+    found += [value.split(" ", 1)[1] for value in settings.headers.values() if " " in value]
+    return [s for s in found if s]
+
+
 def run_client(ns: argparse.Namespace) -> int:
     settings = client_settings(ns)
+    redact = Redact(secrets_of(settings))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redact)
     http = make_session(settings)
     try:
         upstream = connect(settings, http, settings.transport)

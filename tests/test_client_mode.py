@@ -72,9 +72,11 @@ def test_refused_credentials_fail_at_once(proxy_factory, clients, transport, pat
 
 
 def test_unreachable_remote_is_retried_then_reported(clients):
-    client = clients("--start-timeout", "1", "http://127.0.0.1:9/sse")
+    client = clients("--start-timeout", "1", "-H", "X-Api-Key", "k3y-value",
+                     "http://127.0.0.1:9/sse?token=s3cret-query")
     assert client.proc.wait(15) == 1
-    assert "cannot reach http://127.0.0.1:9/sse" in client.stderr()
+    assert "cannot reach http://127.0.0.1:9/sse?***" in client.stderr()
+    assert "s3cret" not in client.stderr() and "k3y" not in client.stderr()
 
 
 def test_partial_oauth_is_an_error(clients):
