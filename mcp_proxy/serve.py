@@ -25,14 +25,71 @@ _HEADERS_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnecti
                       b"Content-Length: 0\r\n\r\n")
 
 
+_MAX_HEADER_LINE = 65536
+_MAX_HEADERS = 100
+ACCESS_LOG = logging.getLogger("mcp_proxy.access")
+
+
+class Headers:
+    """Request headers read straight off the connection.
+
+    pywsgi's default goes through ``email.parser``, which was an eighth of the proxy's CPU per
+    request; this keeps the small interface pywsgi uses (``get``, ``headers``, ``status``).
+    """
+
+    __slots__ = ("status", "headers", "_values")
+
+    def __init__(self, rfile) -> None:
+        self.status = ""
+        self.headers: list[str] = []
+        self._values: dict[str, str] = {}
+        while True:
+            line = rfile.readline(_MAX_HEADER_LINE + 1)
+            if len(line) > _MAX_HEADER_LINE:
+                self.status = "Line too long"
+                return
+            if line in (b"\r\n", b"\n", b""):
+                return
+            if len(self.headers) == _MAX_HEADERS:
+                self.status = "Too many headers"
+                return
+            text = line.decode("latin-1")
+            self.headers.append(text)
+            name, colon, value = text.partition(":")
+            if colon:
+                self._values.setdefault(name.strip().lower(), value.strip())
+
+    def get(self, name: str, default=None):
+        return self._values.get(name.lower(), default)
+
+    getheader = get
+
+    @property
+    def typeheader(self):
+        return self._values.get("content-type")
+
+    def __delitem__(self, name: str) -> None:
+        name = name.lower()
+        self._values.pop(name, None)
+        self.headers = [h for h in self.headers if h.partition(":")[0].strip().lower() != name]
+
+
 class Handler(WSGIHandler):
-    """pywsgi's handler, answering over-long or too many header lines with 431, not 400."""
+    """pywsgi's handler with a faster header parser, 431 for oversized headers, and an
+    access log that costs nothing unless DEBUG logging asks for it."""
+
+    def MessageClass(self, rfile, *args):  # noqa: N802 (pywsgi's name)
+        return Headers(rfile)
 
     def _handle_client_error(self, ex):
-        status = getattr(getattr(self, "headers", None), "status", "")
-        if status == "Line too long" or "headers" in str(ex).lower() and "more than" in str(ex):
+        if getattr(getattr(self, "headers", None), "status", "") in (
+                "Line too long", "Too many headers"):
             return ("431", _HEADERS_TOO_LARGE)
         return super()._handle_client_error(ex)
+
+    def log_request(self) -> None:
+        if ACCESS_LOG.isEnabledFor(logging.DEBUG):
+            super().log_request()
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -49,7 +106,7 @@ def serve(settings: ServerSettings, pool_size: int = 10000) -> int:
     app = create_app(settings)
     registry = app.extensions["mcp_proxy"]
     sock = listen(settings.host, settings.port)
-    access_log = LoggingLogAdapter(logging.getLogger("mcp_proxy.access"), logging.DEBUG)
+    access_log = LoggingLogAdapter(ACCESS_LOG, logging.DEBUG)
     server = WSGIServer(sock, app, spawn=Pool(pool_size), handler_class=Handler,
                         log=access_log, error_log=logging.getLogger("mcp_proxy.http"))
     port = sock.getsockname()[1]
