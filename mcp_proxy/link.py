@@ -2,7 +2,7 @@
 
 A link is one end of a transport: ``send()`` gives it a message for its peer, iterating it
 yields what its peer sent, ``close()`` ends it and ``closed`` tells everyone it ended and
-why. ``bridge(down, up)`` pumps both ways until either side closes, then closes the other
+why. ``bridge(down, up)`` relays both ways until either side closes, then closes the other
 and answers every request still in flight with a JSON-RPC error, so nobody waits forever.
 
 The bridge never answers, drops or rewrites a message on its own account: it relays.
@@ -11,7 +11,7 @@ The bridge never answers, drops or rewrites a message on its own account: it rel
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import gevent
 from gevent.event import Event
@@ -27,33 +27,54 @@ _END = object()
 
 
 class Link:
-    """Base class: an inbox of messages from the peer, plus close bookkeeping."""
+    """Base class: what the peer sends goes to the bridge (or an inbox), plus close bookkeeping."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.closed = Event()
+        self.closed = Event()  # set as closing starts
+        self.ended = Event()  # set once closing is done: resources released, peer told
         self.close_reason = ""
         self._inbox: Queue = Queue()
+        self._sink: Callable[[Message], None] | None = None
+        self._on_end: Callable[[], None] | None = None
 
     def send(self, message: Message) -> None:
         """Deliver ``message`` to the peer; raise :class:`LinkClosed` once closed."""
         raise NotImplementedError
 
     def deliver(self, message: Message) -> None:
-        """Queue a message received from the peer, for whoever iterates this link."""
+        """Hand on a message received from the peer: to the bridge at once, else to the inbox."""
         if self.closed.is_set():
             raise LinkClosed(f"{self.name} is closed: {self.close_reason}")
-        self._inbox.put(message)
+        if self._sink is not None:
+            self._sink(message)
+        else:
+            self._inbox.put(message)
 
     def __iter__(self) -> Iterator[Message]:
+        """What the peer sent, until the link closes (for a link no bridge has taken)."""
         while True:
             item = self._inbox.get()
             if item is _END:
+                self._inbox.put(_END)
                 return
             yield item
 
+    def attach(self, sink: Callable[[Message], None], on_end: Callable[[], None]) -> None:
+        """From now on pass each message to ``sink`` in the deliverer's greenlet, and call
+        ``on_end`` when the link closes. Whatever already waits in the inbox goes first."""
+        while not self._inbox.empty():
+            item = self._inbox.get()
+            if item is _END:
+                self._inbox.put(_END)
+                break
+            sink(item)
+        self._sink, self._on_end = sink, on_end
+        if self.ended.is_set():
+            on_end()
+
     def close(self, reason: str = "closed") -> None:
-        """End the link once; later calls are ignored. Messages already received still drain."""
+        """End the link once; later calls are ignored."""
         if self.closed.is_set():
             return
         self.close_reason = reason
@@ -63,6 +84,11 @@ class Link:
             self._on_close(reason)
         except Exception:  # a failing cleanup must not stop the other side closing
             logger.exception("%s: error while closing", self.name)
+        try:
+            if self._on_end is not None:
+                self._on_end()
+        finally:
+            self.ended.set()
 
     def _on_close(self, reason: str) -> None:
         """Subclasses release their resources here."""
@@ -78,17 +104,18 @@ def _answer_pending(link: Link, pending: dict, reason: str) -> None:
     pending.clear()
 
 
-def _pump(source: Link, target: Link, sent: dict, answered: dict) -> None:
-    """Move messages source -> target; track requests in ``sent``, answers in ``answered``."""
-    for message in source:
+def _relay(source: Link, target: Link, sent: dict, answered: dict) -> Callable[[Message], None]:
+    """A sink that moves source -> target; it tracks requests in ``sent``, answers in
+    ``answered``, and answers a request the target can no longer take."""
+
+    def forward(message: Message) -> None:
         kind = message.kind
         if kind == jsonrpc.REQUEST:
             sent[jsonrpc.id_key(message.id)] = message.id
         elif kind == jsonrpc.RESPONSE:
             answered.pop(jsonrpc.id_key(message.id), None)
         elif message.method == "notifications/cancelled":
-            answered_id = message.params.get("requestId")
-            sent.pop(jsonrpc.id_key(answered_id), None)
+            sent.pop(jsonrpc.id_key(message.params.get("requestId")), None)
         try:
             target.send(message)
         except LinkClosed:
@@ -97,6 +124,12 @@ def _pump(source: Link, target: Link, sent: dict, answered: dict) -> None:
                 _reply_closed(source, message, target.close_reason)
             else:
                 logger.warning("%s closed; dropped %r", target.name, message)
+        except Exception:  # a bug must close the pair, not crash whoever delivered
+            logger.exception("relay %s -> %s failed", source.name, target.name)
+            source.close("proxy error")
+            target.close("proxy error")
+
+    return forward
 
 
 def _reply_closed(source: Link, message: Message, reason: str) -> None:
@@ -110,33 +143,23 @@ def _reply_closed(source: Link, message: Message, reason: str) -> None:
 def bridge(down: Link, up: Link) -> gevent.Greenlet:
     """Relay between ``down`` (the client side) and ``up`` (the server side).
 
-    Returns a greenlet that finishes when both directions have stopped. Requests the client
-    sent that are unanswered when ``up`` closes get a JSON-RPC error on ``down``.
+    Each message is forwarded in the greenlet that received it (no queue, no extra switch).
+    When ``up`` closes, requests the client sent that are still unanswered get a JSON-RPC
+    error on ``down``, then ``down`` closes; when ``down`` closes, ``up`` closes. Returns a
+    greenlet that finishes once both have finished closing (e.g. the remote session is
+    deleted).
     """
     client_requests: dict = {}  # sent down -> up, awaiting an answer from up
     server_requests: dict = {}  # sent up -> down, awaiting an answer from down
 
-    def downward() -> None:
-        try:
-            _pump(up, down, server_requests, client_requests)
-        finally:
-            _answer_pending(down, client_requests, up.close_reason or "upstream ended")
-            down.close(up.close_reason or "upstream ended")
+    def up_ended() -> None:
+        reason = up.close_reason or "upstream ended"
+        _answer_pending(down, client_requests, reason)
+        down.close(reason)
 
-    def upward() -> None:
-        try:
-            _pump(down, up, client_requests, server_requests)
-        finally:
-            up.close(down.close_reason or "client ended")
+    def down_ended() -> None:
+        up.close(down.close_reason or "client ended")
 
-    def run() -> None:
-        workers = [gevent.spawn(downward), gevent.spawn(upward)]
-        try:
-            gevent.joinall(workers, raise_error=True)
-        except Exception:
-            logger.exception("bridge %s <-> %s failed", down.name, up.name)
-            up.close("proxy error")
-            down.close("proxy error")
-            gevent.killall(workers)
-
-    return gevent.spawn(run)
+    up.attach(_relay(up, down, server_requests, client_requests), up_ended)
+    down.attach(_relay(down, up, client_requests, server_requests), down_ended)
+    return gevent.spawn(lambda: (down.ended.wait(), up.ended.wait()))

@@ -198,10 +198,11 @@ class ClientProcess:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
         self.out: queue.Queue = queue.Queue()
         self.err: list[str] = []
+        self._err_reader = threading.Thread(target=self._pump, daemon=True,
+                                            args=(self.proc.stderr, self.err.append))
+        self._err_reader.start()
         threading.Thread(target=self._pump, args=(self.proc.stdout, self.out.put), daemon=True
                          ).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.err.append),
-                         daemon=True).start()
 
     @staticmethod
     def _pump(stream, sink) -> None:
@@ -228,6 +229,8 @@ class ClientProcess:
         return answer
 
     def stderr(self) -> str:
+        if self.proc.poll() is not None:
+            self._err_reader.join(5)  # the process is gone: read what it said to the end
         return "".join(line for line in self.err if line)
 
     def close(self, timeout: float = 15.0) -> int:

@@ -43,7 +43,7 @@ def test_stdin_eof_ends_the_remote_session(raw_proxy, clients):
     client.handshake()
     assert requests.get(raw_proxy.base + "/status", timeout=5).json()["sessions"] == 1
     started = time.monotonic()
-    assert client.close() == 0
+    assert client.close() == 0, client.stderr()
     assert time.monotonic() - started < 5
     assert requests.get(raw_proxy.base + "/status", timeout=5).json()["sessions"] == 0
     raw_proxy.expect("client ended the session")

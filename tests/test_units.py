@@ -38,6 +38,14 @@ def settle() -> None:
     gevent.sleep(0.01)
 
 
+def test_messages_waiting_before_the_bridge_go_first():
+    down, up = MemoryLink("down"), MemoryLink("up")
+    early = msg(id=1, method="initialize")
+    down.deliver(early)
+    bridge(down, up)
+    assert up.sent == [early]
+
+
 def test_bridge_relays_both_ways_untouched():
     down, up = MemoryLink("down"), MemoryLink("up")
     bridge(down, up)
@@ -77,9 +85,13 @@ def test_client_leaving_closes_the_server_side():
     assert up.closed.is_set() and up.close_reason == "client disconnected"
 
 
+class BrokenLink(MemoryLink):
+    def send(self, message: jsonrpc.Message) -> None:
+        raise LinkClosed("stdin of the server is gone")
+
+
 def test_sending_to_a_closed_server_answers_at_once():
-    down, up = MemoryLink("down"), MemoryLink("up")
-    up.closed.set()  # closed, but its inbox not yet drained
+    down, up = MemoryLink("down"), BrokenLink("up")
     bridge(down, up)
     down.deliver(msg(id=5, method="ping"))
     settle()
