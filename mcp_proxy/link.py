@@ -94,11 +94,15 @@ class Link:
         """Subclasses release their resources here."""
 
 
+def _closed_error(request_id, reason: str) -> Message:
+    return jsonrpc.error_message(request_id, jsonrpc.CONNECTION_CLOSED,
+                                 f"MCP server connection closed: {reason}")
+
+
 def _answer_pending(link: Link, pending: dict, reason: str) -> None:
     for request_id in list(pending.values()):
         try:
-            link.send(jsonrpc.error_message(
-                request_id, jsonrpc.CONNECTION_CLOSED, f"MCP server connection closed: {reason}"))
+            link.send(_closed_error(request_id, reason))
         except LinkClosed:
             return
     pending.clear()
@@ -121,7 +125,10 @@ def _relay(source: Link, target: Link, sent: dict, answered: dict) -> Callable[[
         except LinkClosed:
             if kind == jsonrpc.REQUEST:
                 sent.pop(jsonrpc.id_key(message.id), None)
-                _reply_closed(source, message, target.close_reason)
+                try:
+                    source.send(_closed_error(message.id, target.close_reason))
+                except LinkClosed:
+                    pass
             else:
                 logger.warning("%s closed; dropped %r", target.name, message)
         except Exception:  # a bug must close the pair, not crash whoever delivered
@@ -130,14 +137,6 @@ def _relay(source: Link, target: Link, sent: dict, answered: dict) -> Callable[[
             target.close("proxy error")
 
     return forward
-
-
-def _reply_closed(source: Link, message: Message, reason: str) -> None:
-    try:
-        source.send(jsonrpc.error_message(
-            message.id, jsonrpc.CONNECTION_CLOSED, f"MCP server connection closed: {reason}"))
-    except LinkClosed:
-        pass
 
 
 def bridge(down: Link, up: Link) -> gevent.Greenlet:

@@ -29,12 +29,15 @@ def event_stream(chunks: Iterable[bytes], **headers: str) -> Response:
     return response
 
 
+def _too_large(limit: int) -> Response:
+    return rpc_error(413, jsonrpc.INVALID_REQUEST, f"Request body too large (limit {limit} bytes)")
+
+
 def too_large() -> Response | None:
     """413 if the declared body is over the limit (checked before reading it)."""
     limit = current_app.config["MCP_MAX_BODY"]
     if request.content_length is not None and request.content_length > limit:
-        return rpc_error(413, jsonrpc.INVALID_REQUEST,
-                         f"Request body too large (limit {limit} bytes)")
+        return _too_large(limit)
     return None
 
 
@@ -50,8 +53,7 @@ def read_message() -> Message | Response:
         size += len(chunk)
     body = b"".join(parts)
     if size > limit:
-        return rpc_error(413, jsonrpc.INVALID_REQUEST,
-                         f"Request body too large (limit {limit} bytes)")
+        return _too_large(limit)
     try:
         return jsonrpc.parse(body)
     except MessageError as exc:
