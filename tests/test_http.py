@@ -302,3 +302,16 @@ def test_server_to_client_request_over_sse(raw_proxy):
                   timeout=10)
     assert json.loads(reader.next_message()["result"]["content"][0]["text"]) == {"x": 1}
     reader.close()
+
+
+def test_simultaneous_first_messages_start_one_child(raw_proxy):
+    reader, endpoint = open_sse(raw_proxy.base)
+    posts = [threading.Thread(target=requests.post, args=(endpoint,),
+                              kwargs={"json": rpc("ping", n), "timeout": 10}) for n in range(8)]
+    for post in posts:
+        post.start()
+    for post in posts:
+        post.join(10)
+    assert sorted(reader.next_message()["id"] for _ in range(8)) == list(range(8))
+    assert requests.get(raw_proxy.base + "/status", timeout=10).json()["children_started"] == 1
+    reader.close()

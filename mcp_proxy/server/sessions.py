@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 
 import gevent
+from gevent.lock import Semaphore
 from gevent.queue import Empty, Queue
 
 from mcp_proxy.child import StdioChild
@@ -92,6 +93,7 @@ class Session(Link):
         self.created = time.time()
         self.last_activity = time.monotonic()
         self.child: StdioChild | None = None
+        self._starting = Semaphore()  # two first messages at once must not start two children
         self._queued = 0
 
     def charge(self, size: int) -> None:
@@ -110,8 +112,11 @@ class Session(Link):
         """Take a message from the client; start the child first if this is the first one."""
         self.last_activity = time.monotonic()
         if self.child is None:
-            self.child = self.registry.spawn(self.server_name, self.name)
-            bridge(self, self.child)
+            with self._starting:
+                if self.child is None:
+                    child = self.registry.spawn(self.server_name, self.name)
+                    bridge(self, child)
+                    self.child = child
         self.deliver(message)
 
     idle_limit = float("inf")
