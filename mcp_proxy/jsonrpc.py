@@ -122,9 +122,11 @@ def parse(data: bytes | str) -> Message:
     except ValueError as exc:
         raise MessageError(PARSE_ERROR, f"Parse error: {exc}") from None
     validate(obj)
-    raw = data.strip() if isinstance(data, bytes) else None
-    if raw is None or b"\n" in raw or b"\r" in raw:
-        raw = None  # re-encode: stdio framing needs exactly one line
+    raw = None
+    if isinstance(data, bytes):
+        raw = data.strip() if data[:1].isspace() or data[-1:].isspace() else data
+        if b"\n" in raw or b"\r" in raw:
+            raw = None  # re-encode: stdio framing needs exactly one line
     return Message(obj, raw)
 
 
