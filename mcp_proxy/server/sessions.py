@@ -18,6 +18,7 @@ import gevent
 from gevent.lock import Semaphore
 from gevent.queue import Empty, Queue
 
+from mcp_proxy import jsonrpc
 from mcp_proxy.child import StdioChild
 from mcp_proxy.errors import LinkClosed
 from mcp_proxy.jsonrpc import Message
@@ -67,16 +68,20 @@ class Stream:
         self.session.refund(len(item.raw))
         return item
 
-    def events(self, keepalive: float, first: Message | None = None) -> Iterator[bytes]:
-        """SSE bytes: each message as an event, a ping comment after ``keepalive`` of silence."""
-        if first is not None:
-            yield sse_event(first.raw)
+    def events(self, keepalive: float, until_response: bool = False) -> Iterator[bytes]:
+        """SSE bytes: each message as an event, a ping comment after ``keepalive`` of silence;
+        with ``until_response``, the stream stops after the first response it carries."""
         while True:
             try:
                 message = self.next(keepalive)
             except StreamEnded:
                 return
-            yield PING if message is None else sse_event(message.raw)
+            if message is None:
+                yield PING
+                continue
+            yield sse_event(message.raw)
+            if until_response and message.kind == jsonrpc.RESPONSE:
+                return
 
 
 class Session(Link):

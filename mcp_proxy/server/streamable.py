@@ -140,18 +140,8 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
                        first: Message | None):
         try:
             yield PING if first is None else sse_event(first.raw)
-            if first is not None and first.kind == jsonrpc.RESPONSE:
-                return
-            while True:
-                message = stream.next(keepalive)
-                if message is None:
-                    yield PING
-                    continue
-                yield sse_event(message.raw)
-                if message.kind == jsonrpc.RESPONSE:
-                    return
-        except StreamEnded:
-            return
+            if first is None or first.kind != jsonrpc.RESPONSE:
+                yield from stream.events(keepalive, until_response=True)
         finally:
             session.release(key)
 
