@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
 
 from conftest import RAW_SERVER, STREAM_HEADERS, ProxyProcess, open_sse, pids_alive, rpc
@@ -162,7 +163,8 @@ def test_ten_mib_both_ways(proxy_factory):
     assert answer.json()["result"]["content"][0]["text"] == text
 
 
-def test_sigterm_stops_everything_with_no_orphans(proxy_factory):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_everything_with_no_orphans(proxy_factory, sig):
     proxy = proxy_factory("--stop-timeout", "1", "--", *RAW_SERVER, "--ignore-stdin-eof")
     readers = []
     for n in range(3):
@@ -173,7 +175,7 @@ def test_sigterm_stops_everything_with_no_orphans(proxy_factory):
     pids = child_pids(proxy.base)
     assert len(pids) == 3
     started = time.monotonic()
-    assert proxy.stop(signal.SIGTERM) == 0
+    assert proxy.stop(sig) == 0
     assert time.monotonic() - started < 8
     wait_until(lambda: not pids_alive(pids), timeout=5)
     for reader in readers:
