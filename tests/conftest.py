@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 import requests
@@ -158,7 +159,7 @@ def open_sse(base: str, path: str = "/sse", **kwargs) -> tuple[SseReader, str]:
     reader = SseReader(requests.get(base + path, stream=True, **kwargs))
     event, data = reader.next_event()
     assert event == "endpoint", (event, data)
-    return reader, base + data
+    return reader, urljoin(base + path, data)  # resolved as clients do
 
 
 def rpc(method: str, request_id=1, **params) -> dict:

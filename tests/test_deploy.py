@@ -24,12 +24,13 @@ def free_port() -> int:
 
 def test_gunicorn_gevent_worker_serves_sessions(tmp_path):
     port = free_port()
-    env = {**os.environ, "MCP_PROXY_ARGS": "--keepalive 1 -- " + shlex.join(RAW_SERVER)}
+    env = {**os.environ, "MCP_PROXY_ARGS": "--keepalive 1 -- " + shlex.join(RAW_SERVER),
+           "SCRIPT_NAME": "/mcpx"}  # mounted under a prefix, as behind a reverse proxy
     gunicorn = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1", "-b", f"127.0.0.1:{port}",
          "--graceful-timeout", "3", "mcp_proxy.wsgi:application"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{port}/mcpx"
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -41,6 +42,7 @@ def test_gunicorn_gevent_worker_serves_sessions(tmp_path):
                 assert gunicorn.poll() is None, gunicorn.stderr.read().decode()
                 time.sleep(0.1)
         reader, endpoint = open_sse(base)
+        assert endpoint.startswith(base + "/messages/?session_id=")  # the prefix is kept
         requests.post(endpoint, json=rpc("ping", "g1"), timeout=10)
         assert reader.next_message() == {"jsonrpc": "2.0", "id": "g1", "result": {}}
         answer = requests.post(base + "/mcp", json=rpc("initialize", 1, **INIT_PARAMS),
