@@ -1,0 +1,180 @@
+"""The results table and the notes under it, from the results dict of a run.
+
+Holds the issue's targets and the paths the table is laid out by. ``build_rows`` turns the
+figures into rows (the proxy's figure, the floor's, their ratio, the target and a
+PASS/FAIL/info verdict); ``render_table`` lays the rows out as a Markdown table; ``notes``
+describes CPU and RSS during the throughput runs; ``report`` puts the header lines, the
+table, the legend and the notes together into the text printed and saved as
+``table_text``.
+"""
+
+from __future__ import annotations
+
+from clients import KEEPALIVE
+from procs import MiB
+
+SERVER_PATHS = ("server/sse", "server/streamable")
+CLIENT_PATHS = ("client/sse", "client/streamable")
+
+# the issue's targets
+TARGET_ADDED_P50_MS = 0.5
+TARGET_TPUT_20 = 2000.0
+TARGET_RT_MS = {1 * MiB: 20.0, 10 * MiB: 150.0}
+TARGET_IDLE_RSS_MIB = 150.0
+TARGET_STARTUP_MS = 250.0
+
+
+def fmt(value, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "—"
+    if isinstance(value, float) and abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if isinstance(value, float) and abs(value) >= 100:
+        return f"{value:.0f}" if digits < 2 else f"{value:.1f}"
+    return f"{value:.{digits}f}"
+
+
+def build_rows(results: dict) -> list[dict]:
+    p = results["paths"]
+    fl = p["floor"]
+    rows: list[dict] = []
+
+    def add(figure, path, value, floor, target="", verdict="", digits=2):
+        ratio = value / floor if value is not None and floor else None
+        rows.append({"figure": figure, "path": path, "value": value, "floor": floor,
+                     "ratio": ratio, "target": target, "result": verdict, "digits": digits})
+
+    for key, name in (("p50_ms", "echo latency p50 (ms)"), ("p99_ms", "echo latency p99 (ms)")):
+        for path in (*SERVER_PATHS, *CLIENT_PATHS):
+            lat = p[path].get("latency")
+            if not lat:
+                continue
+            floor = fl["latency"][key]
+            target = verdict = ""
+            if key == "p50_ms" and path in SERVER_PATHS:
+                added = lat[key] - floor
+                target = f"added <= {TARGET_ADDED_P50_MS} ms"
+                verdict = f"{'PASS' if added <= TARGET_ADDED_P50_MS else 'FAIL'} (+{added:.2f})"
+            elif key == "p50_ms":
+                verdict = f"info (+{lat[key] - floor:.2f})"
+            add(name, path, lat[key], floor, target, verdict, 3)
+    for n in results["config"]["concurrency"]:
+        key = f"throughput_{n}"
+        for path in SERVER_PATHS:
+            tp = p[path].get(key)
+            if not tp:
+                continue
+            target = verdict = ""
+            if n == 20:
+                target = f">= {TARGET_TPUT_20:,.0f}/s"
+                verdict = "PASS" if tp["calls_per_s"] >= TARGET_TPUT_20 else "FAIL"
+            add(f"calls/s, {n} sessions", path, tp["calls_per_s"],
+                fl[key]["calls_per_s"], target, verdict, 0)
+    rows.append({"figure": "calls/s, 20 and 100 sessions", "path": "client/*",
+                 "note": "one stdio session per process, by design"})
+    for size in (1 * MiB, 10 * MiB):
+        label = f"{size // MiB} MiB round trip (ms)"
+        for path in (*SERVER_PATHS, *CLIENT_PATHS):
+            rt = p[path].get("round_trip", {}).get(str(size))
+            if not rt:
+                continue
+            target = verdict = ""
+            if path in SERVER_PATHS:
+                target = f"<= {TARGET_RT_MS[size]:g} ms"
+                verdict = "PASS" if rt["median_ms"] <= TARGET_RT_MS[size] else "FAIL"
+            else:
+                verdict = "info (2 proxies)"
+            add(label, path, rt["median_ms"], fl["round_trip"][str(size)]["median_ms"],
+                target, verdict, 1)
+    idle = p["server/sse"].get("idle_sessions")
+    if idle:
+        n = idle["sessions"]
+        add(f"proxy RSS, {n:,} idle SSE (MiB)", "server/sse", idle["proxy_rss_mib"],
+            idle["proxy_rss_idle_mib"], f"<= {TARGET_IDLE_RSS_MIB:g} MiB",
+            "PASS" if idle["proxy_rss_mib"] <= TARGET_IDLE_RSS_MIB and n >= 1000 else "FAIL", 1)
+        add(f"  + children RSS (MiB), {idle['children']} children", "server/sse",
+            idle["proxy_with_children_rss_mib"], idle["proxy_rss_idle_mib"], "", "info", 1)
+        add(f"time to open {n:,} SSE sessions (ms)", "server/sse", idle["open_s"] * 1000, None,
+            "", "info", 0)
+    for path in CLIENT_PATHS:
+        st = p[path].get("startup")
+        if st:
+            add("client start -> initialize (ms)", path, st["median_ms"],
+                fl["startup"]["median_ms"], f"<= {TARGET_STARTUP_MS:g} ms",
+                "PASS" if st["median_ms"] <= TARGET_STARTUP_MS else "FAIL", 0)
+    return rows
+
+
+def render_table(rows: list[dict]) -> str:
+    header = ["figure", "path", "proxy", "floor", "ratio", "target", "result"]
+    body = []
+    for r in rows:
+        if "note" in r:
+            body.append([r["figure"], r["path"], "skipped", "", "", "", r["note"]])
+            continue
+        d = r["digits"]
+        body.append([r["figure"], r["path"], fmt(r["value"], d), fmt(r["floor"], d),
+                     "—" if r["ratio"] is None else f"{r['ratio']:.2f}x", r["target"],
+                     r["result"]])
+    widths = [max(len(header[i]), *(len(b[i]) for b in body)) for i in range(len(header))]
+    right = {2, 3, 4}  # numbers
+
+    def line(cells):
+        return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))) + " |"
+
+    out = [line(header), "|" + "|".join("-" * (w + 1) + (":" if i in right else "-")
+                                        for i, w in enumerate(widths)) + "|"]
+    out.extend(line(b) for b in body)
+    return "\n".join(out)
+
+
+def notes(results: dict) -> list[str]:
+    p = results["paths"]
+    out = []
+    for path in ("floor", *SERVER_PATHS):
+        for n in results["config"]["concurrency"]:
+            tp = p[path].get(f"throughput_{n}")
+            if not tp:
+                continue
+            proxy = ""
+            if tp["cpu_proxy_pct"] is not None:
+                per_call = tp["cpu_proxy_pct"] / 100 * tp["duration_s"] / max(1, tp["calls"])
+                proxy = f"proxy {tp['cpu_proxy_pct']:.0f}% ({per_call * 1000:.2f} ms/call), "
+            rss = "" if tp["proxy_rss_mib"] is None else (
+                f"; RSS proxy {tp['proxy_rss_mib']:.0f} MiB, servers "
+                f"{tp['servers_rss_mib']:.0f} MiB")
+            out.append(f"  {path:<18} {n:>3} sessions: {tp['calls_per_s']:>7,.0f} calls/s, "
+                       f"p50 {tp['p50_ms']:.2f} ms p99 {tp['p99_ms']:.2f} ms; CPU {proxy}"
+                       f"{tp['servers']} servers {tp['cpu_servers_pct']:.0f}%, "
+                       f"bench {tp['cpu_bench_pct']:.0f}%, machine {tp['machine_busy_pct']:.0f}% "
+                       f"busy{rss}")
+    return out
+
+
+def report(results: dict) -> str:
+    m = results["machine"]
+    lines = [
+        f"mcp-proxy benchmark, {results['date']} ({'quick' if results['quick'] else 'full'} run)"
+        f", revision {results.get('revision', '?')}",
+        f"machine: {m['cores']} cores ({m['cpu']}), Linux {m['kernel']}, Python {m['python']}",
+        ("load client, proxy and stdio servers SHARE these cores (not pinned)" if not m["pinned"]
+         else "pinned: proxy and its stdio servers (and floor servers) on core 0, "
+              "load client on core 1"),
+        f"latency: {results['config']['calls']} sequential calls after "
+        f"{results['config']['warmup']} warm-up; throughput: {results['config']['duration']:g} s "
+        f"per run; round trips: median of {results['config']['rt_runs']}; start-up: median of "
+        f"{results['config']['startup_runs']}",
+        "",
+        render_table(build_rows(results)),
+        "",
+        "floor = raw_server over stdio, no proxy (throughput: 20/100 raw_server processes; "
+        "RSS: the same proxy with no session; start-up: raw_server start -> initialize answer)",
+        "client mode: stdio -> mcp-proxy (client) -> mcp-proxy (server) -> raw_server; "
+        "targets apply to server mode, except start-up",
+        f"proxy under load runs with --keepalive {KEEPALIVE} --max-body-size 32MiB; the "
+        "idle-session proxy with defaults (--keepalive 15)",
+        "CPU during throughput (100% = one core; machine busy: share of all cores):",
+        *notes(results),
+    ]
+    return "\n".join(lines)
