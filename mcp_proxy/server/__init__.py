@@ -38,14 +38,9 @@ class ProxyFlask(Flask):
 def create_app(settings: ServerSettings) -> Flask:
     """Build the WSGI app; its session registry is ``app.extensions["mcp_proxy"]``."""
     app = ProxyFlask("mcp_proxy")
-    app.config["MCP_MAX_BODY"] = settings.max_body
     registry = Registry(settings)
     app.extensions["mcp_proxy"] = registry
-    install_guard(app, settings)
-
-    @app.before_request
-    def touch() -> None:
-        registry.touch()
+    install_guard(app, settings, registry.touch)
 
     for name in settings.servers:
         prefix = f"/servers/{name}" if name else ""

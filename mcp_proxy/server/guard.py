@@ -8,6 +8,7 @@ an Origin header is not from a browser page and passes the Origin check.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
 
@@ -41,48 +42,69 @@ def _matches(value: str, patterns: list[str]) -> bool:
     return any(fnmatchcase(value, pattern) for pattern in patterns)
 
 
-def install_guard(app: Flask, settings: ServerSettings) -> None:
+def _request_host(environ: dict) -> str:
+    return (environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "").lower()
+
+
+def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None]) -> None:
+    """Check every request before its view; ``touch`` is called for each one that passes."""
     hosts = allowed_hosts(settings)
     origins = [o.rstrip("/") for o in settings.allow_origins]
     expose = ", ".join(settings.expose_headers)
-    token = settings.auth_token
+    bearer = f"Bearer {settings.auth_token}".encode() if settings.auth_token else None
+    checked_hosts: dict[str, bool] = {}  # clients repeat one Host header; bounded below
 
-    def origin_ok(origin: str) -> bool:
+    def host_ok(host: str) -> bool:
+        allowed = checked_hosts.get(host)
+        if allowed is None:
+            if len(checked_hosts) >= 256:
+                checked_hosts.clear()
+            allowed = checked_hosts[host] = _matches(_host_name(host), hosts)
+        return allowed
+
+    def origin_ok(origin: str, host: str) -> bool:
         if _matches(origin, origins):
             return True
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https"):
             return False
         name = _host_name(parts.netloc)
-        return name in LOOPBACK or parts.netloc == request.host.lower()
+        return name in LOOPBACK or parts.netloc == host
 
     @app.before_request
     def guard() -> Response | None:
-        if request.method == "HEAD":
+        environ = request.environ
+        method = environ["REQUEST_METHOD"]
+        if method == "HEAD":
             return text_error(405, "Method Not Allowed", Allow=ALLOWED_METHODS)
-        if not _matches(_host_name(request.host), hosts):
+        host = _request_host(environ)
+        if not host_ok(host):
             return text_error(421, "Invalid Host header")
-        origin = request.headers.get("Origin")
-        if origin is not None and not origin_ok(origin.rstrip("/").lower()):
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is not None and not origin_ok(origin.rstrip("/").lower(), host):
             return text_error(403, "Invalid Origin header")
-        if request.method == "OPTIONS":
+        if method == "OPTIONS":
             return Response(status=204, headers={
                 "Access-Control-Allow-Methods": ALLOWED_METHODS,
-                "Access-Control-Allow-Headers": request.headers.get(
-                    "Access-Control-Request-Headers", "*"),
+                "Access-Control-Allow-Headers": environ.get(
+                    "HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "*"),
                 "Access-Control-Max-Age": "600",
             })
-        if token and request.endpoint != "status":
-            sent = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+        if bearer and request.endpoint != "status":
+            sent = environ.get("HTTP_AUTHORIZATION", "")
+            if not hmac.compare_digest(sent.encode(), bearer):
                 return text_error(401, "Unauthorized: a valid bearer token is required",
                                   **{"WWW-Authenticate": 'Bearer realm="mcp-proxy"'})
+        touch()
         return None
+
+    if not origins:
+        return  # no CORS headers to add to any answer
 
     @app.after_request
     def cors(response: Response) -> Response:
-        origin = request.headers.get("Origin")
-        if origin and origins and (_matches(origin.rstrip("/"), origins) or "*" in origins):
+        origin = request.environ.get("HTTP_ORIGIN")
+        if origin and (_matches(origin.rstrip("/"), origins) or "*" in origins):
             response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
             response.headers["Access-Control-Expose-Headers"] = expose
             response.headers.add("Vary", "Origin")

@@ -1,16 +1,26 @@
-"""Small HTTP helpers shared by the transports: error bodies, SSE responses, body reading."""
+"""Small HTTP helpers shared by the transports: error bodies, SSE responses, body reading.
+
+The checks on every POST read the WSGI environ directly rather than through Flask's
+``request``: werkzeug's lazily parsed headers, MIME types and streams cost more per request
+than the rest of relaying a message did.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
-from flask import Response, current_app, request
+from flask import Response
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.http import parse_accept_header
+from werkzeug.wsgi import get_input_stream
 
 from mcp_proxy import jsonrpc
 from mcp_proxy.errors import MessageError
 from mcp_proxy.jsonrpc import Message
 
 SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+_CACHED_HEADER = 256  # longer Accept headers are parsed every time, never kept
 
 
 def text_error(status: int, text: str, **headers: str) -> Response:
@@ -29,36 +39,63 @@ def event_stream(chunks: Iterable[bytes], **headers: str) -> Response:
     return response
 
 
+def _parse_accept(header: str) -> tuple[bool, bool]:
+    if not header.strip():
+        return True, True  # no preference: anything goes
+    accept = parse_accept_header(header, MIMEAccept)
+    return accept["application/json"] > 0, accept["text/event-stream"] > 0
+
+
+_parse_accept_cached = lru_cache(maxsize=64)(_parse_accept)
+
+
+def accepts(environ: dict) -> tuple[bool, bool]:
+    """Whether the client accepts (JSON, an event stream); clients repeat one Accept header."""
+    header = environ.get("HTTP_ACCEPT", "")
+    if len(header) > _CACHED_HEADER:
+        return _parse_accept(header)
+    return _parse_accept_cached(header)
+
+
+def is_json(environ: dict) -> bool:
+    return environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower() == "application/json"
+
+
+def _content_length(environ: dict) -> int | None:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
 def _too_large(limit: int) -> Response:
     return rpc_error(413, jsonrpc.INVALID_REQUEST, f"Request body too large (limit {limit} bytes)")
 
 
-def too_large() -> Response | None:
+def too_large(environ: dict, limit: int) -> Response | None:
     """413 if the declared body is over the limit (checked before reading it)."""
-    limit = current_app.config["MCP_MAX_BODY"]
-    if request.content_length is not None and request.content_length > limit:
-        return _too_large(limit)
-    return None
+    length = _content_length(environ)
+    return _too_large(limit) if length is not None and length > limit else None
 
 
-def read_message() -> Message | Response:
+def read_message(environ: dict, limit: int) -> Message | Response:
     """The body as a validated message, or the 4xx response that says why it is not one."""
-    limit = current_app.config["MCP_MAX_BODY"]
+    length = _content_length(environ)
+    if length is None:  # chunked: werkzeug knows whether the server delimits the body
+        stream, want = get_input_stream(environ, max_content_length=None), limit + 1
+    else:
+        stream, want = environ["wsgi.input"], min(length, limit + 1)
     parts, size = [], 0
-    while size <= limit:
-        chunk = request.stream.read(min(limit + 1 - size, 1 << 20) or 1)
+    while size < want:
+        chunk = stream.read(min(want - size, 1 << 20))
         if not chunk:
             break
         parts.append(chunk)
         size += len(chunk)
-    body = b"".join(parts)
     if size > limit:
         return _too_large(limit)
     try:
-        return jsonrpc.parse(body)
+        return jsonrpc.parse(parts[0] if len(parts) == 1 else b"".join(parts))
     except MessageError as exc:
         return rpc_error(400, exc.code, exc.message)
-
-
-def json_content_type() -> bool:
-    return (request.mimetype or "") == "application/json"

@@ -16,7 +16,7 @@ from mcp_proxy.errors import LinkClosed, SpawnError
 from mcp_proxy.jsonrpc import Message
 from mcp_proxy.server.http import (
     event_stream,
-    json_content_type,
+    is_json,
     read_message,
     rpc_error,
     text_error,
@@ -46,6 +46,7 @@ class SseSession(Session):
 
 def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
     keepalive = registry.settings.keepalive
+    limit = registry.settings.max_body
 
     @bp.get("/sse")
     def sse() -> Response:
@@ -64,10 +65,11 @@ def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
 
     @bp.post("/messages/")
     def messages() -> Response:
-        refused = too_large()
+        environ = request.environ
+        refused = too_large(environ, limit)
         if refused is not None:
             return refused
-        if not json_content_type():
+        if not is_json(environ):
             return text_error(400, "Invalid Content-Type header")
         session_id = request.args.get("session_id") or request.args.get("sessionId")
         if not session_id:
@@ -79,7 +81,7 @@ def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
         session = registry.get(session_id, server_name, SseSession.transport)
         if session is None:
             return text_error(404, "Could not find session")
-        message = read_message()
+        message = read_message(environ, limit)
         if isinstance(message, Response):
             return message
         try:

@@ -18,19 +18,14 @@ from flask import Blueprint, Response, request
 from mcp_proxy import jsonrpc
 from mcp_proxy.errors import LinkClosed, SpawnError
 from mcp_proxy.jsonrpc import Message, id_key
-from mcp_proxy.server.http import (
-    event_stream,
-    json_content_type,
-    read_message,
-    rpc_error,
-    too_large,
-)
+from mcp_proxy.server.http import accepts, event_stream, is_json, read_message, rpc_error, too_large
 from mcp_proxy.server.sessions import PING, Registry, Session, Stream, StreamEnded, sse_event
 
 logger = logging.getLogger(__name__)
 
 KNOWN_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
 SESSION_HEADER = "Mcp-Session-Id"
+SESSION_KEY = "HTTP_MCP_SESSION_ID"  # the header, as the WSGI environ names it
 
 
 class StreamableSession(Session):
@@ -120,15 +115,12 @@ class StreamableSession(Session):
         self.unsolicited.end()
 
 
-def _accepts(mimetype: str) -> bool:
-    return not request.accept_mimetypes or request.accept_mimetypes[mimetype] > 0
-
-
 def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
     keepalive = registry.settings.keepalive
+    limit = registry.settings.max_body
 
-    def find_session() -> StreamableSession | Response:
-        session_id = request.headers.get(SESSION_HEADER)
+    def find_session(environ: dict) -> StreamableSession | Response:
+        session_id = environ.get(SESSION_KEY)
         if not session_id:
             return rpc_error(400, jsonrpc.INVALID_REQUEST, "Bad Request: Missing session ID")
         session = registry.get(session_id, server_name, StreamableSession.transport)
@@ -148,25 +140,26 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
     @bp.post("/mcp")
     @bp.post("/mcp/")
     def mcp_post() -> Response:
-        refused = too_large()
+        environ = request.environ
+        refused = too_large(environ, limit)
         if refused is not None:
             return refused
-        if not (_accepts("application/json") and _accepts("text/event-stream")):
+        if accepts(environ) != (True, True):
             return rpc_error(406, jsonrpc.INVALID_REQUEST, "Not Acceptable: Client must accept "
                              "both application/json and text/event-stream")
-        if not json_content_type():
+        if not is_json(environ):
             return rpc_error(415, jsonrpc.INVALID_REQUEST,
                              "Unsupported Media Type: Content-Type must be application/json")
-        message = read_message()
+        message = read_message(environ, limit)
         if isinstance(message, Response):
             return message
-        version = request.headers.get("MCP-Protocol-Version")
+        version = environ.get("HTTP_MCP_PROTOCOL_VERSION")
         if version is not None and version not in KNOWN_VERSIONS:
             return rpc_error(400, jsonrpc.INVALID_REQUEST,
                              f"Bad Request: Unsupported protocol version: {version}; supported: "
                              f"{', '.join(sorted(KNOWN_VERSIONS))}")
-        if request.headers.get(SESSION_HEADER) or message.method != "initialize":
-            session = find_session()
+        if environ.get(SESSION_KEY) or message.method != "initialize":
+            session = find_session(environ)
             if isinstance(session, Response):
                 return session
         else:
@@ -203,10 +196,11 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
     @bp.get("/mcp")
     @bp.get("/mcp/")
     def mcp_get() -> Response:
-        if not _accepts("text/event-stream"):
+        environ = request.environ
+        if not accepts(environ)[1]:
             return rpc_error(406, jsonrpc.INVALID_REQUEST,
                              "Not Acceptable: Client must accept text/event-stream")
-        session = find_session()
+        session = find_session(environ)
         if isinstance(session, Response):
             return session
         if session.get_open:
@@ -231,7 +225,7 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
     @bp.delete("/mcp")
     @bp.delete("/mcp/")
     def mcp_delete() -> Response:
-        session = find_session()
+        session = find_session(request.environ)
         if isinstance(session, Response):
             return session
         session.close("client ended the session")
