@@ -27,6 +27,7 @@ _HEADERS_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnecti
 
 _MAX_HEADER_LINE = 65536
 _MAX_HEADERS = 100
+_COALESCE_LIMIT = 1 << 16  # answers up to this size leave in one send with their head
 ACCESS_LOG = logging.getLogger("mcp_proxy.access")
 
 
@@ -75,11 +76,33 @@ class Headers:
 
 
 class Handler(WSGIHandler):
-    """pywsgi's handler with a faster header parser, 431 for oversized headers, and an
-    access log that costs nothing unless DEBUG logging asks for it."""
+    """pywsgi's handler with a faster header parser, 431 for oversized headers, small answers
+    sent in one piece with their head, and an access log that costs nothing unless DEBUG
+    logging asks for it."""
+
+    _held: bytearray | None = None
 
     def MessageClass(self, rfile, *args):  # noqa: N802 (pywsgi's name)
         return Headers(rfile)
+
+    def _write_with_headers(self, data) -> None:
+        # pywsgi sends the head and the first body chunk with two syscalls (two TCP segments
+        # under TCP_NODELAY, two wake-ups of the client); a small answer goes out in one
+        if not data or len(data) > _COALESCE_LIMIT:
+            super()._write_with_headers(data)
+            return
+        self._held = bytearray()
+        try:
+            super()._write_with_headers(data)
+        finally:
+            held, self._held = self._held, None
+        self._sendall(held)
+
+    def _sendall(self, data) -> None:
+        if self._held is not None:
+            self._held += data
+        else:
+            super()._sendall(data)
 
     def _handle_client_error(self, ex):
         if getattr(getattr(self, "headers", None), "status", "") in (
