@@ -6,7 +6,8 @@ big (1 and 10 MiB) echoes; ``throughput`` runs many sessions on threads, counts 
 completed in a fixed window and samples the CPU and RSS of the proxy, of its stdio servers
 and of the bench over that window; ``idle_sse_memory`` opens idle SSE sessions on a fresh
 proxy and reads its RSS; ``startup`` times a stdio process from start to its initialize
-answer.
+answer, and ``remote_initialize`` the remote's own part of that (a new session over raw
+HTTP, so the server-mode proxy starting its raw_server is included).
 """
 
 from __future__ import annotations
@@ -275,5 +276,24 @@ def startup(procs: Processes, argv: list[str], runs: int, name: str) -> dict:
             code = session.close()
         if code not in (0, -signal.SIGTERM, None):
             log(f"{name} exited with {code}")
+    return {"runs": runs, "median_ms": statistics.median(times), "min_ms": min(times),
+            "max_ms": max(times)}
+
+
+def remote_initialize(make_session, runs: int) -> dict:
+    """A new session's initialize over raw HTTP: the remote's share of client start-up.
+
+    Timed from opening the session (SSE: from ``GET /sse``) to the initialize answer; it
+    includes the server-mode proxy starting a raw_server for the session.
+    """
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session = make_session()
+        try:
+            session.initialize()
+            times.append((time.perf_counter() - t0) * 1000)
+        finally:
+            session.close()
     return {"runs": runs, "median_ms": statistics.median(times), "min_ms": min(times),
             "max_ms": max(times)}

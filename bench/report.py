@@ -102,6 +102,13 @@ def build_rows(results: dict) -> list[dict]:
             add("client start -> initialize (ms)", path, st["median_ms"],
                 fl["startup"]["median_ms"], f"<= {TARGET_STARTUP_MS:g} ms",
                 "PASS" if st["median_ms"] <= TARGET_STARTUP_MS else "FAIL", 0)
+            remote = p[path].get("remote_initialize")
+            if remote:
+                add("  of which the remote's initialize (ms)", path, remote["median_ms"], None,
+                    "", "info", 0)
+                add("  the client's own share (ms)", path,
+                    st["median_ms"] - remote["median_ms"], fl["startup"]["median_ms"], "",
+                    "info", 0)
     return rows
 
 

@@ -37,7 +37,14 @@ import time
 from pathlib import Path
 
 from clients import KEEPALIVE, Proxy, SseSession, StdioSession, StreamableSession
-from measure import idle_sse_memory, latency, round_trips, startup, throughput
+from measure import (
+    idle_sse_memory,
+    latency,
+    remote_initialize,
+    round_trips,
+    startup,
+    throughput,
+)
 from procs import PY, RAW_SERVER, ROOT, BenchError, MiB, Processes, log, profiled, raise_nofile
 from report import CLIENT_PATHS, SERVER_PATHS, build_rows, report
 
@@ -128,6 +135,9 @@ def run(opts, procs: Processes, results: dict) -> None:
             paths[path]["startup"] = startup(procs, client_argv(path, proxy),
                                              cfg["startup_runs"], path.replace("/", "-"))
             proxy.wait_sessions(0)
+            remote = factories[path.replace("client/", "server/")]
+            paths[path]["remote_initialize"] = remote_initialize(remote, cfg["startup_runs"])
+            proxy.wait_sessions(0)
     finally:
         code = proxy.stop()
         results["proxy_exit_code"] = code
@@ -169,6 +179,10 @@ def main() -> int:
     if pinned:
         os.sched_setaffinity(0, {1})  # this thread; the worker threads inherit it
     cfg = configure(opts.quick)
+    # an installed package carries its byte code; without it (PYTHONDONTWRITEBYTECODE, a fresh
+    # checkout) every client start-up below would include compiling mcp_proxy
+    subprocess.run([PY, "-m", "compileall", "-q", str(ROOT / "mcp_proxy")], check=False,
+                   timeout=120, stdout=subprocess.DEVNULL)
     nofile = raise_nofile(2 * cfg["idle_sessions"] + 2 * 2 * max(cfg["concurrency"]) + 512)
 
     cpu = "?"
