@@ -74,3 +74,27 @@ def test_chunked_body_over_the_limit_is_refused():
 def test_malformed_body_is_a_jsonrpc_parse_error():
     answer = read_message(environ_with(b"{nope", "5"), limit=1000)
     assert answer.status_code == 400 and answer.get_json()["error"]["code"] == -32700
+
+
+@pytest.fixture
+def guarded_app():
+    from mcp_proxy.options import build_parser, server_settings
+    from mcp_proxy.server import create_app
+
+    args = ["--port", "0", "--allow-host", "example.com", "--", "true"]
+    return create_app(server_settings(build_parser().parse_args(args)))
+
+
+@pytest.mark.parametrize(("host", "origin", "status"), [
+    ("127.0.0.1:8080", None, 200),
+    ("example.com:80", "http://example.com", 200),  # the default port is not part of the name
+    ("127.0.0.1:8080", "http://127.0.0.1:8080", 200),
+    ("127.0.0.1:8080", "http://localhost:3000", 200),  # a loopback page
+    ("127.0.0.1:8080", "https://evil.example", 403),
+    ("evil.example", None, 421),
+    ("EVIL.example:8080", None, 421),
+])
+def test_host_and_origin_guard(guarded_app, host, origin, status):
+    headers = {"Host": host, **({"Origin": origin} if origin else {})}
+    for _ in range(2):  # the second answer comes from the cached Host decision
+        assert guarded_app.test_client().get("/status", headers=headers).status_code == status

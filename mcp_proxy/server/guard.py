@@ -43,7 +43,10 @@ def _matches(value: str, patterns: list[str]) -> bool:
 
 
 def _request_host(environ: dict) -> str:
-    return (environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "").lower()
+    """The Host the client asked for, lower-cased, without the scheme's default port."""
+    host = (environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "").lower()
+    default = ":443" if environ.get("wsgi.url_scheme") == "https" else ":80"
+    return host[: -len(default)] if host.endswith(default) else host
 
 
 def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None]) -> None:
