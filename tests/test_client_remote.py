@@ -112,10 +112,15 @@ def exchange(client: ClientProcess) -> dict:
     return client.call(rpc("tools/list", 1))
 
 
+def accepting(authorization: str, challenge: str = "Bearer"):
+    """An ``authorize`` for the remote that lets in exactly this Authorization header and
+    answers anything else with ``challenge``."""
+    return lambda h: None if h.headers.get("Authorization") == authorization else challenge
+
+
 def test_basic_auth(remote_factory, clients):
     expected = "Basic " + base64.b64encode(b"ann:pw").decode()
-    _, base = remote_factory(authorize=lambda h: None if h.headers.get("Authorization") ==
-                             expected else 'Basic realm="r"')
+    _, base = remote_factory(authorize=accepting(expected, 'Basic realm="r"'))
     client = clients("--transport", "streamablehttp", "--username", "ann", "--password", "pw",
                      base + "/mcp")
     assert exchange(client)["result"] == {"seen": "tools/list"}
@@ -144,11 +149,15 @@ def test_digest_auth(remote_factory, clients):
     assert client.close() == 0
 
 
+def oauth_client(clients, base: str, secret: str = "shh"):
+    """A client-mode proxy to ``base``/mcp that gets its bearer token from ``base``/token."""
+    return clients("--transport", "streamablehttp", "--client-id", "me", "--client-secret",
+                   secret, "--token-url", base + "/token", base + "/mcp")
+
+
 def test_oauth2_client_credentials(remote_factory, clients):
-    server, base = remote_factory(authorize=lambda h: None if h.headers.get(
-        "Authorization") == "Bearer tok-1" else "Bearer")
-    client = clients("--transport", "streamablehttp", "--client-id", "me", "--client-secret",
-                     "shh", "--token-url", base + "/token", base + "/mcp")
+    server, base = remote_factory(authorize=accepting("Bearer tok-1"))
+    client = oauth_client(clients, base)
     assert exchange(client)["result"] == {"seen": "tools/list"}
     assert client.call(rpc("ping", 2))["result"] == {"seen": "ping"}
     assert server.tokens_issued == 1  # cached, not fetched per request
@@ -157,10 +166,8 @@ def test_oauth2_client_credentials(remote_factory, clients):
 
 
 def test_oauth2_token_refused_early_is_refreshed(remote_factory, clients):
-    server, base = remote_factory(authorize=lambda h: None if h.headers.get(
-        "Authorization") == "Bearer tok-2" else "Bearer")
-    client = clients("--transport", "streamablehttp", "--client-id", "me", "--client-secret",
-                     "shh", "--token-url", base + "/token", base + "/mcp")
+    server, base = remote_factory(authorize=accepting("Bearer tok-2"))
+    client = oauth_client(clients, base)
     assert exchange(client)["result"] == {"seen": "tools/list"}
     assert server.tokens_issued == 2
     assert client.close() == 0
@@ -168,8 +175,7 @@ def test_oauth2_token_refused_early_is_refreshed(remote_factory, clients):
 
 def test_oauth2_wrong_secret_is_an_auth_error(remote_factory, clients):
     _, base = remote_factory()
-    client = clients("--transport", "streamablehttp", "--client-id", "me", "--client-secret",
-                     "nope", "--token-url", base + "/token", base + "/mcp")
+    client = oauth_client(clients, base, secret="nope")
     assert client.proc.wait(15) == 1
     assert "authentication failed: token endpoint refused the client credentials" \
         in client.stderr()

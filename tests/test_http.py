@@ -119,6 +119,17 @@ def initialize(base: str, path: str = "/mcp") -> str:
     return session_id
 
 
+def call_as_stream(base: str, sid: str, request_id: int, tool: str,
+                   arguments: dict) -> tuple[dict, SseReader]:
+    """POST a tools/call that must be answered as an event stream: the session's headers
+    and a reader of that stream."""
+    headers = {**STREAM_HEADERS, "Mcp-Session-Id": sid}
+    answer = requests.post(base + "/mcp", json=rpc("tools/call", request_id, name=tool,
+                           arguments=arguments), headers=headers, stream=True, timeout=10)
+    assert answer.headers["Content-Type"].startswith("text/event-stream")
+    return headers, SseReader(answer)
+
+
 def test_streamable_session_lifecycle(raw_proxy):
     base = raw_proxy.base
     sid = initialize(base)
@@ -172,12 +183,7 @@ def test_streamable_needs_a_session(raw_proxy):
 
 def test_streamable_answers_as_a_stream_when_the_server_talks_first(proxy_factory):
     proxy = proxy_factory("--", *RAW_SERVER, "--huge-line", "10")
-    sid = initialize(proxy.base)
-    headers = {**STREAM_HEADERS, "Mcp-Session-Id": sid}
-    answer = requests.post(proxy.base + "/mcp", json=rpc("tools/call", 2, name="echo",
-                           arguments={"text": "x"}), headers=headers, stream=True, timeout=10)
-    assert answer.headers["Content-Type"].startswith("text/event-stream")
-    reader = SseReader(answer)
+    _, reader = call_as_stream(proxy.base, initialize(proxy.base), 2, "echo", {"text": "x"})
     assert reader.next_message()["method"] == "notifications/message"
     assert reader.next_message()["id"] == 2
     with pytest.raises(EOFError):
@@ -277,12 +283,8 @@ def test_cancelled_request_ends_its_post_stream(proxy_factory):
 
 
 def test_server_to_client_request_over_streamable(raw_proxy):
-    sid = initialize(raw_proxy.base)
-    headers = {**STREAM_HEADERS, "Mcp-Session-Id": sid}
-    call = requests.post(raw_proxy.base + "/mcp", json=rpc("tools/call", 3, name="ask",
-                         arguments={"prompt": "hi"}), headers=headers, stream=True, timeout=10)
-    assert call.headers["Content-Type"].startswith("text/event-stream")
-    reader = SseReader(call)
+    headers, reader = call_as_stream(raw_proxy.base, initialize(raw_proxy.base), 3, "ask",
+                                     {"prompt": "hi"})
     ask = reader.next_message()
     assert ask["method"] == "sampling/createMessage" and ask["id"] == "srv-1"
     reply = {"jsonrpc": "2.0", "id": "srv-1", "result": {"role": "assistant", "model": "m",
