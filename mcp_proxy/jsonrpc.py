@@ -49,27 +49,56 @@ def _valid_id(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
-class Message:
-    """One JSON-RPC message: ``obj`` for routing, ``raw`` (single-line bytes) for the wire."""
+# Above this size a parsed message keeps only what routing reads, not a second copy of its
+# payload: a queued 128 KiB answer then costs 128 KiB, not twice that.
+SLIM_ABOVE = 32 << 10
+_ROUTING_PARAMS = ("requestId", "progressToken")
 
-    __slots__ = ("obj", "raw", "kind")
+
+def _routing_view(obj: dict) -> dict:
+    """What routing reads of a large message: id, method and the few params it looks at."""
+    view = {key: obj[key] for key in ("jsonrpc", "id", "method") if key in obj}
+    params = obj.get("params")
+    if isinstance(params, dict):
+        kept = {key: params[key] for key in _ROUTING_PARAMS if key in params}
+        meta = params.get("_meta")
+        if isinstance(meta, dict) and "progressToken" in meta:
+            kept["_meta"] = {"progressToken": meta["progressToken"]}
+        view["params"] = kept
+    return view
+
+
+class Message:
+    """One JSON-RPC message: ``raw`` (single-line bytes) for the wire, and what routing reads.
+
+    A large message is held once: its bytes, plus a small routing view (id, method, the
+    params routing reads). ``obj`` parses the bytes again when someone needs the whole object.
+    """
+
+    __slots__ = ("_obj", "raw", "kind", "_whole")
 
     def __init__(self, obj: dict, raw: bytes | None = None) -> None:
-        self.obj = obj
         self.raw = raw if raw is not None else encode(obj)
         self.kind = classify(obj)
+        self._whole = len(self.raw) <= SLIM_ABOVE
+        self._obj = obj if self._whole else _routing_view(obj)
+
+    @property
+    def obj(self) -> dict:
+        """The whole message (parsed again from ``raw`` if only its routing view is kept)."""
+        return self._obj if self._whole else _decoder.decode(self.raw.decode("utf-8"))
 
     @property
     def id(self) -> Any:
-        return self.obj.get("id")
+        return self._obj.get("id")
 
     @property
     def method(self) -> str | None:
-        return self.obj.get("method")
+        return self._obj.get("method")
 
     @property
     def params(self) -> dict:
-        params = self.obj.get("params")
+        params = self._obj.get("params")
         return params if isinstance(params, dict) else {}
 
     def __repr__(self) -> str:
