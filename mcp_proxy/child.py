@@ -1,9 +1,15 @@
 """StdioChild: a local stdio MCP server process as a link.
 
 Owns the process: spawning it (in its own process group), the one reader greenlet that
-frames its stdout, the lock that keeps writes to its stdin whole, and stopping it (close
-stdin, wait, SIGTERM the group, wait, SIGKILL the group). Its stderr is inherited, so the
-server's logs reach ours untouched. It never interprets a message beyond framing it.
+frames its stdout, the ordered writes to its stdin, and stopping it (close stdin, wait,
+SIGTERM the group, wait, SIGKILL the group). Its stderr is inherited, so the server's logs
+reach ours untouched. It never interprets a message beyond framing it.
+
+Neither direction buffers without bound. The reader stops reading stdout while the peer is
+not ready (its client is not reading), so the server blocks on its own writes and its pipe
+holds the rest. A message for stdin is written at once when the pipe takes it; what the pipe
+does not take waits in a small queue that a writer greenlet drains, and a sender that finds
+that queue full waits at most ``write_timeout`` before :class:`ServerBusy`.
 """
 
 from __future__ import annotations
@@ -13,33 +19,44 @@ import logging
 import os
 import re
 import signal
+import time
+from collections import deque
+from itertools import islice
 
 import gevent
 from gevent import subprocess
 from gevent.event import Event
-from gevent.lock import RLock
+from gevent.socket import wait_write
 
 from mcp_proxy import jsonrpc
-from mcp_proxy.errors import LinkClosed, MessageError, SpawnError
+from mcp_proxy.errors import LinkClosed, MessageError, ServerBusy, SpawnError
 from mcp_proxy.link import Link
 from mcp_proxy.settings import ServerSpec
 
 logger = logging.getLogger(__name__)
 
 _PIPE_BUFFER = 1 << 18
+_STDIN_QUEUE = 1 << 20  # bytes waiting for a server that is slow to read its stdin
+_IOV_MAX = 64
 _LEADING_ID = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.){0,200}")')
 
 
 class StdioChild(Link):
     """A spawned stdio MCP server; iterate it for what the server writes to stdout."""
 
-    def __init__(self, spec: ServerSpec, name: str, max_frame: int, stop_grace: float = 2.0):
+    def __init__(self, spec: ServerSpec, name: str, max_frame: int, stop_grace: float = 2.0,
+                 write_timeout: float = 10.0):
         super().__init__(name)
         self.spec = spec
         self.max_frame = max_frame
         self.stop_grace = stop_grace
+        self.write_timeout = write_timeout
         self.stopped = Event()
-        self._write_lock = RLock()
+        self._pending: deque = deque()  # what stdin has not taken yet, in order
+        self._pending_bytes = 0
+        self._room = Event()  # set while the queue has room
+        self._room.set()
+        self._writer: gevent.Greenlet | None = None
         try:
             self.process = subprocess.Popen(
                 spec.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
@@ -49,6 +66,8 @@ class StdioChild(Link):
         except OSError as exc:
             raise SpawnError(f"cannot start {spec.command!r}: {exc.strerror or exc}") from exc
         self.pid = self.process.pid
+        self._stdin = self.process.stdin.fileno()
+        os.set_blocking(self._stdin, False)
         # arguments may carry secrets: only the command name at INFO
         logger.info("%s: started %s (pid %d)", name, spec.command, self.pid)
         logger.debug("%s: argv %s", name, spec.display())
@@ -61,16 +80,65 @@ class StdioChild(Link):
         return "stopping" if self.closed.is_set() else "running"
 
     def send(self, message: jsonrpc.Message) -> None:
+        """Write one frame, in order; raise :class:`ServerBusy` if the server takes nothing
+        for ``write_timeout`` while its queue is full."""
+        size = len(message.raw) + 1
+        deadline = time.monotonic() + self.write_timeout
+        while self._pending and self._pending_bytes + size > _STDIN_QUEUE:
+            self._room.clear()
+            self._room.wait(deadline - time.monotonic())
+            if self.closed.is_set():
+                break
+            if not self._room.is_set() and time.monotonic() >= deadline:
+                raise ServerBusy(f"the MCP server has not read its input for "
+                                 f"{self.write_timeout:g} s")
         if self.closed.is_set():
             raise LinkClosed(f"{self.name} is closed: {self.close_reason}")
+        chunks = [message.raw, b"\n"]
+        if not self._pending:  # the usual case: the pipe takes the frame now, no greenlet
+            chunks = self._write(chunks)
+            if not chunks:
+                return
+        self._pending.extend(chunks)
+        self._pending_bytes += sum(len(chunk) for chunk in chunks)
+        if self._writer is None:
+            self._writer = gevent.spawn(self._drain)
+
+    def _write(self, chunks: list) -> list:
+        """Write what the pipe takes now; return what is left (closing on a broken pipe)."""
         try:
-            with self._write_lock:
-                self.process.stdin.write(message.raw)
-                self.process.stdin.write(b"\n")
-                self.process.stdin.flush()
-        except (OSError, ValueError) as exc:  # ValueError: write to a closed file
-            self.close(f"server stdin closed ({exc})")
+            written = os.writev(self._stdin, chunks[:_IOV_MAX])
+        except BlockingIOError:
+            return chunks
+        except OSError as exc:
+            self.close(f"server stdin closed ({exc.strerror or exc})")
             raise LinkClosed(f"{self.name}: server stdin closed") from exc
+        while chunks and written >= len(chunks[0]):
+            written -= len(chunks.pop(0))
+        if written:
+            chunks[0] = memoryview(chunks[0])[written:]
+        return chunks
+
+    def _drain(self) -> None:
+        """Write the queue out as the server reads, then end (one greenlet at a time)."""
+        try:
+            while self._pending:
+                wait_write(self._stdin)
+                chunks = list(islice(self._pending, _IOV_MAX))
+                count = len(chunks)
+                left = self._write(chunks)
+                for _ in range(count - len(left)):
+                    self._pending_bytes -= len(self._pending.popleft())
+                if left and len(left[0]) != len(self._pending[0]):
+                    self._pending_bytes -= len(self._pending[0]) - len(left[0])
+                    self._pending[0] = left[0]
+                if self._pending_bytes <= _STDIN_QUEUE // 2:
+                    self._room.set()
+        except LinkClosed:
+            pass
+        finally:
+            self._writer = None
+            self._room.set()
 
     def _read_stdout(self) -> None:
         stdout = self.process.stdout
@@ -86,6 +154,8 @@ class StdioChild(Link):
                 line = line.strip()
                 if line:
                     self._deliver_line(line)
+                if not self.peer_ready.is_set():  # the client is behind: let the pipe fill
+                    self.peer_ready.wait()
         except (OSError, ValueError) as exc:
             logger.debug("%s: stdout read ended: %s", self.name, exc)
         except LinkClosed:
@@ -128,14 +198,17 @@ class StdioChild(Link):
             return None
 
     def _on_close(self, reason: str) -> None:
+        self._room.set()  # senders waiting for room get LinkClosed now
         gevent.spawn(self._stop)
 
     def _stop(self) -> None:
         """Close stdin, then TERM, then KILL the process group; reap it."""
         try:
+            if self._writer is not None:
+                self._writer.kill()
+            self._pending.clear()
             try:
-                with self._write_lock:
-                    self.process.stdin.close()
+                self.process.stdin.close()
             except OSError:
                 pass
             code = self._wait_exit(self.stop_grace)

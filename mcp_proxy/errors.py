@@ -15,6 +15,10 @@ class SpawnError(ProxyError, OSError):
     """The stdio server command could not be started."""
 
 
+class ServerBusy(ProxyError):
+    """The server took none of its input for the write timeout: the client may retry later."""
+
+
 class LinkClosed(ProxyError, ConnectionError):
     """A message was sent to a link that has already closed."""
 

@@ -18,19 +18,28 @@ from gevent.event import Event
 from gevent.queue import Queue
 
 from mcp_proxy import jsonrpc
-from mcp_proxy.errors import LinkClosed
+from mcp_proxy.errors import LinkClosed, ServerBusy
 from mcp_proxy.jsonrpc import Message
 
 logger = logging.getLogger(__name__)
 
 _END = object()
+_ALWAYS_READY = Event()
+_ALWAYS_READY.set()
 
 
 class Link:
-    """Base class: what the peer sends goes to the bridge (or an inbox), plus close bookkeeping."""
+    """Base class: what the peer sends goes to the bridge (or an inbox), plus close bookkeeping.
+
+    Backpressure: ``ready`` is clear while a link holds too much it could not pass on yet (a
+    client that does not read); a link that reads from a producer (a child's stdout) waits on
+    ``peer_ready``, its peer's ``ready``, before reading more.
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.ready = _ALWAYS_READY
+        self.peer_ready = _ALWAYS_READY
         self.closed = Event()  # set as closing starts
         self.ended = Event()  # set once closing is done: resources released, peer told
         self.close_reason = ""
@@ -122,6 +131,10 @@ def _relay(source: Link, target: Link, sent: dict, answered: dict) -> Callable[[
             sent.pop(jsonrpc.id_key(message.params.get("requestId")), None)
         try:
             target.send(message)
+        except ServerBusy:  # the sender answers the client; nothing was sent
+            if kind == jsonrpc.REQUEST:
+                sent.pop(jsonrpc.id_key(message.id), None)
+            raise
         except LinkClosed:
             if kind == jsonrpc.REQUEST:
                 sent.pop(jsonrpc.id_key(message.id), None)
@@ -159,6 +172,7 @@ def bridge(down: Link, up: Link) -> gevent.Greenlet:
     def down_ended() -> None:
         up.close(down.close_reason or "client ended")
 
+    up.peer_ready = down.ready
     up.attach(_relay(up, down, server_requests, client_requests), up_ended)
     down.attach(_relay(down, up, client_requests, server_requests), down_ended)
     return gevent.spawn(lambda: (down.ended.wait(), up.ended.wait()))

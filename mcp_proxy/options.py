@@ -137,8 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--max-message-size", type=size, default=64 * MiB, metavar="BYTES",
                         help="largest message accepted from a server's stdout (default 64MiB)")
     server.add_argument("--max-queued-size", type=size, default=64 * MiB, metavar="BYTES",
-                        help="bytes queued for a client that does not read before its "
-                             "session is closed (default 64MiB)")
+                        help="bytes kept for a session's client while it has no stream open "
+                             "to take them, before the session is closed (default 64MiB)")
+    server.add_argument("--stall-timeout", type=positive, default=60.0, metavar="SECONDS",
+                        help="end a session whose client takes nothing of what is sent to it "
+                             "this long (default 60)")
+    server.add_argument("--write-timeout", type=positive, default=10.0, metavar="SECONDS",
+                        help="how long a POST waits for a server that reads none of its "
+                             "input, then 503 (default 10)")
     server.add_argument("--session-timeout", type=positive, default=600.0, metavar="SECONDS",
                         help="end a Streamable HTTP session idle this long with no stream "
                              "open (default 600)")
@@ -188,6 +194,7 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
         auth_token=ns.auth_token or None, keepalive=ns.keepalive,
         max_body=ns.max_body_size, max_frame=ns.max_message_size,
         max_queued=ns.max_queued_size, session_idle_timeout=ns.session_timeout,
+        stall_timeout=ns.stall_timeout, write_timeout=ns.write_timeout,
         stop_timeout=ns.stop_timeout)
 
 

@@ -110,6 +110,11 @@ class Handler(WSGIHandler):
             return ("431", _HEADERS_TOO_LARGE)
         return super()._handle_client_error(ex)
 
+    def get_environ(self):
+        environ = super().get_environ()
+        environ["mcp_proxy.socket"] = self.socket  # streams watch it for a client that leaves
+        return environ
+
     def log_request(self) -> None:
         if ACCESS_LOG.isEnabledFor(logging.DEBUG):
             super().log_request()

@@ -73,6 +73,8 @@ class ServerSettings:
     max_frame: int = 64 * MiB
     max_queued: int = 64 * MiB
     session_idle_timeout: float = 600.0
+    stall_timeout: float = 60.0  # a client that takes nothing this long loses its session
+    write_timeout: float = 10.0  # a POST waits this long for a server that reads nothing
     stop_timeout: float = 5.0
 
 

@@ -11,6 +11,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -81,6 +82,47 @@ class ProxyProcess:
             self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class GunicornProcess:
+    """``gunicorn ... mcp_proxy.wsgi:application`` on a free loopback port, as a context
+    manager that waits (bounded) until it serves and stops it (SIGTERM) on exit."""
+
+    def __init__(self, proxy_args: str, *options: str, env: dict | None = None,
+                 prefix: str = "") -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}{prefix}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1",
+             "-b", f"127.0.0.1:{self.port}", *options, "mcp_proxy.wsgi:application"],
+            env={**os.environ, "MCP_PROXY_ARGS": proxy_args, **(env or {})},
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+    def __enter__(self) -> GunicornProcess:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                requests.get(self.base + "/status", timeout=2)
+                return self
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "gunicorn did not start"
+                assert self.proc.poll() is None, self.proc.stderr.read().decode()
+                time.sleep(0.1)
+
+    def __exit__(self, *exc) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
         finally:
             if self.proc.poll() is None:
                 os.killpg(self.proc.pid, signal.SIGKILL)

@@ -5,42 +5,26 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
-import socket
-import subprocess
-import sys
 import time
 
 import requests
 
-from conftest import INIT_PARAMS, RAW_SERVER, SDK_SERVER, STREAM_HEADERS, open_sse, rpc
+from conftest import (
+    INIT_PARAMS,
+    RAW_SERVER,
+    SDK_SERVER,
+    STREAM_HEADERS,
+    GunicornProcess,
+    open_sse,
+    rpc,
+)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_gunicorn_gevent_worker_serves_sessions(tmp_path):
-    port = free_port()
-    env = {**os.environ, "MCP_PROXY_ARGS": "--keepalive 1 -- " + shlex.join(RAW_SERVER),
-           "SCRIPT_NAME": "/mcpx"}  # mounted under a prefix, as behind a reverse proxy
-    gunicorn = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1", "-b", f"127.0.0.1:{port}",
-         "--graceful-timeout", "3", "mcp_proxy.wsgi:application"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    base = f"http://127.0.0.1:{port}/mcpx"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                requests.get(base + "/status", timeout=2)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "gunicorn did not start"
-                assert gunicorn.poll() is None, gunicorn.stderr.read().decode()
-                time.sleep(0.1)
+def test_gunicorn_gevent_worker_serves_sessions():
+    # mounted under a prefix, as behind a reverse proxy
+    with GunicornProcess("--keepalive 1 -- " + shlex.join(RAW_SERVER), "--graceful-timeout", "3",
+                         env={"SCRIPT_NAME": "/mcpx"}, prefix="/mcpx") as gunicorn:
+        base = gunicorn.base
         reader, endpoint = open_sse(base)
         assert endpoint.startswith(base + "/messages/?session_id=")  # the prefix is kept
         requests.post(endpoint, json=rpc("ping", "g1"), timeout=10)
@@ -52,9 +36,6 @@ def test_gunicorn_gevent_worker_serves_sessions(tmp_path):
         pids = [s["child"]["pid"] for s in status["session_details"] if s["child"]]
         assert len(pids) == 2
         reader.close()
-    finally:
-        gunicorn.send_signal(signal.SIGTERM)
-        gunicorn.wait(20)
     deadline = time.monotonic() + 10
     while any(os.path.exists(f"/proc/{pid}") for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -124,28 +124,6 @@ def test_vanished_sse_client_is_cleaned_up(proxy_factory):
     wait_until(lambda: not child_pids(proxy.base) and not pids_alive(pids), timeout=5)
 
 
-def test_stalled_client_loses_its_session_not_our_memory(proxy_factory):
-    proxy = proxy_factory("--max-queued-size", "2MiB", "--", *RAW_SERVER)
-    stalled = requests.get(proxy.base + "/sse", stream=True, timeout=10)
-    lines = stalled.iter_lines()  # kept referenced: dropping it would close the stream
-    endpoint = proxy.base + next(
-        line for line in lines if line.startswith(b"data:"))[5:].decode().strip()
-    other, other_endpoint = open_sse(proxy.base)
-    big = {"text": "x" * (1 << 20)}
-    for n in range(80):  # ~80 MiB the stalled client never reads
-        posted = requests.post(endpoint, json=rpc("tools/call", n, name="echo", arguments=big),
-                               timeout=10)
-        if posted.status_code == 404:
-            break
-    else:
-        raise AssertionError("the stalled session was never closed")
-    proxy.expect("not reading")
-    requests.post(other_endpoint, json=rpc("ping", 7), timeout=10)
-    assert other.next_message()["id"] == 7
-    stalled.close()
-    other.close()
-
-
 def test_ten_mib_both_ways(proxy_factory):
     proxy = proxy_factory("--max-body-size", "16MiB", "--", *RAW_SERVER)
     text = "é" * (5 << 20)  # 10 MiB of UTF-8
@@ -192,7 +170,7 @@ def test_vanished_streamable_client_is_cleaned_up(proxy_factory):
     assert len(pids) == 1
     stream.close()  # the client vanishes without DELETE
     wait_until(lambda: not child_pids(proxy.base) and not pids_alive(pids), timeout=5)
-    proxy.expect("idle for more than 1 s")
+    proxy.expect("did not reopen it within 1 s")
 
 
 def test_idle_streamable_session_without_streams_times_out(proxy_factory):

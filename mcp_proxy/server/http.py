@@ -16,7 +16,7 @@ from werkzeug.http import parse_accept_header
 from werkzeug.wsgi import get_input_stream
 
 from mcp_proxy import jsonrpc
-from mcp_proxy.errors import MessageError
+from mcp_proxy.errors import MessageError, ServerBusy
 from mcp_proxy.jsonrpc import Message
 
 SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
@@ -31,6 +31,16 @@ def rpc_error(status: int, code: int, text: str, request_id=None, **headers: str
     """An HTTP error whose body is a JSON-RPC error, as Streamable HTTP servers answer."""
     body = jsonrpc.encode(jsonrpc.error_obj(request_id, code, text))
     return Response(body, status=status, mimetype="application/json", headers=headers)
+
+
+RETRY_AFTER = "2"  # seconds a client should wait before resending to a busy server
+
+
+def server_busy(exc: ServerBusy, message: Message) -> Response:
+    """503 for a message the server could not take: nothing was sent, the client may retry."""
+    request_id = message.id if message.kind == jsonrpc.REQUEST else None
+    return rpc_error(503, jsonrpc.INTERNAL_ERROR, f"Server busy: {exc}; retry later",
+                     request_id, **{"Retry-After": RETRY_AFTER})
 
 
 def event_stream(chunks: Iterable[bytes], **headers: str) -> Response:

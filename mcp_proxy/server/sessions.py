@@ -1,9 +1,11 @@
-"""Client sessions in server mode: the downstream link, its event streams, and the registry.
+"""Client sessions in server mode: the downstream link and the registry of live sessions.
 
 A session is the downstream end of one bridge. It spawns its own child on the first message
-(so an idle stream costs no process) and stops it when the session ends. Everything a
-session has queued for a slow client counts against one byte budget; a client that stops
-reading long enough to exhaust it loses its session, never our memory.
+(so an idle stream costs no process) and stops it when the session ends. What a session
+holds for a slow client is bounded: past a small high-water mark of bytes on their way to a
+reading client, the session is not ``ready`` and its child's stdout is not read (the child
+blocks on its own writes); a client that takes nothing for ``--stall-timeout`` loses its
+session; a backlog nobody reads is capped by ``--max-queued-size``.
 """
 
 from __future__ import annotations
@@ -12,76 +14,24 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 
 import gevent
+from gevent.event import Event
 from gevent.lock import Semaphore
-from gevent.queue import Empty, Queue
 
-from mcp_proxy import jsonrpc
 from mcp_proxy.child import StdioChild
 from mcp_proxy.errors import LinkClosed
 from mcp_proxy.jsonrpc import Message
 from mcp_proxy.link import Link, bridge
+from mcp_proxy.server.streams import Stream
 from mcp_proxy.settings import ServerSettings, ServerSpec
 
 logger = logging.getLogger(__name__)
 
-_END = object()
-PING = b": ping\n\n"
-
-
-class StreamEnded(Exception):
-    """The stream was ended: its response was sent, or its session closed."""
-
-
-def sse_event(data: bytes, event: bytes = b"message") -> bytes:
-    return b"event: " + event + b"\ndata: " + data + b"\n\n"
-
-
-class Stream:
-    """One open event stream of a session: a queue drained by a streaming response."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self.ended = False
-        self._queue: Queue = Queue()
-
-    def put(self, message: Message) -> None:
-        self.session.charge(len(message.raw))
-        self._queue.put(message)
-
-    def end(self) -> None:
-        if not self.ended:
-            self.ended = True
-            self._queue.put(_END)
-
-    def next(self, timeout: float) -> Message | None:
-        """The next message, or None after ``timeout``; raises StreamEnded once it ended."""
-        try:
-            item = self._queue.get(timeout=timeout)
-        except Empty:
-            return None
-        if item is _END:
-            self._queue.put(_END)  # stay ended for any later reader
-            raise StreamEnded
-        self.session.refund(len(item.raw))
-        return item
-
-    def events(self, keepalive: float, until_response: bool = False) -> Iterator[bytes]:
-        """SSE bytes: each message as an event, a ping comment after ``keepalive`` of silence;
-        with ``until_response``, the stream stops after the first response it carries."""
-        while True:
-            try:
-                message = self.next(keepalive)
-            except StreamEnded:
-                return
-            if message is None:
-                yield PING
-                continue
-            yield sse_event(message.raw)
-            if until_response and message.kind == jsonrpc.RESPONSE:
-                return
+# Backpressure marks: above HIGH bytes on their way to a reading client, the child's stdout
+# is no longer read; below LOW it is read again.
+HIGH_WATER = 512 << 10
+LOW_WATER = 128 << 10
 
 
 class Session(Link):
@@ -99,19 +49,44 @@ class Session(Link):
         self.last_activity = time.monotonic()
         self.child: StdioChild | None = None
         self._starting = Semaphore()  # two first messages at once must not start two children
-        self._queued = 0
+        self.queued = 0  # bytes waiting in this session's streams
+        self.pressing = 0  # of those, bytes in streams a response is draining
+        self.draining: set[Stream] = set()  # streams an HTTP response is writing out
+        self.ready = Event()
+        self.ready.set()
 
-    def charge(self, size: int) -> None:
-        """Count ``size`` queued bytes; close the session if the client is too far behind."""
-        if self._queued + size > self.settings.max_queued and self._queued:
+    def charge(self, size: int, reading: bool) -> None:
+        """Count ``size`` queued bytes; close the session if its budget is exhausted."""
+        if self.queued + size > self.settings.max_queued and self.queued:
             logger.warning("%s: client is not reading (%d bytes queued); closing the session",
-                           self.name, self._queued)
+                           self.name, self.queued)
             self.close("client stopped reading (outbound buffer full)")
             raise LinkClosed(f"{self.name}: outbound buffer full")
-        self._queued += size
+        self.queued += size
+        if reading:
+            self.press(size)
 
-    def refund(self, size: int) -> None:
-        self._queued -= size
+    def refund(self, size: int, reading: bool) -> None:
+        self.queued -= size
+        if reading:
+            self.press(-size)
+
+    def press(self, delta: int) -> None:
+        """Move the bytes on their way to a reading client; flip ``ready`` at the marks."""
+        self.pressing += delta
+        if self.pressing >= HIGH_WATER:
+            self.ready.clear()
+        elif self.pressing <= LOW_WATER and not self.ready.is_set():
+            self.ready.set()
+
+    def stalled(self, now: float) -> Stream | None:
+        """A stream whose client has not taken a chunk for ``--stall-timeout`` seconds."""
+        limit = self.settings.stall_timeout
+        for stream in self.draining:
+            since = stream.writing_since
+            if since is not None and now - since > limit:
+                return stream
+        return None
 
     def receive(self, message: Message) -> None:
         """Take a message from the client; start the child first if this is the first one."""
@@ -132,6 +107,7 @@ class Session(Link):
 
     def _on_close(self, reason: str) -> None:
         logger.info("%s: session ended: %s", self.name, reason)
+        self.ready.set()  # a child waiting to be read must see the end, not wait forever
         self.registry.forget(self)
 
 
@@ -150,7 +126,8 @@ class Registry:
 
     def spawn(self, server_name: str, session_name: str) -> StdioChild:
         child = StdioChild(self.spec(server_name), session_name, self.settings.max_frame,
-                           stop_grace=self.settings.stop_timeout / 3)
+                           stop_grace=self.settings.stop_timeout / 3,
+                           write_timeout=self.settings.write_timeout)
         self.spawned += 1
         return child
 
@@ -190,11 +167,21 @@ class Registry:
                 session.child.kill_now(signal.SIGTERM)
 
     def _reap_idle(self) -> None:
+        """End idle sessions and sessions whose client stopped taking what we send."""
         settings = self.settings
         while True:
-            gevent.sleep(min(settings.keepalive / 2, settings.session_idle_timeout / 4, 30.0))
+            gevent.sleep(min(settings.keepalive / 2, settings.session_idle_timeout / 4,
+                             settings.stall_timeout / 4, 30.0))
             now = time.monotonic()
             for session in list(self.sessions.values()):
-                if session.idle(now) > session.idle_limit:
+                stalled = session.stalled(now)
+                if stalled is not None:
+                    logger.warning("%s: the client took nothing for %g s (%d bytes waiting); "
+                                   "closing the session", session.name,
+                                   settings.stall_timeout, session.queued)
+                    session.close(f"client read nothing for {settings.stall_timeout:g} s")
+                    if stalled.abort is not None:
+                        stalled.abort()  # its response is stuck in a write: cut it
+                elif session.idle(now) > session.idle_limit:
                     session.close(f"idle for more than {session.idle_limit:g} s")
 

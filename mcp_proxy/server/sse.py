@@ -12,17 +12,19 @@ import uuid
 from flask import Blueprint, Response, request, url_for
 
 from mcp_proxy import jsonrpc
-from mcp_proxy.errors import LinkClosed, SpawnError
+from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError
 from mcp_proxy.jsonrpc import Message
 from mcp_proxy.server.http import (
     event_stream,
     is_json,
     read_message,
     rpc_error,
+    server_busy,
     text_error,
     too_large,
 )
-from mcp_proxy.server.sessions import Registry, Session, Stream, sse_event
+from mcp_proxy.server.sessions import Registry, Session
+from mcp_proxy.server.streams import Body, Stream, sse_event
 
 
 class SseSession(Session):
@@ -54,14 +56,18 @@ def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
         endpoint = f"{url_for('.messages')}?session_id={session.id}".encode()
 
         def chunks():
-            try:
-                # headers leave only with the first chunk: send the endpoint at once
-                yield sse_event(endpoint, b"endpoint")
-                yield from session.stream.events(keepalive)
-            finally:
-                session.close("client disconnected")
+            # headers leave only with the first chunk: send the endpoint at once
+            yield sse_event(endpoint, b"endpoint")
+            yield from session.stream.events(keepalive)
 
-        return event_stream(chunks())
+        def gone() -> None:
+            session.close("client closed its event stream")
+
+        def ended() -> None:
+            session.close("client disconnected")
+            session.stream.discard()
+
+        return event_stream(Body(chunks(), request.environ, session.stream, gone, ended))
 
     @bp.post("/messages/")
     def messages() -> Response:
@@ -90,6 +96,8 @@ def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
             session.close(str(exc))
             return rpc_error(502, jsonrpc.INTERNAL_ERROR, f"Could not start the MCP server: {exc}",
                              message.id if message.kind == jsonrpc.REQUEST else None)
+        except ServerBusy as exc:
+            return server_busy(exc, message)
         except LinkClosed:
             return text_error(404, "Could not find session")
         return Response("Accepted", status=202, mimetype="text/plain")

@@ -13,19 +13,32 @@ from __future__ import annotations
 import logging
 import time
 
+import gevent
 from flask import Blueprint, Response, request
 
 from mcp_proxy import jsonrpc
-from mcp_proxy.errors import LinkClosed, SpawnError
+from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError
 from mcp_proxy.jsonrpc import Message, id_key
-from mcp_proxy.server.http import accepts, event_stream, is_json, read_message, rpc_error, too_large
-from mcp_proxy.server.sessions import PING, Registry, Session, Stream, StreamEnded, sse_event
+from mcp_proxy.server.http import (
+    accepts,
+    event_stream,
+    is_json,
+    read_message,
+    rpc_error,
+    server_busy,
+    too_large,
+)
+from mcp_proxy.server.sessions import Registry, Session
+from mcp_proxy.server.streams import PING, Body, Stream, StreamEnded, sse_event
 
 logger = logging.getLogger(__name__)
 
 KNOWN_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
 SESSION_HEADER = "Mcp-Session-Id"
 SESSION_KEY = "HTTP_MCP_SESSION_ID"  # the header, as the WSGI environ names it
+# A client whose GET stream closed and who has no request open is gone unless it reopens
+# the stream within this many seconds (clients that lose a stream reconnect at once).
+REOPEN_GRACE = 1.0
 
 
 class StreamableSession(Session):
@@ -37,7 +50,7 @@ class StreamableSession(Session):
         super().__init__(registry, server_name)
         self.requests: dict[tuple, Stream] = {}  # open client requests, oldest first
         self.progress: dict[tuple, tuple] = {}  # progress token -> request key
-        self.unsolicited = Stream(self)  # the GET stream's queue, also the backlog
+        self.unsolicited = Stream(self, reading=False)  # the GET stream's queue and backlog
         self.get_open = False
         self.idle_limit = self.settings.session_idle_timeout
 
@@ -108,6 +121,21 @@ class StreamableSession(Session):
             return 0.0
         return now - self.last_activity
 
+    def get_closed(self) -> None:
+        """The GET stream ended: a client that shows no sign of life soon after has left."""
+        self.get_open = False
+        self.unsolicited.detach_reader()
+        if self.closed.is_set():
+            return
+        self.last_activity = stamp = time.monotonic()
+        self.idle_limit = REOPEN_GRACE
+        gevent.spawn_later(REOPEN_GRACE, self._end_if_gone, stamp)
+
+    def _end_if_gone(self, stamp: float) -> None:
+        if not self.get_open and not self.requests and self.last_activity == stamp:
+            self.close(f"client closed its GET stream and did not reopen it within "
+                       f"{REOPEN_GRACE:g} s")
+
     def _on_close(self, reason: str) -> None:
         super()._on_close(reason)
         for key in list(self.requests):
@@ -128,14 +156,24 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
             return rpc_error(404, jsonrpc.INVALID_REQUEST, "Session not found")
         return session
 
-    def request_events(session: StreamableSession, key: tuple, stream: Stream,
-                       first: Message | None):
-        try:
-            yield PING if first is None else sse_event(first.raw)
-            if first is None or first.kind != jsonrpc.RESPONSE:
-                yield from stream.events(keepalive, until_response=True)
-        finally:
+    def request_events(stream: Stream, first: Message | None):
+        yield PING if first is None else sse_event(first.raw)
+        if first is None or first.kind != jsonrpc.RESPONSE:
+            yield from stream.events(keepalive, until_response=True)
+
+    def request_body(session: StreamableSession, message: Message, stream: Stream,
+                     first: Message | None) -> Body:
+        key = id_key(message.id)
+
+        def gone() -> None:  # not a cancel (2025 era): the late answer is dropped
+            logger.info("%s: client closed the stream of request %r", session.name, message.id)
             session.release(key)
+
+        def ended() -> None:
+            session.release(key)
+            stream.discard()
+
+        return Body(request_events(stream, first), request.environ, stream, gone, ended)
 
     @bp.post("/mcp")
     @bp.post("/mcp/")
@@ -178,12 +216,15 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
             session.close(str(exc))
             return rpc_error(502, jsonrpc.INTERNAL_ERROR,
                              f"Could not start the MCP server: {exc}", message.id)
+        except ServerBusy as exc:
+            if stream is not None:
+                session.release(id_key(message.id))
+            return server_busy(exc, message)
         except LinkClosed:
             return rpc_error(404, jsonrpc.INVALID_REQUEST, "Session not found")
         if stream is None:
             return Response(status=202, headers=headers)
 
-        key = id_key(message.id)
         try:
             first = stream.next(keepalive)
         except StreamEnded:
@@ -191,7 +232,7 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
                              f"Session closed: {session.close_reason}", message.id)
         if first is not None and first.kind == jsonrpc.RESPONSE:
             return Response(first.raw, mimetype="application/json", headers=headers)
-        return event_stream(request_events(session, key, stream, first), **headers)
+        return event_stream(request_body(session, message, stream, first), **headers)
 
     @bp.get("/mcp")
     @bp.get("/mcp/")
@@ -208,19 +249,19 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
                              "Conflict: Only one SSE stream is allowed per session")
         session.get_open = True
         session.idle_limit = registry.settings.session_idle_timeout
+        backlog = session.unsolicited
+        backlog.attach_reader()
 
         def chunks():
-            try:
-                yield PING  # headers leave with the first chunk
-                yield from session.unsolicited.events(keepalive)
-            finally:
-                # a client that loses its GET stream reopens it at once; one that does
-                # not within two keepalive periods is gone, and so is its session
-                session.get_open = False
-                session.last_activity = time.monotonic()
-                session.idle_limit = 2 * keepalive
+            yield PING  # headers leave with the first chunk
+            yield from backlog.events(keepalive)
 
-        return event_stream(chunks(), **{SESSION_HEADER: session.id})
+        def gone() -> None:
+            logger.info("%s: client closed its GET stream", session.name)
+            backlog.wake()
+
+        body = Body(chunks(), environ, backlog, gone, session.get_closed)
+        return event_stream(body, **{SESSION_HEADER: session.id})
 
     @bp.delete("/mcp")
     @bp.delete("/mcp/")

@@ -4,7 +4,8 @@ One JSON message per line on stdin/stdout; stdout is written in binary and flush
 every message. It answers ``initialize`` (echoing the client's protocolVersion), ``ping``,
 ``tools/list`` (one tool, ``echo``) and ``tools/call`` (``echo``, and ``ask``, which sends a
 ``sampling/createMessage`` request to the client and returns the client's result as JSON
-text). Notifications are ignored; any other request gets -32601.
+text, and ``notify``, which answers and then sends ``count`` log notifications of ``size``
+bytes that belong to no request). Notifications are ignored; any other request gets -32601.
 
 Options (for exercising a proxy's failure handling):
 
@@ -141,6 +142,12 @@ def main() -> None:
             elif name == "ask":
                 answer = ask_client(args)
                 reply["result"] = {"content": [{"type": "text", "text": json.dumps(answer)}]}
+            elif name == "notify":
+                respond({**reply, "result": {"content": []}})
+                for n in range(int(args.get("count", 1))):
+                    send({"jsonrpc": "2.0", "method": "notifications/message", "params": {
+                        "level": "info", "data": f"{n}:" + "x" * int(args.get("size", 10))}})
+                continue
             else:
                 reply["error"] = {"code": -32602, "message": f"Unknown tool: {name}"}
         else:

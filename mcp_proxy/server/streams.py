@@ -1,0 +1,214 @@
+"""Event streams of a session: the queue a streaming response drains, and the response body.
+
+A :class:`Stream` counts the bytes it holds against its session, which is how backpressure
+reaches the child: while a reader drains the stream, its bytes count as "in flight to the
+client"; a stream nobody reads yet (the GET backlog) only counts against the session's hard
+budget. A :class:`Body` is the streaming response around a stream's events: it notices at
+once a client that closed or reset its connection (a watcher greenlet waits for the socket to
+turn readable and peeks), remembers when a chunk was handed to a client that has not taken it
+(stall detection), and runs its cleanup exactly once, however the response ends, even if the
+server never started iterating it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import gevent
+from gevent.queue import Empty, Queue
+from gevent.socket import wait_read
+
+from mcp_proxy import jsonrpc
+from mcp_proxy.jsonrpc import Message
+
+if TYPE_CHECKING:
+    from mcp_proxy.server.sessions import Session
+
+logger = logging.getLogger(__name__)
+
+_END = object()
+_WAKE = object()
+PING = b": ping\n\n"
+# where the client's socket is in the WSGI environ: ours, gunicorn's gevent worker,
+# gunicorn's gevent_pywsgi worker
+SOCKET_KEYS = ("mcp_proxy.socket", "gunicorn.socket", "gunicorn.sock")
+
+
+class StreamEnded(Exception):
+    """The stream was ended: its response was sent, or its session closed."""
+
+
+def sse_event(data: bytes, event: bytes = b"message") -> bytes:
+    return b"event: " + event + b"\ndata: " + data + b"\n\n"
+
+
+class Stream:
+    """One event stream of a session: a queue drained by a streaming response."""
+
+    def __init__(self, session: Session, reading: bool = True) -> None:
+        self.session = session
+        self.ended = False
+        self.queued = 0  # bytes waiting here
+        self.reading = reading  # a response drains it (else what waits here is a backlog)
+        self.writing_since: float | None = None  # a chunk was handed over, not yet taken
+        self.abort: Callable[[], None] | None = None  # cut the client's connection
+        self._queue: Queue = Queue()
+        self._generation = 0  # which reader a wake-up is for
+
+    def put(self, message: Message) -> None:
+        size = len(message.raw)
+        self.session.charge(size, self.reading)
+        self.queued += size
+        self._queue.put(message)
+
+    def end(self) -> None:
+        """No more messages: the reader gets what is queued, then the end."""
+        if not self.ended:
+            self.ended = True
+            self._queue.put(_END)
+
+    def discard(self) -> None:
+        """The reader is gone for good: end, and refund what it will never take."""
+        self.end()
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except Empty:
+                break
+            if isinstance(item, Message):
+                self._take(item)
+        self._queue.put(_END)
+
+    def attach_reader(self) -> None:
+        """A response starts draining this stream: its bytes now weigh on backpressure."""
+        if not self.reading:
+            self.reading = True
+            self.session.press(self.queued)
+        self._generation += 1
+
+    def detach_reader(self) -> None:
+        """The response ended; what is left stays queued as a backlog for the next reader."""
+        if self.reading:
+            self.reading = False
+            self.session.press(-self.queued)
+        self.writing_since = None
+
+    def wake(self) -> None:
+        """Make the current reader's wait end with :class:`StreamEnded` (its client left)."""
+        self._queue.put((_WAKE, self._generation))
+
+    def next(self, timeout: float) -> Message | None:
+        """The next message, or None after ``timeout``; raises StreamEnded once it ended."""
+        try:
+            item = self._queue.get(timeout=timeout)
+        except Empty:
+            return None
+        if item is _END:
+            self._queue.put(_END)  # stay ended for any later reader
+            raise StreamEnded
+        if isinstance(item, tuple):  # a wake-up; a stale one (an earlier reader's) is a ping
+            if item[1] == self._generation:
+                raise StreamEnded
+            return None
+        self._take(item)
+        return item
+
+    def _take(self, item: Message) -> None:
+        size = len(item.raw)
+        self.queued -= size
+        self.session.refund(size, self.reading)
+
+    def events(self, keepalive: float, until_response: bool = False) -> Iterator[bytes]:
+        """SSE bytes: each message as an event, a ping comment after ``keepalive`` of silence;
+        with ``until_response``, the stream stops after the first response it carries."""
+        while True:
+            try:
+                message = self.next(keepalive)
+            except StreamEnded:
+                return
+            yield PING if message is None else sse_event(message.raw)
+            if until_response and message is not None and message.kind == jsonrpc.RESPONSE:
+                return
+
+
+def client_socket(environ: dict) -> socket.socket | None:
+    for key in SOCKET_KEYS:
+        sock = environ.get(key)
+        if sock is not None:
+            return sock
+    return None
+
+
+def _watch(sock: socket.socket, on_gone: Callable[[], None]) -> None:
+    """Wait until the client's socket turns readable; at EOF or a reset, call ``on_gone``.
+
+    A client that sends more instead (a pipelined request) cannot be told from one that
+    stays: the watch ends and the keepalive pings detect it as before.
+    """
+    try:
+        while True:
+            wait_read(sock.fileno())
+            try:
+                if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                    return
+            except BlockingIOError:
+                continue
+            except OSError:
+                pass
+            break
+    except OSError:  # the socket was closed under us: the response is over anyway
+        return
+    on_gone()
+
+
+class Body:
+    """A streaming response body around ``chunks``: see the module docstring."""
+
+    def __init__(self, chunks: Iterator[bytes], environ: dict, stream: Stream | None,
+                 on_gone: Callable[[], None], cleanup: Callable[[], None]) -> None:
+        self._chunks = chunks
+        self._stream = stream
+        self._cleanup: Callable[[], None] | None = cleanup
+        self._watcher = None
+        if stream is not None:
+            stream.session.draining.add(stream)
+        sock = client_socket(environ)
+        if sock is not None:
+            self._watcher = gevent.spawn(_watch, sock, on_gone)
+            if stream is not None:
+                stream.abort = lambda: _shutdown(sock)
+
+    def __iter__(self) -> Iterator[bytes]:
+        stream = self._stream
+        if stream is None:
+            yield from self._chunks
+            return
+        for chunk in self._chunks:  # the server resumes us once the client took the chunk
+            stream.writing_since = time.monotonic()
+            yield chunk
+            stream.writing_since = None
+
+    def close(self) -> None:
+        """Called by the WSGI server however the response ended: stop watching, clean up."""
+        if self._watcher is not None and self._watcher is not gevent.getcurrent():
+            self._watcher.kill()
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        if self._stream is not None:
+            self._stream.writing_since = None
+            self._stream.session.draining.discard(self._stream)
+        cleanup, self._cleanup = self._cleanup, None
+        if cleanup is not None:
+            cleanup()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
