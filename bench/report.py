@@ -22,6 +22,9 @@ TARGET_TPUT_20 = 2000.0
 TARGET_RT_MS = {1 * MiB: 20.0, 10 * MiB: 150.0}
 TARGET_IDLE_RSS_MIB = 150.0
 TARGET_STARTUP_MS = 250.0
+TARGET_SLOW_GROWTH_MIB = 16.0  # a client that reads nothing of 100 MiB it asked for
+TARGET_SLOW_AFTER_MIB = 8.0  # ... and 10 s after it left
+TARGET_DISCONNECT_S = 1.0  # a closed stream noticed, its server stopped
 
 
 def fmt(value, digits: int = 2) -> str:
@@ -96,6 +99,25 @@ def build_rows(results: dict) -> list[dict]:
             idle["proxy_with_children_rss_mib"], idle["proxy_rss_idle_mib"], "", "info", 1)
         add(f"time to open {n:,} SSE sessions (ms)", "server/sse", idle["open_s"] * 1000, None,
             "", "info", 0)
+    slow = p["server/sse"].get("slow_reader")
+    if slow:
+        add(f"RSS growth, a client reading none of {slow['asked_bytes'] / MiB:.0f} MiB (MiB)",
+            "server/sse", slow["growth_mib"], slow["rss_before_mib"],
+            f"<= {TARGET_SLOW_GROWTH_MIB:g} MiB",
+            "PASS" if slow["growth_mib"] <= TARGET_SLOW_GROWTH_MIB else "FAIL", 1)
+        add("  RSS 10 s after it left, above the start (MiB)", "server/sse",
+            slow["after_minus_before_mib"], None, f"<= {TARGET_SLOW_AFTER_MIB:g} MiB",
+            "PASS" if slow["after_minus_before_mib"] <= TARGET_SLOW_AFTER_MIB else "FAIL", 1)
+        add("  another session's ping p50 during the stall (ms)", "server/sse",
+            slow["other_ping_p50_ms_during"], slow["other_ping_p50_ms_before"], "", "info", 2)
+    for kind, path, note in (("sse", "server/sse", ""),
+                             ("streamable_get", "server/streamable", ", incl. 1 s reopen grace")):
+        gone = p[path].get("disconnect", {}).get(kind) if p.get(path) else None
+        if gone:
+            ok = gone["median_s"] <= TARGET_DISCONNECT_S + (1.0 if note else 0.0)
+            add(f"stream closed -> server stopped (ms){note}", path, gone["median_s"] * 1000,
+                None, f"<= {TARGET_DISCONNECT_S * 1000:g} ms" + (" + grace" if note else ""),
+                "PASS" if ok else "FAIL", 0)
     for path in CLIENT_PATHS:
         st = p[path].get("startup")
         if st:

@@ -47,6 +47,7 @@ from measure import (
 )
 from procs import PY, RAW_SERVER, ROOT, BenchError, MiB, Processes, log, profiled, raise_nofile
 from report import CLIENT_PATHS, SERVER_PATHS, build_rows, report
+from slow import disconnect_to_stop, slow_reader_memory
 
 
 def client_argv(path: str, proxy: Proxy) -> list[str]:
@@ -145,6 +146,14 @@ def run(opts, procs: Processes, results: dict) -> None:
     # ---------------------------------------------------------------- memory
     log(f"server/sse: {cfg['idle_sessions']} idle SSE sessions on a fresh proxy")
     paths["server/sse"]["idle_sessions"] = idle_sse_memory(procs, cfg["idle_sessions"])
+    log("server/sse: a client that reads none of 100 MiB it asked for, on a fresh proxy")
+    paths["server/sse"]["slow_reader"] = slow_reader_memory(procs)
+
+    # ---------------------------------------------------------------- disconnects
+    log("server mode: a client closes its stream -> its server is gone")
+    gone = disconnect_to_stop(procs, cfg["startup_runs"])
+    paths["server/sse"]["disconnect"] = {"sse": gone["sse"]}
+    paths["server/streamable"]["disconnect"] = {"streamable_get": gone["streamable_get"]}
 
 
 def git_revision() -> str:
