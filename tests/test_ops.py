@@ -235,3 +235,22 @@ def test_compose_file():
     cache = service["volumes"][0].split(":")
     assert cache[0] in compose["volumes"]
     assert f"install -d -o mcp -g mcp {cache[1]}" in instruction("base", "RUN")
+
+
+def test_readme_gunicorn_table_and_json_examples_match():
+    import mcp_proxy.gunicorn_conf as conf
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### gunicorn"):readme.index("### Docker")]
+    checked = 0
+    for row in section.splitlines():
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`") or "$" in cells[1]:
+            continue
+        names = [name.strip("` ") for name in cells[0].split(",")]
+        values = [value.strip("` ") for value in cells[1].split(",")]
+        assert values == [str(getattr(conf, name)) for name in names], row
+        checked += len(names)
+    assert checked == 8  # every row but bind (its value depends on the environment)
+    for block in readme.split("```json\n")[1:]:
+        json.loads(block.split("```")[0])  # the Claude Desktop examples are valid JSON
