@@ -48,6 +48,7 @@ keepalive = 75
 # The worker patches with gevent before it imports the app; a preloaded app would be
 # imported unpatched in the master.
 preload_app = False
+max_requests = 0  # a worker restarted after N requests would take every session with it
 limit_request_line = 8190  # as the command's own server (pywsgi)
 # gunicorn's control socket has one default path per user: several instances on a host
 # (the way to scale out) would fight over it, and it can change the worker count.

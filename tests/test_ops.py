@@ -251,6 +251,6 @@ def test_readme_gunicorn_table_and_json_examples_match():
         values = [value.strip("` ") for value in cells[1].split(",")]
         assert values == [str(getattr(conf, name)) for name in names], row
         checked += len(names)
-    assert checked == 8  # every row but bind (its value depends on the environment)
+    assert checked == 9  # every row but bind (its value depends on the environment)
     for block in readme.split("```json\n")[1:]:
         json.loads(block.split("```")[0])  # the Claude Desktop examples are valid JSON
