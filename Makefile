@@ -22,6 +22,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check mcp_proxy tests
+	$(BIN)/hadolint Dockerfile
 
 bench: install
 	$(BIN)/python bench/run.py

@@ -31,12 +31,14 @@ STREAM_HEADERS = {"Accept": "application/json, text/event-stream",
 
 
 class ProxyProcess:
-    """The real ``mcp-proxy`` command in a subprocess, with its stderr readable line by line."""
+    """The real ``mcp-proxy`` command (or ``command``) in a subprocess, with its stderr
+    readable line by line."""
 
-    def __init__(self, *args: str, env: dict | None = None, stdin=subprocess.DEVNULL) -> None:
+    def __init__(self, *args: str, env: dict | None = None, stdin=subprocess.DEVNULL,
+                 command: tuple = (sys.executable, "-m", "mcp_proxy")) -> None:
         self.args = args
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mcp_proxy", *args], stdin=stdin,
+            [*command, *args], stdin=stdin,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
             start_new_session=True)
         self.lines: list[str] = []

