@@ -105,7 +105,7 @@ class GunicornProcess:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}{prefix}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1",
+            [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1", "--no-control-socket",
              "-b", f"127.0.0.1:{self.port}", *options, "mcp_proxy.wsgi:application"],
             env={**os.environ, "MCP_PROXY_ARGS": proxy_args, **(env or {})},
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -211,6 +211,14 @@ def rpc(method: str, request_id=1, **params) -> dict:
     if request_id is not None:
         message["id"] = request_id
     return message
+
+
+def open_streamable(base: str, path: str = "/mcp") -> dict:
+    """initialize a Streamable HTTP session; return the headers its later requests carry."""
+    init = requests.post(base + path, headers=STREAM_HEADERS, timeout=10,
+                         json=rpc("initialize", 0, protocolVersion="2025-06-18"))
+    assert init.status_code == 200, init.text
+    return {**STREAM_HEADERS, "Mcp-Session-Id": init.headers["Mcp-Session-Id"]}
 
 
 INIT_PARAMS = {"protocolVersion": "2025-06-18", "capabilities": {},

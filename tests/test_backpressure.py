@@ -17,7 +17,15 @@ import pytest
 import requests
 from test_lifecycle import child_pids, wait_until
 
-from conftest import RAW_SERVER, STREAM_HEADERS, GunicornProcess, open_sse, pids_alive, rpc
+from conftest import (
+    RAW_SERVER,
+    STREAM_HEADERS,
+    GunicornProcess,
+    open_sse,
+    open_streamable,
+    pids_alive,
+    rpc,
+)
 from mcp_proxy import jsonrpc
 from mcp_proxy.child import StdioChild
 from mcp_proxy.errors import ServerBusy
@@ -183,9 +191,7 @@ def test_stalled_sse_reader_costs_no_memory_and_loses_its_session(proxy_factory)
 def test_stalled_streamable_request_stream_loses_its_session(proxy_factory):
     proxy = proxy_factory("--stall-timeout", "2", "--keepalive", "60", "--", *RAW_SERVER,
                           "--huge-line", str(12 << 20))
-    init = requests.post(proxy.base + "/mcp", headers=STREAM_HEADERS, timeout=10,
-                         json=rpc("initialize", 0, protocolVersion="2025-06-18"))
-    sid = init.headers["Mcp-Session-Id"]
+    sid = open_streamable(proxy.base)["Mcp-Session-Id"]
     host, port = proxy.base.rsplit("/", 1)[1].rsplit(":", 1)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
@@ -206,9 +212,7 @@ def test_stalled_streamable_request_stream_loses_its_session(proxy_factory):
 
 def test_backlog_nobody_reads_is_capped_by_max_queued_size(proxy_factory):
     proxy = proxy_factory("--max-queued-size", "64kB", "--", *RAW_SERVER)
-    init = requests.post(proxy.base + "/mcp", headers=STREAM_HEADERS, timeout=10,
-                         json=rpc("initialize", 0, protocolVersion="2025-06-18"))
-    headers = {**STREAM_HEADERS, "Mcp-Session-Id": init.headers["Mcp-Session-Id"]}
+    headers = open_streamable(proxy.base)
     answer = requests.post(proxy.base + "/mcp", headers=headers, timeout=10, json=rpc(
         "tools/call", 1, name="notify", arguments={"count": 200, "size": 1000}))
     assert answer.json()["result"] == {"content": []}
@@ -223,34 +227,33 @@ def first_child(base: str) -> list[int]:
     return wait_until(lambda: child_pids(base))
 
 
-def test_closed_sse_stream_ends_its_session_at_once(proxy_factory):
-    proxy = proxy_factory("--keepalive", "60", "--", *RAW_SERVER)
-    reader, endpoint = open_sse(proxy.base)
+def close_sse_and_wait_for_its_server(base: str) -> None:
+    """Open an SSE session with a server, close the stream: the server must go at once (the
+    proxies under test ping every 60 s, so a ping cannot be what noticed)."""
+    reader, endpoint = open_sse(base)
     requests.post(endpoint, json=rpc("ping", 1), timeout=10)
     reader.next_message()
-    pids = first_child(proxy.base)
+    pids = first_child(base)
     reader.close()
-    wait_until(lambda: not pids_alive(pids), timeout=5)  # a ping would take 60 s
+    wait_until(lambda: not pids_alive(pids), timeout=5)
+    assert not child_pids(base)
+
+
+def test_closed_sse_stream_ends_its_session_at_once(proxy_factory):
+    proxy = proxy_factory("--keepalive", "60", "--", *RAW_SERVER)
+    close_sse_and_wait_for_its_server(proxy.base)
     proxy.expect("client closed its event stream")
 
 
 def test_closed_sse_stream_is_noticed_at_once_under_gunicorn():
     args = "--keepalive 60 -- " + shlex.join(RAW_SERVER)
     with GunicornProcess(args, "--graceful-timeout", "3") as gunicorn:
-        reader, endpoint = open_sse(gunicorn.base)
-        requests.post(endpoint, json=rpc("ping", 1), timeout=10)
-        reader.next_message()
-        pids = first_child(gunicorn.base)
-        reader.close()
-        wait_until(lambda: not pids_alive(pids), timeout=5)  # a ping would take 60 s
-        assert not child_pids(gunicorn.base)
+        close_sse_and_wait_for_its_server(gunicorn.base)
 
 
 def test_closed_streamable_streams_are_noticed_at_once(proxy_factory):
     proxy = proxy_factory("--keepalive", "60", "--", *RAW_SERVER)
-    init = requests.post(proxy.base + "/mcp", headers=STREAM_HEADERS, timeout=10,
-                         json=rpc("initialize", 0, protocolVersion="2025-06-18"))
-    headers = {**STREAM_HEADERS, "Mcp-Session-Id": init.headers["Mcp-Session-Id"]}
+    headers = open_streamable(proxy.base)
     # a POST answered as a stream (the server asks for sampling first), then left
     call = requests.post(proxy.base + "/mcp", headers=headers, stream=True, timeout=10,
                          json=rpc("tools/call", 1, name="ask", arguments={"prompt": "x"}))

@@ -11,7 +11,15 @@ import time
 import pytest
 import requests
 
-from conftest import RAW_SERVER, STREAM_HEADERS, ProxyProcess, open_sse, pids_alive, rpc
+from conftest import (
+    RAW_SERVER,
+    STREAM_HEADERS,
+    ProxyProcess,
+    open_sse,
+    open_streamable,
+    pids_alive,
+    rpc,
+)
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
@@ -162,9 +170,7 @@ def test_signal_stops_everything_with_no_orphans(proxy_factory, sig):
 
 def test_vanished_streamable_client_is_cleaned_up(proxy_factory):
     proxy = proxy_factory("--keepalive", "0.5", "--", *RAW_SERVER)
-    init = requests.post(proxy.base + "/mcp", headers=STREAM_HEADERS, timeout=10,
-                         json=rpc("initialize", 0, protocolVersion="2025-06-18"))
-    headers = {**STREAM_HEADERS, "Mcp-Session-Id": init.headers["Mcp-Session-Id"]}
+    headers = open_streamable(proxy.base)
     stream = requests.get(proxy.base + "/mcp", headers=headers, stream=True, timeout=10)
     pids = child_pids(proxy.base)
     assert len(pids) == 1
