@@ -1,0 +1,172 @@
+"""Background greenlets are supervised: a crash is logged once and closes what it served.
+
+The helper runs in the test process (gevent without monkey-patching); the client-mode case
+runs the real CLI against a scripted Streamable HTTP remote whose stream says ``retry: soon``.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import threading
+
+import gevent
+import pytest
+
+from conftest import rpc
+from mcp_proxy.errors import UpstreamError
+from mcp_proxy.link import Link
+from mcp_proxy.settings import ClientSettings
+from mcp_proxy.supervise import closing, spawn
+from mcp_proxy.upstream.base import Upstream
+
+
+def test_a_crash_is_logged_once_and_handed_to_on_error(caplog):
+    seen = []
+    with caplog.at_level(logging.ERROR, logger="mcp_proxy.supervise"):
+        greenlet = spawn(lambda n: 1 / n, 0, name="divider", on_error=seen.append)
+        greenlet.join(5)
+        gevent.sleep(0.01)  # on_error runs in its own greenlet
+    assert [type(exc) for exc in seen] == [ZeroDivisionError]
+    assert greenlet.name == "divider"
+    records = [r for r in caplog.records if r.name == "mcp_proxy.supervise"]
+    assert [r.getMessage() for r in records] == ["divider crashed"]
+    assert records[0].levelno == logging.ERROR and records[0].exc_info is not None
+
+
+def test_a_kill_or_a_return_is_no_crash(caplog):
+    seen = []
+    with caplog.at_level(logging.ERROR, logger="mcp_proxy.supervise"):
+        done = spawn(lambda: 42, name="quick", on_error=seen.append)
+        assert done.get(timeout=5) == 42
+        sleeper = spawn(gevent.sleep, 30, name="sleeper", on_error=seen.append)
+        gevent.sleep(0)
+        sleeper.kill(timeout=5)
+        gevent.sleep(0.01)
+    assert sleeper.dead and seen == [] and not caplog.records
+
+
+def test_a_failing_handler_is_reported_not_raised(caplog):
+    def handler(exc):
+        raise RuntimeError("handler broke")
+
+    with caplog.at_level(logging.ERROR, logger="mcp_proxy.supervise"):
+        spawn(lambda: {}["missing"], name="lookup", on_error=handler).join(5)
+        gevent.sleep(0.01)
+    assert [r.getMessage() for r in caplog.records] == [
+        "lookup crashed", "lookup: handling its crash failed"]
+
+
+def test_closing_closes_the_link_and_names_the_error():
+    link = Link("remote")
+    spawn(lambda: None.missing, name="reader", on_error=closing(link)).join(5)
+    assert link.closed.wait(5)
+    assert link.close_reason == "proxy error: AttributeError in a background task"
+
+
+class BrokenRecovery(Upstream):
+    """Connects once; reconnecting then fails with a bug, not with an UpstreamError."""
+
+    opened = 0
+
+    def _open(self) -> None:
+        self.opened += 1
+        if self.opened > 1:
+            raise KeyError("a bug in reconnecting")
+
+    def _transmit(self, message) -> None:
+        raise UpstreamError("unused")
+
+
+def test_a_crash_in_recovery_closes_the_upstream_at_once():
+    upstream = BrokenRecovery(ClientSettings(url="http://127.0.0.1:9/mcp",
+                                             recovery_timeout=300), None, "broken")
+    upstream.start()
+    upstream.lost("the remote went away")
+    assert upstream.closed.wait(5), "recovery died silently; the link stayed half-alive"
+    assert "KeyError" in upstream.close_reason
+
+
+# --- a remote whose answer stream says "retry: soon" ---------------------------------------
+
+INIT = {"protocolVersion": "2025-06-18", "capabilities": {},
+        "serverInfo": {"name": "retry-soon", "version": "0"}}
+NOTE = {"jsonrpc": "2.0", "method": "notifications/message",
+        "params": {"level": "info", "data": "resuming"}}
+
+
+class RetrySoon(http.server.BaseHTTPRequestHandler):
+    """Streamable HTTP: session s-1 expires at its first request; the replayed initialize is
+    answered on a stream that says ``retry: soon`` and ends early, then on the resumed GET."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def reply(self, status: int, body: bytes = b"", kind: str = "application/json",
+              **headers: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.headers.get("Last-Event-ID") != "e1":
+            return self.reply(405)
+        self.server.resumed += 1
+        answer = {"jsonrpc": "2.0", "id": self.server.replay_id, "result": INIT}
+        self.reply(200, b"id: e2\ndata: " + json.dumps(answer).encode() + b"\n\n",
+                   "text/event-stream")
+
+    def do_DELETE(self) -> None:
+        self.reply(200)
+
+    def do_POST(self) -> None:
+        message = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        session = self.headers.get("Mcp-Session-Id")
+        if "id" not in message:
+            return self.reply(202)
+        if message["method"] == "initialize":
+            self.server.inits += 1
+            if self.server.inits == 1:
+                return self.reply(200, json.dumps({"jsonrpc": "2.0", "id": message["id"],
+                                                   "result": INIT}).encode(),
+                                  **{"Mcp-Session-Id": "s-1"})
+            self.server.replay_id = message["id"]
+            body = b"id: e1\nretry: soon\ndata: " + json.dumps(NOTE).encode() + b"\n\n"
+            return self.reply(200, body, "text/event-stream", **{"Mcp-Session-Id": "s-2"})
+        if session != "s-2":
+            return self.reply(404, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,'
+                                   b'"message":"Session not found"}}')
+        self.reply(200, json.dumps({"jsonrpc": "2.0", "id": message["id"],
+                                    "result": {"session": session}}).encode())
+
+
+@pytest.fixture
+def retry_soon_remote():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RetrySoon)
+    server.daemon_threads = True
+    server.inits, server.resumed, server.replay_id = 0, 0, None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server, f"http://127.0.0.1:{server.server_address[1]}/mcp"
+    server.shutdown()
+    server.server_close()
+
+
+def test_bad_retry_field_does_not_wedge_recovery(retry_soon_remote, clients):
+    server, url = retry_soon_remote
+    client = clients("--transport", "streamablehttp", "--recovery-timeout", "120", url)
+    client.handshake()
+    expired = client.call(rpc("ping", 1))
+    assert expired["id"] == 1 and "no longer knows our session" in expired["error"]["message"]
+    client.send(rpc("ping", 2))
+    got = [client.recv(timeout=15) for _ in range(2)]  # the note, then the answer
+    assert got == [NOTE, {"jsonrpc": "2.0", "id": 2, "result": {"session": "s-2"}}]
+    assert server.inits == 2 and server.resumed == 1
+    assert client.close() == 0
+    assert "re-initialized" in client.stderr() and "crashed" not in client.stderr()
