@@ -5,7 +5,8 @@ call never holds up the answer to a sampling request it caused). Answers come ba
 or as an event stream. We keep ``Mcp-Session-Id`` and the negotiated protocol version from
 the initialize answer and send both on every later request; after ``initialized`` we open the
 GET stream for the remote's own messages (405 means it has none). A 404 on our session
-means it expired: recovery re-initializes. Closing sends DELETE.
+means it expired, and a refused connection for the GET stream means the remote is down: both
+start recovery, which re-initializes. Closing sends DELETE.
 """
 
 from __future__ import annotations
@@ -183,6 +184,9 @@ class StreamableUpstream(Upstream):
             try:
                 stream = self.http.get(self.settings.url, headers=headers, stream=True,
                                        timeout=self.timeout)
+            except requests.ConnectionError as exc:  # refused or unreachable: the remote is down
+                self.lost(f"the remote is unreachable ({exc.__class__.__name__})")
+                return
             except requests.RequestException as exc:
                 logger.info("%s: GET stream failed: %s", self.name, exc.__class__.__name__)
                 stream = None
