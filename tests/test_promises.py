@@ -8,16 +8,25 @@ mode: a remote's 403, and giving up after ``--recovery-timeout``.
 
 from __future__ import annotations
 
-import http.server
 import json
+import os
 import shlex
 import socket
-import threading
+import stat
 
 import pytest
 import requests
 
-from conftest import INIT_PARAMS, RAW_SERVER, STREAM_HEADERS, ProxyProcess, SseReader, open_sse, rpc
+from conftest import (
+    INIT_PARAMS,
+    RAW_SERVER,
+    STREAM_HEADERS,
+    ProxyProcess,
+    Scripted,
+    SseReader,
+    open_sse,
+    rpc,
+)
 
 # --- routing: 404, 405 and Allow ------------------------------------------------------------
 
@@ -195,51 +204,29 @@ def test_config_file_beside_named_server_wins_with_a_warning(proxy_factory, tmp_
 
 # --- client mode ------------------------------------------------------------------------------
 
-class Forbidden(http.server.BaseHTTPRequestHandler):
+class Forbidden(Scripted):
     """A remote that answers 403 to everything, or only to POSTs when ``server.get_ok``."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def reply(self, status: int) -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
 
     def do_GET(self) -> None:
         self.reply(405 if self.server.get_ok else 403)
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.body()
         self.reply(403)
 
     do_DELETE = do_POST
 
 
-@pytest.fixture
-def forbidden_remote():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forbidden)
-    server.daemon_threads = True
-    server.get_ok = False
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
 @pytest.mark.parametrize("transport", ["sse", "streamablehttp", "auto"])
-def test_remote_403_at_start_is_an_authentication_error(forbidden_remote, clients, transport):
-    _, base = forbidden_remote
+def test_remote_403_at_start_is_an_authentication_error(scripted, clients, transport):
+    _, base = scripted(Forbidden, get_ok=False)
     client = clients("--transport", transport, "--start-timeout", "20", base + "/mcp")
     assert client.proc.wait(15) == 1  # at once, not after --start-timeout
     assert "authentication failed" in client.stderr() and "(403)" in client.stderr()
 
 
-def test_remote_403_on_a_request_is_an_authentication_error(forbidden_remote, clients):
-    server, base = forbidden_remote
-    server.get_ok = True  # the probe passes; every POST is refused
+def test_remote_403_on_a_request_is_an_authentication_error(scripted, clients):
+    _, base = scripted(Forbidden, get_ok=True)  # the probe passes; every POST is refused
     client = clients("--transport", "streamablehttp", base + "/mcp")
     answer = client.call(rpc("initialize", 0, **INIT_PARAMS))
     assert answer["id"] == 0
@@ -258,3 +245,83 @@ def test_client_mode_gives_up_after_recovery_timeout(clients, transport, path):
         remote.stop()
     assert client.proc.wait(20) == 1
     assert "could not reconnect within 1 s" in client.stderr()
+
+
+SERVER_INFO = {"protocolVersion": "2025-06-18", "capabilities": {},
+               "serverInfo": {"name": "resumable", "version": "0"}}
+PROGRESS = {"jsonrpc": "2.0", "method": "notifications/progress",
+            "params": {"progressToken": "p", "progress": 1}}
+
+
+class Resumable(Scripted):
+    """Streamable HTTP whose answer streams end early: the answer comes on the GET that
+    resumes the stream with ``Last-Event-ID`` (SEP-1699 polling)."""
+
+    def do_GET(self) -> None:
+        last = self.headers.get("Last-Event-ID")
+        if last is None:
+            return self.reply(405)
+        self.server.resumes.append((last, self.headers.get("Mcp-Session-Id")))
+        answer = {"jsonrpc": "2.0", "id": self.server.pending, "result": {"resumed": last}}
+        self.reply(200, b"id: a2\ndata: " + json.dumps(answer).encode() + b"\n\n",
+                   "text/event-stream")
+
+    def do_DELETE(self) -> None:
+        self.reply(200)
+
+    def do_POST(self) -> None:
+        message = json.loads(self.body())
+        if "id" not in message:
+            return self.reply(202)
+        if message["method"] == "initialize":
+            return self.reply(200, json.dumps({"jsonrpc": "2.0", "id": message["id"],
+                                               "result": SERVER_INFO}).encode(),
+                              Mcp_Session_Id="r-1")
+        self.server.pending = message["id"]
+        self.reply(200, b"id: a1\nretry: 50\ndata: " + json.dumps(PROGRESS).encode() + b"\n\n",
+                   "text/event-stream")
+
+
+def test_client_mode_resumes_a_cut_answer_stream_with_last_event_id(scripted, clients):
+    server, base = scripted(Resumable, resumes=[], pending=None)
+    client = clients("--transport", "streamablehttp", base + "/mcp")
+    client.handshake()
+    client.send(rpc("tools/call", 7, name="slow"))
+    assert client.recv() == PROGRESS
+    assert client.recv() == {"jsonrpc": "2.0", "id": 7, "result": {"resumed": "a1"}}
+    assert server.resumes == [("a1", "r-1")]
+    assert client.close() == 0
+
+
+# --- documented answers: a failed spawn, a duplicate request id --------------------------------
+
+def test_a_server_that_cannot_be_started_is_a_502(proxy_factory, tmp_path):
+    script = tmp_path / "server.sh"
+    script.write_text("#!/bin/sh\nexec " + shlex.join(RAW_SERVER) + "\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    proxy = proxy_factory("--", str(script))
+    os.unlink(script)  # it passed the start-up check; now spawning it fails
+    answer = requests.post(proxy.base + "/mcp", json=rpc("initialize", 1, **INIT_PARAMS),
+                           headers=STREAM_HEADERS, timeout=10)
+    assert answer.status_code == 502
+    assert answer.json()["id"] == 1 and "Could not start the MCP server" in answer.text
+    reader, endpoint = open_sse(proxy.base)
+    posted = requests.post(endpoint, json=rpc("ping", 2), timeout=10)
+    assert posted.status_code == 502 and posted.json()["id"] == 2
+    reader.close()
+
+
+def test_a_request_id_already_in_flight_is_a_400(raw_proxy):
+    headers = streamable_session(raw_proxy.base)
+    first = requests.post(raw_proxy.base + "/mcp", headers=headers, stream=True, timeout=10,
+                          json=rpc("tools/call", 5, name="ask", arguments={"prompt": "hi"}))
+    reader = SseReader(first)
+    ask = reader.next_message()  # request 5 now waits for our sampling answer
+    again = requests.post(raw_proxy.base + "/mcp", json=rpc("ping", 5), headers=headers,
+                          timeout=10)
+    assert again.status_code == 400
+    assert "request id 5 is already in flight" in again.json()["error"]["message"]
+    requests.post(raw_proxy.base + "/mcp", headers=headers, timeout=10,
+                  json={"jsonrpc": "2.0", "id": ask["id"], "result": {"ok": True}})
+    assert reader.next_message()["id"] == 5  # the first request is unharmed
+    reader.close()

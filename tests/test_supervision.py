@@ -6,15 +6,12 @@ runs the real CLI against a scripted Streamable HTTP remote whose stream says ``
 
 from __future__ import annotations
 
-import http.server
 import json
 import logging
-import threading
 
 import gevent
-import pytest
 
-from conftest import rpc
+from conftest import Scripted, rpc
 from mcp_proxy.errors import UpstreamError
 from mcp_proxy.link import Link
 from mcp_proxy.settings import ClientSettings
@@ -96,24 +93,9 @@ NOTE = {"jsonrpc": "2.0", "method": "notifications/message",
         "params": {"level": "info", "data": "resuming"}}
 
 
-class RetrySoon(http.server.BaseHTTPRequestHandler):
+class RetrySoon(Scripted):
     """Streamable HTTP: session s-1 expires at its first request; the replayed initialize is
     answered on a stream that says ``retry: soon`` and ends early, then on the resumed GET."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def reply(self, status: int, body: bytes = b"", kind: str = "application/json",
-              **headers: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self) -> None:
         if self.headers.get("Last-Event-ID") != "e1":
@@ -127,7 +109,7 @@ class RetrySoon(http.server.BaseHTTPRequestHandler):
         self.reply(200)
 
     def do_POST(self) -> None:
-        message = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        message = json.loads(self.body())
         session = self.headers.get("Mcp-Session-Id")
         if "id" not in message:
             return self.reply(202)
@@ -136,10 +118,10 @@ class RetrySoon(http.server.BaseHTTPRequestHandler):
             if self.server.inits == 1:
                 return self.reply(200, json.dumps({"jsonrpc": "2.0", "id": message["id"],
                                                    "result": INIT}).encode(),
-                                  **{"Mcp-Session-Id": "s-1"})
+                                  Mcp_Session_Id="s-1")
             self.server.replay_id = message["id"]
             body = b"id: e1\nretry: soon\ndata: " + json.dumps(NOTE).encode() + b"\n\n"
-            return self.reply(200, body, "text/event-stream", **{"Mcp-Session-Id": "s-2"})
+            return self.reply(200, body, "text/event-stream", Mcp_Session_Id="s-2")
         if session != "s-2":
             return self.reply(404, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,'
                                    b'"message":"Session not found"}}')
@@ -147,20 +129,9 @@ class RetrySoon(http.server.BaseHTTPRequestHandler):
                                     "result": {"session": session}}).encode())
 
 
-@pytest.fixture
-def retry_soon_remote():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RetrySoon)
-    server.daemon_threads = True
-    server.inits, server.resumed, server.replay_id = 0, 0, None
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server, f"http://127.0.0.1:{server.server_address[1]}/mcp"
-    server.shutdown()
-    server.server_close()
-
-
-def test_bad_retry_field_does_not_wedge_recovery(retry_soon_remote, clients):
-    server, url = retry_soon_remote
-    client = clients("--transport", "streamablehttp", "--recovery-timeout", "120", url)
+def test_bad_retry_field_does_not_wedge_recovery(scripted, clients):
+    server, base = scripted(RetrySoon, inits=0, resumed=0, replay_id=None)
+    client = clients("--transport", "streamablehttp", "--recovery-timeout", "120", base + "/mcp")
     client.handshake()
     expired = client.call(rpc("ping", 1))
     assert expired["id"] == 1 and "no longer knows our session" in expired["error"]["message"]
