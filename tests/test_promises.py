@@ -13,6 +13,7 @@ import os
 import shlex
 import socket
 import stat
+import threading
 
 import pytest
 import requests
@@ -251,17 +252,23 @@ SERVER_INFO = {"protocolVersion": "2025-06-18", "capabilities": {},
                "serverInfo": {"name": "resumable", "version": "0"}}
 PROGRESS = {"jsonrpc": "2.0", "method": "notifications/progress",
             "params": {"progressToken": "p", "progress": 1}}
+CHANGED = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
 
 
 class Resumable(Scripted):
-    """Streamable HTTP whose answer streams end early: the answer comes on the GET that
-    resumes the stream with ``Last-Event-ID`` (SEP-1699 polling)."""
+    """Streamable HTTP whose streams end early: an answer comes on the GET that resumes its
+    stream with ``Last-Event-ID`` (SEP-1699 polling); the GET stream ends after one event and
+    is expected back with its ``Last-Event-ID``."""
 
     def do_GET(self) -> None:
         last = self.headers.get("Last-Event-ID")
-        if last is None:
-            return self.reply(405)
         self.server.resumes.append((last, self.headers.get("Mcp-Session-Id")))
+        if last is None:  # the GET stream: one event, then it ends
+            return self.reply(200, b"id: g1\ndata: " + json.dumps(CHANGED).encode() + b"\n\n",
+                              "text/event-stream")
+        if last == "g1":
+            self.server.reopened.set()
+            return self.reply(405)  # reopened as expected; no more GET streams
         answer = {"jsonrpc": "2.0", "id": self.server.pending, "result": {"resumed": last}}
         self.reply(200, b"id: a2\ndata: " + json.dumps(answer).encode() + b"\n\n",
                    "text/event-stream")
@@ -282,14 +289,18 @@ class Resumable(Scripted):
                    "text/event-stream")
 
 
-def test_client_mode_resumes_a_cut_answer_stream_with_last_event_id(scripted, clients):
-    server, base = scripted(Resumable, resumes=[], pending=None)
+def test_client_mode_resumes_cut_streams_with_last_event_id(scripted, clients):
+    server, base = scripted(Resumable, resumes=[], pending=None, reopened=threading.Event())
     client = clients("--transport", "streamablehttp", base + "/mcp")
     client.handshake()
     client.send(rpc("tools/call", 7, name="slow"))
-    assert client.recv() == PROGRESS
-    assert client.recv() == {"jsonrpc": "2.0", "id": 7, "result": {"resumed": "a1"}}
-    assert server.resumes == [("a1", "r-1")]
+    got = [client.recv() for _ in range(3)]  # the GET stream's event comes when it comes
+    answer = {"jsonrpc": "2.0", "id": 7, "result": {"resumed": "a1"}}
+    assert sorted(map(json.dumps, got)) == sorted(map(json.dumps, [CHANGED, PROGRESS, answer]))
+    assert got.index(PROGRESS) < got.index(answer)
+    assert server.reopened.wait(10), "the GET stream was not reopened with its Last-Event-ID"
+    in_session = [get for get in server.resumes if get[1] == "r-1"]  # not the start-up probe
+    assert sorted(in_session, key=str) == [("a1", "r-1"), ("g1", "r-1"), (None, "r-1")]
     assert client.close() == 0
 
 
