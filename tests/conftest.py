@@ -280,8 +280,24 @@ class Scripted(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def reply_result(self, request_id, result: dict, **headers: str) -> None:
+        """A 200 JSON-RPC answer as ``application/json``."""
+        self.reply(200, json.dumps({"jsonrpc": "2.0", "id": request_id,
+                                    "result": result}).encode(), **headers)
+
+    def reply_event(self, event_id: str, message: dict, retry: str | None = None,
+                    **headers: str) -> None:
+        """A 200 event stream of one event (``id:``, maybe ``retry:``, the message), then its
+        end: a stream cut short, as a server that wants to be polled does."""
+        fields = f"id: {event_id}\n" + (f"retry: {retry}\n" if retry is not None else "")
+        self.reply(200, fields.encode() + b"data: " + json.dumps(message).encode() + b"\n\n",
+                   "text/event-stream", **headers)
+
     def body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+    def do_DELETE(self) -> None:
+        self.reply(200)
 
 
 @pytest.fixture

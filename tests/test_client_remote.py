@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from conftest import ClientProcess, rpc
+from conftest import ClientProcess, Scripted, rpc
 
 INIT = {"protocolVersion": "2025-06-18", "capabilities": {},
         "serverInfo": {"name": "scripted", "version": "0"}}
@@ -29,32 +29,11 @@ def md5(text: str) -> str:
     return hashlib.md5(text.encode()).hexdigest()
 
 
-class Remote(http.server.BaseHTTPRequestHandler):
+class Remote(Scripted):
     """Streamable HTTP: initialize and any request get a JSON answer, if authorized."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def reply(self, status: int, body: bytes = b"", kind: str = "application/json",
-              **headers: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name.replace("_", "-"), value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def body(self) -> bytes:
-        return self.rfile.read(int(self.headers.get("Content-Length", 0)))
 
     def do_GET(self) -> None:
         self.reply(405)
-
-    def do_DELETE(self) -> None:
-        self.reply(200)
 
     def do_POST(self) -> None:
         body = self.body()

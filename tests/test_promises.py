@@ -264,29 +264,21 @@ class Resumable(Scripted):
         last = self.headers.get("Last-Event-ID")
         self.server.resumes.append((last, self.headers.get("Mcp-Session-Id")))
         if last is None:  # the GET stream: one event, then it ends
-            return self.reply(200, b"id: g1\ndata: " + json.dumps(CHANGED).encode() + b"\n\n",
-                              "text/event-stream")
+            return self.reply_event("g1", CHANGED)
         if last == "g1":
             self.server.reopened.set()
             return self.reply(405)  # reopened as expected; no more GET streams
         answer = {"jsonrpc": "2.0", "id": self.server.pending, "result": {"resumed": last}}
-        self.reply(200, b"id: a2\ndata: " + json.dumps(answer).encode() + b"\n\n",
-                   "text/event-stream")
-
-    def do_DELETE(self) -> None:
-        self.reply(200)
+        self.reply_event("a2", answer)
 
     def do_POST(self) -> None:
         message = json.loads(self.body())
         if "id" not in message:
             return self.reply(202)
         if message["method"] == "initialize":
-            return self.reply(200, json.dumps({"jsonrpc": "2.0", "id": message["id"],
-                                               "result": SERVER_INFO}).encode(),
-                              Mcp_Session_Id="r-1")
+            return self.reply_result(message["id"], SERVER_INFO, Mcp_Session_Id="r-1")
         self.server.pending = message["id"]
-        self.reply(200, b"id: a1\nretry: 50\ndata: " + json.dumps(PROGRESS).encode() + b"\n\n",
-                   "text/event-stream")
+        self.reply_event("a1", PROGRESS, retry="50")
 
 
 def test_client_mode_resumes_cut_streams_with_last_event_id(scripted, clients):

@@ -102,11 +102,7 @@ class RetrySoon(Scripted):
             return self.reply(405)
         self.server.resumed += 1
         answer = {"jsonrpc": "2.0", "id": self.server.replay_id, "result": INIT}
-        self.reply(200, b"id: e2\ndata: " + json.dumps(answer).encode() + b"\n\n",
-                   "text/event-stream")
-
-    def do_DELETE(self) -> None:
-        self.reply(200)
+        self.reply_event("e2", answer)
 
     def do_POST(self) -> None:
         message = json.loads(self.body())
@@ -116,17 +112,13 @@ class RetrySoon(Scripted):
         if message["method"] == "initialize":
             self.server.inits += 1
             if self.server.inits == 1:
-                return self.reply(200, json.dumps({"jsonrpc": "2.0", "id": message["id"],
-                                                   "result": INIT}).encode(),
-                                  Mcp_Session_Id="s-1")
+                return self.reply_result(message["id"], INIT, Mcp_Session_Id="s-1")
             self.server.replay_id = message["id"]
-            body = b"id: e1\nretry: soon\ndata: " + json.dumps(NOTE).encode() + b"\n\n"
-            return self.reply(200, body, "text/event-stream", Mcp_Session_Id="s-2")
+            return self.reply_event("e1", NOTE, retry="soon", Mcp_Session_Id="s-2")
         if session != "s-2":
             return self.reply(404, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,'
                                    b'"message":"Session not found"}}')
-        self.reply(200, json.dumps({"jsonrpc": "2.0", "id": message["id"],
-                                    "result": {"session": session}}).encode())
+        self.reply_result(message["id"], {"session": session})
 
 
 def test_bad_retry_field_does_not_wedge_recovery(scripted, clients):
