@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import gevent
 
 from conftest import Scripted, rpc
+from mcp_proxy.client import Redact
 from mcp_proxy.errors import UpstreamError
 from mcp_proxy.link import Link
 from mcp_proxy.settings import ClientSettings
@@ -60,6 +62,18 @@ def test_closing_closes_the_link_and_names_the_error():
     spawn(lambda: None.missing, name="reader", on_error=closing(link)).join(5)
     assert link.closed.wait(5)
     assert link.close_reason == "proxy error: AttributeError in a background task"
+
+
+def test_a_crash_traceback_carries_no_secret():
+    try:
+        raise ValueError("GET https://host/sse?token=s3cret-query failed")
+    except ValueError:
+        record = logging.LogRecord("mcp_proxy.supervise", logging.ERROR, __file__, 1,
+                                   "%s crashed", ("reader",), sys.exc_info())
+    assert Redact(["token=s3cret-query"]).filter(record)
+    text = logging.Formatter().format(record)
+    assert "reader crashed" in text and "ValueError: GET https://host/sse?*** failed" in text
+    assert "s3cret" not in text
 
 
 class BrokenRecovery(Upstream):
