@@ -60,7 +60,7 @@ def refuse(error: HTTPException) -> Response:
     names exactly the methods the path takes."""
     if isinstance(error, MethodNotAllowed):
         return text_error(405, "Method Not Allowed", Allow=_allow(error.valid_methods))
-    return text_error(error.code or 404, error.name)
+    return text_error(404, "Not Found")
 
 
 def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None]) -> None:
