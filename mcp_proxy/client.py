@@ -35,18 +35,30 @@ def connect(settings: ClientSettings, http, transport: str) -> Upstream:
 
 
 class Redact(logging.Filter):
-    """Blank every secret out of log records: header values, passwords, URL query strings."""
+    """Blank every secret out of log records, tracebacks included: header values, passwords,
+    URL query strings."""
 
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
         self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
 
+    def _redact(self, text: str) -> str | None:
+        """``text`` with its secrets blanked, or None if it has none."""
+        if not any(secret in text for secret in self.secrets):
+            return None
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        if any(secret in text for secret in self.secrets):
-            for secret in self.secrets:
-                text = text.replace(secret, "***")
+        text = self._redact(record.getMessage())
+        if text is not None:
             record.msg, record.args = text, None
+        if record.exc_info and not record.exc_text:
+            # formatted here, once, so the handler prints this text rather than its own
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._redact(record.exc_text) or record.exc_text
         return True
 
 

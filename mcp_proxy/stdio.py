@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 
-import gevent
 from gevent.fileobject import FileObjectPosix
 from gevent.lock import RLock
 
 from mcp_proxy import jsonrpc
 from mcp_proxy.errors import LinkClosed, MessageError
 from mcp_proxy.link import Link
+from mcp_proxy.supervise import closing, spawn
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class StdioDownstream(Link):
         self._in = FileObjectPosix(stdin_fd, "rb", closefd=False, bufsize=1 << 18)
         self._out = FileObjectPosix(stdout_fd, "wb", closefd=False, bufsize=1 << 18)
         self._lock = RLock()
-        self._reader = gevent.spawn(self._read)
+        self._reader = spawn(self._read, name="stdin reader", on_error=closing(self))
 
     def send(self, message: jsonrpc.Message) -> None:
         if self.closed.is_set():

@@ -6,6 +6,7 @@ subprocess (gevent), and the official SDK client runs in its own subprocess (asy
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import queue
@@ -309,3 +310,64 @@ def clients():
         if client.proc.poll() is None:
             client.proc.kill()
             client.proc.wait(5)
+
+
+class Scripted(http.server.BaseHTTPRequestHandler):
+    """Base of a scripted remote (a test's stand-in for an HTTP MCP server): HTTP/1.1, quiet,
+    ``reply()`` with a whole body and ``body()`` to read the request's."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def reply(self, status: int, body: bytes = b"", kind: str = "application/json",
+              **headers: str) -> None:
+        """Headers are given as keywords, ``_`` standing for ``-`` (``Mcp_Session_Id``)."""
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def reply_result(self, request_id, result: dict, **headers: str) -> None:
+        """A 200 JSON-RPC answer as ``application/json``."""
+        self.reply(200, json.dumps({"jsonrpc": "2.0", "id": request_id,
+                                    "result": result}).encode(), **headers)
+
+    def reply_event(self, event_id: str, message: dict, retry: str | None = None,
+                    **headers: str) -> None:
+        """A 200 event stream of one event (``id:``, maybe ``retry:``, the message), then its
+        end: a stream cut short, as a server that wants to be polled does."""
+        fields = f"id: {event_id}\n" + (f"retry: {retry}\n" if retry is not None else "")
+        self.reply(200, fields.encode() + b"data: " + json.dumps(message).encode() + b"\n\n",
+                   "text/event-stream", **headers)
+
+    def body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+    def do_DELETE(self) -> None:
+        self.reply(200)
+
+
+@pytest.fixture
+def scripted():
+    """Start a scripted remote on 127.0.0.1 with ``scripted(Handler, **state)`` (``state``
+    becomes attributes of the server); returns (server, base URL). Stopped at teardown."""
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def start(handler: type, **state) -> tuple[http.server.ThreadingHTTPServer, str]:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        for name, value in state.items():
+            setattr(server, name, value)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

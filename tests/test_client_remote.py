@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from conftest import ClientProcess, rpc
+from conftest import ClientProcess, Scripted, rpc
 
 INIT = {"protocolVersion": "2025-06-18", "capabilities": {},
         "serverInfo": {"name": "scripted", "version": "0"}}
@@ -29,32 +29,11 @@ def md5(text: str) -> str:
     return hashlib.md5(text.encode()).hexdigest()
 
 
-class Remote(http.server.BaseHTTPRequestHandler):
+class Remote(Scripted):
     """Streamable HTTP: initialize and any request get a JSON answer, if authorized."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def reply(self, status: int, body: bytes = b"", kind: str = "application/json",
-              **headers: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name.replace("_", "-"), value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def body(self) -> bytes:
-        return self.rfile.read(int(self.headers.get("Content-Length", 0)))
 
     def do_GET(self) -> None:
         self.reply(405)
-
-    def do_DELETE(self) -> None:
-        self.reply(200)
 
     def do_POST(self) -> None:
         body = self.body()
@@ -213,7 +192,8 @@ def test_verify_ssl_bundle_must_exist(clients):
 
 
 class SseRemote(http.server.BaseHTTPRequestHandler):
-    """HTTP+SSE: the stream says ``endpoint``; POSTs answer 500 once, then 202 + an event."""
+    """HTTP+SSE: the stream says ``endpoint``; POSTs answer 500 once, then 202 + an event.
+    ``server.fields`` is written before each event's own lines (e.g. a ``retry:``)."""
 
     protocol_version = "HTTP/1.1"
 
@@ -224,14 +204,15 @@ class SseRemote(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
-        self.wfile.write(f"event: endpoint\ndata: {self.server.endpoint}\n\n".encode())
+        fields = self.server.fields.encode()
+        self.wfile.write(fields + f"event: endpoint\ndata: {self.server.endpoint}\n\n".encode())
         self.wfile.flush()
         while not self.server.stopping.is_set():
             try:
                 data = self.server.outbox.get(timeout=0.2)
             except queue.Empty:
                 continue
-            self.wfile.write(b"event: message\ndata: " + data + b"\n\n")
+            self.wfile.write(fields + b"event: message\ndata: " + data + b"\n\n")
             self.wfile.flush()
 
     def do_POST(self) -> None:
@@ -259,6 +240,7 @@ def sse_remote():
     server.daemon_threads = True
     server.outbox, server.stopping = queue.Queue(), threading.Event()
     server.posts, server.failed, server.endpoint = 0, False, "/messages/?session_id=abc"
+    server.fields = ""
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server, f"http://127.0.0.1:{server.server_address[1]}"
     server.stopping.set()
@@ -283,3 +265,13 @@ def test_endpoint_on_another_origin_is_refused(sse_remote, clients):
     assert client.proc.wait(15) == 1
     assert "not on the origin" in client.stderr()
     assert server.posts == 0
+
+
+def test_sse_retry_field_that_is_not_a_number_is_ignored(sse_remote, clients):
+    server, base = sse_remote
+    server.fields = "id: 7\nretry: soon\n"
+    client = clients(base + "/sse")
+    assert client.call(rpc("initialize", 0, **INIT))["result"] == INIT
+    assert client.call(rpc("ping", 1))["result"] == {"ok": "ping"}
+    assert client.close() == 0
+    assert "crashed" not in client.stderr()

@@ -64,7 +64,10 @@ def test_child_crash_fails_the_call_and_the_proxy_serves_on(proxy_factory, trans
     report = run_driver(transport, proxy.base + path, "echo", "crash",
                         extra=("--timeout", "20"))
     assert report["echo"] == "hello"
-    assert "error" in report["crash"] and "unexpected" not in report["crash"]
+    # the proxy's own JSON-RPC error, at once: a driver timeout must not pass for it
+    crash = report["crash"]
+    assert (crash.get("type"), crash.get("code")) == ("MCPError", -32000), crash
+    assert "connection closed" in crash["error"] and "exited with code 3" in crash["error"]
     proxy.expect("exited with code 3")
     assert run_driver(transport, proxy.base + path, "echo")["echo"] == "hello"
 

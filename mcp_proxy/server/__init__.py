@@ -7,6 +7,7 @@ Each stdio server gets the same URL layout: the default one at the root (``/sse`
 from __future__ import annotations
 
 from flask import Blueprint, Flask
+from werkzeug.routing import Rule
 
 from mcp_proxy.server.guard import install_guard
 from mcp_proxy.server.sessions import Registry
@@ -16,13 +17,29 @@ from mcp_proxy.server.streamable import add_streamable_routes
 from mcp_proxy.settings import ServerSettings
 
 
+class Route(Rule):
+    """A rule that does not take HEAD, which werkzeug adds to every GET rule.
+
+    GET on ``/sse`` and ``/mcp`` opens an event stream (and a session): a HEAD cannot be
+    answered as "GET without the body" without doing that, so no path takes HEAD, and no
+    ``Allow`` header names it.
+    """
+
+    def __init__(self, string: str, **kwargs) -> None:
+        super().__init__(string, **kwargs)
+        if self.methods is not None:
+            self.methods.discard("HEAD")
+
+
 class ProxyFlask(Flask):
-    """Flask with a cheaper URL adapter per request.
+    """Flask with routes that do not take HEAD and a cheaper URL adapter per request.
 
     Flask's own binds the URL map through ``bind_to_environ`` with its trusted-host checks:
     about a fifth of Flask's cost per request. We route on the path alone and check Host
     ourselves (guard.py), so binding the path is enough.
     """
+
+    url_rule_class = Route
 
     def create_url_adapter(self, request):
         if request is None:

@@ -1,8 +1,10 @@
-"""Request guards that run before any view: DNS-rebinding (Host, Origin), auth, CORS.
+"""Request guards that run before any view: DNS-rebinding (Host, Origin), routing, auth, CORS.
 
 By default only loopback names may reach a proxy bound to loopback, and only loopback web
 pages (or origins named with --allow-origin) may call it from a browser. A request without
-an Origin header is not from a browser page and passes the Origin check.
+an Origin header is not from a browser page and passes the Origin check. A path we do not
+serve gets 404, a method its path does not take 405 naming the ones it does, before the
+token check: the URL layout is public, and a preflight carries no token.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from mcp_proxy.server.http import text_error
 from mcp_proxy.settings import ServerSettings
 
 LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
 WILDCARD_BINDS = ("0.0.0.0", "::", "")
-ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
 
 
 def _host_name(netloc: str) -> str:
@@ -49,6 +51,18 @@ def _request_host(environ: dict) -> str:
     return host[: -len(default)] if host.endswith(default) else host
 
 
+def _allow(methods) -> str:
+    return ", ".join(sorted(methods or ()))
+
+
+def refuse(error: HTTPException) -> Response:
+    """The one answer to a routing error: 404 for a path we do not serve, 405 whose ``Allow``
+    names exactly the methods the path takes."""
+    if isinstance(error, MethodNotAllowed):
+        return text_error(405, "Method Not Allowed", Allow=_allow(error.valid_methods))
+    return text_error(404, "Not Found")
+
+
 def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None]) -> None:
     """Check every request before its view; ``touch`` is called for each one that passes."""
     hosts = allowed_hosts(settings)
@@ -74,21 +88,24 @@ def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None
         name = _host_name(parts.netloc)
         return name in LOOPBACK or parts.netloc == host
 
+    app.register_error_handler(404, refuse)
+    app.register_error_handler(405, refuse)
+
     @app.before_request
     def guard() -> Response | None:
         environ = request.environ
-        method = environ["REQUEST_METHOD"]
-        if method == "HEAD":
-            return text_error(405, "Method Not Allowed", Allow=ALLOWED_METHODS)
         host = _request_host(environ)
         if not host_ok(host):
             return text_error(421, "Invalid Host header")
         origin = environ.get("HTTP_ORIGIN")
         if origin is not None and not origin_ok(origin.rstrip("/").lower(), host):
             return text_error(403, "Invalid Origin header")
-        if method == "OPTIONS":
+        if request.routing_exception is not None:
+            raise request.routing_exception  # answered by refuse() (or a slash redirect)
+        if environ["REQUEST_METHOD"] == "OPTIONS":
+            methods = app.create_url_adapter(request).allowed_methods()
             return Response(status=204, headers={
-                "Access-Control-Allow-Methods": ALLOWED_METHODS,
+                "Access-Control-Allow-Methods": _allow(methods),
                 "Access-Control-Allow-Headers": environ.get(
                     "HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "*"),
                 "Access-Control-Max-Age": "600",

@@ -29,6 +29,7 @@ from mcp_proxy.errors import (
 from mcp_proxy.jsonrpc import Message, id_key
 from mcp_proxy.link import Link
 from mcp_proxy.settings import ClientSettings
+from mcp_proxy.supervise import closing, spawn
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,8 @@ class Upstream(Link):
         if message.kind == jsonrpc.REQUEST:
             self.in_flight[id_key(message.id)] = message.id
             if self.concurrent_requests:
-                gevent.spawn(self._send_now, message)
+                spawn(self._send_now, message, name=f"{self.name}: request",
+                      on_error=closing(self))
                 return
         self._send_now(message)
 
@@ -178,7 +180,7 @@ class Upstream(Link):
             self.in_flight.pop(id_key(request_id), None)
             self._deliver(jsonrpc.error_message(
                 request_id, jsonrpc.INTERNAL_ERROR, f"remote connection lost: {reason}"))
-        gevent.spawn(self._recover)
+        spawn(self._recover, name=f"{self.name}: recovery", on_error=closing(self))
 
     def _recover(self) -> None:
         deadline = gevent.get_hub().loop.now() + self.settings.recovery_timeout

@@ -17,6 +17,7 @@ from gevent.event import AsyncResult
 from mcp_proxy import jsonrpc
 from mcp_proxy.errors import MessageError, SessionLost, TlsError, UpstreamError
 from mcp_proxy.jsonrpc import Message
+from mcp_proxy.supervise import closing, spawn
 from mcp_proxy.upstream.base import Upstream
 from mcp_proxy.upstream.http import check_status, events, same_origin
 
@@ -50,7 +51,8 @@ class SseUpstream(Upstream):
             raise
         self._response = response
         endpoint = AsyncResult()
-        self._reader = gevent.spawn(self._read, response, endpoint)
+        self._reader = spawn(self._read, response, endpoint, on_error=closing(self),
+                             name=f"{self.name}: event stream")
         try:
             self.endpoint = endpoint.get(timeout=self.settings.connect_timeout + 20)
         except gevent.Timeout:
@@ -79,9 +81,9 @@ class SseUpstream(Upstream):
             reason = str(exc)
         finally:
             response.close()
-        if not endpoint.ready():
-            endpoint.set_exception(UpstreamError(reason))
-        elif response is self._response:
+            if not endpoint.ready():  # on a crash too: _open must not wait for it in vain
+                endpoint.set_exception(UpstreamError(reason))
+        if endpoint.successful() and response is self._response:
             self.lost(reason)
 
     def _transmit(self, message: Message) -> None:

@@ -5,7 +5,8 @@ call never holds up the answer to a sampling request it caused). Answers come ba
 or as an event stream. We keep ``Mcp-Session-Id`` and the negotiated protocol version from
 the initialize answer and send both on every later request; after ``initialized`` we open the
 GET stream for the remote's own messages (405 means it has none). A 404 on our session
-means it expired: recovery re-initializes. Closing sends DELETE.
+means it expired, and a refused connection for the GET stream means the remote is down: both
+start recovery, which re-initializes. Closing sends DELETE.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from gevent.event import Event
 from mcp_proxy import jsonrpc
 from mcp_proxy.errors import FallbackNeeded, MessageError, SessionLost, TlsError, UpstreamError
 from mcp_proxy.jsonrpc import Message
+from mcp_proxy.supervise import closing, spawn
 from mcp_proxy.upstream.base import Upstream, backoff
 from mcp_proxy.upstream.http import check_status, events
 
@@ -26,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 POST_HEADERS = {"Accept": "application/json, text/event-stream",
                 "Content-Type": "application/json", "Accept-Encoding": "identity"}
+RETRY_CAP = 30.0  # seconds: a remote's huge ``retry:`` must not park a request for days
 
 
 class StreamableUpstream(Upstream):
@@ -133,7 +136,8 @@ class StreamableUpstream(Upstream):
         for attempt in range(4):
             for event in events(answer):
                 last_id = event.id or last_id
-                retry_ms = event.retry or retry_ms
+                if event.retry and event.retry.isascii() and event.retry.isdigit():
+                    retry_ms = int(event.retry)  # anything else is ignored, as SSE says
                 if event.event == "message" and event.data.strip():
                     got = self._take(event.data, is_init)
                     if got is not None and got.kind == jsonrpc.RESPONSE \
@@ -143,7 +147,8 @@ class StreamableUpstream(Upstream):
                 return
             if not last_id:
                 raise UpstreamError("the answer stream ended before the answer")
-            gevent.sleep(int(retry_ms) / 1000 if retry_ms else backoff(attempt))
+            gevent.sleep(min(retry_ms / 1000, RETRY_CAP) if retry_ms is not None
+                         else backoff(attempt))
             answer = self._resume(last_id)  # SEP-1699: poll with Last-Event-ID
         raise UpstreamError("the answer stream kept ending before the answer")
 
@@ -165,7 +170,8 @@ class StreamableUpstream(Upstream):
 
     def _after_initialized(self) -> None:
         if self._get_stream is None or self._get_stream.dead:
-            self._get_stream = gevent.spawn(self._listen)
+            self._get_stream = spawn(self._listen, name=f"{self.name}: GET stream",
+                                     on_error=closing(self))
 
     def _listen(self) -> None:
         """The GET stream for the remote's own messages, reopened while the session lives."""
@@ -178,6 +184,9 @@ class StreamableUpstream(Upstream):
             try:
                 stream = self.http.get(self.settings.url, headers=headers, stream=True,
                                        timeout=self.timeout)
+            except requests.ConnectionError as exc:  # refused or unreachable: the remote is down
+                self.lost(f"the remote is unreachable ({exc.__class__.__name__})")
+                return
             except requests.RequestException as exc:
                 logger.info("%s: GET stream failed: %s", self.name, exc.__class__.__name__)
                 stream = None

@@ -15,6 +15,8 @@ Options (for exercising a proxy's failure handling):
   --huge-line BYTES    on tools/call, first emit a notifications/message whose data is that big
   --stderr-banner      write a line to stderr at start
   --ignore-stdin-eof   keep running after stdin closes, and ignore SIGTERM
+  --announce           write notifications/tools/list_changed right after the initialize
+                       answer, in the same write (a server message that belongs to no request)
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def main() -> None:
     parser.add_argument("--huge-line", type=int, default=0)
     parser.add_argument("--stderr-banner", action="store_true")
     parser.add_argument("--ignore-stdin-eof", action="store_true")
+    parser.add_argument("--announce", action="store_true")
     opts = parser.parse_args()
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
@@ -56,16 +59,16 @@ def main() -> None:
         sys.stderr.write("raw_server: started (stderr banner)\n")
         sys.stderr.flush()
 
-    def send(message: dict) -> None:
-        stdout.write(dumps(message).encode() + b"\n")
+    def send(*messages: dict) -> None:
+        stdout.write(b"".join(dumps(message).encode() + b"\n" for message in messages))
         stdout.flush()
 
-    def respond(message: dict) -> None:
+    def respond(*messages: dict) -> None:
         if opts.slow:
             time.sleep(opts.slow)
         if opts.garbage:
             stdout.write(b"hello this is not json\n")
-        send(message)
+        send(*messages)
 
     def read() -> dict | None:
         """The next message (backlog first); None at EOF. Unparseable lines get -32700."""
@@ -152,7 +155,10 @@ def main() -> None:
                 reply["error"] = {"code": -32602, "message": f"Unknown tool: {name}"}
         else:
             reply["error"] = {"code": -32601, "message": "Method not found"}
-        respond(reply)
+        if opts.announce and method == "initialize":
+            respond(reply, {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        else:
+            respond(reply)
 
     if opts.ignore_stdin_eof:
         while True:
