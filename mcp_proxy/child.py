@@ -28,10 +28,11 @@ from gevent import subprocess
 from gevent.event import Event
 from gevent.socket import wait_write
 
-from mcp_proxy import jsonrpc
+from mcp_proxy import jsonrpc, supervise
 from mcp_proxy.errors import LinkClosed, MessageError, ServerBusy, SpawnError
 from mcp_proxy.link import Link
 from mcp_proxy.settings import ServerSpec
+from mcp_proxy.supervise import closing
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ class StdioChild(Link):
         # arguments may carry secrets: only the command name at INFO
         logger.info("%s: started %s (pid %d)", name, spec.command, self.pid)
         logger.debug("%s: argv %s", name, spec.display())
-        self._reader = gevent.spawn(self._read_stdout)
+        self._reader = supervise.spawn(self._read_stdout, name=f"{name} stdout",
+                                       on_error=closing(self))
 
     @property
     def state(self) -> str:
@@ -102,7 +104,8 @@ class StdioChild(Link):
         self._pending.extend(chunks)
         self._pending_bytes += sum(len(chunk) for chunk in chunks)
         if self._writer is None:
-            self._writer = gevent.spawn(self._drain)
+            self._writer = supervise.spawn(self._drain, name=f"{self.name} stdin",
+                                           on_error=closing(self))
 
     def _write(self, chunks: list) -> list:
         """Write what the pipe takes now; return what is left (closing on a broken pipe)."""
@@ -199,7 +202,8 @@ class StdioChild(Link):
 
     def _on_close(self, reason: str) -> None:
         self._room.set()  # senders waiting for room get LinkClosed now
-        gevent.spawn(self._stop)
+        supervise.spawn(self._stop, name=f"{self.name} stop",
+                        on_error=lambda exc: self.kill_now())
 
     def _stop(self) -> None:
         """Close stdin, then TERM, then KILL the process group; reap it."""

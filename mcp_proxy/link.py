@@ -17,7 +17,7 @@ import gevent
 from gevent.event import Event
 from gevent.queue import Queue
 
-from mcp_proxy import jsonrpc
+from mcp_proxy import jsonrpc, supervise
 from mcp_proxy.errors import LinkClosed, ServerBusy
 from mcp_proxy.jsonrpc import Message
 
@@ -175,4 +175,5 @@ def bridge(down: Link, up: Link) -> gevent.Greenlet:
     up.peer_ready = down.ready
     up.attach(_relay(up, down, server_requests, client_requests), up_ended)
     down.attach(_relay(down, up, client_requests, server_requests), down_ended)
-    return gevent.spawn(lambda: (down.ended.wait(), up.ended.wait()))
+    return supervise.spawn(lambda: (down.ended.wait(), up.ended.wait()),
+                           name=f"bridge {down.name}")

@@ -19,6 +19,7 @@ import gevent
 from gevent.event import Event
 from gevent.lock import Semaphore
 
+from mcp_proxy import supervise
 from mcp_proxy.child import StdioChild
 from mcp_proxy.errors import LinkClosed
 from mcp_proxy.jsonrpc import Message
@@ -119,7 +120,13 @@ class Registry:
         self.sessions: dict[str, Session] = {}
         self.last_activity = time.time()
         self.spawned = 0
-        self._reaper = gevent.spawn(self._reap_idle)
+        self._reaper = self._start_reaper()
+
+    def _start_reaper(self) -> gevent.Greenlet:
+        # a reaper that crashed is logged and started again: idle sessions must still end
+        return supervise.spawn(self._reap_idle, name="session reaper",
+                               on_error=lambda exc: setattr(self, "_reaper",
+                                                            self._start_reaper()))
 
     def spec(self, server_name: str) -> ServerSpec:
         return self.settings.servers[server_name]

@@ -16,7 +16,7 @@ import time
 import gevent
 from flask import Blueprint, Response, request
 
-from mcp_proxy import jsonrpc
+from mcp_proxy import jsonrpc, supervise
 from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError
 from mcp_proxy.jsonrpc import Message, id_key
 from mcp_proxy.server.http import (
@@ -129,9 +129,10 @@ class StreamableSession(Session):
             return
         self.last_activity = stamp = time.monotonic()
         self.idle_limit = REOPEN_GRACE
-        gevent.spawn_later(REOPEN_GRACE, self._end_if_gone, stamp)
+        supervise.spawn(self._end_if_gone, stamp, name=f"{self.name} reopen grace")
 
     def _end_if_gone(self, stamp: float) -> None:
+        gevent.sleep(REOPEN_GRACE)
         if not self.get_open and not self.requests and self.last_activity == stamp:
             self.close(f"client closed its GET stream and did not reopen it within "
                        f"{REOPEN_GRACE:g} s")

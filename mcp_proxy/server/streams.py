@@ -22,7 +22,7 @@ import gevent
 from gevent.queue import Empty, Queue
 from gevent.socket import wait_read
 
-from mcp_proxy import jsonrpc
+from mcp_proxy import jsonrpc, supervise
 from mcp_proxy.jsonrpc import Message
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ class Body:
             stream.session.draining.add(stream)
         sock = client_socket(environ)
         if sock is not None:
-            self._watcher = gevent.spawn(_watch, sock, on_gone)
+            self._watcher = supervise.spawn(_watch, sock, on_gone, name="disconnect watcher")
             if stream is not None:
                 stream.abort = lambda: _shutdown(sock)
 
