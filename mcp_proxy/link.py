@@ -108,9 +108,11 @@ def _answer_pending(link: Link, pending: dict, reason: str) -> None:
     pending.clear()
 
 
-def _relay(source: Link, target: Link, sent: dict, answered: dict) -> Callable[[Message], None]:
+def _relay(source: Link, target: Link, sent: dict, answered: dict,
+           count: Callable[[Message], None] | None = None) -> Callable[[Message], None]:
     """A sink that moves source -> target; it tracks requests in ``sent``, answers in
-    ``answered``, and answers a request the target can no longer take."""
+    ``answered``, shows each message to ``count`` (if given) as it passes, and answers a
+    request the target can no longer take."""
 
     def forward(message: Message) -> None:
         kind = message.kind
@@ -121,6 +123,8 @@ def _relay(source: Link, target: Link, sent: dict, answered: dict) -> Callable[[
         elif message.method == "notifications/cancelled":
             sent.pop(jsonrpc.id_key(message.params.get("requestId")), None)
         try:
+            if count is not None:  # before send: an upstream may answer within send()
+                count(message)
             target.send(message)
         except LinkClosed:
             if kind == jsonrpc.REQUEST:
@@ -159,6 +163,9 @@ def bridge(down: Link, up: Link) -> gevent.Greenlet:
     def down_ended() -> None:
         up.close(down.close_reason or "client ended")
 
-    up.attach(_relay(up, down, server_requests, client_requests), up_ended)
-    down.attach(_relay(down, up, client_requests, server_requests), down_ended)
+    meter = getattr(up, "meter", None)  # server mode's Registry.spawn gives its child one
+    up.attach(_relay(up, down, server_requests, client_requests,
+                     meter and meter.server_to_client), up_ended)
+    down.attach(_relay(down, up, client_requests, server_requests,
+                       meter and meter.client_to_server), down_ended)
     return gevent.spawn(lambda: (down.ended.wait(), up.ended.wait()))

@@ -2,7 +2,9 @@
 
 By default only loopback names may reach a proxy bound to loopback, and only loopback web
 pages (or origins named with --allow-origin) may call it from a browser. A request without
-an Origin header is not from a browser page and passes the Origin check.
+an Origin header is not from a browser page and passes the Origin check. The probes
+(/healthz, /readyz, /metrics) pass every check: load balancers and kubelets call them by
+address, without a token. They say nothing a session could use.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Response, request
 
+from mcp_proxy.server.health import PROBE_ENDPOINTS
 from mcp_proxy.server.http import text_error
 from mcp_proxy.settings import ServerSettings
 
@@ -78,6 +81,8 @@ def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None
     def guard() -> Response | None:
         environ = request.environ
         method = environ["REQUEST_METHOD"]
+        if request.endpoint in PROBE_ENDPOINTS:
+            return None  # not API use either: leave the activity clock alone
         if method == "HEAD":
             return text_error(405, "Method Not Allowed", Allow=ALLOWED_METHODS)
         host = _request_host(environ)

@@ -20,9 +20,11 @@ from gevent.queue import Empty, Queue
 
 from mcp_proxy import jsonrpc
 from mcp_proxy.child import StdioChild
-from mcp_proxy.errors import LinkClosed
+from mcp_proxy.errors import LinkClosed, SpawnError
 from mcp_proxy.jsonrpc import Message
 from mcp_proxy.link import Link, bridge
+from mcp_proxy.metrics import Metrics
+from mcp_proxy.server.health import ServerHealth
 from mcp_proxy.settings import ServerSettings, ServerSpec
 
 logger = logging.getLogger(__name__)
@@ -143,16 +145,34 @@ class Registry:
         self.sessions: dict[str, Session] = {}
         self.last_activity = time.time()
         self.spawned = 0
+        self.health = {name: ServerHealth() for name in settings.servers}
+        self.metrics = Metrics(lambda: self.sessions.values(), settings.servers)
         self._reaper = gevent.spawn(self._reap_idle)
 
     def spec(self, server_name: str) -> ServerSpec:
         return self.settings.servers[server_name]
 
     def spawn(self, server_name: str, session_name: str) -> StdioChild:
-        child = StdioChild(self.spec(server_name), session_name, self.settings.max_frame,
-                           stop_grace=self.settings.stop_timeout / 3)
+        try:
+            child = StdioChild(self.spec(server_name), session_name, self.settings.max_frame,
+                               stop_grace=self.settings.stop_timeout / 3)
+        except SpawnError as exc:
+            self.health[server_name].spawn_failed(str(exc))
+            self.metrics.spawn_failed(server_name)
+            raise
         self.spawned += 1
+        self.health[server_name].spawned()
+        self.metrics.child_started(server_name)
+        child.meter = self.metrics.relay_meter(server_name)  # bridge() counts through it
+        started = time.monotonic()  # a callback, not a greenlet per child: it must not block
+        child.stopped.rawlink(lambda _: self._child_stopped(server_name, child, started))
         return child
+
+    def _child_stopped(self, server_name: str, child: StdioChild, started: float) -> None:
+        """Record how a reaped child ended (for /readyz and /metrics)."""
+        code = child.process.returncode
+        self.health[server_name].exited(code, time.monotonic() - started)
+        self.metrics.child_exited(server_name, code)
 
     def add(self, session: Session) -> Session:
         self.sessions[session.id] = session
