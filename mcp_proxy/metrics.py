@@ -11,12 +11,14 @@ method, id and size.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics import disable_created_metrics
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.utils import floatToGoString
 
 from mcp_proxy import jsonrpc
 from mcp_proxy.jsonrpc import Message
@@ -40,12 +42,35 @@ def _tally() -> dict[str, int]:
     return dict.fromkeys((*KINDS, _BYTES), 0)
 
 
+class Latency:
+    """A histogram of plain ints: ``observe`` costs a bisect, not a lock."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """Cumulative counts by upper bound, as Prometheus wants them."""
+        found, running = [], 0
+        for bound, count in zip((*map(floatToGoString, LATENCY_BUCKETS), "+Inf"), self.counts,
+                                strict=True):
+            running += count
+            found.append((bound, running))
+        return found
+
+
 class RelayMeter:
     """Counts what one bridge relays, by direction, and times its tool calls."""
 
     __slots__ = ("_up", "_down", "_latency", "_calls")
 
-    def __init__(self, up: dict[str, int], down: dict[str, int], latency) -> None:
+    def __init__(self, up: dict[str, int], down: dict[str, int], latency: Latency) -> None:
         self._up, self._down, self._latency = up, down, latency
         self._calls: dict = {}  # id_key of an open tools/call -> perf_counter at its start
 
@@ -95,11 +120,7 @@ class Metrics:
         self._disconnects = Counter(
             "mcp_proxy_client_disconnects", "Clients found gone while their session was open",
             ["transport"], registry=self.registry)
-        latency = Histogram(
-            "mcp_proxy_tool_call_seconds", "Round trip of a tools/call through the proxy: "
-            "from its request leaving the client side to its response coming back",
-            ["server"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self._latency = {s: latency.labels(s) for s in self._servers}
+        self._latency = {server: Latency() for server in self._servers}
         for server in self._servers:  # every series exists from the start, at zero
             self._started.labels(server)
             self._spawn_failures.labels(server)
@@ -183,3 +204,10 @@ class Metrics:
         for code, count in sorted(self._answers.items()):
             answers.add_metric([code], count)
         yield answers
+        latency = HistogramMetricFamily(
+            "mcp_proxy_tool_call_seconds", "Round trip of a tools/call through the proxy: "
+            "from its request leaving the client side to its response coming back",
+            labels=["server"])
+        for server, histogram in self._latency.items():
+            latency.add_metric([server], histogram.buckets(), histogram.total)
+        yield latency
