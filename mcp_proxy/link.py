@@ -108,14 +108,25 @@ def _answer_pending(link: Link, pending: dict, reason: str) -> None:
     pending.clear()
 
 
-def _relay(source: Link, target: Link, sent: dict, answered: dict,
-           count: Callable[[Message], None] | None = None) -> Callable[[Message], None]:
+def _counter(source: Link, target: Link) -> Callable[[Message], None] | None:
+    """What counts source -> target messages: server mode's ``Registry.spawn`` gives each
+    child a ``meter``; client mode has none."""
+    meter = getattr(target, "meter", None)
+    if meter is not None:
+        return meter.client_to_server
+    meter = getattr(source, "meter", None)
+    return None if meter is None else meter.server_to_client
+
+
+def _relay(source: Link, target: Link, sent: dict, answered: dict) -> Callable[[Message], None]:
     """A sink that moves source -> target; it tracks requests in ``sent``, answers in
-    ``answered``, shows each message to ``count`` (if given) as it passes, and answers a
-    request the target can no longer take."""
+    ``answered``, and answers a request the target can no longer take."""
+    count = _counter(source, target)
 
     def forward(message: Message) -> None:
         kind = message.kind
+        if count is not None:  # before send: an upstream may answer within send()
+            count(message)
         if kind == jsonrpc.REQUEST:
             sent[jsonrpc.id_key(message.id)] = message.id
         elif kind == jsonrpc.RESPONSE:
@@ -123,8 +134,6 @@ def _relay(source: Link, target: Link, sent: dict, answered: dict,
         elif message.method == "notifications/cancelled":
             sent.pop(jsonrpc.id_key(message.params.get("requestId")), None)
         try:
-            if count is not None:  # before send: an upstream may answer within send()
-                count(message)
             target.send(message)
         except LinkClosed:
             if kind == jsonrpc.REQUEST:
@@ -163,9 +172,6 @@ def bridge(down: Link, up: Link) -> gevent.Greenlet:
     def down_ended() -> None:
         up.close(down.close_reason or "client ended")
 
-    meter = getattr(up, "meter", None)  # server mode's Registry.spawn gives its child one
-    up.attach(_relay(up, down, server_requests, client_requests,
-                     meter and meter.server_to_client), up_ended)
-    down.attach(_relay(down, up, client_requests, server_requests,
-                       meter and meter.client_to_server), down_ended)
+    up.attach(_relay(up, down, server_requests, client_requests), up_ended)
+    down.attach(_relay(down, up, client_requests, server_requests), down_ended)
     return gevent.spawn(lambda: (down.ended.wait(), up.ended.wait()))

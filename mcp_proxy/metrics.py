@@ -72,18 +72,17 @@ class RelayMeter:
 
     def __init__(self, up: dict[str, int], down: dict[str, int], latency: Latency) -> None:
         self._up, self._down, self._latency = up, down, latency
-        self._calls: dict = {}  # id_key of an open tools/call -> perf_counter at its start
+        # id_key of an open tools/call -> perf_counter at its start; one cancelled and never
+        # answered stays until the bridge ends, as it does in the bridge's own in-flight dicts
+        self._calls: dict = {}
 
     def client_to_server(self, message: Message) -> None:
         kind = message.kind
         tally = self._up
         tally[kind] += 1
         tally[_BYTES] += len(message.raw)
-        if kind == jsonrpc.REQUEST:
-            if message.obj.get("method") == "tools/call":
-                self._calls[jsonrpc.id_key(message.obj.get("id"))] = time.perf_counter()
-        elif self._calls and message.obj.get("method") == "notifications/cancelled":
-            self._calls.pop(jsonrpc.id_key(message.params.get("requestId")), None)
+        if kind == jsonrpc.REQUEST and message.obj.get("method") == "tools/call":
+            self._calls[jsonrpc.id_key(message.obj.get("id"))] = time.perf_counter()
 
     def server_to_client(self, message: Message) -> None:
         kind = message.kind

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-from test_deploy import free_port
 
 from conftest import INIT_PARAMS, RAW_SERVER, STREAM_HEADERS, open_sse, rpc
 
@@ -213,35 +211,39 @@ def test_readyz_reports_a_crash_loop(proxy_factory, tmp_path):
     wait_for(lambda: readyz(base)[0] == 200, "the crash loop to end")
 
 
-def test_gunicorn_serves_the_probes():
-    port = free_port()
-    env = {**os.environ, "MCP_PROXY_ARGS": "--auth-token s3cret -- " + shlex.join(RAW_SERVER)}
-    gunicorn = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1", "-b", f"127.0.0.1:{port}",
-         "--graceful-timeout", "3", "mcp_proxy.wsgi:application"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+def test_gunicorn_serves_the_probes(tmp_path):
+    log = tmp_path / "gunicorn.log"
+    with log.open("wb") as sink:  # port 0: gunicorn logs the port it got
+        gunicorn = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1", "-b", "127.0.0.1:0",
+             "--graceful-timeout", "3", "mcp_proxy.wsgi:application"],
+            env={**os.environ, "MCP_PROXY_ARGS": "--auth-token s3cret -- "
+                 + shlex.join(RAW_SERVER)},
+            stdout=subprocess.DEVNULL, stderr=sink, start_new_session=True)
 
-    def up() -> bool:
-        assert gunicorn.poll() is None, gunicorn.stderr.read().decode()
-        try:
-            return requests.get(base + "/healthz", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
+    def listening() -> str | None:
+        assert gunicorn.poll() is None, log.read_text()
+        found = re.search(r"Listening at: (http://\S+)", log.read_text())
+        return found and found.group(1)
 
     try:
-        wait_for(up, "gunicorn to serve", timeout=20)
-        assert readyz(base)[0] == 200
-        reader, endpoint = open_sse(base, headers={"Authorization": "Bearer s3cret"})
-        requests.post(endpoint, json=rpc("ping", 1), timeout=10,
-                      headers={"Authorization": "Bearer s3cret"})
+        base = wait_for(listening, "gunicorn to listen", timeout=20)
+        for path in PROBES:
+            assert requests.get(base + path, timeout=10).status_code == 200, path
+        token = {"Authorization": "Bearer s3cret"}
+        reader, endpoint = open_sse(base, headers=token)
+        requests.post(endpoint, json=rpc("ping", 1), headers=token, timeout=10)
         assert reader.next_message()["id"] == 1
         samples = scrape(base)
         assert sample(samples, "mcp_proxy_messages_relayed_total", server="default",
                       direction="server_to_client", kind="response") == 1
         assert sample(samples, "mcp_proxy_sessions_open", server="default", transport="sse") == 1
-        assert json.loads(requests.get(base + "/readyz", timeout=10).text)["ready"] is True
         reader.close()
     finally:
         gunicorn.send_signal(signal.SIGTERM)
-        gunicorn.wait(20)
+        try:
+            gunicorn.wait(20)
+        finally:
+            if gunicorn.poll() is None:
+                os.killpg(gunicorn.pid, signal.SIGKILL)
+                gunicorn.wait(5)

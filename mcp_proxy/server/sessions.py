@@ -153,19 +153,24 @@ class Registry:
         return self.settings.servers[server_name]
 
     def spawn(self, server_name: str, session_name: str) -> StdioChild:
+        """Start a child for a session of ``server_name``; record how it starts and ends."""
         try:
-            child = StdioChild(self.spec(server_name), session_name, self.settings.max_frame,
-                               stop_grace=self.settings.stop_timeout / 3)
+            child = self._start_child(server_name, session_name)
         except SpawnError as exc:
             self.health[server_name].spawn_failed(str(exc))
             self.metrics.spawn_failed(server_name)
             raise
-        self.spawned += 1
         self.health[server_name].spawned()
         self.metrics.child_started(server_name)
-        child.meter = self.metrics.relay_meter(server_name)  # bridge() counts through it
+        child.meter = self.metrics.relay_meter(server_name)  # the relay counts through it
         started = time.monotonic()  # a callback, not a greenlet per child: it must not block
         child.stopped.rawlink(lambda _: self._child_stopped(server_name, child, started))
+        return child
+
+    def _start_child(self, server_name: str, session_name: str) -> StdioChild:
+        child = StdioChild(self.spec(server_name), session_name, self.settings.max_frame,
+                           stop_grace=self.settings.stop_timeout / 3)
+        self.spawned += 1
         return child
 
     def _child_stopped(self, server_name: str, child: StdioChild, started: float) -> None:
