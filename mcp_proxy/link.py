@@ -117,12 +117,25 @@ def _answer_pending(link: Link, pending: dict, reason: str) -> None:
     pending.clear()
 
 
+def _counter(source: Link, target: Link) -> Callable[[Message], None] | None:
+    """What counts source -> target messages: server mode's ``Registry.spawn`` gives each
+    child a ``meter``; client mode has none."""
+    meter = getattr(target, "meter", None)
+    if meter is not None:
+        return meter.client_to_server
+    meter = getattr(source, "meter", None)
+    return None if meter is None else meter.server_to_client
+
+
 def _relay(source: Link, target: Link, sent: dict, answered: dict) -> Callable[[Message], None]:
     """A sink that moves source -> target; it tracks requests in ``sent``, answers in
     ``answered``, and answers a request the target can no longer take."""
+    count = _counter(source, target)
 
     def forward(message: Message) -> None:
         kind = message.kind
+        if count is not None:  # before send: an upstream may answer within send()
+            count(message)
         if kind == jsonrpc.REQUEST:
             sent[jsonrpc.id_key(message.id)] = message.id
         elif kind == jsonrpc.RESPONSE:

@@ -1,7 +1,8 @@
 """The Flask app of server mode: ``create_app(settings)``.
 
 Each stdio server gets the same URL layout: the default one at the root (``/sse``,
-``/messages/``, ``/mcp``), each named one under ``/servers/<name>/``. ``/status`` is global.
+``/messages/``, ``/mcp``), each named one under ``/servers/<name>/``. ``/status`` and the
+probes (``/healthz``, ``/readyz``, ``/metrics``) are global.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from flask import Blueprint, Flask
 from werkzeug.routing import Rule
 
 from mcp_proxy.server.guard import install_guard
+from mcp_proxy.server.health import add_health_routes
 from mcp_proxy.server.sessions import Registry
 from mcp_proxy.server.sse import add_sse_routes
 from mcp_proxy.server.status import add_status_route
@@ -66,4 +68,6 @@ def create_app(settings: ServerSettings) -> Flask:
         add_streamable_routes(bp, registry, name)
         app.register_blueprint(bp)
     add_status_route(app, registry)
+    add_health_routes(app, registry)
+    app.wsgi_app = registry.metrics.count_answers(app.wsgi_app)
     return app

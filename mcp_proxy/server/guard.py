@@ -4,7 +4,9 @@ By default only loopback names may reach a proxy bound to loopback, and only loo
 pages (or origins named with --allow-origin) may call it from a browser. A request without
 an Origin header is not from a browser page and passes the Origin check. A path we do not
 serve gets 404, a method its path does not take 405 naming the ones it does, before the
-token check: the URL layout is public, and a preflight carries no token.
+token check: the URL layout is public, and a preflight carries no token. The probes
+(/healthz, /readyz, /metrics) pass every check: load balancers and kubelets call them by
+address, without a token. They say nothing a session could use.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from mcp_proxy.server.health import PROBE_ENDPOINTS
 from mcp_proxy.server.http import text_error
 from mcp_proxy.settings import ServerSettings
 
@@ -94,6 +97,8 @@ def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None
     @app.before_request
     def guard() -> Response | None:
         environ = request.environ
+        if request.endpoint in PROBE_ENDPOINTS:
+            return None  # not API use either: leave the activity clock alone
         host = _request_host(environ)
         if not host_ok(host):
             return text_error(421, "Invalid Host header")

@@ -21,9 +21,11 @@ from gevent.lock import Semaphore
 
 from mcp_proxy import supervise
 from mcp_proxy.child import StdioChild
-from mcp_proxy.errors import LinkClosed
+from mcp_proxy.errors import LinkClosed, SpawnError
 from mcp_proxy.jsonrpc import Message
 from mcp_proxy.link import Link, bridge
+from mcp_proxy.metrics import Metrics
+from mcp_proxy.server.health import ServerHealth
 from mcp_proxy.server.streams import Stream
 from mcp_proxy.settings import ServerSettings, ServerSpec
 
@@ -120,6 +122,8 @@ class Registry:
         self.sessions: dict[str, Session] = {}
         self.last_activity = time.time()
         self.spawned = 0
+        self.health = {name: ServerHealth() for name in settings.servers}
+        self.metrics = Metrics(lambda: self.sessions.values(), settings.servers)
         self._reaper = self._start_reaper()
 
     def _start_reaper(self) -> gevent.Greenlet:
@@ -132,11 +136,32 @@ class Registry:
         return self.settings.servers[server_name]
 
     def spawn(self, server_name: str, session_name: str) -> StdioChild:
+        """Start a child for a session of ``server_name``; record how it starts and ends."""
+        try:
+            child = self._start_child(server_name, session_name)
+        except SpawnError as exc:
+            self.health[server_name].spawn_failed(str(exc))
+            self.metrics.spawn_failed(server_name)
+            raise
+        self.health[server_name].spawned()
+        self.metrics.child_started(server_name)
+        child.meter = self.metrics.relay_meter(server_name)  # the relay counts through it
+        started = time.monotonic()  # a callback, not a greenlet per child: it must not block
+        child.stopped.rawlink(lambda _: self._child_stopped(server_name, child, started))
+        return child
+
+    def _start_child(self, server_name: str, session_name: str) -> StdioChild:
         child = StdioChild(self.spec(server_name), session_name, self.settings.max_frame,
                            stop_grace=self.settings.stop_timeout / 3,
                            write_timeout=self.settings.write_timeout)
         self.spawned += 1
         return child
+
+    def _child_stopped(self, server_name: str, child: StdioChild, started: float) -> None:
+        """Record how a reaped child ended (for /readyz and /metrics)."""
+        code = child.process.returncode
+        self.health[server_name].exited(code, time.monotonic() - started)
+        self.metrics.child_exited(server_name, code)
 
     def add(self, session: Session) -> Session:
         self.sessions[session.id] = session

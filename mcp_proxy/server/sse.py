@@ -61,6 +61,7 @@ def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
             yield from session.stream.events(keepalive)
 
         def gone() -> None:
+            registry.metrics.client_disconnected(session.transport)
             session.close("client closed its event stream")
 
         def ended() -> None:

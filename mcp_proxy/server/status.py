@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from flask import Flask, jsonify
 
 from mcp_proxy import __version__
+from mcp_proxy.server.health import readiness
 from mcp_proxy.server.sessions import Registry
 
 
@@ -18,10 +19,12 @@ def add_status_route(app: Flask, registry: Registry) -> None:
     @app.get("/status")
     def status():
         sessions = list(registry.sessions.values())
+        ready = readiness(registry)
         instances = {
             name or "default": {
                 "command": spec.command,
                 "sessions": sum(1 for s in sessions if s.server_name == name),
+                **ready[name or "default"],
             }
             for name, spec in registry.settings.servers.items()
         }

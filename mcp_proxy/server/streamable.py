@@ -168,6 +168,7 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
 
         def gone() -> None:  # not a cancel (2025 era): the late answer is dropped
             logger.info("%s: client closed the stream of request %r", session.name, message.id)
+            registry.metrics.client_disconnected(session.transport)
             session.release(key)
 
         def ended() -> None:
@@ -259,6 +260,7 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
 
         def gone() -> None:
             logger.info("%s: client closed its GET stream", session.name)
+            registry.metrics.client_disconnected(session.transport)
             backlog.wake()
 
         body = Body(chunks(), environ, backlog, gone, session.get_closed)
