@@ -19,6 +19,10 @@ class ServerBusy(ProxyError):
     """The server took none of its input for the write timeout: the client may retry later."""
 
 
+class TooManySessions(ProxyError):
+    """A new session would pass ``--max-sessions`` (or a server's ``maxSessions``)."""
+
+
 class LinkClosed(ProxyError, ConnectionError):
     """A message was sent to a link that has already closed."""
 

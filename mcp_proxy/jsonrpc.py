@@ -168,3 +168,16 @@ def error_obj(request_id: Any, code: int, message: str, data: Any = None) -> dic
 
 def error_message(request_id: Any, code: int, message: str, data: Any = None) -> Message:
     return Message(error_obj(request_id, code, message, data))
+
+
+def result_message(request_id: Any, result: Any) -> Message:
+    return Message({"jsonrpc": "2.0", "id": request_id, "result": result})
+
+
+def rewritten(message: Message, params: dict | None = None, **top: Any) -> Message:
+    """A copy of ``message`` with ``top``-level members and ``params`` entries replaced
+    (a multiplexer's id and token rewriting; the original is untouched)."""
+    obj = {**message.obj, **top}
+    if params is not None:
+        obj["params"] = {**obj.get("params", {}), **params}
+    return Message(obj)

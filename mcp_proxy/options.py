@@ -119,7 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--sse-port", type=int, default=None, help="(deprecated) same as --port")
     server.add_argument("--sse-host", default=None, help="(deprecated) same as --host")
     server.add_argument("--stateless", action=argparse.BooleanOptionalAction, default=False,
-                        help="stateless Streamable HTTP (not supported yet: an error)")
+                        help="stateless Streamable HTTP: /mcp without sessions, every POST "
+                             "served by one shared server process (implies --shared-child)")
+    server.add_argument("--shared-child", action=argparse.BooleanOptionalAction, default=False,
+                        help="one server process per configured server, shared by all its "
+                             "sessions (default: one per session)")
+    server.add_argument("--max-sessions", type=int, default=None, metavar="N",
+                        help="most sessions at once, then 503 (default 100, or 1000 when "
+                             "every server is shared)")
     server.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                         help="browser origin allowed to call us, '*' for any; repeatable")
     server.add_argument("--allow-host", action="append", default=[], metavar="HOST",
@@ -166,8 +173,6 @@ def is_url(text: str | None) -> bool:
 
 def server_settings(ns: argparse.Namespace) -> ServerSettings:
     """Turn parsed arguments into ServerSettings; raise ConfigError for impossible asks."""
-    if ns.stateless:
-        raise ConfigError("--stateless is not supported yet: each session gets its own server")
     servers: dict[str, ServerSpec] = {}
     if ns.command_or_url:
         servers[""] = ServerSpec(ns.command_or_url, list(ns.args), dict(ns.env), ns.cwd,
@@ -183,8 +188,15 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
             if not argv:
                 raise ConfigError(f"--named-server {name}: empty command")
             servers[name] = ServerSpec(argv[0], argv[1:], {}, None, ns.pass_environment)
+    shared = ns.stateless or ns.shared_child
     for spec in servers.values():
+        spec.shared = spec.shared or shared
         spec.check()
+    max_sessions = ns.max_sessions
+    if max_sessions is None:
+        max_sessions = 1000 if all(spec.shared for spec in servers.values()) else 100
+    elif max_sessions < 1:
+        raise ConfigError("--max-sessions must be at least 1")
     return ServerSettings(
         servers=servers,
         host=ns.host if ns.host is not None else (ns.sse_host or "127.0.0.1"),
@@ -195,7 +207,7 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
         max_body=ns.max_body_size, max_frame=ns.max_message_size,
         max_queued=ns.max_queued_size, session_idle_timeout=ns.session_timeout,
         stall_timeout=ns.stall_timeout, write_timeout=ns.write_timeout,
-        stop_timeout=ns.stop_timeout)
+        stop_timeout=ns.stop_timeout, stateless=ns.stateless, max_sessions=max_sessions)
 
 
 def client_settings(ns: argparse.Namespace) -> ClientSettings:

@@ -29,6 +29,8 @@ class ServerSpec:
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
     pass_environment: bool = False
+    shared: bool = False  # one process shared by every session, not one per session
+    max_sessions: int | None = None  # this server's own cap ("maxSessions" in the config file)
 
     def argv(self) -> list[str]:
         return [self.command, *self.args]
@@ -76,10 +78,13 @@ class ServerSettings:
     stall_timeout: float = 60.0  # a client that takes nothing this long loses its session
     write_timeout: float = 10.0  # a POST waits this long for a server that reads nothing
     stop_timeout: float = 5.0
+    stateless: bool = False  # /mcp without sessions: each POST stands alone (shared child)
+    max_sessions: int = 100
 
 
 def load_named_servers(path: str, pass_environment: bool) -> dict[str, ServerSpec]:
-    """Read ``{"mcpServers": {name: {command, args, env, enabled}}}`` (Claude Desktop's shape)."""
+    """Read ``{"mcpServers": {name: {command, args, env, enabled}}}`` (Claude Desktop's shape,
+    plus our ``cwd``, ``shared`` and ``maxSessions``)."""
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
@@ -99,13 +104,20 @@ def load_named_servers(path: str, pass_environment: bool) -> dict[str, ServerSpe
             continue
         check_server_name(name)
         command, args, env = entry.get("command"), entry.get("args", []), entry.get("env", {})
+        shared, limit = entry.get("shared", False), entry.get("maxSessions")
         if not isinstance(command, str) or not command:
             raise ConfigError(f'{where} needs a "command" string')
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
             raise ConfigError(f'{where}: "args" must be a list of strings')
         if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
             raise ConfigError(f'{where}: "env" must map names to strings')
-        specs[name] = ServerSpec(command, args, env, entry.get("cwd"), pass_environment)
+        if not isinstance(shared, bool):
+            raise ConfigError(f'{where}: "shared" must be true or false')
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
+                                  or limit < 1):
+            raise ConfigError(f'{where}: "maxSessions" must be a whole number of at least 1')
+        specs[name] = ServerSpec(command, args, env, entry.get("cwd"), pass_environment,
+                                 shared, limit)
     return specs
 
 

@@ -59,7 +59,7 @@ def _app_from_environment():
 
 def _stop_children(registry: Registry) -> None:
     """On worker exit streams may be cut without their cleanup: stop the children here."""
-    registry.signal_children()
+    registry.supervisor.signal_all()
 
 
 def _end_sessions_on_sigterm(worker, registry: Registry) -> None:

@@ -1,7 +1,7 @@
 """What README.md promises and no other test checked, each against the real CLI.
 
-Server mode: 404 and 405 with an exact ``Allow``, the ``sessionId`` alias, ``--stateless``,
-the Host rules of a wildcard bind and ``--allow-host``, the header count limit, the GET
+Server mode: 404 and 405 with an exact ``Allow``, the ``sessionId`` alias, the Host rules
+of a wildcard bind and ``--allow-host``, the header count limit, the GET
 ``/mcp`` backlog, an oversize server answer, a config file beside ``--named-server``. Client
 mode: a remote's 403, and giving up after ``--recovery-timeout``.
 """
@@ -101,16 +101,6 @@ def test_session_id_alias_on_messages(raw_proxy):
     assert (posted.status_code, posted.text) == (202, "Accepted")
     assert reader.next_message() == {"jsonrpc": "2.0", "id": 9, "result": {}}
     reader.close()
-
-
-def test_stateless_is_refused_with_a_clear_error():
-    proxy = ProxyProcess("--stateless", "--", *RAW_SERVER)
-    try:
-        assert proxy.proc.wait(20) == 1
-    finally:
-        proxy.stop()
-    proxy.expect("--stateless is not supported yet")
-    assert "Traceback" not in proxy.stderr()
 
 
 # --- Host rules and header limits -------------------------------------------------------------

@@ -72,7 +72,7 @@ def readiness(registry: Registry) -> dict[str, dict]:
     now = time.monotonic()
     report = {}
     for name, spec in registry.settings.servers.items():
-        reasons = registry.health[name].problems(now)
+        reasons = registry.supervisor.problems(name, now)
         try:
             spec.check()
         except ConfigError as exc:

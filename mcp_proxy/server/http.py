@@ -43,6 +43,12 @@ def server_busy(exc: ServerBusy, message: Message) -> Response:
                      request_id, **{"Retry-After": RETRY_AFTER})
 
 
+def too_many_sessions(exc: Exception) -> Response:
+    """503 for a session over the limit: nothing was opened; the client may try later."""
+    return rpc_error(503, jsonrpc.INTERNAL_ERROR, f"Too many sessions: {exc}; try again later",
+                     **{"Retry-After": RETRY_AFTER})
+
+
 def event_stream(chunks: Iterable[bytes], **headers: str) -> Response:
     response = Response(chunks, mimetype="text/event-stream", headers={**SSE_HEADERS, **headers})
     response.direct_passthrough = True  # Flask must not buffer or re-encode the chunks

@@ -11,7 +11,6 @@ session; a backlog nobody reads is capped by ``--max-queued-size``.
 from __future__ import annotations
 
 import logging
-import signal
 import time
 import uuid
 
@@ -20,13 +19,12 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 
 from mcp_proxy import supervise
-from mcp_proxy.child import StdioChild
-from mcp_proxy.errors import LinkClosed, SpawnError
+from mcp_proxy.errors import LinkClosed, TooManySessions
 from mcp_proxy.jsonrpc import Message
 from mcp_proxy.link import Link, bridge
 from mcp_proxy.metrics import Metrics
-from mcp_proxy.server.health import ServerHealth
 from mcp_proxy.server.streams import Stream
+from mcp_proxy.server.supervisor import Supervisor
 from mcp_proxy.settings import ServerSettings, ServerSpec
 
 logger = logging.getLogger(__name__)
@@ -50,8 +48,8 @@ class Session(Link):
         self.settings = registry.settings
         self.created = time.time()
         self.last_activity = time.monotonic()
-        self.child: StdioChild | None = None
-        self._starting = Semaphore()  # two first messages at once must not start two children
+        self.upstream: Link | None = None  # its own child, or a port of a shared one
+        self._starting = Semaphore()  # two first messages at once must not get two upstreams
         self.queued = 0  # bytes waiting in this session's streams
         self.pressing = 0  # of those, bytes in streams a response is draining
         self.draining: set[Stream] = set()  # streams an HTTP response is writing out
@@ -92,14 +90,14 @@ class Session(Link):
         return None
 
     def receive(self, message: Message) -> None:
-        """Take a message from the client; start the child first if this is the first one."""
+        """Take a message from the client; get the upstream first if this is the first one."""
         self.last_activity = time.monotonic()
-        if self.child is None:
+        if self.upstream is None:
             with self._starting:
-                if self.child is None:
-                    child = self.registry.spawn(self.server_name, self.name)
-                    bridge(self, child)
-                    self.child = child
+                if self.upstream is None:
+                    upstream = self.registry.supervisor.upstream(self.server_name, self.name)
+                    bridge(self, upstream)
+                    self.upstream = upstream
         self.deliver(message)
 
     idle_limit = float("inf")
@@ -115,15 +113,15 @@ class Session(Link):
 
 
 class Registry:
-    """All live sessions of one app, by id; spawns children and reaps idle sessions."""
+    """All live sessions of one app, by id; caps their number and reaps idle ones."""
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.sessions: dict[str, Session] = {}
         self.last_activity = time.time()
-        self.spawned = 0
-        self.health = {name: ServerHealth() for name in settings.servers}
         self.metrics = Metrics(lambda: self.sessions.values(), settings.servers)
+        self.supervisor = Supervisor(settings, self.metrics)
+        self._per_server: dict[str, int] = dict.fromkeys(settings.servers, 0)
         self._reaper = self._start_reaper()
 
     def _start_reaper(self) -> gevent.Greenlet:
@@ -135,36 +133,19 @@ class Registry:
     def spec(self, server_name: str) -> ServerSpec:
         return self.settings.servers[server_name]
 
-    def spawn(self, server_name: str, session_name: str) -> StdioChild:
-        """Start a child for a session of ``server_name``; record how it starts and ends."""
-        try:
-            child = self._start_child(server_name, session_name)
-        except SpawnError as exc:
-            self.health[server_name].spawn_failed(str(exc))
-            self.metrics.spawn_failed(server_name)
-            raise
-        self.health[server_name].spawned()
-        self.metrics.child_started(server_name)
-        child.meter = self.metrics.relay_meter(server_name)  # the relay counts through it
-        started = time.monotonic()  # a callback, not a greenlet per child: it must not block
-        child.stopped.rawlink(lambda _: self._child_stopped(server_name, child, started))
-        return child
-
-    def _start_child(self, server_name: str, session_name: str) -> StdioChild:
-        child = StdioChild(self.spec(server_name), session_name, self.settings.max_frame,
-                           stop_grace=self.settings.stop_timeout / 3,
-                           write_timeout=self.settings.write_timeout)
-        self.spawned += 1
-        return child
-
-    def _child_stopped(self, server_name: str, child: StdioChild, started: float) -> None:
-        """Record how a reaped child ended (for /readyz and /metrics)."""
-        code = child.process.returncode
-        self.health[server_name].exited(code, time.monotonic() - started)
-        self.metrics.child_exited(server_name, code)
-
     def add(self, session: Session) -> Session:
+        """Register a new session; raise TooManySessions past ``--max-sessions`` (or the
+        server's own ``maxSessions``)."""
+        name = session.server_name
+        limit = self.settings.servers[name].max_sessions
+        if len(self.sessions) >= self.settings.max_sessions:
+            raise TooManySessions(f"this proxy holds its limit of {self.settings.max_sessions} "
+                                  f"sessions (--max-sessions)")
+        if limit is not None and self._per_server[name] >= limit:
+            raise TooManySessions(f"server {name or 'default'!r} holds its limit of {limit} "
+                                  f"sessions (maxSessions)")
         self.sessions[session.id] = session
+        self._per_server[name] += 1
         return session
 
     def get(self, session_id: str, server_name: str, transport: str) -> Session | None:
@@ -175,7 +156,8 @@ class Registry:
         return session
 
     def forget(self, session: Session) -> None:
-        self.sessions.pop(session.id, None)
+        if self.sessions.pop(session.id, None) is not None:
+            self._per_server[session.server_name] -= 1
 
     def touch(self) -> None:
         self.last_activity = time.time()
@@ -183,20 +165,9 @@ class Registry:
     def close_all(self, reason: str, timeout: float) -> None:
         """End every session and wait (bounded) for every child to stop."""
         self._reaper.kill(block=False)
-        sessions = list(self.sessions.values())
-        for session in sessions:
-            session.close(reason)
-        children = [s.child for s in sessions if s.child is not None]
-        gevent.joinall([gevent.spawn(c.stopped.wait) for c in children], timeout=timeout)
-        for child in children:  # past the deadline: no orphans, whatever they ignore
-            if not child.stopped.is_set():
-                child.kill_now()
-
-    def signal_children(self) -> None:
-        """SIGTERM every child's process group now, without waiting (for exit hooks)."""
         for session in list(self.sessions.values()):
-            if session.child is not None:
-                session.child.kill_now(signal.SIGTERM)
+            session.close(reason)
+        self.supervisor.stop_all(reason, timeout)
 
     def _reap_idle(self) -> None:
         """End idle sessions and sessions whose client stopped taking what we send."""

@@ -12,7 +12,7 @@ import uuid
 from flask import Blueprint, Response, request, url_for
 
 from mcp_proxy import jsonrpc
-from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError
+from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError, TooManySessions
 from mcp_proxy.jsonrpc import Message
 from mcp_proxy.server.http import (
     event_stream,
@@ -22,6 +22,7 @@ from mcp_proxy.server.http import (
     server_busy,
     text_error,
     too_large,
+    too_many_sessions,
 )
 from mcp_proxy.server.sessions import Registry, Session
 from mcp_proxy.server.streams import Body, Stream, sse_event
@@ -52,7 +53,10 @@ def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
 
     @bp.get("/sse")
     def sse() -> Response:
-        session = registry.add(SseSession(registry, server_name))
+        try:
+            session = registry.add(SseSession(registry, server_name))
+        except TooManySessions as exc:
+            return too_many_sessions(exc)
         endpoint = f"{url_for('.messages')}?session_id={session.id}".encode()
 
         def chunks():

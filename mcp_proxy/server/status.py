@@ -19,11 +19,15 @@ def add_status_route(app: Flask, registry: Registry) -> None:
     @app.get("/status")
     def status():
         sessions = list(registry.sessions.values())
+        supervisor = registry.supervisor
         ready = readiness(registry)
         instances = {
             name or "default": {
                 "command": spec.command,
+                "mode": supervisor.mode(name),
                 "sessions": sum(1 for s in sessions if s.server_name == name),
+                "children": supervisor.running(name),
+                **({"shared_state": supervisor.shared[name].state} if spec.shared else {}),
                 **ready[name or "default"],
             }
             for name, spec in registry.settings.servers.items()
@@ -34,12 +38,14 @@ def add_status_route(app: Flask, registry: Registry) -> None:
             "server_instances": instances,
             "version": __version__,
             "sessions": len(sessions),
-            "children_started": registry.spawned,
+            "children_started": supervisor.spawned,
+            "max_sessions": registry.settings.max_sessions,
+            "stateless": registry.settings.stateless,
             "session_details": [{
                 "id": s.id[:8],
                 "transport": s.transport,
                 "server": s.server_name or "default",
                 "started": _iso(s.created),
-                "child": None if s.child is None else {"pid": s.child.pid, "state": s.child.state},
+                "child": supervisor.describe(s.upstream),
             } for s in sessions],
         })

@@ -17,7 +17,7 @@ import gevent
 from flask import Blueprint, Response, request
 
 from mcp_proxy import jsonrpc, supervise
-from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError
+from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError, TooManySessions
 from mcp_proxy.jsonrpc import Message, id_key
 from mcp_proxy.server.http import (
     accepts,
@@ -27,6 +27,7 @@ from mcp_proxy.server.http import (
     rpc_error,
     server_busy,
     too_large,
+    too_many_sessions,
 )
 from mcp_proxy.server.sessions import Registry, Session
 from mcp_proxy.server.streams import PING, Body, Stream, StreamEnded, sse_event
@@ -147,6 +148,11 @@ class StreamableSession(Session):
 def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
     keepalive = registry.settings.keepalive
     limit = registry.settings.max_body
+    stateless = registry.settings.stateless
+
+    def no_sessions() -> Response:
+        return rpc_error(405, jsonrpc.INVALID_REQUEST, "Method Not Allowed: this server is "
+                         "stateless (no sessions, no GET stream)", Allow="POST, OPTIONS")
 
     def find_session(environ: dict) -> StreamableSession | Response:
         session_id = environ.get(SESSION_KEY)
@@ -163,7 +169,7 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
             yield from stream.events(keepalive, until_response=True)
 
     def request_body(session: StreamableSession, message: Message, stream: Stream,
-                     first: Message | None) -> Body:
+                     first: Message | None, ephemeral: bool) -> Body:
         key = id_key(message.id)
 
         def gone() -> None:  # not a cancel (2025 era): the late answer is dropped
@@ -174,38 +180,14 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
         def ended() -> None:
             session.release(key)
             stream.discard()
+            if ephemeral:
+                session.close("stateless request done")
 
         return Body(request_events(stream, first), request.environ, stream, gone, ended)
 
-    @bp.post("/mcp")
-    @bp.post("/mcp/")
-    def mcp_post() -> Response:
-        environ = request.environ
-        refused = too_large(environ, limit)
-        if refused is not None:
-            return refused
-        if accepts(environ) != (True, True):
-            return rpc_error(406, jsonrpc.INVALID_REQUEST, "Not Acceptable: Client must accept "
-                             "both application/json and text/event-stream")
-        if not is_json(environ):
-            return rpc_error(415, jsonrpc.INVALID_REQUEST,
-                             "Unsupported Media Type: Content-Type must be application/json")
-        message = read_message(environ, limit)
-        if isinstance(message, Response):
-            return message
-        version = environ.get("HTTP_MCP_PROTOCOL_VERSION")
-        if version is not None and version not in KNOWN_VERSIONS:
-            return rpc_error(400, jsonrpc.INVALID_REQUEST,
-                             f"Bad Request: Unsupported protocol version: {version}; supported: "
-                             f"{', '.join(sorted(KNOWN_VERSIONS))}")
-        if environ.get(SESSION_KEY) or message.method != "initialize":
-            session = find_session(environ)
-            if isinstance(session, Response):
-                return session
-        else:
-            session = registry.add(StreamableSession(registry, server_name))
-        headers = {SESSION_HEADER: session.id}
-
+    def relay(session: StreamableSession, message: Message, headers: dict,
+              ephemeral: bool) -> Response:
+        """Hand the message to the session; the answer: 202, JSON, or an event stream."""
         stream = None
         if message.kind == jsonrpc.REQUEST:
             stream = session.open_request(message)
@@ -234,12 +216,53 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
                              f"Session closed: {session.close_reason}", message.id)
         if first is not None and first.kind == jsonrpc.RESPONSE:
             return Response(first.raw, mimetype="application/json", headers=headers)
-        return event_stream(request_body(session, message, stream, first), **headers)
+        return event_stream(request_body(session, message, stream, first, ephemeral),
+                            **headers)
+
+    @bp.post("/mcp")
+    @bp.post("/mcp/")
+    def mcp_post() -> Response:
+        environ = request.environ
+        refused = too_large(environ, limit)
+        if refused is not None:
+            return refused
+        if accepts(environ) != (True, True):
+            return rpc_error(406, jsonrpc.INVALID_REQUEST, "Not Acceptable: Client must accept "
+                             "both application/json and text/event-stream")
+        if not is_json(environ):
+            return rpc_error(415, jsonrpc.INVALID_REQUEST,
+                             "Unsupported Media Type: Content-Type must be application/json")
+        message = read_message(environ, limit)
+        if isinstance(message, Response):
+            return message
+        version = environ.get("HTTP_MCP_PROTOCOL_VERSION")
+        if version is not None and version not in KNOWN_VERSIONS:
+            return rpc_error(400, jsonrpc.INVALID_REQUEST,
+                             f"Bad Request: Unsupported protocol version: {version}; supported: "
+                             f"{', '.join(sorted(KNOWN_VERSIONS))}")
+        if stateless:  # each POST stands alone, on a port of the shared server
+            session = StreamableSession(registry, server_name)
+            response = relay(session, message, {}, ephemeral=True)
+            if response.mimetype != "text/event-stream":
+                session.close("stateless request done")
+            return response
+        if environ.get(SESSION_KEY) or message.method != "initialize":
+            session = find_session(environ)
+            if isinstance(session, Response):
+                return session
+        else:
+            try:
+                session = registry.add(StreamableSession(registry, server_name))
+            except TooManySessions as exc:
+                return too_many_sessions(exc)
+        return relay(session, message, {SESSION_HEADER: session.id}, ephemeral=False)
 
     @bp.get("/mcp")
     @bp.get("/mcp/")
     def mcp_get() -> Response:
         environ = request.environ
+        if stateless:
+            return no_sessions()
         if not accepts(environ)[1]:
             return rpc_error(406, jsonrpc.INVALID_REQUEST,
                              "Not Acceptable: Client must accept text/event-stream")
@@ -269,6 +292,8 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
     @bp.delete("/mcp")
     @bp.delete("/mcp/")
     def mcp_delete() -> Response:
+        if stateless:
+            return no_sessions()
         session = find_session(request.environ)
         if isinstance(session, Response):
             return session

@@ -4,8 +4,13 @@ One JSON message per line on stdin/stdout; stdout is written in binary and flush
 every message. It answers ``initialize`` (echoing the client's protocolVersion), ``ping``,
 ``tools/list`` (one tool, ``echo``) and ``tools/call`` (``echo``, and ``ask``, which sends a
 ``sampling/createMessage`` request to the client and returns the client's result as JSON
-text, and ``notify``, which answers and then sends ``count`` log notifications of ``size``
-bytes that belong to no request). Notifications are ignored; any other request gets -32601.
+text; with ``delay`` it waits that long first), ``notify``, which answers and then sends
+``count`` log notifications of ``size`` bytes at ``level`` that belong to no request,
+``progress``, which reports ``steps`` progress notifications with the request's token before
+its answer, ``update``, which answers and then sends ``resources/updated`` for ``uri``, and
+``crash``, which exits with code 3 at once). ``resources/subscribe``, ``unsubscribe`` and
+``logging/setLevel`` are answered with ``{}``. Notifications are ignored; any other request
+gets -32601.
 
 Options (for exercising a proxy's failure handling):
 
@@ -15,6 +20,7 @@ Options (for exercising a proxy's failure handling):
   --huge-line BYTES    on tools/call, first emit a notifications/message whose data is that big
   --stderr-banner      write a line to stderr at start
   --ignore-stdin-eof   keep running after stdin closes, and ignore SIGTERM
+  --record FILE        append every line read from stdin to FILE (what the server was sent)
   --announce           write notifications/tools/list_changed right after the initialize
                        answer, in the same write (a server message that belongs to no request)
 """
@@ -45,6 +51,7 @@ def main() -> None:
     parser.add_argument("--stderr-banner", action="store_true")
     parser.add_argument("--ignore-stdin-eof", action="store_true")
     parser.add_argument("--announce", action="store_true")
+    parser.add_argument("--record", default=None)
     opts = parser.parse_args()
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
@@ -78,6 +85,9 @@ def main() -> None:
             line = stdin.readline()
             if not line:
                 return None
+            if opts.record:
+                with open(opts.record, "ab") as record:
+                    record.write(line if line.endswith(b"\n") else line + b"\n")
             if not line.strip():
                 continue
             try:
@@ -94,6 +104,7 @@ def main() -> None:
     def ask_client(params: dict) -> dict:
         """Send a sampling request to the client and wait for the response with its id."""
         nonlocal server_ids
+        time.sleep(float(params.get("delay", 0)))
         server_ids += 1
         sid = f"srv-{server_ids}"
         send({"jsonrpc": "2.0", "id": sid, "method": "sampling/createMessage", "params": {
@@ -131,7 +142,8 @@ def main() -> None:
                 "capabilities": {"tools": {}, "logging": {}},
                 "serverInfo": {"name": "raw_server", "version": "1.0.0"},
             }
-        elif method == "ping":
+        elif method in ("ping", "resources/subscribe", "resources/unsubscribe",
+                        "logging/setLevel"):
             reply["result"] = {}
         elif method == "tools/list":
             reply["result"] = {"tools": [ECHO_TOOL]}
@@ -149,8 +161,23 @@ def main() -> None:
                 respond({**reply, "result": {"content": []}})
                 for n in range(int(args.get("count", 1))):
                     send({"jsonrpc": "2.0", "method": "notifications/message", "params": {
-                        "level": "info", "data": f"{n}:" + "x" * int(args.get("size", 10))}})
+                        "level": args.get("level", "info"),
+                        "data": f"{n}:" + "x" * int(args.get("size", 10))}})
                 continue
+            elif name == "progress":
+                token = (params.get("_meta") or {}).get("progressToken")
+                for step in range(int(args.get("steps", 1))):
+                    if token is not None:
+                        send({"jsonrpc": "2.0", "method": "notifications/progress", "params": {
+                            "progressToken": token, "progress": step + 1}})
+                reply["result"] = {"content": [{"type": "text", "text": "done"}]}
+            elif name == "update":
+                respond({**reply, "result": {"content": []}})
+                send({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                      "params": {"uri": args.get("uri")}})
+                continue
+            elif name == "crash":
+                sys.exit(3)
             else:
                 reply["error"] = {"code": -32602, "message": f"Unknown tool: {name}"}
         else:

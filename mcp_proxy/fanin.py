@@ -1,0 +1,122 @@
+"""Client -> shared child: what each message a client sends becomes (SESSIONS.md §C.1, §C.2).
+
+- ``initialize`` is answered from the child's cached result (the child is started first if
+  it is not running); ``notifications/initialized`` is not forwarded;
+- a request gets the next id of the child's counter, and its ``_meta.progressToken`` becomes
+  that id; the answer comes back through fanout.py with the client's own id and token;
+- ``notifications/cancelled`` is forwarded only for the client's own requests in flight;
+- an answer to a server request gets back the child's id;
+- ``logging/setLevel`` is answered here and sets this client's filter (the child gets the most
+  verbose level of all clients); ``resources/subscribe`` and ``unsubscribe`` reach the child
+  only for the first subscriber and the last, the others are answered here.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import TYPE_CHECKING
+
+from mcp_proxy import jsonrpc
+from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError
+from mcp_proxy.jsonrpc import Message, id_key, result_message, rewritten
+from mcp_proxy.port import Call
+
+if TYPE_CHECKING:
+    from mcp_proxy.multiplexer import Multiplexer
+    from mcp_proxy.port import Port
+
+logger = logging.getLogger(__name__)
+
+
+def route(mux: Multiplexer, port: Port, message: Message) -> None:
+    """Relay a message a client sent, rewritten for the shared child."""
+    method = message.method
+    if message.kind == jsonrpc.RESPONSE:
+        child_id = port.server_requests.pop(id_key(message.id), None)
+        if child_id is None:
+            logger.info("%s: dropped an answer to no server request (%r)", port.name,
+                        message.id)
+        else:
+            mux.send(rewritten(message, id=child_id))
+    elif message.kind == jsonrpc.NOTIFICATION:
+        if method == "notifications/cancelled":
+            child_id = port.inflight.get(id_key(message.params.get("requestId")))
+            if child_id is not None:  # only the client's own requests
+                mux.send(rewritten(message, params={"requestId": child_id}))
+        elif method == "notifications/initialized":
+            pass  # the proxy initialized the child itself
+        elif mux.state != "running":
+            logger.info("%s: server not running; dropped %r", port.name, message)
+        else:
+            mux.send(message)
+    elif method == "initialize":
+        _initialize(mux, port, message)
+    elif method == "logging/setLevel":
+        port.level = message.params.get("level")
+        port.offer(result_message(message.id, {}))
+        mux.sync_level()
+    elif method == "resources/subscribe" and _local_subscribe(mux, port, message):
+        port.offer(result_message(message.id, {}))
+    elif method == "resources/unsubscribe" and _local_unsubscribe(mux, port, message):
+        port.offer(result_message(message.id, {}))
+    else:
+        _forward_request(mux, port, message)
+
+def _initialize(mux: Multiplexer, port: Port, message: Message) -> None:
+    try:
+        mux.ensure_started()
+    except SpawnError as exc:
+        port.offer(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR, str(exc)))
+        return
+    port.capabilities = message.params.get("capabilities") or {}
+    port.version = message.params.get("protocolVersion")
+    port.offer(result_message(message.id, copy.deepcopy(mux.init_result)))
+
+def _forward_request(mux: Multiplexer, port: Port, message: Message) -> None:
+    try:
+        mux.ensure_started()
+    except SpawnError as exc:
+        port.offer(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR, str(exc)))
+        return
+    cid = mux.new_id()
+    params = message.params
+    meta = params.get("_meta")
+    token = meta.get("progressToken") if isinstance(meta, dict) else None
+    new_params = None
+    if token is not None:
+        new_params = {"_meta": {**message.obj["params"]["_meta"], "progressToken": cid}}
+    mux.calls[cid] = Call(port, message.id, token)
+    port.inflight[id_key(message.id)] = cid
+    try:
+        mux.send(rewritten(message, new_params, id=cid))
+    except (LinkClosed, ServerBusy) as exc:
+        mux.calls.pop(cid, None)
+        port.inflight.pop(id_key(message.id), None)
+        if isinstance(exc, ServerBusy):
+            raise
+        port.offer(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR,
+                                         f"MCP server unavailable: {exc}"))
+
+# -- subscriptions and log level ---------------------------------------------------
+
+def _local_subscribe(mux: Multiplexer, port: Port, message: Message) -> bool:
+    """Count a subscription; True if someone else already holds it (answered here)."""
+    uri = message.params.get("uri")
+    if not isinstance(uri, str) or uri in port.subscriptions:
+        return isinstance(uri, str)
+    port.subscriptions.add(uri)
+    mux.subscribed[uri] = mux.subscribed.get(uri, 0) + 1
+    return mux.subscribed[uri] > 1
+
+def _local_unsubscribe(mux: Multiplexer, port: Port, message: Message) -> bool:
+    uri = message.params.get("uri")
+    if not isinstance(uri, str) or uri not in port.subscriptions:
+        return isinstance(uri, str)
+    port.subscriptions.discard(uri)
+    count = mux.subscribed.get(uri, 0) - 1
+    if count > 0:
+        mux.subscribed[uri] = count
+        return True
+    mux.subscribed.pop(uri, None)
+    return False
