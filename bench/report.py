@@ -25,6 +25,7 @@ TARGET_STARTUP_MS = 250.0
 TARGET_SLOW_GROWTH_MIB = 16.0  # a client that reads nothing of 100 MiB it asked for
 TARGET_SLOW_AFTER_MIB = 8.0  # ... and 10 s after it left
 TARGET_DISCONNECT_S = 1.0  # a closed stream noticed, its server stopped
+TARGET_SHARED_100_MIB = 82.0  # mcp-proxy 0.13 with 100 connected clients, on this machine
 
 
 def fmt(value, digits: int = 2) -> str:
@@ -99,6 +100,20 @@ def build_rows(results: dict) -> list[dict]:
             idle["proxy_with_children_rss_mib"], idle["proxy_rss_idle_mib"], "", "info", 1)
         add(f"time to open {n:,} SSE sessions (ms)", "server/sse", idle["open_s"] * 1000, None,
             "", "info", 0)
+    connected, shared = p["server/sse"].get("connected"), p["server/sse"].get("connected_shared")
+    if connected and shared:
+        add("100 connected SSE clients, proxy + children RSS (MiB)", "server/sse",
+            connected["with_children_rss_mib"], None, "", f"info ({connected['children']} "
+            "children)", 0)
+        add("  the same with --shared-child (MiB)", "server/sse", shared["with_children_rss_mib"],
+            None, f"<= {TARGET_SHARED_100_MIB:g} MiB (0.13)",
+            "PASS" if shared["with_children_rss_mib"] <= TARGET_SHARED_100_MIB else "FAIL", 0)
+    for path in SERVER_PATHS:
+        tp, own = p[path].get("throughput_20_shared"), p[path].get("throughput_20")
+        if tp and own:
+            add("calls/s, 20 sessions, --shared-child", path, tp["calls_per_s"],
+                own["calls_per_s"], ">= a process per session",
+                "PASS" if tp["calls_per_s"] >= own["calls_per_s"] else "FAIL", 0)
     slow = p["server/sse"].get("slow_reader")
     if slow:
         add(f"RSS growth, a client reading none of {slow['asked_bytes'] / MiB:.0f} MiB (MiB)",

@@ -47,6 +47,7 @@ from measure import (
 )
 from procs import PY, RAW_SERVER, ROOT, BenchError, MiB, Processes, log, profiled, raise_nofile
 from report import CLIENT_PATHS, SERVER_PATHS, build_rows, report
+from shared import connected_memory, shared_throughput
 from slow import disconnect_to_stop, slow_reader_memory
 
 
@@ -148,6 +149,14 @@ def run(opts, procs: Processes, results: dict) -> None:
     paths["server/sse"]["idle_sessions"] = idle_sse_memory(procs, cfg["idle_sessions"])
     log("server/sse: a client that reads none of 100 MiB it asked for, on a fresh proxy")
     paths["server/sse"]["slow_reader"] = slow_reader_memory(procs)
+
+    # ---------------------------------------------------------------- shared child
+    log("server/sse: 100 connected SSE clients, a process each and one shared process")
+    paths["server/sse"]["connected"] = connected_memory(procs, 100, ())
+    paths["server/sse"]["connected_shared"] = connected_memory(procs, 100, ("--shared-child",))
+    log("server mode: throughput, 20 sessions on one shared process")
+    for path, figures in shared_throughput(procs, 20, cfg["duration"], cfg["warm"]).items():
+        paths[path]["throughput_20_shared"] = figures
 
     # ---------------------------------------------------------------- disconnects
     log("server mode: a client closes its stream -> its server is gone")
