@@ -16,8 +16,8 @@ def _hold(signum: int, frame) -> None:
     _held_signals.append(signum)
 
 
-signal.signal(signal.SIGTERM, _hold)
 signal.signal(signal.SIGINT, _hold)
+signal.signal(signal.SIGTERM, _hold)  # last: once it is caught, both are (tests look for it)
 
 from gevent import events, monkey  # noqa: E402 (after the signal handlers)
 
