@@ -36,8 +36,8 @@ class Handler(WSGIHandler):
     logging asks for it. Needs a ``Server``."""
 
     _held: bytearray | None = None
-    _body: bytes | None = None  # a chunked body, read whole before the app runs
-    _chunked: Input | None = None
+    _body: bytes | None = None  # the body, read whole before the app runs
+    _input: Input | None = None
 
     def read_requestline(self) -> str:
         server = self.server
@@ -70,23 +70,24 @@ class Handler(WSGIHandler):
             self.close_connection = connection != "keep-alive"
         else:
             self.close_connection = connection == "close"
-        if chunked:
-            self._read_chunked()
+        if chunked or self.content_length and self.content_length <= self.server.max_body:
+            self._read_body(chunked)
         return True
 
-    def _read_chunked(self) -> None:
-        # Read before the app runs, so that a malformed body is answered 400 here like a
-        # malformed head (in the app it was a 500 and a stream left mid-chunk). Past the
-        # body limit the app gets limit + 1 bytes to refuse; pywsgi drains the rest after.
+    def _read_body(self, chunked: bool) -> None:
+        # Read before the app runs, so that a malformed or cut-short body is answered 400
+        # here like a malformed head (in the app it was a 500 with a traceback, and a chunked
+        # stream left mid-chunk). A chunked body past the limit gives the app limit + 1 bytes
+        # to refuse, and pywsgi drains the rest after the answer.
         expect = self.headers.get("expect", "").lower() == "100-continue"
-        self._chunked = Input(self.rfile, None, socket=self.socket if expect else None,
-                              chunked_input=True)
+        self._input = Input(self.rfile, self.content_length, chunked_input=chunked,
+                            socket=self.socket if expect else None)
         try:
-            self._body = self._chunked.read(self.server.max_body + 1)
+            self._body = self._input.read(self.server.max_body + 1)
         except OSError as exc:  # pywsgi's chunk errors, or the body cut short
-            raise RequestError(f"malformed chunked body ({exc.args[0]})") from None
+            raise RequestError(f"malformed body ({exc.args[0]})") from None
         except ValueError:  # pywsgi parses an empty chunk size as hex
-            raise RequestError("malformed chunked body (no chunk size)") from None
+            raise RequestError("malformed body (no chunk size)") from None
 
     def _headers(self):
         # pywsgi's re-splits each line; ours are split and checked already
@@ -100,7 +101,7 @@ class Handler(WSGIHandler):
         environ = super().get_environ()
         if self._body is not None:
             environ["wsgi.input"] = io.BytesIO(self._body)
-            self.wsgi_input = self._chunked
+            self.wsgi_input = self._input
             if len(self._body) <= self.server.max_body:
                 environ["CONTENT_LENGTH"] = str(len(self._body))
         return environ

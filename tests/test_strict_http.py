@@ -119,17 +119,19 @@ CHUNKED = POST + "Transfer-Encoding: chunked\r\n\r\n"
     ("1" * 17 + "\r\nhello\r\n0\r\n\r\n", "Chunk-size too large"),
     ("5\r\nhelloXX\r\n0\r\n\r\n", "didn't end in CRLF"),
     ("5\rXhello\r\n0\r\n\r\n", "didn't end in LF"),
-    ("5;ext\nhello\r\n0\r\n\r\n", "malformed chunked body"),
-    ("\r\n", "malformed chunked body"),
-    ("0\r\nX(A): b\r\n\r\n", "malformed chunked body"),
+    ("5;ext\nhello\r\n0\r\n\r\n", "malformed body"),
+    ("\r\n", "malformed body"),
+    ("0\r\nX(A): b\r\n\r\n", "malformed body"),
 ])
 def test_malformed_chunked_body_is_refused(proxy, body, reason):
     assert_refused(proxy, (CHUNKED + body).encode(), reason=reason, half_close=True)
 
 
-def test_chunked_body_cut_short_is_refused(proxy):
-    assert_refused(proxy, (CHUNKED + "a\r\nhello").encode(), reason="malformed chunked body",
+def test_body_cut_short_is_refused(proxy):
+    assert_refused(proxy, (CHUNKED + "a\r\nhello").encode(), reason="malformed body",
                    half_close=True)
+    assert_refused(proxy, (POST + "Content-Length: 100\r\n\r\n{}").encode(),
+                   reason="malformed body", half_close=True)
 
 
 def test_connection_ending_inside_the_head_is_answered(proxy):
