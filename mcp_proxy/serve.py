@@ -137,7 +137,7 @@ class Handler(WSGIHandler):
 
 
 class Server(WSGIServer):
-    """pywsgi's server with our handler, the body limit it applies to chunked bodies, and
+    """pywsgi's server with our handler, the most of a body the handler reads ahead, and
     the connections idle between two requests, which closing the server hangs up."""
 
     handler_class = Handler
