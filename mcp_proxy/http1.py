@@ -129,7 +129,7 @@ def body_framing(headers: Headers, version: str) -> tuple[int | None, bool]:
         if length is not None:
             raise RequestError("both Transfer-Encoding and Content-Length")
         if coding.lower() != "chunked" or version == "HTTP/1.0":
-            raise RequestError("a Transfer-Encoding other than chunked (HTTP/1.1)")
+            raise RequestError("a Transfer-Encoding other than chunked, or one in HTTP/1.0")
         return None, True
     if length is None:
         return None, False
