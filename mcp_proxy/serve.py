@@ -39,6 +39,12 @@ class Handler(WSGIHandler):
     _body: bytes | None = None  # the body, read whole before the app runs
     _input: Input | None = None
 
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except ConnectionError:  # gone while we answered its bad request: nothing to tell
+            pass
+
     def read_requestline(self) -> str:
         server = self.server
         if server.stopping:  # do not wait for another request
@@ -84,8 +90,9 @@ class Handler(WSGIHandler):
                             socket=self.socket if expect else None)
         try:
             self._body = self._input.read(self.server.max_body + 1)
-        except OSError as exc:  # pywsgi's chunk errors, or the body cut short
-            raise RequestError(f"malformed body ({exc.args[0]})") from None
+        except OSError as exc:  # pywsgi's chunk errors, the body cut short, or a reset
+            reason = exc.strerror if isinstance(exc, ConnectionError) else exc.args[0]
+            raise RequestError(f"malformed body ({reason})") from None
         except ValueError:  # pywsgi parses an empty chunk size as hex
             raise RequestError("malformed body (no chunk size)") from None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import struct
 from urllib.parse import urlsplit
 
 import pytest
@@ -202,3 +203,17 @@ def test_chunked_body_over_the_limit_is_413_and_the_connection_lives(proxy):
 def test_empty_line_before_a_request_is_skipped(proxy):
     head, _ = exchange(proxy, ("\r\n" + GET + "Connection: close\r\n\r\n").encode())
     assert head.startswith("HTTP/1.1 200 "), head
+
+
+def test_client_gone_before_its_answer_leaves_no_traceback(proxy):
+    for data in ((GET + "X-A: b\r\n" * 101 + "\r\n").encode(),
+                 (POST + "Content-Length: 1000\r\n\r\n{").encode()):
+        for _ in range(5):
+            sock = socket.create_connection(address(proxy), timeout=10)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.sendall(data)
+            sock.close()  # a reset, not a FIN
+    proxy.expect(r"malformed body \(Connection reset by peer\)")
+    head, _ = exchange(proxy, (GET + "Connection: close\r\n\r\n").encode())
+    assert head.startswith("HTTP/1.1 200 "), head
+    assert "Traceback" not in proxy.stderr(), proxy.stderr()
