@@ -5,7 +5,21 @@ socket, pipe and sleep below cooperates. A URL as the positional argument means 
 anything else is the command of the stdio server that server mode spawns per session.
 """
 
-from gevent import events, monkey
+import signal
+
+# A SIGTERM or SIGINT while we start (importing gevent alone takes ~0.1 s) is held here, not
+# acted on half-way: server mode stops cleanly once it can, client mode acts on it as usual.
+_held_signals: list[int] = []
+
+
+def _hold(signum: int, frame) -> None:
+    _held_signals.append(signum)
+
+
+signal.signal(signal.SIGINT, _hold)
+signal.signal(signal.SIGTERM, _hold)  # last: once it is caught, both are (tests look for it)
+
+from gevent import events, monkey  # noqa: E402 (after the signal handlers)
 
 
 def _patch_all() -> None:
@@ -43,6 +57,14 @@ def setup_logging(ns: argparse.Namespace) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _release_signals() -> None:
+    """Back to the default actions, and the first signal held meanwhile takes effect now."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if _held_signals:
+        signal.raise_signal(_held_signals[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
@@ -51,13 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(ns)
     try:
         if is_url(ns.command_or_url):
+            _release_signals()
             from mcp_proxy.client import run_client  # lazy: client mode never imports Flask
 
             return run_client(ns)
         settings = server_settings(ns)
         from mcp_proxy.serve import serve
 
-        return serve(settings)
+        return serve(settings, signalled=_held_signals)
     except ConfigError as exc:
         logger.error("%s", exc)
         return 1

@@ -1,89 +1,117 @@
 """Run the server-mode app on gevent.pywsgi until SIGTERM or SIGINT.
 
-Shutdown, in order: stop accepting connections, end every session (its streams finish and
-its child gets stdin closed, then SIGTERM, then SIGKILL), wait for the children within the
-stop timeout, then return so the process exits 0. The listener has TCP_NODELAY set, or every
-keep-alive POST would wait ~40 ms for Nagle and delayed ACK.
+Start-up, in order: take over SIGTERM and SIGINT, build the app, bind and start accepting,
+and only then announce the URLs (tests and supervisors wait for the "Status at" line).
+Shutdown, in order: stop accepting connections and hang up the idle keep-alive ones, end
+every session (its streams finish and its child gets stdin closed, then SIGTERM, then
+SIGKILL), wait for the requests in progress and the children within the stop timeout, then
+return so the process exits 0. The listener has TCP_NODELAY set, or every keep-alive POST
+would wait ~40 ms for Nagle and delayed ACK.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import signal
 import socket
 
 import gevent
+from gevent.event import AsyncResult
 from gevent.pool import Pool
-from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
+from gevent.pywsgi import MAX_REQUEST_LINE, Input, LoggingLogAdapter, WSGIHandler, WSGIServer
 
+from mcp_proxy.http1 import Headers, RequestError, body_framing, request_line
 from mcp_proxy.server import create_app
 from mcp_proxy.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
-
-_HEADERS_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
-                      b"Content-Length: 0\r\n\r\n")
-
-
-_MAX_HEADER_LINE = 65536
-_MAX_HEADERS = 100
-_COALESCE_LIMIT = 1 << 16  # answers up to this size leave in one send with their head
 ACCESS_LOG = logging.getLogger("mcp_proxy.access")
-
-
-class Headers:
-    """Request headers read straight off the connection.
-
-    pywsgi's default goes through ``email.parser``, which was an eighth of the proxy's CPU per
-    request; this keeps the small interface pywsgi uses (``get``, ``headers``, ``status``).
-    """
-
-    __slots__ = ("status", "headers", "_values")
-
-    def __init__(self, rfile) -> None:
-        self.status = ""
-        self.headers: list[str] = []
-        self._values: dict[str, str] = {}
-        while True:
-            line = rfile.readline(_MAX_HEADER_LINE + 1)
-            if len(line) > _MAX_HEADER_LINE:
-                self.status = "Line too long"
-                return
-            if line in (b"\r\n", b"\n", b""):
-                return
-            if len(self.headers) == _MAX_HEADERS:
-                self.status = "Too many headers"
-                return
-            text = line.decode("latin-1")
-            self.headers.append(text)
-            name, colon, value = text.partition(":")
-            if colon:
-                self._values.setdefault(name.strip().lower(), value.strip())
-
-    def get(self, name: str, default=None):
-        return self._values.get(name.lower(), default)
-
-    getheader = get
-
-    @property
-    def typeheader(self):
-        return self._values.get("content-type")
-
-    def __delitem__(self, name: str) -> None:
-        name = name.lower()
-        self._values.pop(name, None)
-        self.headers = [h for h in self.headers if h.partition(":")[0].strip().lower() != name]
+_COALESCE_LIMIT = 1 << 16  # answers up to this size leave in one send with their head
 
 
 class Handler(WSGIHandler):
-    """pywsgi's handler with a faster header parser, 431 for oversized headers, small answers
+    """pywsgi's handler with a strict and faster request parser (http1.py), small answers
     sent in one piece with their head, and an access log that costs nothing unless DEBUG
-    logging asks for it."""
+    logging asks for it. Needs a ``Server``."""
 
     _held: bytearray | None = None
+    _body: bytes | None = None  # the body, read whole before the app runs
+    _input: Input | None = None
 
-    def MessageClass(self, rfile, *args):  # noqa: N802 (pywsgi's name)
-        return Headers(rfile)
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except ConnectionError:  # gone while we answered its bad request: nothing to tell
+            pass
+
+    def read_requestline(self) -> str:
+        server = self.server
+        if server.stopping:  # do not wait for another request
+            return ""
+        server.idle.add(self)
+        try:
+            line = self.rfile.readline(MAX_REQUEST_LINE)
+            if line == b"\r\n":  # RFC 9112 2.2: skip an empty line before a request
+                line = self.rfile.readline(MAX_REQUEST_LINE)
+        finally:
+            server.idle.discard(self)
+        return line.decode("latin-1")
+
+    def hang_up(self) -> None:
+        """Close a connection idle between two requests; its handler then ends."""
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except (AttributeError, OSError):  # already gone
+            pass
+
+    def read_request(self, raw_requestline: str) -> bool:
+        self.requestline = raw_requestline.rstrip("\r\n")
+        self._body = None
+        self.command, self.path, self.request_version = request_line(raw_requestline)
+        self.headers = headers = Headers(self.rfile)
+        self.content_length, chunked = body_framing(headers, self.request_version)
+        connection = headers.get("connection", "").lower()
+        if self.request_version == "HTTP/1.0":
+            self.close_connection = connection != "keep-alive"
+        else:
+            self.close_connection = connection == "close"
+        if chunked or self.content_length and self.content_length <= self.server.max_body:
+            self._read_body(chunked)
+        return True
+
+    def _read_body(self, chunked: bool) -> None:
+        # Read before the app runs, so that a malformed or cut-short body is answered 400
+        # here like a malformed head (in the app it was a 500 with a traceback, and a chunked
+        # stream left mid-chunk). A chunked body past the limit gives the app limit + 1 bytes
+        # to refuse, and pywsgi drains the rest after the answer.
+        expect = self.headers.get("expect", "").lower() == "100-continue"
+        self._input = Input(self.rfile, self.content_length, chunked_input=chunked,
+                            socket=self.socket if expect else None)
+        try:
+            self._body = self._input.read(self.server.max_body + 1)
+        except OSError as exc:  # pywsgi's chunk errors, the body cut short, or a reset
+            reason = exc.strerror if isinstance(exc, ConnectionError) else exc.args[0]
+            raise RequestError(f"malformed body ({reason})") from None
+        except ValueError:  # pywsgi parses an empty chunk size as hex
+            raise RequestError("malformed body (no chunk size)") from None
+
+    def _headers(self):
+        # pywsgi's re-splits each line; ours are split and checked already
+        for name, value in self.headers.fields:
+            if "_" not in name:  # as pywsgi: X_Forwarded_For must not pose as X-Forwarded-For
+                key = name.upper().replace("-", "_")
+                if key != "CONTENT_TYPE" and key != "CONTENT_LENGTH":
+                    yield "HTTP_" + key, value
+
+    def get_environ(self) -> dict:
+        environ = super().get_environ()
+        if self._body is not None:
+            environ["wsgi.input"] = io.BytesIO(self._body)
+            self.wsgi_input = self._input
+            if len(self._body) <= self.server.max_body:
+                environ["CONTENT_LENGTH"] = str(len(self._body))
+        return environ
 
     def _write_with_headers(self, data) -> None:
         # pywsgi sends the head and the first body chunk with two syscalls (two TCP segments
@@ -105,9 +133,9 @@ class Handler(WSGIHandler):
             super()._sendall(data)
 
     def _handle_client_error(self, ex):
-        if getattr(getattr(self, "headers", None), "status", "") in (
-                "Line too long", "Too many headers"):
-            return ("431", _HEADERS_TOO_LARGE)
+        if isinstance(ex, RequestError):
+            logger.info("Refused a request from %s: %s", self.client_address[0], ex)
+            return str(ex.status), ex.answer()
         return super()._handle_client_error(ex)
 
     def get_environ(self):
@@ -120,6 +148,27 @@ class Handler(WSGIHandler):
             super().log_request()
 
 
+class Server(WSGIServer):
+    """pywsgi's server with our handler, the most of a body the handler reads ahead, and
+    the connections idle between two requests, which closing the server hangs up."""
+
+    handler_class = Handler
+
+    def __init__(self, *args, max_body: int = 4 << 20, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_body = max_body
+        self.idle: set[Handler] = set()
+        self.stopping = False
+
+    def close(self) -> None:
+        self.stopping = True
+        super().close()
+        # a keep-alive client may never send another request: waiting for it would hold
+        # the shutdown for the whole stop timeout
+        for handler in list(self.idle):
+            handler.hang_up()
+
+
 def listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -130,13 +179,27 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(settings: ServerSettings, pool_size: int = 10000) -> int:
+def serve(settings: ServerSettings, pool_size: int = 10000,
+          signalled: list[int] | None = None) -> int:
+    """Serve until a signal; ``signalled`` holds those that came before we could handle them."""
+    stop_signal: AsyncResult = AsyncResult()
+
+    def on_signal(signum: int) -> None:
+        if not stop_signal.ready():
+            stop_signal.set(signum)
+
+    gevent.signal_handler(signal.SIGTERM, on_signal, signal.SIGTERM)
+    gevent.signal_handler(signal.SIGINT, on_signal, signal.SIGINT)
+    for signum in signalled or ():
+        on_signal(signum)
+
     app = create_app(settings)
     registry = app.extensions["mcp_proxy"]
     sock = listen(settings.host, settings.port)
-    access_log = LoggingLogAdapter(ACCESS_LOG, logging.DEBUG)
-    server = WSGIServer(sock, app, spawn=Pool(pool_size), handler_class=Handler,
-                        log=access_log, error_log=logging.getLogger("mcp_proxy.http"))
+    server = Server(sock, app, spawn=Pool(pool_size), max_body=settings.max_body,
+                    log=LoggingLogAdapter(ACCESS_LOG, logging.DEBUG),
+                    error_log=logging.getLogger("mcp_proxy.http"))
+    server.start()
     port = sock.getsockname()[1]
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     for name in settings.servers:
@@ -145,20 +208,10 @@ def serve(settings: ServerSettings, pool_size: int = 10000) -> int:
                     name or "the default server", base, base)
     logger.info("Status at http://%s:%d/status", host, port)
 
-    stopping: list[gevent.Greenlet] = []
-
-    def stop(signum: int) -> None:
-        logger.info("Received %s; shutting down", signal.Signals(signum).name)
-        server.close()  # stop accepting; serve_forever then waits for the open requests
-        registry.close_all("proxy shutting down", settings.stop_timeout)
-
-    def on_signal(signum: int) -> None:
-        if not stopping:
-            stopping.append(gevent.spawn(stop, signum))
-
-    gevent.signal_handler(signal.SIGTERM, on_signal, signal.SIGTERM)
-    gevent.signal_handler(signal.SIGINT, on_signal, signal.SIGINT)
-    server.serve_forever(stop_timeout=settings.stop_timeout)
-    gevent.joinall(stopping)
+    signum = stop_signal.get()
+    logger.info("Received %s; shutting down", signal.Signals(signum).name)
+    closing = gevent.spawn(registry.close_all, "proxy shutting down", settings.stop_timeout)
+    server.stop(timeout=settings.stop_timeout)  # stop accepting, wait for open requests
+    closing.join()
     logger.info("Stopped")
     return 0

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -166,6 +170,71 @@ def test_signal_stops_everything_with_no_orphans(proxy_factory, sig):
     wait_until(lambda: not pids_alive(pids), timeout=5)
     for reader in readers:
         reader.close()
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether the process has a handler for ``sig`` (``SigCgt`` in /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+def processes_marked(marker: str) -> list[int]:
+    """Live processes whose environment carries ``marker`` (the proxy's descendants)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                if marker.encode() in environ.read():
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return pids_alive(found)
+
+
+# seconds after the proxy first catches SIGTERM (its first lines of Python, ~0.1 s after the
+# spawn), or the moment it has announced its status URL (~0.45 s later here): each phase of
+# start-up (gevent's import and patching, the options, Flask's import, the app, the
+# listener) is hit by some of them
+START_POINTS = [0, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.27, 0.35, 0.45, "status"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("when", START_POINTS)
+def test_signal_at_any_moment_of_start_up_exits_cleanly(when, sig):
+    marker = f"test-{uuid.uuid4().hex}"
+    proxy = ProxyProcess("--", *RAW_SERVER, env={"MCP_PROXY_TEST_RUN": marker})
+    try:
+        wait_until(lambda: proxy.proc.poll() is not None or catches(proxy.proc.pid, signal.SIGTERM),
+                   timeout=10, interval=0.001)
+        if when == "status":
+            proxy.started()
+        else:
+            time.sleep(when)  # the moment to signal at, not a synchronisation
+        proxy.proc.send_signal(sig)
+        assert proxy.proc.wait(15) == 0, proxy.stderr()
+    finally:
+        proxy.stop()
+    proxy._reader.join(5)
+    assert "Traceback" not in proxy.stderr(), proxy.stderr()
+    assert not processes_marked(marker)
+
+
+def test_idle_keep_alive_connection_does_not_hold_the_shutdown(proxy_factory):
+    proxy = proxy_factory("--stop-timeout", "10", "--", *RAW_SERVER)
+    url = urlsplit(proxy.base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    conn.request("GET", "/status")
+    answer = conn.getresponse()
+    assert answer.status == 200 and answer.getheader("Connection") != "close"
+    answer.read()  # the connection now waits, idle, for a next request
+    started = time.monotonic()
+    assert proxy.stop() == 0
+    assert time.monotonic() - started < 5  # the stop timeout is 10 s
+    assert conn.sock.recv(1) == b""  # hung up
+    conn.close()
 
 
 def test_vanished_streamable_client_is_cleaned_up(proxy_factory):

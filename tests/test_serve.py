@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import gevent
 from gevent import socket
-from gevent.pywsgi import WSGIServer
 
-from mcp_proxy.serve import _COALESCE_LIMIT, Handler
+from mcp_proxy.serve import _COALESCE_LIMIT, Handler, Server
 
 
 class CountingSocket:
@@ -32,7 +31,7 @@ def serve_one(body: bytes) -> tuple[list[bytes], bytes]:
 
     ours, theirs = socket.socketpair()
     counting = CountingSocket(ours)
-    handler = Handler(counting, ("127.0.0.1", 1), WSGIServer(("127.0.0.1", 0), app))
+    handler = Handler(counting, ("127.0.0.1", 1), Server(("127.0.0.1", 0), app))
     received = bytearray()
 
     def read_all() -> None:
