@@ -41,7 +41,8 @@ def main() -> None:
 
     number = 500  # many short runs: the best of them is the least disturbed by other load
     best = min(timeit.repeat(parse, number=number, repeat=400)) / number
-    print(f"{sys.modules['mcp_proxy'].__file__}: {best * 1e6:.2f} µs per POST (head parsed, body read)")
+    where = sys.modules["mcp_proxy"].__file__
+    print(f"{where}: {best * 1e6:.2f} µs per POST (head parsed, body read)")
 
 
 if __name__ == "__main__":

@@ -106,6 +106,7 @@ class Handler(WSGIHandler):
 
     def get_environ(self) -> dict:
         environ = super().get_environ()
+        environ["mcp_proxy.socket"] = self.socket  # streams watch it for a client that leaves
         if self._body is not None:
             environ["wsgi.input"] = io.BytesIO(self._body)
             self.wsgi_input = self._input
@@ -137,11 +138,6 @@ class Handler(WSGIHandler):
             logger.info("Refused a request from %s: %s", self.client_address[0], ex)
             return str(ex.status), ex.answer()
         return super()._handle_client_error(ex)
-
-    def get_environ(self):
-        environ = super().get_environ()
-        environ["mcp_proxy.socket"] = self.socket  # streams watch it for a client that leaves
-        return environ
 
     def log_request(self) -> None:
         if ACCESS_LOG.isEnabledFor(logging.DEBUG):
