@@ -61,7 +61,8 @@ def route(mux: Multiplexer, port: Port, message: Message) -> None:
     elif method == "resources/unsubscribe" and _local_unsubscribe(mux, port, message):
         port.offer(result_message(message.id, {}))
     else:
-        _forward_request(mux, port, message)
+        forward(mux, port, message)
+
 
 def _initialize(mux: Multiplexer, port: Port, message: Message) -> None:
     try:
@@ -73,23 +74,25 @@ def _initialize(mux: Multiplexer, port: Port, message: Message) -> None:
     port.version = message.params.get("protocolVersion")
     port.offer(result_message(message.id, copy.deepcopy(mux.init_result)))
 
-def _forward_request(mux: Multiplexer, port: Port, message: Message) -> None:
+
+def forward(mux: Multiplexer, port: Port, message: Message, params: dict | None = None) -> None:
+    """Send a client's request to the child under the next id (its progress token too, and
+    ``params`` entries replaced); the client gets an error if the child cannot take it."""
     try:
         mux.ensure_started()
     except SpawnError as exc:
         port.offer(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR, str(exc)))
         return
     cid = mux.new_id()
-    params = message.params
-    meta = params.get("_meta")
+    meta = message.params.get("_meta")
     token = meta.get("progressToken") if isinstance(meta, dict) else None
-    new_params = None
+    new_params = dict(params or {})
     if token is not None:
-        new_params = {"_meta": {**message.obj["params"]["_meta"], "progressToken": cid}}
-    mux.calls[cid] = Call(port, message.id, token)
+        new_params["_meta"] = {**message.obj["params"]["_meta"], "progressToken": cid}
+    mux.calls[cid] = Call(port, message.id, token, method=message.method)
     port.inflight[id_key(message.id)] = cid
     try:
-        mux.send(rewritten(message, new_params, id=cid))
+        mux.send(rewritten(message, new_params or None, id=cid))
     except (LinkClosed, ServerBusy) as exc:
         mux.calls.pop(cid, None)
         port.inflight.pop(id_key(message.id), None)
@@ -98,7 +101,9 @@ def _forward_request(mux: Multiplexer, port: Port, message: Message) -> None:
         port.offer(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR,
                                          f"MCP server unavailable: {exc}"))
 
+
 # -- subscriptions and log level ---------------------------------------------------
+
 
 def _local_subscribe(mux: Multiplexer, port: Port, message: Message) -> bool:
     """Count a subscription; True if someone else already holds it (answered here)."""
@@ -108,6 +113,7 @@ def _local_subscribe(mux: Multiplexer, port: Port, message: Message) -> bool:
     port.subscriptions.add(uri)
     mux.subscribed[uri] = mux.subscribed.get(uri, 0) + 1
     return mux.subscribed[uri] > 1
+
 
 def _local_unsubscribe(mux: Multiplexer, port: Port, message: Message) -> bool:
     uri = message.params.get("uri")

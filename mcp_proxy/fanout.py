@@ -29,14 +29,14 @@ logger = logging.getLogger(__name__)
 
 def route(mux: Multiplexer, message: Message) -> None:
     if message.kind == jsonrpc.RESPONSE:
-        _answer(mux, message)
+        answer(mux, message)
     elif message.kind == jsonrpc.REQUEST:
         _server_request(mux, message)
     else:
-        _notification(mux, message)
+        notification(mux, message)
 
 
-def _answer(mux: Multiplexer, message: Message) -> None:
+def answer(mux: Multiplexer, message: Message) -> None:
     cid = message.id
     call = mux.calls.pop(cid, None) if isinstance(cid, int) else None
     if call is None:
@@ -49,7 +49,7 @@ def _answer(mux: Multiplexer, message: Message) -> None:
         call.port.offer(rewritten(message, id=call.original))
 
 
-def _notification(mux: Multiplexer, message: Message) -> None:
+def notification(mux: Multiplexer, message: Message) -> None:
     method = message.method
     params = message.params
     if method == "notifications/progress":
@@ -78,7 +78,7 @@ def _notification(mux: Multiplexer, message: Message) -> None:
 
 def _server_request(mux: Multiplexer, message: Message) -> None:
     if message.method == "ping":
-        _reply(mux, result_message(message.id, {}))
+        reply(mux, result_message(message.id, {}))
         return
     busy = [port for port in mux.ports if port.inflight]
     if len(busy) == 1 and busy[0].can_take(message.method):
@@ -95,12 +95,12 @@ def _server_request(mux: Multiplexer, message: Message) -> None:
     else:
         why = "the client with a request in flight did not declare that capability"
     logger.info("%s: refused the server's %s: %s", mux.name, message.method, why)
-    _reply(mux, jsonrpc.error_message(
+    reply(mux, jsonrpc.error_message(
         message.id, jsonrpc.INTERNAL_ERROR,
         f"server request cannot be attributed on a shared child: {why}"))
 
 
-def _reply(mux: Multiplexer, message: Message) -> None:
+def reply(mux: Multiplexer, message: Message) -> None:
     try:
         mux.send(message)
     except (LinkClosed, ServerBusy) as exc:

@@ -52,18 +52,21 @@ def _valid_id(value: Any) -> bool:
 # Above this size a parsed message keeps only what routing reads, not a second copy of its
 # payload: a queued 128 KiB answer then costs 128 KiB, not twice that.
 SLIM_ABOVE = 32 << 10
-_ROUTING_PARAMS = ("requestId", "progressToken")
+_ROUTING_PARAMS = ("requestId", "progressToken", "_meta")  # and a short name or uri
+_SHORT = 1024
 
 
 def _routing_view(obj: dict) -> dict:
-    """What routing reads of a large message: id, method and the few params it looks at."""
-    view = {key: obj[key] for key in ("jsonrpc", "id", "method") if key in obj}
+    """What routing reads of a large message: id, method and the few params it looks at
+    (``_meta``, a cancel's ``requestId``, progress's token, a short ``name`` or ``uri``)."""
+    view = {key: obj[key] for key in ("jsonrpc", "id", "method", "error") if key in obj}
     params = obj.get("params")
     if isinstance(params, dict):
         kept = {key: params[key] for key in _ROUTING_PARAMS if key in params}
-        meta = params.get("_meta")
-        if isinstance(meta, dict) and "progressToken" in meta:
-            kept["_meta"] = {"progressToken": meta["progressToken"]}
+        for key in ("name", "uri"):
+            value = params.get(key)
+            if isinstance(value, str) and len(value) <= _SHORT:
+                kept[key] = value
         view["params"] = kept
     return view
 
@@ -95,6 +98,12 @@ class Message:
     @property
     def method(self) -> str | None:
         return self._obj.get("method")
+
+    @property
+    def error(self) -> dict | None:
+        """An error answer's ``error`` object (None for anything else)."""
+        error = self._obj.get("error")
+        return error if isinstance(error, dict) else None
 
     @property
     def params(self) -> dict:

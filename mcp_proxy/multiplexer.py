@@ -96,22 +96,33 @@ class Multiplexer:
         self.child = child
         child.attach(self._from_child, lambda: self._child_ended(child))
         try:
-            answer = self._request("initialize", {
-                "protocolVersion": PROTOCOL_VERSION, "capabilities": self.capabilities,
-                "clientInfo": {"name": "mcp-proxy", "version": __version__}}, START_TIMEOUT)
-            self.init_result = answer
-            child.send(Message({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-            if self.level:
-                self._request("logging/setLevel", {"level": self.level}, START_TIMEOUT)
-            for uri in self.subscribed:
-                self._request("resources/subscribe", {"uri": uri}, START_TIMEOUT)
+            self._handshake(child)
+        except SpawnError as exc:
+            self.failure = str(exc)
+            self.state = "idle"
+            child.close(self.failure)
+            raise
         except (ProxyError, gevent.Timeout) as exc:
-            self.failure = f"initialize failed: {exc}"
+            self.failure = f"{self.opening} failed: {exc}"
             self.state = "idle"
             child.close(self.failure)
             raise SpawnError(f"{self.name}: {self.failure}") from None
         self.state = "running"
         logger.info("%s: shared server ready (%d client(s))", self.name, len(self.ports))
+
+    opening = "initialize"
+    restarts = True  # start a dead child again at once for the sessions still here
+
+    def _handshake(self, child: Link) -> None:
+        """Initialize the child once, as the proxy; replay the level and subscriptions."""
+        self.init_result = self._request("initialize", {
+            "protocolVersion": PROTOCOL_VERSION, "capabilities": self.capabilities,
+            "clientInfo": {"name": "mcp-proxy", "version": __version__}}, START_TIMEOUT)
+        child.send(Message({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        if self.level:
+            self._request("logging/setLevel", {"level": self.level}, START_TIMEOUT)
+        for uri in self.subscribed:
+            self._request("resources/subscribe", {"uri": uri}, START_TIMEOUT)
 
     def _child_ended(self, child: Link) -> None:
         if child is not self.child:
@@ -131,9 +142,9 @@ class Multiplexer:
             port.server_requests.clear()
         if self.state == "stopped":
             return
-        self.state = "restarting" if self.ports else "idle"
+        self.state = "restarting" if self.ports and self.restarts else "idle"
         logger.warning("%s: shared server ended (%s)", self.name, reason)
-        if self.ports:
+        if self.state == "restarting":
             supervise.spawn(self._restart, name=f"{self.name} restart")
 
     def _restart(self) -> None:

@@ -38,11 +38,12 @@ def more_verbose(levels) -> str | None:
 class Call:
     """A request in flight on the child: whose it is, and what to restore on the answer."""
 
-    __slots__ = ("port", "original", "token", "waiter")
+    __slots__ = ("port", "original", "token", "waiter", "method")
 
     def __init__(self, port: Port | None, original: Any, token: Any = None,
-                 waiter: AsyncResult | None = None) -> None:
+                 waiter: AsyncResult | None = None, method: str | None = None) -> None:
         self.port, self.original, self.token, self.waiter = port, original, token, waiter
+        self.method = method
 
 
 class Port(Link):
@@ -57,6 +58,7 @@ class Port(Link):
         self.inflight: dict[tuple, int] = {}  # id_key(client's id) -> child id
         self.server_requests: dict[tuple, Any] = {}  # id_key(client-facing id) -> child's id
         self.subscriptions: set[str] = set()
+        self.principal = ""  # who the HTTP client is (modern lane: binds its request states)
         self._next_server_id = 0
 
     def send(self, message: Message) -> None:

@@ -81,7 +81,7 @@ def test_a_large_message_is_held_once():
     message = jsonrpc.parse(raw)
     assert message.raw is raw
     assert message.id == "a" and message.method == "tools/call"
-    assert message.params == {"_meta": {"progressToken": 7}}  # only what routing reads
+    assert message.params == {"_meta": {"progressToken": 7}, "name": "echo"}  # routing only
     assert len(json.dumps(message._obj)) < 200
     assert message.obj["params"]["arguments"]["text"] == text  # the whole, on demand
 

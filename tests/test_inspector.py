@@ -62,3 +62,15 @@ def test_inspector_cli_lists_and_calls_tools_through_the_proxy(inspector_cli, pr
                            "--method", "tools/call", "--tool-name", "echo",
                            "--tool-arg", "text=through the proxy")
     assert called["content"] == [{"type": "text", "text": "through the proxy"}]
+
+
+def test_inspector_cli_in_the_modern_era_through_the_proxy(inspector_cli, proxy_factory,
+                                                           tmp_path):
+    proxy = proxy_factory("--", *SDK_SERVER)
+    listed = run_inspector(inspector_cli, tmp_path, proxy.base + "/mcp", "--transport", "http",
+                           "--protocol-era", "modern", "--method", "tools/list")
+    assert "echo" in [tool["name"] for tool in listed["tools"]]
+    called = run_inspector(inspector_cli, tmp_path, proxy.base + "/mcp", "--transport", "http",
+                           "--protocol-era", "modern", "--method", "tools/call",
+                           "--tool-name", "echo", "--tool-arg", "text=modern")
+    assert called["content"][0]["text"] == "modern"

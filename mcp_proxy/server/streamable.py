@@ -17,20 +17,21 @@ import gevent
 from flask import Blueprint, Response, request
 
 from mcp_proxy import jsonrpc, supervise
-from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError, TooManySessions
+from mcp_proxy.errors import LinkClosed, TooManySessions
 from mcp_proxy.jsonrpc import Message, id_key
+from mcp_proxy.server.era import is_modern, no_modern_streams
 from mcp_proxy.server.http import (
     accepts,
     event_stream,
     is_json,
     read_message,
     rpc_error,
-    server_busy,
     too_large,
     too_many_sessions,
 )
+from mcp_proxy.server.relay import Relay
 from mcp_proxy.server.sessions import Registry, Session
-from mcp_proxy.server.streams import PING, Body, Stream, StreamEnded, sse_event
+from mcp_proxy.server.streams import PING, Body, Stream
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
     keepalive = registry.settings.keepalive
     limit = registry.settings.max_body
     stateless = registry.settings.stateless
+    relay = Relay(registry, server_name, keepalive, StreamableSession)
 
     def no_sessions() -> Response:
         return rpc_error(405, jsonrpc.INVALID_REQUEST, "Method Not Allowed: this server is "
@@ -162,62 +164,6 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
         if session is None:
             return rpc_error(404, jsonrpc.INVALID_REQUEST, "Session not found")
         return session
-
-    def request_events(stream: Stream, first: Message | None):
-        yield PING if first is None else sse_event(first.raw)
-        if first is None or first.kind != jsonrpc.RESPONSE:
-            yield from stream.events(keepalive, until_response=True)
-
-    def request_body(session: StreamableSession, message: Message, stream: Stream,
-                     first: Message | None, ephemeral: bool) -> Body:
-        key = id_key(message.id)
-
-        def gone() -> None:  # not a cancel (2025 era): the late answer is dropped
-            logger.info("%s: client closed the stream of request %r", session.name, message.id)
-            registry.metrics.client_disconnected(session.transport)
-            session.release(key)
-
-        def ended() -> None:
-            session.release(key)
-            stream.discard()
-            if ephemeral:
-                session.close("stateless request done")
-
-        return Body(request_events(stream, first), request.environ, stream, gone, ended)
-
-    def relay(session: StreamableSession, message: Message, headers: dict,
-              ephemeral: bool) -> Response:
-        """Hand the message to the session; the answer: 202, JSON, or an event stream."""
-        stream = None
-        if message.kind == jsonrpc.REQUEST:
-            stream = session.open_request(message)
-            if stream is None:
-                return rpc_error(400, jsonrpc.INVALID_REQUEST,
-                                 f"Bad Request: request id {message.id!r} is already in flight")
-        try:
-            session.receive(message)
-        except SpawnError as exc:
-            session.close(str(exc))
-            return rpc_error(502, jsonrpc.INTERNAL_ERROR,
-                             f"Could not start the MCP server: {exc}", message.id)
-        except ServerBusy as exc:
-            if stream is not None:
-                session.release(id_key(message.id))
-            return server_busy(exc, message)
-        except LinkClosed:
-            return rpc_error(404, jsonrpc.INVALID_REQUEST, "Session not found")
-        if stream is None:
-            return Response(status=202, headers=headers)
-
-        try:
-            first = stream.next(keepalive)
-        except StreamEnded:
-            return rpc_error(503, jsonrpc.CONNECTION_CLOSED,
-                             f"Session closed: {session.close_reason}", message.id)
-        if first is not None and first.kind == jsonrpc.RESPONSE:
-            return Response(first.raw, mimetype="application/json", headers=headers)
-        return event_stream(request_body(session, message, stream, first, ephemeral),
-                            **headers)
 
     @bp.post("/mcp")
     @bp.post("/mcp/")
@@ -235,6 +181,9 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
         message = read_message(environ, limit)
         if isinstance(message, Response):
             return message
+        if not environ.get(SESSION_KEY) and message.method != "initialize" \
+                and is_modern(environ, message):
+            return relay.modern(message)
         version = environ.get("HTTP_MCP_PROTOCOL_VERSION")
         if version is not None and version not in KNOWN_VERSIONS:
             return rpc_error(400, jsonrpc.INVALID_REQUEST,
@@ -242,7 +191,7 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
                              f"{', '.join(sorted(KNOWN_VERSIONS))}")
         if stateless:  # each POST stands alone, on a port of the shared server
             session = StreamableSession(registry, server_name)
-            response = relay(session, message, {}, ephemeral=True)
+            response = relay.answer(session, message, {}, ephemeral=True)
             if response.mimetype != "text/event-stream":
                 session.close("stateless request done")
             return response
@@ -255,12 +204,14 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
                 session = registry.add(StreamableSession(registry, server_name))
             except TooManySessions as exc:
                 return too_many_sessions(exc)
-        return relay(session, message, {SESSION_HEADER: session.id}, ephemeral=False)
+        return relay.answer(session, message, {SESSION_HEADER: session.id}, ephemeral=False)
 
     @bp.get("/mcp")
     @bp.get("/mcp/")
     def mcp_get() -> Response:
         environ = request.environ
+        if is_modern(environ):
+            return no_modern_streams()
         if stateless:
             return no_sessions()
         if not accepts(environ)[1]:
@@ -292,6 +243,8 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
     @bp.delete("/mcp")
     @bp.delete("/mcp/")
     def mcp_delete() -> Response:
+        if is_modern(request.environ):
+            return no_modern_streams()
         if stateless:
             return no_sessions()
         session = find_session(request.environ)

@@ -20,6 +20,7 @@ from mcp_proxy.child import StdioChild
 from mcp_proxy.errors import SpawnError
 from mcp_proxy.link import Link
 from mcp_proxy.metrics import Metrics
+from mcp_proxy.modern import ModernLane
 from mcp_proxy.multiplexer import Multiplexer
 from mcp_proxy.port import Port
 from mcp_proxy.server.health import ServerHealth
@@ -39,20 +40,35 @@ class Supervisor:
         self.spawned = 0
         self.shared = {name: self._multiplexer(name)
                        for name, spec in settings.servers.items() if spec.shared}
+        self.lanes: dict[str, ModernLane] = {}
 
     def _multiplexer(self, server_name: str) -> Multiplexer:
         label = f"shared:{server_name or 'default'}"
         return Multiplexer(label, lambda: self.spawn(server_name, label))
 
-    def upstream(self, server_name: str, session_name: str) -> Link:
-        """The link a new session of ``server_name`` relays to; raises SpawnError."""
-        mux = self.shared.get(server_name)
+    def upstream(self, server_name: str, session_name: str, lane: str = "legacy",
+                 caller: str = "") -> Link:
+        """The link a new session of ``server_name`` relays to; raises SpawnError.
+
+        ``lane`` "modern" is a 2026-07-28 request: it always goes to the server's modern lane,
+        for ``caller`` (whose request states it may bring back)."""
+        mux = self.modern(server_name) if lane == "modern" else self.shared.get(server_name)
         if mux is None:
             return self.spawn(server_name, session_name)
         mux.ensure_started()
         port = mux.port(session_name)
+        port.principal = caller
         port.meter = self.metrics.relay_meter(server_name)
         return port
+
+    def modern(self, server_name: str) -> ModernLane:
+        """The server's 2026-07-28 lane, made on first use (its child starts on first need)."""
+        lane = self.lanes.get(server_name)
+        if lane is None:
+            label = f"modern:{server_name or 'default'}"
+            lane = self.lanes[server_name] = ModernLane(label,
+                                                        lambda: self.spawn(server_name, label))
+        return lane
 
     def spawn(self, server_name: str, label: str) -> StdioChild:
         """Start a child of ``server_name``; record how it starts and ends."""
@@ -83,9 +99,9 @@ class Supervisor:
     def problems(self, server_name: str, now: float) -> list[str]:
         """Why a new session of ``server_name`` would not get a working server now."""
         found = self.health[server_name].problems(now)
-        mux = self.shared.get(server_name)
-        if mux is not None and mux.state == "crash loop":
-            found.append(f"shared server in a crash loop, not restarted: {mux.failure}")
+        for mux in (self.shared.get(server_name), self.lanes.get(server_name)):
+            if mux is not None and mux.state == "crash loop":
+                found.append(f"{mux.name} in a crash loop, not restarted: {mux.failure}")
         return found
 
     def mode(self, server_name: str) -> str:
@@ -104,7 +120,7 @@ class Supervisor:
 
     def stop_all(self, reason: str, timeout: float) -> None:
         """Stop every child, waiting (bounded) for each; kill what outlives the deadline."""
-        for mux in self.shared.values():
+        for mux in (*self.shared.values(), *self.lanes.values()):
             mux.close(reason)
         children = list(self.children)
         for child in children:

@@ -12,6 +12,12 @@ its answer, ``update``, which answers and then sends ``resources/updated`` for `
 ``logging/setLevel`` are answered with ``{}``. Notifications are ignored; any other request
 gets -32601.
 
+The 2026-07-28 era too (its ``_meta`` envelope is ignored): ``server/discover`` (unless
+``--legacy-only``), ``subscriptions/listen`` (acknowledged; ``tools/call change`` then sends
+``tools/list_changed`` to every listen, ``notifications/cancelled`` ends one), ``tools/call
+hold``, which never answers until cancelled, and ``tools/list`` also names ``tagged``, a tool
+whose ``region`` argument has an ``x-mcp-header``.
+
 Options (for exercising a proxy's failure handling):
 
   --garbage            print a non-JSON line on stdout before every response
@@ -21,6 +27,7 @@ Options (for exercising a proxy's failure handling):
   --stderr-banner      write a line to stderr at start
   --ignore-stdin-eof   keep running after stdin closes, and ignore SIGTERM
   --record FILE        append every line read from stdin to FILE (what the server was sent)
+  --legacy-only        answer server/discover with -32601, as a server of the 2025 era does
   --announce           write notifications/tools/list_changed right after the initialize
                        answer, in the same write (a server message that belongs to no request)
 """
@@ -34,6 +41,13 @@ import sys
 import time
 from collections import deque
 
+SUBSCRIPTION = "io.modelcontextprotocol/subscriptionId"
+TAGGED_TOOL = {
+    "name": "tagged",
+    "description": "Return the region, which clients also send as the Mcp-Param-Region header.",
+    "inputSchema": {"type": "object", "properties": {
+        "region": {"type": "string", "x-mcp-header": "Region"}}},
+}
 ECHO_TOOL = {
     "name": "echo",
     "description": "Return the text unchanged.",
@@ -52,12 +66,14 @@ def main() -> None:
     parser.add_argument("--ignore-stdin-eof", action="store_true")
     parser.add_argument("--announce", action="store_true")
     parser.add_argument("--record", default=None)
+    parser.add_argument("--legacy-only", action="store_true")
     opts = parser.parse_args()
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     backlog: deque = deque()  # messages read while waiting for a client's answer
     requests_seen = 0
+    listens: set[str] = set()  # ids (as JSON) of open subscriptions/listen requests
     server_ids = 0
 
     if opts.ignore_stdin_eof:
@@ -128,6 +144,8 @@ def main() -> None:
         if message is None:
             break
         method = message.get("method")
+        if method == "notifications/cancelled":
+            listens.discard(json.dumps((message.get("params") or {}).get("requestId")))
         if "id" not in message or method is None:
             continue  # notifications and stray responses are ignored
         requests_seen += 1
@@ -146,7 +164,16 @@ def main() -> None:
                         "logging/setLevel"):
             reply["result"] = {}
         elif method == "tools/list":
-            reply["result"] = {"tools": [ECHO_TOOL]}
+            reply["result"] = {"tools": [ECHO_TOOL, TAGGED_TOOL]}
+        elif method == "server/discover" and not opts.legacy_only:
+            reply["result"] = {"supportedVersions": ["2026-07-28"], "resultType": "complete",
+                               "capabilities": {"tools": {"listChanged": True}},
+                               "serverInfo": {"name": "raw_server", "version": "1.0.0"}}
+        elif method == "subscriptions/listen":
+            listens.add(json.dumps(message["id"]))
+            send({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+                  "params": {"_meta": {SUBSCRIPTION: message["id"]}}})
+            continue
         elif method == "tools/call":
             name, args = params.get("name"), params.get("arguments") or {}
             if opts.huge_line:
@@ -178,6 +205,16 @@ def main() -> None:
                 continue
             elif name == "crash":
                 sys.exit(3)
+            elif name == "hold":
+                continue  # no answer: the client cancels it
+            elif name == "tagged":
+                reply["result"] = {"content": [{"type": "text", "text": args.get("region", "")}]}
+            elif name == "change":
+                respond({**reply, "result": {"content": []}})
+                for listen in listens:
+                    send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
+                          "params": {"_meta": {SUBSCRIPTION: json.loads(listen)}}})
+                continue
             else:
                 reply["error"] = {"code": -32602, "message": f"Unknown tool: {name}"}
         else:

@@ -1,0 +1,212 @@
+"""The 2026-07-28 lane: one shared child per configured server, opened with ``server/discover``.
+
+Modern requests carry their protocol version and client capabilities in ``_meta``, so one
+child serves every caller: ids and progress tokens are rewritten as on any shared child
+(fanin.py, fanout.py), and the rest is specific to the era (SESSIONS.md §A.3):
+
+- the child's first frame is ``server/discover``; a child that does not answer it with a
+  result is **legacy-only**, remembered for the life of the proxy, and never gets a modern
+  frame (the edge steers modern clients to ``initialize`` instead);
+- an ``input_required`` result's ``requestState`` is wrapped in a handle that names this
+  child (its generation) and the caller, signed by the proxy; a retry must bring it back to
+  the same child and the same caller, else it gets -32602 as the child itself would answer;
+- ``subscriptions/listen`` traffic carries the child's id as ``subscriptionId``: restored to
+  the caller's listen id;
+- a log line correlates with nothing on stdio: it goes to the caller only when exactly one
+  caller has requests in flight, else it is dropped (logged at DEBUG);
+- ``tools/list`` results are remembered, for the edge's ``Mcp-Param-*`` checks;
+- a dead child is started again only when the next request needs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+from typing import Any
+
+from mcp_proxy import __version__, fanin, fanout, jsonrpc
+from mcp_proxy.errors import LinkClosed, ProxyError, SpawnError
+from mcp_proxy.jsonrpc import Message
+from mcp_proxy.link import Link
+from mcp_proxy.multiplexer import Multiplexer
+from mcp_proxy.port import Port
+
+logger = logging.getLogger(__name__)
+
+MODERN_VERSION = "2026-07-28"
+VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
+CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+CLIENT_INFO_KEY = "io.modelcontextprotocol/clientInfo"
+SUBSCRIPTION_KEY = "io.modelcontextprotocol/subscriptionId"
+INVALID_PARAMS = -32602
+MRTR_METHODS = ("tools/call", "prompts/get", "resources/read")
+DISCOVER_TIMEOUT = 10.0
+_HANDLE = "mcp-proxy:"
+_SECRET = os.urandom(32)  # handles are only good in the process that made them
+
+
+class LegacyOnly(SpawnError):
+    """The server did not answer ``server/discover``: it speaks only the 2025 era."""
+
+
+def principal(authorization: str | None) -> str:
+    """A short tag for the caller's credentials (empty without any): never the secret itself."""
+    if not authorization:
+        return ""
+    return hmac.new(_SECRET, authorization.encode(), hashlib.sha256).hexdigest()[:24]
+
+
+def _sign(payload: bytes) -> str:
+    return base64.urlsafe_b64encode(hmac.new(_SECRET, payload, hashlib.sha256).digest()[:18]
+                                    ).decode()
+
+
+def wrap_state(state: Any, generation: int, caller: str) -> str:
+    payload = base64.urlsafe_b64encode(json.dumps([generation, caller, state]).encode())
+    return _HANDLE + payload.decode() + "." + _sign(payload)
+
+
+def unwrap_state(handle: Any, generation: int, caller: str) -> tuple[bool, Any]:
+    """(True, the child's state) if ``handle`` is ours, for this child and this caller."""
+    if not isinstance(handle, str) or not handle.startswith(_HANDLE):
+        return False, None
+    payload, _, signature = handle[len(_HANDLE):].rpartition(".")
+    if not hmac.compare_digest(_sign(payload.encode()), signature):
+        return False, None
+    try:
+        made_for, made_by, state = json.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, TypeError):
+        return False, None
+    return (made_for == generation and made_by == caller), state
+
+
+def header_params(tools: Any) -> dict[str, dict[str, str]]:
+    """Tool name -> {argument: header name} from a tools/list result's ``x-mcp-header``s."""
+    found: dict[str, dict[str, str]] = {}
+    for tool in tools if isinstance(tools, list) else ():
+        schema = tool.get("inputSchema") if isinstance(tool, dict) else None
+        properties = schema.get("properties") if isinstance(schema, dict) else None
+        if not isinstance(properties, dict) or not isinstance(tool.get("name"), str):
+            continue
+        found[tool["name"]] = {arg: spec["x-mcp-header"] for arg, spec in properties.items()
+                               if isinstance(spec, dict)
+                               and isinstance(spec.get("x-mcp-header"), str)}
+    return found
+
+
+class ModernLane(Multiplexer):
+    """A shared child that serves 2026-07-28 requests (see the module docstring)."""
+
+    opening = "server/discover"
+    restarts = False
+
+    def __init__(self, name: str, spawn) -> None:
+        super().__init__(name, spawn)
+        self.legacy_only = False
+        self.discovered: dict | None = None
+        self.generation = 0
+        self.tools: dict[str, dict[str, str]] = {}  # tool -> {argument: header name}
+
+    def ensure_started(self) -> None:
+        if self.legacy_only:
+            raise LegacyOnly(f"{self.name}: the server speaks only the 2025 protocol era")
+        super().ensure_started()
+
+    def _handshake(self, child: Link) -> None:
+        meta = {VERSION_KEY: MODERN_VERSION, CAPABILITIES_KEY: {},
+                CLIENT_INFO_KEY: {"name": "mcp-proxy", "version": __version__}}
+        try:
+            self.discovered = self._request("server/discover", {"_meta": meta},
+                                            DISCOVER_TIMEOUT)
+        except LinkClosed:
+            raise  # it died: a broken server, not an old one
+        except ProxyError as exc:  # an error answer, or none in time
+            self.legacy_only = True
+            logger.info("%s: no answer to server/discover (%s): the server is legacy-only; "
+                        "modern clients are steered to initialize", self.name, exc)
+            raise LegacyOnly(f"{self.name}: legacy-only server ({exc})") from None
+        self.generation += 1
+        self.tools.clear()
+
+    def tool_headers(self, name: str, meta: dict) -> dict[str, str]:
+        """The ``x-mcp-header`` arguments of tool ``name``; asks the child once if unknown."""
+        if name not in self.tools and self.state == "running":
+            cursor, pages = None, 0
+            while pages < 10:
+                params: dict = {"_meta": meta, **({"cursor": cursor} if cursor else {})}
+                try:
+                    result = self._request("tools/list", params, DISCOVER_TIMEOUT)
+                except Exception as exc:  # noqa: BLE001 - the call then goes unchecked
+                    logger.info("%s: tools/list for header checks failed: %s", self.name, exc)
+                    break
+                self.tools.update(header_params(result.get("tools")))
+                cursor, pages = result.get("nextCursor"), pages + 1
+                if not cursor:
+                    break
+        return self.tools.get(name, {})
+
+    # -- the two directions --------------------------------------------------------------
+
+    def from_client(self, port: Port, message: Message) -> None:
+        if message.kind != jsonrpc.REQUEST:
+            return  # the edge answers modern notifications 202 and drops them
+        params = None
+        if message.method in MRTR_METHODS:
+            handle = (message.obj.get("params") or {}).get("requestState")
+            if handle is not None:
+                ours, state = unwrap_state(handle, self.generation, port.principal)
+                if not ours:
+                    port.offer(jsonrpc.error_message(message.id, INVALID_PARAMS,
+                                                     "Invalid or expired requestState"))
+                    return
+                params = {"requestState": state}
+        fanin.forward(self, port, message, params)
+
+    def _from_child(self, message: Message) -> None:
+        kind = message.kind
+        if kind == jsonrpc.RESPONSE:
+            fanout.answer(self, self._outbound(message))
+        elif kind == jsonrpc.REQUEST:
+            fanout.reply(self, jsonrpc.error_message(
+                message.id, jsonrpc.INTERNAL_ERROR,
+                "a 2026-07-28 server must not send requests (use input_required)"))
+        elif message.method == "notifications/progress":
+            fanout.notification(self, message)
+        else:
+            self._notification(message)
+
+    def _outbound(self, message: Message) -> Message:
+        """An answer with its request state wrapped, and tools/list remembered."""
+        call = self.calls.get(message.id) if isinstance(message.id, int) else None
+        if call is None or call.port is None:
+            return message
+        obj = message.obj
+        result = obj.get("result")
+        if not isinstance(result, dict):
+            return message
+        if call.method == "tools/list":
+            self.tools.update(header_params(result.get("tools")))
+        if "requestState" not in result:
+            return message
+        state = wrap_state(result["requestState"], self.generation, call.port.principal)
+        return Message({**obj, "result": {**result, "requestState": state}})
+
+    def _notification(self, message: Message) -> None:
+        meta = message.params.get("_meta")
+        listen = meta.get(SUBSCRIPTION_KEY) if isinstance(meta, dict) else None
+        if listen is not None:
+            call = self.calls.get(listen) if isinstance(listen, int) else None
+            if call is not None and call.port is not None:
+                whole = message.obj["params"]
+                call.port.offer(jsonrpc.rewritten(message, params={
+                    "_meta": {**whole["_meta"], SUBSCRIPTION_KEY: call.original}}))
+            return
+        busy = [port for port in self.ports if port.inflight]
+        if message.method == "notifications/message" and len(busy) == 1:
+            busy[0].offer(message)
+            return
+        logger.debug("%s: dropped %r: it names no request or listen", self.name, message)

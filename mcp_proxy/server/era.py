@@ -1,0 +1,133 @@
+"""The protocol era of a POST to ``/mcp``, and the checks a 2026-07-28 request must pass here.
+
+Classification, first match wins (SESSIONS.md §A.2): an ``Mcp-Session-Id`` or an
+``initialize`` body is the 2025 era; an ``MCP-Protocol-Version`` that is not a 2025-era
+version, or a ``_meta`` protocol version in the body, is the 2026-07-28 era; anything else is
+2025-era traffic without a session. GET and DELETE are 2025-era only.
+
+The child never sees HTTP headers, so the proxy is the server that must check them against
+the body: ``MCP-Protocol-Version``, ``Mcp-Method``, ``Mcp-Name`` and, for ``tools/call``,
+each ``Mcp-Param-*`` that a tool's ``x-mcp-header`` names. A failure is 400 with -32020 and
+the request never reaches the child. Versions are not judged here: the child answers -32022
+for one it does not speak, so the proxy stays version-agnostic.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from typing import Any
+
+from flask import Response
+
+from mcp_proxy import jsonrpc
+from mcp_proxy.jsonrpc import Message
+from mcp_proxy.modern import VERSION_KEY
+from mcp_proxy.server.http import rpc_error
+
+LEGACY_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
+HEADER_MISMATCH = -32020
+UNSUPPORTED_VERSION = -32022
+NAMED_BY = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+# the HTTP status of a JSON answer that is an error, by its code (else 200)
+STATUS_OF = {-32601: 404, -32700: 400, -32600: 400, -32602: 400, -32020: 400, -32021: 400,
+             -32022: 400}
+
+
+def is_modern(environ: dict, message: Message | None = None) -> bool:
+    version = environ.get("HTTP_MCP_PROTOCOL_VERSION")
+    if version is not None and version not in LEGACY_VERSIONS:
+        return True
+    meta = message.params.get("_meta") if message is not None else None
+    return isinstance(meta, dict) and VERSION_KEY in meta
+
+
+def decoded(value: str | None) -> str | None:
+    """A header value, with the ``=?base64?…?=`` sentinel encoding undone."""
+    if value is None or not (value.startswith("=?base64?") and value.endswith("?=")):
+        return value
+    try:
+        return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def _mismatch(message: Message, text: str) -> Response:
+    return rpc_error(400, HEADER_MISMATCH, f"Header mismatch: {text}", message.id)
+
+
+def check_headers(environ: dict, message: Message) -> Response | None:
+    """The 400 a modern request earns for its envelope or headers, or None if they agree."""
+    meta = message.params.get("_meta")
+    version = meta.get(VERSION_KEY) if isinstance(meta, dict) else None
+    if version is None:
+        return rpc_error(400, -32602, f"Invalid params: a 2026-07-28 request needs "
+                         f"_meta[{VERSION_KEY!r}]", message.id)
+    header = environ.get("HTTP_MCP_PROTOCOL_VERSION")
+    if header != version:
+        return _mismatch(message, f"MCP-Protocol-Version {header!r} is not the body's "
+                                  f"{version!r}")
+    if environ.get("HTTP_MCP_METHOD") != message.method:
+        return _mismatch(message, f"Mcp-Method {environ.get('HTTP_MCP_METHOD')!r} is not the "
+                                  f"body's {message.method!r}")
+    key = NAMED_BY.get(message.method or "")
+    if key is not None:
+        name = decoded(environ.get("HTTP_MCP_NAME"))
+        value = message.params.get(key)
+        if value is None:  # a long name is not in a large message's routing view
+            value = (message.obj.get("params") or {}).get(key)
+        if name is None or name != value:
+            return _mismatch(message, f"Mcp-Name does not match params.{key}")
+    return None
+
+
+def _same(header: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return header == ("true" if value else "false")
+    if isinstance(value, (int, float)):
+        try:
+            number = float(header)
+        except ValueError:
+            return False
+        return math.isfinite(number) and number == value
+    return isinstance(value, str) and header == value
+
+
+def check_params(environ: dict, message: Message, headers: dict[str, str]) -> Response | None:
+    """Each ``Mcp-Param-*`` of a ``tools/call`` against the argument its tool names."""
+    if not headers:
+        return None
+    arguments = (message.obj.get("params") or {}).get("arguments") or {}
+    for argument, name in headers.items():
+        sent = decoded(environ.get("HTTP_MCP_PARAM_" + name.upper().replace("-", "_")))
+        if argument not in arguments:
+            if sent is not None:
+                return _mismatch(message, f"Mcp-Param-{name} sent for an argument not given")
+            continue
+        if sent is None or not _same(sent, arguments[argument]):
+            return _mismatch(message, f"Mcp-Param-{name} does not match argument "
+                                      f"{argument!r}")
+    return None
+
+
+def legacy_only(message: Message, version: Any) -> Response:
+    """Steer a modern client back to ``initialize``: the server speaks only the 2025 era."""
+    return Response(jsonrpc.encode(jsonrpc.error_obj(
+        message.id, UNSUPPORTED_VERSION,
+        "Unsupported protocol version: the MCP server behind this proxy speaks only the "
+        "2025 protocol era (open a session with initialize)",
+        {"supported": list(LEGACY_VERSIONS), "requested": version})),
+        status=400, mimetype="application/json")
+
+
+def no_modern_streams() -> Response:
+    return rpc_error(405, jsonrpc.INVALID_REQUEST, "Method Not Allowed: the 2026-07-28 era "
+                     "has no GET stream and no session to delete", Allow="POST")
+
+
+def json_status(message: Message) -> int:
+    """The HTTP status of a modern JSON answer: from its error code, if it is an error."""
+    error = message.error
+    code = error.get("code") if isinstance(error, dict) else None
+    return STATUS_OF.get(code, 200)

@@ -1,0 +1,141 @@
+"""A message POSTed to ``/mcp``, handed to its session and answered: 202, JSON or a stream.
+
+:meth:`Relay.answer` serves both eras. A request is answered as JSON when its response is
+the first thing the server sends for it, else as an event stream (a request's own stream,
+ended after its response). :meth:`Relay.modern` is the 2026-07-28 entry: the request is
+checked against its headers, then relayed on a session of its own (no session id) to the
+server's modern lane; closing its stream (or leaving before the first byte) ends that
+session, which cancels the request on the child at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from flask import Response, request
+
+from mcp_proxy import jsonrpc
+from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError
+from mcp_proxy.jsonrpc import Message, id_key
+from mcp_proxy.modern import VERSION_KEY, LegacyOnly, principal
+from mcp_proxy.server import era
+from mcp_proxy.server.http import event_stream, rpc_error, server_busy
+from mcp_proxy.server.streams import PING, Body, Stream, StreamEnded, sse_event
+
+if TYPE_CHECKING:
+    from mcp_proxy.server.sessions import Registry
+    from mcp_proxy.server.streamable import StreamableSession
+
+logger = logging.getLogger(__name__)
+
+
+class Relay:
+    """The POST /mcp answer of one configured server."""
+
+    def __init__(self, registry: Registry, server_name: str, keepalive: float,
+                 session_class: type[StreamableSession]) -> None:
+        self.registry = registry
+        self.server_name = server_name
+        self.keepalive = keepalive
+        self.session_class = session_class
+
+    def _events(self, stream: Stream, first: list):
+        message = first[0]
+        yield PING if message is None else sse_event(message.raw)
+        if message is None or message.kind != jsonrpc.RESPONSE:
+            yield from stream.events(self.keepalive, until_response=True)
+
+    def _body(self, session: StreamableSession, message: Message, stream: Stream,
+              first: list, ephemeral: bool) -> Body:
+        key = id_key(message.id)
+
+        def gone() -> None:
+            logger.info("%s: client closed the stream of request %r", session.name, message.id)
+            self.registry.metrics.client_disconnected(session.transport)
+            if ephemeral:  # a request of its own (2026-07-28: a cancel; stateless: no reader)
+                session.close("client closed the request's stream")
+            else:  # not a cancel (2025 era): the late answer is dropped
+                session.release(key)
+
+        def ended() -> None:
+            session.release(key)
+            stream.discard()
+            if ephemeral:
+                session.close("request done")
+
+        return Body(self._events(stream, first), request.environ, stream, gone, ended)
+
+    def answer(self, session: StreamableSession, message: Message, headers: dict,
+               ephemeral: bool, modern: bool = False) -> Response:
+        """Hand the message to the session; the answer: 202, JSON, or an event stream."""
+        stream = None
+        if message.kind == jsonrpc.REQUEST:
+            stream = session.open_request(message)
+            if stream is None:
+                return rpc_error(400, jsonrpc.INVALID_REQUEST,
+                                 f"Bad Request: request id {message.id!r} is already in flight")
+        try:
+            session.receive(message)
+        except SpawnError as exc:
+            session.close(str(exc))
+            return rpc_error(502, jsonrpc.INTERNAL_ERROR,
+                             f"Could not start the MCP server: {exc}", message.id)
+        except ServerBusy as exc:
+            if stream is not None:
+                session.release(id_key(message.id))
+            return server_busy(exc, message)
+        except LinkClosed:
+            return rpc_error(404, jsonrpc.INVALID_REQUEST, "Session not found")
+        if stream is None:
+            return Response(status=202, headers=headers)
+
+        first: list = [None]
+        # a modern caller that leaves before the first byte cancels too: watch from now on
+        body = self._body(session, message, stream, first, ephemeral) if modern else None
+        try:
+            first[0] = stream.next(self.keepalive)
+        except StreamEnded:
+            if body is not None:
+                body.close()
+            return rpc_error(503, jsonrpc.CONNECTION_CLOSED,
+                             f"Session closed: {session.close_reason}", message.id)
+        if first[0] is not None and first[0].kind == jsonrpc.RESPONSE:
+            if body is not None:
+                body.close()
+            status = era.json_status(first[0]) if modern else 200
+            return Response(first[0].raw, status=status, mimetype="application/json",
+                            headers=headers)
+        if body is None:
+            body = self._body(session, message, stream, first, ephemeral)
+        return event_stream(body, **headers)
+
+    def modern(self, message: Message) -> Response:
+        """A 2026-07-28 POST: checked here, then relayed to the modern lane on its own."""
+        environ = request.environ
+        if message.kind != jsonrpc.REQUEST:
+            return Response(status=202)  # this era has no client notifications over HTTP
+        refused = era.check_headers(environ, message)
+        if refused is not None:
+            return refused
+        lane = self.registry.supervisor.modern(self.server_name)
+        try:
+            lane.ensure_started()
+        except LegacyOnly:
+            return era.legacy_only(message, message.params["_meta"][VERSION_KEY])
+        except SpawnError as exc:
+            return rpc_error(502, jsonrpc.INTERNAL_ERROR,
+                             f"Could not start the MCP server: {exc}", message.id)
+        if message.method == "tools/call":
+            name = message.params.get("name")
+            meta = message.params.get("_meta")
+            refused = era.check_params(environ, message, lane.tool_headers(name, meta))
+            if refused is not None:
+                return refused
+        session = self.session_class(self.registry, self.server_name)
+        session.lane = "modern"
+        session.caller = principal(environ.get("HTTP_AUTHORIZATION"))
+        response = self.answer(session, message, {}, ephemeral=True, modern=True)
+        if response.mimetype != "text/event-stream":
+            session.close("request done")
+        return response

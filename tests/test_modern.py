@@ -1,0 +1,208 @@
+"""The 2026-07-28 era on /mcp: the official SDK pinned to it, raw requests for the edge cases.
+
+The child is the SDK fixture server (which speaks both eras) for the feature run, and
+raw_server with ``--record`` where the test must see exactly what reached the child.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+
+import pytest
+import requests
+from test_lifecycle import wait_until
+from test_shared import methods, recorded
+
+from conftest import INIT_PARAMS, RAW_SERVER, SDK_SERVER, STREAM_HEADERS, rpc, run_driver
+from mcp_proxy.modern import unwrap_state, wrap_state
+
+MODERN = "2026-07-28"
+META = {"io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "tests", "version": "0"}}
+
+
+def modern(method: str, request_id=1, **params) -> dict:
+    return {"jsonrpc": "2.0", "id": request_id, "method": method,
+            "params": {**params, "_meta": {**META, **params.pop("_meta", {})}}}
+
+
+def headers_for(message: dict, **extra: str) -> dict:
+    headers = {**STREAM_HEADERS, "MCP-Protocol-Version": MODERN, "Mcp-Method": message["method"]}
+    name = message["params"].get("name") or message["params"].get("uri")
+    if name is not None:
+        headers["Mcp-Name"] = name
+    return {**headers, **extra}
+
+
+def post(base: str, message: dict, **extra: str) -> requests.Response:
+    return requests.post(base + "/mcp", json=message, headers=headers_for(message, **extra),
+                         timeout=15)
+
+
+def events(response: requests.Response) -> list[dict]:
+    return [json.loads(line[6:]) for line in response.text.splitlines()
+            if line.startswith("data: ")]
+
+
+@pytest.fixture
+def raw(proxy_factory, tmp_path):
+    record = tmp_path / "sent.jsonl"
+    proxy = proxy_factory("--keepalive", "60", "--", *RAW_SERVER, "--record", str(record))
+    proxy.record = record
+    return proxy
+
+
+def test_every_feature_with_the_sdk_in_the_modern_era(proxy_factory):
+    proxy = proxy_factory("--", *SDK_SERVER)
+    report = run_driver("streamable", proxy.base + "/mcp", "tools", "echo", "unicode",
+                        "progress", "log", "sample", "elicit", "roots", "fail",
+                        "unknown_method", "concurrent", extra=("--mode", MODERN))
+    assert report["session"]["protocolVersion"] == MODERN
+    assert report["echo"] == "hello" and report["unicode"] == "héllo ✓ 日本"
+    assert report["progress"]["values"] == [1, 2, 3]
+    assert report["sample"] == "sampled:hi there"  # input_required, answered, retried
+    assert report["elicit"] == "accept:octocat"
+    assert report["roots"] == "file:///tmp/root-a,file:///tmp/root-b"
+    assert report["unknown_method"]["code"] == -32601
+    assert report["concurrent"] == [f"msg-{i}" for i in range(10)]
+
+
+def test_a_legacy_client_side_by_side(proxy_factory):
+    proxy = proxy_factory("--", *SDK_SERVER)
+    assert run_driver("streamable", proxy.base + "/mcp", "echo",
+                      extra=("--mode", MODERN))["echo"] == "hello"
+    legacy = run_driver("streamable", proxy.base + "/mcp", "echo", "sample")
+    assert (legacy["echo"], legacy["sample"]) == ("hello", "sampled:hi there")
+    status = requests.get(proxy.base + "/status", timeout=10).json()
+    assert status["children_started"] == 2  # the legacy session's own, and the modern lane's
+
+
+def test_two_callers_with_the_same_ids_and_tokens(raw):
+    answers: dict = {}
+
+    def call(who: str) -> None:
+        message = modern("tools/call", 1, name="progress", arguments={"steps": 2},
+                         _meta={"progressToken": "p"})
+        answers[who] = events(post(raw.base, message))
+
+    threads = [threading.Thread(target=call, args=(who,)) for who in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    for who in "ab":
+        progress, final = answers[who][:-1], answers[who][-1]
+        assert [m["params"] for m in progress] == [{"progressToken": "p", "progress": 1},
+                                                   {"progressToken": "p", "progress": 2}]
+        assert final["id"] == 1 and final["result"]["content"][0]["text"] == "done"
+    sent = [m for m in recorded(raw.record) if m.get("method") == "tools/call"]
+    assert len({m["id"] for m in sent}) == 2
+    assert "server/discover" == recorded(raw.record)[0]["method"]  # the child's first frame
+
+
+def test_a_closed_stream_cancels_the_call_on_the_child(raw):
+    message = modern("tools/call", 5, name="hold", arguments={})
+    host, port = raw.base.rsplit("/", 1)[1].rsplit(":", 1)
+    body = json.dumps(message).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers_for(message).items())
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\n{head}"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        wait_until(lambda: "tools/call" in methods(raw.record))
+    # closed before the first byte of the answer; the proxy pings only every 60 s
+    wait_until(lambda: "notifications/cancelled" in methods(raw.record), timeout=5)
+    call = next(m for m in recorded(raw.record) if m.get("method") == "tools/call")
+    cancel = next(m for m in recorded(raw.record) if m.get("method") == "notifications/cancelled")
+    assert cancel["params"]["requestId"] == call["id"]
+
+
+def test_listen_streams_get_list_changed_with_their_own_id(raw):
+    listen = modern("subscriptions/listen", "L1", filter={"toolsListChanged": True})
+    stream = requests.post(raw.base + "/mcp", json=listen, headers=headers_for(listen),
+                           stream=True, timeout=15)
+    lines = stream.iter_lines()
+
+    def next_event() -> dict:
+        for line in lines:
+            if line.startswith(b"data: "):
+                return json.loads(line[6:])
+        raise AssertionError("the listen stream ended")
+
+    ack = next_event()
+    assert ack["method"] == "notifications/subscriptions/acknowledged"
+    assert ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == "L1"
+    assert post(raw.base, modern("tools/call", 2, name="change", arguments={})).ok
+    changed = next_event()
+    assert changed["method"] == "notifications/tools/list_changed"
+    assert changed["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == "L1"
+    stream.close()
+    wait_until(lambda: "notifications/cancelled" in methods(raw.record), timeout=5)
+
+
+@pytest.mark.parametrize("change, code", [
+    ({"MCP-Protocol-Version": "2026-01-01"}, -32020),
+    ({"Mcp-Method": "tools/list"}, -32020),
+    ({"Mcp-Name": "other"}, -32020),
+    ({"Mcp-Param-Region": "mars"}, -32020),
+    ({"Mcp-Param-Region": None}, -32020),
+])
+def test_headers_must_match_the_body(raw, change, code):
+    message = modern("tools/call", 3, name="tagged", arguments={"region": "earth"})
+    headers = {**headers_for(message, **{"Mcp-Param-Region": "earth"}), **change}
+    headers = {k: v for k, v in headers.items() if v is not None}
+    refused = requests.post(raw.base + "/mcp", json=message, headers=headers, timeout=15)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == code
+    assert "tools/call" not in methods(raw.record)  # the child never saw it
+
+
+def test_matching_headers_pass_also_base64_encoded(raw):
+    message = modern("tools/call", 3, name="tagged", arguments={"region": "Zürich"})
+    encoded = "=?base64?" + base64.b64encode("Zürich".encode()).decode() + "?="
+    answer = post(raw.base, message, **{"Mcp-Param-Region": encoded})
+    assert answer.json()["result"]["content"][0]["text"] == "Zürich"
+    envelope_missing = rpc("tools/list", 4)
+    refused = requests.post(raw.base + "/mcp", json=envelope_missing, timeout=15, headers={
+        **STREAM_HEADERS, "MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/list"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == -32602
+    for method in ("GET", "DELETE"):
+        no = requests.request(method, raw.base + "/mcp", timeout=10,
+                              headers={**STREAM_HEADERS, "MCP-Protocol-Version": MODERN})
+        assert no.status_code == 405 and no.headers["Allow"] == "POST"
+    unknown = post(raw.base, modern("no/such", 5))
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == -32601
+
+
+def test_a_legacy_only_child_steers_clients_to_initialize(proxy_factory, tmp_path):
+    record = tmp_path / "sent.jsonl"
+    proxy = proxy_factory("--", *RAW_SERVER, "--legacy-only", "--record", str(record))
+    refused = post(proxy.base, modern("tools/list", 1))
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["code"] == -32022 and error["data"]["requested"] == MODERN
+    assert set(error["data"]["supported"]) == {"2025-11-25", "2025-06-18", "2025-03-26",
+                                               "2024-11-05"}
+    assert methods(record) == ["server/discover"]  # the probe, and no modern frame after it
+    init = requests.post(proxy.base + "/mcp", headers=STREAM_HEADERS, timeout=10,
+                         json=rpc("initialize", 1, **INIT_PARAMS))
+    assert init.status_code == 200 and "Mcp-Session-Id" in init.headers
+
+
+def test_a_dual_era_sdk_client_falls_back_to_initialize(proxy_factory):
+    proxy = proxy_factory("--", *RAW_SERVER, "--legacy-only")
+    report = run_driver("streamable", proxy.base + "/mcp", "echo", extra=("--mode", "auto"))
+    assert report["echo"] == "hello"
+    assert report["session"]["protocolVersion"] != MODERN
+
+
+def test_request_state_handles_are_bound_to_their_child_and_caller():
+    handle = wrap_state("sealed", 3, "alice")
+    assert unwrap_state(handle, 3, "alice") == (True, "sealed")
+    assert unwrap_state(handle, 4, "alice")[0] is False  # the child was restarted
+    assert unwrap_state(handle, 3, "bob")[0] is False  # another caller's
+    assert unwrap_state(handle[:-2] + "xx", 3, "alice")[0] is False  # tampered
+    assert unwrap_state("sealed", 3, "alice")[0] is False  # never ours
