@@ -4,8 +4,8 @@ Every message is its own POST (requests concurrently, each in a greenlet, so a l
 call never holds up the answer to a sampling request it caused). Answers come back as JSON
 or as an event stream. We keep ``Mcp-Session-Id`` and the negotiated protocol version from
 the initialize answer and send both on every later request; after ``initialized`` we open the
-GET stream for the remote's own messages (405 means it has none). A 404 on our session
-means it expired: recovery re-initializes. Closing sends DELETE.
+GET stream for the remote's own messages (405, or 404 without a session, means it has
+none). A 404 on our session means it expired: recovery re-initializes. Closing sends DELETE.
 """
 
 from __future__ import annotations
@@ -178,13 +178,17 @@ class StreamableUpstream(Upstream):
             try:
                 stream = self.http.get(self.settings.url, headers=headers, stream=True,
                                        timeout=self.timeout)
-            except requests.RequestException as exc:
-                logger.info("%s: GET stream failed: %s", self.name, exc.__class__.__name__)
+            except (requests.RequestException, UpstreamError) as exc:  # UpstreamError: sign-in
+                logger.info("%s: GET stream failed: %s", self.name,
+                            exc if isinstance(exc, UpstreamError) else exc.__class__.__name__)
                 stream = None
             if stream is not None:
                 with stream:
-                    if stream.status_code == 405:
-                        logger.debug("%s: the remote offers no GET stream", self.name)
+                    # without a session, 404 is a stateless server's "no GET stream" too
+                    if stream.status_code == 405 or (stream.status_code == 404
+                                                     and not self.session_id):
+                        logger.debug("%s: the remote offers no GET stream (%s)", self.name,
+                                     stream.status_code)
                         return
                     if stream.status_code == 404:
                         self.lost("the remote no longer knows our session (404)")
