@@ -19,6 +19,7 @@ from mcp_proxy.settings import ClientSettings
 from mcp_proxy.stdio import StdioDownstream
 from mcp_proxy.upstream.base import Upstream
 from mcp_proxy.upstream.http import make_session
+from mcp_proxy.upstream.oauth.store import logout
 from mcp_proxy.upstream.sse import SseUpstream
 from mcp_proxy.upstream.streamable import StreamableUpstream
 
@@ -53,6 +54,7 @@ class Redact(logging.Filter):
 def secrets_of(settings: ClientSettings) -> list[str]:
     parts = urlsplit(settings.url)
     found = [*settings.headers.values(), settings.password, settings.client_secret,
+             settings.oauth_client_secret,
              os.environ.get("API_ACCESS_TOKEN"), parts.query, parts.password]
     found += [value.split(" ", 1)[1] for value in settings.headers.values() if " " in value]
     return [s for s in found if s]
@@ -60,6 +62,11 @@ def secrets_of(settings: ClientSettings) -> list[str]:
 
 def run_client(ns: argparse.Namespace) -> int:
     settings = client_settings(ns)
+    if ns.oauth_logout:
+        count = logout(settings.url)
+        logger.info("forgot %s for %s", f"{count} cached sign-in(s)" if count
+                    else "nothing (no cached sign-in)", settings.url)
+        return 0
     redact = Redact(secrets_of(settings))
     for handler in logging.getLogger().handlers:
         handler.addFilter(redact)

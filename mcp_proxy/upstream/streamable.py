@@ -49,16 +49,19 @@ class StreamableUpstream(Upstream):
         return headers
 
     def _open(self) -> None:
-        """Check the remote answers at all (any status but 401/403 will do)."""
+        """Check the remote answers at all (any status but 401/403 will do; with OAuth a 401
+        too: the sign-in waits for the client's first request, which it can then fail)."""
+        passive = getattr(self.http.auth, "passive", None)
         try:
             probe = self.http.get(self.settings.url, headers={"Accept": "text/event-stream"},
-                                  stream=True, timeout=(self.settings.connect_timeout, 10))
+                                  stream=True, timeout=(self.settings.connect_timeout, 10),
+                                  auth=passive)
         except requests.exceptions.SSLError as exc:
             raise TlsError(f"TLS verification failed: {exc}") from exc
         except requests.RequestException as exc:
             raise UpstreamError(f"cannot connect: {exc.__class__.__name__}: {exc}") from exc
         probe.close()
-        if probe.status_code in (401, 403):
+        if probe.status_code in (401, 403) and not (passive and probe.status_code == 401):
             check_status(probe, f"GET {self.settings.url}")
         if probe.status_code >= 500:
             raise UpstreamError(f"GET {self.settings.url}: HTTP {probe.status_code}")
