@@ -228,6 +228,8 @@ def client_settings(ns: argparse.Namespace) -> ClientSettings:
             verify = ns.verify_ssl
     if ns.args:
         raise ConfigError(f"client mode takes one URL; unexpected: {' '.join(ns.args)}")
+    if ns.oauth_callback_port is not None and not 0 < ns.oauth_callback_port < 65536:
+        raise ConfigError(f"--oauth-callback-port {ns.oauth_callback_port}: not a port")
     return ClientSettings(
         url=ns.command_or_url, transport=ns.transport, headers=dict(ns.headers),
         username=ns.username, password=ns.password, digest=ns.digest,

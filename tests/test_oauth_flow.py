@@ -211,3 +211,28 @@ def test_registered_client_cache_names_the_issuer(auth_env, remote, clients):
     record = json.loads(next(folder.glob("client-*.json")).read_text())
     assert record["issuer"] == server.issuer and record["client_id"] == "dcr-1"
     assert json.loads((folder / "server.json").read_text()) == {"url": server.base + "/mcp"}
+
+
+def test_sse_remote_signs_in_on_the_stream_and_steps_up_on_a_message(auth_env, remote,
+                                                                     clients):
+    server = remote()
+    server.sw["prm_resource"] = server.base + "/"  # one resource for /sse and /messages/
+    client = clients(server.base + "/sse")  # the /sse GET is refused first: sign-in at start
+    assert tools_of(client) == ["echo", "admin"]
+    assert sign_ins(auth_env) == 1
+    answer = client.call(rpc("tools/call", 2, name="admin", arguments={}), timeout=30)
+    assert answer["result"]["content"][0]["text"] == "admin:{}"  # a 403 on /messages/
+    assert sign_ins(auth_env) == 2
+    assert client.close() == 0
+
+
+def test_a_fresh_token_refused_is_an_error_not_a_loop(auth_env, remote, clients):
+    server = remote(accept=False)
+    client = proxy(clients, server)
+    assert "401" in init_error(client)  # signed in, resent once, refused again
+    for attempt in range(3):
+        answer = client.call(rpc("ping", 5 + attempt), timeout=30)
+        assert "error" in answer, answer
+    assert "refused the token its sign-in just gave" in client.stderr()
+    assert sign_ins(auth_env) == 1
+    assert not list((Path(auth_env["MCP_PROXY_CONFIG_DIR"]) / "oauth").glob("*/tokens.json"))

@@ -1,9 +1,10 @@
-"""A scripted OAuth authorization server and a protected Streamable HTTP MCP server, in one.
+"""A scripted OAuth authorization server and a protected MCP server, in one.
 
 ``start(**switches)`` runs it on 127.0.0.1 in a thread of the test process and returns the
 server; its attributes count what happened (``hits``, ``tokens``, ``codes``...). The MCP
-endpoint is ``/mcp``; ``/authorize`` approves at once (a 302 to the redirect URI), so a
-scripted browser that follows redirects completes the sign-in. Switches (see ``DEFAULTS``)
+endpoints are ``/mcp`` (Streamable HTTP) and ``/sse`` (HTTP+SSE); ``/authorize`` approves at
+once (a 302 to the redirect URI), so a scripted browser that follows redirects completes the
+sign-in. Switches (see ``DEFAULTS``)
 choose the discovery variant, registration, token auth methods, scopes, step-up, expiry.
 ``python oauth_server.py`` serves it with the defaults until interrupted.
 """
@@ -14,6 +15,7 @@ import base64
 import hashlib
 import http.server
 import json
+import queue
 import secrets
 import threading
 import time
@@ -37,6 +39,7 @@ DEFAULTS = {
     "admin_scope": "admin",  # what the tool "admin" needs (403 insufficient_scope otherwise)
     "stepup_scope_in_challenge": True,
     "grantable": ["mcp", "admin", "offline_access"],  # scopes the AS ever grants
+    "accept": True,  # False: the MCP server refuses every token (a broken deployment)
     "clients": {},  # pre-registered: {client_id: {"secret": ..., "method": ...}}
     "client_keys": {},  # client credentials with a key: {client_id: public PEM}
 }
@@ -91,6 +94,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if self.bearer() is None:
                 return self.challenge()
             return self.reply(405)
+        if path == "/sse":
+            return self.sse()
         self.reply(404, {"error": "not found"})
 
     def do_POST(self) -> None:
@@ -103,6 +108,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.register(self.form())
         if path == "/mcp":
             return self.mcp()
+        if path == "/messages/":
+            return self.sse_post()
         self.reply(404, {"error": "not found"})
 
     def do_DELETE(self) -> None:
@@ -220,7 +227,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def bearer(self) -> dict | None:
         sent = self.headers.get("Authorization", "")
         record = self.s.tokens.get(sent[7:]) if sent.startswith("Bearer ") else None
-        if record is None or record["expires"] < time.time():
+        if record is None or record["expires"] < time.time() or not self.s.sw["accept"]:
             return None
         return record
 
@@ -240,6 +247,46 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.challenge()
         if "id" not in message:
             return self.reply(202)
+        result = self.result_of(message, token)
+        if result is not None:
+            self.reply(200, {"jsonrpc": "2.0", "id": message["id"], "result": result})
+
+    def sse(self) -> None:
+        """HTTP+SSE (2024-11-05): the stream names the endpoint, then carries the answers."""
+        if self.bearer() is None:
+            return self.challenge()
+        session, outbox = secrets.token_hex(8), queue.Queue()
+        self.s.sse_sessions[session] = outbox
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(f"event: endpoint\ndata: /messages/?session_id={session}\n\n".encode())
+        self.wfile.flush()
+        while not self.s.closed.is_set():
+            try:
+                data = outbox.get(timeout=0.3)
+            except queue.Empty:
+                continue
+            self.wfile.write(f"event: message\ndata: {data}\n\n".encode())
+            self.wfile.flush()
+
+    def sse_post(self) -> None:
+        message = self.form()
+        token = self.bearer()
+        if token is None:
+            return self.challenge()
+        outbox = self.s.sse_sessions.get(parse_qs(urlsplit(self.path).query).get(
+            "session_id", [""])[0])
+        if outbox is None:
+            return self.reply(404, {"error": "no such session"})
+        result = self.result_of(message, token) if "id" in message else {}
+        if result is not None:
+            self.reply(202, b"Accepted", "text/plain")
+        if result is not None and "id" in message:
+            outbox.put(json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}))
+
+    def result_of(self, message: dict, token: dict) -> dict | None:
+        """The result of a request, or None when a refusal was sent instead."""
         method, params = message.get("method"), message.get("params") or {}
         self.s.calls.append(method)
         if method == "initialize":
@@ -253,12 +300,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     token["scope"].split():
                 extra = {"scope": self.s.sw["admin_scope"]} \
                     if self.s.sw["stepup_scope_in_challenge"] else {}
-                return self.challenge(403, error="insufficient_scope", **extra)
+                self.challenge(403, error="insufficient_scope", **extra)
+                return None
             text = f"{params.get('name')}:{json.dumps(params.get('arguments') or {})}"
             result = {"content": [{"type": "text", "text": text}]}
         else:
             result = {}
-        self.reply(200, {"jsonrpc": "2.0", "id": message["id"], "result": result})
+        return result
 
 
 class OAuthServer(http.server.ThreadingHTTPServer):
@@ -273,7 +321,13 @@ class OAuthServer(http.server.ThreadingHTTPServer):
         self.registered, self.codes, self.tokens, self.refresh = {}, {}, {}, {}
         self.registrations, self.token_requests, self.authorize_params = [], [], []
         self.calls: list[str] = []
+        self.sse_sessions: dict = {}
+        self.closed = threading.Event()
         self.refreshes = 0
+
+    def server_close(self) -> None:
+        self.closed.set()  # ends the open event streams
+        super().server_close()
 
     def handle_error(self, request, client_address) -> None:
         pass  # a client that hung up is no news here

@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 LEEWAY = 60.0  # refresh this long before the token expires
 STEP_UPS = 2  # per (method, tool): the spec asks for a small retry limit
 FAILED_PAUSE = 30.0  # after a failed sign-in, refuse at once this long (no tab storm)
+MAX_SIGN_INS = 5  # browser sign-ins per process in SIGN_IN_WINDOW: more means a loop
+SIGN_IN_WINDOW = 600.0
 
 
 def scopes(text: str | None) -> list[str]:
@@ -62,6 +64,7 @@ class OAuthSignIn(AuthBase):
         self._step_ups: dict[tuple, int] = defaultdict(int)
         self._failed: tuple[float, AuthError] | None = None
         self._fresh: str | None = None  # the token our last browser sign-in brought
+        self._sign_ins: list[float] = []  # when the browser sign-ins started
 
     # --- attaching the token ---------------------------------------------------------------
 
@@ -121,14 +124,21 @@ class OAuthSignIn(AuthBase):
                 return  # renewed meanwhile by another request
             if not step_up and sent and sent == self._fresh:
                 self._forget_tokens()
-                raise AuthError("the remote refused the token it just issued")
+                error = AuthError("the remote refused the token its sign-in just gave")
+                self._failed = (time.monotonic(), error)
+                raise error
             if not step_up and held and held.get("refresh_token") and self._refresh():
                 return
             self._sign_in(challenge, sent, step_up)
 
     def _sign_in(self, challenge: dict, sent: str | None, step_up: bool) -> None:
-        if self._failed and time.monotonic() - self._failed[0] < FAILED_PAUSE:
+        now = time.monotonic()
+        if self._failed and now - self._failed[0] < FAILED_PAUSE:
             raise self._failed[1]
+        self._sign_ins = [t for t in self._sign_ins if now - t < SIGN_IN_WINDOW]
+        if len(self._sign_ins) >= MAX_SIGN_INS:
+            raise AuthError(f"{MAX_SIGN_INS} sign-ins in {SIGN_IN_WINDOW:g} s and the remote "
+                            f"still refuses: giving up (restart to try again)")
         self.found = discover(self.http, self.settings.url, challenge)
         held = self.tokens or {}
         wanted = challenge.get("scope") or " ".join(self.found.scopes_supported or []) or None
@@ -146,6 +156,7 @@ class OAuthSignIn(AuthBase):
                 self.tokens = disk
                 return
             port = self.settings.oauth_callback_port
+            self._sign_ins.append(now)
             try:
                 record = authorize(self.settings, self.http, self.store, self.found, wanted,
                                    port or default_port(self.store.key), port is not None)
