@@ -236,3 +236,18 @@ def test_a_fresh_token_refused_is_an_error_not_a_loop(auth_env, remote, clients)
     assert "refused the token its sign-in just gave" in client.stderr()
     assert sign_ins(auth_env) == 1
     assert not list((Path(auth_env["MCP_PROXY_CONFIG_DIR"]) / "oauth").glob("*/tokens.json"))
+
+
+def test_two_instances_refresh_once(auth_env, remote, clients):
+    server = remote(expires_in=61)  # due for refresh one second after the sign-in
+    first = proxy(clients, server)
+    assert tools_of(first) == ["echo", "admin"]
+    assert first.close() == 0
+    threading.Event().wait(1.2)
+    pair = [proxy(clients, server), proxy(clients, server)]
+    for client in pair:
+        client.send(rpc("initialize", 0, **INIT_PARAMS))
+    for client in pair:
+        assert client.recv(timeout=40)["result"]["serverInfo"]["name"] == "oauth-scripted"
+    assert server.refreshes == 1  # a rotated refresh token used twice would be invalid_grant
+    assert sign_ins(auth_env) == 1
