@@ -251,3 +251,20 @@ def test_two_instances_refresh_once(auth_env, remote, clients):
         assert client.recv(timeout=40)["result"]["serverInfo"]["name"] == "oauth-scripted"
     assert server.refreshes == 1  # a rotated refresh token used twice would be invalid_grant
     assert sign_ins(auth_env) == 1
+
+
+def test_refused_sign_in_is_reported(auth_env, remote, clients):
+    server = remote(deny=True)
+    message = init_error(proxy(clients, server))
+    assert "access_denied" in message and "the user said no" in message
+    assert not server.tokens
+
+
+def test_cimd_unsupported_refresh_uses_the_registration(auth_env, remote, clients):
+    server = remote(expires_in=61)
+    flags = ("--oauth-client-metadata-url", "https://client.example/mcp-proxy.json")
+    assert tools_of(proxy(clients, server, *flags)) == ["echo", "admin"]
+    threading.Event().wait(1.2)
+    client = proxy(clients, server, *flags)
+    assert tools_of(client) == ["echo", "admin"]
+    assert server.refreshes == 1 and sign_ins(auth_env) == 1

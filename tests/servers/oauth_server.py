@@ -39,6 +39,7 @@ DEFAULTS = {
     "admin_scope": "admin",  # what the tool "admin" needs (403 insufficient_scope otherwise)
     "stepup_scope_in_challenge": True,
     "grantable": ["mcp", "admin", "offline_access"],  # scopes the AS ever grants
+    "deny": False,  # the user refuses: the authorization response is error=access_denied
     "accept": True,  # False: the MCP server refuses every token (a broken deployment)
     "clients": {},  # pre-registered: {client_id: {"secret": ..., "method": ...}}
     "client_keys": {},  # client credentials with a key: {client_id: public PEM}
@@ -56,15 +57,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return self.server
 
     def reply(self, status: int, body=b"", kind: str = "application/json", **headers) -> None:
-        if isinstance(body, (dict, list)):
-            body = json.dumps(body).encode()
+        data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
+        fields = {"Content-Type": kind, "Content-Length": str(len(data)),
+                  **{name.replace("_", "-"): value for name, value in headers.items()}}
         self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name.replace("_", "-"), value)
+        for name, value in fields.items():
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(data)
 
     def form(self) -> dict:
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
@@ -133,6 +133,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.s.codes[code] = dict(q, scope=" ".join(granted))
         self.s.authorize_params.append(q)
         answer = {"code": code, "state": q.get("state", "")}
+        if self.s.sw["deny"]:
+            answer = {"error": "access_denied", "error_description": "the user said no",
+                      "state": q.get("state", "")}
         if self.s.sw["iss"]:
             answer["iss"] = self.s.issuer
         self.reply(302, b"", "text/plain", Location=q["redirect_uri"] + "?" + urlencode(answer))

@@ -119,8 +119,9 @@ class OAuthSignIn(AuthBase):
         """Get a token the remote may accept: someone else's, a refreshed one, or a sign-in."""
         with self._lock:
             held = self.tokens
-            if not step_up and held and held.get("access_token") != sent \
-                    and not self._due(held):
+            if held and held.get("access_token") != sent and not self._due(held) and (
+                    not step_up or set(scopes(challenge.get("scope"))) <= set(
+                        scopes(held.get("scope")))):
                 return  # renewed meanwhile by another request
             if not step_up and sent and sent == self._fresh:
                 self._forget_tokens()
@@ -181,7 +182,10 @@ class OAuthSignIn(AuthBase):
                 return True
             tokens = disk or self.tokens
             issuer, endpoint = tokens.get("issuer"), tokens.get("token_endpoint")
-            client = Registrar(self.settings, self.http, self.store).known(issuer or "")
+            registrar = Registrar(self.settings, self.http, self.store)
+            client = registrar.known(issuer or "")
+            if client is None or client.client_id != tokens.get("client_id", client.client_id):
+                client = registrar.cached(issuer or "")  # e.g. CIMD unsupported: registered
             if client is not None and tokens.get("client_method"):
                 client.method = tokens["client_method"]  # as negotiated at sign-in
             if not (issuer and endpoint and client and tokens.get("refresh_token")):

@@ -49,7 +49,8 @@ def token_record(answer: dict, found: Discovery, requested: str | None,
         else None,
         "scope": answer.get("scope") or old.get("scope") or requested,
         "requested_scope": requested, "issuer": found.issuer, "resource": found.resource,
-        "token_endpoint": found.endpoint("token_endpoint"), "client_method": client.method,
+        "token_endpoint": found.endpoint("token_endpoint"), "client_id": client.client_id,
+        "client_method": client.method,
     }
 
 
@@ -72,6 +73,10 @@ class Registrar:
         if settings.oauth_client_metadata_url and (
                 metadata is None or metadata.get("client_id_metadata_document_supported")):
             return Client(settings.oauth_client_metadata_url, "none")
+        return self.cached(issuer, redirect_uri)
+
+    def cached(self, issuer: str, redirect_uri: str | None = None) -> Client | None:
+        """Our registration with this issuer, if it still fits the redirect URI."""
         record = self.store.read(client_file(issuer))
         if record and record.get("issuer") == issuer and isinstance(
                 record.get("client_id"), str) and (
