@@ -16,6 +16,9 @@ import requests
 
 
 def main(url: str) -> int:
+    # Real browsers and xdg-open print and may read: the proxy must have detached our stdin
+    # and stdout from its own (they carry the protocol), or its client would see this line.
+    print("fake browser: opening", url, flush=True)
     mode = os.environ.get("FAKE_BROWSER_MODE", "follow")
     log = os.environ.get("FAKE_BROWSER_LOG")
     for _ in range(10):
@@ -39,4 +42,5 @@ def main(url: str) -> int:
 
 
 if __name__ == "__main__":
+    sys.stdin.read(1)  # would steal a byte of the protocol if stdin were not detached
     sys.exit(main(sys.argv[1]))
