@@ -268,3 +268,15 @@ def test_cimd_unsupported_refresh_uses_the_registration(auth_env, remote, client
     client = proxy(clients, server, *flags)
     assert tools_of(client) == ["echo", "admin"]
     assert server.refreshes == 1 and sign_ins(auth_env) == 1
+
+
+def test_authorization_response_from_another_issuer_is_refused(auth_env, remote, clients):
+    server = remote(iss="http://127.0.0.1:1/other-issuer")
+    assert "iss mismatch" in init_error(proxy(clients, server))
+    assert not server.tokens and sign_ins(auth_env) == 1
+
+
+def test_offline_access_only_when_offered(auth_env, remote, clients):
+    server = remote(grantable=["mcp"])
+    assert tools_of(proxy(clients, server)) == ["echo", "admin"]
+    assert server.authorize_params[0]["scope"] == "mcp"

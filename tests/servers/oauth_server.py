@@ -34,7 +34,7 @@ DEFAULTS = {
     "pkce_methods": ["S256"],
     "registration": True,
     "cimd": False,
-    "iss": False,  # add iss to the authorization response
+    "iss": False,  # add iss to the authorization response (a string: that wrong value)
     "expires_in": 3600,
     "refresh": True,  # issue refresh tokens (rotated; a replayed one is invalid_grant)
     "admin_scope": "admin",  # what the tool "admin" needs (403 insufficient_scope otherwise)
@@ -138,7 +138,8 @@ class Handler(ProtectedMcp, http.server.BaseHTTPRequestHandler):
             answer = {"error": "access_denied", "error_description": "the user said no",
                       "state": q.get("state", "")}
         if self.s.sw["iss"]:
-            answer["iss"] = self.s.issuer
+            answer["iss"] = self.s.sw["iss"] if isinstance(self.s.sw["iss"], str) \
+                else self.s.issuer
         self.reply(302, b"", "text/plain", Location=q["redirect_uri"] + "?" + urlencode(answer))
 
     def register(self, body: dict) -> None:
