@@ -280,3 +280,13 @@ def test_offline_access_only_when_offered(auth_env, remote, clients):
     server = remote(grantable=["mcp"])
     assert tools_of(proxy(clients, server)) == ["echo", "admin"]
     assert server.authorize_params[0]["scope"] == "mcp"
+
+
+def test_token_endpoint_down_keeps_the_still_valid_token(auth_env, remote, clients):
+    server = remote(expires_in=65)
+    client = proxy(clients, server)
+    assert tools_of(client) == ["echo", "admin"]
+    server.sw["token_down"] = True
+    threading.Event().wait(5.2)  # due for refresh, but still valid for a minute
+    assert client.call(rpc("tools/list", 2))["result"]
+    assert "token refresh failed" in client.stderr() and server.refreshes == 0

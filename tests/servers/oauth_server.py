@@ -40,6 +40,7 @@ DEFAULTS = {
     "admin_scope": "admin",  # what the tool "admin" needs (403 insufficient_scope otherwise)
     "stepup_scope_in_challenge": True,
     "grantable": ["mcp", "admin", "offline_access"],  # scopes the AS ever grants
+    "token_down": False,  # the token endpoint answers 503
     "deny": False,  # the user refuses: the authorization response is error=access_denied
     "accept": True,  # False: the MCP server refuses every token (a broken deployment)
     "clients": {},  # pre-registered: {client_id: {"secret": ..., "method": ...}}
@@ -188,6 +189,8 @@ class Handler(ProtectedMcp, http.server.BaseHTTPRequestHandler):
 
     def token(self, form: dict) -> None:
         grant = form.get("grant_type")
+        if self.s.sw["token_down"]:
+            return self.reply(503, {"error": "temporarily_unavailable"})
         self.s.token_requests.append({k: v for k, v in form.items()})
         client_id = self.client_auth(form)
         if client_id is None:

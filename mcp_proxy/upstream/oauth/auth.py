@@ -16,7 +16,7 @@ from collections import defaultdict
 
 from requests.auth import AuthBase
 
-from mcp_proxy.errors import AuthError
+from mcp_proxy.errors import AuthError, UpstreamError
 from mcp_proxy.settings import ClientSettings
 from mcp_proxy.upstream.oauth.browser import default_port
 from mcp_proxy.upstream.oauth.discovery import Discovery, discover
@@ -85,7 +85,10 @@ class OAuthSignIn(AuthBase):
         if tokens and tokens.get("refresh_token") and self._due(tokens):
             with self._lock:
                 if self.tokens is tokens:
-                    self._refresh()
+                    try:
+                        self._refresh()
+                    except UpstreamError as exc:  # the token may still be good: try it
+                        logger.warning("token refresh failed: %s", exc)
         return self.tokens.get("access_token") if self.tokens else None
 
     @staticmethod

@@ -177,6 +177,8 @@ def token_request(http: requests.Session, token_url: str, client: Client, form: 
             and isinstance(body.get("access_token"), str) \
             and str(body.get("token_type", "bearer")).lower() == "bearer":
         return body
+    if answer.status_code >= 500:
+        raise UpstreamError(f"{what}: token endpoint answered HTTP {answer.status_code}")
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         raise OAuthError(what, body["error"], str(body.get("error_description") or "")[:200])
     if answer.status_code in (400, 401, 403):
