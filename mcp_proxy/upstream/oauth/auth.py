@@ -144,6 +144,8 @@ class OAuthSignIn(AuthBase):
             raise AuthError(f"{MAX_SIGN_INS} sign-ins in {SIGN_IN_WINDOW:g} s and the remote "
                             f"still refuses: giving up (restart to try again)")
         self.found = discover(self.http, self.settings.url, challenge)
+        logger.info("%s asks for a sign-in%s (authorization server %s)", self.settings.url,
+                    " with more scope" if step_up else "", self.found.issuer)
         held = self.tokens or {}
         wanted = challenge.get("scope") or " ".join(self.found.scopes_supported or []) or None
         if step_up:
