@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+import time
 
 import pytest
 
+from mcp_proxy.errors import AuthError
+from mcp_proxy.settings import ClientSettings
+from mcp_proxy.upstream.oauth import auth
 from mcp_proxy.upstream.oauth.browser import browser_commands, default_port
 from mcp_proxy.upstream.oauth.discovery import issuers_match, metadata_urls, resource_covers
 from mcp_proxy.upstream.oauth.wire import Client, parse_challenges
@@ -71,3 +75,17 @@ def test_browser_commands_honour_browser(monkeypatch):
 def test_default_port_is_stable_and_unprivileged():
     assert default_port("abc") == default_port("abc")
     assert 3335 <= default_port("abc") < 3335 + 45816
+
+
+def test_after_a_failed_sign_in_only_a_client_request_tries_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("MCP_PROXY_CONFIG_DIR", str(tmp_path))
+    signer = auth.OAuthSignIn(ClientSettings(url="http://127.0.0.1:9/mcp"))
+    failure = AuthError("sign-in not completed")
+    signer._failed = (time.monotonic() - auth.FAILED_PAUSE - 1, failure)  # pause over
+    with pytest.raises(AuthError) as raised:
+        signer.renew({}, None, background=True)  # a stream reopening: no new browser
+    assert raised.value is failure
+    monkeypatch.setattr(auth, "discover", lambda *args: (_ for _ in ()).throw(
+        AuthError("discovery ran")))
+    with pytest.raises(AuthError, match="discovery ran"):
+        signer.renew({}, None)  # the client's own request: a new sign-in starts

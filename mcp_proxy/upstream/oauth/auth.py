@@ -115,10 +115,13 @@ class OAuthSignIn(AuthBase):
             self._step_ups[key] += 1
             self.renew(challenge, sent, step_up=True)
         else:
-            self.renew(challenge, sent)
+            # a GET is a stream we reopen on our own: after a failed sign-in it waits for
+            # the client's next request to try again, so no tab opens out of the blue
+            self.renew(challenge, sent, background=request.method == "GET")
         return resend(response, self.tokens["access_token"], **kwargs)
 
-    def renew(self, challenge: dict, sent: str | None, step_up: bool = False) -> None:
+    def renew(self, challenge: dict, sent: str | None, step_up: bool = False,
+              background: bool = False) -> None:
         """Get a token the remote may accept: someone else's, a refreshed one, or a sign-in."""
         with self._lock:
             held = self.tokens
@@ -133,11 +136,12 @@ class OAuthSignIn(AuthBase):
                 raise error
             if not step_up and held and held.get("refresh_token") and self._refresh():
                 return
-            self._sign_in(challenge, sent, step_up)
+            self._sign_in(challenge, sent, step_up, background)
 
-    def _sign_in(self, challenge: dict, sent: str | None, step_up: bool) -> None:
+    def _sign_in(self, challenge: dict, sent: str | None, step_up: bool,
+                 background: bool = False) -> None:
         now = time.monotonic()
-        if self._failed and now - self._failed[0] < FAILED_PAUSE:
+        if self._failed and (background or now - self._failed[0] < FAILED_PAUSE):
             raise self._failed[1]
         self._sign_ins = [t for t in self._sign_ins if now - t < SIGN_IN_WINDOW]
         if len(self._sign_ins) >= MAX_SIGN_INS:
