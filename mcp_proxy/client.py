@@ -1,8 +1,9 @@
 """Client mode: our stdio, bridged to a remote SSE or Streamable HTTP server.
 
 Start-up connects first (retrying an unreachable remote for a bounded time; a refused
-credential fails at once), then relays until stdin closes (exit 0, after the remote session
-is closed) or the remote is lost for good (exit 1). Nothing but protocol goes to stdout.
+credential fails at once, and answers the client's first request with the reason), then
+relays until stdin closes (exit 0, after the remote session is closed) or the remote is lost
+for good (exit 1). Nothing but protocol goes to stdout.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import logging
 import os
 from urllib.parse import urlsplit
 
+import gevent
+
+from mcp_proxy import jsonrpc
 from mcp_proxy.errors import AuthError, FallbackNeeded, TlsError, UpstreamError
 from mcp_proxy.link import bridge
 from mcp_proxy.options import client_settings
@@ -60,6 +64,17 @@ def secrets_of(settings: ClientSettings) -> list[str]:
     return [s for s in found if s]
 
 
+def refuse_first_request(settings: ClientSettings, text: str, wait: float = 2.0) -> None:
+    """Start-up failed for good: tell the client why, in answer to its first request (it
+    usually sent ``initialize`` at once), rather than only by going away."""
+    down = StdioDownstream(max_frame=settings.max_frame)
+    with gevent.Timeout(wait, False):
+        for message in down:
+            if message.kind == jsonrpc.REQUEST:
+                down.send(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR, text))
+                return
+
+
 def run_client(ns: argparse.Namespace) -> int:
     settings = client_settings(ns)
     if ns.oauth_logout:
@@ -75,6 +90,7 @@ def run_client(ns: argparse.Namespace) -> int:
         upstream = connect(settings, http, settings.transport)
     except AuthError as exc:
         logger.error("authentication failed: %s", exc)
+        refuse_first_request(settings, f"authentication failed: {exc}")
         return 1
     except TlsError as exc:
         logger.error("%s (give --verify-ssl CA_BUNDLE, or --no-verify-ssl)", exc)

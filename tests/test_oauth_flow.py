@@ -290,3 +290,15 @@ def test_token_endpoint_down_keeps_the_still_valid_token(auth_env, remote, clien
     threading.Event().wait(5.2)  # due for refresh, but still valid for a minute
     assert client.call(rpc("tools/list", 2))["result"]
     assert "token refresh failed" in client.stderr() and server.refreshes == 0
+
+
+def test_sse_sign_in_timeout_at_start_answers_the_first_request(auth_env, remote, clients,
+                                                               monkeypatch):
+    monkeypatch.setenv("FAKE_BROWSER_MODE", "ignore")
+    server = remote()
+    server.sw["prm_resource"] = server.base + "/"
+    client = clients("--oauth-timeout", "2", server.base + "/sse")
+    client.send(rpc("initialize", 0, **INIT_PARAMS))  # waits in the pipe during the sign-in
+    answer = client.recv(timeout=30)
+    assert "sign-in not completed within 2 s" in answer["error"]["message"], answer
+    assert client.proc.wait(15) == 1
