@@ -12,6 +12,7 @@ import hmac
 import html
 import logging
 import os
+import secrets
 import shlex
 import subprocess
 import sys
@@ -76,7 +77,7 @@ class Callback:
 
     def __init__(self, port: int, explicit: bool) -> None:
         self.result: AsyncResult = AsyncResult()
-        self.state = ""
+        self.state = secrets.token_urlsafe(32)  # set before listening: never empty
         self.server = None
         for candidate in [port] if explicit else range(port, port + 8):
             try:

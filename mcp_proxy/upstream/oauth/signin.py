@@ -143,7 +143,6 @@ def authorize(settings: ClientSettings, http: requests.Session, store: Store,
     try:
         client = registrar.client(found, callback.redirect_uri, scope)
         verifier, challenge = pkce_pair()
-        callback.state = secrets.token_urlsafe(32)
         params = {"response_type": "code", "client_id": client.client_id,
                   "redirect_uri": callback.redirect_uri, "state": callback.state,
                   "code_challenge": challenge, "code_challenge_method": "S256",
