@@ -302,3 +302,16 @@ def test_sse_sign_in_timeout_at_start_answers_the_first_request(auth_env, remote
     answer = client.recv(timeout=30)
     assert "sign-in not completed within 2 s" in answer["error"]["message"], answer
     assert client.proc.wait(15) == 1
+
+
+def test_a_new_callback_port_means_a_new_registration(auth_env, remote, clients):
+    server = remote()
+    ports = [free_port(), free_port()]
+    for port in ports:
+        client = proxy(clients, server, "--oauth-callback-port", str(port))
+        assert tools_of(client) == ["echo", "admin"]
+        assert client.close() == 0
+        for tokens in (Path(auth_env["MCP_PROXY_CONFIG_DIR"]) / "oauth").glob("*/tokens.json"):
+            tokens.unlink()  # sign in again next time
+    assert [r["redirect_uris"] for r in server.registrations] == [
+        [f"http://127.0.0.1:{port}/callback"] for port in ports]
