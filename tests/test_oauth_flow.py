@@ -306,7 +306,9 @@ def test_sse_sign_in_timeout_at_start_answers_the_first_request(auth_env, remote
 
 def test_a_new_callback_port_means_a_new_registration(auth_env, remote, clients):
     server = remote()
-    ports = [free_port(), free_port()]
+    ports = [free_port()]
+    while len(ports) < 2:
+        ports += [port for port in [free_port()] if port != ports[0]]
     for port in ports:
         client = proxy(clients, server, "--oauth-callback-port", str(port))
         assert tools_of(client) == ["echo", "admin"]
