@@ -1,8 +1,9 @@
 """Client mode: our stdio, bridged to a remote SSE or Streamable HTTP server.
 
 Start-up connects first (retrying an unreachable remote for a bounded time; a refused
-credential fails at once), then relays until stdin closes (exit 0, after the remote session
-is closed) or the remote is lost for good (exit 1). Nothing but protocol goes to stdout.
+credential fails at once, and answers the client's first request with the reason), then
+relays until stdin closes (exit 0, after the remote session is closed) or the remote is lost
+for good (exit 1). Nothing but protocol goes to stdout.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import logging
 import os
 from urllib.parse import urlsplit
 
+import gevent
+
+from mcp_proxy import jsonrpc
 from mcp_proxy.errors import AuthError, FallbackNeeded, TlsError, UpstreamError
 from mcp_proxy.link import bridge
 from mcp_proxy.options import client_settings
@@ -19,6 +23,7 @@ from mcp_proxy.settings import ClientSettings
 from mcp_proxy.stdio import StdioDownstream
 from mcp_proxy.upstream.base import Upstream
 from mcp_proxy.upstream.http import make_session
+from mcp_proxy.upstream.oauth.store import logout
 from mcp_proxy.upstream.sse import SseUpstream
 from mcp_proxy.upstream.streamable import StreamableUpstream
 
@@ -65,13 +70,30 @@ class Redact(logging.Filter):
 def secrets_of(settings: ClientSettings) -> list[str]:
     parts = urlsplit(settings.url)
     found = [*settings.headers.values(), settings.password, settings.client_secret,
+             settings.oauth_client_secret,
              os.environ.get("API_ACCESS_TOKEN"), parts.query, parts.password]
     found += [value.split(" ", 1)[1] for value in settings.headers.values() if " " in value]
     return [s for s in found if s]
 
 
+def refuse_first_request(settings: ClientSettings, text: str, wait: float = 2.0) -> None:
+    """Start-up failed for good: tell the client why, in answer to its first request (it
+    usually sent ``initialize`` at once), rather than only by going away."""
+    down = StdioDownstream(max_frame=settings.max_frame)
+    with gevent.Timeout(wait, False):
+        for message in down:
+            if message.kind == jsonrpc.REQUEST:
+                down.send(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR, text))
+                return
+
+
 def run_client(ns: argparse.Namespace) -> int:
     settings = client_settings(ns)
+    if ns.oauth_logout:
+        count = logout(settings.url)
+        logger.info("forgot %s for %s", f"{count} cached sign-in(s)" if count
+                    else "nothing (no cached sign-in)", settings.url)
+        return 0
     redact = Redact(secrets_of(settings))
     for handler in logging.getLogger().handlers:
         handler.addFilter(redact)
@@ -80,6 +102,7 @@ def run_client(ns: argparse.Namespace) -> int:
         upstream = connect(settings, http, settings.transport)
     except AuthError as exc:
         logger.error("authentication failed: %s", exc)
+        refuse_first_request(settings, f"authentication failed: {exc}")
         return 1
     except TlsError as exc:
         logger.error("%s (give --verify-ssl CA_BUNDLE, or --no-verify-ssl)", exc)

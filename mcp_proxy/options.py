@@ -78,7 +78,32 @@ def build_parser() -> argparse.ArgumentParser:
                         help="remote transport (default sse); auto tries Streamable HTTP first")
     client.add_argument("--client-id", help="OAuth2 client id (client credentials grant)")
     client.add_argument("--client-secret", help="OAuth2 client secret")
-    client.add_argument("--token-url", help="OAuth2 token endpoint")
+    client.add_argument("--client-key", metavar="PEM_FILE",
+                        help="private key for private_key_jwt, instead of --client-secret")
+    client.add_argument("--client-key-alg", metavar="ALG",
+                        help="JWS algorithm of --client-key (default from the key: RS256, "
+                             "ES256, ...)")
+    client.add_argument("--token-url", help="OAuth2 token endpoint (default: discovered "
+                        "from the remote's metadata)")
+    client.add_argument("--no-oauth", dest="oauth", action="store_false",
+                        help="never sign in with the browser: a 401 is an error")
+    client.add_argument("--oauth-client-id", metavar="ID",
+                        help="sign in as this pre-registered OAuth client")
+    client.add_argument("--oauth-client-secret", metavar="SECRET",
+                        help="secret of --oauth-client-id, if it has one")
+    client.add_argument("--oauth-client-metadata-url", metavar="URL",
+                        help="sign in with this Client ID Metadata Document URL as client id "
+                             "(when the server supports it)")
+    client.add_argument("--oauth-callback-port", type=int, default=None, metavar="PORT",
+                        help="port of the sign-in callback on 127.0.0.1 (default: a stable "
+                             "port derived from the URL)")
+    client.add_argument("--oauth-no-browser", action="store_true",
+                        help="do not open a browser: only print the sign-in URL to stderr")
+    client.add_argument("--oauth-timeout", type=positive, default=300.0, metavar="SECONDS",
+                        help="how long to wait for the browser sign-in (default 300)")
+    client.add_argument("--oauth-logout", action="store_true",
+                        help="forget the cached sign-in (tokens, registration) for the URL "
+                             "and exit")
     client.add_argument("--username", help="user for basic (or --digest) auth")
     client.add_argument("--password", help="password for basic (or --digest) auth")
     client.add_argument("--digest", action="store_true", help="use digest instead of basic auth")
@@ -222,9 +247,16 @@ def client_settings(ns: argparse.Namespace) -> ClientSettings:
             verify = ns.verify_ssl
     if ns.args:
         raise ConfigError(f"client mode takes one URL; unexpected: {' '.join(ns.args)}")
+    if ns.oauth_callback_port is not None and not 0 < ns.oauth_callback_port < 65536:
+        raise ConfigError(f"--oauth-callback-port {ns.oauth_callback_port}: not a port")
     return ClientSettings(
         url=ns.command_or_url, transport=ns.transport, headers=dict(ns.headers),
         username=ns.username, password=ns.password, digest=ns.digest,
         client_id=ns.client_id, client_secret=ns.client_secret, token_url=ns.token_url,
+        client_key=ns.client_key, client_key_alg=ns.client_key_alg, oauth=ns.oauth,
+        oauth_client_id=ns.oauth_client_id, oauth_client_secret=ns.oauth_client_secret,
+        oauth_client_metadata_url=ns.oauth_client_metadata_url,
+        oauth_callback_port=ns.oauth_callback_port, oauth_no_browser=ns.oauth_no_browser,
+        oauth_timeout=ns.oauth_timeout,
         verify=verify, connect_timeout=ns.connect_timeout, read_timeout=ns.read_timeout,
         start_timeout=ns.start_timeout, recovery_timeout=ns.recovery_timeout)

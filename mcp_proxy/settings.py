@@ -139,6 +139,15 @@ class ClientSettings:
     client_id: str | None = None
     client_secret: str | None = None
     token_url: str | None = None
+    client_key: str | None = None  # PEM private key: private_key_jwt instead of a secret
+    client_key_alg: str | None = None
+    oauth: bool = True  # sign in with the browser when the remote answers 401
+    oauth_client_id: str | None = None
+    oauth_client_secret: str | None = None
+    oauth_client_metadata_url: str | None = None
+    oauth_callback_port: int | None = None
+    oauth_no_browser: bool = False
+    oauth_timeout: float = 300.0
     verify: bool | str = True
     connect_timeout: float = 10.0
     read_timeout: float = 600.0

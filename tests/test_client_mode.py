@@ -82,7 +82,7 @@ def test_unreachable_remote_is_retried_then_reported(clients):
 def test_partial_oauth_is_an_error(clients):
     client = clients("--client-id", "x", "http://127.0.0.1:9/sse")
     assert client.proc.wait(15) == 1
-    assert "OAuth2 needs all of" in client.stderr()
+    assert "--client-id needs --client-secret or --client-key" in client.stderr()
 
 
 @pytest.mark.parametrize("transport, path", [("sse", "/sse"), ("streamablehttp", "/mcp")])

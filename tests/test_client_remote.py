@@ -33,7 +33,8 @@ class Remote(Scripted):
     """Streamable HTTP: initialize and any request get a JSON answer, if authorized."""
 
     def do_GET(self) -> None:
-        self.reply(405)
+        self.reply(self.server.get_status)
+        self.server.got_get.set()
 
     def do_POST(self) -> None:
         body = self.body()
@@ -53,14 +54,18 @@ class Remote(Scripted):
         if "id" not in message:
             return self.reply(202)
         result = INIT if message.get("method") == "initialize" else {"seen": message["method"]}
+        if message.get("method") == "tools/list" and self.server.session is None:
+            self.server.got_get.wait(5)  # answer after the GET stream was refused
+        headers = {"Mcp_Session_Id": self.server.session} if self.server.session else {}
         self.reply(200, json.dumps({"jsonrpc": "2.0", "id": message["id"],
-                                    "result": result}).encode(), Mcp_Session_Id="s-1")
+                                    "result": result}).encode(), **headers)
 
 
 def serve(authorize=lambda handler: None, tls: tuple | None = None):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Remote)
     server.authorize = authorize
     server.tokens_issued = 0
+    server.get_status, server.session, server.got_get = 405, "s-1", threading.Event()
     scheme = "http"
     if tls:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -95,6 +100,19 @@ def accepting(authorization: str, challenge: str = "Bearer"):
     """An ``authorize`` for the remote that lets in exactly this Authorization header and
     answers anything else with ``challenge``."""
     return lambda h: None if h.headers.get("Authorization") == authorization else challenge
+
+
+def test_stateless_remote_refusing_the_get_stream(remote_factory, clients):
+    """No session id and 404 on the GET stream: that means "no GET stream", not a lost
+    session (which failed the pending tools/list)."""
+    server, base = remote_factory()
+    server.get_status, server.session = 404, None
+    client = clients("--transport", "streamablehttp", base + "/mcp")
+    client.handshake()
+    assert client.call(rpc("tools/list", 1))["result"] == {"seen": "tools/list"}
+    assert server.got_get.is_set()
+    assert client.close() == 0
+    assert "lost the remote session" not in client.stderr()
 
 
 def test_basic_auth(remote_factory, clients):

@@ -124,7 +124,8 @@ def test_client_mode_auth_against_an_sdk_remote():
         target = f"{PROXY} --transport streamablehttp -H Authorization 'Bearer s3cret' {url}"
         assert run_driver("stdio", target, "echo")["echo"] == "hello"
         refused = subprocess.run([sys.executable, "-m", "mcp_proxy", "--transport",
-                                  "streamablehttp", url], capture_output=True, text=True,
+                                  "streamablehttp", "--no-oauth", url],
+                                 capture_output=True, text=True,
                                  timeout=30, stdin=subprocess.DEVNULL)
         assert refused.returncode == 1 and "authentication failed" in refused.stderr
     finally:

@@ -4,9 +4,10 @@ Every message is its own POST (requests concurrently, each in a greenlet, so a l
 call never holds up the answer to a sampling request it caused). Answers come back as JSON
 or as an event stream. We keep ``Mcp-Session-Id`` and the negotiated protocol version from
 the initialize answer and send both on every later request; after ``initialized`` we open the
-GET stream for the remote's own messages (405 means it has none). A 404 on our session
-means it expired, and a refused connection for the GET stream means the remote is down: both
-start recovery, which re-initializes. Closing sends DELETE.
+GET stream for the remote's own messages (405, or 404 without a session, means it has
+none). A 404 on our session means it expired, and a refused connection for the GET
+stream means the remote is down: both start recovery, which re-initializes. Closing
+sends DELETE.
 """
 
 from __future__ import annotations
@@ -52,16 +53,19 @@ class StreamableUpstream(Upstream):
         return headers
 
     def _open(self) -> None:
-        """Check the remote answers at all (any status but 401/403 will do)."""
+        """Check the remote answers at all (any status but 401/403 will do; with OAuth a 401
+        too: the sign-in waits for the client's first request, which it can then fail)."""
+        passive = getattr(self.http.auth, "passive", None)
         try:
             probe = self.http.get(self.settings.url, headers={"Accept": "text/event-stream"},
-                                  stream=True, timeout=(self.settings.connect_timeout, 10))
+                                  stream=True, timeout=(self.settings.connect_timeout, 10),
+                                  auth=passive)
         except requests.exceptions.SSLError as exc:
             raise TlsError(f"TLS verification failed: {exc}") from exc
         except requests.RequestException as exc:
             raise UpstreamError(f"cannot connect: {exc.__class__.__name__}: {exc}") from exc
         probe.close()
-        if probe.status_code in (401, 403):
+        if probe.status_code in (401, 403) and not (passive and probe.status_code == 401):
             check_status(probe, f"GET {self.settings.url}")
         if probe.status_code >= 500:
             raise UpstreamError(f"GET {self.settings.url}: HTTP {probe.status_code}")
@@ -187,13 +191,17 @@ class StreamableUpstream(Upstream):
             except requests.ConnectionError as exc:  # refused or unreachable: the remote is down
                 self.lost(f"the remote is unreachable ({exc.__class__.__name__})")
                 return
-            except requests.RequestException as exc:
-                logger.info("%s: GET stream failed: %s", self.name, exc.__class__.__name__)
+            except (requests.RequestException, UpstreamError) as exc:  # UpstreamError: sign-in
+                logger.info("%s: GET stream failed: %s", self.name,
+                            exc if isinstance(exc, UpstreamError) else exc.__class__.__name__)
                 stream = None
             if stream is not None:
                 with stream:
-                    if stream.status_code == 405:
-                        logger.debug("%s: the remote offers no GET stream", self.name)
+                    # without a session, 404 is a stateless server's "no GET stream" too
+                    if stream.status_code == 405 or (stream.status_code == 404
+                                                     and not self.session_id):
+                        logger.debug("%s: the remote offers no GET stream (%s)", self.name,
+                                     stream.status_code)
                         return
                     if stream.status_code == 404:
                         self.lost("the remote no longer knows our session (404)")

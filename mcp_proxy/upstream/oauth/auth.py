@@ -1,0 +1,238 @@
+"""OAuthSignIn: the bearer token on every request to the remote, and what a refusal starts.
+
+A 401 refreshes the token if it can, else runs the browser sign-in (one at a time in the
+process, and across processes through the cache's lock: a second instance waits and then
+uses the tokens the first one got); a 403 ``insufficient_scope`` signs in again for the
+union of the scopes (at most twice per method and tool). The request is resent once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+
+from requests.auth import AuthBase
+
+from mcp_proxy.errors import AuthError, UpstreamError
+from mcp_proxy.settings import ClientSettings
+from mcp_proxy.upstream.oauth.browser import default_port
+from mcp_proxy.upstream.oauth.discovery import Discovery, discover
+from mcp_proxy.upstream.oauth.signin import Registrar, authorize, client_file, token_record
+from mcp_proxy.upstream.oauth.store import Store
+from mcp_proxy.upstream.oauth.wire import (
+    OAuthError,
+    bearer_challenge,
+    plain_session,
+    resend,
+    token_request,
+)
+
+logger = logging.getLogger(__name__)
+
+LEEWAY = 60.0  # refresh this long before the token expires
+STEP_UPS = 2  # per (method, tool): the spec asks for a small retry limit
+FAILED_PAUSE = 30.0  # after a failed sign-in, refuse at once this long (no tab storm)
+MAX_SIGN_INS = 5  # browser sign-ins per process in SIGN_IN_WINDOW: more means a loop
+SIGN_IN_WINDOW = 600.0
+
+
+def scopes(text: str | None) -> list[str]:
+    return (text or "").split()
+
+
+def union(*texts: str | None) -> str | None:
+    merged: list[str] = []
+    for text in texts:
+        merged += [scope for scope in scopes(text) if scope not in merged]
+    return " ".join(merged) or None
+
+
+class OAuthSignIn(AuthBase):
+    """requests auth for a remote behind OAuth (authorization code with PKCE)."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        self.settings = settings
+        source = settings.oauth_client_id or settings.oauth_client_metadata_url or ""
+        self.store = Store(settings.url, source)
+        self.http = plain_session(settings)
+        self.tokens = self.store.read("tokens.json")
+        self.found: Discovery | None = None
+        self._lock = threading.RLock()  # monkey-patched: a greenlet lock
+        self._step_ups: dict[tuple, int] = defaultdict(int)
+        self._failed: tuple[float, AuthError] | None = None
+        self._fresh: str | None = None  # the token our last browser sign-in brought
+        self._sign_ins: list[float] = []  # when the browser sign-ins started
+
+    # --- attaching the token ---------------------------------------------------------------
+
+    def __call__(self, request):
+        self.passive(request)
+        request.register_hook("response", self._on_response)
+        return request
+
+    def passive(self, request):
+        """Attach the token we hold (refreshed if due), without reacting to refusals."""
+        token = self.bearer()
+        if token:
+            request.headers["Authorization"] = f"Bearer {token}"
+        return request
+
+    def bearer(self) -> str | None:
+        tokens = self.tokens
+        if tokens and tokens.get("refresh_token") and self._due(tokens):
+            with self._lock:
+                if self.tokens is tokens:
+                    try:
+                        self._refresh()
+                    except UpstreamError as exc:  # the token may still be good: try it
+                        logger.warning("token refresh failed: %s", exc)
+        return self.tokens.get("access_token") if self.tokens else None
+
+    @staticmethod
+    def _due(tokens: dict) -> bool:
+        expires = tokens.get("expires_at")
+        return isinstance(expires, (int, float)) and time.time() > expires - LEEWAY
+
+    # --- refusals --------------------------------------------------------------------------
+
+    def _on_response(self, response, **kwargs):
+        request = response.request
+        if response.status_code not in (401, 403) or getattr(request, "_auth_retried", False):
+            return response
+        challenge = bearer_challenge(response)
+        sent = request.headers.get("Authorization", "")[len("Bearer "):] or None
+        if response.status_code == 403:
+            if challenge.get("error") != "insufficient_scope":
+                return response
+            key = _step_key(request)
+            if self._step_ups[key] >= STEP_UPS:
+                logger.warning("still insufficient scope for %s after %d sign-ins; giving up",
+                               "/".join(filter(None, key)) or "this request", STEP_UPS)
+                return response
+            self._step_ups[key] += 1
+            self.renew(challenge, sent, step_up=True)
+        else:
+            # a GET is a stream we reopen on our own: after a failed sign-in it waits for
+            # the client's next request to try again, so no tab opens out of the blue
+            self.renew(challenge, sent, background=request.method == "GET")
+        return resend(response, self.tokens["access_token"], **kwargs)
+
+    def renew(self, challenge: dict, sent: str | None, step_up: bool = False,
+              background: bool = False) -> None:
+        """Get a token the remote may accept: someone else's, a refreshed one, or a sign-in."""
+        with self._lock:
+            held = self.tokens
+            if held and held.get("access_token") != sent and not self._due(held) and (
+                    not step_up or set(scopes(challenge.get("scope"))) <= set(
+                        scopes(held.get("scope")))):
+                return  # renewed meanwhile by another request
+            if not step_up and sent and sent == self._fresh:
+                self._forget_tokens()
+                error = AuthError("the remote refused the token its sign-in just gave")
+                self._failed = (time.monotonic(), error)
+                raise error
+            if not step_up and held and held.get("refresh_token") and self._refresh():
+                return
+            self._sign_in(challenge, sent, step_up, background)
+
+    def _sign_in(self, challenge: dict, sent: str | None, step_up: bool,
+                 background: bool = False) -> None:
+        now = time.monotonic()
+        if self._failed and (background or now - self._failed[0] < FAILED_PAUSE):
+            raise self._failed[1]
+        self._sign_ins = [t for t in self._sign_ins if now - t < SIGN_IN_WINDOW]
+        if len(self._sign_ins) >= MAX_SIGN_INS:
+            raise AuthError(f"{MAX_SIGN_INS} sign-ins in {SIGN_IN_WINDOW:g} s and the remote "
+                            f"still refuses: giving up (restart to try again)")
+        self.found = discover(self.http, self.settings.url, challenge)
+        logger.info("%s asks for a sign-in%s (authorization server %s)", self.settings.url,
+                    " with more scope" if step_up else "", self.found.issuer)
+        held = self.tokens or {}
+        wanted = challenge.get("scope") or " ".join(self.found.scopes_supported or []) or None
+        if step_up:
+            wanted = union(held.get("requested_scope"), held.get("scope"), wanted)
+        offered = self.found.metadata.get("scopes_supported") or []
+        if wanted and "offline_access" in offered and "offline_access" not in scopes(wanted):
+            wanted += " offline_access"
+        with self.store.lock(self.settings.oauth_timeout + 30):
+            disk = self.store.read("tokens.json")
+            if disk and disk.get("access_token") not in (sent, held.get("access_token")) \
+                    and not self._due(disk) and set(scopes(wanted)) <= set(
+                        scopes(disk.get("scope")) + scopes(disk.get("requested_scope"))):
+                logger.info("using the sign-in another mcp-proxy just completed")
+                self.tokens = disk
+                return
+            port = self.settings.oauth_callback_port
+            self._sign_ins.append(now)
+            try:
+                record = authorize(self.settings, self.http, self.store, self.found, wanted,
+                                   port or default_port(self.store.key), port is not None)
+            except OAuthError as exc:
+                self._after_error(exc.code, self.found.issuer)
+                self._failed = (time.monotonic(), exc)
+                raise
+            except AuthError as exc:
+                self._failed = (time.monotonic(), exc)
+                raise
+            self._failed = None
+            self.tokens, self._fresh = record, record["access_token"]
+            self.store.write("tokens.json", record)
+
+    def _refresh(self) -> bool:
+        """Refresh (once across processes: the lock, then a re-read); False if refused."""
+        with self.store.lock(60):
+            disk = self.store.read("tokens.json")
+            if disk and self.tokens and disk.get("access_token") != \
+                    self.tokens.get("access_token") and not self._due(disk):
+                self.tokens = disk  # another instance refreshed it already
+                return True
+            tokens = disk or self.tokens
+            issuer, endpoint = tokens.get("issuer"), tokens.get("token_endpoint")
+            registrar = Registrar(self.settings, self.http, self.store)
+            client = registrar.known(issuer or "")
+            if client is None or client.client_id != tokens.get("client_id", client.client_id):
+                client = registrar.cached(issuer or "")  # e.g. CIMD unsupported: registered
+            if client is not None and tokens.get("client_method"):
+                client.method = tokens["client_method"]  # as negotiated at sign-in
+            if not (issuer and endpoint and client and tokens.get("refresh_token")):
+                return False
+            form = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+                    "resource": tokens.get("resource")}
+            if tokens.get("scope"):
+                form["scope"] = tokens["scope"]
+            try:
+                answer = token_request(self.http, endpoint, client, form, "token refresh")
+            except OAuthError as exc:
+                logger.warning("%s", exc)
+                self._after_error(exc.code, issuer)
+                return False
+            found = Discovery(tokens.get("resource"), issuer, {"token_endpoint": endpoint})
+            self.tokens = token_record(answer, found, tokens.get("requested_scope"), client,
+                                       tokens)
+            self.store.write("tokens.json", self.tokens)
+            logger.info("refreshed the access token for %s", self.settings.url)
+            return True
+
+    def _after_error(self, code: str, issuer: str | None) -> None:
+        """invalid_grant: the tokens are dead; invalid_client: the registration too."""
+        if code in ("invalid_grant", "invalid_client", "unauthorized_client"):
+            self._forget_tokens()
+        if code in ("invalid_client", "unauthorized_client") and issuer:
+            self.store.delete(client_file(issuer))
+
+    def _forget_tokens(self) -> None:
+        self.tokens = None
+        self.store.delete("tokens.json")
+
+
+def _step_key(request) -> tuple:
+    """(method, tool or resource) of a JSON-RPC request body, for the step-up limit."""
+    try:
+        message = json.loads(request.body or b"{}")
+        params = message.get("params") or {}
+        return message.get("method"), params.get("name") or params.get("uri")
+    except (ValueError, AttributeError, TypeError):
+        return (request.method, request.url)

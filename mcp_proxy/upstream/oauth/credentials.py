@@ -1,0 +1,111 @@
+"""The client credentials grant: a token for the proxy itself, with a secret or a key.
+
+Without ``--token-url`` the token endpoint, the auth method and the resource come from the
+remote's metadata (the same discovery as sign-in). With ``--token-url`` and a secret, the
+secret goes in the body as mcp-proxy 0.13 did, and a refusal is retried once with HTTP Basic
+for servers that accept only ``client_secret_basic``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import requests
+from requests.auth import AuthBase
+
+from mcp_proxy.errors import AuthError, ConfigError, UpstreamError
+from mcp_proxy.settings import ClientSettings
+from mcp_proxy.upstream.oauth.discovery import discover
+from mcp_proxy.upstream.oauth.wire import (
+    Client,
+    OAuthError,
+    bearer_challenge,
+    choose_method,
+    load_key,
+    plain_session,
+    resend,
+    token_request,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class ClientCredentials(AuthBase):
+    """OAuth2 client-credentials grant: a cached bearer token, refreshed before it expires."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        if not (settings.client_secret or settings.client_key):
+            raise ConfigError("--client-id needs --client-secret or --client-key")
+        if settings.client_secret and settings.client_key:
+            raise ConfigError("give --client-secret or --client-key, not both")
+        self.settings = settings
+        self.http = plain_session(settings)
+        self.client = Client(settings.client_id, secret=settings.client_secret)
+        if settings.client_key:
+            self.client.key_pem, self.client.key_alg = load_key(settings.client_key,
+                                                                settings.client_key_alg)
+        self.token_url = settings.token_url
+        self.resource: str | None = None
+        self._basic_fallback = bool(self.token_url and settings.client_secret)
+        if self.token_url:
+            self.client.method = "private_key_jwt" if settings.client_key \
+                else "client_secret_post"
+        self._token: str | None = None
+        self._expires = 0.0
+        self._lock = threading.Lock()  # monkey-patched: a greenlet lock
+
+    def token(self, refresh: bool = False) -> str:
+        with self._lock:
+            if refresh or self._token is None or time.monotonic() > self._expires:
+                self._fetch()
+            return self._token
+
+    def _discover(self) -> None:
+        try:
+            probe = self.http.get(self.settings.url, stream=True,
+                                  headers={"Accept": "text/event-stream"})
+        except requests.RequestException as exc:
+            raise UpstreamError(f"cannot connect: {exc.__class__.__name__}") from exc
+        probe.close()
+        challenge = bearer_challenge(probe) if probe.status_code == 401 else {}
+        found = discover(self.http, self.settings.url, challenge)
+        self.token_url, self.resource = found.endpoint("token_endpoint"), found.resource
+        supported = found.metadata.get("token_endpoint_auth_methods_supported")
+        self.client.method = choose_method(supported, self.client)
+        logger.info("token endpoint %s (client authentication %s)", self.token_url,
+                    self.client.method)
+
+    def _fetch(self) -> None:
+        if not self.token_url:
+            self._discover()
+        form = {"grant_type": "client_credentials"}
+        if self.resource:
+            form["resource"] = self.resource
+        try:
+            body = token_request(self.http, self.token_url, self.client, form, "token request")
+        except OAuthError as exc:
+            if not self._basic_fallback:
+                raise AuthError(f"token endpoint refused the client credentials ({exc})") \
+                    from None
+            self._basic_fallback = False
+            self.client.method = "client_secret_basic"
+            logger.info("token endpoint refused the secret in the body; trying HTTP Basic")
+            return self._fetch()
+        self._basic_fallback = False  # this method works: keep it
+        self._token = body["access_token"]
+        lifetime = float(body.get("expires_in") or 3600)
+        self._expires = time.monotonic() + max(lifetime - 30, lifetime / 2)
+        logger.info("obtained an OAuth2 access token (valid %.0f s)", lifetime)
+
+    def __call__(self, request):
+        request.headers["Authorization"] = f"Bearer {self.token()}"
+        request.register_hook("response", self._retry_on_401)
+        return request
+
+    def _retry_on_401(self, response, **kwargs):
+        """A token revoked before its expiry: fetch a new one and resend once."""
+        if response.status_code != 401 or getattr(response.request, "_auth_retried", False):
+            return response
+        return resend(response, self.token(refresh=True), **kwargs)

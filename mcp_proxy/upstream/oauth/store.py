@@ -1,0 +1,130 @@
+"""The sign-in cache: per server, tokens and client registrations on disk, and its lock.
+
+Under ``<user config dir>/mcp-proxy/oauth/<hash of the server>/`` (``MCP_PROXY_CONFIG_DIR``
+replaces ``<user config dir>/mcp-proxy``): the directory is 0700, every file 0600 and
+written atomically (a temporary file, fsync, rename). The lock is a non-blocking ``flock``
+polled with gevent sleeps, so waiting for another instance never freezes our hub.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import gevent
+
+from mcp_proxy.errors import AuthError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no cross-process lock, the callback port still guards
+    fcntl = None
+
+logger = logging.getLogger(__name__)
+
+
+def root() -> Path:
+    configured = os.environ.get("MCP_PROXY_CONFIG_DIR")
+    if configured:
+        return Path(configured) / "oauth"
+    import platformdirs
+
+    return platformdirs.user_config_path("mcp-proxy", appauthor=False) / "oauth"
+
+
+def server_key(url: str, client_source: str = "") -> str:
+    return hashlib.sha256(f"{url}|{client_source}".encode()).hexdigest()[:32]
+
+
+class Store:
+    """The cache directory of one server (one URL and client choice)."""
+
+    def __init__(self, url: str, client_source: str = "") -> None:
+        self.key = server_key(url, client_source)
+        self.path = root() / self.key
+        self.url = url
+
+    def _ensure(self) -> None:
+        if (self.path / "server.json").exists():
+            return
+        self.path.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for folder in (self.path.parent, self.path):
+            folder.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask
+        self._put("server.json", {"url": self.url})
+
+    def read(self, name: str) -> dict | None:
+        try:
+            with open(self.path / name, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            logger.warning("oauth cache: ignoring unreadable %s (%s)", self.path / name,
+                           exc.__class__.__name__)
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write(self, name: str, data: dict) -> None:
+        self._ensure()
+        self._put(name, data)
+
+    def _put(self, name: str, data: dict) -> None:
+        target = self.path / name
+        temporary = self.path / f".{name}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        fd = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path / name)
+
+    @contextlib.contextmanager
+    def lock(self, timeout: float):
+        """Hold the cross-process lock of this server (bounded wait)."""
+        self._ensure()
+        fd = os.open(self.path / "lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            if fcntl is not None:
+                deadline = time.monotonic() + timeout
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise AuthError("another mcp-proxy is still signing in to "
+                                            f"{self.url}; gave up waiting") from None
+                        gevent.sleep(0.1)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+
+def logout(url: str) -> int:
+    """Forget every cached sign-in for ``url`` (any client choice); return how many."""
+    base, count = root(), 0
+    if not base.is_dir():
+        return 0
+    for folder in base.iterdir():
+        try:
+            with open(folder / "server.json", encoding="utf-8") as handle:
+                known = json.load(handle).get("url")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if known == url:
+            shutil.rmtree(folder, ignore_errors=True)
+            count += 1
+    return count

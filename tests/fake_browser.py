@@ -1,0 +1,46 @@
+"""A scripted browser for sign-in tests: ``fake_browser.py URL``.
+
+Follows the authorization URL's redirects (loopback only) to the proxy's callback, as a
+user approving the sign-in would. Environment: ``FAKE_BROWSER_LOG`` (a file: one line per
+URL visited), ``FAKE_BROWSER_MODE``: ``follow`` (default), ``wrong-state`` (tamper with
+``state`` on the callback), ``ignore`` (open nothing, as a user who walks away).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
+
+import requests
+
+
+def main(url: str) -> int:
+    # Real browsers and xdg-open print and may read: the proxy must have detached our stdin
+    # and stdout from its own (they carry the protocol), or its client would see this line.
+    print("fake browser: opening", url, flush=True)
+    mode = os.environ.get("FAKE_BROWSER_MODE", "follow")
+    log = os.environ.get("FAKE_BROWSER_LOG")
+    for _ in range(10):
+        if log:
+            with open(log, "a", encoding="utf-8") as handle:
+                handle.write(url + "\n")
+        if mode == "ignore":
+            return 0
+        host = urlsplit(url).hostname
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"fake browser: refusing non-loopback {url}", file=sys.stderr)
+            return 1
+        if mode == "wrong-state" and urlsplit(url).path == "/callback":
+            query = dict(parse_qsl(urlsplit(url).query), state="forged")
+            url = url.split("?")[0] + "?" + urlencode(query)
+        answer = requests.get(url, allow_redirects=False, timeout=10)
+        if answer.status_code not in (301, 302, 303, 307, 308):
+            return 0 if answer.status_code < 400 else 2
+        url = urljoin(url, answer.headers["Location"])
+    return 3
+
+
+if __name__ == "__main__":
+    sys.stdin.read(1)  # would steal a byte of the protocol if stdin were not detached
+    sys.exit(main(sys.argv[1]))

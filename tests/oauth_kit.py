@@ -1,0 +1,71 @@
+"""Shared pieces of the OAuth tests (a pytest plugin: ``pytest_plugins = ["oauth_kit"]``).
+
+The remote is ``servers/oauth_server.py`` (authorization server and MCP server in one, on
+127.0.0.1); the browser is ``fake_browser.py`` through ``$BROWSER``; the cache lives in a
+temporary ``MCP_PROXY_CONFIG_DIR``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import INIT_PARAMS, TESTS, ClientProcess, rpc
+
+sys.path.insert(0, str(TESTS / "servers"))
+import oauth_server  # noqa: E402
+
+BROWSER = f"{sys.executable} {TESTS / 'fake_browser.py'} %s"
+
+
+@pytest.fixture
+def auth_env(tmp_path, monkeypatch):
+    """The cache dir, the fake browser and its log, in os.environ (for SDK drivers) too."""
+    env = {"MCP_PROXY_CONFIG_DIR": str(tmp_path / "config"), "BROWSER": BROWSER,
+           "FAKE_BROWSER_LOG": str(tmp_path / "browser.log"), "FAKE_BROWSER_MODE": "follow"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def remote():
+    started = []
+
+    def start(**switches) -> oauth_server.OAuthServer:
+        server = oauth_server.start(**switches)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.shutdown()
+        server.server_close()
+
+
+def visits(env: dict) -> list[str]:
+    path = Path(env["FAKE_BROWSER_LOG"])
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def sign_ins(env: dict) -> int:
+    return sum("/authorize?" in url for url in visits(env))
+
+
+def proxy(clients, server, *flags: str, url: str | None = None) -> ClientProcess:
+    return clients("--transport", "streamablehttp", *flags, url or server.base + "/mcp")
+
+
+def tools_of(client: ClientProcess) -> list[str]:
+    client.handshake()
+    answer = client.call(rpc("tools/list", 1), timeout=30)
+    assert "result" in answer, answer
+    return [tool["name"] for tool in answer["result"]["tools"]]
+
+
+def init_error(client: ClientProcess) -> str:
+    answer = client.call(rpc("initialize", 0, **INIT_PARAMS), timeout=30)
+    assert "error" in answer, answer
+    return answer["error"]["message"]

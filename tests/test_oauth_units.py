@@ -1,0 +1,91 @@
+"""The pure parts of sign-in: challenges, metadata URLs, issuer and resource rules, ports."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import pytest
+
+from mcp_proxy.errors import AuthError
+from mcp_proxy.settings import ClientSettings
+from mcp_proxy.upstream.oauth import auth
+from mcp_proxy.upstream.oauth.browser import browser_commands, default_port
+from mcp_proxy.upstream.oauth.discovery import issuers_match, metadata_urls, resource_covers
+from mcp_proxy.upstream.oauth.wire import Client, parse_challenges
+
+
+def test_challenges_with_quoted_strings_and_several_schemes():
+    header = ('Basic realm="r", Bearer error="insufficient_scope", scope="a b", '
+              'resource_metadata="https://x/.well-known/oauth-protected-resource/mcp", '
+              'error_description="say \\"hi\\", ok"')
+    found = parse_challenges(header)
+    assert found["basic"] == {"realm": "r"}
+    bearer = found["bearer"]
+    assert bearer["scope"] == "a b" and bearer["error"] == "insufficient_scope"
+    assert bearer["resource_metadata"].endswith("/oauth-protected-resource/mcp")
+    assert bearer["error_description"] == 'say "hi", ok'
+    assert parse_challenges("Negotiate abc123==, BEARER Scope=x")["bearer"] == {"scope": "x"}
+    assert parse_challenges("Bearer") == {"bearer": {}}
+
+
+def test_metadata_urls_in_the_spec_order():
+    assert metadata_urls("https://a.example/tenant1/") == [
+        "https://a.example/.well-known/oauth-authorization-server/tenant1",
+        "https://a.example/.well-known/openid-configuration/tenant1",
+        "https://a.example/tenant1/.well-known/openid-configuration"]
+    assert metadata_urls("https://a.example/") == [
+        "https://a.example/.well-known/oauth-authorization-server",
+        "https://a.example/.well-known/openid-configuration"]
+
+
+def test_issuer_match_tolerates_only_a_root_slash():
+    assert issuers_match("https://a.example/", "https://a.example")
+    assert issuers_match("https://a.example", "https://a.example/")
+    assert not issuers_match("https://a.example/t/", "https://a.example/t")
+    assert not issuers_match("https://b.example", "https://a.example")
+
+
+@pytest.mark.parametrize("resource, ok", [
+    ("https://h.example/mcp", True), ("https://H.example/mcp/", True),
+    ("https://h.example/", True), ("https://h.example/mc", False),
+    ("https://h.example/other", False), ("http://h.example/mcp", False),
+    ("https://h.example:8443/mcp", False)])
+def test_resource_must_cover_the_server_url(resource, ok):
+    assert resource_covers(resource, "https://h.example/mcp") is ok
+
+
+def test_basic_client_auth_form_encodes_and_sends_the_secret_once():
+    client = Client("id:1", "client_secret_basic", "s p&c")
+    data, headers = {}, {}
+    client.authenticate("https://as/token", data, headers)
+    assert data == {}
+    assert base64.b64decode(headers["Authorization"][6:]) == b"id%3A1:s+p%26c"
+
+
+def test_browser_commands_honour_browser(monkeypatch):
+    monkeypatch.setenv("BROWSER", "/bin/mine --new %s:/usr/bin/other")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    commands = browser_commands("http://x/?a=1")
+    assert commands[:2] == [["/bin/mine", "--new", "http://x/?a=1"],
+                            ["/usr/bin/other", "http://x/?a=1"]]
+
+
+def test_default_port_is_stable_and_unprivileged():
+    assert default_port("abc") == default_port("abc")
+    assert 3335 <= default_port("abc") < 3335 + 45816
+
+
+def test_after_a_failed_sign_in_only_a_client_request_tries_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("MCP_PROXY_CONFIG_DIR", str(tmp_path))
+    signer = auth.OAuthSignIn(ClientSettings(url="http://127.0.0.1:9/mcp"))
+    failure = AuthError("sign-in not completed")
+    signer._failed = (time.monotonic() - auth.FAILED_PAUSE - 1, failure)  # pause over
+    with pytest.raises(AuthError) as raised:
+        signer.renew({}, None, background=True)  # a stream reopening: no new browser
+    assert raised.value is failure
+    monkeypatch.setattr(auth, "discover", lambda *args: (_ for _ in ()).throw(
+        AuthError("discovery ran")))
+    with pytest.raises(AuthError, match="discovery ran"):
+        signer.renew({}, None)  # the client's own request: a new sign-in starts
