@@ -80,6 +80,32 @@ class StreamableSession:
         self.conn.close()
 
 
+MODERN = "2026-07-28"
+_ENVELOPE = json.dumps({"io.modelcontextprotocol/protocolVersion": MODERN,
+                        "io.modelcontextprotocol/clientCapabilities": {},
+                        "io.modelcontextprotocol/clientInfo": {"name": "mcp-proxy-bench",
+                                                               "version": "1"}},
+                       separators=(",", ":")).encode()
+
+
+class ModernSession(StreamableSession):
+    """2026-07-28 requests on one keep-alive connection: no session, an envelope on each."""
+
+    def initialize(self) -> None:
+        self.headers = {**self.HEADERS, "MCP-Protocol-Version": MODERN,
+                        "Mcp-Method": "server/discover"}
+        status, _, body = self._post(b'{"jsonrpc":"2.0","id":0,"method":"server/discover",'
+                                     b'"params":{"_meta":' + _ENVELOPE + b'}}')
+        if status != 200:
+            raise BenchError(f"server/discover: HTTP {status} {bytes(body[:200])!r}")
+        self.headers = {**self.HEADERS, "MCP-Protocol-Version": MODERN,
+                        "Mcp-Method": "tools/call", "Mcp-Name": "echo"}
+
+    def call(self, body: bytes) -> bytes:
+        # an echo call's body ends with its params and itself: put the envelope in the params
+        return super().call(body[:-2] + b',"_meta":' + _ENVELOPE + b"}}")
+
+
 class SseSession:
     """An HTTP+SSE session: the GET /sse stream plus one keep-alive connection for POSTs."""
 
@@ -222,8 +248,13 @@ class Proxy:
         """Wait (bounded) until at most ``count`` sessions are left and their children gone."""
         deadline = time.monotonic() + timeout
         while True:
-            sessions = self.status()["sessions"]
-            kids = len(descendants(self.pid))
+            status = self.status()
+            sessions = status["sessions"]
+            # shared processes (the modern lane, --shared-child) outlive the sessions
+            shared = sum(1 for server in status["server_instances"].values()
+                         if server.get("mode") == "shared"
+                         or server.get("modern_lane", {}).get("state") == "running")
+            kids = len(descendants(self.pid)) - shared
             if (sessions <= count and kids <= count) or time.monotonic() > deadline:
                 waited = timeout - (deadline - time.monotonic())
                 if waited > 1:

@@ -225,7 +225,7 @@ def throughput(make_session, sessions: int, duration: float, warm: float,
 
 def idle_sse_memory(procs: Processes, sessions: int, batch: int = 100) -> dict:
     """A fresh proxy (default settings); open ``sessions`` idle SSE streams; RSS before and with."""
-    proxy = Proxy(procs, "proxy-memory")
+    proxy = Proxy(procs, "proxy-memory", ("--max-sessions", str(sessions + 100)))
     open_conns: list[SseSession] = []
     try:
         proxy.status()  # warm the app (first request imports/compiles a few things)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from clients import KEEPALIVE
 from procs import MiB
 
-SERVER_PATHS = ("server/sse", "server/streamable")
+SERVER_PATHS = ("server/sse", "server/streamable", "server/modern")
 CLIENT_PATHS = ("client/sse", "client/streamable")
 
 # the targets
@@ -100,6 +100,11 @@ def build_rows(results: dict) -> list[dict]:
             idle["proxy_with_children_rss_mib"], idle["proxy_rss_idle_mib"], "", "info", 1)
         add(f"time to open {n:,} SSE sessions (ms)", "server/sse", idle["open_s"] * 1000, None,
             "", "info", 0)
+    modern, legacy = p["server/modern"].get("latency"), p["server/streamable"].get("latency")
+    if modern and legacy:
+        add("2026-07-28 p50 vs 2025 /mcp p50 (ms)", "server/modern", modern["p50_ms"],
+            legacy["p50_ms"], "<= the 2025 era",
+            "PASS" if modern["p50_ms"] <= legacy["p50_ms"] * 1.05 else "FAIL", 3)
     connected, shared = p["server/sse"].get("connected"), p["server/sse"].get("connected_shared")
     if connected and shared:
         add("100 connected SSE clients, proxy + children RSS (MiB)", "server/sse",

@@ -7,6 +7,7 @@ Paths measured (all traffic on 127.0.0.1):
 
   server/sse         HTTP+SSE client -> mcp-proxy (server mode) -> raw_server (stdio)
   server/streamable  Streamable HTTP client -> mcp-proxy (server mode) -> raw_server
+  server/modern      2026-07-28 requests on /mcp -> mcp-proxy (the modern lane) -> raw_server
   client/sse         stdio -> mcp-proxy URL/sse (client mode) -> mcp-proxy (server) -> raw_server
   client/streamable  stdio -> mcp-proxy --transport streamablehttp URL/mcp -> ... -> raw_server
   floor              stdio -> raw_server directly
@@ -36,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from clients import KEEPALIVE, Proxy, SseSession, StdioSession, StreamableSession
+from clients import KEEPALIVE, ModernSession, Proxy, SseSession, StdioSession, StreamableSession
 from measure import (
     idle_sse_memory,
     latency,
@@ -99,7 +100,8 @@ def run(opts, procs: Processes, results: dict) -> None:
     results["proxy_pid"] = proxy.pid
     try:
         factories = {"server/sse": lambda: SseSession(proxy.port),
-                     "server/streamable": lambda: StreamableSession(proxy.port)}
+                     "server/streamable": lambda: StreamableSession(proxy.port),
+                     "server/modern": lambda: ModernSession(proxy.port)}
         for path, make in factories.items():
             log(f"{path}: latency and round trips")
             session = make()

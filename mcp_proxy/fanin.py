@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from mcp_proxy import jsonrpc
 from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError
-from mcp_proxy.jsonrpc import Message, id_key, result_message, rewritten
+from mcp_proxy.jsonrpc import Message, id_key, result_message, rewritten, with_id
 from mcp_proxy.port import Call
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def forward(mux: Multiplexer, port: Port, message: Message, params: dict | None 
     mux.calls[cid] = Call(port, message.id, token, method=message.method)
     port.inflight[id_key(message.id)] = cid
     try:
-        mux.send(rewritten(message, new_params or None, id=cid))
+        mux.send(rewritten(message, new_params, id=cid) if new_params else with_id(message, cid))
     except (LinkClosed, ServerBusy) as exc:
         mux.calls.pop(cid, None)
         port.inflight.pop(id_key(message.id), None)

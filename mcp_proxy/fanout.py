@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from mcp_proxy import jsonrpc
 from mcp_proxy.errors import LinkClosed, ServerBusy
-from mcp_proxy.jsonrpc import Message, id_key, result_message, rewritten
+from mcp_proxy.jsonrpc import Message, id_key, result_message, rewritten, with_id
 
 if TYPE_CHECKING:
     from mcp_proxy.multiplexer import Multiplexer
@@ -46,7 +46,7 @@ def answer(mux: Multiplexer, message: Message) -> None:
         call.waiter.set(message)
     else:
         call.port.inflight.pop(id_key(call.original), None)
-        call.port.offer(rewritten(message, id=call.original))
+        call.port.offer(with_id(message, call.original))
 
 
 def notification(mux: Multiplexer, message: Message) -> None:

@@ -183,6 +183,26 @@ def result_message(request_id: Any, result: Any) -> Message:
     return Message({"jsonrpc": "2.0", "id": request_id, "result": result})
 
 
+_HEAD = b'{"jsonrpc":"2.0","id":'
+
+
+def with_id(message: Message, new_id: Any) -> Message:
+    """``message`` under another id. Where the id stands first (after ``jsonrpc``) or last in
+    the compact bytes, as the SDKs write it, the bytes are spliced, not parsed and encoded
+    again (a 1 MiB answer then costs no extra copy of its payload's parse)."""
+    old, new, raw = encode(message.id), encode(new_id), message.raw
+    if raw.startswith(_HEAD) and raw[len(_HEAD):len(_HEAD) + len(old) + 1] == old + b",":
+        spliced = _HEAD + new + raw[len(_HEAD) + len(old):]
+    elif raw.endswith(b',"id":' + old + b"}"):
+        spliced = raw[:-len(old) - 1] + new + b"}"
+    else:
+        return rewritten(message, id=new_id)
+    copy = Message.__new__(Message)
+    copy.raw, copy.kind, copy._whole = spliced, message.kind, message._whole
+    copy._obj = {**message._obj, "id": new_id}
+    return copy
+
+
 def rewritten(message: Message, params: dict | None = None, **top: Any) -> Message:
     """A copy of ``message`` with ``top``-level members and ``params`` entries replaced
     (a multiplexer's id and token rewriting; the original is untouched)."""

@@ -42,6 +42,7 @@ VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
 CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
 CLIENT_INFO_KEY = "io.modelcontextprotocol/clientInfo"
 SUBSCRIPTION_KEY = "io.modelcontextprotocol/subscriptionId"
+ENVELOPE = (VERSION_KEY, CAPABILITIES_KEY, CLIENT_INFO_KEY)
 INVALID_PARAMS = -32602
 MRTR_METHODS = ("tools/call", "prompts/get", "resources/read")
 DISCOVER_TIMEOUT = 10.0
@@ -135,6 +136,7 @@ class ModernLane(Multiplexer):
     def tool_headers(self, name: str, meta: dict) -> dict[str, str]:
         """The ``x-mcp-header`` arguments of tool ``name``; asks the child once if unknown."""
         if name not in self.tools and self.state == "running":
+            meta = {key: meta[key] for key in ENVELOPE if key in meta}  # no progress token
             cursor, pages = None, 0
             while pages < 10:
                 params: dict = {"_meta": meta, **({"cursor": cursor} if cursor else {})}
@@ -182,8 +184,9 @@ class ModernLane(Multiplexer):
     def _outbound(self, message: Message) -> Message:
         """An answer with its request state wrapped, and tools/list remembered."""
         call = self.calls.get(message.id) if isinstance(message.id, int) else None
-        if call is None or call.port is None:
-            return message
+        if call is None or call.port is None or (
+                call.method != "tools/list" and b'"requestState"' not in message.raw):
+            return message  # nothing to see: no need to parse a large answer again
         obj = message.obj
         result = obj.get("result")
         if not isinstance(result, dict):

@@ -67,3 +67,18 @@ def test_bad_bodies_get_a_jsonrpc_error_code(body, code):
 def test_error_builder():
     assert jsonrpc.error_obj(7, -1, "no") == {
         "jsonrpc": "2.0", "id": 7, "error": {"code": -1, "message": "no"}}
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"jsonrpc":"2.0","id":5,"result":{"id":5}}',  # first, as servers write it
+    b'{"method":"m","params":{"id":5},"jsonrpc":"2.0","id":5}',  # last, as SDK clients do
+    b'{"id":5,"jsonrpc":"2.0","result":{"id":5}}',  # elsewhere: parsed and encoded again
+    b'{"jsonrpc": "2.0", "id": 5, "result": {}}',
+])
+def test_with_id_replaces_only_the_top_level_id(raw):
+    moved = jsonrpc.with_id(jsonrpc.parse(raw), "c-1")
+    obj, before = json.loads(moved.raw), json.loads(raw)
+    assert obj["id"] == moved.id == "c-1"
+    assert {k: v for k, v in obj.items() if k != "id"} == \
+        {k: v for k, v in before.items() if k != "id"}
+    assert moved.kind == jsonrpc.parse(raw).kind

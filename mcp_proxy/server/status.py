@@ -28,6 +28,9 @@ def add_status_route(app: Flask, registry: Registry) -> None:
                 "sessions": sum(1 for s in sessions if s.server_name == name),
                 "children": supervisor.running(name),
                 **({"shared_state": supervisor.shared[name].state} if spec.shared else {}),
+                **({"modern_lane": {"state": supervisor.lanes[name].state,
+                                    "legacy_only": supervisor.lanes[name].legacy_only}}
+                   if name in supervisor.lanes else {}),
                 **ready[name or "default"],
             }
             for name, spec in registry.settings.servers.items()
