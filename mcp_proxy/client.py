@@ -127,7 +127,9 @@ def run_client(ns: argparse.Namespace) -> int:
                 logger.error("%s", err)
                 return 1
             upstream.send(first)
-    bridge(down, upstream).join()
+    bridge(down, upstream)
+    down.ended.wait()
+    upstream.ended.wait()
     if down.close_reason == "stdin closed":
         return 0
     logger.error("stopped: %s", upstream.close_reason or down.close_reason)

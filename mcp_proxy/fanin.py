@@ -116,13 +116,9 @@ def _local_subscribe(mux: Multiplexer, port: Port, message: Message) -> bool:
 
 
 def _local_unsubscribe(mux: Multiplexer, port: Port, message: Message) -> bool:
+    """Drop a subscription; True if someone else still holds it (answered here)."""
     uri = message.params.get("uri")
     if not isinstance(uri, str) or uri not in port.subscriptions:
         return isinstance(uri, str)
     port.subscriptions.discard(uri)
-    count = mux.subscribed.get(uri, 0) - 1
-    if count > 0:
-        mux.subscribed[uri] = count
-        return True
-    mux.subscribed.pop(uri, None)
-    return False
+    return not mux.drop_subscription(uri)  # the last hold: the client's own request goes on

@@ -186,11 +186,15 @@ def result_message(request_id: Any, result: Any) -> Message:
 _HEAD = b'{"jsonrpc":"2.0","id":'
 
 
+def _id_bytes(value: Any) -> bytes:
+    return b"%d" % value if type(value) is int else encode(value)
+
+
 def with_id(message: Message, new_id: Any) -> Message:
     """``message`` under another id. Where the id stands first (after ``jsonrpc``) or last in
     the compact bytes, as the SDKs write it, the bytes are spliced, not parsed and encoded
     again (a 1 MiB answer then costs no extra copy of its payload's parse)."""
-    old, new, raw = encode(message.id), encode(new_id), message.raw
+    old, new, raw = _id_bytes(message.id), _id_bytes(new_id), message.raw
     if raw.startswith(_HEAD) and raw[len(_HEAD):len(_HEAD) + len(old) + 1] == old + b",":
         spliced = _HEAD + new + raw[len(_HEAD) + len(old):]
     elif raw.endswith(b',"id":' + old + b"}"):

@@ -13,11 +13,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 
-import gevent
 from gevent.event import Event
 from gevent.queue import Queue
 
-from mcp_proxy import jsonrpc, supervise
+from mcp_proxy import jsonrpc
 from mcp_proxy.errors import LinkClosed, ServerBusy
 from mcp_proxy.jsonrpc import Message
 
@@ -165,14 +164,14 @@ def _relay(source: Link, target: Link, sent: dict, answered: dict) -> Callable[[
     return forward
 
 
-def bridge(down: Link, up: Link) -> gevent.Greenlet:
+def bridge(down: Link, up: Link) -> None:
     """Relay between ``down`` (the client side) and ``up`` (the server side).
 
     Each message is forwarded in the greenlet that received it (no queue, no extra switch).
     When ``up`` closes, requests the client sent that are still unanswered get a JSON-RPC
-    error on ``down``, then ``down`` closes; when ``down`` closes, ``up`` closes. Returns a
-    greenlet that finishes once both have finished closing (e.g. the remote session is
-    deleted).
+    error on ``down``, then ``down`` closes; when ``down`` closes, ``up`` closes. Both
+    links' ``ended`` events tell when they have finished closing (e.g. the remote session is
+    deleted); nothing else waits here.
     """
     client_requests: dict = {}  # sent down -> up, awaiting an answer from up
     server_requests: dict = {}  # sent up -> down, awaiting an answer from down
@@ -188,5 +187,4 @@ def bridge(down: Link, up: Link) -> gevent.Greenlet:
     up.peer_ready = down.ready
     up.attach(_relay(up, down, server_requests, client_requests), up_ended)
     down.attach(_relay(down, up, client_requests, server_requests), down_ended)
-    return supervise.spawn(lambda: (down.ended.wait(), up.ended.wait()),
-                           name=f"bridge {down.name}")
+

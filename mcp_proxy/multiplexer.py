@@ -185,7 +185,8 @@ class Multiplexer:
                 self._notify("notifications/cancelled",
                              {"requestId": cid, "reason": "the client session ended"})
         for uri in port.subscriptions:
-            self.unsubscribe(uri)
+            if self.drop_subscription(uri):
+                self.background("resources/unsubscribe", {"uri": uri})
         self.sync_level()
 
     def from_client(self, port: Port, message: Message) -> None:
@@ -243,14 +244,14 @@ class Multiplexer:
     def _from_child(self, message: Message) -> None:
         fanout.route(self, message)
 
-    def unsubscribe(self, uri: str) -> None:
-        """Drop one hold on ``uri``; the child is told when the last one goes."""
+    def drop_subscription(self, uri: str) -> bool:
+        """Drop one hold on ``uri``; True if it was the last (the child must be told)."""
         count = self.subscribed.get(uri, 0) - 1
         if count > 0:
             self.subscribed[uri] = count
-            return
+            return False
         self.subscribed.pop(uri, None)
-        self.background("resources/unsubscribe", {"uri": uri})
+        return True
 
     def sync_level(self) -> None:
         """Give the child the most verbose level any client asked for."""

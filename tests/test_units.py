@@ -62,7 +62,7 @@ def test_bridge_relays_both_ways_untouched():
 
 def test_upstream_closing_answers_every_pending_request():
     down, up = MemoryLink("down"), MemoryLink("up")
-    done = bridge(down, up)
+    bridge(down, up)
     for request_id in (1, "1", 2):
         down.deliver(msg(id=request_id, method="slow"))
     settle()
@@ -70,7 +70,7 @@ def test_upstream_closing_answers_every_pending_request():
     down.deliver(msg(method="notifications/cancelled", params={"requestId": "1"}))
     settle()
     up.close("server process exited with code 3")
-    done.join(timeout=5)
+    assert down.ended.wait(5) and up.ended.wait(5)
     errors = [m.obj for m in down.sent if "error" in m.obj]
     assert [e["id"] for e in errors] == [1]  # 2 was answered, "1" was cancelled
     assert "exited with code 3" in errors[0]["error"]["message"]
@@ -79,9 +79,9 @@ def test_upstream_closing_answers_every_pending_request():
 
 def test_client_leaving_closes_the_server_side():
     down, up = MemoryLink("down"), MemoryLink("up")
-    done = bridge(down, up)
+    bridge(down, up)
     down.close("client disconnected")
-    done.join(timeout=5)
+    assert down.ended.wait(5) and up.ended.wait(5)
     assert up.closed.is_set() and up.close_reason == "client disconnected"
 
 

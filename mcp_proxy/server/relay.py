@@ -133,6 +133,7 @@ class Relay:
             if refused is not None:
                 return refused
         session = self.session_class(self.registry, self.server_name)
+        session.ephemeral = True
         session.lane = "modern"
         session.caller = principal(environ.get("HTTP_AUTHORIZATION"))
         response = self.answer(session, message, {}, ephemeral=True, modern=True)

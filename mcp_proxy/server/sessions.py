@@ -25,7 +25,7 @@ from mcp_proxy.link import Link, bridge
 from mcp_proxy.metrics import Metrics
 from mcp_proxy.server.streams import Stream
 from mcp_proxy.server.supervisor import Supervisor
-from mcp_proxy.settings import ServerSettings, ServerSpec
+from mcp_proxy.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,11 @@ class Session(Link):
         """Seconds the session has been idle with nothing open; 0 while a stream keeps it."""
         return 0.0
 
+    ephemeral = False  # one request's session (2026-07-28, --stateless): ends unremarked
+
     def _on_close(self, reason: str) -> None:
-        logger.info("%s: session ended: %s", self.name, reason)
+        logger.log(logging.DEBUG if self.ephemeral else logging.INFO,
+                   "%s: session ended: %s", self.name, reason)
         self.ready.set()  # a child waiting to be read must see the end, not wait forever
         self.registry.forget(self)
 
@@ -132,9 +135,6 @@ class Registry:
         return supervise.spawn(self._reap_idle, name="session reaper",
                                on_error=lambda exc: setattr(self, "_reaper",
                                                             self._start_reaper()))
-
-    def spec(self, server_name: str) -> ServerSpec:
-        return self.settings.servers[server_name]
 
     def add(self, session: Session) -> Session:
         """Register a new session; raise TooManySessions past ``--max-sessions`` (or the

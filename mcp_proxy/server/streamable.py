@@ -19,7 +19,7 @@ from flask import Blueprint, Response, request
 from mcp_proxy import jsonrpc, supervise
 from mcp_proxy.errors import LinkClosed, TooManySessions
 from mcp_proxy.jsonrpc import Message, id_key
-from mcp_proxy.server.era import is_modern, no_modern_streams
+from mcp_proxy.server.era import LEGACY_VERSIONS, is_modern, no_modern_streams
 from mcp_proxy.server.http import (
     accepts,
     event_stream,
@@ -35,7 +35,6 @@ from mcp_proxy.server.streams import PING, Body, Stream
 
 logger = logging.getLogger(__name__)
 
-KNOWN_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
 SESSION_HEADER = "Mcp-Session-Id"
 SESSION_KEY = "HTTP_MCP_SESSION_ID"  # the header, as the WSGI environ names it
 # A client whose GET stream closed and who has no request open is gone unless it reopens
@@ -185,12 +184,13 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
                 and is_modern(environ, message):
             return relay.modern(message)
         version = environ.get("HTTP_MCP_PROTOCOL_VERSION")
-        if version is not None and version not in KNOWN_VERSIONS:
+        if version is not None and version not in LEGACY_VERSIONS:
             return rpc_error(400, jsonrpc.INVALID_REQUEST,
                              f"Bad Request: Unsupported protocol version: {version}; supported: "
-                             f"{', '.join(sorted(KNOWN_VERSIONS))}")
+                             f"{', '.join(sorted(LEGACY_VERSIONS))}")
         if stateless:  # each POST stands alone, on a port of the shared server
             session = StreamableSession(registry, server_name)
+            session.ephemeral = True
             response = relay.answer(session, message, {}, ephemeral=True)
             if response.mimetype != "text/event-stream":
                 session.close("stateless request done")

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 import gevent
 from gevent.queue import Empty, Queue
-from gevent.socket import wait_read
 
 from mcp_proxy import jsonrpc, supervise
 from mcp_proxy.jsonrpc import Message
@@ -143,26 +142,32 @@ def client_socket(environ: dict) -> socket.socket | None:
     return None
 
 
-def _watch(sock: socket.socket, on_gone: Callable[[], None]) -> None:
-    """Wait until the client's socket turns readable; at EOF or a reset, call ``on_gone``.
+def _watch(sock: socket.socket, on_gone: Callable[[], None]):
+    """Watch the client's socket without a greenlet: when it turns readable (the loop calls
+    back), peek in a greenlet; at EOF or a reset, call ``on_gone``.
 
     A client that sends more instead (a pipelined request) cannot be told from one that
     stays: the watch ends and the keepalive pings detect it as before.
     """
-    try:
-        while True:
-            wait_read(sock.fileno())
-            try:
-                if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
-                    return
-            except BlockingIOError:
-                continue
-            except OSError:
-                pass
-            break
-    except OSError:  # the socket was closed under us: the response is over anyway
-        return
-    on_gone()
+    watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
+
+    def peek() -> None:
+        try:
+            if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                return
+        except BlockingIOError:
+            watcher.start(readable)  # woken for nothing: watch on
+            return
+        except OSError:
+            pass
+        on_gone()
+
+    def readable() -> None:
+        watcher.stop()
+        supervise.spawn(peek, name="disconnect check")
+
+    watcher.start(readable)
+    return watcher
 
 
 class Body:
@@ -178,7 +183,7 @@ class Body:
             stream.session.draining.add(stream)
         sock = client_socket(environ)
         if sock is not None:
-            self._watcher = supervise.spawn(_watch, sock, on_gone, name="disconnect watcher")
+            self._watcher = _watch(sock, on_gone)
             if stream is not None:
                 stream.abort = lambda: _shutdown(sock)
 
@@ -194,8 +199,9 @@ class Body:
 
     def close(self) -> None:
         """Called by the WSGI server however the response ended: stop watching, clean up."""
-        if self._watcher is not None and self._watcher is not gevent.getcurrent():
-            self._watcher.kill()
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher.close()
         close = getattr(self._chunks, "close", None)
         if close is not None:
             close()
