@@ -157,7 +157,7 @@ class ModernLane(Multiplexer):
         if message.kind != jsonrpc.REQUEST:
             return  # the edge answers modern notifications 202 and drops them
         params = None
-        if message.method in MRTR_METHODS:
+        if message.method in MRTR_METHODS and b'"requestState"' in message.raw:
             handle = (message.obj.get("params") or {}).get("requestState")
             if handle is not None:
                 ours, state = unwrap_state(handle, self.generation, port.principal)

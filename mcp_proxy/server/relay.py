@@ -1,11 +1,12 @@
 """A message POSTed to ``/mcp``, handed to its session and answered: 202, JSON or a stream.
 
-:meth:`Relay.answer` serves both eras. A request is answered as JSON when its response is
-the first thing the server sends for it, else as an event stream (a request's own stream,
-ended after its response). :meth:`Relay.modern` is the 2026-07-28 entry: the request is
-checked against its headers, then relayed on a session of its own (no session id) to the
-server's modern lane; closing its stream (or leaving before the first byte) ends that
-session, which cancels the request on the child at once.
+:meth:`Relay.answer` hands a message to its 2025-era session. A request is answered as
+JSON when its response is the first thing the server sends for it, else as an event stream
+(a request's own stream, ended after its response). :meth:`Relay.modern` is the 2026-07-28
+entry: the request is checked against its headers, then relayed through a port of its own
+(requestport.py) to the server's modern lane, and answered the same way; closing its stream
+(or leaving before the first byte) closes that port, which cancels the request on the child
+at once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mcp_proxy.jsonrpc import Message, id_key
 from mcp_proxy.modern import VERSION_KEY, LegacyOnly, principal
 from mcp_proxy.server import era
 from mcp_proxy.server.http import event_stream, rpc_error, server_busy
+from mcp_proxy.server.requestport import RequestPort
 from mcp_proxy.server.streams import PING, Body, Stream, StreamEnded, sse_event
 
 if TYPE_CHECKING:
@@ -29,16 +31,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_PROMPT = 0.02  # a modern answer that takes longer gets its caller's socket watched
+
 
 class Relay:
     """The POST /mcp answer of one configured server."""
 
-    def __init__(self, registry: Registry, server_name: str, keepalive: float,
-                 session_class: type[StreamableSession]) -> None:
+    def __init__(self, registry: Registry, server_name: str, keepalive: float) -> None:
         self.registry = registry
         self.server_name = server_name
         self.keepalive = keepalive
-        self.session_class = session_class
 
     def _events(self, stream: Stream, first: list):
         message = first[0]
@@ -67,7 +69,7 @@ class Relay:
         return Body(self._events(stream, first), request.environ, stream, gone, ended)
 
     def answer(self, session: StreamableSession, message: Message, headers: dict,
-               ephemeral: bool, modern: bool = False) -> Response:
+               ephemeral: bool) -> Response:
         """Hand the message to the session; the answer: 202, JSON, or an event stream."""
         stream = None
         if message.kind == jsonrpc.REQUEST:
@@ -90,25 +92,34 @@ class Relay:
         if stream is None:
             return Response(status=202, headers=headers)
 
+        return self._respond(session, stream, message, headers, False,
+                             lambda first: self._body(session, message, stream, first,
+                                                      ephemeral))
+
+    def _respond(self, owner, stream: Stream, message: Message, headers: dict, modern: bool,
+                 body_for) -> Response:
+        """Wait for the first message: JSON if it is the answer, else an event stream."""
         first: list = [None]
-        # a modern caller that leaves before the first byte cancels too: watch from now on
-        body = self._body(session, message, stream, first, ephemeral) if modern else None
+        body = None
         try:
-            first[0] = stream.next(self.keepalive)
+            if modern:  # a caller that leaves before the first byte cancels too
+                first[0] = stream.next(_PROMPT)  # most answers come at once: no watch needed
+                if first[0] is None:
+                    body = body_for(first)
+            if first[0] is None:
+                first[0] = stream.next(self.keepalive)
         except StreamEnded:
             if body is not None:
                 body.close()
             return rpc_error(503, jsonrpc.CONNECTION_CLOSED,
-                             f"Session closed: {session.close_reason}", message.id)
+                             f"Session closed: {owner.close_reason}", message.id)
         if first[0] is not None and first[0].kind == jsonrpc.RESPONSE:
             if body is not None:
                 body.close()
             status = era.json_status(first[0]) if modern else 200
             return Response(first[0].raw, status=status, mimetype="application/json",
                             headers=headers)
-        if body is None:
-            body = self._body(session, message, stream, first, ephemeral)
-        return event_stream(body, **headers)
+        return event_stream(body or body_for(first), **headers)
 
     def modern(self, message: Message) -> Response:
         """A 2026-07-28 POST: checked here, then relayed to the modern lane on its own."""
@@ -132,11 +143,28 @@ class Relay:
             refused = era.check_params(environ, message, lane.tool_headers(name, meta))
             if refused is not None:
                 return refused
-        session = self.session_class(self.registry, self.server_name)
-        session.ephemeral = True
-        session.lane = "modern"
-        session.caller = principal(environ.get("HTTP_AUTHORIZATION"))
-        response = self.answer(session, message, {}, ephemeral=True, modern=True)
+        port = RequestPort(lane, self.registry.settings, message,
+                           principal(environ.get("HTTP_AUTHORIZATION")))
+        port.meter = meter = self.registry.metrics.relay_meter(self.server_name)
+        meter.client_to_server(message)
+        try:
+            lane.from_client(port, message)
+        except ServerBusy as exc:
+            port.close("the server is busy")
+            return server_busy(exc, message)
+        stream = port.stream
+
+        def gone() -> None:
+            logger.info("%s: client closed the stream of request %r", port.name, message.id)
+            self.registry.metrics.client_disconnected(port.transport)
+            port.close("client closed the request's stream")  # a cancel, in this era
+
+        def ended() -> None:
+            stream.discard()
+            port.close("request done")
+
+        response = self._respond(port, stream, message, {}, True, lambda first: Body(
+            self._events(stream, first), environ, stream, gone, ended))
         if response.mimetype != "text/event-stream":
-            session.close("request done")
+            port.close("request done")
         return response

@@ -49,8 +49,6 @@ class Session(Link):
         self.created = time.time()
         self.last_activity = time.monotonic()
         self.upstream: Link | None = None  # its own child, or a port of a shared one
-        self.lane = "legacy"  # or "modern": a 2026-07-28 request on the server's modern lane
-        self.caller = ""  # the modern caller's principal tag
         self._starting = Semaphore()  # two first messages at once must not get two upstreams
         self.queued = 0  # bytes waiting in this session's streams
         self.pressing = 0  # of those, bytes in streams a response is draining
@@ -97,8 +95,7 @@ class Session(Link):
         if self.upstream is None:
             with self._starting:
                 if self.upstream is None:
-                    upstream = self.registry.supervisor.upstream(
-                        self.server_name, self.name, self.lane, self.caller)
+                    upstream = self.registry.supervisor.upstream(self.server_name, self.name)
                     bridge(self, upstream)
                     self.upstream = upstream
         self.deliver(message)

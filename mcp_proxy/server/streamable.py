@@ -149,7 +149,7 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
     keepalive = registry.settings.keepalive
     limit = registry.settings.max_body
     stateless = registry.settings.stateless
-    relay = Relay(registry, server_name, keepalive, StreamableSession)
+    relay = Relay(registry, server_name, keepalive)
 
     def no_sessions() -> Response:
         return rpc_error(405, jsonrpc.INVALID_REQUEST, "Method Not Allowed: this server is "

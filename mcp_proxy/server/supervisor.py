@@ -46,18 +46,13 @@ class Supervisor:
         label = f"shared:{server_name or 'default'}"
         return Multiplexer(label, lambda: self.spawn(server_name, label))
 
-    def upstream(self, server_name: str, session_name: str, lane: str = "legacy",
-                 caller: str = "") -> Link:
-        """The link a new session of ``server_name`` relays to; raises SpawnError.
-
-        ``lane`` "modern" is a 2026-07-28 request: it always goes to the server's modern lane,
-        for ``caller`` (whose request states it may bring back)."""
-        mux = self.modern(server_name) if lane == "modern" else self.shared.get(server_name)
+    def upstream(self, server_name: str, session_name: str) -> Link:
+        """The link a new session of ``server_name`` relays to; raises SpawnError."""
+        mux = self.shared.get(server_name)
         if mux is None:
             return self.spawn(server_name, session_name)
         mux.ensure_started()
         port = mux.port(session_name)
-        port.principal = caller
         port.meter = self.metrics.relay_meter(server_name)
         return port
 
