@@ -22,6 +22,7 @@ from mcp_proxy import jsonrpc
 from mcp_proxy.errors import FallbackNeeded, MessageError, SessionLost, TlsError, UpstreamError
 from mcp_proxy.jsonrpc import Message
 from mcp_proxy.supervise import closing, spawn
+from mcp_proxy.upstream import modern
 from mcp_proxy.upstream.base import Upstream, backoff
 from mcp_proxy.upstream.http import check_status, events
 
@@ -43,6 +44,8 @@ class StreamableUpstream(Upstream):
         self._get_stream: gevent.Greenlet | None = None
         self._handshake = Event()  # clear while an initialize is unanswered
         self._handshake.set()
+        self.modern_version: str | None = None  # the 2026-07-28-era version last sent
+        self.params_of: dict[str, dict[tuple, str]] = {}  # tool -> {argument path: header}
 
     def _headers(self, base: dict) -> dict:
         headers = dict(base)
@@ -73,9 +76,28 @@ class StreamableUpstream(Upstream):
     def send(self, message: Message) -> None:
         if message.method == "initialize":
             self._handshake.clear()  # now, before the request's greenlet even starts
+        elif message.method == "notifications/cancelled" and self._cancel(message):
+            return
         super().send(message)
 
+    def _cancel(self, message: Message) -> bool:
+        """A 2026-07-28 request is cancelled by closing its response, not by a POST (which a
+        modern server acknowledges and ignores)."""
+        target = message.params.get("requestId")
+        carried = self.tasks.get(jsonrpc.id_key(target))
+        if carried is None or not modern.version_of(carried[1]):
+            return False
+        logger.info("%s: request %r cancelled: closing its response", self.name, target)
+        return self.stop_request(target)
+
     def _transmit(self, message: Message) -> None:
+        version = modern.version_of(message)
+        if version is None and message.kind != jsonrpc.REQUEST and not self.session_id:
+            version = self.modern_version  # a modern client's notification
+        if modern.is_modern_version(version):
+            self.modern_version = version
+            self._transmit_modern(message, version)
+            return
         is_init = message.method == "initialize"
         if is_init:
             self._handshake.clear()
@@ -94,6 +116,35 @@ class StreamableUpstream(Upstream):
         finally:
             if is_init:
                 self._handshake.set()
+
+    def _transmit_modern(self, message: Message, version: str) -> None:
+        """One 2026-07-28 POST: headers from the body, no session; an HTTP failure becomes the
+        request's JSON-RPC error."""
+        headers = {**POST_HEADERS, **modern.headers_for(message, version, self.params_of)}
+        try:
+            answer = self.http.post(self.settings.url, data=message.raw, headers=headers,
+                                    stream=True, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise UpstreamError(f"POST failed: {exc.__class__.__name__}") from exc
+        with answer:
+            if answer.status_code in (401, 403):
+                check_status(answer, "POST")
+            if answer.status_code == 202:
+                return
+            if answer.status_code >= 300:
+                if message.kind == jsonrpc.REQUEST:
+                    self.on_remote(modern.http_error(message.id, answer))
+                else:
+                    logger.warning("%s: %s refused: HTTP %s", self.name, message.method,
+                                   answer.status_code)
+                return
+            kind = answer.headers.get("Content-Type", "").split(";")[0].strip()
+            if kind == "application/json":
+                self._take(answer.content, request=message)
+            elif kind == "text/event-stream":
+                self._read_stream(message, answer, False)
+            elif message.kind == jsonrpc.REQUEST:
+                raise UpstreamError(f"POST: unexpected answer type {kind or 'none'}")
 
     def _handle_answer(self, message: Message, answer: requests.Response, is_init: bool):
         status = answer.status_code
@@ -123,7 +174,8 @@ class StreamableUpstream(Upstream):
         elif message.kind == jsonrpc.REQUEST:
             raise UpstreamError(f"POST: unexpected answer type {kind or 'none'}")
 
-    def _take(self, data: bytes | str, is_init: bool = False) -> Message | None:
+    def _take(self, data: bytes | str, is_init: bool = False,
+              request: Message | None = None) -> Message | None:
         try:
             message = jsonrpc.parse(data)
         except MessageError as exc:
@@ -132,6 +184,9 @@ class StreamableUpstream(Upstream):
             return None
         if is_init and message.kind == jsonrpc.RESPONSE:
             self._initialized_by(message)
+        if request is not None and request.method == "tools/list" \
+                and message.kind == jsonrpc.RESPONSE and modern.version_of(request):
+            message = modern.usable_tools(message, self.params_of)
         self.on_remote(message)
         return message
 
@@ -143,7 +198,7 @@ class StreamableUpstream(Upstream):
                 if event.retry and event.retry.isascii() and event.retry.isdigit():
                     retry_ms = int(event.retry)  # anything else is ignored, as SSE says
                 if event.event == "message" and event.data.strip():
-                    got = self._take(event.data, is_init)
+                    got = self._take(event.data, is_init, request)
                     if got is not None and got.kind == jsonrpc.RESPONSE \
                             and got.id == request.id:
                         return
