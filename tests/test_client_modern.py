@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import shlex
+import subprocess
 import sys
 
 import pytest
@@ -225,6 +226,8 @@ TOOLS = [
     {"name": "not_a_token", "inputSchema": {"type": "object", "properties": {
         "a": {"type": "string", "x-mcp-header": "A B"}}}},
     {"name": "plain", "inputSchema": {"type": "object"}},
+    {"name": "strict", "inputSchema": {"type": "object", "properties": {
+        "region": {"type": "string", "x-mcp-header": "Region"}}}},
 ]
 DISCOVER = {"resultType": "complete", "supportedVersions": [MODERN],
             "capabilities": {"tools": {}},
@@ -259,7 +262,10 @@ class ModernRemote(Scripted):
             self.call(body, body["params"].get("name"), body["params"].get("arguments") or {})
 
     def call(self, body: dict, name: str, arguments: dict) -> None:
-        if name == "refused":
+        if name == "strict" and self.headers.get("Mcp-Param-Region") != arguments["region"]:
+            self.reply(400, json.dumps({"jsonrpc": "2.0", "id": body["id"], "error": {
+                "code": -32020, "message": "Header mismatch: Mcp-Param-Region"}}).encode())
+        elif name == "refused":
             self.reply(400, json.dumps({"jsonrpc": "2.0", "id": body["id"], "error": {
                 "code": -32020, "message": "Header mismatch", "data": {"header": "Mcp-Name"}}
             }).encode())
@@ -289,7 +295,7 @@ def posts(server, method: str) -> list[tuple[dict, dict]]:
 def test_headers_are_stamped_from_the_body(modern_remote, clients):
     client = clients("--transport", "streamablehttp", modern_remote.url)
     listed = client.call(modern("tools/list", 1))
-    assert [tool["name"] for tool in listed["result"]["tools"]] == ["good", "plain"]
+    assert [tool["name"] for tool in listed["result"]["tools"]] == ["good", "plain", "strict"]
     assert "x-mcp-header annotations are invalid" in client.stderr()
     answer = client.call(modern("tools/call", 2, name="good",
                                 arguments={"region": " Zürich", "opts": {"tier": 3}}))
@@ -392,3 +398,22 @@ def test_the_bridge_answers_the_2025_only_methods_itself(modern_remote, clients)
     assert sent["_meta"]["io.modelcontextprotocol/clientInfo"] == INIT_PARAMS["clientInfo"]
     seen = [body.get("method") for verb, _, body in modern_remote.seen if verb == "POST"]
     assert seen == ["initialize", "server/discover", "tools/call"]
+
+
+def test_a_header_mismatch_lists_the_tools_again_and_retries_once(modern_remote, clients):
+    client = bridged(clients, modern_remote.url, {})
+    answer = client.call(rpc("tools/call", 1, name="strict", arguments={"region": "eu"}))
+    assert json.loads(answer["result"]["content"][0]["text"])["arguments"] == {"region": "eu"}
+    calls = posts(modern_remote, "tools/call")
+    assert [h.get("Mcp-Param-Region") for h, _ in calls] == [None, "eu"]
+    assert len(posts(modern_remote, "tools/list")) == 1
+    refused = client.call(rpc("tools/call", 2, name="refused", arguments={}))
+    assert refused["error"]["code"] == -32020 and refused["error"]["data"]
+    assert len(posts(modern_remote, "tools/call")) == 4  # one retry, after one more listing
+
+
+def test_protocol_era_modern_needs_streamable_http():
+    done = subprocess.run([sys.executable, "-m", "mcp_proxy", "--protocol-era", "modern",
+                           "http://127.0.0.1:9/sse"], capture_output=True, text=True,
+                          timeout=30, stdin=subprocess.DEVNULL)
+    assert done.returncode != 0 and "--transport streamablehttp" in done.stderr

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 MAX_ROUNDS = 10
 MAX_REQUESTS = 8  # per round (both limits as in mcp-remote)
 MISSING_CAPABILITY = -32021
+HEADER_MISMATCH = -32020
 CAPABILITY_OF = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation",
                  "roots/list": "roots"}
 
@@ -39,21 +40,39 @@ class Refused(Exception):
 def drive(bridge, message: Message) -> Message:
     """The final answer to the client's ``message`` (its own id), after every round."""
     params = dict(message.obj.get("params") or {})
-    for rounds in range(MAX_ROUNDS + 1):
+    rounds, refreshed = 0, False
+    while True:
         answer = bridge.leg(message.method, params)
         if answer is None:
             raise Refused("the request was stopped")
+        if (answer.error or {}).get("code") == HEADER_MISMATCH \
+                and message.method == "tools/call" and not refreshed:
+            refreshed = True  # the tool's x-mcp-header annotations may have changed: once
+            logger.info("the remote refused a tools/call's headers; listing tools again")
+            _list_tools(bridge)
+            continue
         result = answer.obj.get("result")
         if not isinstance(result, dict) or result.get("resultType") != "input_required":
             return _final(message.id, answer, result)
         if rounds == MAX_ROUNDS:
-            break
+            raise Refused(f"the remote asked for input more than {MAX_ROUNDS} times for one "
+                          f"{message.method}; mcp-proxy gave up")
+        rounds += 1
         responses = _ask(bridge, result.get("inputRequests"))
         params = {**(message.obj.get("params") or {}), "inputResponses": responses}
         if "requestState" in result:
             params["requestState"] = result["requestState"]
-    raise Refused(f"the remote asked for input more than {MAX_ROUNDS} times for one "
-                  f"{message.method}; mcp-proxy gave up")
+
+
+def _list_tools(bridge) -> None:
+    """List the remote's tools (up to 10 pages): the upstream learns their headers."""
+    cursor = None
+    for _ in range(10):
+        answer = bridge.leg("tools/list", {"cursor": cursor} if cursor else {})
+        result = answer.obj.get("result") if answer is not None else None
+        cursor = result.get("nextCursor") if isinstance(result, dict) else None
+        if not isinstance(cursor, str):
+            return
 
 
 def _final(request_id: Any, answer: Message, result: Any) -> Message:
