@@ -96,7 +96,8 @@ class StreamableUpstream(Upstream):
             version = self.modern_version  # a modern client's notification
         if modern.is_modern_version(version):
             self.modern_version = version
-            self._transmit_modern(message, version)
+            headers = {**POST_HEADERS, **modern.headers_for(message, version, self.params_of)}
+            self._post(message, headers, self._handle_modern)
             return
         is_init = message.method == "initialize"
         if is_init:
@@ -106,45 +107,35 @@ class StreamableUpstream(Upstream):
         try:
             # later messages need the session id the initialize answer brings
             headers = POST_HEADERS if is_init else self._headers(POST_HEADERS)
-            try:
-                answer = self.http.post(self.settings.url, data=message.raw, headers=headers,
-                                        stream=True, timeout=self.timeout)
-            except requests.RequestException as exc:
-                raise UpstreamError(f"POST failed: {exc.__class__.__name__}") from exc
-            with answer:
-                self._handle_answer(message, answer, is_init)
+            self._post(message, headers,
+                       lambda message, answer: self._handle_answer(message, answer, is_init))
         finally:
             if is_init:
                 self._handshake.set()
 
-    def _transmit_modern(self, message: Message, version: str) -> None:
-        """One 2026-07-28 POST: headers from the body, no session; an HTTP failure becomes the
-        request's JSON-RPC error."""
-        headers = {**POST_HEADERS, **modern.headers_for(message, version, self.params_of)}
+    def _post(self, message: Message, headers: dict, handle) -> None:
         try:
             answer = self.http.post(self.settings.url, data=message.raw, headers=headers,
                                     stream=True, timeout=self.timeout)
         except requests.RequestException as exc:
             raise UpstreamError(f"POST failed: {exc.__class__.__name__}") from exc
         with answer:
-            if answer.status_code in (401, 403):
-                check_status(answer, "POST")
-            if answer.status_code == 202:
-                return
-            if answer.status_code >= 300:
-                if message.kind == jsonrpc.REQUEST:
-                    self.on_remote(modern.http_error(message.id, answer))
-                else:
-                    logger.warning("%s: %s refused: HTTP %s", self.name, message.method,
-                                   answer.status_code)
-                return
-            kind = answer.headers.get("Content-Type", "").split(";")[0].strip()
-            if kind == "application/json":
-                self._take(answer.content, request=message)
-            elif kind == "text/event-stream":
-                self._read_stream(message, answer, False)
-            elif message.kind == jsonrpc.REQUEST:
-                raise UpstreamError(f"POST: unexpected answer type {kind or 'none'}")
+            handle(message, answer)
+
+    def _handle_modern(self, message: Message, answer: requests.Response) -> None:
+        """A 2026-07-28 answer: no session to lose; an HTTP failure becomes the request's
+        JSON-RPC error."""
+        if answer.status_code in (401, 403):
+            check_status(answer, "POST")
+        if answer.status_code == 202:
+            return
+        if answer.status_code < 300:
+            self._read_body(message, answer, False)
+        elif message.kind == jsonrpc.REQUEST:
+            self.on_remote(modern.http_error(message.id, answer))
+        else:
+            logger.warning("%s: %s refused: HTTP %s", self.name, message.method,
+                           answer.status_code)
 
     def _handle_answer(self, message: Message, answer: requests.Response, is_init: bool):
         status = answer.status_code
@@ -159,7 +150,6 @@ class StreamableUpstream(Upstream):
             return
         if is_init and status == 200:
             self.session_id = answer.headers.get("Mcp-Session-Id") or self.session_id
-        kind = answer.headers.get("Content-Type", "").split(";")[0].strip()
         if status >= 300:
             error = _json_rpc_error(answer)
             if error is not None and message.kind == jsonrpc.REQUEST:
@@ -167,8 +157,12 @@ class StreamableUpstream(Upstream):
                 self.on_remote(Message(error))
                 return
             raise UpstreamError(f"POST: HTTP {status} {answer.reason}")
+        self._read_body(message, answer, is_init)
+
+    def _read_body(self, message: Message, answer: requests.Response, is_init: bool) -> None:
+        kind = answer.headers.get("Content-Type", "").split(";")[0].strip()
         if kind == "application/json":
-            self._take(answer.content, is_init)
+            self._take(answer.content, is_init, message)
         elif kind == "text/event-stream":
             self._read_stream(message, answer, is_init)
         elif message.kind == jsonrpc.REQUEST:
