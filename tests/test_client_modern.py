@@ -250,12 +250,13 @@ class ModernRemote(Scripted):
         self.server.seen.append(("POST", dict(self.headers), body))
         if "id" not in body:
             self.reply(202)
-        elif self.headers.get("MCP-Protocol-Version") != MODERN:
+        elif self.headers.get("MCP-Protocol-Version") != self.server.version:
             self.reply(400, json.dumps({"jsonrpc": "2.0", "id": None, "error": {
                 "code": -32022, "message": "Unsupported protocol version",
-                "data": {"supported": [MODERN]}}}).encode())
+                "data": {"supported": [self.server.version]}}}).encode())
         elif body["method"] == "server/discover":
-            self.reply_result(body["id"], DISCOVER)
+            self.reply_result(body["id"], {**DISCOVER, "supportedVersions": [
+                self.server.version]})
         elif body["method"] == "tools/list":
             self.reply_result(body["id"], {"tools": TOOLS, "resultType": "complete"})
         else:
@@ -282,7 +283,7 @@ class ModernRemote(Scripted):
 
 @pytest.fixture
 def modern_remote(scripted):
-    server, base = scripted(ModernRemote, seen=[])
+    server, base = scripted(ModernRemote, seen=[], version=MODERN)
     server.url = base + "/mcp"
     return server
 
@@ -417,3 +418,13 @@ def test_protocol_era_modern_needs_streamable_http():
                            "http://127.0.0.1:9/sse"], capture_output=True, text=True,
                           timeout=30, stdin=subprocess.DEVNULL)
     assert done.returncode != 0 and "--transport streamablehttp" in done.stderr
+
+
+def test_the_bridge_speaks_the_modern_version_the_remote_names(scripted, clients):
+    server, base = scripted(ModernRemote, seen=[], version="2027-01-01")
+    client = bridged(clients, base + "/mcp", {})
+    answer = client.call(rpc("tools/call", 1, name="plain", arguments={}))
+    sent = json.loads(answer["result"]["content"][0]["text"])
+    assert sent["_meta"]["io.modelcontextprotocol/protocolVersion"] == "2027-01-01"
+    assert [h["MCP-Protocol-Version"] for h, _ in posts(server, "server/discover")] == [
+        MODERN, "2027-01-01"]

@@ -218,6 +218,11 @@ class FallForward(Link):
             self.client = init.obj.get("params") or {}
             self.version = modern.MODERN_VERSION
             answer = self.leg("server/discover", {}, self.next_id("discover"))
+            data = (answer.error or {}).get("data") if answer is not None else None
+            offered = modern.modern_version(data) if isinstance(data, dict) else None
+            if offered is not None and offered != self.version:  # a newer era: ask in its own
+                self.version = offered
+                answer = self.leg("server/discover", {}, self.next_id("discover"))
             result = answer.obj.get("result") if answer is not None else None
             version = modern.modern_version(result) if isinstance(result, dict) else None
             if version is None:

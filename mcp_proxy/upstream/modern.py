@@ -25,7 +25,6 @@ logger = logging.getLogger(__name__)
 # as in server/era.py, which client mode does not import (it would load Flask)
 LEGACY_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
 NAMES = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
-UNSUPPORTED_VERSION = -32022
 HEADER_KEY = "x-mcp-header"
 _SAFE = re.compile(r"[\x20-\x7e]*")  # printable ASCII: survives an HTTP field as is
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field-name characters
@@ -158,17 +157,10 @@ def http_error(request_id: Any, answer: requests.Response) -> Message:
                                  f"HTTP {answer.status_code}: {text}".rstrip(": "))
 
 
-def modern_only(error: dict | None) -> bool:
-    """Is this error a -32022 whose supported versions are all of the 2026-07-28 era?"""
-    data = error.get("data") if isinstance(error, dict) else None
-    supported = data.get("supported") if isinstance(data, dict) else None
-    return (error or {}).get("code") == UNSUPPORTED_VERSION and isinstance(supported, list) \
-        and bool(supported) and all(is_modern_version(v) for v in supported)
-
-
-def modern_version(discovered: dict) -> str | None:
-    """The 2026-07-28-era version to speak, from a DiscoverResult (None: it offers none)."""
-    versions = discovered.get("supportedVersions")
+def modern_version(offer: dict) -> str | None:
+    """The 2026-07-28-era version to speak, from a DiscoverResult or the data of a -32022
+    (None: it offers none)."""
+    versions = offer.get("supportedVersions", offer.get("supported"))
     offered = [v for v in versions if is_modern_version(v)] if isinstance(versions, list) else []
     if MODERN_VERSION in offered:
         return MODERN_VERSION
