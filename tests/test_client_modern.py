@@ -256,7 +256,14 @@ class ModernRemote(Scripted):
                 "data": {"supported": [self.server.version]}}}).encode())
         elif body["method"] == "server/discover":
             self.reply_result(body["id"], {**DISCOVER, "supportedVersions": [
-                self.server.version]})
+                self.server.version], "capabilities": getattr(self.server, "capabilities",
+                                                              DISCOVER["capabilities"])})
+        elif body["method"] == "subscriptions/listen":  # acknowledged, then cut short
+            ack = {"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+                   "params": {"notifications": body["params"]["notifications"],
+                              "_meta": {SUBSCRIPTION: body["id"]}}}
+            self.reply(200, b"data: " + json.dumps(ack).encode() + b"\n\n",
+                       "text/event-stream")
         elif body["method"] == "tools/list":
             self.reply_result(body["id"], {"tools": TOOLS, "resultType": "complete"})
         else:
@@ -428,3 +435,14 @@ def test_the_bridge_speaks_the_modern_version_the_remote_names(scripted, clients
     assert sent["_meta"]["io.modelcontextprotocol/protocolVersion"] == "2027-01-01"
     assert [h["MCP-Protocol-Version"] for h, _ in posts(server, "server/discover")] == [
         MODERN, "2027-01-01"]
+
+
+def test_a_dropped_listen_is_reopened(scripted, clients):
+    server, base = scripted(ModernRemote, seen=[], version=MODERN,
+                            capabilities={"prompts": {"listChanged": True}})
+    client = bridged(clients, base + "/mcp", {})
+    wait_until(lambda: len(posts(server, "subscriptions/listen")) >= 2, timeout=10)
+    assert "the remote's listen stream ended" in client.stderr()
+    _, body = posts(server, "subscriptions/listen")[1]
+    assert body["params"]["notifications"] == {"promptsListChanged": True}
+    assert body["id"] != posts(server, "subscriptions/listen")[0][1]["id"]
