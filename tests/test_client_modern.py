@@ -15,11 +15,12 @@ import subprocess
 import sys
 
 import pytest
+import requests
 from test_lifecycle import wait_until
 from test_sdk_e2e import start_remote
 from test_shared import methods, recorded
 
-from conftest import INIT_PARAMS, RAW_SERVER, Scripted, rpc, run_driver
+from conftest import INIT_PARAMS, RAW_SERVER, SDK_SERVER, Scripted, rpc, run_driver
 
 MODERN = "2026-07-28"
 PROXY = shlex.join([sys.executable, "-m", "mcp_proxy", "--transport", "streamablehttp"])
@@ -37,7 +38,7 @@ def modern(method: str, request_id=1, **params) -> dict:
             "params": {**params, "_meta": {**META, **params.pop("_meta", {})}}}
 
 
-def check_features(report: dict) -> None:
+def check_features(report: dict, logs: bool = True) -> None:
     assert {"echo", "sample", "tagged", "change"} <= set(report["tools"])
     assert report["echo"] == "hello" and report["unicode"] == "héllo ✓ 日本"
     assert report["progress"]["values"] == [1, 2, 3]
@@ -48,8 +49,10 @@ def check_features(report: dict) -> None:
     assert report["unknown_method"]["code"] == -32601
     assert report["concurrent"] == [f"msg-{i}" for i in range(10)]
     assert report["tagged"] == " Zürich"  # Mcp-Param-Region, base64: the SDK remote checks it
-    assert [(m["level"], m["data"]) for m in report["log"]["messages"]] == [
-        ("warning", "hello log")]
+    assert report["log"]["result"] == "logged"
+    if logs:
+        assert [(m["level"], m["data"]) for m in report["log"]["messages"]] == [
+            ("warning", "hello log")]
 
 
 @pytest.fixture
@@ -119,6 +122,19 @@ def test_protocol_era_legacy_never_bridges(sdk_remote):
     report = run_driver("stdio", f"{PROXY} --protocol-era legacy {sdk_remote('modern')}",
                         "echo")
     assert report["session"]["code"] == -32022  # the remote's refusal, as it came
+
+
+@pytest.mark.parametrize("mode, era", [(MODERN, "auto"), ("legacy", "modern")])
+def test_chained_to_our_own_server_mode(proxy_factory, mode, era):
+    """Both hops modern: client mode relays (or bridges) to server mode's modern lane."""
+    proxy = proxy_factory("--", *SDK_SERVER)
+    target = f"{PROXY} --protocol-era {era} {proxy.base}/mcp"
+    report = run_driver("stdio", target, "set_level", *FEATURES, extra=("--mode", mode))
+    # server mode's modern lane sends a log line on only while one caller has requests in
+    # flight; the bridge's own listen is a second one there, so the line is dropped
+    check_features(report, logs=mode == MODERN)
+    status = requests.get(proxy.base + "/status", timeout=10).json()
+    assert status["children_started"] == 1  # the modern lane's child only: no 2025 session
 
 
 # --- our own server mode as the remote (it records what its child got) ---------------------
