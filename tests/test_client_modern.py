@@ -462,3 +462,18 @@ def test_a_dropped_listen_is_reopened(scripted, clients):
     _, body = posts(server, "subscriptions/listen")[1]
     assert body["params"]["notifications"] == {"promptsListChanged": True}
     assert body["id"] != posts(server, "subscriptions/listen")[0][1]["id"]
+
+
+def test_cancelling_a_call_mid_round_withdraws_the_question(modern_remote, clients):
+    client = bridged(clients, modern_remote.url, ASKING)
+    client.send(rpc("tools/call", 4, name="ask", arguments={
+        "inputs": {"r": {"method": "roots/list"}}}))
+    ask = client.recv()
+    assert ask["method"] == "roots/list"
+    client.send({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                 "params": {"requestId": 4}})
+    assert client.recv() == {"jsonrpc": "2.0", "method": "notifications/cancelled",
+                             "params": {"requestId": ask["id"]}}
+    answer = client.call(rpc("tools/call", 5, name="plain", arguments={}))
+    assert answer["id"] == 5  # nothing was sent for 4, and the session goes on
+    assert len(posts(modern_remote, "tools/call")) == 2
