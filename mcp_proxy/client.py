@@ -17,11 +17,12 @@ import gevent
 
 from mcp_proxy import jsonrpc
 from mcp_proxy.errors import AuthError, FallbackNeeded, TlsError, UpstreamError
-from mcp_proxy.link import bridge
+from mcp_proxy.link import Link, bridge
 from mcp_proxy.options import client_settings
 from mcp_proxy.settings import ClientSettings
 from mcp_proxy.stdio import StdioDownstream
 from mcp_proxy.upstream.base import Upstream
+from mcp_proxy.upstream.bridge import FallForward
 from mcp_proxy.upstream.http import make_session
 from mcp_proxy.upstream.oauth.store import logout
 from mcp_proxy.upstream.sse import SseUpstream
@@ -36,6 +37,14 @@ def connect(settings: ClientSettings, http, transport: str) -> Upstream:
     else:
         upstream = StreamableUpstream(settings, http, allow_fallback=transport == "auto")
     upstream.start()
+    return upstream
+
+
+def era_link(settings: ClientSettings, upstream: Upstream) -> Link:
+    """The link the client talks to: over Streamable HTTP, one that can bridge a 2025-era
+    client to a remote of the 2026-07-28 era (unless ``--protocol-era legacy``)."""
+    if isinstance(upstream, StreamableUpstream) and settings.protocol_era != "legacy":
+        return FallForward(upstream, settings.protocol_era)
     return upstream
 
 
@@ -111,26 +120,27 @@ def run_client(ns: argparse.Namespace) -> int:
         logger.error("%s", exc)
         return 1
     down = StdioDownstream(max_frame=settings.max_frame)
+    link = era_link(settings, upstream)
     if settings.transport == "auto":
         first = next(iter(down), None)
         if first is None:
-            upstream.close("stdin closed")
+            link.close("stdin closed")
             return 0
         try:
-            upstream.send_first(first)
+            link.send_first(first)
         except FallbackNeeded as exc:
             logger.info("remote does not speak Streamable HTTP (%s); using SSE", exc)
-            upstream.close("falling back to SSE")
+            link.close("falling back to SSE")
             try:
-                upstream = connect(settings, http, "sse")
+                link = connect(settings, http, "sse")
             except UpstreamError as err:
                 logger.error("%s", err)
                 return 1
-            upstream.send(first)
-    bridge(down, upstream)
+            link.send(first)
+    bridge(down, link)
     down.ended.wait()
-    upstream.ended.wait()
+    link.ended.wait()
     if down.close_reason == "stdin closed":
         return 0
-    logger.error("stopped: %s", upstream.close_reason or down.close_reason)
+    logger.error("stopped: %s", link.close_reason or down.close_reason)
     return 1

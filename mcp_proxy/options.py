@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar=("KEY", "VALUE"), help="HTTP header for the remote; repeatable")
     client.add_argument("--transport", choices=["sse", "streamablehttp", "auto"], default="sse",
                         help="remote transport (default sse); auto tries Streamable HTTP first")
+    client.add_argument("--protocol-era", choices=["auto", "legacy", "modern"], default="auto",
+                        help="the remote's protocol era, for a 2025-era client over Streamable "
+                        "HTTP (default auto: initialize first, and bridge to a remote that "
+                        "speaks only 2026-07-28; legacy: never probe; modern: bridge at once)")
     client.add_argument("--client-id", help="OAuth2 client id (client credentials grant)")
     client.add_argument("--client-secret", help="OAuth2 client secret")
     client.add_argument("--client-key", metavar="PEM_FILE",
@@ -249,8 +253,12 @@ def client_settings(ns: argparse.Namespace) -> ClientSettings:
         raise ConfigError(f"client mode takes one URL; unexpected: {' '.join(ns.args)}")
     if ns.oauth_callback_port is not None and not 0 < ns.oauth_callback_port < 65536:
         raise ConfigError(f"--oauth-callback-port {ns.oauth_callback_port}: not a port")
+    if ns.protocol_era == "modern" and ns.transport == "sse":
+        raise ConfigError("--protocol-era modern needs Streamable HTTP: add --transport "
+                          "streamablehttp (the SSE transport is of the 2025 era)")
     return ClientSettings(
-        url=ns.command_or_url, transport=ns.transport, headers=dict(ns.headers),
+        url=ns.command_or_url, transport=ns.transport, protocol_era=ns.protocol_era,
+        headers=dict(ns.headers),
         username=ns.username, password=ns.password, digest=ns.digest,
         client_id=ns.client_id, client_secret=ns.client_secret, token_url=ns.token_url,
         client_key=ns.client_key, client_key_alg=ns.client_key_alg, oauth=ns.oauth,

@@ -132,6 +132,7 @@ class ClientSettings:
 
     url: str
     transport: str = "sse"  # sse | streamablehttp | auto
+    protocol_era: str = "auto"  # auto | legacy | modern (Streamable HTTP only)
     headers: dict[str, str] = field(default_factory=dict)
     username: str | None = None
     password: str | None = None

@@ -16,7 +16,9 @@ handshake (protocol 2025-11-25); ``auto`` first probes ``server/discover`` (2026
 falls back to ``initialize``; ``2026-07-28`` adopts the modern era without any probe.
 
 Scenarios: tools echo unicode progress log sample elicit roots fail big_in big_out ping
-unknown_method concurrent crash
+unknown_method concurrent tagged set_level crash (``tagged`` calls the tool whose argument is
+also an ``Mcp-Param-Region`` header, with a non-ASCII value; ``set_level`` sends the 2025
+era's ``logging/setLevel`` debug)
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from mcp.shared._httpx_utils import sse_within_origin as _sse_within_origin
 from mcp.shared.exceptions import MCPError
 
 SCENARIOS = ["tools", "echo", "unicode", "progress", "log", "sample", "elicit", "roots", "fail",
-             "big_in", "big_out", "ping", "unknown_method", "concurrent", "crash"]
+             "big_in", "big_out", "ping", "unknown_method", "concurrent", "tagged", "set_level",
+             "crash"]
 UNICODE = "héllo ✓ 日本"
 ROOTS = ["file:///tmp/root-a", "file:///tmp/root-b"]
 
@@ -155,6 +158,11 @@ async def run_scenario(name: str, client: Client, seen: Observed, big: int) -> A
             for i in range(10):
                 group.start_soon(one, i)
         return results
+    if name == "tagged":
+        return checked(await client.call_tool("tagged", {"region": " Zürich"}))
+    if name == "set_level":
+        result = await client.set_logging_level("debug")
+        return result.model_dump(by_alias=True, exclude_none=True)
     if name == "crash":
         result = await client.call_tool("crash", {})
         return {"unexpected": "crash answered", "text": text_of(result)}

@@ -34,6 +34,7 @@ from mcp_proxy.supervise import closing, spawn
 logger = logging.getLogger(__name__)
 
 REPLAY_ID = "mcp-proxy-reinitialize"
+AUTH_FAILED = {"reason": "authentication"}  # the data of an error that is no era evidence
 
 
 def backoff(attempt: int, cap: float = 10.0) -> float:
@@ -54,6 +55,8 @@ class Upstream(Link):
         self.initialize: Message | None = None
         self.initialized: Message | None = None
         self.in_flight: dict[tuple, object] = {}
+        # request -> (the greenlet carrying it, the request)
+        self.tasks: dict[tuple, tuple[gevent.Greenlet, Message]] = {}
         self._replay: AsyncResult | None = None
         self._recovering = False
         self._failures = 0
@@ -98,10 +101,21 @@ class Upstream(Link):
         if message.kind == jsonrpc.REQUEST:
             self.in_flight[id_key(message.id)] = message.id
             if self.concurrent_requests:
-                spawn(self._send_now, message, name=f"{self.name}: request",
-                      on_error=closing(self))
+                task = spawn(self._send_now, message, name=f"{self.name}: request",
+                             on_error=closing(self))
+                self.tasks[id_key(message.id)] = (task, message)
                 return
         self._send_now(message)
+
+    def stop_request(self, request_id) -> bool:
+        """Stop carrying a request: kill its greenlet, which closes its HTTP response (the
+        2026-07-28 era's cancellation). Its answer, if any still comes, is not delivered."""
+        carried = self.tasks.pop(id_key(request_id), None)
+        self.in_flight.pop(id_key(request_id), None)
+        if carried is None:
+            return False
+        carried[0].kill(block=False)
+        return True
 
     def send_first(self, message: Message) -> None:
         """Carry the client's first message now, letting FallbackNeeded through (auto)."""
@@ -115,9 +129,18 @@ class Upstream(Link):
             self.in_flight.clear()
             raise
         except UpstreamError as exc:
-            self._fail(message, str(exc))
+            self._fail(message, str(exc), AUTH_FAILED if isinstance(exc, AuthError) else None)
 
     def _send_now(self, message: Message) -> None:
+        try:
+            self._carry(message)
+        finally:
+            key = id_key(message.id)
+            if message.kind == jsonrpc.REQUEST \
+                    and self.tasks.get(key, (None,))[0] is gevent.getcurrent():
+                del self.tasks[key]
+
+    def _carry(self, message: Message) -> None:
         if not self.ready.wait(self.settings.recovery_timeout) or self.closed.is_set():
             self._fail(message, f"remote unavailable: {self.close_reason or 'reconnecting'}")
             return
@@ -129,7 +152,7 @@ class Upstream(Link):
             if message is self.initialized:
                 self._after_initialized()
         except AuthError as exc:
-            self._fail(message, str(exc))
+            self._fail(message, str(exc), AUTH_FAILED)
         except SessionLost as exc:
             self._fail(message, str(exc))
             self.lost(str(exc))
@@ -140,12 +163,12 @@ class Upstream(Link):
             logger.exception("%s: sending %r failed", self.name, message)
             self._fail(message, f"proxy error: {exc.__class__.__name__}")
 
-    def _fail(self, message: Message, text: str) -> None:
+    def _fail(self, message: Message, text: str, data: dict | None = None) -> None:
         """Answer a request we could not carry with a JSON-RPC error (never a hang)."""
         logger.warning("%s: %s failed: %s", self.name, message.method or "message", text)
         if message.kind == jsonrpc.REQUEST and self.in_flight.pop(id_key(message.id), None) \
                 is not None:
-            self._deliver(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR, text))
+            self._deliver(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR, text, data))
 
     # --- remote -> client -----------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from mcp_proxy import jsonrpc
 from mcp_proxy.errors import FallbackNeeded, MessageError, SessionLost, TlsError, UpstreamError
 from mcp_proxy.jsonrpc import Message
 from mcp_proxy.supervise import closing, spawn
+from mcp_proxy.upstream import modern
 from mcp_proxy.upstream.base import Upstream, backoff
 from mcp_proxy.upstream.http import check_status, events
 
@@ -43,6 +44,8 @@ class StreamableUpstream(Upstream):
         self._get_stream: gevent.Greenlet | None = None
         self._handshake = Event()  # clear while an initialize is unanswered
         self._handshake.set()
+        self.modern_version: str | None = None  # the 2026-07-28-era version last sent
+        self.params_of: dict[str, dict[tuple, str]] = {}  # tool -> {argument path: header}
 
     def _headers(self, base: dict) -> dict:
         headers = dict(base)
@@ -73,9 +76,29 @@ class StreamableUpstream(Upstream):
     def send(self, message: Message) -> None:
         if message.method == "initialize":
             self._handshake.clear()  # now, before the request's greenlet even starts
+        elif message.method == "notifications/cancelled" and self._cancel(message):
+            return
         super().send(message)
 
+    def _cancel(self, message: Message) -> bool:
+        """A 2026-07-28 request is cancelled by closing its response, not by a POST (which a
+        modern server acknowledges and ignores)."""
+        target = message.params.get("requestId")
+        carried = self.tasks.get(jsonrpc.id_key(target))
+        if carried is None or not modern.version_of(carried[1]):
+            return False
+        logger.info("%s: request %r cancelled: closing its response", self.name, target)
+        return self.stop_request(target)
+
     def _transmit(self, message: Message) -> None:
+        version = modern.version_of(message)
+        if version is None and message.kind != jsonrpc.REQUEST and not self.session_id:
+            version = self.modern_version  # a modern client's notification
+        if modern.is_modern_version(version):
+            self.modern_version = version
+            headers = {**POST_HEADERS, **modern.headers_for(message, version, self.params_of)}
+            self._post(message, headers, self._handle_modern)
+            return
         is_init = message.method == "initialize"
         if is_init:
             self._handshake.clear()
@@ -84,16 +107,35 @@ class StreamableUpstream(Upstream):
         try:
             # later messages need the session id the initialize answer brings
             headers = POST_HEADERS if is_init else self._headers(POST_HEADERS)
-            try:
-                answer = self.http.post(self.settings.url, data=message.raw, headers=headers,
-                                        stream=True, timeout=self.timeout)
-            except requests.RequestException as exc:
-                raise UpstreamError(f"POST failed: {exc.__class__.__name__}") from exc
-            with answer:
-                self._handle_answer(message, answer, is_init)
+            self._post(message, headers,
+                       lambda message, answer: self._handle_answer(message, answer, is_init))
         finally:
             if is_init:
                 self._handshake.set()
+
+    def _post(self, message: Message, headers: dict, handle) -> None:
+        try:
+            answer = self.http.post(self.settings.url, data=message.raw, headers=headers,
+                                    stream=True, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise UpstreamError(f"POST failed: {exc.__class__.__name__}") from exc
+        with answer:
+            handle(message, answer)
+
+    def _handle_modern(self, message: Message, answer: requests.Response) -> None:
+        """A 2026-07-28 answer: no session to lose; an HTTP failure becomes the request's
+        JSON-RPC error."""
+        if answer.status_code in (401, 403):
+            check_status(answer, "POST")
+        if answer.status_code == 202:
+            return
+        if answer.status_code < 300:
+            self._read_body(message, answer, False)
+        elif message.kind == jsonrpc.REQUEST:
+            self.on_remote(modern.http_error(message.id, answer))
+        else:
+            logger.warning("%s: %s refused: HTTP %s", self.name, message.method,
+                           answer.status_code)
 
     def _handle_answer(self, message: Message, answer: requests.Response, is_init: bool):
         status = answer.status_code
@@ -108,7 +150,6 @@ class StreamableUpstream(Upstream):
             return
         if is_init and status == 200:
             self.session_id = answer.headers.get("Mcp-Session-Id") or self.session_id
-        kind = answer.headers.get("Content-Type", "").split(";")[0].strip()
         if status >= 300:
             error = _json_rpc_error(answer)
             if error is not None and message.kind == jsonrpc.REQUEST:
@@ -116,14 +157,19 @@ class StreamableUpstream(Upstream):
                 self.on_remote(Message(error))
                 return
             raise UpstreamError(f"POST: HTTP {status} {answer.reason}")
+        self._read_body(message, answer, is_init)
+
+    def _read_body(self, message: Message, answer: requests.Response, is_init: bool) -> None:
+        kind = answer.headers.get("Content-Type", "").split(";")[0].strip()
         if kind == "application/json":
-            self._take(answer.content, is_init)
+            self._take(answer.content, is_init, message)
         elif kind == "text/event-stream":
             self._read_stream(message, answer, is_init)
         elif message.kind == jsonrpc.REQUEST:
             raise UpstreamError(f"POST: unexpected answer type {kind or 'none'}")
 
-    def _take(self, data: bytes | str, is_init: bool = False) -> Message | None:
+    def _take(self, data: bytes | str, is_init: bool = False,
+              request: Message | None = None) -> Message | None:
         try:
             message = jsonrpc.parse(data)
         except MessageError as exc:
@@ -132,6 +178,9 @@ class StreamableUpstream(Upstream):
             return None
         if is_init and message.kind == jsonrpc.RESPONSE:
             self._initialized_by(message)
+        if request is not None and request.method == "tools/list" \
+                and message.kind == jsonrpc.RESPONSE and modern.version_of(request):
+            message = modern.usable_tools(message, self.params_of)
         self.on_remote(message)
         return message
 
@@ -143,7 +192,7 @@ class StreamableUpstream(Upstream):
                 if event.retry and event.retry.isascii() and event.retry.isdigit():
                     retry_ms = int(event.retry)  # anything else is ignored, as SSE says
                 if event.event == "message" and event.data.strip():
-                    got = self._take(event.data, is_init)
+                    got = self._take(event.data, is_init, request)
                     if got is not None and got.kind == jsonrpc.RESPONSE \
                             and got.id == request.id:
                         return

@@ -1,13 +1,18 @@
 """An MCP test server on the official Python SDK (mcp 2.x ``MCPServer``).
 
 Usage: sdk_server.py [stdio|sse|streamable-http] [--port N] [--host 127.0.0.1]
-                     [--require-token TOKEN] [--max-body BYTES]
+                     [--require-token TOKEN] [--max-body BYTES] [--era both|modern|legacy]
 
 HTTP modes serve ``/sse`` + ``/messages/`` (sse) or ``/mcp`` (streamable-http) exactly as the
 SDK does, and print ``LISTENING <port>`` on stderr once bound (``--port 0`` = random port).
 ``--require-token`` answers 401 to any HTTP request without ``Authorization: Bearer TOKEN``.
 ``--max-body`` raises the SDK's 4 MiB POST body limit (default here: 64 MiB, for big inputs).
-Everything is logged to stderr; stdout carries only MCP messages in stdio mode.
+``--era`` narrows streamable-http to one protocol era (the SDK serves both on /mcp):
+``modern`` answers every POST without a 2026-07-28 ``MCP-Protocol-Version`` 400 with -32022
+naming only 2026-07-28 (and GET/DELETE 405), as a modern-only server does; ``legacy``
+answers a POST with a 2026-07-28 version 400 "Unsupported protocol version", as a server of
+the 2025 era does. Everything is logged to stderr; stdout carries only MCP messages in stdio
+mode.
 
 ``sample``, ``elicit`` and ``roots`` use the SDK's ``Resolve`` markers, so they work in both
 eras: on a handshake (<= 2025-11-25) session the SDK sends a real server-to-client request
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import sys
@@ -38,7 +44,7 @@ from mcp.server.mcpserver import (
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.types import CreateMessageResult, ListRootsResult, SamplingMessage, TextContent
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 warnings.filterwarnings("ignore", category=MCPDeprecationWarning)  # logging is 2026-deprecated
 
@@ -129,6 +135,19 @@ async def slow(seconds: float) -> str:
 
 
 @server.tool()
+def tagged(region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})]) -> str:
+    """Return the region (2026-07-28 clients also send it as the Mcp-Param-Region header)."""
+    return region
+
+
+@server.tool()
+async def change(ctx: Context) -> str:
+    """Publish tools/list_changed to every subscriptions/listen stream; return "changed"."""
+    await ctx.notify_tools_changed()
+    return "changed"
+
+
+@server.tool()
 def crash() -> str:
     """Kill the process at once, without answering."""
     os._exit(3)
@@ -162,13 +181,55 @@ class RequireToken:
         await self.app(scope, receive, send)
 
 
-def serve_http(mode: str, host: str, port: int, token: str | None, max_body: int) -> None:
+HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+
+
+class OneEra:
+    """ASGI middleware: serve only one protocol era on /mcp (see ``--era``)."""
+
+    def __init__(self, app, era: str) -> None:
+        self.app, self.era = app, era
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        version = dict(scope.get("headers") or []).get(b"mcp-protocol-version", b"").decode()
+        modern = bool(version) and version not in HANDSHAKE_VERSIONS
+        if self.era == "modern" and not modern:
+            if scope["method"] != "POST":
+                await _reply(send, 405, b"", Allow=b"POST")
+                return
+            error = {"code": -32022, "message": "Unsupported protocol version: this server "
+                     "speaks only 2026-07-28", "data": {"supported": ["2026-07-28"],
+                                                        "requested": version or None}}
+        elif self.era == "legacy" and modern:
+            error = {"code": -32000, "message": "Bad Request: Unsupported protocol version "
+                     f"(supported versions: {', '.join(HANDSHAKE_VERSIONS)})"}
+        else:
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
+        await _reply(send, 400, body)
+
+
+async def _reply(send, status: int, body: bytes, **headers: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"),
+        *[(name.lower().encode(), value) for name, value in headers.items()]]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def serve_http(mode: str, host: str, port: int, token: str | None, max_body: int,
+               era: str = "both") -> None:
     import uvicorn
 
     if mode == "sse":
         app = server.sse_app(host=host, max_request_body_size=max_body)
     else:
         app = server.streamable_http_app(host=host, max_request_body_size=max_body)
+    if era != "both":
+        app = OneEra(app, era)
     if token:
         app = RequireToken(app, token)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -188,11 +249,13 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--require-token")
     parser.add_argument("--max-body", type=int, default=64 << 20)
+    parser.add_argument("--era", choices=["both", "modern", "legacy"], default="both")
     opts = parser.parse_args()
     if opts.transport == "stdio":
         server.run("stdio")
     else:
-        serve_http(opts.transport, opts.host, opts.port, opts.require_token, opts.max_body)
+        serve_http(opts.transport, opts.host, opts.port, opts.require_token, opts.max_body,
+                   opts.era)
 
 
 if __name__ == "__main__":
