@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from mcp_proxy import jsonrpc
 from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError
 from mcp_proxy.jsonrpc import Message, id_key, result_message, rewritten, with_id
-from mcp_proxy.port import Call
+from mcp_proxy.port import LOG_LEVEL_KEY, Call
 
 if TYPE_CHECKING:
     from mcp_proxy.multiplexer import Multiplexer
@@ -89,7 +89,8 @@ def forward(mux: Multiplexer, port: Port, message: Message, params: dict | None 
     new_params = dict(params or {})
     if token is not None:
         new_params["_meta"] = {**message.obj["params"]["_meta"], "progressToken": cid}
-    mux.calls[cid] = Call(port, message.id, token, method=message.method)
+    level = meta.get(LOG_LEVEL_KEY) if isinstance(meta, dict) else None
+    mux.calls[cid] = Call(port, message.id, token, method=message.method, level=level)
     port.inflight[id_key(message.id)] = cid
     try:
         mux.send(rewritten(message, new_params, id=cid) if new_params else with_id(message, cid))

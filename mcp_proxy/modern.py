@@ -13,7 +13,8 @@ child serves every caller: ids and progress tokens are rewritten as on any share
 - ``subscriptions/listen`` traffic carries the child's id as ``subscriptionId``: restored to
   the caller's listen id;
 - a log line correlates with nothing on stdio: it goes to the caller only when exactly one
-  caller has requests in flight, else it is dropped (logged at DEBUG);
+  request in flight asked for log lines (``_meta`` logLevel) and its level admits the line,
+  else it is dropped (logged at DEBUG);
 - ``tools/list`` results are remembered, for the edge's ``Mcp-Param-*`` checks;
 - a dead child is started again only when the next request needs it.
 """
@@ -33,7 +34,7 @@ from mcp_proxy.errors import LinkClosed, ProxyError, SpawnError
 from mcp_proxy.jsonrpc import Message
 from mcp_proxy.link import Link
 from mcp_proxy.multiplexer import Multiplexer
-from mcp_proxy.port import Port
+from mcp_proxy.port import Port, admits
 
 logger = logging.getLogger(__name__)
 
@@ -208,8 +209,12 @@ class ModernLane(Multiplexer):
                 call.port.offer(jsonrpc.rewritten(message, params={
                     "_meta": {**whole["_meta"], SUBSCRIPTION_KEY: call.original}}))
             return
-        busy = [port for port in self.ports if port.inflight]
-        if message.method == "notifications/message" and len(busy) == 1:
-            busy[0].offer(message)
-            return
-        logger.debug("%s: dropped %r: it names no request or listen", self.name, message)
+        if message.method == "notifications/message":
+            # on stdio a log line names no request: it is only sure to be for the caller
+            # when one request in flight asked for log lines (set a log level)
+            asked = [call for call in self.calls.values() if call.level is not None]
+            if len(asked) == 1 and admits(asked[0].level, message.params.get("level")):
+                asked[0].port.offer(message)
+                return
+        logger.debug("%s: dropped %r: it names no single request or listen", self.name,
+                     message)

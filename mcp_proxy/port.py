@@ -29,6 +29,16 @@ NEEDS = {"sampling/createMessage": "sampling", "elicitation/create": "elicitatio
          "roots/list": "roots"}
 
 
+LOG_LEVEL_KEY = "io.modelcontextprotocol/logLevel"
+
+
+def admits(threshold: Any, level: Any) -> bool:
+    """Whether a log line at ``level`` passes ``threshold`` (unknown names pass)."""
+    if threshold not in _RANK or level not in _RANK:
+        return True
+    return _RANK[level] >= _RANK[threshold]
+
+
 def more_verbose(levels) -> str | None:
     """The most verbose of ``levels`` (None if there is none)."""
     ranked = [level for level in levels if level in _RANK]
@@ -38,12 +48,14 @@ def more_verbose(levels) -> str | None:
 class Call:
     """A request in flight on the child: whose it is, and what to restore on the answer."""
 
-    __slots__ = ("port", "original", "token", "waiter", "method")
+    __slots__ = ("port", "original", "token", "waiter", "method", "level")
 
     def __init__(self, port: Port | None, original: Any, token: Any = None,
-                 waiter: AsyncResult | None = None, method: str | None = None) -> None:
+                 waiter: AsyncResult | None = None, method: str | None = None,
+                 level: str | None = None) -> None:
         self.port, self.original, self.token, self.waiter = port, original, token, waiter
         self.method = method
+        self.level = level  # a 2026-07-28 request's own log level: it asked for log lines
 
 
 class Port(Link):
@@ -68,9 +80,7 @@ class Port(Link):
 
     def admits(self, level: Any) -> bool:
         """Whether a log line at ``level`` is for this client, by its own setLevel."""
-        if self.level is None or level not in _RANK:
-            return True
-        return _RANK[level] >= _RANK[self.level]
+        return admits(self.level, level)
 
     def can_take(self, method: str | None) -> bool:
         """Whether this client declared what a server request of ``method`` needs."""
