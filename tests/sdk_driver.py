@@ -46,7 +46,7 @@ from mcp.shared.exceptions import MCPError
 
 SCENARIOS = ["tools", "echo", "unicode", "progress", "log", "sample", "elicit", "roots", "fail",
              "big_in", "big_out", "ping", "unknown_method", "concurrent", "tagged", "set_level",
-             "crash"]
+             "resources", "prompts", "crash"]
 UNICODE = "héllo ✓ 日本"
 ROOTS = ["file:///tmp/root-a", "file:///tmp/root-b"]
 
@@ -160,6 +160,14 @@ async def run_scenario(name: str, client: Client, seen: Observed, big: int) -> A
         return results
     if name == "tagged":
         return checked(await client.call_tool("tagged", {"region": " Zürich"}))
+    if name == "resources":
+        listed = [str(r.uri) for r in (await client.list_resources()).resources]
+        read = await client.read_resource("memo://greeting")
+        return {"listed": listed, "text": read.contents[0].text}
+    if name == "prompts":
+        listed = [p.name for p in (await client.list_prompts()).prompts]
+        got = await client.get_prompt("greet", {"who": "octocat"})
+        return {"listed": listed, "text": got.messages[0].content.text}
     if name == "set_level":
         result = await client.set_logging_level("debug")
         return result.model_dump(by_alias=True, exclude_none=True)

@@ -59,8 +59,9 @@ def raw(proxy_factory, tmp_path):
 def test_every_feature_with_the_sdk_in_the_modern_era(proxy_factory):
     proxy = proxy_factory("--", *SDK_SERVER)
     report = run_driver("streamable", proxy.base + "/mcp", "tools", "echo", "unicode",
-                        "progress", "log", "sample", "elicit", "roots", "fail",
-                        "unknown_method", "concurrent", extra=("--mode", MODERN))
+                        "progress", "set_level", "log", "sample", "elicit", "roots", "fail",
+                        "resources", "prompts", "unknown_method", "concurrent",
+                        extra=("--mode", MODERN))
     assert report["session"]["protocolVersion"] == MODERN
     assert report["echo"] == "hello" and report["unicode"] == "héllo ✓ 日本"
     assert report["progress"]["values"] == [1, 2, 3]
@@ -69,6 +70,11 @@ def test_every_feature_with_the_sdk_in_the_modern_era(proxy_factory):
     assert report["roots"] == "file:///tmp/root-a,file:///tmp/root-b"
     assert report["unknown_method"]["code"] == -32601
     assert report["concurrent"] == [f"msg-{i}" for i in range(10)]
+    assert report["resources"] == {"listed": ["memo://greeting"],
+                                   "text": "hello from a resource"}  # Mcp-Name: the uri
+    assert report["prompts"] == {"listed": ["greet"], "text": "Please greet octocat."}
+    assert [(m["level"], m["data"]) for m in report["log"]["messages"]] == [
+        ("warning", "hello log")]  # its request asked for log lines (set_level)
 
 
 def test_a_legacy_client_side_by_side(proxy_factory):

@@ -18,7 +18,7 @@ import pytest
 from conftest import SDK_SERVER, TESTS, run_driver
 
 FEATURES = ["tools", "echo", "unicode", "progress", "log", "sample", "elicit", "roots", "fail",
-            "ping", "unknown_method", "concurrent"]
+            "ping", "unknown_method", "concurrent", "resources", "prompts"]
 PROXY = shlex.join([sys.executable, "-m", "mcp_proxy"])
 
 
@@ -37,6 +37,9 @@ def check_features(report: dict) -> None:
     assert report["ping"] == {}
     assert report["unknown_method"]["code"] == -32601
     assert report["concurrent"] == [f"msg-{i}" for i in range(10)]
+    assert report["resources"] == {"listed": ["memo://greeting"],
+                                   "text": "hello from a resource"}
+    assert report["prompts"] == {"listed": ["greet"], "text": "Please greet octocat."}
 
 
 def test_fixture_baseline_over_plain_stdio():

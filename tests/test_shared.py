@@ -13,7 +13,16 @@ import pytest
 import requests
 from test_lifecycle import wait_until
 
-from conftest import INIT_PARAMS, RAW_SERVER, SDK_SERVER, STREAM_HEADERS, open_sse, rpc, run_driver
+from conftest import (
+    INIT_PARAMS,
+    RAW_SERVER,
+    SDK_SERVER,
+    STREAM_HEADERS,
+    open_sse,
+    open_streamable,
+    rpc,
+    run_driver,
+)
 
 
 class Client:
@@ -278,3 +287,19 @@ def test_named_servers_choose_their_mode(proxy_factory, tmp_path):
     assert full.status_code == 503 and "maxSessions" in full.json()["error"]["message"]
     for client in clients:
         client.close()
+
+
+def test_streamable_and_sse_sessions_share_one_process(shared):
+    sse = Client(shared.base)
+    headers = open_streamable(shared.base)
+    assert headers["Mcp-Session-Id"]
+    sse.post(tool("echo", 1, text="over sse"))
+    answer = requests.post(shared.base + "/mcp", headers=headers, timeout=10,
+                           json=tool("echo", 1, text="over mcp"))
+    assert answer.json() == {"jsonrpc": "2.0", "id": 1,
+                             "result": {"content": [{"type": "text", "text": "over mcp"}]}}
+    assert sse.answer(1)["result"]["content"][0]["text"] == "over sse"
+    assert methods(shared.record).count("initialize") == 1
+    assert requests.delete(shared.base + "/mcp", headers=headers, timeout=10).status_code == 200
+    assert sse.call(tool("echo", 2, text="still here"))["result"]  # the process goes on
+    sse.close()

@@ -165,6 +165,18 @@ def cwd() -> str:
     return os.getcwd()
 
 
+@server.resource("memo://greeting")
+def greeting() -> str:
+    """A fixed text resource."""
+    return "hello from a resource"
+
+
+@server.prompt()
+def greet(who: str) -> str:
+    """A prompt that greets ``who``."""
+    return f"Please greet {who}."
+
+
 class RequireToken:
     """ASGI middleware: 401 for HTTP requests without ``Authorization: Bearer <token>``."""
 
