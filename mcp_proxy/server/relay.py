@@ -55,7 +55,7 @@ class Relay:
         def gone() -> None:
             logger.info("%s: client closed the stream of request %r", session.name, message.id)
             self.registry.metrics.client_disconnected(session.transport)
-            if ephemeral:  # a request of its own (2026-07-28: a cancel; stateless: no reader)
+            if ephemeral:  # --stateless: the request's own session, which nobody else reads
                 session.close("client closed the request's stream")
             else:  # not a cancel (2025 era): the late answer is dropped
                 session.release(key)
