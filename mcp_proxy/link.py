@@ -42,7 +42,7 @@ class Link:
         self.closed = Event()  # set as closing starts
         self.ended = Event()  # set once closing is done: resources released, peer told
         self.close_reason = ""
-        self._inbox: Queue = Queue()
+        self._inbox: Queue | None = None  # made when a message waits for a bridge or reader
         self._sink: Callable[[Message], None] | None = None
         self._on_end: Callable[[], None] | None = None
 
@@ -57,24 +57,33 @@ class Link:
         if self._sink is not None:
             self._sink(message)
         else:
-            self._inbox.put(message)
+            self._queue().put(message)
+
+    def _queue(self) -> Queue:
+        if self._inbox is None:
+            self._inbox = Queue()
+            if self.closed.is_set():
+                self._inbox.put(_END)
+        return self._inbox
 
     def __iter__(self) -> Iterator[Message]:
         """What the peer sent, until the link closes (for a link no bridge has taken)."""
+        inbox = self._queue()
         while True:
-            item = self._inbox.get()
+            item = inbox.get()
             if item is _END:
-                self._inbox.put(_END)
+                inbox.put(_END)
                 return
             yield item
 
     def attach(self, sink: Callable[[Message], None], on_end: Callable[[], None]) -> None:
         """From now on pass each message to ``sink`` in the deliverer's greenlet, and call
         ``on_end`` when the link closes. Whatever already waits in the inbox goes first."""
-        while not self._inbox.empty():
-            item = self._inbox.get()
+        inbox = self._inbox
+        while inbox is not None and not inbox.empty():
+            item = inbox.get()
             if item is _END:
-                self._inbox.put(_END)
+                inbox.put(_END)
                 break
             sink(item)
         self._sink, self._on_end = sink, on_end
@@ -87,7 +96,8 @@ class Link:
             return
         self.close_reason = reason
         self.closed.set()
-        self._inbox.put(_END)
+        if self._inbox is not None:
+            self._inbox.put(_END)
         try:
             self._on_close(reason)
         except Exception:  # a failing cleanup must not stop the other side closing
