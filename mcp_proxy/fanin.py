@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 from mcp_proxy import jsonrpc
 from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError
 from mcp_proxy.jsonrpc import Message, id_key, result_message, rewritten, with_id
-from mcp_proxy.port import LOG_LEVEL_KEY, Call
+from mcp_proxy.port import Call
+from mcp_proxy.protocol import LOG_LEVEL_KEY
 
 if TYPE_CHECKING:
     from mcp_proxy.multiplexer import Multiplexer

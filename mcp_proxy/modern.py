@@ -35,17 +35,20 @@ from mcp_proxy.jsonrpc import Message
 from mcp_proxy.link import Link
 from mcp_proxy.multiplexer import Multiplexer
 from mcp_proxy.port import Port, admits
+from mcp_proxy.protocol import (
+    CAPABILITIES_KEY,
+    CLIENT_INFO_KEY,
+    ENVELOPE,
+    MODERN_VERSION,
+    NAMED_BY,
+    SUBSCRIPTION_KEY,
+    VERSION_KEY,
+)
 
 logger = logging.getLogger(__name__)
 
-MODERN_VERSION = "2026-07-28"
-VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
-CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
-CLIENT_INFO_KEY = "io.modelcontextprotocol/clientInfo"
-SUBSCRIPTION_KEY = "io.modelcontextprotocol/subscriptionId"
-ENVELOPE = (VERSION_KEY, CAPABILITIES_KEY, CLIENT_INFO_KEY)
 INVALID_PARAMS = -32602
-MRTR_METHODS = ("tools/call", "prompts/get", "resources/read")
+MRTR_METHODS = tuple(NAMED_BY)  # the methods that may answer input_required
 DISCOVER_TIMEOUT = 10.0
 _HANDLE = "mcp-proxy:"
 _SECRET = os.urandom(32)  # handles are only good in the process that made them

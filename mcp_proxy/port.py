@@ -29,8 +29,6 @@ NEEDS = {"sampling/createMessage": "sampling", "elicitation/create": "elicitatio
          "roots/list": "roots"}
 
 
-LOG_LEVEL_KEY = "io.modelcontextprotocol/logLevel"
-
 
 def admits(threshold: Any, level: Any) -> bool:
     """Whether a log line at ``level`` passes ``threshold`` (unknown names pass)."""

@@ -23,13 +23,11 @@ from flask import Response
 
 from mcp_proxy import jsonrpc
 from mcp_proxy.jsonrpc import Message
-from mcp_proxy.modern import VERSION_KEY
+from mcp_proxy.protocol import LEGACY_VERSIONS, NAMED_BY, VERSION_KEY
 from mcp_proxy.server.http import rpc_error
 
-LEGACY_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
 HEADER_MISMATCH = -32020
 UNSUPPORTED_VERSION = -32022
-NAMED_BY = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 # the HTTP status of a JSON answer that is an error, by its code (else 200)
 STATUS_OF = {-32601: 404, -32700: 400, -32600: 400, -32602: 400, -32020: 400, -32021: 400,
              -32022: 400}

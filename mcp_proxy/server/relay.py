@@ -19,7 +19,8 @@ from flask import Response, request
 from mcp_proxy import jsonrpc
 from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError
 from mcp_proxy.jsonrpc import Message, id_key
-from mcp_proxy.modern import VERSION_KEY, LegacyOnly, principal
+from mcp_proxy.modern import LegacyOnly, principal
+from mcp_proxy.protocol import VERSION_KEY
 from mcp_proxy.server import era
 from mcp_proxy.server.http import event_stream, rpc_error, server_busy
 from mcp_proxy.server.requestport import RequestPort

@@ -19,7 +19,8 @@ from flask import Blueprint, Response, request
 from mcp_proxy import jsonrpc, supervise
 from mcp_proxy.errors import LinkClosed, TooManySessions
 from mcp_proxy.jsonrpc import Message, id_key
-from mcp_proxy.server.era import LEGACY_VERSIONS, is_modern, no_modern_streams
+from mcp_proxy.protocol import LEGACY_VERSIONS
+from mcp_proxy.server.era import is_modern, no_modern_streams
 from mcp_proxy.server.http import (
     accepts,
     event_stream,

@@ -30,7 +30,14 @@ from mcp_proxy import __version__, jsonrpc
 from mcp_proxy.errors import FallbackNeeded, LinkClosed
 from mcp_proxy.jsonrpc import Message, id_key
 from mcp_proxy.link import Link
-from mcp_proxy.modern import CAPABILITIES_KEY, CLIENT_INFO_KEY, VERSION_KEY
+from mcp_proxy.protocol import (
+    CAPABILITIES_KEY,
+    CLIENT_INFO_KEY,
+    LEGACY_VERSIONS,
+    LOG_LEVEL_KEY,
+    SERVER_INFO_KEY,
+    VERSION_KEY,
+)
 from mcp_proxy.supervise import closing, spawn
 from mcp_proxy.upstream import modern
 from mcp_proxy.upstream.base import AUTH_FAILED
@@ -40,8 +47,6 @@ from mcp_proxy.upstream.streamable import StreamableUpstream
 
 logger = logging.getLogger(__name__)
 
-LOG_LEVEL_KEY = "io.modelcontextprotocol/logLevel"
-SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
 LOCAL = ("ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe")
 DROPPED = ("notifications/initialized", "notifications/roots/list_changed")
 
@@ -245,8 +250,8 @@ class FallForward(Link):
         asked = self.client.get("protocolVersion")
         found = self.discovered
         meta = found.get("_meta") if isinstance(found.get("_meta"), dict) else {}
-        result = {"protocolVersion": asked if asked in modern.LEGACY_VERSIONS
-                  else modern.LEGACY_VERSIONS[0],
+        result = {"protocolVersion": asked if asked in LEGACY_VERSIONS
+                  else LEGACY_VERSIONS[0],
                   # logging: setLevel is answered here, and stamped on later requests
                   "capabilities": {"logging": {}, **(found.get("capabilities") or {})},
                   "serverInfo": meta.get(SERVER_INFO_KEY) or found.get("serverInfo")

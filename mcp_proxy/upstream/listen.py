@@ -16,7 +16,7 @@ import gevent
 from gevent.event import Event
 
 from mcp_proxy.jsonrpc import Message
-from mcp_proxy.modern import SUBSCRIPTION_KEY
+from mcp_proxy.protocol import SUBSCRIPTION_KEY
 from mcp_proxy.supervise import closing, spawn
 from mcp_proxy.upstream.base import backoff
 

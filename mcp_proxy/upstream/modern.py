@@ -18,13 +18,10 @@ import requests
 
 from mcp_proxy import jsonrpc
 from mcp_proxy.jsonrpc import Message
-from mcp_proxy.modern import MODERN_VERSION, VERSION_KEY
+from mcp_proxy.protocol import LEGACY_VERSIONS, MODERN_VERSION, NAMED_BY, VERSION_KEY
 
 logger = logging.getLogger(__name__)
 
-# as in server/era.py, which client mode does not import (it would load Flask)
-LEGACY_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
-NAMES = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 HEADER_KEY = "x-mcp-header"
 _SAFE = re.compile(r"[\x20-\x7e]*")  # printable ASCII: survives an HTTP field as is
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field-name characters
@@ -70,7 +67,7 @@ def headers_for(message: Message, version: str, params_of: dict) -> dict[str, st
     if message.method is None:
         return headers
     headers["Mcp-Method"] = message.method
-    key = NAMES.get(message.method)
+    key = NAMED_BY.get(message.method)
     if key is None:
         return headers
     params = message.obj.get("params") or {}  # the whole message: a long name is not routing
