@@ -212,3 +212,27 @@ def test_request_state_handles_are_bound_to_their_child_and_caller():
     assert unwrap_state(handle, 3, "bob")[0] is False  # another caller's
     assert unwrap_state(handle[:-2] + "xx", 3, "alice")[0] is False  # tampered
     assert unwrap_state("sealed", 3, "alice")[0] is False  # never ours
+
+
+def test_a_caller_that_reads_nothing_is_cut_after_the_stall_timeout(proxy_factory):
+    proxy = proxy_factory("--stall-timeout", "2", "--keepalive", "60", "--", *RAW_SERVER,
+                          "--huge-line", str(12 << 20))
+    # it asks for log lines, so the 12 MiB one comes first, on its own stream
+    message = modern("tools/call", 1, name="echo", arguments={"text": "x"},
+                     _meta={"io.modelcontextprotocol/logLevel": "debug"})
+    host, port = proxy.base.rsplit("/", 1)[1].rsplit(":", 1)
+    body = json.dumps(message).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers_for(message).items())
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
+        sock.settimeout(10)
+        sock.connect((host, int(port)))
+        sock.sendall(f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\n{head}"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(4096)
+        assert b"text/event-stream" in answer  # then it reads nothing more
+        proxy.expect(r"modern:\d+: the client took nothing for 2 s", timeout=20)
+    after = post(proxy.base, modern("tools/list", 2))  # the lane serves on
+    assert after.status_code == 200 and after.json()["result"]["tools"]

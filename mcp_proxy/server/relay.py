@@ -144,7 +144,7 @@ class Relay:
             refused = era.check_params(environ, message, lane.tool_headers(name, meta))
             if refused is not None:
                 return refused
-        port = RequestPort(lane, self.registry.settings, message,
+        port = RequestPort(lane, self.registry, message,
                            principal(environ.get("HTTP_AUTHORIZATION")))
         port.meter = meter = self.registry.metrics.relay_meter(self.server_name)
         meter.client_to_server(message)

@@ -18,11 +18,11 @@ from mcp_proxy import jsonrpc
 from mcp_proxy.errors import LinkClosed
 from mcp_proxy.jsonrpc import Message, id_key
 from mcp_proxy.port import Port
-from mcp_proxy.server.streams import Stream
+from mcp_proxy.server.streams import Stream, stalled_stream
 
 if TYPE_CHECKING:
     from mcp_proxy.modern import ModernLane
-    from mcp_proxy.settings import ServerSettings
+    from mcp_proxy.server.sessions import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +34,20 @@ class RequestPort(Port):
 
     transport = "modern"
 
-    def __init__(self, lane: ModernLane, settings: ServerSettings, message: Message,
+    idle_limit = float("inf")  # for the registry's reaper: only a stall ends it early
+
+    def __init__(self, lane: ModernLane, registry: Registry, message: Message,
                  caller: str) -> None:
         super().__init__(lane, f"modern:{next(_numbers)}")
         self.principal = caller
-        self.max_queued = settings.max_queued
+        self.registry = registry
+        self.max_queued = registry.settings.max_queued
         self.queued = 0
         self.draining: set[Stream] = set()
         self.key = id_key(message.id)
         self.stream = Stream(self)
         lane.ports.add(self)
+        registry.requests.add(self)  # its reaper ends it if its client takes nothing
 
     # what the stream asks of its owner
     def charge(self, size: int, reading: bool) -> None:
@@ -70,6 +74,13 @@ class RequestPort(Port):
         if message.kind == jsonrpc.RESPONSE and id_key(message.id) == self.key:
             self.stream.end()
 
+    def stalled(self, now: float) -> Stream | None:
+        return stalled_stream(self.draining, self.registry.settings.stall_timeout, now)
+
+    def idle(self, now: float) -> float:
+        return 0.0
+
     def _on_close(self, reason: str) -> None:
         super()._on_close(reason)
+        self.registry.requests.discard(self)
         self.stream.end()

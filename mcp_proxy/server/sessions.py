@@ -23,7 +23,7 @@ from mcp_proxy.errors import LinkClosed, TooManySessions
 from mcp_proxy.jsonrpc import Message
 from mcp_proxy.link import Link, bridge
 from mcp_proxy.metrics import Metrics
-from mcp_proxy.server.streams import Stream
+from mcp_proxy.server.streams import Stream, stalled_stream
 from mcp_proxy.server.supervisor import Supervisor
 from mcp_proxy.settings import ServerSettings
 
@@ -82,12 +82,7 @@ class Session(Link):
 
     def stalled(self, now: float) -> Stream | None:
         """A stream whose client has not taken a chunk for ``--stall-timeout`` seconds."""
-        limit = self.settings.stall_timeout
-        for stream in self.draining:
-            since = stream.writing_since
-            if since is not None and now - since > limit:
-                return stream
-        return None
+        return stalled_stream(self.draining, self.settings.stall_timeout, now)
 
     def receive(self, message: Message) -> None:
         """Take a message from the client; get the upstream first if this is the first one."""
@@ -123,6 +118,7 @@ class Registry:
         self.sessions: dict[str, Session] = {}
         self.last_activity = time.time()
         self.metrics = Metrics(lambda: self.sessions.values(), settings.servers)
+        self.requests: set = set()  # 2026-07-28 requests being answered (requestport.py)
         self.supervisor = Supervisor(settings, self.metrics)
         self._per_server: dict[str, int] = dict.fromkeys(settings.servers, 0)
         self._reaper = self._start_reaper()
@@ -170,17 +166,18 @@ class Registry:
         self.supervisor.stop_all(reason, timeout)
 
     def _reap_idle(self) -> None:
-        """End idle sessions and sessions whose client stopped taking what we send."""
+        """End idle sessions, and sessions and modern requests whose client stopped taking
+        what we send."""
         settings = self.settings
         while True:
             gevent.sleep(min(settings.keepalive / 2, settings.session_idle_timeout / 4,
                              settings.stall_timeout / 4, 30.0))
             now = time.monotonic()
-            for session in list(self.sessions.values()):
+            for session in [*self.sessions.values(), *self.requests]:
                 stalled = session.stalled(now)
                 if stalled is not None:
                     logger.warning("%s: the client took nothing for %g s (%d bytes waiting); "
-                                   "closing the session", session.name,
+                                   "closing it", session.name,
                                    settings.stall_timeout, session.queued)
                     session.close(f"client read nothing for {settings.stall_timeout:g} s")
                     if stalled.abort is not None:

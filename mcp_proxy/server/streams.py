@@ -134,6 +134,15 @@ class Stream:
                 return
 
 
+def stalled_stream(draining, limit: float, now: float) -> Stream | None:
+    """Of the streams being written out, one whose client has taken nothing for ``limit`` s."""
+    for stream in draining:
+        since = stream.writing_since
+        if since is not None and now - since > limit:
+            return stream
+    return None
+
+
 def client_socket(environ: dict) -> socket.socket | None:
     for key in SOCKET_KEYS:
         sock = environ.get(key)
