@@ -18,7 +18,7 @@ from mcp_proxy import jsonrpc
 from mcp_proxy.errors import LinkClosed
 from mcp_proxy.jsonrpc import Message, id_key
 from mcp_proxy.port import Port
-from mcp_proxy.server.streams import Stream, stalled_stream
+from mcp_proxy.server.streams import Stream, StreamOwner
 
 if TYPE_CHECKING:
     from mcp_proxy.modern import ModernLane
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 _numbers = itertools.count(1)
 
 
-class RequestPort(Port):
+class RequestPort(StreamOwner, Port):
     """One modern request's port; it is also its stream's owner (the byte budget)."""
 
     transport = "modern"
@@ -41,7 +41,7 @@ class RequestPort(Port):
         super().__init__(lane, f"modern:{next(_numbers)}")
         self.principal = caller
         self.registry = registry
-        self.max_queued = registry.settings.max_queued
+        self.settings = registry.settings
         self.queued = 0
         self.draining: set[Stream] = set()
         self.key = id_key(message.id)
@@ -49,20 +49,7 @@ class RequestPort(Port):
         lane.ports.add(self)
         registry.requests.add(self)  # its reaper ends it if its client takes nothing
 
-    # what the stream asks of its owner
-    def charge(self, size: int, reading: bool) -> None:
-        if self.queued + size > self.max_queued and self.queued:
-            logger.warning("%s: client is not reading (%d bytes queued); cancelling",
-                           self.name, self.queued)
-            self.close("client stopped reading (outbound buffer full)")
-            raise LinkClosed(f"{self.name}: outbound buffer full")
-        self.queued += size
-
-    def refund(self, size: int, reading: bool) -> None:
-        self.queued -= size
-
-    def press(self, delta: int) -> None:
-        """A shared child is never paused for one slow caller: the budget bounds it."""
+    # press() stays the owner's no-op: a shared child is never paused for one slow caller
 
     def deliver(self, message: Message) -> None:
         if self.closed.is_set():
@@ -73,9 +60,6 @@ class RequestPort(Port):
         self.stream.put(message)
         if message.kind == jsonrpc.RESPONSE and id_key(message.id) == self.key:
             self.stream.end()
-
-    def stalled(self, now: float) -> Stream | None:
-        return stalled_stream(self.draining, self.registry.settings.stall_timeout, now)
 
     def idle(self, now: float) -> float:
         return 0.0

@@ -19,11 +19,11 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 
 from mcp_proxy import supervise
-from mcp_proxy.errors import LinkClosed, TooManySessions
+from mcp_proxy.errors import TooManySessions
 from mcp_proxy.jsonrpc import Message
 from mcp_proxy.link import Link, bridge
 from mcp_proxy.metrics import Metrics
-from mcp_proxy.server.streams import Stream, stalled_stream
+from mcp_proxy.server.streams import Stream, StreamOwner
 from mcp_proxy.server.supervisor import Supervisor
 from mcp_proxy.settings import ServerSettings
 
@@ -35,7 +35,7 @@ HIGH_WATER = 512 << 10
 LOW_WATER = 128 << 10
 
 
-class Session(Link):
+class Session(StreamOwner, Link):
     """Downstream link of one client session; subclasses route what the child sends."""
 
     transport = "?"
@@ -56,22 +56,6 @@ class Session(Link):
         self.ready = Event()
         self.ready.set()
 
-    def charge(self, size: int, reading: bool) -> None:
-        """Count ``size`` queued bytes; close the session if its budget is exhausted."""
-        if self.queued + size > self.settings.max_queued and self.queued:
-            logger.warning("%s: client is not reading (%d bytes queued); closing the session",
-                           self.name, self.queued)
-            self.close("client stopped reading (outbound buffer full)")
-            raise LinkClosed(f"{self.name}: outbound buffer full")
-        self.queued += size
-        if reading:
-            self.press(size)
-
-    def refund(self, size: int, reading: bool) -> None:
-        self.queued -= size
-        if reading:
-            self.press(-size)
-
     def press(self, delta: int) -> None:
         """Move the bytes on their way to a reading client; flip ``ready`` at the marks."""
         self.pressing += delta
@@ -79,10 +63,6 @@ class Session(Link):
             self.ready.clear()
         elif self.pressing <= LOW_WATER and not self.ready.is_set():
             self.ready.set()
-
-    def stalled(self, now: float) -> Stream | None:
-        """A stream whose client has not taken a chunk for ``--stall-timeout`` seconds."""
-        return stalled_stream(self.draining, self.settings.stall_timeout, now)
 
     def receive(self, message: Message) -> None:
         """Take a message from the client; get the upstream first if this is the first one."""
@@ -101,7 +81,7 @@ class Session(Link):
         """Seconds the session has been idle with nothing open; 0 while a stream keeps it."""
         return 0.0
 
-    ephemeral = False  # one request's session (2026-07-28, --stateless): ends unremarked
+    ephemeral = False  # one request's session (--stateless): ends unremarked
 
     def _on_close(self, reason: str) -> None:
         logger.log(logging.DEBUG if self.ephemeral else logging.INFO,

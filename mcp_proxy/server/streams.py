@@ -22,6 +22,7 @@ import gevent
 from gevent.queue import Empty, Queue
 
 from mcp_proxy import jsonrpc, supervise
+from mcp_proxy.errors import LinkClosed
 from mcp_proxy.jsonrpc import Message
 
 if TYPE_CHECKING:
@@ -43,6 +44,43 @@ class StreamEnded(Exception):
 
 def sse_event(data: bytes, event: bytes = b"message") -> bytes:
     return b"event: " + event + b"\ndata: " + data + b"\n\n"
+
+
+class StreamOwner:
+    """What a stream asks of its owner (a session, or a 2026-07-28 request's port): the byte
+    budget of ``--max-queued-size``, the stall check, and backpressure (none by default).
+
+    The owner has ``settings``, ``name``, ``queued`` (an int), ``draining`` (a set) and
+    ``close()``.
+    """
+
+    def charge(self, size: int, reading: bool) -> None:
+        """Count ``size`` queued bytes; close the owner if its budget is exhausted."""
+        if self.queued + size > self.settings.max_queued and self.queued:
+            logger.warning("%s: client is not reading (%d bytes queued); closing it",
+                           self.name, self.queued)
+            self.close("client stopped reading (outbound buffer full)")
+            raise LinkClosed(f"{self.name}: outbound buffer full")
+        self.queued += size
+        if reading:
+            self.press(size)
+
+    def refund(self, size: int, reading: bool) -> None:
+        self.queued -= size
+        if reading:
+            self.press(-size)
+
+    def press(self, delta: int) -> None:
+        """Bytes on their way to a reading client moved by ``delta`` (no backpressure here)."""
+
+    def stalled(self, now: float) -> Stream | None:
+        """A stream whose client has not taken a chunk for ``--stall-timeout`` seconds."""
+        limit = self.settings.stall_timeout
+        for stream in self.draining:
+            since = stream.writing_since
+            if since is not None and now - since > limit:
+                return stream
+        return None
 
 
 class Stream:
@@ -132,15 +170,6 @@ class Stream:
             yield PING if message is None else sse_event(message.raw)
             if until_response and message is not None and message.kind == jsonrpc.RESPONSE:
                 return
-
-
-def stalled_stream(draining, limit: float, now: float) -> Stream | None:
-    """Of the streams being written out, one whose client has taken nothing for ``limit`` s."""
-    for stream in draining:
-        since = stream.writing_since
-        if since is not None and now - since > limit:
-            return stream
-    return None
 
 
 def client_socket(environ: dict) -> socket.socket | None:
