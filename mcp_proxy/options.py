@@ -156,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--max-sessions", type=int, default=None, metavar="N",
                         help="most sessions at once, then 503 (default 100, or 1000 when "
                              "every server is shared)")
+    server.add_argument("--redis-url", default=os.environ.get("MCP_PROXY_REDIS_URL") or None,
+                        metavar="URL",
+                        help="redis:// or rediss:// URL of a private Redis through which "
+                             "several workers or hosts serve every session (default: "
+                             "$MCP_PROXY_REDIS_URL; none: sessions live in one process)")
     server.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                         help="browser origin allowed to call us, '*' for any; repeatable")
     server.add_argument("--allow-host", action="append", default=[], metavar="HOST",
@@ -236,7 +241,14 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
         max_body=ns.max_body_size, max_frame=ns.max_message_size,
         max_queued=ns.max_queued_size, session_idle_timeout=ns.session_timeout,
         stall_timeout=ns.stall_timeout, write_timeout=ns.write_timeout,
-        stop_timeout=ns.stop_timeout, stateless=ns.stateless, max_sessions=max_sessions)
+        stop_timeout=ns.stop_timeout, stateless=ns.stateless, max_sessions=max_sessions,
+        redis_url=_redis_url(ns.redis_url))
+
+
+def _redis_url(url: str | None) -> str | None:
+    if url and not url.lower().startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"--redis-url {url!r}: expected a redis://, rediss:// or unix:// URL")
+    return url or None
 
 
 def client_settings(ns: argparse.Namespace) -> ClientSettings:

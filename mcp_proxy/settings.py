@@ -80,6 +80,7 @@ class ServerSettings:
     stop_timeout: float = 5.0
     stateless: bool = False  # /mcp without sessions: each POST stands alone (shared child)
     max_sessions: int = 100
+    redis_url: str | None = None  # the bus between workers and hosts (server/bus.py)
 
 
 def load_named_servers(path: str, pass_environment: bool) -> dict[str, ServerSpec]:
