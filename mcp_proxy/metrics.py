@@ -105,6 +105,7 @@ class Metrics:
         self._relayed = {s: {d: _tally() for d in DIRECTIONS} for s in self._servers}
         self._running = dict.fromkeys(self._servers, 0)
         self._answers: dict[str, int] = {}
+        self.routing: Callable[[], dict] | None = None  # the router's status, with Redis
         self.registry.register(self)
         ProcessCollector(registry=self.registry)
         self._started = Counter(
@@ -210,3 +211,21 @@ class Metrics:
         for server, histogram in self._latency.items():
             latency.add_metric([server], histogram.buckets(), histogram.total)
         yield latency
+        if self.routing is not None:
+            yield from _routing_samples(self.routing())
+
+
+def _routing_samples(status: dict) -> Iterator:
+    """The worker's tag, its Redis state, and its session requests by route."""
+    info = GaugeMetricFamily("mcp_proxy_worker_info", "This worker's tag, which starts the id "
+                             "of every session it owns", labels=["worker"])
+    info.add_metric([status["id"]], 1)
+    yield info
+    yield GaugeMetricFamily("mcp_proxy_redis_connected", "1 while this worker's Redis inbox "
+                            "is subscribed", value=int(status["redis"] == "connected"))
+    routed = CounterMetricFamily("mcp_proxy_routed_requests", "Session requests by route: "
+                                 "local (its session is here), forwarded (to its owner), "
+                                 "served (for another worker)", labels=["route"])
+    for route in ("local", "forwarded", "served"):
+        routed.add_metric([route], status[route])
+    yield routed

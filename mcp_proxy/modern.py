@@ -50,7 +50,8 @@ logger = logging.getLogger(__name__)
 INVALID_PARAMS = -32602
 MRTR_METHODS = tuple(NAMED_BY)  # the methods that may answer input_required
 DISCOVER_TIMEOUT = 10.0
-_HANDLE = "mcp-proxy:"
+HANDLE_PREFIX = "mcp-proxy:"
+_HANDLE = HANDLE_PREFIX  # plus this worker's tag and a colon, with --redis-url
 _SECRET = os.urandom(32)  # handles are only good in the process that made them
 
 
@@ -58,11 +59,30 @@ class LegacyOnly(SpawnError):
     """The server did not answer ``server/discover``: it speaks only the 2025 era."""
 
 
-def principal(authorization: str | None) -> str:
-    """A short tag for the caller's credentials (empty without any): never the secret itself."""
-    if not authorization:
+def set_worker_tag(tag: str) -> None:
+    """Name this worker in every handle it makes, so another worker can route it back here."""
+    global _HANDLE
+    _HANDLE = f"{HANDLE_PREFIX}{tag}:"
+
+
+def handle_worker(handle: Any) -> str | None:
+    """The tag of the worker that sealed ``handle`` (None if it names none)."""
+    if isinstance(handle, str) and handle.startswith(HANDLE_PREFIX):
+        tag, colon, _ = handle[len(HANDLE_PREFIX):].partition(":")
+        if colon and len(tag) == 8:
+            return tag
+    return None
+
+
+def principal(credentials_digest: str) -> str:
+    """A short tag for the caller's credentials (empty without any): never the secret itself.
+
+    It is made from a digest of the Authorization header (forward.auth_digest), which is what
+    crosses the bus when another worker forwards the request.
+    """
+    if not credentials_digest:
         return ""
-    return hmac.new(_SECRET, authorization.encode(), hashlib.sha256).hexdigest()[:24]
+    return hmac.new(_SECRET, credentials_digest.encode(), hashlib.sha256).hexdigest()[:24]
 
 
 def _sign(payload: bytes) -> str:

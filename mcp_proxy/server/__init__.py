@@ -7,6 +7,9 @@ probes (``/healthz``, ``/readyz``, ``/metrics``) are global.
 
 from __future__ import annotations
 
+import logging
+import os
+
 from flask import Blueprint, Flask
 from werkzeug.routing import Rule
 
@@ -17,6 +20,8 @@ from mcp_proxy.server.sse import add_sse_routes
 from mcp_proxy.server.status import add_status_route
 from mcp_proxy.server.streamable import add_streamable_routes
 from mcp_proxy.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
 
 
 class Route(Rule):
@@ -60,6 +65,12 @@ def create_app(settings: ServerSettings) -> Flask:
     registry = Registry(settings)
     app.extensions["mcp_proxy"] = registry
     install_guard(app, settings, registry.touch)
+    if settings.redis_url:
+        from mcp_proxy.server.router import Router  # imports redis: only when asked for
+
+        registry.router = Router(settings, lambda exc: _exit_worker(registry, exc))
+        registry.router.install(app)
+        registry.metrics.routing = registry.router.status
 
     for name in settings.servers:
         prefix = f"/servers/{name}" if name else ""
@@ -69,5 +80,20 @@ def create_app(settings: ServerSettings) -> Flask:
         app.register_blueprint(bp)
     add_status_route(app, registry)
     add_health_routes(app, registry)
+    if registry.router is not None:
+        registry.router.app = app.wsgi_app  # forwarded requests are not counted twice
+        registry.router.start()
     app.wsgi_app = registry.metrics.count_answers(app.wsgi_app)
     return app
+
+
+def _exit_worker(registry: Registry, exc: BaseException) -> None:
+    """The bus inbox failed for good: exit rather than own sessions nobody can reach.
+
+    gunicorn starts a new worker; the children get SIGTERM now (their stdin closes anyway).
+    """
+    logger.critical("the Redis inbox of this worker failed (%s: %s); exiting so that it does "
+                    "not live on as an owner nobody can reach", exc.__class__.__name__, exc)
+    registry.supervisor.signal_all()
+    logging.shutdown()
+    os._exit(70)

@@ -97,6 +97,17 @@ def too_large(environ: dict, limit: int) -> Response | None:
 
 def read_message(environ: dict, limit: int) -> Message | Response:
     """The body as a validated message, or the 4xx response that says why it is not one."""
+    body = read_body(environ, limit)
+    if isinstance(body, Response):
+        return body
+    try:
+        return jsonrpc.parse(body)
+    except MessageError as exc:
+        return rpc_error(400, exc.code, exc.message)
+
+
+def read_body(environ: dict, limit: int) -> bytes | Response:
+    """The body's bytes, or 413 if it is over ``limit``."""
     length = _content_length(environ)
     if length is None:  # chunked: werkzeug knows whether the server delimits the body
         stream, want = get_input_stream(environ, max_content_length=None), limit + 1
@@ -111,7 +122,4 @@ def read_message(environ: dict, limit: int) -> Message | Response:
         size += len(chunk)
     if size > limit:
         return _too_large(limit)
-    try:
-        return jsonrpc.parse(parts[0] if len(parts) == 1 else b"".join(parts))
-    except MessageError as exc:
-        return rpc_error(400, exc.code, exc.message)
+    return parts[0] if len(parts) == 1 else b"".join(parts)

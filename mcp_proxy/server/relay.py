@@ -22,6 +22,7 @@ from mcp_proxy.jsonrpc import Message, id_key
 from mcp_proxy.modern import LegacyOnly, principal
 from mcp_proxy.protocol import VERSION_KEY
 from mcp_proxy.server import era
+from mcp_proxy.server.forward import auth_digest
 from mcp_proxy.server.http import event_stream, rpc_error, server_busy
 from mcp_proxy.server.requestport import RequestPort
 from mcp_proxy.server.streams import PING, Body, Stream, StreamEnded, sse_event
@@ -130,6 +131,13 @@ class Relay:
         refused = era.check_headers(environ, message)
         if refused is not None:
             return refused
+        router = self.registry.router
+        if router is not None and b'"requestState"' in message.raw:
+            owner = router.owner_of_handle(message.params.get("requestState"), environ)
+            if owner is not None:  # a retry goes back to the child that sealed its handle
+                response = router.forward(environ, owner, 0, body=message.raw)
+                if response is not None:
+                    return response
         lane = self.registry.supervisor.modern(self.server_name)
         try:
             lane.ensure_started()
@@ -144,8 +152,7 @@ class Relay:
             refused = era.check_params(environ, message, lane.tool_headers(name, meta))
             if refused is not None:
                 return refused
-        port = RequestPort(lane, self.registry, message,
-                           principal(environ.get("HTTP_AUTHORIZATION")))
+        port = RequestPort(lane, self.registry, message, principal(auth_digest(environ)))
         port.meter = meter = self.registry.metrics.relay_meter(self.server_name)
         meter.client_to_server(message)
         try:

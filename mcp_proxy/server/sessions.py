@@ -11,6 +11,7 @@ session; a backlog nobody reads is capped by ``--max-queued-size``.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 # is no longer read; below LOW it is read again.
 HIGH_WATER = 512 << 10
 LOW_WATER = 128 << 10
+# a session id with --redis-url: the owning worker's tag, then 32 hex digits (router.py)
+TAGGED_ID = re.compile(r"[0-9a-z]{8}[0-9a-f]{32}\Z")
 
 
 class Session(StreamOwner, Link):
@@ -41,7 +44,7 @@ class Session(StreamOwner, Link):
     transport = "?"
 
     def __init__(self, registry: Registry, server_name: str) -> None:
-        self.id = uuid.uuid4().hex
+        self.id = registry.new_session_id()
         super().__init__(f"{self.transport}:{self.id[:8]}")
         self.registry = registry
         self.server_name = server_name
@@ -102,6 +105,12 @@ class Registry:
         self.supervisor = Supervisor(settings, self.metrics)
         self._per_server: dict[str, int] = dict.fromkeys(settings.servers, 0)
         self._reaper = self._start_reaper()
+        self.router = None  # with --redis-url: which worker serves what (router.py)
+
+    def new_session_id(self) -> str:
+        """A new session's id: 32 hex digits, after this worker's tag with --redis-url."""
+        hex_id = uuid.uuid4().hex
+        return hex_id if self.router is None else self.router.new_session_id(hex_id)
 
     def _start_reaper(self) -> gevent.Greenlet:
         # a reaper that crashed is logged and started again: idle sessions must still end
@@ -144,6 +153,8 @@ class Registry:
         for session in list(self.sessions.values()):
             session.close(reason)
         self.supervisor.stop_all(reason, timeout)
+        if self.router is not None:
+            self.router.stop()
 
     def _reap_idle(self) -> None:
         """End idle sessions, and sessions and modern requests whose client stopped taking

@@ -24,7 +24,7 @@ from mcp_proxy.server.http import (
     too_large,
     too_many_sessions,
 )
-from mcp_proxy.server.sessions import Registry, Session
+from mcp_proxy.server.sessions import TAGGED_ID, Registry, Session
 from mcp_proxy.server.streams import Body, Stream, sse_event
 
 
@@ -85,10 +85,11 @@ def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
         session_id = request.args.get("session_id") or request.args.get("sessionId")
         if not session_id:
             return text_error(400, "session_id is required")
-        try:
-            session_id = uuid.UUID(session_id).hex
-        except ValueError:
-            return text_error(400, "Invalid session ID")
+        if not TAGGED_ID.match(session_id):
+            try:
+                session_id = uuid.UUID(session_id).hex
+            except ValueError:
+                return text_error(400, "Invalid session ID")
         session = registry.get(session_id, server_name, SseSession.transport)
         if session is None:
             return text_error(404, "Could not find session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 
 from flask import Flask, jsonify
@@ -44,6 +45,8 @@ def add_status_route(app: Flask, registry: Registry) -> None:
             "children_started": supervisor.spawned,
             "max_sessions": registry.settings.max_sessions,
             "stateless": registry.settings.stateless,
+            "worker": registry.router.status() if registry.router is not None else
+            {"pid": os.getpid(), "redis": "off", "routing": "local-only"},
             "session_details": [{
                 "id": s.id[:8],
                 "transport": s.transport,

@@ -224,6 +224,8 @@ class Body:
             self._watcher = _watch(sock, on_gone)
             if stream is not None:
                 stream.abort = lambda: _shutdown(sock)
+        elif "mcp_proxy.on_gone" in environ:  # forwarded: the receiving worker watches
+            environ["mcp_proxy.on_gone"].append(on_gone)
 
     def __iter__(self) -> Iterator[bytes]:
         stream = self._stream

@@ -1,0 +1,206 @@
+"""The receiving worker's side of a forwarded request: send it to its owner, relay the answer.
+
+A request for a session another worker owns is published to the owner's inbox as a ``call``
+frame: method, path, query, body, and the request's headers minus credentials (the token was
+checked here; the owner gets a digest of it). If no reader is listening, publishing is retried
+for a short grace (an owner reconnecting its inbox), then the owner is gone and the local view
+answers 404, as for any unknown session. Redis unreachable is a 503, never a 404: a blip must
+not make clients drop their sessions. Nothing is ever published twice: the owner may already
+have written the message.
+
+The owner answers ``resp`` (a whole small answer) or ``head``, ``data``* and ``end`` (an event
+stream, relayed event by event), and lists every call it is serving in an ``alive`` frame
+each ping interval. A call that hears nothing for three intervals has lost its owner: 504
+before the answer started, else a JSON-RPC error event for its request and the end. A client
+that leaves is told to the owner with a ``cancel`` frame; a client that falls more than
+``--max-queued-size`` behind is cut the same way (backpressure does not cross the bus).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from flask import Response
+from gevent.queue import Empty, Queue
+
+from mcp_proxy import jsonrpc
+from mcp_proxy.errors import MessageError
+from mcp_proxy.server.bus import GRACE, BlobLost, BusDown
+from mcp_proxy.server.http import RETRY_AFTER, rpc_error
+from mcp_proxy.server.streams import Body, sse_event
+
+if TYPE_CHECKING:
+    from mcp_proxy.server.router import Router
+
+logger = logging.getLogger(__name__)
+
+_STOP = ({"k": "stop"}, b"")
+# request headers that never cross the bus: credentials, and the hop's own
+_PRIVATE = {"HTTP_AUTHORIZATION", "HTTP_COOKIE", "HTTP_PROXY_AUTHORIZATION", "HTTP_CONNECTION",
+            "HTTP_KEEP_ALIVE", "HTTP_TE", "HTTP_TRANSFER_ENCODING", "HTTP_UPGRADE",
+            "HTTP_CONTENT_LENGTH", "HTTP_CONTENT_TYPE"}
+
+
+class OwnerSilent(Exception):
+    """The owner sent nothing, not even an ``alive``, for three ping intervals."""
+
+
+def auth_digest(environ: dict) -> str:
+    """What stands for the caller's credentials: a digest, never the secret itself."""
+    if "mcp_proxy.auth" in environ:
+        return environ["mcp_proxy.auth"]
+    authorization = environ.get("HTTP_AUTHORIZATION")
+    return hashlib.sha256(authorization.encode()).hexdigest() if authorization else ""
+
+
+def call_frame(environ: dict, corr: str, sender: str) -> dict:
+    headers = {key: value for key, value in environ.items()
+               if key.startswith("HTTP_") and key not in _PRIVATE}
+    if environ.get("CONTENT_TYPE"):
+        headers["CONTENT_TYPE"] = environ["CONTENT_TYPE"]
+    return {"k": "call", "c": corr, "f": sender, "m": environ["REQUEST_METHOD"],
+            "p": environ.get("PATH_INFO", "/"), "q": environ.get("QUERY_STRING", ""),
+            "s": environ.get("wsgi.url_scheme", "http"), "h": headers,
+            "a": auth_digest(environ)}
+
+
+class Call:
+    """One forwarded request waiting for its owner's frames."""
+
+    def __init__(self, router: Router, owner: str) -> None:
+        self.router = router
+        self.owner = owner
+        self.corr = uuid.uuid4().hex
+        self.queue: Queue = Queue()
+        self.queued = 0  # payload bytes received, not yet sent on to the client
+        self.seen = time.monotonic()
+        self.done = False  # the owner sent the whole answer
+        self.cut: str | None = None  # why the client was cut off
+
+    def take(self, header: dict, payload: bytes) -> None:
+        """From the inbox reader (must not block): queue a frame for the waiting greenlet."""
+        self.seen = time.monotonic()
+        self.queued += len(payload)
+        if self.queued > self.router.settings.max_queued and self.cut is None:
+            self.cut = "its client is not reading (outbound buffer full)"
+            self.queue.put(_STOP)
+        self.queue.put((header, payload))
+
+    def next(self) -> tuple[dict, bytes]:
+        ping = self.router.ping
+        while True:
+            try:
+                header, payload = self.queue.get(timeout=ping)
+            except Empty:
+                if time.monotonic() - self.seen > 3 * ping:
+                    raise OwnerSilent(f"worker {self.owner} sent nothing for {3 * ping:g} s")
+                continue
+            self.queued -= len(payload)
+            return header, payload
+
+    def stop(self, reason: str) -> None:
+        """The client left (or is cut off): tell the owner, wake whoever waits."""
+        if self.cut is None:
+            self.cut = reason
+        self.queue.put(_STOP)
+
+    def cancel(self) -> None:
+        try:
+            self.router.bus.post(self.owner, {"k": "cancel", "c": self.corr,
+                                              "f": self.router.bus.tag})
+        except BusDown:
+            pass  # the owner learns it when its next frame finds no reader
+
+
+def forward(router: Router, environ: dict, body: bytes, owner: str) -> Response | None:
+    """The owner's answer to this request, or None if the owner is gone (after the grace)."""
+    bus = router.bus
+    call = Call(router, owner)
+    router.calls[call.corr] = call
+    handed_over = False
+    try:
+        try:
+            if bus.state != "connected":  # the answer could not reach us
+                raise BusDown("this worker's inbox is not subscribed")
+            if not bus.post(owner, call_frame(environ, call.corr, bus.tag), body, GRACE):
+                return None
+        except BusDown as exc:
+            logger.warning("cannot forward %s %s to worker %s: Redis unreachable: %s",
+                           environ["REQUEST_METHOD"], environ.get("PATH_INFO"), owner, exc)
+            return _unavailable(body)
+        call.seen = time.monotonic()
+        router.count("forwarded")
+        try:
+            header, payload = call.next()
+            if header["k"] == "resp":
+                return Response(bus.payload(header, payload), status=header["st"],
+                                headers=header["h"])
+            if header["k"] != "head":
+                raise OwnerSilent(f"unexpected {header['k']!r} frame")
+        except (OwnerSilent, BusDown, BlobLost) as exc:
+            logger.warning("forwarded %s %s to worker %s: %s", environ["REQUEST_METHOD"],
+                           environ.get("PATH_INFO"), owner, exc)
+            call.cancel()
+            return rpc_error(504, jsonrpc.INTERNAL_ERROR, f"Gateway Timeout: the worker that "
+                             f"owns this session did not answer ({exc})", _request_id(body))
+        response = Response(Body(_relay(router, call, body), environ, None,
+                                 lambda: call.stop("client disconnected"),
+                                 lambda: _finish(router, call)),
+                            status=header["st"], headers=header["h"])
+        response.direct_passthrough = True
+        handed_over = True
+        return response
+    finally:
+        if not handed_over:
+            router.calls.pop(call.corr, None)
+
+
+def _relay(router: Router, call: Call, body: bytes):
+    """The owner's event stream, chunk by chunk, until its end."""
+    while True:
+        try:
+            header, payload = call.next()
+            kind = header["k"]
+            if kind == "data":
+                yield router.bus.payload(header, payload)
+            elif kind == "end":
+                call.done = True
+                return
+            elif kind == "stop":
+                return
+        except (OwnerSilent, BusDown, BlobLost) as exc:
+            logger.warning("a stream forwarded from worker %s ended: %s", call.owner, exc)
+            request_id = _request_id(body)
+            if request_id is not None:
+                yield sse_event(jsonrpc.encode(jsonrpc.error_obj(
+                    request_id, jsonrpc.INTERNAL_ERROR,
+                    f"The worker that owns this session stopped answering ({exc})")))
+            call.done = True  # nothing left to cancel
+            return
+
+
+def _finish(router: Router, call: Call) -> None:
+    router.calls.pop(call.corr, None)
+    if not call.done:
+        if call.cut and call.cut != "client disconnected":
+            logger.warning("forwarded stream from worker %s cut: %s", call.owner, call.cut)
+        call.cancel()
+
+
+def _request_id(body: bytes):
+    """The id of the forwarded request, if its body was one (only read on an error path)."""
+    try:
+        message = jsonrpc.parse(body) if body else None
+    except MessageError:
+        return None
+    return message.id if message is not None and message.kind == jsonrpc.REQUEST else None
+
+
+def _unavailable(body: bytes) -> Response:
+    return rpc_error(503, jsonrpc.INTERNAL_ERROR, "Service Unavailable: the session is served "
+                     "by another worker and Redis cannot be reached; retry later",
+                     _request_id(body), **{"Retry-After": RETRY_AFTER})
