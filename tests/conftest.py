@@ -102,11 +102,12 @@ class GunicornProcess:
     manager that waits (bounded) until it serves and stops it (SIGTERM) on exit."""
 
     def __init__(self, proxy_args: str, *options: str, env: dict | None = None,
-                 prefix: str = "") -> None:
+                 prefix: str = "", workers: int = 1) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}{prefix}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1", "--no-control-socket",
+            [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers),
+             "--no-control-socket",
              "-b", f"127.0.0.1:{self.port}", *options, "mcp_proxy.wsgi:application"],
             env={**os.environ, "MCP_PROXY_ARGS": proxy_args, **(env or {})},
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -145,6 +146,16 @@ def proxy_factory():
     yield start
     for proxy in started:
         proxy.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a free loopback port (tests/redisproc.py), stopped at teardown."""
+    from redisproc import RedisServer  # it imports free_port from here
+
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
