@@ -4,9 +4,10 @@ Configured from the environment: ``MCP_PROXY_ARGS`` holds the same arguments the
 takes (``--allow-origin ... -- python3 server.py``); ``--host``/``--port`` there only feed the
 Host check, gunicorn's ``--bind`` decides where it listens. Run it with
 ``-c python:mcp_proxy.gunicorn_conf``. It refuses to load where it cannot work: in an
-unpatched process (not ``-k gevent``, or ``--preload``) and in a worker of several, since
-sessions live in one worker's memory. On SIGTERM it ends every session at once, so the
-worker's graceful shutdown is over when the servers have stopped, not at its timeout.
+unpatched process (not ``-k gevent``, or ``--preload``) and in a worker of several without a
+Redis URL, since sessions live in one worker's memory. On SIGTERM it ends every session at
+once, so the worker's graceful shutdown is over when the servers have stopped, not at its
+timeout.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import gevent
 from gevent import monkey
 
 from mcp_proxy.errors import ConfigError
-from mcp_proxy.gunicorn_conf import too_many_workers
+from mcp_proxy.gunicorn_conf import redis_configured, too_many_workers
 from mcp_proxy.options import build_parser, server_settings
 from mcp_proxy.server import create_app
 from mcp_proxy.server.sessions import Registry
@@ -41,7 +42,7 @@ def _check_process(worker) -> None:
         raise ConfigError("mcp_proxy.wsgi needs gunicorn's gevent worker, which patches the "
                           "process before it imports the app: run gunicorn with -k gevent "
                           "(or -c python:mcp_proxy.gunicorn_conf) and without --preload")
-    if worker is not None and worker.cfg.workers > 1:
+    if worker is not None and worker.cfg.workers > 1 and not redis_configured(os.environ):
         raise ConfigError(too_many_workers(worker.cfg.workers))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -36,10 +37,12 @@ APP = "mcp_proxy.wsgi:application"
 RAW_ARGS = "--keepalive 1 -- " + shlex.join(RAW_SERVER)
 
 
-def gunicorn(*args: str, proxy_args: str = RAW_ARGS) -> ProxyProcess:
-    """gunicorn on a free loopback port (it logs the port it got), not yet known to serve."""
+def gunicorn(*args: str, proxy_args: str = RAW_ARGS, redis_url: str = "") -> ProxyProcess:
+    """gunicorn on a free loopback port (it logs the port it got), not yet known to serve;
+    without Redis unless ``redis_url`` (the caller's own MCP_PROXY_REDIS_URL does not leak in)."""
     return ProxyProcess(*args, APP, command=GUNICORN,
-                        env={"MCP_PROXY_BIND": "127.0.0.1:0", "MCP_PROXY_ARGS": proxy_args})
+                        env={"MCP_PROXY_BIND": "127.0.0.1:0", "MCP_PROXY_ARGS": proxy_args,
+                             "MCP_PROXY_REDIS_URL": redis_url})
 
 
 def ping_over_streamable(base: str, session: str, request_id: int) -> dict:
@@ -74,7 +77,7 @@ def test_gunicorn_conf_serves_outlives_timeout_and_stops_on_sigterm():
         assert "WORKER TIMEOUT" not in server.stderr()
 
         os.kill(server.proc.pid, signal.SIGTTIN)  # asks for a second worker: refused
-        server.expect(r"exactly one gunicorn worker, not 2.*Keeping 1 worker")
+        server.expect(r"runs 2 gunicorn workers only with a Redis.*Keeping 1 worker")
         assert ping_over_streamable(server.base, session, 4)["id"] == 4
 
         status = requests.get(server.base + "/status", timeout=10).json()
@@ -94,8 +97,8 @@ def test_gunicorn_conf_serves_outlives_timeout_and_stops_on_sigterm():
 
 
 @pytest.mark.parametrize("args, message", [
-    ((*CONF, "-w", "2"), r"exactly one gunicorn worker, not 2"),
-    (("-k", "gevent", "-w", "2"), r"exactly one gunicorn worker, not 2"),
+    ((*CONF, "-w", "2"), r"runs 2 gunicorn workers only with a Redis"),
+    (("-k", "gevent", "-w", "2"), r"runs 2 gunicorn workers only with a Redis"),
     (("-k", "sync"), r"needs gunicorn's gevent worker"),
     (("-k", "gevent", "--preload"), r"needs gunicorn's gevent worker"),
 ], ids=["conf-w2", "plain-w2", "sync", "preload"])
@@ -107,9 +110,74 @@ def test_gunicorn_refuses_shapes_that_cannot_work(args, message):
     finally:
         server.stop()
     if "-w" in args:  # says why and what to do instead
-        assert "404" in line and "-w 1" in line and "session affinity" in line
+        assert "404" in line and "-w 1" in line
+        assert "--redis-url" in line and "MCP_PROXY_REDIS_URL" in line
     if args[:2] == CONF:  # refused before any worker started
         assert "Booting worker" not in server.stderr()
+
+
+def worker_pids(server: ProxyProcess, count: int, timeout: float = 30) -> list[int]:
+    """The pids of the first ``count`` workers gunicorn booted (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)",
+                                               server.stderr())]
+        if len(pids) >= count:
+            return pids[:count]
+        assert time.monotonic() < deadline, f"{count} workers did not boot:\n{server.stderr()}"
+        assert server.proc.poll() is None, server.stderr()
+        time.sleep(0.05)
+
+
+def assert_each_worker_serves(base: str, pids: list[int]) -> None:
+    """GET /healthz with every worker but one stopped, so that one must accept it."""
+    for serving in pids:
+        others = [pid for pid in pids if pid != serving]
+        for pid in others:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            assert requests.get(base + "/healthz", timeout=20).status_code == 200
+        finally:
+            for pid in others:
+                os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("args, where", [
+    ((*CONF, "-w", "2"), "environment"),
+    (("-k", "gevent", "-w", "2"), "arguments"),
+], ids=["conf-env", "plain-args"])
+def test_gunicorn_runs_several_workers_with_redis(redis_server, args, where):
+    if where == "environment":
+        server = gunicorn(*args, redis_url=redis_server.url)
+    else:
+        server = gunicorn(*args, proxy_args=f"--redis-url={redis_server.url} {RAW_ARGS}")
+    try:
+        base = server.expect(r"Listening at: (http://\S+)").group(1)
+        assert_each_worker_serves(base, worker_pids(server, 2))
+        if args[:2] == CONF:  # one more worker is accepted too
+            os.kill(server.proc.pid, signal.SIGTTIN)
+            # and serves: a worker signalled while it loads would miss the SIGTERM below
+            assert_each_worker_serves(base, worker_pids(server, 3))
+        assert "only with a Redis" not in server.stderr()
+    finally:
+        assert server.stop() == 0
+    for pid in worker_pids(server, 3 if args[:2] == CONF else 2):  # none was left to be killed
+        server.expect(rf"Worker exiting \(pid: {pid}\)", timeout=1)
+
+
+def test_redis_configured_reads_what_the_app_will_read():
+    from mcp_proxy.gunicorn_conf import redis_configured
+
+    url = "redis://127.0.0.1:6379/0"
+    assert not redis_configured({})
+    assert not redis_configured({"MCP_PROXY_REDIS_URL": " ", "MCP_PROXY_ARGS": "-- srv"})
+    assert redis_configured({"MCP_PROXY_REDIS_URL": url})
+    assert redis_configured({"MCP_PROXY_ARGS": f"--redis-url {url} -- srv"})
+    assert redis_configured({"MCP_PROXY_ARGS": f"--port 1 --redis-url='{url}' -- srv"})
+    assert not redis_configured({"MCP_PROXY_ARGS": f"-- srv --redis-url {url}"})  # the server's
+    assert not redis_configured({"MCP_PROXY_REDIS_URL": url, "MCP_PROXY_ARGS": "--redis-url ''"})
+    assert not redis_configured({"MCP_PROXY_ARGS": "--redis-url"})
+    assert not redis_configured({"MCP_PROXY_ARGS": "--redis-url 'unbalanced"})
 
 
 def test_gunicorn_conf_binds_from_environment():
