@@ -87,8 +87,15 @@ def test_an_sse_session_takes_posts_on_either_host_in_order(pair):
     got = [reader.next_message()["id"] for _ in range(40)]
     assert got == [n if n % 2 else f"s{n}" for n in range(40)]
     assert {"local", "forwarded"} <= set(routes)
-    assert pair.status(pair.b)["worker"]["forwarded"] >= routes.count("forwarded")
-    assert pair.status(pair.a)["worker"]["served"] == routes.count("forwarded") + 1
+    worker_a, worker_b = pair.status(pair.a)["worker"], pair.status(pair.b)["worker"]
+    assert worker_b["forwarded"] == routes.count("forwarded") + 1
+    assert worker_a["served"] == routes.count("forwarded") + 1
+    assert worker_a["local"] == routes.count("local")
+    assert worker_a["redis"] == "connected" and worker_a["routing"] == "ok"
+    page = requests.get(pair.a.base + "/metrics", timeout=5).text
+    assert f'mcp_proxy_worker_info{{worker="{worker_a["id"]}"}} 1.0' in page
+    assert "mcp_proxy_redis_connected 1.0" in page
+    assert f'mcp_proxy_routed_requests_total{{route="served"}} {worker_a["served"]}.0' in page
     reader.close()
 
 
@@ -158,6 +165,8 @@ def test_a_get_stream_on_another_host_carries_server_messages_and_its_close(pair
 
 def test_a_silent_owner_ends_a_forwarded_call_with_an_error(pair):
     headers = session_headers(pair.a.base)
+    _, endpoint = open_sse(pair.a.base)
+    sse_path = endpoint[len(pair.a.base):]
     call = post(pair.b.base + "/mcp", rpc("tools/call", 6, name="progress",
                                           arguments={"steps": 1},
                                           _meta={"progressToken": 1}), headers)
@@ -167,11 +176,14 @@ def test_a_silent_owner_ends_a_forwarded_call_with_an_error(pair):
         started = time.monotonic()
         answer = post(pair.b.base + "/mcp", rpc("ping", 7), headers, timeout=10)
         waited = time.monotonic() - started
+        # a 202 means "taken by the owner": never given for a message the owner did not take
+        unacked = post(pair.b.base + sse_path, rpc("ping", 9), timeout=10)
     finally:
         os.kill(pair.a.proc.pid, signal.SIGCONT)
     assert answer.status_code == 504, answer.text
     assert answer.json()["id"] == 7 and "did not answer" in answer.json()["error"]["message"]
     assert waited < 3 * PING + 2  # three missed heartbeats, then the answer
+    assert unacked.status_code == 504, unacked.text
     assert post(pair.b.base + "/mcp", rpc("ping", 8), headers).status_code == 200
 
 
@@ -275,3 +287,15 @@ def session_headers_with(base: str, extra: dict) -> dict:
     assert init.status_code == 200, init.text
     return {**STREAM_HEADERS, **extra, "Mcp-Session-Id": init.headers["Mcp-Session-Id"],
             "Mcp-Protocol-Version": "2025-06-18"}
+
+
+def test_a_worker_whose_inbox_fails_exits(proxy_factory, redis_server):
+    """Not a lost connection but a refusal (here an ACL that forbids SUBSCRIBE): the proxy
+    must exit rather than own sessions nobody can reach."""
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "nosub", "on", ">pw", "~*", "&*", "+@all",
+                          "-subscribe")
+    url = redis_server.url.replace("redis://", "redis://nosub:pw@")
+    proxy = proxy_factory("--redis-url", url, "--", *RAW_SERVER, wait=False)
+    assert proxy.proc.wait(15) == 70
+    proxy.expect(r"CRITICAL .*Redis inbox of this worker failed")
