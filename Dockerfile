@@ -24,8 +24,9 @@ WORKDIR /src
 COPY setup.cfg pyproject.toml README.md ./
 COPY mcp_proxy ./mcp_proxy
 # uv brings uvx, so `uvx mcp-server-fetch` works as a server command; its cache is a
-# directory of its own so that a volume can keep downloads across restarts.
-RUN pip install . uv==0.13.8 \
+# directory of its own so that a volume can keep downloads across restarts. gunicorn (with
+# its gevent worker) runs the image's workers when scaled out (deploy/compose.scale.yaml).
+RUN pip install . uv==0.13.8 "gunicorn[gevent]==27.0.1" \
     && rm -rf /src/build \
     && install -d -o mcp -g mcp /home/mcp/.cache/uv
 USER 10001
