@@ -13,8 +13,10 @@ import os
 import signal
 import socket
 import time
+from pathlib import Path
 
 import pytest
+import redis
 import requests
 from test_lifecycle import wait_until
 from test_modern import META, MODERN
@@ -299,3 +301,28 @@ def test_a_worker_whose_inbox_fails_exits(proxy_factory, redis_server):
     proxy = proxy_factory("--redis-url", url, "--", *RAW_SERVER, wait=False)
     assert proxy.proc.wait(15) == 70
     proxy.expect(r"CRITICAL .*Redis inbox of this worker failed")
+
+
+def test_the_readme_acl_user_is_enough(proxy_factory, redis_server):
+    """The README's ``ACL SETUSER`` line, as written there, lets the proxies do all they do."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    line = next(line.strip() for line in readme.splitlines()
+                if line.strip().startswith("ACL SETUSER mcp-proxy"))
+    redis_server.client().execute_command(*line.replace(">SECRET", ">pw").split())
+    url = redis_server.url.replace("redis://", "redis://mcp-proxy:pw@")
+    args = ("--redis-url", url, "--max-body-size", "8MiB", "--", *RAW_SERVER)
+    a, b = proxy_factory(*args, env=ENV), proxy_factory(*args, env=ENV)
+    for proxy in (a, b):
+        proxy.expect(r"listening on Redis")
+    headers = session_headers(a.base)
+    big = "y" * (1 << 20)  # through a blob key: SET, GETDEL
+    answer = post(b.base + "/mcp", rpc("tools/call", 1, name="echo", arguments={"text": big}),
+                  headers)
+    assert route(answer) == "forwarded"
+    assert answer.json()["result"]["content"][0]["text"] == big
+    assert requests.get(b.base + "/status", timeout=5).json()["worker"]["redis"] == "connected"
+    limited = redis_server.client(username="mcp-proxy", password="pw")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        limited.get("other:key")
+    for proxy in (a, b):
+        assert "CRITICAL" not in proxy.stderr() and "NOPERM" not in proxy.stderr()
