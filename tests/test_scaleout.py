@@ -326,3 +326,26 @@ def test_the_readme_acl_user_is_enough(proxy_factory, redis_server):
         limited.get("other:key")
     for proxy in (a, b):
         assert "CRITICAL" not in proxy.stderr() and "NOPERM" not in proxy.stderr()
+
+
+@pytest.mark.parametrize("sharing", [(), ("--shared-child",)])
+def test_named_servers_and_shared_children_are_forwarded_too(proxy_factory, redis_server,
+                                                           sharing):
+    command = " ".join(RAW_SERVER)
+    args = ("--redis-url", redis_server.url, *sharing, "--named-server", "one", command,
+            "--named-server", "two", command)
+    a, b = proxy_factory(*args, env=ENV), proxy_factory(*args, env=ENV)
+    for proxy in (a, b):
+        proxy.expect(r"listening on Redis")
+    for name in ("one", "two"):
+        headers = session_headers(f"{a.base}/servers/{name}")
+        answer = post(f"{b.base}/servers/{name}/mcp", rpc("tools/call", name, name="echo",
+                                                          arguments={"text": name}), headers)
+        assert route(answer) == "forwarded"
+        assert answer.json()["result"]["content"][0]["text"] == name
+        other = "two" if name == "one" else "one"  # a session belongs to its own server
+        assert post(f"{b.base}/servers/{other}/mcp", rpc("ping", 1), headers
+                    ).status_code == 404
+    details = requests.get(a.base + "/status", timeout=5).json()["session_details"]
+    assert {d["server"] for d in details} == {"one", "two"}
+    assert all(d["child"]["shared"] == bool(sharing) for d in details)
