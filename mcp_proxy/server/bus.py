@@ -86,6 +86,7 @@ class Bus:
         self.info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                                 "started": time.time()})
         self._greenlets: list[gevent.Greenlet] = []
+        self.stopping = False
 
     def start(self) -> None:
         self._greenlets = [
@@ -94,8 +95,8 @@ class Bus:
         ]
 
     def stop(self) -> None:
-        for greenlet in self._greenlets:
-            greenlet.kill(block=False)
+        self.stopping = True  # what fails from here on is the shutdown, not the inbox
+        gevent.killall(self._greenlets, block=True, timeout=1)
         try:
             self.redis.delete(f"mcpp:worker:{self.tag}")
         except redis.RedisError:
@@ -103,6 +104,8 @@ class Bus:
         self.redis.close()
 
     def _fatal(self, exc: BaseException) -> None:
+        if self.stopping:
+            return
         self.state = "failed"
         self.on_fatal(exc)
 
@@ -181,8 +184,8 @@ class Bus:
         if state == "connected":
             logger.info("worker %s: listening on Redis (%s)", self.tag, inbox(self.tag))
         else:
-            logger.warning("worker %s: Redis connection lost (%s); sessions of other workers "
-                           "get 503 until it is back", self.tag, exc)
+            logger.warning("worker %s: cannot reach Redis (%s); requests for sessions of other "
+                           "workers get 503 until it is back", self.tag, exc)
         self.state = state
 
     def _keep_claim(self) -> None:

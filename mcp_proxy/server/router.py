@@ -96,6 +96,8 @@ class Router:
 
     def stop(self) -> None:
         self._alive.kill(block=False)
+        for call in list(self.calls.values()):  # their owners' answers can no longer come
+            call.stop("this worker is shutting down")
         self.bus.stop()
 
     def count(self, route: str) -> None:
