@@ -349,3 +349,34 @@ def test_named_servers_and_shared_children_are_forwarded_too(proxy_factory, redi
     details = requests.get(a.base + "/status", timeout=5).json()["session_details"]
     assert {d["server"] for d in details} == {"one", "two"}
     assert all(d["child"]["shared"] == bool(sharing) for d in details)
+
+
+def test_a_client_leaving_a_forwarded_modern_retry_cancels_it_on_the_child(proxy_factory,
+                                                                           redis_server,
+                                                                           tmp_path):
+    record = tmp_path / "sent.jsonl"
+    pair = Pair(proxy_factory, redis_server, *RAW_SERVER, "--record", str(record))
+    headers = {**STREAM_HEADERS, "MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/call",
+               "Mcp-Name": "mrtr"}
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "mrtr", "arguments": {}, "_meta": META}}
+    first = post(pair.a.base + "/mcp", call, headers).json()["result"]
+    call["params"]["requestState"] = first["requestState"]
+    call["id"] = 2
+    retry = post(pair.b.base + "/mcp", call, headers, stream=True)  # held by the child
+    assert retry.status_code == 200 and route(retry) == "forwarded"
+    retry.close()
+    left = time.monotonic()
+
+    def cancelled() -> dict | None:
+        for line in record.read_text().splitlines():
+            sent = json.loads(line)
+            if sent.get("method") == "notifications/cancelled":
+                return sent
+        return None
+    sent = wait_until(cancelled, 5, interval=0.02)
+    assert time.monotonic() - left < 1.0
+    retried = [json.loads(line) for line in record.read_text().splitlines()
+               if '"mrtr"' in line and "requestState" in line]
+    assert sent["params"]["requestId"] == retried[0]["id"]  # the child's id for the retry
+    assert retried[0]["params"]["requestState"] == "mrtr-1"  # unwrapped by its sealer

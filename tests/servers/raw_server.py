@@ -15,7 +15,8 @@ gets -32601.
 The 2026-07-28 era too (its ``_meta`` envelope is ignored): ``server/discover`` (unless
 ``--legacy-only``), ``subscriptions/listen`` (acknowledged; ``tools/call change`` then sends
 ``tools/list_changed`` to every listen, ``notifications/cancelled`` ends one), ``tools/call
-hold``, which never answers until cancelled, and ``tools/list`` also names ``tagged``, a tool
+hold``, which never answers until cancelled, ``tools/call mrtr``, which answers
+``input_required`` and then holds the retry, and ``tools/list`` also names ``tagged``, a tool
 whose ``region`` argument has an ``x-mcp-header``.
 
 Options (for exercising a proxy's failure handling):
@@ -207,6 +208,11 @@ def main() -> None:
                 sys.exit(3)
             elif name == "hold":
                 continue  # no answer: the client cancels it
+            elif name == "mrtr":
+                if "requestState" in params:
+                    continue  # the retry is held like ``hold``
+                reply["result"] = {"resultType": "input_required", "requestState": "mrtr-1",
+                                   "inputRequests": {"q": {"method": "roots/list"}}}
             elif name == "tagged":
                 reply["result"] = {"content": [{"type": "text", "text": args.get("region", "")}]}
             elif name == "change":
