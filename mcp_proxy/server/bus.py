@@ -30,6 +30,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from mcp_proxy import supervise
+from mcp_proxy.server.resp import BusDown, Inbox, Publisher
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +43,6 @@ REFRESH = 5.0
 _BACKOFF_CAP = 1.0
 GRACE = 2.0  # how long a worker whose inbox reconnects may miss frames: they are resent
 RESEND_EVERY = 0.05
-
-
-class BusDown(Exception):
-    """Redis cannot be reached: nothing was sent."""
 
 
 class BlobLost(Exception):
@@ -79,10 +76,12 @@ class Bus:
         self.state = "connecting"  # connected | disconnected
         self.on_frame = on_frame
         self.on_fatal = on_fatal
-        # no retries: a PUBLISH retried after a lost reply could deliver a message twice
+        # no retries: a PUBLISH retried after a lost reply could deliver a message twice;
+        # RESP2: a subscribed connection's messages are plain arrays (resp.py)
         self.redis = redis.Redis.from_url(
             url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10,
-            retry=Retry(NoBackoff(), 0), max_connections=64)
+            retry=Retry(NoBackoff(), 0), max_connections=64, protocol=2)
+        self.publisher = Publisher(self.redis.connection_pool)
         self.info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                                 "started": time.time()})
         self._greenlets: list[gevent.Greenlet] = []
@@ -101,6 +100,7 @@ class Bus:
             self.redis.delete(f"mcpp:worker:{self.tag}")
         except redis.RedisError:
             pass
+        self.publisher.close()
         self.redis.close()
 
     def _fatal(self, exc: BaseException) -> None:
@@ -125,10 +125,7 @@ class Bus:
 
     def send(self, tag: str, frame: bytes) -> int:
         """PUBLISH to a worker's inbox: how many readers got it (0: none is listening)."""
-        try:
-            return self.redis.publish(inbox(tag), frame)
-        except redis.RedisError as exc:
-            raise BusDown(str(exc)) from exc
+        return self.publisher.publish(inbox(tag).encode(), frame)
 
     def post(self, tag: str, header: dict, payload: bytes = b"", grace: float = 0.0) -> bool:
         """Send a frame; while no reader got it, send it again for up to ``grace`` seconds
@@ -159,22 +156,18 @@ class Bus:
     def _read(self) -> None:
         backoff = 0.05
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            messages = Inbox(self.redis.connection_pool, inbox(self.tag), REFRESH).messages()
             try:
-                pubsub.subscribe(inbox(self.tag))
-                self._set_state("connected")
-                backoff = 0.05
-                while True:
-                    message = pubsub.get_message(timeout=REFRESH)
-                    if message is not None and message.get("type") == "message":
-                        self.on_frame(message["data"])
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                for data in messages:
+                    if self.state != "connected":
+                        self._set_state("connected")
+                        backoff = 0.05
+                    if data:  # the first, empty, says the subscription is in place
+                        self.on_frame(data)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 self._set_state("disconnected", exc)
             finally:
-                try:
-                    pubsub.close()
-                except redis.RedisError:
-                    pass
+                messages.close()
             gevent.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, _BACKOFF_CAP)
 
