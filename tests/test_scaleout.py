@@ -270,6 +270,8 @@ def test_the_bus_carries_no_credentials(proxy_factory, redis_server):
     assert answer.status_code == 200 and route(answer) == "forwarded"
     assert post(b.base + "/mcp", rpc("ping", 2),
                 {**headers, "Authorization": "Bearer wrong"}).status_code == 401
+    assert post(b.base + "/mcp", rpc("ping", 3),  # checked where it lands, before forwarding
+                {**headers, "Host": "evil.example"}).status_code == 421
     seen = b""
     monitor.settimeout(1)
     try:

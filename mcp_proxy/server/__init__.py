@@ -64,12 +64,11 @@ def create_app(settings: ServerSettings) -> Flask:
     app = ProxyFlask("mcp_proxy")
     registry = Registry(settings)
     app.extensions["mcp_proxy"] = registry
-    install_guard(app, settings, registry.touch)
+    checks = install_guard(app, settings, registry.touch)
     if settings.redis_url:
         from mcp_proxy.server.router import Router  # imports redis: only when asked for
 
         registry.router = Router(settings, lambda exc: _exit_worker(registry, exc))
-        registry.router.install(app)
         registry.metrics.routing = registry.router.status
 
     for name in settings.servers:
@@ -80,8 +79,8 @@ def create_app(settings: ServerSettings) -> Flask:
         app.register_blueprint(bp)
     add_status_route(app, registry)
     add_health_routes(app, registry)
-    if registry.router is not None:
-        registry.router.app = app.wsgi_app  # forwarded requests are not counted twice
+    if registry.router is not None:  # inside the metrics: a forwarded answer counts once
+        app.wsgi_app = registry.router.wrap(app, checks)
         registry.router.start()
     app.wsgi_app = registry.metrics.count_answers(app.wsgi_app)
     return app

@@ -66,7 +66,15 @@ def refuse(error: HTTPException) -> Response:
     return text_error(404, "Not Found")
 
 
-def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None]) -> None:
+class Checks:
+    """The checks of one app, for a caller outside Flask (router.py forwards before Flask):
+    ``where(environ)`` (Host, Origin), ``token(environ)``, and ``cors(environ, response)``."""
+
+    def __init__(self, where, token, cors) -> None:
+        self.where, self.token, self.cors = where, token, cors
+
+
+def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None]) -> Checks:
     """Check every request before its view; ``touch`` is called for each one that passes."""
     hosts = allowed_hosts(settings)
     origins = [o.rstrip("/") for o in settings.allow_origins]
@@ -94,6 +102,24 @@ def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None
     app.register_error_handler(404, refuse)
     app.register_error_handler(405, refuse)
 
+    def where(environ: dict) -> Response | None:
+        host = _request_host(environ)
+        if not host_ok(host):
+            return text_error(421, "Invalid Host header")
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is not None and not origin_ok(origin.rstrip("/").lower(), host):
+            return text_error(403, "Invalid Origin header")
+        return None
+
+    def token(environ: dict) -> Response | None:
+        if bearer:
+            sent = environ.get("HTTP_AUTHORIZATION", "")
+            if not hmac.compare_digest(sent.encode(), bearer):
+                return text_error(401, "Unauthorized: a valid bearer token is required",
+                                  **{"WWW-Authenticate": 'Bearer realm="mcp-proxy"'})
+        touch()
+        return None
+
     @app.before_request
     def guard() -> Response | None:
         environ = request.environ
@@ -102,12 +128,9 @@ def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None
         if "mcp_proxy.forwarded" in environ:  # checked by the worker it landed on (router.py)
             touch()
             return None
-        host = _request_host(environ)
-        if not host_ok(host):
-            return text_error(421, "Invalid Host header")
-        origin = environ.get("HTTP_ORIGIN")
-        if origin is not None and not origin_ok(origin.rstrip("/").lower(), host):
-            return text_error(403, "Invalid Origin header")
+        refused = where(environ)
+        if refused is not None:
+            return refused
         if request.routing_exception is not None:
             raise request.routing_exception  # answered by refuse() (or a slash redirect)
         if environ["REQUEST_METHOD"] == "OPTIONS":
@@ -118,22 +141,19 @@ def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None
                     "HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "*"),
                 "Access-Control-Max-Age": "600",
             })
-        if bearer and request.endpoint != "status":
-            sent = environ.get("HTTP_AUTHORIZATION", "")
-            if not hmac.compare_digest(sent.encode(), bearer):
-                return text_error(401, "Unauthorized: a valid bearer token is required",
-                                  **{"WWW-Authenticate": 'Bearer realm="mcp-proxy"'})
-        touch()
-        return None
+        if request.endpoint == "status":
+            touch()
+            return None
+        return token(environ)
 
-    if not origins:
-        return  # no CORS headers to add to any answer
-
-    @app.after_request
-    def cors(response: Response) -> Response:
-        origin = request.environ.get("HTTP_ORIGIN")
+    def cors(environ: dict, response: Response) -> Response:
+        origin = environ.get("HTTP_ORIGIN")
         if origin and (_matches(origin.rstrip("/"), origins) or "*" in origins):
             response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
             response.headers["Access-Control-Expose-Headers"] = expose
             response.headers.add("Vary", "Origin")
         return response
+
+    if origins:  # else no CORS headers to add to any answer
+        app.after_request(lambda response: cors(request.environ, response))
+    return Checks(where, token, cors if origins else None)

@@ -7,11 +7,12 @@ client had sent it, and streams the answer back frame by frame (``serve``). The 
 answers only once the message is handed to the session, so a 202 here means "delivered to
 the owner", and one client's POSTs reach its server in the order it sent them.
 
-The Flask side is one ``before_request`` hook, after the guard: it finds the session a
-request names (``session_id`` of ``/messages/``, ``Mcp-Session-Id`` of ``/mcp``; a 2026-07-28
-request's ``requestState`` handle is routed by the modern relay) and forwards it if the
-session is not ours. A forwarded request skips the guard at its owner: it was checked where
-it landed, and its credentials do not travel.
+The receiving side wraps the app's WSGI callable, before Flask: a request that names a
+session (``session_id`` of ``/messages/``, ``Mcp-Session-Id`` of ``/mcp``) of another worker
+is checked there (Host, Origin, token) and forwarded, without a Flask dispatch of its own; a
+2026-07-28 request's ``requestState`` handle is routed by the modern relay. A forwarded
+request skips the guard at its owner: it was checked where it landed, and its credentials
+do not travel.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from urllib.parse import unquote
 
 import gevent
 from flask import Flask, Response, request
@@ -29,16 +31,25 @@ from flask import Flask, Response, request
 from mcp_proxy import modern, supervise
 from mcp_proxy.server import forward as fwd
 from mcp_proxy.server.bus import GRACE, BlobLost, Bus, BusDown, decode
+from mcp_proxy.server.guard import Checks
 from mcp_proxy.server.http import read_body
 from mcp_proxy.server.sessions import TAGGED_ID
 from mcp_proxy.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
-_SESSION_VIEWS = {"messages", "mcp_post", "mcp_get", "mcp_delete"}
 ROUTE_HEADER = "Mcp-Proxy-Route"
 # hop-by-hop headers of the owner's answer, which the receiving worker's server sets itself
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+
+
+def _query_session(query: str) -> str | None:
+    """The ``session_id`` (or ``sessionId``) of an HTTP+SSE POST's query string."""
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key in ("session_id", "sessionId"):
+            return unquote(value)
+    return None
 
 
 def _ping_interval() -> float:
@@ -127,31 +138,48 @@ class Router:
 
     # -- the receiving side -------------------------------------------------------------
 
-    def install(self, app: Flask) -> None:
-        """The hook that forwards what is not ours; call after the guard is installed."""
+    def wrap(self, app: Flask, checks: Checks) -> Callable:
+        """The app's WSGI callable, forwarding what is not ours before Flask sees it.
+
+        Deciding costs a dict lookup and a header (or query) read; a forwarded request is
+        checked here (Host, Origin, token) and never enters Flask on this worker.
+        """
+        self.app = flask_app = app.wsgi_app
         limit = self.settings.max_body
+        paths: dict[str, tuple[str, ...]] = {}
+        for name in self.settings.servers:
+            prefix = f"/servers/{name}" if name else ""
+            paths[prefix + "/messages/"] = ("POST",)
+            paths[prefix + "/mcp"] = paths[prefix + "/mcp/"] = ("POST", "GET", "DELETE")
+        route_header = self.route_header
 
-        @app.before_request
-        def route() -> Response | None:
-            environ = request.environ
-            if "mcp_proxy.forwarded" in environ or request.endpoint is None:
-                return None
-            if request.endpoint.rpartition(".")[2] not in _SESSION_VIEWS:
-                return None
-            session_id = environ.get("HTTP_MCP_SESSION_ID") or \
-                request.args.get("session_id") or request.args.get("sessionId")
-            owner = self.owner_of(session_id)
-            if owner is None:
-                self.count("local")
-                return None
-            return self.forward(environ, owner, limit)
+        def routing_app(environ: dict, start_response):
+            methods = paths.get(environ.get("PATH_INFO", ""))
+            if methods is not None and environ["REQUEST_METHOD"] in methods \
+                    and "mcp_proxy.forwarded" not in environ:
+                owner = self.owner_of(environ.get("HTTP_MCP_SESSION_ID")
+                                      or _query_session(environ.get("QUERY_STRING", "")))
+                if owner is None:
+                    self.count("local")
+                else:
+                    response = checks.where(environ) or checks.token(environ) or \
+                        self.forward(environ, owner, limit)
+                    if response is not None:
+                        if checks.cors is not None:
+                            checks.cors(environ, response)
+                        if route_header:
+                            response.headers[ROUTE_HEADER] = f"{self.tag} forwarded"
+                        return response(environ, start_response)
+            return flask_app(environ, start_response)
 
-        if self.route_header:
+        if route_header:
             @app.after_request
             def mark(response: Response) -> Response:
                 route = request.environ.get("mcp_proxy.route", "local")
                 response.headers[ROUTE_HEADER] = f"{self.tag} {route}"
                 return response
+
+        return routing_app
 
     def forward(self, environ: dict, owner: str, limit: int, body: bytes | None = None
                 ) -> Response | None:
