@@ -70,12 +70,9 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[k]
 
 
-def latency(session, calls: int, warmup: int) -> dict:
+def latency_samples(session, calls: int, rid: int = 1000) -> list[float]:
+    """Milliseconds of ``calls`` sequential small echo calls, ids from ``rid + 1`` on."""
     echo = EchoCall(0)
-    rid = 1000
-    for _ in range(warmup):
-        rid += 1
-        echo.check(rid, session.call(echo.body(rid)))
     samples = []
     clock = time.perf_counter_ns
     for _ in range(calls):
@@ -85,9 +82,19 @@ def latency(session, calls: int, warmup: int) -> dict:
         answer = session.call(body)
         samples.append((clock() - t0) / 1e6)
         echo.check(rid, answer)
-    samples.sort()
-    return {"calls": calls, "p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99),
-            "mean_ms": statistics.fmean(samples), "min_ms": samples[0], "max_ms": samples[-1]}
+    return samples
+
+
+def summary(samples: list[float]) -> dict:
+    samples = sorted(samples)
+    return {"calls": len(samples), "p50_ms": percentile(samples, 50),
+            "p99_ms": percentile(samples, 99), "mean_ms": statistics.fmean(samples),
+            "min_ms": samples[0], "max_ms": samples[-1]}
+
+
+def latency(session, calls: int, warmup: int) -> dict:
+    latency_samples(session, warmup)
+    return summary(latency_samples(session, calls, 1000 + warmup))
 
 
 def round_trips(session, sizes: list[int], runs: int) -> dict:
@@ -114,13 +121,16 @@ def round_trips(session, sizes: list[int], runs: int) -> dict:
 
 
 def throughput(make_session, sessions: int, duration: float, warm: float,
-               watch_pid: int | None, watch_children_of: int, around=None) -> dict:
+               watch_pid: int | None, watch_children_of: int, around=None,
+               groups=None) -> dict:
     """``sessions`` threads, each with its own session, calling back to back.
 
     Calls completed inside [start + warm, start + warm + duration] count. CPU use of the
     proxy (``watch_pid``), of the stdio servers (descendants of ``watch_children_of``) and
     of the bench itself is sampled over the same window. ``around`` (a context manager,
     e.g. a profiler) is entered once every session is ready and left after the window.
+    ``groups`` (a callable, called as the window opens) names more processes whose CPU is
+    sampled over the window: ``{name: [pid, ...]}`` gives ``cpu_groups_pct[name]``.
     """
     ready = threading.Barrier(sessions + 1, timeout=120)
     go = threading.Event()  # set once ``window`` is known
@@ -190,10 +200,13 @@ def throughput(make_session, sessions: int, duration: float, warm: float,
             kids = [k for k in descendants(watch_children_of) if k != watch_pid]
             c0 = (cpu_seconds(watched), cpu_seconds(kids), self_cpu(), time.perf_counter(),
                   machine_ticks())
+            named = groups() if groups else {}
+            g0 = {name: cpu_seconds(pids) for name, pids in named.items()}
             rss0 = (rss_kib(watch_pid) if watch_pid else 0, sum(rss_kib(k) for k in kids))
             time.sleep(duration)
             c1 = (cpu_seconds(watched), cpu_seconds(kids), self_cpu(), time.perf_counter(),
                   machine_ticks())
+            g1 = {name: cpu_seconds(pids) for name, pids in named.items()}
         wall = c1[3] - c0[3]
         result.update({
             "cpu_proxy_pct": 100 * (c1[0] - c0[0]) / wall if watch_pid else None,
@@ -203,6 +216,7 @@ def throughput(make_session, sessions: int, duration: float, warm: float,
             "servers": len(kids),
             "proxy_rss_mib": rss0[0] / 1024 if watch_pid else None,
             "servers_rss_mib": rss0[1] / 1024,
+            "cpu_groups_pct": {name: 100 * (g1[name] - g0[name]) / wall for name in named},
         })
     finally:
         go.set()  # workers never wait past an error here
