@@ -200,6 +200,13 @@ def scaleout_lines(so: dict) -> list[str]:
            "redis-server",
            markdown(["transport", "single process", "local (on A)", "forwarded (B -> A)",
                      "forwarding adds (p50)", "target", "result"], body, {1, 2, 3, 4}),
+           "CPU per call (ms; single process / local: the proxy serving it, forwarded: B "
+           "that received it + A that owns the session + redis-server):",
+           *(f"  {transport:<10} single {c['single']['single']:.2f}, local {c['local']['A']:.2f}"
+             f", forwarded {c['forwarded']['B']:.2f} + {c['forwarded']['A']:.2f} + "
+             f"{c['forwarded']['redis']:.2f}"
+             for transport in ("streamable", "sse")
+             for c in [lat[transport]["cpu_ms_per_call"]]),
            "", "Scale-out: calls/s, 20 sessions, echo child; CPU over the window "
            "(100% = one core)"]
     body = []

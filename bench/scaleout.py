@@ -21,7 +21,7 @@ import time
 from clients import KEEPALIVE, Proxy, SseSession, StreamableSession
 from farm import Gunicorn, RedisServer
 from measure import latency_samples, summary, throughput
-from procs import BenchError, Processes, log, profiled
+from procs import BenchError, Processes, cpu_seconds, log, profiled
 from wire import HttpConn
 
 TRANSPORTS = {"streamable": StreamableSession, "sse": SseSession}
@@ -52,20 +52,26 @@ def _connected(proxy: Proxy) -> None:
     raise BenchError(f"proxy {proxy.pid} is not listening on Redis")
 
 
-def alternate(sessions: dict, calls: int, warmup: int, rounds: int) -> dict[str, list[float]]:
-    """``calls`` timed calls on each session, in ``rounds`` rounds, the order rotated."""
+def alternate(sessions: dict, calls: int, warmup: int, rounds: int, watch: dict[str, int]
+              ) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
+    """``calls`` timed calls on each session, in ``rounds`` rounds, the order rotated; and
+    the CPU seconds each watched process (name -> pid) spent during each session's calls."""
     names = list(sessions)
     rid = 1000
     for name in names:
         latency_samples(sessions[name], warmup, rid)
         rid += warmup
     samples: dict[str, list[float]] = {name: [] for name in names}
+    cpu = {name: dict.fromkeys(watch, 0.0) for name in names}
     per_round = max(1, calls // rounds)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
+            before = {proc: cpu_seconds([pid]) for proc, pid in watch.items()}
             samples[name] += latency_samples(sessions[name], per_round, rid)
+            for proc, pid in watch.items():
+                cpu[name][proc] += cpu_seconds([pid]) - before[proc]
             rid += per_round
-    return samples
+    return samples, cpu
 
 
 def forwarding_latency(opts, procs: Processes, redis: RedisServer, calls: int, warmup: int,
@@ -94,7 +100,8 @@ def forwarding_latency(opts, procs: Processes, redis: RedisServer, calls: int, w
                     for who, proxy in (("a", a), ("b", b)):
                         stack.enter_context(profiled(opts, f"scaleout-{transport}-{who}",
                                                      proxy.pid))
-                    samples = alternate(sessions, calls, warmup, rounds)
+                    samples, cpu = alternate(sessions, calls, warmup, rounds, {
+                        "single": single.pid, "A": a.pid, "B": b.pid, "redis": redis.pid})
                 after = (_routes(a), _routes(b))
             finally:
                 if forwarded is not None:
@@ -110,8 +117,13 @@ def forwarding_latency(opts, procs: Processes, redis: RedisServer, calls: int, w
                     routes["a_forwarded"]:
                 raise BenchError(f"{transport}: calls did not take the expected routes "
                                  f"({sent} sent to B): {routes}")
-            out[transport] = {**figures, "routes": routes, "added_p50_ms":
-                              figures["forwarded"]["p50_ms"] - figures["local"]["p50_ms"]}
+            out[transport] = {
+                **figures, "routes": routes,
+                "added_p50_ms": figures["forwarded"]["p50_ms"] - figures["local"]["p50_ms"],
+                # CPU per call of each process, from /proc ticks (10 ms) summed over the rounds
+                "cpu_ms_per_call": {path: {proc: 1000 * sec / len(samples[path])
+                                           for proc, sec in cpu[path].items()}
+                                    for path in PATHS}}
         return out
     finally:
         for proxy in started:
@@ -124,17 +136,23 @@ FARMS = (("gunicorn -w 1, no Redis", 1, False), ("gunicorn -w 1, Redis", 1, True
 
 def farm_throughput(procs: Processes, redis: RedisServer, sessions: int, duration: float,
                     warm: float) -> dict:
+    """Every farm started first, then run one after the other per transport, so that the
+    figures compared with each other are measured seconds apart."""
+    farms: list[Gunicorn] = []
     out = {}
-    for label, workers, with_redis in FARMS:
-        farm = Gunicorn(procs, workers, redis.url if with_redis else None)
-        try:
-            for transport, make in TRANSPORTS.items():
+    try:
+        for _, workers, with_redis in FARMS:
+            farms.append(Gunicorn(procs, workers, redis.url if with_redis else None))
+        for transport, make in TRANSPORTS.items():
+            for (label, _, with_redis), farm in zip(FARMS, farms, strict=True):
                 log(f"scale-out: {label}: {transport} throughput, {sessions} sessions")
                 out[f"{label} | {transport}"] = _farm_run(
                     farm, make, redis.pid if with_redis else None, sessions, duration, warm)
-        finally:
+    finally:
+        for farm in farms:
             farm.stop()
-    return out
+    order = [label for label, _, _ in FARMS]
+    return dict(sorted(out.items(), key=lambda item: order.index(item[0].split(" | ")[0])))
 
 
 def _farm_run(farm: Gunicorn, make, redis_pid: int | None, sessions: int, duration: float,
