@@ -1,13 +1,13 @@
 """What the bench measures, over any session with ``call`` (see clients.py).
 
 ``EchoCall`` builds the ``tools/call`` echo bodies of one payload size and checks the
-answers. ``latency`` times sequential small calls on one session; ``round_trips`` times
-big (1 and 10 MiB) echoes; ``throughput`` runs many sessions on threads, counts the calls
-completed in a fixed window and samples the CPU and RSS of the proxy, of its stdio servers
-and of the bench over that window; ``idle_sse_memory`` opens idle SSE sessions on a fresh
-proxy and reads its RSS; ``startup`` times a stdio process from start to its initialize
-answer, and ``remote_initialize`` the remote's own part of that (a new session over raw
-HTTP, so the server-mode proxy starting its raw_server is included).
+answers. ``latency`` times sequential small calls on one session (``latency_samples``
+the times themselves, ``summary`` their percentiles); ``round_trips`` times big (1 and 10
+MiB) echoes; ``throughput`` runs many sessions on threads, counts the calls completed in a
+fixed window and samples the CPU and RSS of the proxy, of its stdio servers, of any other
+processes named and of the bench over that window; ``startup`` times a stdio process from
+start to its initialize answer, and ``remote_initialize`` the remote's own part of that (a
+new session over raw HTTP, so the server-mode proxy starting its raw_server is included).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import statistics
 import threading
 import time
 
-from clients import Proxy, SseSession, StdioSession, initialize_body
+from clients import StdioSession, initialize_body
 from procs import (
     BenchError,
     Processes,
@@ -235,43 +235,6 @@ def throughput(make_session, sessions: int, duration: float, warm: float,
     result.update({"calls": total, "duration_s": duration, "calls_per_s": total / duration,
                    "p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99)})
     return result
-
-
-def idle_sse_memory(procs: Processes, sessions: int, batch: int = 100) -> dict:
-    """A fresh proxy (default settings); open ``sessions`` idle SSE streams; RSS before and with."""
-    proxy = Proxy(procs, "proxy-memory", ("--max-sessions", str(sessions + 100)))
-    open_conns: list[SseSession] = []
-    try:
-        proxy.status()  # warm the app (first request imports/compiles a few things)
-        time.sleep(0.5)
-        base = rss_kib(proxy.pid)
-        t0 = time.perf_counter()
-        for first in range(0, sessions, batch):
-            size = min(batch, sessions - first)
-            group = [SseSession(proxy.port, post=False) for _ in range(size)]
-            open_conns.extend(group)
-            for conn in group:
-                conn.read_endpoint()
-        open_s = time.perf_counter() - t0
-        time.sleep(1.0)
-        status = proxy.status()
-        kids = descendants(proxy.pid)
-        rss = rss_kib(proxy.pid)
-        with_children = rss + sum(rss_kib(k) for k in kids)
-        result = {
-            "sessions": sessions, "open_s": open_s,
-            "sessions_seen_by_proxy": status["active_sse_connections"],
-            "children": len(kids),
-            "proxy_rss_idle_mib": base / 1024,
-            "proxy_rss_mib": rss / 1024,
-            "proxy_with_children_rss_mib": with_children / 1024,
-            "per_session_kib": (rss - base) / sessions,
-        }
-        return result
-    finally:
-        for conn in open_conns:
-            conn.close()
-        proxy.stop()
 
 
 def startup(procs: Processes, argv: list[str], runs: int, name: str) -> dict:

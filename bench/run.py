@@ -19,9 +19,9 @@ This file holds the command line, the sequence of the run (``run``) and ``main``
 writes the JSON and prints the table. The rest lives beside it, imported as sibling
 modules (this script's directory is on sys.path): procs.py (processes, /proc readings,
 profiling), wire.py (the HTTP/1.1 and SSE client), clients.py (the MCP sessions and the
-proxy under test), measure.py (the measurements), report.py (the table), and the phases of
-their own: shared.py, slow.py, scaleout.py (with farm.py: redis-server, gunicorn). The load client
-is raw sockets with a hand-rolled HTTP/1.1 keep-alive client (Content-Length and chunked
+proxy under test), measure.py (the measurements), report.py (the tables), and the phases
+of their own: shared.py, slow.py, scaleout.py (with farm.py: redis-server, gunicorn). The
+load client is raw sockets with a hand-rolled HTTP/1.1 keep-alive client (Content-Length and chunked
 bodies, SSE events), one blocking thread per session. No MCP SDK, no requests. Every
 process started here is stopped here (SIGTERM, bounded wait, SIGKILL), also on errors and
 on Ctrl-C. See bench/README.md for what each figure means.
@@ -43,7 +43,6 @@ from pathlib import Path
 
 from clients import KEEPALIVE, ModernSession, Proxy, SseSession, StdioSession, StreamableSession
 from measure import (
-    idle_sse_memory,
     latency,
     remote_initialize,
     round_trips,
@@ -53,7 +52,7 @@ from measure import (
 from procs import PY, RAW_SERVER, ROOT, BenchError, MiB, Processes, log, profiled, raise_nofile
 from report import CLIENT_PATHS, SERVER_PATHS, build_rows, report
 from scaleout import run_scaleout
-from shared import connected_memory, shared_throughput
+from shared import connected_memory, idle_sse_memory, shared_throughput
 from slow import disconnect_to_stop, slow_reader_memory
 
 
