@@ -199,6 +199,17 @@ class StdioSession:
         return self.procs.stop(self.proc)
 
 
+def get_status(port: int) -> dict:
+    """GET /status on a fresh connection (under gunicorn: whichever worker accepts it)."""
+    conn = HttpConn(port, timeout=10)
+    try:
+        conn.send_request("GET", "/status", {"Connection": "close"})
+        _, headers = conn.read_head()
+        return json.loads(conn.read_body(headers))
+    finally:
+        conn.close()
+
+
 class Proxy:
     """mcp-proxy in server mode over raw_server, on a random port."""
 
@@ -226,23 +237,7 @@ class Proxy:
         return f"http://{HOST}:{self.port}"
 
     def status(self) -> dict:
-        conn = HttpConn(self.port, timeout=10)
-        try:
-            conn.send_request("GET", "/status", {"Connection": "close"})
-            status, headers, body = self._read_close(conn)
-        finally:
-            conn.close()
-        return json.loads(body)
-
-    @staticmethod
-    def _read_close(conn: HttpConn):
-        status, headers = conn.read_head()
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            parts = []
-            while (chunk := conn.read_chunk()) is not None:
-                parts.append(chunk)
-            return status, headers, b"".join(parts)
-        return status, headers, conn.read_exact(int(headers.get("content-length", "0")))
+        return get_status(self.port)
 
     def wait_sessions(self, count: int = 0, timeout: float = 20.0) -> int:
         """Wait (bounded) until at most ``count`` sessions are left and their children gone."""

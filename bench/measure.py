@@ -1,13 +1,13 @@
 """What the bench measures, over any session with ``call`` (see clients.py).
 
 ``EchoCall`` builds the ``tools/call`` echo bodies of one payload size and checks the
-answers. ``latency`` times sequential small calls on one session; ``round_trips`` times
-big (1 and 10 MiB) echoes; ``throughput`` runs many sessions on threads, counts the calls
-completed in a fixed window and samples the CPU and RSS of the proxy, of its stdio servers
-and of the bench over that window; ``idle_sse_memory`` opens idle SSE sessions on a fresh
-proxy and reads its RSS; ``startup`` times a stdio process from start to its initialize
-answer, and ``remote_initialize`` the remote's own part of that (a new session over raw
-HTTP, so the server-mode proxy starting its raw_server is included).
+answers. ``latency`` times sequential small calls on one session (``latency_samples``
+the times themselves, ``summary`` their percentiles); ``round_trips`` times big (1 and 10
+MiB) echoes; ``throughput`` runs many sessions on threads, counts the calls completed in a
+fixed window and samples the CPU and RSS of the proxy, of its stdio servers, of any other
+processes named and of the bench over that window; ``startup`` times a stdio process from
+start to its initialize answer, and ``remote_initialize`` the remote's own part of that (a
+new session over raw HTTP, so the server-mode proxy starting its raw_server is included).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import statistics
 import threading
 import time
 
-from clients import Proxy, SseSession, StdioSession, initialize_body
+from clients import StdioSession, initialize_body
 from procs import (
     BenchError,
     Processes,
@@ -70,12 +70,9 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[k]
 
 
-def latency(session, calls: int, warmup: int) -> dict:
+def latency_samples(session, calls: int, rid: int = 1000) -> list[float]:
+    """Milliseconds of ``calls`` sequential small echo calls, ids from ``rid + 1`` on."""
     echo = EchoCall(0)
-    rid = 1000
-    for _ in range(warmup):
-        rid += 1
-        echo.check(rid, session.call(echo.body(rid)))
     samples = []
     clock = time.perf_counter_ns
     for _ in range(calls):
@@ -85,9 +82,19 @@ def latency(session, calls: int, warmup: int) -> dict:
         answer = session.call(body)
         samples.append((clock() - t0) / 1e6)
         echo.check(rid, answer)
-    samples.sort()
-    return {"calls": calls, "p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99),
-            "mean_ms": statistics.fmean(samples), "min_ms": samples[0], "max_ms": samples[-1]}
+    return samples
+
+
+def summary(samples: list[float]) -> dict:
+    samples = sorted(samples)
+    return {"calls": len(samples), "p50_ms": percentile(samples, 50),
+            "p99_ms": percentile(samples, 99), "mean_ms": statistics.fmean(samples),
+            "min_ms": samples[0], "max_ms": samples[-1]}
+
+
+def latency(session, calls: int, warmup: int) -> dict:
+    latency_samples(session, warmup)
+    return summary(latency_samples(session, calls, 1000 + warmup))
 
 
 def round_trips(session, sizes: list[int], runs: int) -> dict:
@@ -114,13 +121,16 @@ def round_trips(session, sizes: list[int], runs: int) -> dict:
 
 
 def throughput(make_session, sessions: int, duration: float, warm: float,
-               watch_pid: int | None, watch_children_of: int, around=None) -> dict:
+               watch_pid: int | None, watch_children_of: int, around=None,
+               groups=None) -> dict:
     """``sessions`` threads, each with its own session, calling back to back.
 
     Calls completed inside [start + warm, start + warm + duration] count. CPU use of the
     proxy (``watch_pid``), of the stdio servers (descendants of ``watch_children_of``) and
     of the bench itself is sampled over the same window. ``around`` (a context manager,
     e.g. a profiler) is entered once every session is ready and left after the window.
+    ``groups`` (a callable, called as the window opens) names more processes whose CPU is
+    sampled over the window: ``{name: [pid, ...]}`` gives ``cpu_groups_pct[name]``.
     """
     ready = threading.Barrier(sessions + 1, timeout=120)
     go = threading.Event()  # set once ``window`` is known
@@ -190,10 +200,13 @@ def throughput(make_session, sessions: int, duration: float, warm: float,
             kids = [k for k in descendants(watch_children_of) if k != watch_pid]
             c0 = (cpu_seconds(watched), cpu_seconds(kids), self_cpu(), time.perf_counter(),
                   machine_ticks())
+            named = groups() if groups else {}
+            g0 = {name: cpu_seconds(pids) for name, pids in named.items()}
             rss0 = (rss_kib(watch_pid) if watch_pid else 0, sum(rss_kib(k) for k in kids))
             time.sleep(duration)
             c1 = (cpu_seconds(watched), cpu_seconds(kids), self_cpu(), time.perf_counter(),
                   machine_ticks())
+            g1 = {name: cpu_seconds(pids) for name, pids in named.items()}
         wall = c1[3] - c0[3]
         result.update({
             "cpu_proxy_pct": 100 * (c1[0] - c0[0]) / wall if watch_pid else None,
@@ -203,6 +216,7 @@ def throughput(make_session, sessions: int, duration: float, warm: float,
             "servers": len(kids),
             "proxy_rss_mib": rss0[0] / 1024 if watch_pid else None,
             "servers_rss_mib": rss0[1] / 1024,
+            "cpu_groups_pct": {name: 100 * (g1[name] - g0[name]) / wall for name in named},
         })
     finally:
         go.set()  # workers never wait past an error here
@@ -221,43 +235,6 @@ def throughput(make_session, sessions: int, duration: float, warm: float,
     result.update({"calls": total, "duration_s": duration, "calls_per_s": total / duration,
                    "p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99)})
     return result
-
-
-def idle_sse_memory(procs: Processes, sessions: int, batch: int = 100) -> dict:
-    """A fresh proxy (default settings); open ``sessions`` idle SSE streams; RSS before and with."""
-    proxy = Proxy(procs, "proxy-memory", ("--max-sessions", str(sessions + 100)))
-    open_conns: list[SseSession] = []
-    try:
-        proxy.status()  # warm the app (first request imports/compiles a few things)
-        time.sleep(0.5)
-        base = rss_kib(proxy.pid)
-        t0 = time.perf_counter()
-        for first in range(0, sessions, batch):
-            size = min(batch, sessions - first)
-            group = [SseSession(proxy.port, post=False) for _ in range(size)]
-            open_conns.extend(group)
-            for conn in group:
-                conn.read_endpoint()
-        open_s = time.perf_counter() - t0
-        time.sleep(1.0)
-        status = proxy.status()
-        kids = descendants(proxy.pid)
-        rss = rss_kib(proxy.pid)
-        with_children = rss + sum(rss_kib(k) for k in kids)
-        result = {
-            "sessions": sessions, "open_s": open_s,
-            "sessions_seen_by_proxy": status["active_sse_connections"],
-            "children": len(kids),
-            "proxy_rss_idle_mib": base / 1024,
-            "proxy_rss_mib": rss / 1024,
-            "proxy_with_children_rss_mib": with_children / 1024,
-            "per_session_kib": (rss - base) / sessions,
-        }
-        return result
-    finally:
-        for conn in open_conns:
-            conn.close()
-        proxy.stop()
 
 
 def startup(procs: Processes, argv: list[str], runs: int, name: str) -> dict:

@@ -48,14 +48,16 @@ class Processes:
         self._n = 0
 
     def start(self, argv: list[str], *, stdin=None, stdout=None, name: str = "proc",
-              bufsize: int = -1, core: int | None = None) -> subprocess.Popen:
+              bufsize: int = -1, core: int | None = None, env: dict | None = None
+              ) -> subprocess.Popen:
         with self._lock:
             self._n += 1
             logpath = self.logdir / f"{self._n:04d}-{name}.log"
         errfile = open(logpath, "wb")  # noqa: SIM115 - closed when the process is stopped
         try:
             proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=errfile,
-                                    bufsize=bufsize, cwd=ROOT, close_fds=True)
+                                    bufsize=bufsize, cwd=ROOT, close_fds=True,
+                                    env=None if env is None else {**os.environ, **env})
         finally:
             errfile.close()
         proc.logpath = logpath  # type: ignore[attr-defined]

@@ -5,7 +5,8 @@ figures into rows (the proxy's figure, the floor's, their ratio, the target and 
 PASS/FAIL/info verdict); ``render_table`` lays the rows out as a Markdown table; ``notes``
 describes CPU and RSS during the throughput runs; ``report`` puts the header lines, the
 table, the legend and the notes together into the text printed and saved as
-``table_text``.
+``table_text``. ``scaleout_lines`` lays out the two tables of the scale-out phases
+(scaleout.py), and ``markdown`` any table.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ TARGET_SLOW_GROWTH_MIB = 16.0  # a client that reads nothing of 100 MiB it asked
 TARGET_SLOW_AFTER_MIB = 8.0  # ... and 10 s after it left
 TARGET_DISCONNECT_S = 1.0  # a closed stream noticed, its server stopped
 TARGET_SHARED_100_MIB = 82.0  # mcp-proxy 0.13 with 100 connected clients, on this machine
+TARGET_FORWARD_P50_MS = 0.5  # a call sent to another process than its session's owner
 
 
 def fmt(value, digits: int = 2) -> str:
@@ -165,8 +167,12 @@ def render_table(rows: list[dict]) -> str:
         body.append([r["figure"], r["path"], fmt(r["value"], d), fmt(r["floor"], d),
                      "—" if r["ratio"] is None else f"{r['ratio']:.2f}x", r["target"],
                      r["result"]])
+    return markdown(header, body, {2, 3, 4})
+
+
+def markdown(header: list[str], body: list[list[str]], right: set[int]) -> str:
+    """A Markdown table, its columns padded; the columns in ``right`` (numbers) right-aligned."""
     widths = [max(len(header[i]), *(len(b[i]) for b in body)) for i in range(len(header))]
-    right = {2, 3, 4}  # numbers
 
     def line(cells):
         return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w)
@@ -176,6 +182,50 @@ def render_table(rows: list[dict]) -> str:
                                         for i, w in enumerate(widths)) + "|"]
     out.extend(line(b) for b in body)
     return "\n".join(out)
+
+
+def scaleout_lines(so: dict) -> list[str]:
+    """The two tables of the scale-out phases (issue 11)."""
+    lat, body = so["latency"], []
+    for transport in ("streamable", "sse"):
+        t = lat[transport]
+        cells = [f"{t[k]['p50_ms']:.3f} / {t[k]['p99_ms']:.2f}"
+                 for k in ("single", "local", "forwarded")]
+        ok = t["added_p50_ms"] <= TARGET_FORWARD_P50_MS
+        body.append([transport, *cells, f"{t['added_p50_ms']:+.3f}",
+                     f"<= {TARGET_FORWARD_P50_MS} ms", "PASS" if ok else "FAIL"])
+    calls = lat["streamable"]["local"]["calls"]
+    out = [f"Scale-out (issue 11): echo latency p50 / p99 (ms), {calls}"
+           f" calls per path in {lat['rounds']} alternating rounds; A and B: CLI proxies on one "
+           "redis-server",
+           markdown(["transport", "single process", "local (on A)", "forwarded (B -> A)",
+                     "forwarding adds (p50)", "target", "result"], body, {1, 2, 3, 4}),
+           "CPU per call (ms; single process / local: the proxy serving it, forwarded: B "
+           "that received it + A that owns the session + redis-server):",
+           *(f"  {transport:<10} single {c['single']['single']:.2f}, local {c['local']['A']:.2f}"
+             f", forwarded {c['forwarded']['B']:.2f} + {c['forwarded']['A']:.2f} + "
+             f"{c['forwarded']['redis']:.2f}"
+             for transport in ("streamable", "sse")
+             for c in [lat[transport]["cpu_ms_per_call"]]),
+           "", "Scale-out: calls/s, 20 sessions, echo child; CPU over the window "
+           "(100% = one core)"]
+    body = []
+    for name, tp in so["throughput"].items():
+        farm, transport = name.split(" | ")
+        cpu = tp["cpu_groups_pct"]
+        workers = " + ".join(f"{v:.0f}" for k, v in cpu.items() if k.startswith("worker"))
+        routes = tp["routes"]
+        share = routes["forwarded"] / max(1, routes["local"] + routes["forwarded"])
+        body.append([farm, transport, f"{tp['calls_per_s']:,.0f}",
+                     f"{tp['p50_ms']:.2f} / {tp['p99_ms']:.2f}", f"{100 * share:.0f}%",
+                     "/".join(str(n) for n in tp["servers_per_worker"]),
+                     f"{cpu['master']:.0f}", workers, f"{cpu['servers']:.0f}",
+                     fmt(cpu.get("redis"), 0), f"{tp['cpu_bench_pct']:.0f}",
+                     f"{tp['machine_busy_pct']:.0f}"])
+    out.append(markdown(["farm", "transport", "calls/s", "p50 / p99 ms", "forwarded",
+                         "sessions", "master %", "workers %", "servers %", "redis %",
+                         "client %", "machine busy %"], body, set(range(2, 12))))
+    return out
 
 
 def notes(results: dict) -> list[str]:
@@ -214,16 +264,22 @@ def report(results: dict) -> str:
         f"{results['config']['warmup']} warm-up; throughput: {results['config']['duration']:g} s "
         f"per run; round trips: median of {results['config']['rt_runs']}; start-up: median of "
         f"{results['config']['startup_runs']}",
-        "",
-        render_table(build_rows(results)),
-        "",
-        "floor = raw_server over stdio, no proxy (throughput: 20/100 raw_server processes; "
-        "RSS: the same proxy with no session; start-up: raw_server start -> initialize answer)",
-        "client mode: stdio -> mcp-proxy (client) -> mcp-proxy (server) -> raw_server; "
-        "targets apply to server mode, except start-up",
-        f"proxy under load runs with --keepalive {KEEPALIVE} --max-body-size 32MiB; the "
-        "idle-session proxy with defaults (--keepalive 15)",
-        "CPU during throughput (100% = one core; machine busy: share of all cores):",
-        *notes(results),
     ]
+    if results["paths"]:
+        lines += [
+            "",
+            render_table(build_rows(results)),
+            "",
+            "floor = raw_server over stdio, no proxy (throughput: 20/100 raw_server processes; "
+            "RSS: the same proxy with no session; start-up: raw_server start -> initialize "
+            "answer)",
+            "client mode: stdio -> mcp-proxy (client) -> mcp-proxy (server) -> raw_server; "
+            "targets apply to server mode, except start-up",
+            f"proxy under load runs with --keepalive {KEEPALIVE} --max-body-size 32MiB; the "
+            "idle-session proxy with defaults (--keepalive 15)",
+            "CPU during throughput (100% = one core; machine busy: share of all cores):",
+            *notes(results),
+        ]
+    if results.get("scaleout"):
+        lines += ["", *scaleout_lines(results["scaleout"])]
     return "\n".join(lines)

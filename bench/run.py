@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark mcp-proxy against "the floor" (the same stdio server spoken to with no proxy).
 
-    python bench/run.py [--quick] [--json bench/results.json] [--pin] [--profile DIR]
+    python bench/run.py [--quick] [--only scaleout] [--json bench/results.json] [--pin]
+                        [--profile DIR]
 
 Paths measured (all traffic on 127.0.0.1):
 
@@ -11,13 +12,16 @@ Paths measured (all traffic on 127.0.0.1):
   client/sse         stdio -> mcp-proxy URL/sse (client mode) -> mcp-proxy (server) -> raw_server
   client/streamable  stdio -> mcp-proxy --transport streamablehttp URL/mcp -> ... -> raw_server
   floor              stdio -> raw_server directly
+  scale-out          sessions across processes through a Redis of the bench's own (issue 11):
+                     a call forwarded from one proxy to another, gunicorn -w 1 and -w 2
 
 This file holds the command line, the sequence of the run (``run``) and ``main``, which
 writes the JSON and prints the table. The rest lives beside it, imported as sibling
 modules (this script's directory is on sys.path): procs.py (processes, /proc readings,
 profiling), wire.py (the HTTP/1.1 and SSE client), clients.py (the MCP sessions and the
-proxy under test), measure.py (the measurements) and report.py (the table). The load client
-is raw sockets with a hand-rolled HTTP/1.1 keep-alive client (Content-Length and chunked
+proxy under test), measure.py (the measurements), report.py (the tables), and the phases
+of their own: shared.py, slow.py, scaleout.py (with farm.py: redis-server, gunicorn). The
+load client is raw sockets with a hand-rolled HTTP/1.1 keep-alive client (Content-Length and chunked
 bodies, SSE events), one blocking thread per session. No MCP SDK, no requests. Every
 process started here is stopped here (SIGTERM, bounded wait, SIGKILL), also on errors and
 on Ctrl-C. See bench/README.md for what each figure means.
@@ -39,7 +43,6 @@ from pathlib import Path
 
 from clients import KEEPALIVE, ModernSession, Proxy, SseSession, StdioSession, StreamableSession
 from measure import (
-    idle_sse_memory,
     latency,
     remote_initialize,
     round_trips,
@@ -48,7 +51,8 @@ from measure import (
 )
 from procs import PY, RAW_SERVER, ROOT, BenchError, MiB, Processes, log, profiled, raise_nofile
 from report import CLIENT_PATHS, SERVER_PATHS, build_rows, report
-from shared import connected_memory, shared_throughput
+from scaleout import run_scaleout
+from shared import connected_memory, idle_sse_memory, shared_throughput
 from slow import disconnect_to_stop, slow_reader_memory
 
 
@@ -69,6 +73,13 @@ def configure(quick: bool) -> dict:
 
 
 def run(opts, procs: Processes, results: dict) -> None:
+    if opts.only != "scaleout":
+        run_paths(opts, procs, results)
+    log("scale-out: a redis-server of the bench's own; forwarded calls, gunicorn -w 1 and -w 2")
+    results["scaleout"] = run_scaleout(opts, procs, results["config"])
+
+
+def run_paths(opts, procs: Processes, results: dict) -> None:
     cfg = results["config"]
     floor_argv = [PY, str(RAW_SERVER)]
     paths = results["paths"]
@@ -181,6 +192,8 @@ def git_revision() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description="Benchmark mcp-proxy against the floor.")
     parser.add_argument("--quick", action="store_true", help="short smoke run (< 1 min)")
+    parser.add_argument("--only", choices=["scaleout"],
+                        help="run only these phases (scaleout: issue 11, through Redis)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results.json"),
                         help="where to write the figures (default bench/results.json)")
     parser.add_argument("--pin", action="store_true",

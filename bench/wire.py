@@ -107,15 +107,18 @@ class HttpConn:
             raise BenchError("bad chunk framing")
         return data
 
-    def read_response(self) -> tuple[int, dict[str, str], bytes]:
-        status, headers = self.read_head()
+    def read_body(self, headers: dict[str, str]) -> bytes:
+        """The body of a response whose head ``read_head`` returned."""
         if headers.get("transfer-encoding", "").lower() == "chunked":
             parts = []
             while (chunk := self.read_chunk()) is not None:
                 parts.append(chunk)
-            body = b"".join(parts)
-        else:
-            body = self.read_exact(int(headers.get("content-length", "0")))
+            return b"".join(parts)
+        return self.read_exact(int(headers.get("content-length", "0")))
+
+    def read_response(self) -> tuple[int, dict[str, str], bytes]:
+        status, headers = self.read_head()
+        body = self.read_body(headers)
         if headers.get("connection", "").lower() == "close":
             raise BenchError(f"proxy closed the keep-alive connection (status {status})")
         return status, headers, body
