@@ -68,7 +68,8 @@ def create_app(settings: ServerSettings) -> Flask:
     if settings.redis_url:
         from mcp_proxy.server.router import Router  # imports redis: only when asked for
 
-        registry.router = Router(settings, lambda exc: _exit_worker(registry, exc))
+        registry.router = Router(settings, registry.handlers, registry.touch,
+                                 lambda exc: _exit_worker(registry, exc))
         registry.metrics.routing = registry.router.status
 
     for name in settings.servers:

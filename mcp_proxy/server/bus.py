@@ -82,6 +82,11 @@ class Bus:
             url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10,
             retry=Retry(NoBackoff(), 0), max_connections=64, protocol=2)
         self.publisher = Publisher(self.redis.connection_pool)
+        # the inbox's own pool: its socket timeout (three pings) bounds every read, with no
+        # per-read timeout to set and reset
+        self.inbox_pool = redis.ConnectionPool.from_url(
+            url, socket_connect_timeout=2, socket_timeout=3 * REFRESH, protocol=2,
+            max_connections=4)
         self.info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                                 "started": time.time()})
         self._greenlets: list[gevent.Greenlet] = []
@@ -102,6 +107,7 @@ class Bus:
             pass
         self.publisher.close()
         self.redis.close()
+        self.inbox_pool.disconnect()
 
     def _fatal(self, exc: BaseException) -> None:
         if self.stopping:
@@ -156,7 +162,7 @@ class Bus:
     def _read(self) -> None:
         backoff = 0.05
         while True:
-            messages = Inbox(self.redis.connection_pool, inbox(self.tag), REFRESH).messages()
+            messages = Inbox(self.inbox_pool, inbox(self.tag), REFRESH).messages()
             try:
                 for data in messages:
                     if self.state != "connected":

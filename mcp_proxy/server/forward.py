@@ -19,9 +19,9 @@ that leaves is told to the owner with a ``cancel`` frame; a client that falls mo
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 from flask import Response
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _STOP = ({"k": "stop"}, b"")
+_numbers = itertools.count(1)
 # request headers that never cross the bus: credentials, the hop's own, and Origin (checked
 # where the request landed, which also adds the CORS headers to the answer)
 _PRIVATE = {"HTTP_AUTHORIZATION", "HTTP_COOKIE", "HTTP_PROXY_AUTHORIZATION", "HTTP_ORIGIN",
@@ -76,7 +77,7 @@ class Call:
     def __init__(self, router: Router, owner: str) -> None:
         self.router = router
         self.owner = owner
-        self.corr = uuid.uuid4().hex
+        self.corr = str(next(_numbers))  # unique among this worker's calls: replies come here
         self.queue: Queue = Queue()
         self.queued = 0  # payload bytes received, not yet sent on to the client
         self.seen = time.monotonic()

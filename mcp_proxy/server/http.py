@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import lru_cache
+from urllib.parse import unquote_plus
 
 from flask import Response
 from werkzeug.datastructures import MIMEAccept
@@ -21,6 +22,16 @@ from mcp_proxy.jsonrpc import Message
 
 SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
 _CACHED_HEADER = 256  # longer Accept headers are parsed every time, never kept
+
+
+def query_session(query: str) -> str | None:
+    """An HTTP+SSE POST's ``session_id`` (or ``sessionId``) from its query string."""
+    found: dict[str, str] = {}
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key in ("session_id", "sessionId") and key not in found:
+            found[key] = unquote_plus(value)
+    return found.get("session_id") or found.get("sessionId")
 
 
 def text_error(status: int, text: str, **headers: str) -> Response:

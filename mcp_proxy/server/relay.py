@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from flask import Response, request
+from flask import Response
 
 from mcp_proxy import jsonrpc
 from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError
@@ -51,7 +51,7 @@ class Relay:
             yield from stream.events(self.keepalive, until_response=True)
 
     def _body(self, session: StreamableSession, message: Message, stream: Stream,
-              first: list, ephemeral: bool) -> Body:
+              first: list, ephemeral: bool, environ: dict) -> Body:
         key = id_key(message.id)
 
         def gone() -> None:
@@ -68,10 +68,10 @@ class Relay:
             if ephemeral:
                 session.close("request done")
 
-        return Body(self._events(stream, first), request.environ, stream, gone, ended)
+        return Body(self._events(stream, first), environ, stream, gone, ended)
 
     def answer(self, session: StreamableSession, message: Message, headers: dict,
-               ephemeral: bool) -> Response:
+               environ: dict, ephemeral: bool) -> Response:
         """Hand the message to the session; the answer: 202, JSON, or an event stream."""
         stream = None
         if message.kind == jsonrpc.REQUEST:
@@ -96,7 +96,7 @@ class Relay:
 
         return self._respond(session, stream, message, headers, False,
                              lambda first: self._body(session, message, stream, first,
-                                                      ephemeral))
+                                                      ephemeral, environ))
 
     def _respond(self, owner, stream: Stream, message: Message, headers: dict, modern: bool,
                  body_for) -> Response:
@@ -123,9 +123,8 @@ class Relay:
                             headers=headers)
         return event_stream(body or body_for(first), **headers)
 
-    def modern(self, message: Message) -> Response:
+    def modern(self, message: Message, environ: dict) -> Response:
         """A 2026-07-28 POST: checked here, then relayed to the modern lane on its own."""
-        environ = request.environ
         if message.kind != jsonrpc.REQUEST:
             return Response(status=202)  # this era has no client notifications over HTTP
         refused = era.check_headers(environ, message)

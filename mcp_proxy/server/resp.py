@@ -30,6 +30,12 @@ class BusDown(Exception):
     """Redis cannot be reached: nothing was sent."""
 
 
+def connection(pool: redis.ConnectionPool):
+    """A new connection as ``pool`` makes them (URL, AUTH, TLS), not counted against its
+    limit: these are ours for as long as they live, and a reconnect replaces them."""
+    return pool.connection_class(**pool.connection_kwargs)
+
+
 def pack(*parts: bytes) -> bytes:
     out = [b"*%d\r\n" % len(parts)]
     for part in parts:
@@ -64,7 +70,7 @@ class Publisher:
             line = self.line
             try:
                 if line is None:
-                    conn = self.pool.make_connection()
+                    conn = connection(self.pool)
                     conn.connect()
                     line = self.line = _Line(conn)
                     gevent.spawn(self._read, line)
@@ -122,7 +128,7 @@ class Inbox:
     """One subscribed connection: ``messages()`` yields each payload published to it."""
 
     def __init__(self, pool: redis.ConnectionPool, channel: str, ping: float) -> None:
-        self.conn = pool.make_connection()
+        self.conn = connection(pool)
         self.channel = channel.encode()
         self.ping = ping
         self._pinger = None
@@ -139,7 +145,7 @@ class Inbox:
         yield b""  # subscribed: the channel is ours from here on (a frame is never empty)
         try:
             while True:
-                reply = conn.read_response(timeout=3 * self.ping)
+                reply = conn.read_response()  # bounded by the socket timeout
                 if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
                     yield reply[2]
         finally:

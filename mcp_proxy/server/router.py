@@ -23,16 +23,16 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from urllib.parse import unquote
+from typing import Any
 
 import gevent
 from flask import Flask, Response, request
 
-from mcp_proxy import modern, supervise
+from mcp_proxy import jsonrpc, modern, supervise
 from mcp_proxy.server import forward as fwd
 from mcp_proxy.server.bus import GRACE, BlobLost, Bus, BusDown, decode
 from mcp_proxy.server.guard import Checks
-from mcp_proxy.server.http import read_body
+from mcp_proxy.server.http import query_session, read_body, rpc_error
 from mcp_proxy.server.sessions import TAGGED_ID
 from mcp_proxy.settings import ServerSettings
 
@@ -43,20 +43,24 @@ ROUTE_HEADER = "Mcp-Proxy-Route"
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
 
 
-def _query_session(query: str) -> str | None:
-    """The ``session_id`` (or ``sessionId``) of an HTTP+SSE POST's query string."""
-    for part in query.split("&"):
-        key, _, value = part.partition("=")
-        if key in ("session_id", "sessionId"):
-            return unquote(value)
-    return None
-
-
 def _ping_interval() -> float:
     try:
         return max(0.05, float(os.environ.get("MCP_PROXY_BUS_PING", "5")))
     except ValueError:
         return 5.0
+
+
+class _Closing:
+    """A response's body iterable whose ``close`` closes the response (and its Body)."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+    def __iter__(self):
+        return iter(self.response.response)
+
+    def close(self) -> None:
+        self.response.close()
 
 
 class Served:
@@ -87,9 +91,11 @@ class Served:
 class Router:
     """Both ends of forwarding for one app."""
 
-    def __init__(self, settings: ServerSettings, on_fatal: Callable[[BaseException], None]
-                 ) -> None:
+    def __init__(self, settings: ServerSettings, handlers: dict, touch: Callable[[], None],
+                 on_fatal: Callable[[BaseException], None]) -> None:
         self.settings = settings
+        self.handlers = handlers  # (path, method) -> a session request's handler
+        self.touch = touch
         self.ping = _ping_interval()
         self.bus = Bus(settings.redis_url, self._on_frame, on_fatal)
         self.tag = self.bus.tag
@@ -158,7 +164,7 @@ class Router:
             if methods is not None and environ["REQUEST_METHOD"] in methods \
                     and "mcp_proxy.forwarded" not in environ:
                 owner = self.owner_of(environ.get("HTTP_MCP_SESSION_ID")
-                                      or _query_session(environ.get("QUERY_STRING", "")))
+                                      or query_session(environ.get("QUERY_STRING", "")))
                 if owner is None:
                     self.count("local")
                 else:
@@ -248,11 +254,8 @@ class Router:
         try:
             body = self.bus.payload(header, payload)
             environ = self._environ(header, body, served)
-            started: list = []
-            result = self.app(environ, lambda status, headers, exc_info=None:
-                              started.extend((status, headers)))
-            status = int(started[0].split(None, 1)[0])
-            headers = [(k, v) for k, v in started[1] if k.lower() not in _HOP]
+            status, headers, result = self._run(environ)
+            headers = [(k, v) for k, v in headers if k.lower() not in _HOP]
             streaming = any(k.lower() == "content-type" and v.startswith("text/event-stream")
                             for k, v in headers)
             reply = self.bus.post
@@ -280,6 +283,27 @@ class Router:
             if result is not None and hasattr(result, "close"):
                 result.close()
             self.served.pop(corr, None)
+
+    def _run(self, environ: dict) -> tuple[int, list, Any]:
+        """(status, headers, body iterable) of a forwarded request, run here.
+
+        A session request goes straight to its handler, the one its Flask view calls (no
+        second dispatch); anything else (none is forwarded today) through the whole app.
+        """
+        handler = self.handlers.get((environ["PATH_INFO"], environ["REQUEST_METHOD"]))
+        if handler is None:
+            started: list = []
+            result = self.app(environ, lambda status, headers, exc_info=None:
+                              started.extend((status, headers)))
+            return int(started[0].split(None, 1)[0]), started[1], result
+        self.touch()
+        try:
+            response = handler(environ)
+        except Exception:  # as Flask would: a 500, and the traceback in the log
+            logger.exception("worker %s: a forwarded %s %s failed", self.tag,
+                             environ["REQUEST_METHOD"], environ["PATH_INFO"])
+            response = rpc_error(500, jsonrpc.INTERNAL_ERROR, "Internal Server Error")
+        return response.status_code, list(response.headers.items()), _Closing(response)
 
     def _environ(self, header: dict, body: bytes, served: Served) -> dict:
         environ = {

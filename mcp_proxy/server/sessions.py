@@ -14,6 +14,8 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -106,6 +108,8 @@ class Registry:
         self._per_server: dict[str, int] = dict.fromkeys(settings.servers, 0)
         self._reaper = self._start_reaper()
         self.router = None  # with --redis-url: which worker serves what (router.py)
+        # (path, method) -> the handler of a session request, for forwarded ones
+        self.handlers: dict[tuple[str, str], Callable[[dict], Any]] = {}
 
     def new_session_id(self) -> str:
         """A new session's id: 32 hex digits, after this worker's tag with --redis-url."""

@@ -17,6 +17,7 @@ from mcp_proxy.jsonrpc import Message
 from mcp_proxy.server.http import (
     event_stream,
     is_json,
+    query_session,
     read_message,
     rpc_error,
     server_busy,
@@ -74,15 +75,13 @@ def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
 
         return event_stream(Body(chunks(), request.environ, session.stream, gone, ended))
 
-    @bp.post("/messages/")
-    def messages() -> Response:
-        environ = request.environ
+    def post_message(environ: dict) -> Response:
         refused = too_large(environ, limit)
         if refused is not None:
             return refused
         if not is_json(environ):
             return text_error(400, "Invalid Content-Type header")
-        session_id = request.args.get("session_id") or request.args.get("sessionId")
+        session_id = query_session(environ.get("QUERY_STRING", ""))
         if not session_id:
             return text_error(400, "session_id is required")
         if not TAGGED_ID.match(session_id):
@@ -107,3 +106,9 @@ def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
         except LinkClosed:
             return text_error(404, "Could not find session")
         return Response("Accepted", status=202, mimetype="text/plain")
+
+    @bp.post("/messages/")
+    def messages() -> Response:
+        return post_message(request.environ)
+
+    registry.handlers[(bp.url_prefix or "") + "/messages/", "POST"] = post_message

@@ -165,10 +165,7 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
             return rpc_error(404, jsonrpc.INVALID_REQUEST, "Session not found")
         return session
 
-    @bp.post("/mcp")
-    @bp.post("/mcp/")
-    def mcp_post() -> Response:
-        environ = request.environ
+    def post(environ: dict) -> Response:
         refused = too_large(environ, limit)
         if refused is not None:
             return refused
@@ -183,7 +180,7 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
             return message
         if not environ.get(SESSION_KEY) and message.method != "initialize" \
                 and is_modern(environ, message):
-            return relay.modern(message)
+            return relay.modern(message, environ)
         version = environ.get("HTTP_MCP_PROTOCOL_VERSION")
         if version is not None and version not in LEGACY_VERSIONS:
             return rpc_error(400, jsonrpc.INVALID_REQUEST,
@@ -192,7 +189,7 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
         if stateless:  # each POST stands alone, on a port of the shared server
             session = StreamableSession(registry, server_name)
             session.ephemeral = True
-            response = relay.answer(session, message, {}, ephemeral=True)
+            response = relay.answer(session, message, {}, environ, ephemeral=True)
             if response.mimetype != "text/event-stream":
                 session.close("stateless request done")
             return response
@@ -205,12 +202,10 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
                 session = registry.add(StreamableSession(registry, server_name))
             except TooManySessions as exc:
                 return too_many_sessions(exc)
-        return relay.answer(session, message, {SESSION_HEADER: session.id}, ephemeral=False)
+        return relay.answer(session, message, {SESSION_HEADER: session.id}, environ,
+                            ephemeral=False)
 
-    @bp.get("/mcp")
-    @bp.get("/mcp/")
-    def mcp_get() -> Response:
-        environ = request.environ
+    def get(environ: dict) -> Response:
         if is_modern(environ):
             return no_modern_streams()
         if stateless:
@@ -241,15 +236,25 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
         body = Body(chunks(), environ, backlog, gone, session.get_closed)
         return event_stream(body, **{SESSION_HEADER: session.id})
 
-    @bp.delete("/mcp")
-    @bp.delete("/mcp/")
-    def mcp_delete() -> Response:
-        if is_modern(request.environ):
+    def delete(environ: dict) -> Response:
+        if is_modern(environ):
             return no_modern_streams()
         if stateless:
             return no_sessions()
-        session = find_session(request.environ)
+        session = find_session(environ)
         if isinstance(session, Response):
             return session
         session.close("client ended the session")
         return Response(status=200)
+
+    # the Flask views, and the same handlers by path for requests forwarded by other workers
+    prefix = bp.url_prefix or ""
+    for method, handler in (("POST", post), ("GET", get), ("DELETE", delete)):
+        view = _view(handler)
+        for path in ("/mcp", "/mcp/"):
+            bp.add_url_rule(path, f"mcp_{method.lower()}", view, methods=[method])
+            registry.handlers[prefix + path, method] = handler
+
+
+def _view(handler):
+    return lambda: handler(request.environ)
