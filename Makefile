@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?= --port 8080 -- $(BIN)/python tests/servers/sdk_server.py
+# two test processes, each taking whole files (fixtures that install or start things once per
+# file stay in one process): the tests mostly wait on processes and sockets; -n 0 runs serially
+WORKERS ?= 2
 
 .PHONY: install run test lint bench docker clean
 
@@ -18,7 +21,7 @@ run: install
 	$(BIN)/mcp-proxy $(ARGS)
 
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check mcp_proxy tests
