@@ -72,7 +72,6 @@ class Bus:
     def __init__(self, url: str, on_frame: Callable[[bytes], None],
                  on_fatal: Callable[[BaseException], None]) -> None:
         self.tag = new_tag()
-        self.url = url
         self.state = "connecting"  # connected | disconnected
         self.on_frame = on_frame
         self.on_fatal = on_fatal

@@ -193,8 +193,8 @@ class Inbox:
         if not (isinstance(reply, list) and reply[0] == b"subscribe"):
             raise redis.ConnectionError(f"unexpected answer to SUBSCRIBE: {reply!r}")
         self._pinger = gevent.spawn(self._ping, conn)
-        yield b""  # subscribed: the channel is ours from here on (a frame is never empty)
         try:
+            yield b""  # subscribed: the channel is ours from here on (a frame is never empty)
             while True:
                 reply = replies.next()  # bounded by the socket timeout
                 if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":

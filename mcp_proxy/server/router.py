@@ -4,7 +4,7 @@ A session lives in the worker that opened it (its child is a process of that wor
 its id starts with that worker's tag. A request for a session of another worker is forwarded
 to it over the bus (forward.py); the owner runs it in-process through the handler its own
 Flask view calls (no second dispatch), as if its own client had sent it, and streams the
-answer back frame by frame (``_serve``). The handler answers only once the message is handed
+answer back frame by frame (owner.py). The handler answers only once the message is handed
 to the session, so a 202 here means "delivered to the owner", and one client's POSTs reach
 its server in the order it sent them.
 
