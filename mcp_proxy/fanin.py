@@ -21,7 +21,7 @@ from mcp_proxy import jsonrpc
 from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError
 from mcp_proxy.jsonrpc import Message, id_key, result_message, rewritten, with_id
 from mcp_proxy.port import Call
-from mcp_proxy.protocol import LOG_LEVEL_KEY
+from mcp_proxy.protocol import LEGACY_VERSIONS, LOG_LEVEL_KEY
 
 if TYPE_CHECKING:
     from mcp_proxy.multiplexer import Multiplexer
@@ -72,8 +72,13 @@ def _initialize(mux: Multiplexer, port: Port, message: Message) -> None:
         port.offer(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR, str(exc)))
         return
     port.capabilities = message.params.get("capabilities") or {}
-    port.version = message.params.get("protocolVersion")
-    port.offer(result_message(message.id, copy.deepcopy(mux.init_result)))
+    port.version = asked = message.params.get("protocolVersion")
+    result = copy.deepcopy(mux.init_result)
+    # a client that asked for an older 2025-era version gets it, as a server that supports it
+    # answers: the child speaks a newer one, whose messages a relay passes on unchanged
+    if asked in LEGACY_VERSIONS and asked < result.get("protocolVersion", ""):
+        result["protocolVersion"] = asked
+    port.offer(result_message(message.id, result))
 
 
 def forward(mux: Multiplexer, port: Port, message: Message, params: dict | None = None) -> None:

@@ -303,3 +303,19 @@ def test_streamable_and_sse_sessions_share_one_process(shared):
     assert requests.delete(shared.base + "/mcp", headers=headers, timeout=10).status_code == 200
     assert sse.call(tool("echo", 2, text="still here"))["result"]  # the process goes on
     sse.close()
+
+
+def test_each_client_gets_the_2025_era_version_it_asked_for(shared):
+    """The child speaks the proxy's (newest) version; a client that asked for an older one it
+    supports is answered with that one, as a server that supports it must answer."""
+    versions = {}
+    for asked in ("2024-11-05", "2025-06-18", "2025-11-25", "1999-01-01"):
+        reader, endpoint = open_sse(shared.base)
+        assert requests.post(endpoint, timeout=10, json=rpc(
+            "initialize", 1, **{**INIT_PARAMS, "protocolVersion": asked})).status_code == 202
+        versions[asked] = reader.next_message()["result"]["protocolVersion"]
+        reader.close()
+    assert versions == {"2024-11-05": "2024-11-05", "2025-06-18": "2025-06-18",
+                        "2025-11-25": "2025-11-25", "1999-01-01": "2025-11-25"}
+    sent = recorded(shared.record)
+    assert [m.get("method") for m in sent].count("initialize") == 1  # the child's one
