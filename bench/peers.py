@@ -129,13 +129,16 @@ class PeerServer:
 def guarded(out: dict, key: str, fn, proc=None, limit: float = 60.0) -> None:
     """``out[key] = fn()``, or ``{"error": why}``; a stdio ``proc`` is killed past ``limit`` s.
 
-    A read from a pipe has no timeout of its own: the kill is what bounds it.
+    A read from a pipe has no timeout of its own: the kill is what bounds it. ``proc`` may
+    be a callable that names the process at that moment (start-up runs start several).
     """
     fired = threading.Event()
 
     def kill() -> None:
         fired.set()
-        proc.kill()
+        target = proc() if callable(proc) else proc
+        if target is not None:
+            target.kill()
 
     timer = threading.Timer(limit, kill) if proc is not None else None
     if timer:
@@ -146,8 +149,10 @@ def guarded(out: dict, key: str, fn, proc=None, limit: float = 60.0) -> None:
         why = f"no answer within {limit:g} s" if fired.is_set() else str(exc)
         if isinstance(exc, ConnectionResetError):
             why = "connection reset while the request body was sent"
-        if " HTTP 413 " in why:  # the same reason every run: no session id, no HTML page
-            why = re.sub(r"\?session_id=\w+", "", why.split(":")[0]) + ": HTTP 413, body too large"
+        code = re.search(r" HTTP (\d+) .*(too large|TooLarge)", why)
+        if code:  # the same reason every run: no session id, no HTML page
+            why = (re.sub(r"\?session_?[iI]d=[\w-]+", "", why.split(":")[0])
+                   + f": HTTP {code.group(1)}, body too large")
         log(f"  {key}: {why}")
         out[key] = {"error": why[:160]}
     finally:
@@ -164,7 +169,7 @@ def measure_session(fig: dict, session, cfg: dict, proc=None) -> None:
     fig["round_trip"] = {}
     for size in (1 * MiB, 10 * MiB):
         guarded(fig["round_trip"], str(size),
-                lambda n=size: round_trips(session, [n], cfg["rt_runs"])[str(n)], proc, 30)
+                lambda n=size: round_trips(session, [n], cfg["rt_runs"])[str(n)], proc, 15)
 
 
 def server_role(procs: Processes, peer: str, prefix: list[str], path: str, cfg: dict) -> dict:
@@ -206,7 +211,8 @@ def client_role(procs: Processes, peer: str, argv: list[str], path: str, remote:
         session.close()
     remote.wait_sessions(0)
     guarded(fig, "startup", lambda: startup(procs, argv, cfg["startup_runs"],
-                                            f"peer-start-{path[7:]}"))
+                                            f"peer-start-{path[7:]}"),
+            lambda: next((p for p in reversed(procs.procs) if p.args == argv), None))
     remote.wait_sessions(0)
     return fig
 
