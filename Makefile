@@ -28,7 +28,7 @@ lint: install
 	$(BIN)/hadolint Dockerfile
 
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(if $(PEERS),--peers)
 
 docker:
 	docker build -t mcp-proxy .

@@ -2,7 +2,7 @@
 """Benchmark mcp-proxy against "the floor" (the same stdio server spoken to with no proxy).
 
     python bench/run.py [--quick] [--only scaleout] [--json bench/results.json] [--pin]
-                        [--profile DIR]
+                        [--profile DIR] [--peers]
 
 Paths measured (all traffic on 127.0.0.1):
 
@@ -14,13 +14,15 @@ Paths measured (all traffic on 127.0.0.1):
   floor              stdio -> raw_server directly
   scale-out          sessions across processes through a Redis of the bench's own (issue 11):
                      a call forwarded from one proxy to another, gunicorn -w 1 and -w 2
+  peers (--peers)    mcp-proxy 0.13 and supergateway 4 in the same server and client roles
 
 This file holds the command line, the sequence of the run (``run``) and ``main``, which
 writes the JSON and prints the table. The rest lives beside it, imported as sibling
 modules (this script's directory is on sys.path): procs.py (processes, /proc readings,
 profiling), wire.py (the HTTP/1.1 and SSE client), clients.py (the MCP sessions and the
 proxy under test), measure.py (the measurements), report.py (the tables), and the phases
-of their own: shared.py, slow.py, scaleout.py (with farm.py: redis-server, gunicorn). The
+of their own: shared.py, slow.py, scaleout.py (with farm.py: redis-server, gunicorn),
+peers.py (with peertable.py). The
 load client is raw sockets with a hand-rolled HTTP/1.1 keep-alive client (Content-Length and chunked
 bodies, SSE events), one blocking thread per session. No MCP SDK, no requests. Every
 process started here is stopped here (SIGTERM, bounded wait, SIGKILL), also on errors and
@@ -49,6 +51,8 @@ from measure import (
     startup,
     throughput,
 )
+from peers import run_peers
+from peertable import peer_lines
 from procs import PY, RAW_SERVER, ROOT, BenchError, MiB, Processes, log, profiled, raise_nofile
 from report import CLIENT_PATHS, SERVER_PATHS, build_rows, report
 from scaleout import run_scaleout
@@ -75,6 +79,9 @@ def configure(quick: bool) -> dict:
 def run(opts, procs: Processes, results: dict) -> None:
     if opts.only != "scaleout":
         run_paths(opts, procs, results)
+        if opts.peers:
+            log("peers: mcp-proxy 0.13 and supergateway 4 (installed into .cache/bench-peers/)")
+            results["peers"] = run_peers(procs, results["config"])
     log("scale-out: a redis-server of the bench's own; forwarded calls, gunicorn -w 1 and -w 2")
     results["scaleout"] = run_scaleout(opts, procs, results["config"])
 
@@ -200,6 +207,9 @@ def main() -> int:
                         help="pin proxy and stdio servers to core 0, the load client to core 1")
     parser.add_argument("--profile", metavar="DIR",
                         help="py-spy record the server-mode proxy during the latency loops")
+    parser.add_argument("--peers", action="store_true",
+                        help="also measure mcp-proxy 0.13 and supergateway 4 (installed into "
+                             ".cache/bench-peers/ on first use)")
     opts = parser.parse_args()
 
     try:
@@ -257,6 +267,11 @@ def main() -> int:
         text = report(results)
     except (KeyError, TypeError) as exc:  # a partial run: still write what we have
         text = f"(partial results, no table: {exc!r})"
+    if results.get("peers"):
+        try:
+            text += "\n\n" + "\n".join(peer_lines(results))
+        except (KeyError, TypeError) as exc:
+            text += f"\n\n(partial peer results, no table: {exc!r})"
     rows = []
     try:
         rows = [{k: v for k, v in r.items() if k != "digits"} for r in build_rows(results)]

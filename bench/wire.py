@@ -139,34 +139,42 @@ class SseEvents:
 
     def next(self) -> tuple[bytes, bytes]:
         while True:
-            idx = _boundary(self.pending, self.scan)
+            idx, sep = _boundary(self.pending, self.scan)
             if idx >= 0:
                 block = bytes(self.pending[:idx])
-                del self.pending[:idx + 2]
+                del self.pending[:idx + sep]
                 self.scan = 0
                 event = parse_event(block, len(block))
             else:
                 chunk = self.conn.read_chunk()
                 if chunk is None:
                     raise BenchError("event stream ended")
-                if not self.pending and _boundary(chunk, 0) == len(chunk) - 2:
-                    event = parse_event(chunk, len(chunk) - 2)  # one chunk, one event: no copy
+                idx, sep = (-1, 0) if self.pending else _boundary(chunk, 0)
+                if idx >= 0 and idx + sep == len(chunk):
+                    event = parse_event(chunk, idx)  # one chunk, one event: no copy
                 else:
-                    self.scan = max(0, len(self.pending) - 1)
+                    self.scan = max(0, len(self.pending) - 2)
                     self.pending += chunk
                     continue
             if event is not None:
                 return event
 
 
-def _boundary(buf, start: int) -> int:
-    """Index of the first blank-line separator (LF LF) at or after ``start``, else -1."""
+def _boundary(buf, start: int) -> tuple[int, int]:
+    """(index, length) of the first blank-line separator at or after ``start``, else (-1, 0).
+
+    LF LF, or LF CR LF for a stream whose lines end in CR LF (uvicorn's sse-starlette)."""
     while True:
         i = buf.find(b"\n", start)
         if i < 0 or i + 1 >= len(buf):
-            return -1
+            return -1, 0
         if buf[i + 1] == 10:
-            return i
+            return i, 2
+        if buf[i + 1] == 13:
+            if i + 2 >= len(buf):
+                return -1, 0
+            if buf[i + 2] == 10:
+                return i, 3
         start = i + 1
 
 
@@ -179,12 +187,13 @@ def parse_event(buf, end: int) -> tuple[bytes, bytes] | None:
         stop = buf.find(b"\n", pos, end)
         if stop < 0:
             stop = end
+        line_end = stop - 1 if stop > pos and buf[stop - 1] == 13 else stop  # CR LF lines
         if buf.startswith(b"data:", pos, stop):
             first = pos + (6 if buf[pos + 5:pos + 6] == b" " else 5)
-            data.append(memoryview(buf)[first:stop] if stop - first > 65536
-                        else bytes(buf[first:stop]))
+            data.append(memoryview(buf)[first:line_end] if line_end - first > 65536
+                        else bytes(buf[first:line_end]))
         elif buf.startswith(b"event:", pos, stop):
-            name = bytes(buf[pos + 6:stop]).strip()
+            name = bytes(buf[pos + 6:line_end]).strip()
         pos = stop + 1
     if not data:
         return None  # a comment-only block (": ping")
