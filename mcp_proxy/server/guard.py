@@ -125,9 +125,6 @@ def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None
         environ = request.environ
         if request.endpoint in PROBE_ENDPOINTS:
             return None  # not API use either: leave the activity clock alone
-        if "mcp_proxy.forwarded" in environ:  # checked by the worker it landed on (router.py)
-            touch()
-            return None
         refused = where(environ)
         if refused is not None:
             return refused

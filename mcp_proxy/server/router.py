@@ -119,8 +119,7 @@ class Router:
 
         def routing_app(environ: dict, start_response):
             methods = paths.get(environ.get("PATH_INFO", ""))
-            if methods is not None and environ["REQUEST_METHOD"] in methods \
-                    and "mcp_proxy.forwarded" not in environ:
+            if methods is not None and environ["REQUEST_METHOD"] in methods:
                 owner = self.owner_of(environ.get("HTTP_MCP_SESSION_ID")
                                       or query_session(environ.get("QUERY_STRING", "")))
                 if owner is None:
