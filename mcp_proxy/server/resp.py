@@ -57,17 +57,19 @@ class Replies:
     def __init__(self, conn) -> None:
         self.sock = conn._sock  # redis-py's name for it since 2.x (setup.cfg bounds the major)
         self.buf = b""
+        self.pos = 0  # what is before it was parsed: a frame's bytes are not copied per line
 
     def _more(self) -> None:
         chunk = self.sock.recv(1 << 16)
         if not chunk:
             raise redis.ConnectionError("Redis closed the connection")
-        self.buf += chunk
+        self.buf = self.buf[self.pos:] + chunk
+        self.pos = 0
 
     def _line(self) -> bytes:
-        while (end := self.buf.find(b"\r\n")) < 0:
+        while (end := self.buf.find(b"\r\n", self.pos)) < 0:
             self._more()
-        line, self.buf = self.buf[:end], self.buf[end + 2:]
+        line, self.pos = self.buf[self.pos:end], end + 2
         return line
 
     def next(self):
@@ -78,9 +80,9 @@ class Replies:
             size = int(rest)
             if size < 0:
                 return None
-            while len(self.buf) < size + 2:
+            while len(self.buf) - self.pos < size + 2:
                 self._more()
-            data, self.buf = self.buf[:size], self.buf[size + 2:]
+            data, self.pos = self.buf[self.pos:self.pos + size], self.pos + size + 2
             return data
         if kind == b"*":
             count = int(rest)
