@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 from clients import KEEPALIVE, ModernSession, Proxy, SseSession, StdioSession, StreamableSession
+from issue13 import target_lines
 from measure import (
     latency,
     remote_initialize,
@@ -272,6 +273,8 @@ def main() -> int:
             text += "\n\n" + "\n".join(peer_lines(results))
         except (KeyError, TypeError) as exc:
             text += f"\n\n(partial peer results, no table: {exc!r})"
+    if results.get("paths"):
+        text += "\n\n" + "\n".join(target_lines(results))
     rows = []
     try:
         rows = [{k: v for k, v in r.items() if k != "digits"} for r in build_rows(results)]

@@ -15,11 +15,19 @@ import io
 import logging
 import signal
 import socket
+import time
 
 import gevent
 from gevent.event import AsyncResult
 from gevent.pool import Pool
-from gevent.pywsgi import MAX_REQUEST_LINE, Input, LoggingLogAdapter, WSGIHandler, WSGIServer
+from gevent.pywsgi import (
+    MAX_REQUEST_LINE,
+    Input,
+    LoggingLogAdapter,
+    WSGIHandler,
+    WSGIServer,
+    format_date_time,
+)
 
 from mcp_proxy.http1 import Headers, RequestError, body_framing, request_line
 from mcp_proxy.server import create_app
@@ -114,6 +122,12 @@ class Handler(WSGIHandler):
                 environ["CONTENT_LENGTH"] = str(len(self._body))
         return environ
 
+    def finalize_headers(self) -> None:
+        if self.provided_date is None:  # pywsgi formats the date anew for every answer
+            self.response_headers.append((b"Date", _http_date()))
+            self.provided_date = True
+        super().finalize_headers()
+
     def _write_with_headers(self, data) -> None:
         # pywsgi sends the head and the first body chunk with two syscalls (two TCP segments
         # under TCP_NODELAY, two wake-ups of the client); a small answer goes out in one
@@ -130,8 +144,19 @@ class Handler(WSGIHandler):
     def _sendall(self, data) -> None:
         if self._held is not None:
             self._held += data
-        else:
+        elif len(data) > _COALESCE_LIMIT:
             super()._sendall(data)
+        else:
+            # one send() is one syscall and nearly always takes it all; gevent's sendall
+            # first asks the kernel for the socket's buffer size, for every chunk
+            try:
+                sent = self.socket.send(data)
+            except OSError:
+                super()._sendall(data)  # pywsgi's bookkeeping of a failed send, and the raise
+                return
+            if sent < len(data):
+                super()._sendall(memoryview(data)[sent:])  # counts what it sends
+            self.response_length += sent
 
     def _handle_client_error(self, ex):
         if isinstance(ex, RequestError):
@@ -142,6 +167,17 @@ class Handler(WSGIHandler):
     def log_request(self) -> None:
         if ACCESS_LOG.isEnabledFor(logging.DEBUG):
             super().log_request()
+
+
+_date = [0, b""]  # the second it is for, the Date value
+
+
+def _http_date() -> bytes:
+    now = int(time.time())
+    if now != _date[0]:
+        _date[1] = format_date_time(now)
+        _date[0] = now
+    return _date[1]
 
 
 class Server(WSGIServer):

@@ -9,7 +9,7 @@ from mcp_proxy.serve import _COALESCE_LIMIT, Handler, Server
 
 
 class CountingSocket:
-    """A socket that records each sendall, so a test can see how an answer was written."""
+    """A socket that records each send, so a test can see how an answer was written."""
 
     def __init__(self, sock) -> None:
         self._wrapped = sock  # not ``_sock``: pywsgi reads that name on a socket it closes
@@ -18,6 +18,11 @@ class CountingSocket:
     def sendall(self, data) -> None:
         self.sends.append(bytes(data))
         self._wrapped.sendall(data)
+
+    def send(self, data, *flags) -> int:
+        sent = self._wrapped.send(data, *flags)
+        self.sends.append(bytes(data[:sent]))
+        return sent
 
     def __getattr__(self, name):
         return getattr(self._wrapped, name)

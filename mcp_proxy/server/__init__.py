@@ -11,7 +11,8 @@ import logging
 import os
 
 from flask import Blueprint, Flask
-from werkzeug.routing import Rule
+from flask.sessions import NullSession, SessionInterface
+from werkzeug.routing import MapAdapter, Rule
 
 from mcp_proxy.server.guard import install_guard
 from mcp_proxy.server.health import add_health_routes
@@ -38,25 +39,56 @@ class Route(Rule):
             self.methods.discard("HEAD")
 
 
-class ProxyFlask(Flask):
-    """Flask with routes that do not take HEAD and a cheaper URL adapter per request.
+class NoSessions(SessionInterface):
+    """No cookie sessions: nothing here uses them, and opening an empty one per request
+    cost a signing-key check and a dict."""
 
-    Flask's own binds the URL map through ``bind_to_environ`` with its trusted-host checks:
-    about a fifth of Flask's cost per request. We route on the path alone and check Host
-    ourselves (guard.py), so binding the path is enough.
+    _null = NullSession()  # read-only: Flask refuses writes to it
+
+    def open_session(self, app, request):
+        return self._null
+
+    def save_session(self, app, session, response) -> None:
+        pass
+
+
+class ProxyFlask(Flask):
+    """Flask with routes that do not take HEAD, and less work per request where Flask's
+    defaults serve features this app does not use.
+
+    * The URL adapter: Flask's binds the URL map through ``bind_to_environ`` with its
+      trusted-host checks and an IDNA encoding of the Host on every request. We route on
+      the path alone and check Host ourselves (guard.py), so the adapter is built directly,
+      with each Host's normalised name computed once (a bounded cache).
+    * ``ensure_sync``: there are no async views, so the per-call inspection of every view
+      and hook for a coroutine is skipped.
+    * No cookie sessions (:class:`NoSessions`).
     """
 
     url_rule_class = Route
+    session_interface = NoSessions()
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._server_names: dict[str, str] = {}
+
+    def ensure_sync(self, func):
+        return func
 
     def create_url_adapter(self, request):
         if request is None:
             return super().create_url_adapter(None)
         environ = request.environ
-        return self.url_map.bind(
-            environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "localhost",
-            script_name=environ.get("SCRIPT_NAME") or None, subdomain="",
-            url_scheme=environ.get("wsgi.url_scheme", "http"), default_method=request.method,
-            path_info=request.path, query_args=environ.get("QUERY_STRING", ""))
+        host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "localhost"
+        names = self._server_names
+        name = names.get(host)
+        if name is None:  # bad IDNA raises BadHost here, as Flask's own adapter does
+            if len(names) >= 256:
+                names.clear()
+            name = names[host] = self.url_map.bind(host).server_name
+        return MapAdapter(self.url_map, name, environ.get("SCRIPT_NAME") or "/", "",
+                          environ.get("wsgi.url_scheme", "http"), request.path,
+                          request.method, environ.get("QUERY_STRING", ""))
 
 
 def create_app(settings: ServerSettings) -> Flask:

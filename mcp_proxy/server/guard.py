@@ -122,23 +122,25 @@ def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None
 
     @app.before_request
     def guard() -> Response | None:
-        environ = request.environ
-        if request.endpoint in PROBE_ENDPOINTS:
+        req = request._get_current_object()  # one context lookup, not one per attribute
+        environ = req.environ
+        endpoint = req.endpoint
+        if endpoint in PROBE_ENDPOINTS:
             return None  # not API use either: leave the activity clock alone
         refused = where(environ)
         if refused is not None:
             return refused
-        if request.routing_exception is not None:
-            raise request.routing_exception  # answered by refuse() (or a slash redirect)
+        if req.routing_exception is not None:
+            raise req.routing_exception  # answered by refuse() (or a slash redirect)
         if environ["REQUEST_METHOD"] == "OPTIONS":
-            methods = app.create_url_adapter(request).allowed_methods()
+            methods = app.create_url_adapter(req).allowed_methods()
             return Response(status=204, headers={
                 "Access-Control-Allow-Methods": _allow(methods),
                 "Access-Control-Allow-Headers": environ.get(
                     "HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "*"),
                 "Access-Control-Max-Age": "600",
             })
-        if request.endpoint == "status":
+        if endpoint == "status":
             touch()
             return None
         return token(environ)

@@ -109,6 +109,6 @@ def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
 
     @bp.post("/messages/")
     def messages() -> Response:
-        return post_message(request.environ)
+        return post_message(request._get_current_object().environ)
 
     registry.handlers[(bp.url_prefix or "") + "/messages/", "POST"] = post_message

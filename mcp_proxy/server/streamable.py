@@ -257,4 +257,4 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str) -
 
 
 def _view(handler):
-    return lambda: handler(request.environ)
+    return lambda: handler(request._get_current_object().environ)
