@@ -34,14 +34,29 @@ def query_session(query: str) -> str | None:
     return found.get("session_id") or found.get("sessionId")
 
 
+class Answer(Response):
+    """A whole answer: a body given in one piece (a JSON message, a short text, or none).
+
+    werkzeug answers any response by copying its headers to fix up ``Location`` and the
+    length, and by wrapping its body in two iterators: together as much work as building
+    the response, and half of what the JSON answer to a small message cost. An ``Answer``
+    never has a ``Location`` header, already has its ``Content-Length`` and never answers
+    a HEAD (no route takes HEAD) or with 1xx, 204 or 304, so it goes out as it is. Give
+    it ``b""`` rather than no body: only a given body sets ``Content-Length``.
+    """
+
+    def get_wsgi_response(self, environ):
+        return self.response, self.status, self.headers.to_wsgi_list()
+
+
 def text_error(status: int, text: str, **headers: str) -> Response:
-    return Response(text, status=status, mimetype="text/plain", headers=headers)
+    return Answer(text, status=status, mimetype="text/plain", headers=headers)
 
 
 def rpc_error(status: int, code: int, text: str, request_id=None, **headers: str) -> Response:
     """An HTTP error whose body is a JSON-RPC error, as Streamable HTTP servers answer."""
     body = jsonrpc.encode(jsonrpc.error_obj(request_id, code, text))
-    return Response(body, status=status, mimetype="application/json", headers=headers)
+    return Answer(body, status=status, mimetype="application/json", headers=headers)
 
 
 RETRY_AFTER = "2"  # seconds a client should wait before resending to a busy server

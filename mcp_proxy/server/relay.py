@@ -23,7 +23,7 @@ from mcp_proxy.modern import LegacyOnly, principal
 from mcp_proxy.protocol import VERSION_KEY
 from mcp_proxy.server import era
 from mcp_proxy.server.forward import auth_digest
-from mcp_proxy.server.http import event_stream, rpc_error, server_busy
+from mcp_proxy.server.http import Answer, event_stream, rpc_error, server_busy
 from mcp_proxy.server.requestport import RequestPort
 from mcp_proxy.server.streams import PING, Body, Stream, StreamEnded, sse_event
 
@@ -92,7 +92,7 @@ class Relay:
         except LinkClosed:
             return rpc_error(404, jsonrpc.INVALID_REQUEST, "Session not found")
         if stream is None:
-            return Response(status=202, headers=headers)
+            return Answer(b"", status=202, headers=headers)
 
         return self._respond(session, stream, message, headers, False,
                              lambda first: self._body(session, message, stream, first,
@@ -119,14 +119,14 @@ class Relay:
             if body is not None:
                 body.close()
             status = era.json_status(first[0]) if modern else 200
-            return Response(first[0].raw, status=status, mimetype="application/json",
+            return Answer(first[0].raw, status=status, mimetype="application/json",
                             headers=headers)
         return event_stream(body or body_for(first), **headers)
 
     def modern(self, message: Message, environ: dict) -> Response:
         """A 2026-07-28 POST: checked here, then relayed to the modern lane on its own."""
         if message.kind != jsonrpc.REQUEST:
-            return Response(status=202)  # this era has no client notifications over HTTP
+            return Answer(b"", status=202)  # this era has no client notifications over HTTP
         refused = era.check_headers(environ, message)
         if refused is not None:
             return refused
