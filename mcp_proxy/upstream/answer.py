@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 from requests.structures import CaseInsensitiveDict
 
+from mcp_proxy.http1 import _NAME
+
 MAX_HEAD = 64 << 10
 READ = 65536
 
@@ -75,7 +77,7 @@ class Answer:
         self.headers: CaseInsensitiveDict = CaseInsensitiveDict()
         while line := self._line():
             name, colon, value = line.decode("latin-1").partition(":")
-            if not colon or not name or name != name.strip():
+            if not colon or _NAME.fullmatch(name) is None:
                 raise BrokenAnswer("head")
             value = value.strip()
             self.header_list.append((name, value))

@@ -20,9 +20,11 @@ import logging
 import ssl
 from collections.abc import Callable
 from http.client import HTTPMessage
+from select import POLLIN
 from urllib.parse import urlsplit
 
 import requests
+from gevent.monkey import get_original
 from requests.auth import HTTPBasicAuth
 from requests.cookies import MockRequest, MockResponse
 from requests.exceptions import InvalidHeader
@@ -39,6 +41,8 @@ from mcp_proxy.upstream.oauth.credentials import ClientCredentials
 logger = logging.getLogger(__name__)
 
 INLINE_BODY = 64 << 10  # a smaller body goes out in one write with the head
+MAX_IDLE = 10  # connections kept open between POSTs (requests' pool keeps as many)
+_poll = get_original("select", "poll")  # a zero-timeout check needs no greenlet switch
 
 
 def bearer_of(auth) -> Callable[[], str | None] | None:
@@ -72,10 +76,13 @@ class Poster:
         default = {"http": ":80", "https": ":443"}.get(parts.scheme, "")
         self.host = host[:-len(default)] if default and host.endswith(default) else host
         self.fast = eligible(session)
+        logger.debug("POSTs take %s", "the fast path" if self.fast else
+                     f"requests (auth {session.auth.__class__.__name__})")
         self._bearer = bearer_of(session.auth)
         self._token: tuple[str, bytes] | None = None  # the last bearer token, its header
         self._prepared = requests.Request("POST", url).prepare()
         self._pool = None
+        self._idle: list = []  # open connections between POSTs, the last used on top
         self._heads: dict[tuple, bytes | None] = {}
 
     def post(self, body: bytes, headers: dict, stream: bool = False, fast: bool = True):
@@ -92,6 +99,7 @@ class Poster:
         if (300 <= status < 400 and "location" in answer.headers) \
                 or (status in (401, 403) and self._bearer is not None):
             answer.close()  # requests follows the redirect, or the auth reacts to the refusal
+            logger.debug("POST answered %s: sent again through requests", status)
             return self._slow(body, headers, stream)
         if "set-cookie" in answer.headers:
             self._keep_cookies(answer)
@@ -158,16 +166,36 @@ class Poster:
         except (InvalidHeader, UnicodeEncodeError):
             return None
 
-    def _exchange(self, head: bytes, body: bytes) -> Answer:
+    def _connection(self):
+        """An idle connection still open, else a new one (not yet connected) made by the
+        session's pool for this URL, with the session's TLS settings."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.sock is not None and _still_open(conn.sock):
+                return conn
+            conn.close()
         if self._pool is None:
             self._pool = self.session.get_adapter(self.url).get_connection_with_tls_context(
                 self._prepared, self.session.verify, None, self.session.cert)
-        pool = self._pool
+        return self._pool._new_conn()
+
+    def _release(self, conn, reuse: bool) -> None:
+        if reuse and len(self._idle) < MAX_IDLE:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections (a POST still under way closes its own at its end)."""
+        while self._idle:
+            self._idle.pop().close()
+
+    def _exchange(self, head: bytes, body: bytes) -> Answer:
         try:
-            conn = pool._get_conn()  # urllib3 drops a connection the remote has closed
-        except Urllib3Error as exc:
+            conn = self._connection()
+        except (Urllib3Error, requests.RequestException) as exc:
             raise UpstreamError("POST failed: ConnectionError") from exc
-        release = lambda reuse: _release(pool, conn, reuse)  # noqa: E731
+        release = lambda reuse: self._release(conn, reuse)  # noqa: E731
         connecting = conn.sock is None
         try:
             if connecting:
@@ -178,10 +206,10 @@ class Poster:
             sock.settimeout(self.timeout[1])
             head += b"Content-Length: %d\r\n\r\n" % len(body)
             if len(body) <= INLINE_BODY:
-                sock.sendall(head + body)
+                _send(sock, head + body)
             else:
-                sock.sendall(head)
-                sock.sendall(body)
+                _send(sock, head)
+                _send(sock, body)
         except BaseException as exc:
             release(False)
             if isinstance(exc, Exception):
@@ -201,10 +229,19 @@ class Poster:
         self.session.cookies.extract_cookies(MockResponse(message), MockRequest(self._prepared))
 
 
-def _release(pool, conn, reuse: bool) -> None:
-    if not reuse:
-        conn.close()
-    pool._put_conn(conn)
+def _send(sock, data: bytes) -> None:
+    # one send() usually takes it all; gevent's sendall asks getsockopt(SO_SNDBUF) first
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
+def _still_open(sock) -> bool:
+    """An idle connection with something to read was closed by the remote (or it sent
+    what no request asked for): either way not one to send on. One poll(2), no wait."""
+    poller = _poll()
+    poller.register(sock.fileno(), POLLIN)
+    return not poller.poll(0)
 
 
 def _failed(exc: Exception, connecting: bool) -> UpstreamError:

@@ -90,6 +90,8 @@ class SseUpstream(Upstream):
 
     def _transmit(self, message: Message) -> None:
         if self._poster is None or self._poster.url != self.endpoint:
+            if self._poster is not None:
+                self._poster.close()
             self._poster = Poster(self.http, self.endpoint, self.timeout)
         answer = self._poster.post(message.raw, POST_HEADERS)
         if answer.status_code == 404:
@@ -101,6 +103,8 @@ class SseUpstream(Upstream):
         self.endpoint = None
 
     def _teardown(self) -> None:
+        if self._poster is not None:
+            self._poster.close()
         response, self._response = self._response, None
         if response is not None:
             response.close()

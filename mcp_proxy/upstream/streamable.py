@@ -274,6 +274,7 @@ class StreamableUpstream(Upstream):
         self.protocol_version = None
 
     def _teardown(self) -> None:
+        self.poster.close()
         if self._get_stream is not None:
             self._get_stream.kill(block=False)
         if self.session_id:
