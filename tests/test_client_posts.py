@@ -35,7 +35,8 @@ class Remote(Scripted):
         if "id" not in message:
             return self.reply(202)
         if method == "initialize":
-            return self.reply_result(message["id"], INIT, Mcp_Session_Id="s-1")
+            cookie = {"Set_Cookie": "sticky=b2; Path=/"} if self.server.cookie else {}
+            return self.reply_result(message["id"], INIT, Mcp_Session_Id="s-1", **cookie)
         name = (message.get("params") or {}).get("name", "")
         answer = json.dumps({"jsonrpc": "2.0", "id": message["id"],
                              "result": {"tool": name, "path": self.path}}).encode()
@@ -101,7 +102,7 @@ class Remote(Scripted):
 
 @pytest.fixture
 def remote(scripted):
-    server, base = scripted(Remote, posts=[])
+    server, base = scripted(Remote, posts=[], cookie=False)
     return server, base + "/mcp"
 
 
@@ -126,6 +127,19 @@ def test_fast_path_carries_user_headers_and_token_on_one_connection(remote, clie
     assert server.posts[2][1]["Mcp-Session-Id"] == "s-1"
     assert server.posts[2][1]["MCP-Protocol-Version"] == "2025-06-18"
     assert len({port for _, _, port in server.posts}) == 1  # kept alive
+
+
+def test_a_cookie_the_remote_sets_is_sent_back(remote, clients):
+    """A load balancer's sticky-session cookie: requests keeps it in the session's jar and
+    sends it; the fast path puts it there too, and leaves the POSTs after it to requests."""
+    server, url = remote
+    server.cookie = True
+    client = clients("--transport", "streamablehttp", url)
+    client.handshake()
+    assert call(client, 1, "plain")["result"]["tool"] == "plain"
+    assert client.close() == 0
+    assert "Cookie" not in server.posts[0][1]
+    assert [headers.get("Cookie") for _, headers, _ in server.posts[1:]] == ["sticky=b2"] * 2
 
 
 def test_digest_takes_requests(remote, clients):
@@ -230,3 +244,15 @@ def test_broken_answers():
     answer, released = answer_to(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
     with pytest.raises(BrokenAnswer):
         answer.content  # noqa: B018
+
+
+def test_refused_connection_is_a_connection_error(remote, clients):
+    server, url = remote
+    client = clients("--transport", "streamablehttp", url, env={"API_ACCESS_TOKEN": "t0ken"})
+    client.handshake()
+    assert call(client, 1, "until-close")["result"]["tool"] == "until-close"  # no idle one left
+    server.shutdown()
+    server.server_close()
+    failed = call(client, 2, "plain")
+    assert failed["id"] == 2 and "POST failed: ConnectionError" in failed["error"]["message"]
+    assert client.close() == 0
