@@ -109,7 +109,7 @@ def run_paths(opts, procs: Processes, results: dict) -> None:
     paths = results["paths"]
     for path in ("floor", *SERVER_PATHS, *CLIENT_PATHS):
         paths[path] = {}
-    sizes = [1 * MiB, 10 * MiB]
+    sizes = (1 * MiB, 10 * MiB)
 
     # ---------------------------------------------------------------- the floor
     log("floor: latency and round trips (raw_server over stdio, no proxy)")
@@ -139,14 +139,7 @@ def run_paths(opts, procs: Processes, results: dict) -> None:
                      "server/modern": lambda: ModernSession(proxy.port)}
         for path, make in factories.items():
             log(f"{path}: latency and round trips")
-            session = make()
-            try:
-                session.initialize()
-                with profiled(opts, f"{path}-latency", proxy.pid):
-                    paths[path]["latency"] = latency(session, cfg["calls"], cfg["warmup"])
-                paths[path]["round_trip"] = round_trips(session, sizes, cfg["rt_runs"])
-            finally:
-                session.close()
+            paths[path].update(http_latency(opts, make(), path, proxy.pid, cfg, sizes))
             proxy.wait_sessions(0)
         for path, make in factories.items():
             for n in cfg["concurrency"]:
@@ -202,6 +195,21 @@ def run_paths(opts, procs: Processes, results: dict) -> None:
     paths["server/streamable"]["disconnect"] = {"streamable_get": gone["streamable_get"]}
 
 
+def http_latency(opts, session, path: str, pid: int, cfg: dict, sizes: tuple = ()) -> dict:
+    """Initialize an HTTP session with the proxy ``pid``, then its latency loop (profiled
+    with --profile) and round trips of ``sizes``; the session is closed at the end."""
+    figures = {}
+    try:
+        session.initialize()
+        with profiled(opts, f"{path}-latency", pid):
+            figures["latency"] = latency(session, cfg["calls"], cfg["warmup"])
+        if sizes:
+            figures["round_trip"] = round_trips(session, sizes, cfg["rt_runs"])
+    finally:
+        session.close()
+    return figures
+
+
 def client_latency(opts, session: StdioSession, path: str, cfg: dict) -> dict:
     """The latency loop through a client-mode process, with its CPU per call (and its
     profile with --profile)."""
@@ -235,13 +243,7 @@ def run_client_only(opts, procs: Processes, results: dict) -> None:
                            ("client/streamable", lambda: StreamableSession(proxy.port))):
             remote = path.replace("client/", "server/")
             log(f"{remote}, then {path}: latency")
-            session = make()
-            try:
-                session.initialize()
-                with profiled(opts, f"{remote}-latency", proxy.pid):
-                    paths[remote]["latency"] = latency(session, cfg["calls"], cfg["warmup"])
-            finally:
-                session.close()
+            paths[remote].update(http_latency(opts, make(), remote, proxy.pid, cfg))
             session = StdioSession(procs, client_argv(path, proxy), path.replace("/", "-"))
             try:
                 session.initialize()
