@@ -49,7 +49,7 @@ class Answer:
 
     # --- the head ---------------------------------------------------------------------------
 
-    def _line(self, where: str = "head") -> bytes:
+    def _line(self, where: str = "chunks") -> bytes:
         while True:
             end = self._buf.find(b"\n")
             if end >= 0:
@@ -66,24 +66,41 @@ class Answer:
             raise BrokenAnswer(where)
         self._buf += data
 
+    def _head_lines(self) -> list[str]:
+        """The lines of the next head, taken out of the buffer with the empty line after."""
+        while True:
+            ends = [at for at in (self._buf.find(b"\n\r\n"), self._buf.find(b"\n\n")) if at >= 0]
+            if ends:
+                break
+            if len(self._buf) > MAX_HEAD:
+                raise BrokenAnswer("head")
+            self._fill("head")
+        end = min(ends)
+        if end > MAX_HEAD:
+            raise BrokenAnswer("head")
+        lines = self._buf[:end].decode("latin-1").split("\n")
+        del self._buf[:end + (3 if self._buf[end + 1] == 13 else 2)]
+        return [line.removesuffix("\r") for line in lines]
+
     def _read_head(self) -> None:
-        version, _, rest = self._line().partition(b" ")
-        code, _, reason = rest.partition(b" ")
-        if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
+        status, *fields = self._head_lines()
+        version, _, rest = status.partition(" ")
+        code, _, reason = rest.partition(" ")
+        if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
             raise BrokenAnswer("head")
         self.status_code = int(code)
-        self.reason = reason.decode("latin-1").strip()
+        self.reason = reason.strip()
         self.header_list: list[tuple[str, str]] = []
         self.headers: CaseInsensitiveDict = CaseInsensitiveDict()
-        while line := self._line():
-            name, colon, value = line.decode("latin-1").partition(":")
+        for line in fields:
+            name, colon, value = line.partition(":")
             if not colon or _NAME.fullmatch(name) is None:
                 raise BrokenAnswer("head")
             value = value.strip()
             self.header_list.append((name, value))
             known = self.headers.get(name)
             self.headers[name] = value if known is None else f"{known}, {value}"
-        self._keep = version == b"HTTP/1.1" \
+        self._keep = version == "HTTP/1.1" \
             and "close" not in self.headers.get("Connection", "").lower()
 
     def _framing(self) -> None:

@@ -203,8 +203,8 @@ class Poster:
                 conn.timeout = self.timeout[0]
                 conn.connect()
                 connecting = False
+                conn.sock.settimeout(self.timeout[1])  # kept while the connection is
             sock = conn.sock
-            sock.settimeout(self.timeout[1])
             head += b"Content-Length: %d\r\n\r\n" % len(body)
             if len(body) <= INLINE_BODY:
                 _send(sock, head + body)
