@@ -9,14 +9,18 @@ connection, ...). The unit tests at the end feed ``Answer`` canned bytes over a 
 from __future__ import annotations
 
 import json
+import queue
 import socket
 import threading
 import time
 
 import pytest
+import requests
+from requests.auth import HTTPBasicAuth, HTTPDigestAuth
 
 from conftest import Scripted, rpc
 from mcp_proxy.upstream.answer import Answer, BrokenAnswer
+from mcp_proxy.upstream.poster import Poster
 
 INIT = {"protocolVersion": "2025-06-18", "capabilities": {},
         "serverInfo": {"name": "scripted", "version": "0"}}
@@ -27,6 +31,7 @@ class Remote(Scripted):
 
     def do_GET(self) -> None:
         self.reply(405)
+        self.server.gets.release()
 
     def do_POST(self) -> None:
         message = json.loads(self.body())
@@ -102,12 +107,16 @@ class Remote(Scripted):
 
 @pytest.fixture
 def remote(scripted):
-    server, base = scripted(Remote, posts=[], cookie=False)
+    server, base = scripted(Remote, posts=[], cookie=False,
+                            gets=threading.Semaphore(0))
     return server, base + "/mcp"
 
 
 def call(client, request_id: int, tool: str) -> dict:
-    return client.call(rpc("tools/call", request_id, name=tool, arguments={}))
+    try:
+        return client.call(rpc("tools/call", request_id, name=tool, arguments={}))
+    except queue.Empty:
+        pytest.fail(f"no answer to {tool} within 15 s; the client said:\n{client.stderr()}")
 
 
 def test_fast_path_carries_user_headers_and_token_on_one_connection(remote, clients):
@@ -251,8 +260,25 @@ def test_refused_connection_is_a_connection_error(remote, clients):
     client = clients("--transport", "streamablehttp", url, env={"API_ACCESS_TOKEN": "t0ken"})
     client.handshake()
     assert call(client, 1, "until-close")["result"]["tool"] == "until-close"  # no idle one left
+    # the start-up probe and the GET stream were answered (405: no stream) before: a GET
+    # refused would start recovery instead
+    assert server.gets.acquire(timeout=10) and server.gets.acquire(timeout=10)
     server.shutdown()
     server.server_close()
     failed = call(client, 2, "plain")
     assert failed["id"] == 2 and "POST failed: ConnectionError" in failed["error"]["message"]
     assert client.close() == 0
+
+
+def test_what_takes_the_fast_path():
+    session = requests.Session()
+    assert Poster(session, "http://127.0.0.1:9/mcp", (1, 1)).fast
+    assert Poster(session, "http://127.0.0.1:9/a b?x=1", (1, 1)).target == "/a%20b?x=1"
+    assert not Poster(session, "http://ann:pw@127.0.0.1:9/mcp", (1, 1)).fast  # Basic, to requests
+    session.auth = HTTPBasicAuth("ann", "pw")
+    assert Poster(session, "http://127.0.0.1:9/mcp", (1, 1)).fast
+    session.auth = HTTPDigestAuth("ann", "pw")
+    assert not Poster(session, "http://127.0.0.1:9/mcp", (1, 1)).fast
+    session.auth = None
+    session.proxies["http"] = "http://127.0.0.1:3128"
+    assert not Poster(session, "http://127.0.0.1:9/mcp", (1, 1)).fast

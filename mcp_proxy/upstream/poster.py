@@ -28,7 +28,7 @@ from gevent.monkey import get_original
 from requests.auth import HTTPBasicAuth
 from requests.cookies import MockRequest, MockResponse
 from requests.exceptions import InvalidHeader
-from requests.utils import check_header_validity
+from requests.utils import check_header_validity, requote_uri
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import SSLError as Urllib3SSLError
@@ -71,11 +71,13 @@ class Poster:
         self.url = url
         self.timeout = timeout
         parts = urlsplit(url)
-        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # quoted as requests quotes it (an endpoint event may name an unquoted path)
+        self.target = requote_uri((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
         host = parts.netloc.rpartition("@")[2]
         default = {"http": ":80", "https": ":443"}.get(parts.scheme, "")
         self.host = host[:-len(default)] if default and host.endswith(default) else host
-        self.fast = eligible(session)
+        # a user and password in the URL are Basic auth to requests when the session has none
+        self.fast = eligible(session) and parts.username is None and parts.password is None
         logger.debug("POSTs take %s", "the fast path" if self.fast else
                      f"requests (auth {session.auth.__class__.__name__})")
         self._bearer = bearer_of(session.auth)
