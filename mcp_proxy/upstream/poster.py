@@ -4,14 +4,16 @@
 adapter lookup, a ``Response`` with cookie extraction) and urllib3 then checks each header
 and parses the answer's head with ``email.parser``: together ~1.2 ms of CPU per message on
 the bench machine, most of what client mode cost per call; urllib3's ``urlopen`` alone still
-cost ~0.5 ms. So where requests would add nothing to a POST (no auth, or Basic auth, which is
-a static header; no cookie in the jar; no proxy) we write the request head ourselves, computed
-once per header set, on a connection of the session's own urllib3 pool (which did the TLS
-handshake with the session's verify settings), and read the answer with ``answer.Answer``.
-Everything else goes through ``session.post``, and so does a redirect: its answer is
-dropped and the POST sent again through requests, which follows it. Errors are those of the
-slow path: an UpstreamError naming the ``requests`` exception (``ConnectionError``,
-``ReadTimeout``, ...) the failure is, or would have been.
+cost ~0.5 ms. So where requests would add nothing we cannot add ourselves (no auth, Basic
+auth, or a bearer token asked of the auth object per POST; no cookie in the jar; no proxy)
+we write the request head ourselves, computed once per header set, on a connection the
+session's own urllib3 pool made (TLS with the session's verify settings), and read the
+answer with ``answer.Answer``. Everything else goes through ``session.post``, and so does
+a POST whose fast answer is a redirect, or a 401/403 under an auth that reacts to one: that
+answer is dropped and the POST sent again through requests, which follows the redirect or
+lets the auth refresh its token. Errors are those of the slow path: an UpstreamError naming
+the ``requests`` exception (``ConnectionError``, ``ReadTimeout``, ...) the failure is, or
+would have been.
 """
 
 from __future__ import annotations
