@@ -27,6 +27,7 @@ TARGET_SLOW_GROWTH_MIB = 16.0  # a client that reads nothing of 100 MiB it asked
 TARGET_SLOW_AFTER_MIB = 8.0  # ... and 10 s after it left
 TARGET_DISCONNECT_S = 1.0  # a closed stream noticed, its server stopped
 TARGET_SHARED_100_MIB = 82.0  # mcp-proxy 0.13 with 100 connected clients, on this machine
+TARGET_CLIENT_ADDED_P50_MS = 0.4  # client p50 - its remote's (server mode) p50, same run
 TARGET_FORWARD_P50_MS = 0.5  # a call sent to another process than its session's owner
 
 
@@ -64,6 +65,17 @@ def build_rows(results: dict) -> list[dict]:
             elif key == "p50_ms":
                 verdict = f"info (+{lat[key] - floor:.2f})"
             add(name, path, lat[key], floor, target, verdict, 3)
+    for path in CLIENT_PATHS:
+        lat = p[path].get("latency")
+        remote = p[path.replace("client/", "server/")].get("latency")
+        if lat and remote:
+            added = lat["p50_ms"] - remote["p50_ms"]
+            add("client mode adds over its remote, p50 (ms)", path, added, None,
+                f"<= {TARGET_CLIENT_ADDED_P50_MS} ms",
+                "PASS" if added <= TARGET_CLIENT_ADDED_P50_MS else "FAIL", 3)
+        if lat and "cpu_ms_per_call" in lat:
+            add("  client-mode process CPU per call (ms)", path, lat["cpu_ms_per_call"], None,
+                "", "info", 3)
     for n in results["config"]["concurrency"]:
         key = f"throughput_{n}"
         for path in SERVER_PATHS:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark mcp-proxy against "the floor" (the same stdio server spoken to with no proxy).
 
-    python bench/run.py [--quick] [--only scaleout] [--json bench/results.json] [--pin]
+    python bench/run.py [--quick] [--only scaleout|client] [--json bench/results.json] [--pin]
                         [--profile DIR] [--peers]
 
 Paths measured (all traffic on 127.0.0.1):
@@ -47,14 +47,28 @@ from clients import KEEPALIVE, ModernSession, Proxy, SseSession, StdioSession, S
 from issue13 import target_lines
 from measure import (
     latency,
+    latency_samples,
     remote_initialize,
     round_trips,
     startup,
+    summary,
     throughput,
 )
 from peers import run_peers
 from peertable import peer_lines
-from procs import PY, RAW_SERVER, ROOT, BenchError, MiB, Processes, log, profiled, raise_nofile
+from procs import (
+    CLK_TCK,
+    PY,
+    RAW_SERVER,
+    ROOT,
+    BenchError,
+    MiB,
+    Processes,
+    log,
+    proc_stat,
+    profiled,
+    raise_nofile,
+)
 from report import CLIENT_PATHS, SERVER_PATHS, build_rows, report
 from scaleout import run_scaleout
 from shared import connected_memory, idle_sse_memory, shared_throughput
@@ -78,6 +92,9 @@ def configure(quick: bool) -> dict:
 
 
 def run(opts, procs: Processes, results: dict) -> None:
+    if opts.only == "client":
+        run_client_only(opts, procs, results)
+        return
     if opts.only != "scaleout":
         run_paths(opts, procs, results)
         if opts.peers:
@@ -93,7 +110,7 @@ def run_paths(opts, procs: Processes, results: dict) -> None:
     paths = results["paths"]
     for path in ("floor", *SERVER_PATHS, *CLIENT_PATHS):
         paths[path] = {}
-    sizes = [1 * MiB, 10 * MiB]
+    sizes = (1 * MiB, 10 * MiB)
 
     # ---------------------------------------------------------------- the floor
     log("floor: latency and round trips (raw_server over stdio, no proxy)")
@@ -123,14 +140,7 @@ def run_paths(opts, procs: Processes, results: dict) -> None:
                      "server/modern": lambda: ModernSession(proxy.port)}
         for path, make in factories.items():
             log(f"{path}: latency and round trips")
-            session = make()
-            try:
-                session.initialize()
-                with profiled(opts, f"{path}-latency", proxy.pid):
-                    paths[path]["latency"] = latency(session, cfg["calls"], cfg["warmup"])
-                paths[path]["round_trip"] = round_trips(session, sizes, cfg["rt_runs"])
-            finally:
-                session.close()
+            paths[path].update(http_latency(opts, make(), path, proxy.pid, cfg, sizes))
             proxy.wait_sessions(0)
         for path, make in factories.items():
             for n in cfg["concurrency"]:
@@ -146,7 +156,7 @@ def run_paths(opts, procs: Processes, results: dict) -> None:
             session = StdioSession(procs, client_argv(path, proxy), path.replace("/", "-"))
             try:
                 session.initialize()
-                paths[path]["latency"] = latency(session, cfg["calls"], cfg["warmup"])
+                paths[path]["latency"] = client_latency(opts, session, path, cfg)
                 paths[path]["round_trip"] = round_trips(session, sizes, cfg["rt_runs"])
             finally:
                 code = session.close()
@@ -186,6 +196,66 @@ def run_paths(opts, procs: Processes, results: dict) -> None:
     paths["server/streamable"]["disconnect"] = {"streamable_get": gone["streamable_get"]}
 
 
+def http_latency(opts, session, path: str, pid: int, cfg: dict, sizes: tuple = ()) -> dict:
+    """Initialize an HTTP session with the proxy ``pid``, then its latency loop (profiled
+    with --profile) and round trips of ``sizes``; the session is closed at the end."""
+    figures = {}
+    try:
+        session.initialize()
+        with profiled(opts, f"{path}-latency", pid):
+            figures["latency"] = latency(session, cfg["calls"], cfg["warmup"])
+        if sizes:
+            figures["round_trip"] = round_trips(session, sizes, cfg["rt_runs"])
+    finally:
+        session.close()
+    return figures
+
+
+def client_latency(opts, session: StdioSession, path: str, cfg: dict) -> dict:
+    """The latency loop through a client-mode process, with its CPU per call (and its
+    profile with --profile)."""
+    pid = session.proc.pid
+    latency_samples(session, cfg["warmup"])
+    before = proc_stat(pid)
+    with profiled(opts, f"{path}-latency", pid):
+        figures = summary(latency_samples(session, cfg["calls"], 1000 + cfg["warmup"]))
+    after = proc_stat(pid)
+    if before and after:
+        figures["cpu_ms_per_call"] = (after[1] - before[1]) / CLK_TCK * 1000 / cfg["calls"]
+    return figures
+
+
+def run_client_only(opts, procs: Processes, results: dict) -> None:
+    """--only client: the echo latency of the floor, then per transport of server mode and of
+    client mode in front of it (the remote), one right after the other."""
+    cfg, paths = results["config"], results["paths"]
+    for path in ("floor", *SERVER_PATHS, *CLIENT_PATHS):
+        paths[path] = {}
+    floor = StdioSession(procs, [PY, str(RAW_SERVER)], "floor")
+    try:
+        floor.initialize()
+        paths["floor"]["latency"] = latency(floor, cfg["calls"], cfg["warmup"])
+    finally:
+        floor.close()
+    proxy = Proxy(procs, "proxy", ("--keepalive", str(KEEPALIVE)))
+    results["proxy_pid"] = proxy.pid
+    try:
+        for path, make in (("client/sse", lambda: SseSession(proxy.port)),
+                           ("client/streamable", lambda: StreamableSession(proxy.port))):
+            remote = path.replace("client/", "server/")
+            log(f"{remote}, then {path}: latency")
+            paths[remote].update(http_latency(opts, make(), remote, proxy.pid, cfg))
+            session = StdioSession(procs, client_argv(path, proxy), path.replace("/", "-"))
+            try:
+                session.initialize()
+                paths[path]["latency"] = client_latency(opts, session, path, cfg)
+            finally:
+                session.close()
+            proxy.wait_sessions(0)
+    finally:
+        results["proxy_exit_code"] = proxy.stop()
+
+
 def git_revision() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, timeout=10,
@@ -200,14 +270,16 @@ def git_revision() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description="Benchmark mcp-proxy against the floor.")
     parser.add_argument("--quick", action="store_true", help="short smoke run (< 1 min)")
-    parser.add_argument("--only", choices=["scaleout"],
-                        help="run only these phases (scaleout: issue 11, through Redis)")
+    parser.add_argument("--only", choices=["scaleout", "client"],
+                        help="run only these phases (scaleout: issue 11, through Redis; "
+                             "client: the echo latency of client mode and of its remote)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results.json"),
                         help="where to write the figures (default bench/results.json)")
     parser.add_argument("--pin", action="store_true",
                         help="pin proxy and stdio servers to core 0, the load client to core 1")
     parser.add_argument("--profile", metavar="DIR",
-                        help="py-spy record the server-mode proxy during the latency loops")
+                        help="py-spy record the proxy (server and client mode) during the "
+                             "latency loops")
     parser.add_argument("--peers", action="store_true",
                         help="also measure mcp-proxy 0.13 and supergateway 4 (installed into "
                              ".cache/bench-peers/ on first use)")

@@ -20,6 +20,7 @@ from mcp_proxy.jsonrpc import Message
 from mcp_proxy.supervise import closing, spawn
 from mcp_proxy.upstream.base import Upstream
 from mcp_proxy.upstream.http import check_status, events, same_origin
+from mcp_proxy.upstream.poster import Poster
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class SseUpstream(Upstream):
         self.endpoint: str | None = None
         self._response: requests.Response | None = None
         self._reader: gevent.Greenlet | None = None
+        self._poster: Poster | None = None
 
     def _open(self) -> None:
         url = self.settings.url
@@ -87,11 +89,11 @@ class SseUpstream(Upstream):
             self.lost(reason)
 
     def _transmit(self, message: Message) -> None:
-        try:
-            answer = self.http.post(self.endpoint, data=message.raw, headers=POST_HEADERS,
-                                    timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise UpstreamError(f"POST failed: {exc.__class__.__name__}") from exc
+        if self._poster is None or self._poster.url != self.endpoint:
+            if self._poster is not None:
+                self._poster.close()
+            self._poster = Poster(self.http, self.endpoint, self.timeout)
+        answer = self._poster.post(message.raw, POST_HEADERS)
         if answer.status_code == 404:
             raise SessionLost("the remote no longer knows our session (404)")
         check_status(answer, "POST")
@@ -101,6 +103,8 @@ class SseUpstream(Upstream):
         self.endpoint = None
 
     def _teardown(self) -> None:
+        if self._poster is not None:
+            self._poster.close()
         response, self._response = self._response, None
         if response is not None:
             response.close()

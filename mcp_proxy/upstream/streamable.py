@@ -25,6 +25,7 @@ from mcp_proxy.supervise import closing, spawn
 from mcp_proxy.upstream import modern
 from mcp_proxy.upstream.base import Upstream, backoff
 from mcp_proxy.upstream.http import check_status, events
+from mcp_proxy.upstream.poster import Poster
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class StreamableUpstream(Upstream):
         self._handshake.set()
         self.modern_version: str | None = None  # the 2026-07-28-era version last sent
         self.params_of: dict[str, dict[tuple, str]] = {}  # tool -> {argument path: header}
+        self.poster = Poster(http, settings.url, self.timeout)
 
     def _headers(self, base: dict) -> dict:
         headers = dict(base)
@@ -97,7 +99,7 @@ class StreamableUpstream(Upstream):
         if modern.is_modern_version(version):
             self.modern_version = version
             headers = {**POST_HEADERS, **modern.headers_for(message, version, self.params_of)}
-            self._post(message, headers, self._handle_modern)
+            self._post(message, headers, self._handle_modern, fast=False)
             return
         is_init = message.method == "initialize"
         if is_init:
@@ -113,12 +115,9 @@ class StreamableUpstream(Upstream):
             if is_init:
                 self._handshake.set()
 
-    def _post(self, message: Message, headers: dict, handle) -> None:
-        try:
-            answer = self.http.post(self.settings.url, data=message.raw, headers=headers,
-                                    stream=True, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise UpstreamError(f"POST failed: {exc.__class__.__name__}") from exc
+    def _post(self, message: Message, headers: dict, handle, fast: bool = True) -> None:
+        # fast=False: a 2026-07-28 answer's error text is read as requests decodes it
+        answer = self.poster.post(message.raw, headers, stream=True, fast=fast)
         with answer:
             handle(message, answer)
 
@@ -275,6 +274,7 @@ class StreamableUpstream(Upstream):
         self.protocol_version = None
 
     def _teardown(self) -> None:
+        self.poster.close()
         if self._get_stream is not None:
             self._get_stream.kill(block=False)
         if self.session_id:
