@@ -10,6 +10,8 @@ import json
 import math
 from typing import Any
 
+import orjson
+
 from mcp_proxy.errors import MessageError
 
 PARSE_ERROR = -32700
@@ -143,8 +145,40 @@ def validate(obj: Any) -> dict:
     return obj
 
 
-def parse(data: bytes | str) -> Message:
-    """Parse one message from bytes; raise :class:`MessageError` with the JSON-RPC code."""
+def _fast_decode(data: bytes) -> Any:
+    """orjson's parse of a large message, or None where it could differ from the standard
+    library's: anything orjson refuses (the standard library then gives the error, or accepts
+    what it accepts: NaN is refused either way, a lone surrogate escape is not) and an integer
+    past 64 bits, which orjson makes a float, where routing reads it."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(obj, dict) and _float_routed(obj):
+        return None
+    return obj
+
+
+def _float_routed(obj: dict) -> bool:
+    """Whether a value routing reads (id, a cancel's requestId, ``_meta``, an error's code)
+    is a float: a JSON integer past 64 bits would have been an int."""
+    params = obj.get("params")
+    error = obj.get("error")
+    routed = [obj.get("id"), error.get("code") if isinstance(error, dict) else None]
+    if isinstance(params, dict):
+        routed += [params.get(key) for key in _ROUTING_PARAMS]
+    while routed:
+        value = routed.pop()
+        if isinstance(value, float):
+            return True
+        if isinstance(value, dict):
+            routed.extend(value.values())
+        elif isinstance(value, list):
+            routed.extend(value)
+    return False
+
+
+def _decode(data: bytes | str) -> Any:
     if isinstance(data, bytes):
         try:
             text = data.decode("utf-8")
@@ -153,11 +187,23 @@ def parse(data: bytes | str) -> Message:
     else:
         text = data
     try:
-        obj = _decoder.decode(text)
+        return _decoder.decode(text)
     except RecursionError:
         raise MessageError(PARSE_ERROR, "Parse error: JSON nested too deeply") from None
     except ValueError as exc:
         raise MessageError(PARSE_ERROR, f"Parse error: {exc}") from None
+
+
+def parse(data: bytes | str) -> Message:
+    """Parse one message from bytes; raise :class:`MessageError` with the JSON-RPC code.
+
+    A large message goes through orjson, which validates UTF-8 and decodes in one pass, 2-3x
+    faster than ``bytes.decode`` plus the standard library; whatever it refuses or could read
+    differently is parsed again by the standard library, so errors and values are the same.
+    """
+    obj = _fast_decode(data) if isinstance(data, bytes) and len(data) > SLIM_ABOVE else None
+    if obj is None:
+        obj = _decode(data)
     validate(obj)
     raw = None
     if isinstance(data, bytes):
