@@ -21,6 +21,7 @@ import re
 import signal
 import time
 from collections import deque
+from collections.abc import Iterator
 from itertools import islice
 
 import gevent
@@ -36,10 +37,20 @@ from mcp_proxy.supervise import closing
 
 logger = logging.getLogger(__name__)
 
-_PIPE_BUFFER = 1 << 18
+_READ = 1 << 18  # at most this much of stdout is read ahead of the client
 _STDIN_QUEUE = 1 << 20  # bytes waiting for a server that is slow to read its stdin
 _IOV_MAX = 64
 _LEADING_ID = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.){0,200}")')
+
+
+def _first(pieces: list, size: int = 256) -> bytes:
+    """The first ``size`` bytes of a line in pieces (where an oversize frame's id is)."""
+    head = b""
+    for piece in pieces:
+        head += bytes(piece[:size - len(head)])
+        if len(head) >= size:
+            break
+    return head
 
 
 class StdioChild(Link):
@@ -62,7 +73,6 @@ class StdioChild(Link):
             self.process = subprocess.Popen(
                 spec.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
                 cwd=spec.cwd, env=spec.child_env(), start_new_session=True,
-                bufsize=_PIPE_BUFFER,
             )
         except OSError as exc:
             raise SpawnError(f"cannot start {spec.command!r}: {exc.strerror or exc}") from exc
@@ -145,17 +155,21 @@ class StdioChild(Link):
 
     def _read_stdout(self) -> None:
         stdout = self.process.stdout
-        cap = self.max_frame
-        try:
+        fd = stdout.fileno()
+        os.set_blocking(fd, False)
+        hub = gevent.get_hub()
+        readable = hub.loop.io(fd, 1)
+
+        def read(size: int) -> bytes:
             while True:
-                line = stdout.readline(cap + 1)
-                if not line:
-                    break
-                if len(line) > cap and not line.endswith(b"\n"):
-                    self._skip_oversize(stdout, line)
-                    continue
-                line = line.strip()
-                if line:
+                try:
+                    return os.read(fd, size)
+                except BlockingIOError:
+                    hub.wait(readable)
+
+        try:
+            for line in self._lines(read):
+                if line and not line.isspace():
                     self._deliver_line(line)
                 if not self.peer_ready.is_set():  # the client is behind: let the pipe fill
                     self.peer_ready.wait()
@@ -163,10 +177,49 @@ class StdioChild(Link):
             logger.debug("%s: stdout read ended: %s", self.name, exc)
         except LinkClosed:
             pass
+        readable.close()
         stdout.close()
         code = self._wait_exit(self.stop_grace)
         self.close(f"server process exited with code {code}" if code is not None
                    else "server closed its stdout")
+
+    def _lines(self, read) -> Iterator[bytes]:
+        """Each line of stdout without its newline (the last one even without it); one over
+        the frame cap is dropped as it streams by. Reads go straight from the pipe: a line is
+        copied once, when its pieces are joined (a buffered ``readline`` copied it 4 times)."""
+        cap = self.max_frame
+        parts: list = []  # the start of the line not ended yet
+        size = 0
+        head = None  # the first bytes of an oversize line being skipped
+        while True:
+            chunk = read(_READ)
+            if not chunk:
+                break
+            start = 0
+            end = chunk.find(b"\n")
+            while end >= 0:
+                size += end - start
+                if head is not None or size > cap:
+                    self._drop_oversize(head or _first([*parts, memoryview(chunk)[start:end]]),
+                                        size + 1)
+                elif parts:
+                    parts.append(memoryview(chunk)[start:end])
+                    yield b"".join(parts)
+                elif end > start:
+                    yield chunk[start:end]
+                parts, size, head = [], 0, None
+                start = end + 1
+                end = chunk.find(b"\n", start)
+            if start < len(chunk):
+                size += len(chunk) - start
+                if head is None:
+                    parts.append(chunk[start:] if start else chunk)
+                    if size > cap:  # keep only what finds its id
+                        head, parts = _first(parts), []
+        if head is not None:
+            self._drop_oversize(head, size)
+        elif parts:
+            yield b"".join(parts)
 
     def _deliver_line(self, line: bytes) -> None:
         try:
@@ -177,16 +230,11 @@ class StdioChild(Link):
             return
         self.deliver(message)
 
-    def _skip_oversize(self, stdout, head: bytes) -> None:
+    def _drop_oversize(self, head: bytes, size: int) -> None:
         """Drop a frame over the cap; answer its request with an error if we can find its id."""
-        size = len(head)
-        chunk = head
-        while chunk and not chunk.endswith(b"\n"):
-            chunk = stdout.readline(1 << 20)
-            size += len(chunk)
         logger.error("%s: dropped a %d-byte message from the server (frame cap %d bytes)",
                      self.name, size, self.max_frame)
-        found = _LEADING_ID.search(head[:256])
+        found = _LEADING_ID.search(head)
         if found and b'"method"' not in head[:found.start()]:
             request_id = json.loads(found.group(1))
             self.deliver(jsonrpc.error_message(

@@ -10,6 +10,8 @@ import json
 import math
 from typing import Any
 
+import orjson
+
 from mcp_proxy.errors import MessageError
 
 PARSE_ERROR = -32700
@@ -52,13 +54,14 @@ def _valid_id(value: Any) -> bool:
 # Above this size a parsed message keeps only what routing reads, not a second copy of its
 # payload: a queued 128 KiB answer then costs 128 KiB, not twice that.
 SLIM_ABOVE = 32 << 10
-_ROUTING_PARAMS = ("requestId", "progressToken", "_meta")  # and a short name or uri
+_ROUTING_PARAMS = ("requestId", "progressToken", "_meta", "requestState")  # + short name, uri
 _SHORT = 1024
 
 
 def _routing_view(obj: dict) -> dict:
     """What routing reads of a large message: id, method and the few params it looks at
-    (``_meta``, a cancel's ``requestId``, progress's token, a short ``name`` or ``uri``)."""
+    (``_meta``, a cancel's ``requestId``, progress's token, a short ``name`` or ``uri``), and
+    a ``requestState`` in params or result."""
     view = {key: obj[key] for key in ("jsonrpc", "id", "method", "error") if key in obj}
     params = obj.get("params")
     if isinstance(params, dict):
@@ -68,6 +71,9 @@ def _routing_view(obj: dict) -> dict:
             if isinstance(value, str) and len(value) <= _SHORT:
                 kept[key] = value
         view["params"] = kept
+    result = obj.get("result")
+    if isinstance(result, dict) and "requestState" in result:
+        view["result"] = {"requestState": result["requestState"]}
     return view
 
 
@@ -110,6 +116,13 @@ class Message:
         params = self._obj.get("params")
         return params if isinstance(params, dict) else {}
 
+    @property
+    def request_state(self) -> Any:
+        """A 2026-07-28 ``requestState``: a request's in its params, an answer's in its result
+        (read here, not by scanning a large message's bytes for it)."""
+        holder = self._obj.get("params" if "method" in self._obj else "result")
+        return holder.get("requestState") if isinstance(holder, dict) else None
+
     def __repr__(self) -> str:
         return f"<Message {self.kind} id={self.id!r} method={self.method!r} {len(self.raw)}B>"
 
@@ -143,8 +156,40 @@ def validate(obj: Any) -> dict:
     return obj
 
 
-def parse(data: bytes | str) -> Message:
-    """Parse one message from bytes; raise :class:`MessageError` with the JSON-RPC code."""
+def _fast_decode(data: bytes) -> Any:
+    """orjson's parse of a large message, or None where it could differ from the standard
+    library's: anything orjson refuses (the standard library then gives the error, or accepts
+    what it accepts: NaN is refused either way, a lone surrogate escape is not) and an integer
+    past 64 bits, which orjson makes a float, where routing reads it."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(obj, dict) and _float_routed(obj):
+        return None
+    return obj
+
+
+def _float_routed(obj: dict) -> bool:
+    """Whether a value routing reads (id, a cancel's requestId, ``_meta``, an error's code)
+    is a float: a JSON integer past 64 bits would have been an int."""
+    params = obj.get("params")
+    error = obj.get("error")
+    routed = [obj.get("id"), error.get("code") if isinstance(error, dict) else None]
+    if isinstance(params, dict):
+        routed += [params.get(key) for key in _ROUTING_PARAMS]
+    while routed:
+        value = routed.pop()
+        if isinstance(value, float):
+            return True
+        if isinstance(value, dict):
+            routed.extend(value.values())
+        elif isinstance(value, list):
+            routed.extend(value)
+    return False
+
+
+def _decode(data: bytes | str) -> Any:
     if isinstance(data, bytes):
         try:
             text = data.decode("utf-8")
@@ -153,11 +198,23 @@ def parse(data: bytes | str) -> Message:
     else:
         text = data
     try:
-        obj = _decoder.decode(text)
+        return _decoder.decode(text)
     except RecursionError:
         raise MessageError(PARSE_ERROR, "Parse error: JSON nested too deeply") from None
     except ValueError as exc:
         raise MessageError(PARSE_ERROR, f"Parse error: {exc}") from None
+
+
+def parse(data: bytes | str) -> Message:
+    """Parse one message from bytes; raise :class:`MessageError` with the JSON-RPC code.
+
+    A large message goes through orjson, which validates UTF-8 and decodes in one pass, 2-3x
+    faster than ``bytes.decode`` plus the standard library; whatever it refuses or could read
+    differently is parsed again by the standard library, so errors and values are the same.
+    """
+    obj = _fast_decode(data) if isinstance(data, bytes) and len(data) > SLIM_ABOVE else None
+    if obj is None:
+        obj = _decode(data)
     validate(obj)
     raw = None
     if isinstance(data, bytes):
@@ -193,12 +250,12 @@ def _id_bytes(value: Any) -> bytes:
 def with_id(message: Message, new_id: Any) -> Message:
     """``message`` under another id. Where the id stands first (after ``jsonrpc``) or last in
     the compact bytes, as the SDKs write it, the bytes are spliced, not parsed and encoded
-    again (a 1 MiB answer then costs no extra copy of its payload's parse)."""
+    again (a 1 MiB answer then costs one copy, no parse)."""
     old, new, raw = _id_bytes(message.id), _id_bytes(new_id), message.raw
     if raw.startswith(_HEAD) and raw[len(_HEAD):len(_HEAD) + len(old) + 1] == old + b",":
-        spliced = _HEAD + new + raw[len(_HEAD) + len(old):]
+        spliced = b"".join((_HEAD, new, memoryview(raw)[len(_HEAD) + len(old):]))
     elif raw.endswith(b',"id":' + old + b"}"):
-        spliced = raw[:-len(old) - 1] + new + b"}"
+        spliced = b"".join((memoryview(raw)[:-len(old) - 1], new, b"}"))
     else:
         return rewritten(message, id=new_id)
     copy = Message.__new__(Message)

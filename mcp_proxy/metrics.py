@@ -81,8 +81,8 @@ class RelayMeter:
         tally = self._up
         tally[kind] += 1
         tally[_BYTES] += len(message.raw)
-        if kind == jsonrpc.REQUEST and message.obj.get("method") == "tools/call":
-            self._calls[jsonrpc.id_key(message.obj.get("id"))] = time.perf_counter()
+        if kind == jsonrpc.REQUEST and message.method == "tools/call":
+            self._calls[jsonrpc.id_key(message.id)] = time.perf_counter()
 
     def server_to_client(self, message: Message) -> None:
         kind = message.kind
@@ -90,7 +90,7 @@ class RelayMeter:
         tally[kind] += 1
         tally[_BYTES] += len(message.raw)
         if kind == jsonrpc.RESPONSE and self._calls:
-            started = self._calls.pop(jsonrpc.id_key(message.obj.get("id")), None)
+            started = self._calls.pop(jsonrpc.id_key(message.id), None)
             if started is not None:
                 self._latency.observe(time.perf_counter() - started)
 

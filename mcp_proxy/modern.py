@@ -181,8 +181,8 @@ class ModernLane(Multiplexer):
         if message.kind != jsonrpc.REQUEST:
             return  # the edge answers modern notifications 202 and drops them
         params = None
-        if message.method in MRTR_METHODS and b'"requestState"' in message.raw:
-            handle = (message.obj.get("params") or {}).get("requestState")
+        if message.method in MRTR_METHODS:
+            handle = message.request_state
             if handle is not None:
                 ours, state = unwrap_state(handle, self.generation, port.principal)
                 if not ours:
@@ -209,7 +209,7 @@ class ModernLane(Multiplexer):
         """An answer with its request state wrapped, and tools/list remembered."""
         call = self.calls.get(message.id) if isinstance(message.id, int) else None
         if call is None or call.port is None or (
-                call.method != "tools/list" and b'"requestState"' not in message.raw):
+                call.method != "tools/list" and message.request_state is None):
             return message  # nothing to see: no need to parse a large answer again
         obj = message.obj
         result = obj.get("result")

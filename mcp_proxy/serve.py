@@ -141,6 +141,16 @@ class Handler(WSGIHandler):
             held, self._held = self._held, None
         self._sendall(held)
 
+    def _write(self, data) -> None:
+        # pywsgi frames a chunk by copying it into a bytearray: a big one goes out beside
+        # its framing instead
+        if self.response_use_chunked and len(data) > _COALESCE_LIMIT:
+            self._sendall(b"%x\r\n" % len(data))
+            self._sendall(data)
+            self._sendall(b"\r\n")
+        else:
+            super()._write(data)
+
     def _sendall(self, data) -> None:
         if self._held is not None:
             self._held += data

@@ -9,7 +9,15 @@ import threading
 import pytest
 import requests
 
-from conftest import INIT_PARAMS, RAW_SERVER, STREAM_HEADERS, SseReader, open_sse, rpc
+from conftest import (
+    INIT_PARAMS,
+    RAW_SERVER,
+    STREAM_HEADERS,
+    SseReader,
+    open_sse,
+    open_streamable,
+    rpc,
+)
 
 JSON = {"Content-Type": "application/json"}
 
@@ -316,4 +324,35 @@ def test_simultaneous_first_messages_start_one_child(raw_proxy):
         post.join(10)
     assert sorted(reader.next_message()["id"] for _ in range(8)) == list(range(8))
     assert requests.get(raw_proxy.base + "/status", timeout=10).json()["children_started"] == 1
+    reader.close()
+
+
+def test_large_messages_are_judged_as_small_ones_are(raw_proxy):
+    """Big bodies and answers (parsed by orjson) keep their bytes; valid JSON that orjson
+    reads differently still passes, invalid JSON gets the 400 a small body gets."""
+    headers = open_streamable(raw_proxy.base)
+    url = raw_proxy.base + "/mcp"
+    text = 'é"\\x\u4e2d' * 100000  # escapes and multi-byte characters, ~1.6 MiB in JSON
+    answer = requests.post(url, json=rpc("tools/call", 1, name="echo", arguments={"text": text}),
+                           headers=headers, timeout=30)
+    assert answer.json()["result"]["content"][0]["text"] == text
+    pad = b'"pad":"' + b"x" * 100000 + b'"'
+    odd = (b'{"jsonrpc":"2.0","id":18446744073709551616,"method":"nope","params":{"s":"\\ud800",'
+           + pad + b"}}")
+    answer = requests.post(url, data=odd, headers=headers, timeout=30)
+    assert answer.status_code == 200
+    assert json.loads(answer.content) == {"jsonrpc": "2.0", "id": 18446744073709551616,
+                                          "error": {"code": -32601, "message": "Method not found"}}
+    for bad, says in ((b'{"jsonrpc":"2.0","id":2,"method":"x","params":{"v":NaN,' + pad + b"}}",
+                       "NaN is not valid JSON"),
+                      (b'{"jsonrpc":"2.0","id":3,"method":"x","params":{"v":"\xff",' + pad + b"}}",
+                       "not UTF-8")):
+        refused = requests.post(url, data=bad, headers=headers, timeout=30)
+        assert refused.status_code == 400
+        error = refused.json()["error"]
+        assert error["code"] == -32700 and says in error["message"]
+    reader, endpoint = open_sse(raw_proxy.base)
+    requests.post(endpoint, json=rpc("tools/call", 4, name="echo", arguments={"text": text}),
+                  timeout=30)
+    assert reader.next_message()["result"]["content"][0]["text"] == text
     reader.close()

@@ -82,3 +82,63 @@ def test_with_id_replaces_only_the_top_level_id(raw):
     assert {k: v for k, v in obj.items() if k != "id"} == \
         {k: v for k, v in before.items() if k != "id"}
     assert moved.kind == jsonrpc.parse(raw).kind
+
+
+def _large(body: bytes) -> bytes:
+    """``body`` made larger than SLIM_ABOVE by a padding member (or padding after it)."""
+    pad = b'"pad":"' + b"x" * (jsonrpc.SLIM_ABOVE + 1) + b'"'
+    return b"{" + pad + b"," + body[1:] if body.startswith(b"{") else body + b" " * len(pad)
+
+
+# Large messages go through orjson; it must accept and refuse exactly what the standard
+# library path does, with the same errors and the same routing values.
+SAME_AS_STDLIB = [
+    b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"v":NaN}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"v":-Infinity}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"v":1e400}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"v":"\\ud800"}}',  # accepted by both
+    b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"v":"\xed\xa0\x80"}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"v":"\xff"}}',
+    b'\xef\xbb\xbf{"jsonrpc":"2.0","id":1,"method":"x"}',
+    b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"v":"\x01"}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"v":' + b"[" * 5000 + b"]" * 5000 + b"}}",
+    b'{"jsonrpc":"2.0","id":1,"method":"x"} trailing',
+    b'{"jsonrpc":"2.0","id":123456789012345678901234567890,"method":"x"}',
+    b'{"jsonrpc":"2.0","id":18446744073709551616,"result":{}}',
+    b'{"jsonrpc":"2.0","id":-9223372036854775809,"error":{"code":1,"message":"m"}}',
+    b'{"jsonrpc":"2.0","id":1,"error":{"code":18446744073709551616,"message":"m"}}',
+    b'{"jsonrpc":"2.0","id":1.5,"method":"x"}',
+    b'{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":'
+    b'99999999999999999999999}}',
+    b'{"jsonrpc":"2.0","id":2,"method":"x","params":{"_meta":{"progressToken":'
+    b'1' + b'0' * 30 + b'}}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"n":' + b"1" * 5000 + b"}}",
+    b'[{"jsonrpc":"2.0","id":1,"method":"x"}]',
+    b'"just a string"',
+    b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":1,"a":2},"id":3}',
+]
+
+
+@pytest.mark.parametrize("body", SAME_AS_STDLIB)
+def test_large_messages_parse_as_the_standard_library_does(body, monkeypatch):
+    big = _large(body)
+
+    def outcome():
+        try:
+            message = jsonrpc.parse(big)
+        except MessageError as exc:
+            return ("error", exc.code, exc.message)
+        return ("ok", message.kind, jsonrpc.id_key(message.id), message.method,
+                message.params, message.error, message.raw == big)
+
+    fast = outcome()
+    monkeypatch.setattr(jsonrpc, "_fast_decode", lambda data: None)
+    assert fast == outcome()
+
+
+def test_a_large_message_keeps_its_big_integers_exact():
+    message = jsonrpc.parse(_large(b'{"jsonrpc":"2.0","id":18446744073709551616,"result":{}}'))
+    assert message.id == 18446744073709551616 and type(message.id) is int
+    cancel = jsonrpc.parse(_large(b'{"jsonrpc":"2.0","method":"notifications/cancelled",'
+                                  b'"params":{"requestId":18446744073709551617}}'))
+    assert cancel.params["requestId"] == 18446744073709551617

@@ -205,6 +205,29 @@ def test_a_dual_era_sdk_client_falls_back_to_initialize(proxy_factory):
     assert report["session"]["protocolVersion"] != MODERN
 
 
+def test_a_large_input_required_round_keeps_its_request_state(raw):
+    """Large messages keep only a routing view: the state still finds its way both ways."""
+    pad = "p" * 100_000
+    call = modern("tools/call", 1, name="mrtr", arguments={"pad": pad})
+    first = post(raw.base, call).json()["result"]
+    assert first["pad"] == pad and first["requestState"].startswith("mcp-proxy:")
+    call["params"]["requestState"] = first["requestState"]
+    call["id"] = 2
+    host, port = raw.base.rsplit("/", 1)[1].rsplit(":", 1)
+    body = json.dumps(call).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers_for(call).items())
+
+    def retried() -> dict | None:
+        sent = [m for m in recorded(raw.record) if m.get("params", {}).get("requestState")]
+        return sent[0] if sent else None
+    with socket.create_connection((host, int(port)), timeout=10) as sock:  # the child holds
+        sock.sendall(f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\n{head}"  # a retry
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        sent = wait_until(retried, 10)
+    assert sent["params"]["requestState"] == "mrtr-1"  # unwrapped on the way in
+    assert sent["params"]["arguments"]["pad"] == pad
+
+
 def test_request_state_handles_are_bound_to_their_child_and_caller():
     handle = wrap_state("sealed", 3, "alice")
     assert unwrap_state(handle, 3, "alice") == (True, "sealed")

@@ -6,6 +6,8 @@ subprocess and queues need none).
 
 from __future__ import annotations
 
+import json
+
 import gevent
 import pytest
 
@@ -126,6 +128,44 @@ def test_oversize_frame_is_dropped_and_the_session_goes_on():
     answer = receive(child)
     assert answer.id == 1 and answer.obj["result"]["content"][0]["text"] == "hi"
     child.close("test over")
+
+
+# A child that writes its stdout in the pieces given (a file: JSON list of latin-1 strings),
+# then exits: lines split across reads, several per read, odd whitespace, oversize, no final
+# newline.
+PIECES = ("import json, os, sys\n"
+          "for piece in json.load(open(sys.argv[1])):\n"
+          "    os.write(1, piece.encode('latin-1'))\n")
+
+
+def _line(request_id, text: str = "") -> str:
+    return f'{{"jsonrpc":"2.0","id":{request_id},"result":{{"t":"{text}"}}}}'
+
+
+def test_child_stdout_framing_across_reads(tmp_path):
+    big = "y" * 600_000  # longer than one read of the pipe
+    fifth = _line(5, "split")
+    pieces = [
+        _line(1) + "\n" + _line(2)[:10], _line(2)[10:] + "\r\n  \n\n",
+        _line(3, big)[:70_000], _line(3, big)[70_000:] + "\n",
+        _line(4, "z" * 700_000) + "\n",  # over the cap: dropped, answered with an error
+        '{"jsonrpc":"2.0","method":"m","params":{"t":"' + "w" * 700_000 + '"}}\n',  # dropped
+        "not json\n" + fifth[:20], "", fifth[20:] + "\n", _line(6),  # the last: no newline
+    ]
+    script = tmp_path / "pieces.json"
+    script.write_text(json.dumps(pieces))
+    child = StdioChild(ServerSpec(RAW_SERVER[0], ["-c", PIECES, str(script)]), "t", 650_000,
+                       stop_grace=0.5)
+    with gevent.Timeout(10):
+        got = list(child)
+    assert [m.id for m in got] == [1, 2, 3, 4, 5, 6]
+    assert got[1].raw == _line(2).encode()  # the CR went, the blank lines gave nothing
+    assert got[2].raw == _line(3, big).encode()
+    assert got[3].error["code"] == jsonrpc.INTERNAL_ERROR
+    assert "exceeds the proxy's frame cap of 650000 bytes" in got[3].error["message"]
+    assert got[4].obj["result"]["t"] == "split" and got[5].raw == _line(6).encode()
+    assert child.closed.wait(10)
+    assert child.close_reason == "server process exited with code 0"
 
 
 def test_stop_escalates_to_sigkill():

@@ -16,8 +16,8 @@ The 2026-07-28 era too (its ``_meta`` envelope is ignored): ``server/discover`` 
 ``--legacy-only``), ``subscriptions/listen`` (acknowledged; ``tools/call change`` then sends
 ``tools/list_changed`` to every listen, ``notifications/cancelled`` ends one), ``tools/call
 hold``, which never answers until cancelled, ``tools/call mrtr``, which answers
-``input_required`` and then holds the retry, and ``tools/list`` also names ``tagged``, a tool
-whose ``region`` argument has an ``x-mcp-header``.
+``input_required`` (with its ``pad`` argument) and then holds the retry, and ``tools/list``
+also names ``tagged``, a tool whose ``region`` argument has an ``x-mcp-header``.
 
 Options (for exercising a proxy's failure handling):
 
@@ -212,7 +212,8 @@ def main() -> None:
                 if "requestState" in params:
                     continue  # the retry is held like ``hold``
                 reply["result"] = {"resultType": "input_required", "requestState": "mrtr-1",
-                                   "inputRequests": {"q": {"method": "roots/list"}}}
+                                   "inputRequests": {"q": {"method": "roots/list"}},
+                                   "pad": args.get("pad", "")}  # a large answer if asked
             elif name == "tagged":
                 reply["result"] = {"content": [{"type": "text", "text": args.get("region", "")}]}
             elif name == "change":
