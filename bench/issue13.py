@@ -93,12 +93,15 @@ def _passes(value, target: str) -> bool | None:
     return value >= bound if op == ">=" else value <= bound
 
 
+def _digits(value) -> int:
+    return 3 if value is None or value < 10 else 1 if value < 100 else 0
+
+
 def target_lines(results: dict) -> list[str]:
     body = []
     for figure, path, ours, peer, target, _ in rows(results):
         verdict = _passes(ours, target)
-        body.append([figure, path, fmt(ours, 3 if ours is not None and ours < 10 else 0),
-                     fmt(peer, 3 if peer is not None and peer < 10 else 0), target,
+        body.append([figure, path, fmt(ours, _digits(ours)), fmt(peer, _digits(peer)), target,
                      "—" if verdict is None else "PASS" if verdict else "FAIL"])
     return ["Issue 13 targets (best peer: only with --peers; start-up needs them)",
             markdown(["figure", "path", "ours", "best peer", "target", "result"], body,
@@ -117,7 +120,7 @@ def spread(runs: list[dict]) -> str:
         def span(values: list) -> str:
             if not values:
                 return "—"
-            digits = 3 if max(values) < 10 else 0
+            digits = _digits(max(values))
             lo, hi = fmt(min(values), digits), fmt(max(values), digits)
             return lo if lo == hi else f"{lo} – {hi}"
         body.append([figure, path, span(ours), span(peer), target,
