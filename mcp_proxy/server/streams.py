@@ -105,8 +105,11 @@ class Stream:
 
     def _push(self, item) -> None:
         self._items.append(item)
-        if self._readers:  # the hub resumes it: a waiter is switched to from the hub only
-            gevent.get_hub().loop.run_callback(self._readers.popleft().switch, None)
+        readers = self._readers
+        if readers:  # the hub resumes them: a waiter is switched to from the hub only
+            schedule = gevent.get_hub().loop.run_callback
+            while readers:  # all of them: one killed before it ran must not keep the item
+                schedule(readers.popleft().switch, None)  # from a reader still waiting
 
     def put(self, message: Message) -> None:
         size = len(message.raw)
