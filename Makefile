@@ -7,12 +7,12 @@ ARGS ?= --port 8080 -- $(BIN)/python tests/servers/sdk_server.py
 # file stay in one process): the tests mostly wait on processes and sockets; -n 0 runs serially
 WORKERS ?= 2
 
-.PHONY: install deps run test lint bench docker clean
+.PHONY: install deps run test docs lint bench docker clean
 
 $(BIN)/mcp-proxy: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,lint]'
+	$(BIN)/pip install --quiet -e '.[test,lint,docs]'
 	touch $@
 
 install: $(BIN)/mcp-proxy
@@ -27,6 +27,10 @@ deps:
 
 test: deps install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# the documentation site from docs/ into build/site; warnings (a broken link) are errors
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir build/site
 
 lint: install
 	$(BIN)/ruff check mcp_proxy tests
