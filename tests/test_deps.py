@@ -48,9 +48,10 @@ class Machine:
         path.write_text(f"#!/bin/sh\n{body}\n")
         path.chmod(0o755)
 
-    def run(self, *command: str) -> subprocess.CompletedProcess:
+    def run(self, *command: str, **env: str) -> subprocess.CompletedProcess:
         # DEPS_SBIN='': /usr/sbin is left out of the search, where this machine has nginx
-        env = {"PATH": str(self.bin), "DEPS_SBIN": "", "HOME": os.environ.get("HOME", "/")}
+        env = {"PATH": str(self.bin), "DEPS_SBIN": "", "HOME": os.environ.get("HOME", "/"),
+               **env}
         return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=60)
 
@@ -101,6 +102,29 @@ def test_every_tool_the_suite_needs_is_checked(tmp_path):
     done = machine.run(str(DEPS), "--dry-run")
     assert done.stdout == ("apt-get update && apt-get install -y --no-install-recommends "
                            "make openssl npm redis-server nginx\n")
+
+
+def test_a_python_older_than_3_10_is_named_with_the_fix(tmp_path):
+    machine = Machine(tmp_path, without("python3"))
+    # Debian 11's python3: the version check fails, --version says which it is
+    machine.stand_in("python3", '[ "$1" = --version ] && echo "Python 3.9.2"; exit 1')
+    done = machine.run(str(DEPS))
+    assert done.returncode == 1
+    assert done.stderr == (".ci/deps: python3 is Python 3.9.2; the project needs Python 3.10 "
+                           "or later: run make with PYTHON=python3.X naming one\n")
+
+
+def test_a_python_without_ensurepip_needs_the_venv_package_until_the_venv_exists(tmp_path):
+    machine = Machine(tmp_path, without("python3"))
+    # Debian's python3 without python3-venv: every import works but ensurepip's
+    machine.stand_in("python3", 'case "$2" in *ensurepip*) exit 1;; esac; exit 0')
+    done = machine.run(str(DEPS), "--dry-run", VENV=str(tmp_path / "no-venv"))
+    assert done.stdout == ("apt-get update && apt-get install -y --no-install-recommends "
+                           "python3-venv\n")
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").symlink_to(real("python3"))
+    done = machine.run(str(DEPS), "--dry-run", VENV=str(tmp_path / "venv"))
+    assert (done.returncode, done.stdout) == (0, "")
 
 
 def test_without_apt_get_the_packages_are_named(tmp_path):
