@@ -26,7 +26,8 @@ def redis_server_binary() -> str:
     for path in (found, "/usr/bin/redis-server", "/usr/sbin/redis-server"):
         if path and os.access(path, os.X_OK):
             return path
-    raise AssertionError("redis-server not found: install Debian's redis-server; .ci/run does")
+    raise AssertionError("redis-server not found: install Debian's redis-server "
+                         "(make test does: .ci/deps)")
 
 
 class RedisServer:

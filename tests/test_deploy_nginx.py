@@ -37,7 +37,7 @@ def nginx_binary() -> str:
     for path in (shutil.which("nginx"), "/usr/sbin/nginx"):
         if path and os.access(path, os.X_OK):
             return path
-    raise AssertionError("nginx not found: install Debian's nginx-light; .ci/run does")
+    raise AssertionError("nginx not found: install Debian's nginx (make test does: .ci/deps)")
 
 
 def loopback_conf(directory: Path, upstreams: list[str], port: int) -> Path:

@@ -308,8 +308,8 @@ def test_compose_file():
 def test_readme_gunicorn_table_and_json_examples_match():
     import mcp_proxy.gunicorn_conf as conf
 
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### gunicorn"):readme.index("### Docker")]
+    readme = (ROOT / "docs" / "deployment.md").read_text()
+    section = readme[readme.index("## gunicorn"):readme.index("## Docker")]
     checked = 0
     for row in section.splitlines():
         cells = [cell.strip() for cell in row.strip("|").split("|")]
@@ -320,5 +320,8 @@ def test_readme_gunicorn_table_and_json_examples_match():
         assert values == [str(getattr(conf, name)) for name in names], row
         checked += len(names)
     assert checked == 9  # every row but bind (its value depends on the environment)
-    for block in readme.split("```json\n")[1:]:
+    examples = "".join(page.read_text() for page in [ROOT / "README.md",
+                                                     *sorted((ROOT / "docs").glob("*.md"))])
+    assert examples.count("```json\n") >= 5
+    for block in examples.split("```json\n")[1:]:
         json.loads(block.split("```")[0])  # the Claude Desktop examples are valid JSON

@@ -1,4 +1,4 @@
-"""What README.md promises and no other test checked, each against the real CLI.
+"""What README.md and docs/ promise and no other test checked, each against the real CLI.
 
 Server mode: 404 and 405 with an exact ``Allow``, the ``sessionId`` alias, the Host rules
 of a wildcard bind and ``--allow-host``, the header count limit, the GET

@@ -44,5 +44,5 @@ def test_a_missing_redis_server_fails_the_test_with_what_to_install(monkeypatch,
     monkeypatch.setattr(redisproc.shutil, "which", lambda name: None)
     monkeypatch.setattr(redisproc.os, "access", lambda path, mode: False)
     with pytest.raises(AssertionError, match=r"redis-server not found: install Debian's "
-                                             r"redis-server; \.ci/run does"):
+                                             r"redis-server \(make test does: \.ci/deps\)"):
         RedisServer(tmp_path)

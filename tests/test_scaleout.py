@@ -306,8 +306,8 @@ def test_a_worker_whose_inbox_fails_exits(proxy_factory, redis_server):
 
 
 def test_the_readme_acl_user_is_enough(proxy_factory, redis_server):
-    """The README's ``ACL SETUSER`` line, as written there, lets the proxies do all they do."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    """The documented ``ACL SETUSER`` line, as written there, lets the proxies do all they do."""
+    readme = (Path(__file__).parent.parent / "docs" / "deployment.md").read_text()
     line = next(line.strip() for line in readme.splitlines()
                 if line.strip().startswith("ACL SETUSER mcp-proxy"))
     redis_server.client().execute_command(*line.replace(">SECRET", ">pw").split())

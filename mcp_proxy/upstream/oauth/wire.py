@@ -130,14 +130,21 @@ class Client:
         return jwt.encode(claims, self.key_pem, algorithm=self.key_alg)
 
 
+# The project is installed from its clone (mcp-proxy on PyPI is another project), so the
+# hint names the extra as each installer takes it there.
+KEYS_HINT = ("--client-key needs PyJWT and cryptography, the 'keys' extra: in the clone, "
+             "uv tool install --reinstall '.[keys]' (or pipx install --force '.[keys]', "
+             "or pip install '.[keys]')")
+
+
 def load_key(path: str, alg: str | None) -> tuple[bytes, str]:
     """Read a PEM private key; the algorithm defaults from the key type."""
     try:
+        import jwt  # noqa: F401 (the assertion's; missing, it would fail only at the first call)
         from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
     except ImportError as exc:
-        raise ConfigError("--client-key needs PyJWT and cryptography: "
-                          "pip install 'mcp-proxy[keys]'") from exc
+        raise ConfigError(KEYS_HINT) from exc
     try:
         with open(path, "rb") as handle:
             pem = handle.read()
