@@ -15,7 +15,8 @@ gets -32601.
 The 2026-07-28 era too (its ``_meta`` envelope is ignored): ``server/discover`` (unless
 ``--legacy-only``), ``subscriptions/listen`` (acknowledged; ``tools/call change`` then sends
 ``tools/list_changed`` to every listen, ``notifications/cancelled`` ends one), ``tools/call
-hold``, which never answers until cancelled, ``tools/call mrtr``, which answers
+hold``, which never answers (cancelled or not, as the TypeScript SDK does), ``tools/call
+late``, which answers after ``seconds`` whether cancelled or not, ``tools/call mrtr``, which answers
 ``input_required`` (with its ``pad`` argument) and then holds the retry, and ``tools/list``
 also names ``tagged``, a tool whose ``region`` argument has an ``x-mcp-header``.
 
@@ -207,7 +208,10 @@ def main() -> None:
             elif name == "crash":
                 sys.exit(3)
             elif name == "hold":
-                continue  # no answer: the client cancels it
+                continue  # no answer, not even to a cancel
+            elif name == "late":
+                time.sleep(float(args.get("seconds", 0.5)))  # a cancel meanwhile is not read
+                reply["result"] = {"content": [{"type": "text", "text": "late"}]}
             elif name == "mrtr":
                 if "requestState" in params:
                     continue  # the retry is held like ``hold``
