@@ -8,8 +8,11 @@ child serves every caller: ids and progress tokens are rewritten as on any share
   result is **legacy-only**, remembered for the life of the proxy, and never gets a modern
   frame (the edge steers modern clients to ``initialize`` instead);
 - an ``input_required`` result's ``requestState`` is wrapped in a handle that names this
-  child (its generation) and the caller, signed by the proxy; a retry must bring it back to
-  the same child and the same caller, else it gets -32602 as the child itself would answer;
+  child (its generation), the caller and its expiry, signed by the proxy; a retry must bring
+  it back to the same child, from the same caller, within ``STATE_TTL``, else it gets -32602
+  as the child itself would answer. The caller is the digest of its credentials; a caller
+  without any cannot be told from another, so its handle is good for one retry only (a
+  random nonce, spent on use): once redeemed, nobody can replay it;
 - ``subscriptions/listen`` traffic carries the child's id as ``subscriptionId``: restored to
   the caller's listen id;
 - a log line correlates with nothing on stdio: it goes to the caller only when exactly one
@@ -27,6 +30,7 @@ import hmac
 import json
 import logging
 import os
+import time
 from typing import Any
 
 from mcp_proxy import __version__, fanin, fanout, jsonrpc
@@ -53,6 +57,11 @@ DISCOVER_TIMEOUT = 10.0
 HANDLE_PREFIX = "mcp-proxy:"
 _HANDLE = HANDLE_PREFIX  # plus this worker's tag and a colon, with --redis-url
 _SECRET = os.urandom(32)  # handles are only good in the process that made them
+# the official SDK seals its own requestState for 10 minutes: a round may wait on a person
+# (an elicitation form, a sampling approval), and a longer-lived handle would only outlive
+# the server's own state; shorter bounds how long a leaked handle is any use
+STATE_TTL = 600.0
+MAX_UNSPENT = 100_000  # anonymous handles not yet redeemed, per child (a few MB at most)
 
 
 class LegacyOnly(SpawnError):
@@ -91,22 +100,26 @@ def _sign(payload: bytes) -> str:
 
 
 def wrap_state(state: Any, generation: int, caller: str) -> str:
-    payload = base64.urlsafe_b64encode(json.dumps([generation, caller, state]).encode())
+    expires = round(time.monotonic() + STATE_TTL, 1)  # the secret is per process: so is this
+    payload = base64.urlsafe_b64encode(json.dumps([generation, caller, expires, state]).encode())
     return _HANDLE + payload.decode() + "." + _sign(payload)
 
 
-def unwrap_state(handle: Any, generation: int, caller: str) -> tuple[bool, Any]:
-    """(True, the child's state) if ``handle`` is ours, for this child and this caller."""
+def unwrap_state(handle: Any, generation: int) -> tuple[str, Any] | None:
+    """(the caller it was made for, the child's state) if ``handle`` is ours, for this child
+    and not expired; else None."""
     if not isinstance(handle, str) or not handle.startswith(_HANDLE):
-        return False, None
+        return None
     payload, _, signature = handle[len(_HANDLE):].rpartition(".")
     if not hmac.compare_digest(_sign(payload.encode()), signature):
-        return False, None
+        return None
     try:
-        made_for, made_by, state = json.loads(base64.urlsafe_b64decode(payload))
+        made_for, made_by, expires, state = json.loads(base64.urlsafe_b64decode(payload))
     except (ValueError, TypeError):
-        return False, None
-    return (made_for == generation and made_by == caller), state
+        return None
+    if made_for != generation or not time.monotonic() < expires:
+        return None
+    return made_by, state
 
 
 def header_params(tools: Any) -> dict[str, dict[str, str]]:
@@ -135,6 +148,7 @@ class ModernLane(Multiplexer):
         self.discovered: dict | None = None
         self.generation = 0
         self.tools: dict[str, dict[str, str]] = {}  # tool -> {argument: header name}
+        self.unspent: dict[str, float] = {}  # anonymous handles' nonces -> expiry, oldest first
 
     def ensure_started(self) -> None:
         if self.legacy_only:
@@ -156,6 +170,7 @@ class ModernLane(Multiplexer):
             raise LegacyOnly(f"{self.name}: legacy-only server ({exc})") from None
         self.generation += 1
         self.tools.clear()
+        self.unspent.clear()
 
     def tool_headers(self, name: str, meta: dict) -> dict[str, str]:
         """The ``x-mcp-header`` arguments of tool ``name``; asks the child once if unknown."""
@@ -184,7 +199,7 @@ class ModernLane(Multiplexer):
         if message.method in MRTR_METHODS:
             handle = message.request_state
             if handle is not None:
-                ours, state = unwrap_state(handle, self.generation, port.principal)
+                ours, state = self._unseal(handle, port.principal)
                 if not ours:
                     port.offer(jsonrpc.error_message(message.id, INVALID_PARAMS,
                                                      "Invalid or expired requestState"))
@@ -219,8 +234,30 @@ class ModernLane(Multiplexer):
             self.tools.update(header_params(result.get("tools")))
         if "requestState" not in result:
             return message
-        state = wrap_state(result["requestState"], self.generation, call.port.principal)
+        state = self._seal(result["requestState"], call.port.principal)
         return Message({**obj, "result": {**result, "requestState": state}})
+
+    def _seal(self, state: Any, principal: str) -> str:
+        """A handle for ``state``: bound to the caller's credentials, or good once without."""
+        if principal:
+            return wrap_state(state, self.generation, principal)
+        nonce = "~" + os.urandom(16).hex()  # "~" never starts a principal (hex)
+        now, unspent = time.monotonic(), self.unspent
+        while unspent and (len(unspent) >= MAX_UNSPENT or next(iter(unspent.values())) <= now):
+            del unspent[next(iter(unspent))]  # expired, or the oldest past the bound
+        unspent[nonce] = now + STATE_TTL
+        return wrap_state(state, self.generation, nonce)
+
+    def _unseal(self, handle: Any, principal: str) -> tuple[bool, Any]:
+        """(True, the child's state) if ``handle`` is this caller's (an anonymous one is
+        spent here: a second use is refused)."""
+        opened = unwrap_state(handle, self.generation)
+        if opened is None:
+            return False, None
+        caller, state = opened
+        if principal:
+            return caller == principal, state
+        return self.unspent.pop(caller, None) is not None, state
 
     def _notification(self, message: Message) -> None:
         meta = message.params.get("_meta")

@@ -17,7 +17,8 @@ from test_lifecycle import wait_until
 from test_shared import methods, recorded
 
 from conftest import INIT_PARAMS, RAW_SERVER, SDK_SERVER, STREAM_HEADERS, rpc, run_driver
-from mcp_proxy.modern import unwrap_state, wrap_state
+from mcp_proxy import modern as modern_lane
+from mcp_proxy.modern import ModernLane, unwrap_state, wrap_state
 
 MODERN = "2026-07-28"
 META = {"io.modelcontextprotocol/protocolVersion": MODERN,
@@ -230,11 +231,51 @@ def test_a_large_input_required_round_keeps_its_request_state(raw):
 
 def test_request_state_handles_are_bound_to_their_child_and_caller():
     handle = wrap_state("sealed", 3, "alice")
-    assert unwrap_state(handle, 3, "alice") == (True, "sealed")
-    assert unwrap_state(handle, 4, "alice")[0] is False  # the child was restarted
-    assert unwrap_state(handle, 3, "bob")[0] is False  # another caller's
-    assert unwrap_state(handle[:-2] + "xx", 3, "alice")[0] is False  # tampered
-    assert unwrap_state("sealed", 3, "alice")[0] is False  # never ours
+    assert unwrap_state(handle, 3) == ("alice", "sealed")
+    assert unwrap_state(handle, 4) is None  # the child was restarted
+    assert unwrap_state(handle[:-2] + "xx", 3) is None  # tampered
+    assert unwrap_state("sealed", 3) is None  # never ours
+    lane = ModernLane("m", spawn=None)
+    for_alice = lane._seal("a", "alice")
+    assert lane._unseal(for_alice, "bob") == (False, "a")  # another caller's
+    assert lane._unseal(for_alice, "") == (False, "a")  # nor one without credentials
+    assert lane._unseal(for_alice, "alice") == (True, "a")
+    assert lane._unseal(for_alice, "alice") == (True, "a")  # its caller may retry again
+    anonymous = lane._seal("b", "")
+    assert lane._unseal(anonymous, "alice")[0] is False
+    assert lane._unseal(anonymous, "") == (True, "b")
+    assert lane._unseal(anonymous, "")[0] is False  # spent: nobody can replay it
+
+
+def test_request_state_handles_expire(monkeypatch):
+    assert modern_lane.STATE_TTL == 600  # as the official SDK's own sealed state
+    monkeypatch.setattr(modern_lane, "STATE_TTL", -1.0)
+    lane = ModernLane("m", spawn=None)
+    assert unwrap_state(wrap_state("sealed", 3, "alice"), 3) is None
+    assert lane._unseal(lane._seal("a", "alice"), "alice")[0] is False
+    assert lane._unseal(lane._seal("b", ""), "")[0] is False
+    lane._seal("c", "")
+    assert len(lane.unspent) == 1  # expired nonces go as new ones come
+
+
+def test_an_anonymous_handle_is_good_for_one_retry(raw):
+    first = post(raw.base, modern("tools/call", 1, name="mrtr", arguments={})).json()["result"]
+    retry = modern("tools/call", 2, name="mrtr", arguments={},
+                   requestState=first["requestState"])
+    host, port = raw.base.rsplit("/", 1)[1].rsplit(":", 1)
+    body = json.dumps(retry).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers_for(retry).items())
+    with socket.create_connection((host, int(port)), timeout=10) as sock:  # the child holds it
+        sock.sendall(f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\n{head}"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        wait_until(lambda: any(m.get("params", {}).get("requestState")
+                               for m in recorded(raw.record)))
+    retry["id"] = 3
+    replayed = post(raw.base, retry)  # the same handle again, by anyone
+    assert replayed.status_code == 400
+    assert replayed.json()["error"] == {"code": -32602,
+                                        "message": "Invalid or expired requestState"}
+    assert len([m for m in recorded(raw.record) if m.get("params", {}).get("requestState")]) == 1
 
 
 def test_a_caller_that_reads_nothing_is_cut_after_the_stall_timeout(proxy_factory):
