@@ -18,7 +18,10 @@ child serves every caller: ids and progress tokens are rewritten as on any share
 - a log line correlates with nothing on stdio: it goes to the caller only when exactly one
   request in flight asked for log lines (``_meta`` logLevel) and its level admits the line,
   else it is dropped (logged at DEBUG);
-- ``tools/list`` results are remembered, for the edge's ``Mcp-Param-*`` checks;
+- ``tools/list`` results are remembered, for the edge's ``Mcp-Param-*`` checks; a tool
+  not among them makes the proxy list the tools itself, at most once per ``LISTING_TTL``
+  (until ``tools/list_changed``), and a listing that fails refuses the call: a call whose
+  headers cannot be checked never reaches the child;
 - a dead child is started again only when the next request needs it.
 """
 
@@ -32,6 +35,8 @@ import logging
 import os
 import time
 from typing import Any
+
+from gevent.lock import Semaphore
 
 from mcp_proxy import __version__, fanin, fanout, jsonrpc
 from mcp_proxy.errors import LinkClosed, ProxyError, SpawnError
@@ -62,6 +67,11 @@ _SECRET = os.urandom(32)  # handles are only good in the process that made them
 # the server's own state; shorter bounds how long a leaked handle is any use
 STATE_TTL = 600.0
 MAX_UNSPENT = 100_000  # anonymous handles not yet redeemed, per child (a few MB at most)
+# a name missing from a full listing is unknown for this long (or until list_changed): the
+# proxy hears list_changed only on a caller's listen, and made-up names must not cost a
+# listing each
+LISTING_TTL = 60.0
+MAX_PAGES = 10
 
 
 class LegacyOnly(SpawnError):
@@ -149,6 +159,8 @@ class ModernLane(Multiplexer):
         self.generation = 0
         self.tools: dict[str, dict[str, str]] = {}  # tool -> {argument: header name}
         self.unspent: dict[str, float] = {}  # anonymous handles' nonces -> expiry, oldest first
+        self.listed_at = float("-inf")  # when the proxy last listed every tool itself
+        self._listing = Semaphore()
 
     def ensure_started(self) -> None:
         if self.legacy_only:
@@ -171,24 +183,29 @@ class ModernLane(Multiplexer):
         self.generation += 1
         self.tools.clear()
         self.unspent.clear()
+        self.listed_at = float("-inf")
 
     def tool_headers(self, name: str, meta: dict) -> dict[str, str]:
-        """The ``x-mcp-header`` arguments of tool ``name``; asks the child once if unknown."""
-        if name not in self.tools and self.state == "running":
-            meta = {key: meta[key] for key in ENVELOPE if key in meta}  # no progress token
-            cursor, pages = None, 0
-            while pages < 10:
-                params: dict = {"_meta": meta, **({"cursor": cursor} if cursor else {})}
-                try:
-                    result = self._request("tools/list", params, DISCOVER_TIMEOUT)
-                except Exception as exc:  # noqa: BLE001 - the call then goes unchecked
-                    logger.info("%s: tools/list for header checks failed: %s", self.name, exc)
-                    break
-                self.tools.update(header_params(result.get("tools")))
-                cursor, pages = result.get("nextCursor"), pages + 1
-                if not cursor:
-                    break
+        """The ``x-mcp-header`` arguments of tool ``name`` (none for an unknown tool); lists
+        the tools if it is not known. Raises ProxyError if they cannot be listed."""
+        with self._listing:  # concurrent calls of unknown tools wait for one listing
+            if name not in self.tools and time.monotonic() - self.listed_at > LISTING_TTL:
+                self._list_tools({key: meta[key] for key in ENVELOPE if key in meta})
         return self.tools.get(name, {})
+
+    def _list_tools(self, meta: dict) -> None:
+        cursor = None
+        for _ in range(MAX_PAGES):
+            params: dict = {"_meta": meta, **({"cursor": cursor} if cursor else {})}
+            try:
+                result = self._request("tools/list", params, DISCOVER_TIMEOUT)
+            except ProxyError as exc:
+                raise ProxyError(f"tools/list failed: {exc}") from None
+            self.tools.update(header_params(result.get("tools")))
+            cursor = result.get("nextCursor")
+            if not cursor:
+                break
+        self.listed_at = time.monotonic()
 
     # -- the two directions --------------------------------------------------------------
 
@@ -260,6 +277,9 @@ class ModernLane(Multiplexer):
         return self.unspent.pop(caller, None) is not None, state
 
     def _notification(self, message: Message) -> None:
+        if message.method == "notifications/tools/list_changed":
+            self.tools.clear()  # what the edge checks is listed again when next needed
+            self.listed_at = float("-inf")
         meta = message.params.get("_meta")
         listen = meta.get(SUBSCRIPTION_KEY) if isinstance(meta, dict) else None
         if listen is not None:

@@ -184,6 +184,41 @@ def test_matching_headers_pass_also_base64_encoded(raw):
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == -32601
 
 
+def test_unknown_tools_cost_one_listing_until_list_changed(raw):
+    def listings() -> int:
+        return methods(raw.record).count("tools/list")
+
+    for n, name in enumerate(("nope", "nope", "made-up")):
+        unknown = post(raw.base, modern("tools/call", n, name=name, arguments={}))
+        assert "Unknown tool" in unknown.json()["error"]["message"]  # the child's answer
+    assert listings() == 1
+    listen = modern("subscriptions/listen", "L", filter={"toolsListChanged": True})
+    stream = requests.post(raw.base + "/mcp", json=listen, headers=headers_for(listen),
+                           stream=True, timeout=15)
+    seen = (json.loads(line[6:]) for line in stream.iter_lines() if line.startswith(b"data: "))
+    assert next(seen)["method"] == "notifications/subscriptions/acknowledged"
+    assert post(raw.base, modern("tools/call", 5, name="change", arguments={})).ok
+    assert next(seen)["method"] == "notifications/tools/list_changed"
+    post(raw.base, modern("tools/call", 6, name="nope", arguments={}))
+    assert listings() == 2  # the tools may have changed: listed again
+    stream.close()
+
+
+def test_a_call_whose_headers_cannot_be_checked_is_refused(raw, proxy_factory, tmp_path):
+    record = tmp_path / "failing.jsonl"
+    failing = proxy_factory("--", *RAW_SERVER, "--fail-list", "--record", str(record))
+    call = modern("tools/call", 1, name="tagged", arguments={"region": "earth"})
+    refused = post(failing.base, call, **{"Mcp-Param-Region": "earth"})
+    assert refused.status_code == 502
+    error = refused.json()["error"]
+    assert error["code"] == -32603 and "tools/list failed: " in error["message"], error
+    assert "tools/call" not in methods(record)  # unchecked: it never reached the child
+    odd = modern("tools/call", 2, name="tagged", arguments="region")
+    refused = post(raw.base, odd, **{"Mcp-Param-Region": "region"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == -32602
+    assert "tools/call" not in methods(raw.record)
+
+
 def test_a_legacy_only_child_steers_clients_to_initialize(proxy_factory, tmp_path):
     record = tmp_path / "sent.jsonl"
     proxy = proxy_factory("--", *RAW_SERVER, "--legacy-only", "--record", str(record))

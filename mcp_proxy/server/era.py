@@ -8,7 +8,8 @@ version, or a ``_meta`` protocol version in the body, is the 2026-07-28 era; any
 The child never sees HTTP headers, so the proxy is the server that must check them against
 the body: ``MCP-Protocol-Version``, ``Mcp-Method``, ``Mcp-Name`` and, for ``tools/call``,
 each ``Mcp-Param-*`` that a tool's ``x-mcp-header`` names. A failure is 400 with -32020 and
-the request never reaches the child. Versions are not judged here: the child answers -32022
+the request never reaches the child; so does a ``tools/call`` whose headers cannot be checked
+(its arguments not an object). Versions are not judged here: the child answers -32022
 for one it does not speak, so the proxy stays version-agnostic.
 """
 
@@ -74,7 +75,7 @@ def check_headers(environ: dict, message: Message) -> Response | None:
         name = decoded(environ.get("HTTP_MCP_NAME"))
         value = message.params.get(key)
         if value is None:  # a long name is not in a large message's routing view
-            value = (message.obj.get("params") or {}).get(key)
+            value = _whole_params(message).get(key)
         if name is None or name != value:
             return _mismatch(message, f"Mcp-Name does not match params.{key}")
     return None
@@ -92,11 +93,21 @@ def _same(header: str, value: Any) -> bool:
     return isinstance(value, str) and header == value
 
 
+def _whole_params(message: Message) -> dict:
+    params = message.obj.get("params")  # the whole: a large message's view lacks arguments
+    return params if isinstance(params, dict) else {}
+
+
 def check_params(environ: dict, message: Message, headers: dict[str, str]) -> Response | None:
     """Each ``Mcp-Param-*`` of a ``tools/call`` against the argument its tool names."""
     if not headers:
         return None
-    arguments = (message.obj.get("params") or {}).get("arguments") or {}
+    arguments = _whole_params(message).get("arguments")
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):  # nothing to check the headers against: refused
+        return rpc_error(400, -32602, "Invalid params: tools/call arguments must be an object",
+                         message.id)
     for argument, name in headers.items():
         sent = decoded(environ.get("HTTP_MCP_PARAM_" + name.upper().replace("-", "_")))
         if argument not in arguments:

@@ -30,6 +30,7 @@ Options (for exercising a proxy's failure handling):
   --ignore-stdin-eof   keep running after stdin closes, and ignore SIGTERM
   --record FILE        append every line read from stdin to FILE (what the server was sent)
   --legacy-only        answer server/discover with -32601, as a server of the 2025 era does
+  --fail-list          answer tools/list with -32603
   --announce           write notifications/tools/list_changed right after the initialize
                        answer, in the same write (a server message that belongs to no request)
 """
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--announce", action="store_true")
     parser.add_argument("--record", default=None)
     parser.add_argument("--legacy-only", action="store_true")
+    parser.add_argument("--fail-list", action="store_true")
     opts = parser.parse_args()
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
@@ -165,6 +167,8 @@ def main() -> None:
         elif method in ("ping", "resources/subscribe", "resources/unsubscribe",
                         "logging/setLevel"):
             reply["result"] = {}
+        elif method == "tools/list" and opts.fail_list:
+            reply["error"] = {"code": -32603, "message": "listing failed"}
         elif method == "tools/list":
             reply["result"] = {"tools": [ECHO_TOOL, TAGGED_TOOL]}
         elif method == "server/discover" and not opts.legacy_only:
