@@ -7,21 +7,18 @@ child serves every caller: ids and progress tokens are rewritten as on any share
 - the child's first frame is ``server/discover``; a child that does not answer it with a
   result is **legacy-only**, remembered for the life of the proxy, and never gets a modern
   frame (the edge steers modern clients to ``initialize`` instead);
-- an ``input_required`` result's ``requestState`` is wrapped in a handle that names this
-  child (its generation), the caller and its expiry, signed by the proxy; a retry must bring
-  it back to the same child, from the same caller, within ``STATE_TTL``, else it gets -32602
-  as the child itself would answer. The caller is the digest of its credentials; a caller
-  without any cannot be told from another, so its handle is good for one retry only (a
-  random nonce, spent on use): once redeemed, nobody can replay it;
+- an ``input_required`` result's ``requestState`` is wrapped in a signed handle naming this
+  child (its generation), the caller and an expiry (``STATE_TTL``); any other retry gets
+  -32602 as the child itself would answer. A caller without credentials is a nonce, spent
+  on the first retry: nobody can replay its handle;
 - ``subscriptions/listen`` traffic carries the child's id as ``subscriptionId``: restored to
   the caller's listen id;
 - a log line correlates with nothing on stdio: it goes to the caller only when exactly one
   request in flight asked for log lines (``_meta`` logLevel) and its level admits the line,
   else it is dropped (logged at DEBUG);
-- ``tools/list`` results are remembered, for the edge's ``Mcp-Param-*`` checks; a tool
-  not among them makes the proxy list the tools itself, at most once per ``LISTING_TTL``
-  (until ``tools/list_changed``), and a listing that fails refuses the call: a call whose
-  headers cannot be checked never reaches the child;
+- ``tools/list`` results are remembered for the edge's ``Mcp-Param-*`` checks; an unknown
+  tool has the proxy list them itself, once per ``LISTING_TTL`` or ``list_changed``; if that
+  fails, the call is refused, never passed on unchecked;
 - a dead child is started again only when the next request needs it.
 """
 
@@ -67,9 +64,8 @@ _SECRET = os.urandom(32)  # handles are only good in the process that made them
 # the server's own state; shorter bounds how long a leaked handle is any use
 STATE_TTL = 600.0
 MAX_UNSPENT = 100_000  # anonymous handles not yet redeemed, per child (a few MB at most)
-# a name missing from a full listing is unknown for this long (or until list_changed): the
-# proxy hears list_changed only on a caller's listen, and made-up names must not cost a
-# listing each
+# a name missing from a listing is unknown this long (or until list_changed, which the proxy
+# hears only on a caller's listen): made-up names must not cost a listing each
 LISTING_TTL = 60.0
 MAX_PAGES = 10
 
@@ -188,9 +184,13 @@ class ModernLane(Multiplexer):
     def tool_headers(self, name: str, meta: dict) -> dict[str, str]:
         """The ``x-mcp-header`` arguments of tool ``name`` (none for an unknown tool); lists
         the tools if it is not known. Raises ProxyError if they cannot be listed."""
-        with self._listing:  # concurrent calls of unknown tools wait for one listing
-            if name not in self.tools and time.monotonic() - self.listed_at > LISTING_TTL:
-                self._list_tools({key: meta[key] for key in ENVELOPE if key in meta})
+        def stale() -> bool:
+            return name not in self.tools and time.monotonic() - self.listed_at > LISTING_TTL
+
+        if stale():
+            with self._listing:  # concurrent calls of unknown tools wait for one listing
+                if stale():
+                    self._list_tools({key: meta[key] for key in ENVELOPE if key in meta})
         return self.tools.get(name, {})
 
     def _list_tools(self, meta: dict) -> None:
