@@ -1,7 +1,8 @@
-"""The shared child's life in the test process: real children, gevent without patching.
+"""The shared child in the test process: real children, gevent without patching.
 
 Shutdown races and leaks that the end-to-end tests cannot time: ``close()`` arriving while a
-child is being spawned or initialized, and a request of the proxy's own that cannot be sent.
+child is being spawned or initialized, and a request of the proxy's own that cannot be sent;
+and, generated, the books the multiplexer keeps while clients call and cancel.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import sys
 
 import gevent
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import RAW_SERVER
 from mcp_proxy.child import StdioChild
 from mcp_proxy.errors import ServerBusy, SpawnError
-from mcp_proxy.jsonrpc import Message
+from mcp_proxy.jsonrpc import Message, id_key
 from mcp_proxy.multiplexer import Multiplexer
 from mcp_proxy.settings import ServerSpec
 
@@ -83,3 +86,69 @@ def test_a_request_that_cannot_be_sent_leaves_no_call_behind():
         mux._request("ping", {}, 5)
     assert mux.calls == {}
     child.close("test over")
+
+
+CALLS = ("echo", "late", "hold")  # answered, answered after a while, never answered
+OPS = st.lists(st.tuples(st.integers(0, 2), st.sampled_from(
+    (*CALLS, "cancel own", "cancel another's", "cancel unknown"))), min_size=1, max_size=14)
+
+
+def call(request_id, tool: str, text: str) -> Message:
+    arguments = {"echo": {"text": text}, "late": {"seconds": 0.02}, "hold": {}}[tool]
+    return Message({"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+                    "params": {"name": tool, "arguments": arguments}})
+
+
+def cancel(request_id) -> Message:
+    return Message({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                    "params": {"requestId": request_id}})
+
+
+@settings(max_examples=60, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(clients=st.integers(2, 3), ops=OPS, string_ids=st.booleans())
+def test_calls_and_cancels_keep_the_books_of_a_shared_child(clients, ops, string_ids):
+    """Each client gets exactly the answers to its own requests that it did not cancel, and
+    once the child is quiet only the unanswered, uncancelled requests are in flight."""
+    spawner = Spawner()
+    mux = Multiplexer("m", spawner)
+    mux.ensure_started()
+    ports = [mux.port(f"c{n}") for n in range(clients)]
+    sent: dict = {port: {} for port in ports}  # id_key -> (id, tool, text)
+    cancelled: dict = {port: set() for port in ports}
+    for who, op in ops:  # no yield in here: every cancel reaches the proxy before an answer
+        port = ports[who % clients]
+        if op in CALLS:
+            number = len(sent[port]) + 1  # the clients' ids collide on purpose
+            request_id = str(number) if string_ids and number % 2 else number
+            sent[port][id_key(request_id)] = (request_id, op, f"{port.name}:{number}")
+            port.send(call(request_id, op, f"{port.name}:{number}"))
+            continue
+        owner = port if op == "cancel own" else ports[(who + 1) % clients]
+        targets = [request_id for request_id, _, _ in sent[owner].values()]
+        target = targets[-1] if targets and op != "cancel unknown" else "nobody's"
+        if id_key(target) in sent[port]:
+            cancelled[port].add(id_key(target))  # a cancel counts for its own client only
+        port.send(cancel(target))
+    for port in ports:
+        port.send(call("barrier", "echo", "barrier"))
+    with gevent.Timeout(20):
+        for port in ports:
+            answers: dict = {}
+            for message in port:
+                assert message.method is None and "result" in message.obj, message.obj
+                if message.id == "barrier":
+                    break
+                key = id_key(message.id)
+                assert key in sent[port] and key not in answers, (port.name, message.obj)
+                answers[key] = message.obj["result"]["content"][0]["text"]
+            expected = {key: "late" if tool == "late" else text
+                        for key, (_, tool, text) in sent[port].items()
+                        if tool != "hold" and key not in cancelled[port]}
+            assert answers == expected, port.name
+            holding = {key for key, (_, tool, _) in sent[port].items()
+                       if tool == "hold" and key not in cancelled[port]}
+            assert set(port.inflight) == holding, port.name
+    assert set(mux.calls) == {cid for port in ports for cid in port.inflight.values()}
+    mux.close("example over")
+    spawner.stop()
