@@ -216,6 +216,9 @@ def test_a_call_whose_headers_cannot_be_checked_is_refused(raw, proxy_factory, t
     odd = modern("tools/call", 2, name="tagged", arguments="region")
     refused = post(raw.base, odd, **{"Mcp-Param-Region": "region"})
     assert refused.status_code == 400 and refused.json()["error"]["code"] == -32602
+    undecodable = modern("tools/call", 3, name="tagged", arguments={})
+    refused = post(raw.base, undecodable, **{"Mcp-Param-Region": "=?base64?%%%?="})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == -32020
     assert "tools/call" not in methods(raw.record)
 
 

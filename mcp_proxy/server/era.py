@@ -109,9 +109,10 @@ def check_params(environ: dict, message: Message, headers: dict[str, str]) -> Re
         return rpc_error(400, -32602, "Invalid params: tools/call arguments must be an object",
                          message.id)
     for argument, name in headers.items():
-        sent = decoded(environ.get("HTTP_MCP_PARAM_" + name.upper().replace("-", "_")))
+        header = environ.get("HTTP_MCP_PARAM_" + name.upper().replace("-", "_"))
+        sent = decoded(header)
         if argument not in arguments:
-            if sent is not None:
+            if header is not None:  # a value that does not decode is still sent
                 return _mismatch(message, f"Mcp-Param-{name} sent for an argument not given")
             continue
         if sent is None or not _same(sent, arguments[argument]):
