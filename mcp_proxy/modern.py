@@ -50,6 +50,7 @@ from mcp_proxy.protocol import (
     SUBSCRIPTION_KEY,
     VERSION_KEY,
 )
+from mcp_proxy.upstream.modern import header_paths
 
 logger = logging.getLogger(__name__)
 
@@ -128,18 +129,12 @@ def unwrap_state(handle: Any, generation: int) -> tuple[str, Any] | None:
     return made_by, state
 
 
-def header_params(tools: Any) -> dict[str, dict[str, str]]:
-    """Tool name -> {argument: header name} from a tools/list result's ``x-mcp-header``s."""
-    found: dict[str, dict[str, str]] = {}
-    for tool in tools if isinstance(tools, list) else ():
-        schema = tool.get("inputSchema") if isinstance(tool, dict) else None
-        properties = schema.get("properties") if isinstance(schema, dict) else None
-        if not isinstance(properties, dict) or not isinstance(tool.get("name"), str):
-            continue
-        found[tool["name"]] = {arg: spec["x-mcp-header"] for arg, spec in properties.items()
-                               if isinstance(spec, dict)
-                               and isinstance(spec.get("x-mcp-header"), str)}
-    return found
+def header_params(tools: Any) -> dict[str, dict[tuple, str] | None]:
+    """Tool name -> {argument path: header name} from a tools/list result, as client mode
+    reads them (None: its ``x-mcp-header`` annotations are invalid)."""
+    return {tool["name"]: header_paths(tool.get("inputSchema"))
+            for tool in (tools if isinstance(tools, list) else ())
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str)}
 
 
 class ModernLane(Multiplexer):
@@ -153,7 +148,7 @@ class ModernLane(Multiplexer):
         self.legacy_only = False
         self.discovered: dict | None = None
         self.generation = 0
-        self.tools: dict[str, dict[str, str]] = {}  # tool -> {argument: header name}
+        self.tools: dict[str, dict[tuple, str] | None] = {}  # see header_params
         self.unspent: dict[str, float] = {}  # anonymous handles' nonces -> expiry, oldest first
         self.listed_at = float("-inf")  # when the proxy last listed every tool itself
         self._listing = Semaphore()
@@ -181,9 +176,9 @@ class ModernLane(Multiplexer):
         self.unspent.clear()
         self.listed_at = float("-inf")
 
-    def tool_headers(self, name: str, meta: dict) -> dict[str, str]:
-        """The ``x-mcp-header`` arguments of tool ``name`` (none for an unknown tool); lists
-        the tools if it is not known. Raises ProxyError if they cannot be listed."""
+    def tool_headers(self, name: str, meta: dict) -> dict[tuple, str] | None:
+        """The ``x-mcp-header`` arguments of tool ``name`` (none for an unknown tool, None if
+        invalid); lists the tools if it is not known. Raises ProxyError if they cannot be."""
         def stale() -> bool:
             return name not in self.tools and time.monotonic() - self.listed_at > LISTING_TTL
 

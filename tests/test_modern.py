@@ -167,6 +167,19 @@ def test_headers_must_match_the_body(raw, change, code):
     assert "tools/call" not in methods(raw.record)  # the child never saw it
 
 
+def test_nested_and_invalid_header_annotations(raw):
+    nested = modern("tools/call", 1, name="nested", arguments={"place": {"region": "moon"}})
+    assert post(raw.base, nested, **{"Mcp-Param-Zone": "moon"}).status_code == 200
+    for wrong in ({"Mcp-Param-Zone": "mars"}, {}):
+        refused = post(raw.base, nested, **wrong)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == -32020
+    miscast = modern("tools/call", 2, name="miscast", arguments={"ratio": 0.5})
+    refused = post(raw.base, miscast, **{"Mcp-Param-Ratio": "0.5"})
+    assert refused.status_code == 400 and "invalid" in refused.json()["error"]["message"]
+    assert [m["params"]["name"] for m in recorded(raw.record)
+            if m.get("method") == "tools/call"] == ["nested"]
+
+
 def test_matching_headers_pass_also_base64_encoded(raw):
     message = modern("tools/call", 3, name="tagged", arguments={"region": "Zürich"})
     encoded = "=?base64?" + base64.b64encode("Zürich".encode()).decode() + "?="

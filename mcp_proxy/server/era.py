@@ -28,6 +28,7 @@ from mcp_proxy.protocol import LEGACY_VERSIONS, NAMED_BY, VERSION_KEY
 from mcp_proxy.server.http import rpc_error
 
 HEADER_MISMATCH = -32020
+_ABSENT = object()
 UNSUPPORTED_VERSION = -32022
 # the HTTP status of a JSON answer that is an error, by its code (else 200)
 STATUS_OF = {-32601: 404, -32700: 400, -32600: 400, -32602: 400, -32020: 400, -32021: 400,
@@ -98,8 +99,12 @@ def _whole_params(message: Message) -> dict:
     return params if isinstance(params, dict) else {}
 
 
-def check_params(environ: dict, message: Message, headers: dict[str, str]) -> Response | None:
-    """Each ``Mcp-Param-*`` of a ``tools/call`` against the argument its tool names."""
+def check_params(environ: dict, message: Message,
+                 headers: dict[tuple, str] | None) -> Response | None:
+    """Each ``Mcp-Param-*`` of a ``tools/call`` against the argument its tool names
+    (``headers``: {argument path: header name}; None: the tool's annotations are invalid)."""
+    if headers is None:  # clients must drop such a tool: a call of it is not checkable
+        return _mismatch(message, "the tool's x-mcp-header annotations are invalid")
     if not headers:
         return None
     arguments = _whole_params(message).get("arguments")
@@ -108,16 +113,19 @@ def check_params(environ: dict, message: Message, headers: dict[str, str]) -> Re
     if not isinstance(arguments, dict):  # nothing to check the headers against: refused
         return rpc_error(400, -32602, "Invalid params: tools/call arguments must be an object",
                          message.id)
-    for argument, name in headers.items():
+    for path, name in headers.items():
         header = environ.get("HTTP_MCP_PARAM_" + name.upper().replace("-", "_"))
         sent = decoded(header)
-        if argument not in arguments:
+        value: Any = arguments
+        for step in path:
+            value = value.get(step, _ABSENT) if isinstance(value, dict) else _ABSENT
+        if value is _ABSENT:
             if header is not None:  # a value that does not decode is still sent
                 return _mismatch(message, f"Mcp-Param-{name} sent for an argument not given")
             continue
-        if sent is None or not _same(sent, arguments[argument]):
+        if sent is None or not _same(sent, value):
             return _mismatch(message, f"Mcp-Param-{name} does not match argument "
-                                      f"{argument!r}")
+                                      f"{'.'.join(path)!r}")
     return None
 
 

@@ -18,7 +18,9 @@ The 2026-07-28 era too (its ``_meta`` envelope is ignored): ``server/discover`` 
 hold``, which never answers (cancelled or not, as the TypeScript SDK does), ``tools/call
 late``, which answers after ``seconds`` whether cancelled or not, ``tools/call mrtr``, which answers
 ``input_required`` (with its ``pad`` argument) and then holds the retry, and ``tools/list``
-also names ``tagged``, a tool whose ``region`` argument has an ``x-mcp-header``.
+also names ``tagged``, a tool whose ``region`` argument has an ``x-mcp-header``, ``nested``,
+whose ``place.region`` has one, and ``miscast``, whose annotation is invalid (both answer
+their arguments).
 
 Options (for exercising a proxy's failure handling):
 
@@ -50,6 +52,16 @@ TAGGED_TOOL = {
     "description": "Return the region, which clients also send as the Mcp-Param-Region header.",
     "inputSchema": {"type": "object", "properties": {
         "region": {"type": "string", "x-mcp-header": "Region"}}},
+}
+NESTED_TOOL = {  # an x-mcp-header below the top level: Mcp-Param-Zone is place.region
+    "name": "nested",
+    "inputSchema": {"type": "object", "properties": {"place": {"type": "object", "properties": {
+        "region": {"type": "string", "x-mcp-header": "Zone"}}}}},
+}
+MISCAST_TOOL = {  # invalid: an x-mcp-header on a number (clients must drop the tool)
+    "name": "miscast",
+    "inputSchema": {"type": "object", "properties": {
+        "ratio": {"type": "number", "x-mcp-header": "Ratio"}}},
 }
 ECHO_TOOL = {
     "name": "echo",
@@ -170,7 +182,7 @@ def main() -> None:
         elif method == "tools/list" and opts.fail_list:
             reply["error"] = {"code": -32603, "message": "listing failed"}
         elif method == "tools/list":
-            reply["result"] = {"tools": [ECHO_TOOL, TAGGED_TOOL]}
+            reply["result"] = {"tools": [ECHO_TOOL, TAGGED_TOOL, NESTED_TOOL, MISCAST_TOOL]}
         elif method == "server/discover" and not opts.legacy_only:
             reply["result"] = {"supportedVersions": ["2026-07-28"], "resultType": "complete",
                                "capabilities": {"tools": {"listChanged": True}},
@@ -224,6 +236,8 @@ def main() -> None:
                                    "pad": args.get("pad", "")}  # a large answer if asked
             elif name == "tagged":
                 reply["result"] = {"content": [{"type": "text", "text": args.get("region", "")}]}
+            elif name in ("nested", "miscast"):
+                reply["result"] = {"content": [{"type": "text", "text": json.dumps(args)}]}
             elif name == "change":
                 respond({**reply, "result": {"content": []}})
                 for listen in listens:
