@@ -4,7 +4,8 @@
   it is not running); ``notifications/initialized`` is not forwarded;
 - a request gets the next id of the child's counter, and its ``_meta.progressToken`` becomes
   that id; the answer comes back through fanout.py with the client's own id and token;
-- ``notifications/cancelled`` is forwarded only for the client's own requests in flight;
+- ``notifications/cancelled`` is forwarded only for the client's own requests in flight, and
+  frees the request here (a late answer is dropped);
 - an answer to a server request gets back the child's id;
 - ``logging/setLevel`` is answered here and sets this client's filter (the child gets the most
   verbose level of all clients); ``resources/subscribe`` and ``unsubscribe`` reach the child
@@ -42,8 +43,12 @@ def route(mux: Multiplexer, port: Port, message: Message) -> None:
             mux.send(rewritten(message, id=child_id))
     elif message.kind == jsonrpc.NOTIFICATION:
         if method == "notifications/cancelled":
-            child_id = port.inflight.get(id_key(message.params.get("requestId")))
+            # freed at once: a server may never answer a cancelled request (the TypeScript
+            # SDK does not), and one left in flight would make every later server request
+            # unattributable; a late answer then finds no call and is dropped
+            child_id = port.inflight.pop(id_key(message.params.get("requestId")), None)
             if child_id is not None:  # only the client's own requests
+                mux.calls.pop(child_id, None)
                 mux.send(rewritten(message, params={"requestId": child_id}))
         elif method == "notifications/initialized":
             pass  # the proxy initialized the child itself

@@ -25,6 +25,7 @@ from mcp_proxy.jsonrpc import Message
 
 KINDS = (jsonrpc.REQUEST, jsonrpc.NOTIFICATION, jsonrpc.RESPONSE)
 DIRECTIONS = ("client_to_server", "server_to_client")
+SESSION_TRANSPORTS = ("sse", "streamable")  # what a session is (a modern request is none)
 _BYTES = "bytes"
 # tool calls run from milliseconds (an echo) to minutes (a build, a crawl)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -170,7 +171,9 @@ class Metrics:
         sessions = list(self._sessions())
         open_ = GaugeMetricFamily("mcp_proxy_sessions_open", "Client sessions open",
                                   labels=["server", "transport"])
-        counts: dict[tuple[str, str], int] = {}
+        # every series from the start, at zero: an absent() alert must not fire on a quiet day
+        counts = {(server, transport): 0 for server in self._servers
+                  for transport in SESSION_TRANSPORTS}
         for session in sessions:
             key = (server_label(session.server_name), session.transport)
             counts[key] = counts.get(key, 0) + 1

@@ -7,15 +7,18 @@ child serves every caller: ids and progress tokens are rewritten as on any share
 - the child's first frame is ``server/discover``; a child that does not answer it with a
   result is **legacy-only**, remembered for the life of the proxy, and never gets a modern
   frame (the edge steers modern clients to ``initialize`` instead);
-- an ``input_required`` result's ``requestState`` is wrapped in a handle that names this
-  child (its generation) and the caller, signed by the proxy; a retry must bring it back to
-  the same child and the same caller, else it gets -32602 as the child itself would answer;
+- an ``input_required`` result's ``requestState`` is wrapped in a signed handle naming this
+  child (its generation), the caller and an expiry (``STATE_TTL``); any other retry gets
+  -32602 as the child itself would answer. A caller without credentials is a nonce, spent
+  on the first retry: nobody can replay its handle;
 - ``subscriptions/listen`` traffic carries the child's id as ``subscriptionId``: restored to
   the caller's listen id;
 - a log line correlates with nothing on stdio: it goes to the caller only when exactly one
   request in flight asked for log lines (``_meta`` logLevel) and its level admits the line,
   else it is dropped (logged at DEBUG);
-- ``tools/list`` results are remembered, for the edge's ``Mcp-Param-*`` checks;
+- ``tools/list`` results are remembered for the edge's ``Mcp-Param-*`` checks; an unknown
+  tool has the proxy list them itself, once per ``LISTING_TTL`` or ``list_changed``; if that
+  fails, the call is refused, never passed on unchecked;
 - a dead child is started again only when the next request needs it.
 """
 
@@ -27,7 +30,10 @@ import hmac
 import json
 import logging
 import os
+import time
 from typing import Any
+
+from gevent.lock import Semaphore
 
 from mcp_proxy import __version__, fanin, fanout, jsonrpc
 from mcp_proxy.errors import LinkClosed, ProxyError, SpawnError
@@ -44,6 +50,7 @@ from mcp_proxy.protocol import (
     SUBSCRIPTION_KEY,
     VERSION_KEY,
 )
+from mcp_proxy.upstream.modern import header_paths
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +60,15 @@ DISCOVER_TIMEOUT = 10.0
 HANDLE_PREFIX = "mcp-proxy:"
 _HANDLE = HANDLE_PREFIX  # plus this worker's tag and a colon, with --redis-url
 _SECRET = os.urandom(32)  # handles are only good in the process that made them
+# the official SDK seals its own requestState for 10 minutes: a round may wait on a person
+# (an elicitation form, a sampling approval), and a longer-lived handle would only outlive
+# the server's own state; shorter bounds how long a leaked handle is any use
+STATE_TTL = 600.0
+MAX_UNSPENT = 100_000  # anonymous handles not yet redeemed, per child (a few MB at most)
+# a name missing from a listing is unknown this long (or until list_changed, which the proxy
+# hears only on a caller's listen): made-up names must not cost a listing each
+LISTING_TTL = 60.0
+MAX_PAGES = 10
 
 
 class LegacyOnly(SpawnError):
@@ -91,36 +107,34 @@ def _sign(payload: bytes) -> str:
 
 
 def wrap_state(state: Any, generation: int, caller: str) -> str:
-    payload = base64.urlsafe_b64encode(json.dumps([generation, caller, state]).encode())
+    expires = round(time.monotonic() + STATE_TTL, 1)  # the secret is per process: so is this
+    payload = base64.urlsafe_b64encode(json.dumps([generation, caller, expires, state]).encode())
     return _HANDLE + payload.decode() + "." + _sign(payload)
 
 
-def unwrap_state(handle: Any, generation: int, caller: str) -> tuple[bool, Any]:
-    """(True, the child's state) if ``handle`` is ours, for this child and this caller."""
+def unwrap_state(handle: Any, generation: int) -> tuple[str, Any] | None:
+    """(the caller it was made for, the child's state) if ``handle`` is ours, for this child
+    and not expired; else None."""
     if not isinstance(handle, str) or not handle.startswith(_HANDLE):
-        return False, None
+        return None
     payload, _, signature = handle[len(_HANDLE):].rpartition(".")
     if not hmac.compare_digest(_sign(payload.encode()), signature):
-        return False, None
+        return None
     try:
-        made_for, made_by, state = json.loads(base64.urlsafe_b64decode(payload))
+        made_for, made_by, expires, state = json.loads(base64.urlsafe_b64decode(payload))
     except (ValueError, TypeError):
-        return False, None
-    return (made_for == generation and made_by == caller), state
+        return None
+    if made_for != generation or not time.monotonic() < expires:
+        return None
+    return made_by, state
 
 
-def header_params(tools: Any) -> dict[str, dict[str, str]]:
-    """Tool name -> {argument: header name} from a tools/list result's ``x-mcp-header``s."""
-    found: dict[str, dict[str, str]] = {}
-    for tool in tools if isinstance(tools, list) else ():
-        schema = tool.get("inputSchema") if isinstance(tool, dict) else None
-        properties = schema.get("properties") if isinstance(schema, dict) else None
-        if not isinstance(properties, dict) or not isinstance(tool.get("name"), str):
-            continue
-        found[tool["name"]] = {arg: spec["x-mcp-header"] for arg, spec in properties.items()
-                               if isinstance(spec, dict)
-                               and isinstance(spec.get("x-mcp-header"), str)}
-    return found
+def header_params(tools: Any) -> dict[str, dict[tuple, str] | None]:
+    """Tool name -> {argument path: header name} from a tools/list result, as client mode
+    reads them (None: its ``x-mcp-header`` annotations are invalid)."""
+    return {tool["name"]: header_paths(tool.get("inputSchema"))
+            for tool in (tools if isinstance(tools, list) else ())
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str)}
 
 
 class ModernLane(Multiplexer):
@@ -134,7 +148,10 @@ class ModernLane(Multiplexer):
         self.legacy_only = False
         self.discovered: dict | None = None
         self.generation = 0
-        self.tools: dict[str, dict[str, str]] = {}  # tool -> {argument: header name}
+        self.tools: dict[str, dict[tuple, str] | None] = {}  # see header_params
+        self.unspent: dict[str, float] = {}  # anonymous handles' nonces -> expiry, oldest first
+        self.listed_at = float("-inf")  # when the proxy last listed every tool itself
+        self._listing = Semaphore()
 
     def ensure_started(self) -> None:
         if self.legacy_only:
@@ -156,24 +173,34 @@ class ModernLane(Multiplexer):
             raise LegacyOnly(f"{self.name}: legacy-only server ({exc})") from None
         self.generation += 1
         self.tools.clear()
+        self.unspent.clear()
+        self.listed_at = float("-inf")
 
-    def tool_headers(self, name: str, meta: dict) -> dict[str, str]:
-        """The ``x-mcp-header`` arguments of tool ``name``; asks the child once if unknown."""
-        if name not in self.tools and self.state == "running":
-            meta = {key: meta[key] for key in ENVELOPE if key in meta}  # no progress token
-            cursor, pages = None, 0
-            while pages < 10:
-                params: dict = {"_meta": meta, **({"cursor": cursor} if cursor else {})}
-                try:
-                    result = self._request("tools/list", params, DISCOVER_TIMEOUT)
-                except Exception as exc:  # noqa: BLE001 - the call then goes unchecked
-                    logger.info("%s: tools/list for header checks failed: %s", self.name, exc)
-                    break
-                self.tools.update(header_params(result.get("tools")))
-                cursor, pages = result.get("nextCursor"), pages + 1
-                if not cursor:
-                    break
+    def tool_headers(self, name: str, meta: dict) -> dict[tuple, str] | None:
+        """The ``x-mcp-header`` arguments of tool ``name`` (none for an unknown tool, None if
+        invalid); lists the tools if it is not known. Raises ProxyError if they cannot be."""
+        def stale() -> bool:
+            return name not in self.tools and time.monotonic() - self.listed_at > LISTING_TTL
+
+        if stale():
+            with self._listing:  # concurrent calls of unknown tools wait for one listing
+                if stale():
+                    self._list_tools({key: meta[key] for key in ENVELOPE if key in meta})
         return self.tools.get(name, {})
+
+    def _list_tools(self, meta: dict) -> None:
+        cursor = None
+        for _ in range(MAX_PAGES):
+            params: dict = {"_meta": meta, **({"cursor": cursor} if cursor else {})}
+            try:
+                result = self._request("tools/list", params, DISCOVER_TIMEOUT)
+            except ProxyError as exc:
+                raise ProxyError(f"tools/list failed: {exc}") from None
+            self.tools.update(header_params(result.get("tools")))
+            cursor = result.get("nextCursor")
+            if not cursor:
+                break
+        self.listed_at = time.monotonic()
 
     # -- the two directions --------------------------------------------------------------
 
@@ -184,7 +211,7 @@ class ModernLane(Multiplexer):
         if message.method in MRTR_METHODS:
             handle = message.request_state
             if handle is not None:
-                ours, state = unwrap_state(handle, self.generation, port.principal)
+                ours, state = self._unseal(handle, port.principal)
                 if not ours:
                     port.offer(jsonrpc.error_message(message.id, INVALID_PARAMS,
                                                      "Invalid or expired requestState"))
@@ -219,10 +246,35 @@ class ModernLane(Multiplexer):
             self.tools.update(header_params(result.get("tools")))
         if "requestState" not in result:
             return message
-        state = wrap_state(result["requestState"], self.generation, call.port.principal)
+        state = self._seal(result["requestState"], call.port.principal)
         return Message({**obj, "result": {**result, "requestState": state}})
 
+    def _seal(self, state: Any, principal: str) -> str:
+        """A handle for ``state``: bound to the caller's credentials, or good once without."""
+        if principal:
+            return wrap_state(state, self.generation, principal)
+        nonce = "~" + os.urandom(16).hex()  # "~" never starts a principal (hex)
+        now, unspent = time.monotonic(), self.unspent
+        while unspent and (len(unspent) >= MAX_UNSPENT or next(iter(unspent.values())) <= now):
+            del unspent[next(iter(unspent))]  # expired, or the oldest past the bound
+        unspent[nonce] = now + STATE_TTL
+        return wrap_state(state, self.generation, nonce)
+
+    def _unseal(self, handle: Any, principal: str) -> tuple[bool, Any]:
+        """(True, the child's state) if ``handle`` is this caller's (an anonymous one is
+        spent here: a second use is refused)."""
+        opened = unwrap_state(handle, self.generation)
+        if opened is None:
+            return False, None
+        caller, state = opened
+        if principal:
+            return caller == principal, state
+        return self.unspent.pop(caller, None) is not None, state
+
     def _notification(self, message: Message) -> None:
+        if message.method == "notifications/tools/list_changed":
+            self.tools.clear()  # what the edge checks is listed again when next needed
+            self.listed_at = float("-inf")
         meta = message.params.get("_meta")
         listen = meta.get(SUBSCRIPTION_KEY) if isinstance(meta, dict) else None
         if listen is not None:

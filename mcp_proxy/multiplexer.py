@@ -90,25 +90,31 @@ class Multiplexer:
         try:
             child = self._spawn()
         except SpawnError as exc:
-            self.failure = str(exc)
-            self.state = "idle"
+            self._failed(str(exc))
             raise
         self.child = child
         child.attach(self._from_child, lambda: self._child_ended(child))
         try:
-            self._handshake(child)
+            if self.state != "stopped":
+                self._handshake(child)
+            if self.state == "stopped":  # close() came while the child started: stop it too
+                raise SpawnError(f"{self.name}: the proxy is shutting down")
         except SpawnError as exc:
-            self.failure = str(exc)
-            self.state = "idle"
+            self._failed(str(exc))
             child.close(self.failure)
             raise
         except (ProxyError, gevent.Timeout) as exc:
-            self.failure = f"{self.opening} failed: {exc}"
-            self.state = "idle"
+            self._failed(f"{self.opening} failed: {exc}")
             child.close(self.failure)
             raise SpawnError(f"{self.name}: {self.failure}") from None
         self.state = "running"
         logger.info("%s: shared server ready (%d client(s))", self.name, len(self.ports))
+
+    def _failed(self, failure: str) -> None:
+        """A start failed: the next need may try again, unless the proxy is stopping."""
+        self.failure = failure
+        if self.state != "stopped":
+            self.state = "idle"
 
     opening = "initialize"
     restarts = True  # start a dead child again at once for the sessions still here
@@ -212,18 +218,20 @@ class Multiplexer:
 
     def _request(self, method: str, params: dict, timeout: float) -> dict:
         """A request of the proxy's own; its answer's result, or ProxyError."""
-        cid = self.new_id()
-        waiter = AsyncResult()
-        self.calls[cid] = Call(None, cid, waiter=waiter)
         child = self.child
         if child is None:
             raise LinkClosed(f"{self.name}: the server is not running")
-        child.send(Message({"jsonrpc": "2.0", "id": cid, "method": method, "params": params}))
+        cid = self.new_id()
+        waiter = AsyncResult()
+        self.calls[cid] = Call(None, cid, waiter=waiter)
         try:
+            child.send(Message({"jsonrpc": "2.0", "id": cid, "method": method,
+                                "params": params}))
             answer = waiter.get(timeout=timeout)
         except gevent.Timeout:
-            self.calls.pop(cid, None)
             raise ProxyError(f"no answer to {method} within {timeout:g} s") from None
+        finally:
+            self.calls.pop(cid, None)  # answered, failed to send, or given up on
         if "error" in answer.obj:
             raise ProxyError(f"{method}: {answer.obj['error'].get('message')}")
         return answer.obj.get("result") or {}

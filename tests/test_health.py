@@ -95,6 +95,17 @@ def test_probes_live_at_the_root_only(proxy_factory):
     assert readyz(proxy.base)[1]["servers"] == {"echo": {"ready": True}}
 
 
+def test_a_fresh_proxy_has_every_session_gauge_at_zero(proxy_factory):
+    """An absent() alert on the gauge must not fire before the first session."""
+    proxy = proxy_factory("--named-server", "one", shlex.join(RAW_SERVER),
+                          "--named-server", "two", shlex.join(RAW_SERVER))
+    samples = scrape(proxy.base)
+    for server in ("one", "two"):
+        for transport in ("sse", "streamable"):
+            key = ("mcp_proxy_sessions_open", ("server", server), ("transport", transport))
+            assert samples.get(key) == 0, sorted(k for k in samples if "sessions" in k[0])
+
+
 def test_metrics_follow_real_traffic(raw_proxy):
     base = raw_proxy.base
     before = scrape(base)

@@ -17,7 +17,8 @@ from test_lifecycle import wait_until
 from test_shared import methods, recorded
 
 from conftest import INIT_PARAMS, RAW_SERVER, SDK_SERVER, STREAM_HEADERS, rpc, run_driver
-from mcp_proxy.modern import unwrap_state, wrap_state
+from mcp_proxy import modern as modern_lane
+from mcp_proxy.modern import ModernLane, unwrap_state, wrap_state
 
 MODERN = "2026-07-28"
 META = {"io.modelcontextprotocol/protocolVersion": MODERN,
@@ -166,6 +167,19 @@ def test_headers_must_match_the_body(raw, change, code):
     assert "tools/call" not in methods(raw.record)  # the child never saw it
 
 
+def test_nested_and_invalid_header_annotations(raw):
+    nested = modern("tools/call", 1, name="nested", arguments={"place": {"region": "moon"}})
+    assert post(raw.base, nested, **{"Mcp-Param-Zone": "moon"}).status_code == 200
+    for wrong in ({"Mcp-Param-Zone": "mars"}, {}):
+        refused = post(raw.base, nested, **wrong)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == -32020
+    miscast = modern("tools/call", 2, name="miscast", arguments={"ratio": 0.5})
+    refused = post(raw.base, miscast, **{"Mcp-Param-Ratio": "0.5"})
+    assert refused.status_code == 400 and "invalid" in refused.json()["error"]["message"]
+    assert [m["params"]["name"] for m in recorded(raw.record)
+            if m.get("method") == "tools/call"] == ["nested"]
+
+
 def test_matching_headers_pass_also_base64_encoded(raw):
     message = modern("tools/call", 3, name="tagged", arguments={"region": "Zürich"})
     encoded = "=?base64?" + base64.b64encode("Zürich".encode()).decode() + "?="
@@ -181,6 +195,44 @@ def test_matching_headers_pass_also_base64_encoded(raw):
         assert no.status_code == 405 and no.headers["Allow"] == "POST"
     unknown = post(raw.base, modern("no/such", 5))
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == -32601
+
+
+def test_unknown_tools_cost_one_listing_until_list_changed(raw):
+    def listings() -> int:
+        return methods(raw.record).count("tools/list")
+
+    for n, name in enumerate(("nope", "nope", "made-up")):
+        unknown = post(raw.base, modern("tools/call", n, name=name, arguments={}))
+        assert "Unknown tool" in unknown.json()["error"]["message"]  # the child's answer
+    assert listings() == 1
+    listen = modern("subscriptions/listen", "L", filter={"toolsListChanged": True})
+    stream = requests.post(raw.base + "/mcp", json=listen, headers=headers_for(listen),
+                           stream=True, timeout=15)
+    seen = (json.loads(line[6:]) for line in stream.iter_lines() if line.startswith(b"data: "))
+    assert next(seen)["method"] == "notifications/subscriptions/acknowledged"
+    assert post(raw.base, modern("tools/call", 5, name="change", arguments={})).ok
+    assert next(seen)["method"] == "notifications/tools/list_changed"
+    post(raw.base, modern("tools/call", 6, name="nope", arguments={}))
+    assert listings() == 2  # the tools may have changed: listed again
+    stream.close()
+
+
+def test_a_call_whose_headers_cannot_be_checked_is_refused(raw, proxy_factory, tmp_path):
+    record = tmp_path / "failing.jsonl"
+    failing = proxy_factory("--", *RAW_SERVER, "--fail-list", "--record", str(record))
+    call = modern("tools/call", 1, name="tagged", arguments={"region": "earth"})
+    refused = post(failing.base, call, **{"Mcp-Param-Region": "earth"})
+    assert refused.status_code == 502
+    error = refused.json()["error"]
+    assert error["code"] == -32603 and "tools/list failed: " in error["message"], error
+    assert "tools/call" not in methods(record)  # unchecked: it never reached the child
+    odd = modern("tools/call", 2, name="tagged", arguments="region")
+    refused = post(raw.base, odd, **{"Mcp-Param-Region": "region"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == -32602
+    undecodable = modern("tools/call", 3, name="tagged", arguments={})
+    refused = post(raw.base, undecodable, **{"Mcp-Param-Region": "=?base64?%%%?="})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == -32020
+    assert "tools/call" not in methods(raw.record)
 
 
 def test_a_legacy_only_child_steers_clients_to_initialize(proxy_factory, tmp_path):
@@ -230,11 +282,51 @@ def test_a_large_input_required_round_keeps_its_request_state(raw):
 
 def test_request_state_handles_are_bound_to_their_child_and_caller():
     handle = wrap_state("sealed", 3, "alice")
-    assert unwrap_state(handle, 3, "alice") == (True, "sealed")
-    assert unwrap_state(handle, 4, "alice")[0] is False  # the child was restarted
-    assert unwrap_state(handle, 3, "bob")[0] is False  # another caller's
-    assert unwrap_state(handle[:-2] + "xx", 3, "alice")[0] is False  # tampered
-    assert unwrap_state("sealed", 3, "alice")[0] is False  # never ours
+    assert unwrap_state(handle, 3) == ("alice", "sealed")
+    assert unwrap_state(handle, 4) is None  # the child was restarted
+    assert unwrap_state(handle[:-2] + "xx", 3) is None  # tampered
+    assert unwrap_state("sealed", 3) is None  # never ours
+    lane = ModernLane("m", spawn=None)
+    for_alice = lane._seal("a", "alice")
+    assert lane._unseal(for_alice, "bob") == (False, "a")  # another caller's
+    assert lane._unseal(for_alice, "") == (False, "a")  # nor one without credentials
+    assert lane._unseal(for_alice, "alice") == (True, "a")
+    assert lane._unseal(for_alice, "alice") == (True, "a")  # its caller may retry again
+    anonymous = lane._seal("b", "")
+    assert lane._unseal(anonymous, "alice")[0] is False
+    assert lane._unseal(anonymous, "") == (True, "b")
+    assert lane._unseal(anonymous, "")[0] is False  # spent: nobody can replay it
+
+
+def test_request_state_handles_expire(monkeypatch):
+    assert modern_lane.STATE_TTL == 600  # as the official SDK's own sealed state
+    monkeypatch.setattr(modern_lane, "STATE_TTL", -1.0)
+    lane = ModernLane("m", spawn=None)
+    assert unwrap_state(wrap_state("sealed", 3, "alice"), 3) is None
+    assert lane._unseal(lane._seal("a", "alice"), "alice")[0] is False
+    assert lane._unseal(lane._seal("b", ""), "")[0] is False
+    lane._seal("c", "")
+    assert len(lane.unspent) == 1  # expired nonces go as new ones come
+
+
+def test_an_anonymous_handle_is_good_for_one_retry(raw):
+    first = post(raw.base, modern("tools/call", 1, name="mrtr", arguments={})).json()["result"]
+    retry = modern("tools/call", 2, name="mrtr", arguments={},
+                   requestState=first["requestState"])
+    host, port = raw.base.rsplit("/", 1)[1].rsplit(":", 1)
+    body = json.dumps(retry).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers_for(retry).items())
+    with socket.create_connection((host, int(port)), timeout=10) as sock:  # the child holds it
+        sock.sendall(f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\n{head}"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        wait_until(lambda: any(m.get("params", {}).get("requestState")
+                               for m in recorded(raw.record)))
+    retry["id"] = 3
+    replayed = post(raw.base, retry)  # the same handle again, by anyone
+    assert replayed.status_code == 400
+    assert replayed.json()["error"] == {"code": -32602,
+                                        "message": "Invalid or expired requestState"}
+    assert len([m for m in recorded(raw.record) if m.get("params", {}).get("requestState")]) == 1
 
 
 def test_a_caller_that_reads_nothing_is_cut_after_the_stall_timeout(proxy_factory):

@@ -164,6 +164,30 @@ def test_a_client_can_cancel_only_its_own_requests(shared):
     b.close()
 
 
+def test_a_cancelled_request_no_longer_counts_as_in_flight(shared):
+    """A server that never answers a cancelled request (the TypeScript SDK's way) must not
+    leave it in flight: else every later server request is refused as unattributable."""
+    a = Client(shared.base)
+    b = Client(shared.base, {"sampling": {}})
+    a.post(tool("hold", 1))
+    wait_until(lambda: "tools/call" in methods(shared.record))
+    a.post(rpc("notifications/cancelled", None, requestId=1))
+    wait_until(lambda: "notifications/cancelled" in methods(shared.record))
+    b.post(tool("ask", 2, prompt="only b is in flight"))
+    request = b.next()
+    assert request["method"] == "sampling/createMessage", request
+    b.post({"jsonrpc": "2.0", "id": request["id"], "result": {"role": "assistant",
+            "content": {"type": "text", "text": "sampled"}}})
+    assert "sampled" in b.answer(2)["result"]["content"][0]["text"]
+    # a late answer to a cancelled request is dropped, not delivered
+    a.post(tool("late", 3, seconds=0.3))
+    a.post(rpc("notifications/cancelled", None, requestId=3))
+    assert a.call(tool("echo", 4, text="after"))["result"]  # the child answers 3 first
+    assert not [m for m in a.others if m.get("id") == 3]
+    a.close()
+    b.close()
+
+
 def test_subscriptions_are_counted_and_updates_go_to_subscribers(shared):
     a, b, c = Client(shared.base), Client(shared.base), Client(shared.base)
     for n, client in enumerate((a, b)):

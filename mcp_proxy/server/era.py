@@ -8,7 +8,8 @@ version, or a ``_meta`` protocol version in the body, is the 2026-07-28 era; any
 The child never sees HTTP headers, so the proxy is the server that must check them against
 the body: ``MCP-Protocol-Version``, ``Mcp-Method``, ``Mcp-Name`` and, for ``tools/call``,
 each ``Mcp-Param-*`` that a tool's ``x-mcp-header`` names. A failure is 400 with -32020 and
-the request never reaches the child. Versions are not judged here: the child answers -32022
+the request never reaches the child; so does a ``tools/call`` whose headers cannot be checked
+(its arguments not an object). Versions are not judged here: the child answers -32022
 for one it does not speak, so the proxy stays version-agnostic.
 """
 
@@ -27,6 +28,7 @@ from mcp_proxy.protocol import LEGACY_VERSIONS, NAMED_BY, VERSION_KEY
 from mcp_proxy.server.http import rpc_error
 
 HEADER_MISMATCH = -32020
+_ABSENT = object()
 UNSUPPORTED_VERSION = -32022
 # the HTTP status of a JSON answer that is an error, by its code (else 200)
 STATUS_OF = {-32601: 404, -32700: 400, -32600: 400, -32602: 400, -32020: 400, -32021: 400,
@@ -74,7 +76,7 @@ def check_headers(environ: dict, message: Message) -> Response | None:
         name = decoded(environ.get("HTTP_MCP_NAME"))
         value = message.params.get(key)
         if value is None:  # a long name is not in a large message's routing view
-            value = (message.obj.get("params") or {}).get(key)
+            value = _whole_params(message).get(key)
         if name is None or name != value:
             return _mismatch(message, f"Mcp-Name does not match params.{key}")
     return None
@@ -92,20 +94,38 @@ def _same(header: str, value: Any) -> bool:
     return isinstance(value, str) and header == value
 
 
-def check_params(environ: dict, message: Message, headers: dict[str, str]) -> Response | None:
-    """Each ``Mcp-Param-*`` of a ``tools/call`` against the argument its tool names."""
+def _whole_params(message: Message) -> dict:
+    params = message.obj.get("params")  # the whole: a large message's view lacks arguments
+    return params if isinstance(params, dict) else {}
+
+
+def check_params(environ: dict, message: Message,
+                 headers: dict[tuple, str] | None) -> Response | None:
+    """Each ``Mcp-Param-*`` of a ``tools/call`` against the argument its tool names
+    (``headers``: {argument path: header name}; None: the tool's annotations are invalid)."""
+    if headers is None:  # clients must drop such a tool: a call of it is not checkable
+        return _mismatch(message, "the tool's x-mcp-header annotations are invalid")
     if not headers:
         return None
-    arguments = (message.obj.get("params") or {}).get("arguments") or {}
-    for argument, name in headers.items():
-        sent = decoded(environ.get("HTTP_MCP_PARAM_" + name.upper().replace("-", "_")))
-        if argument not in arguments:
-            if sent is not None:
+    arguments = _whole_params(message).get("arguments")
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):  # nothing to check the headers against: refused
+        return rpc_error(400, -32602, "Invalid params: tools/call arguments must be an object",
+                         message.id)
+    for path, name in headers.items():
+        header = environ.get("HTTP_MCP_PARAM_" + name.upper().replace("-", "_"))
+        sent = decoded(header)
+        value: Any = arguments
+        for step in path:
+            value = value.get(step, _ABSENT) if isinstance(value, dict) else _ABSENT
+        if value is _ABSENT:
+            if header is not None:  # a value that does not decode is still sent
                 return _mismatch(message, f"Mcp-Param-{name} sent for an argument not given")
             continue
-        if sent is None or not _same(sent, arguments[argument]):
+        if sent is None or not _same(sent, value):
             return _mismatch(message, f"Mcp-Param-{name} does not match argument "
-                                      f"{argument!r}")
+                                      f"{'.'.join(path)!r}")
     return None
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from flask import Response
 
 from mcp_proxy import jsonrpc
-from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError
+from mcp_proxy.errors import LinkClosed, ProxyError, ServerBusy, SpawnError
 from mcp_proxy.jsonrpc import Message, id_key
 from mcp_proxy.modern import LegacyOnly, principal
 from mcp_proxy.protocol import VERSION_KEY
@@ -148,7 +148,12 @@ class Relay:
         if message.method == "tools/call":
             name = message.params.get("name")
             meta = message.params.get("_meta")
-            refused = era.check_params(environ, message, lane.tool_headers(name, meta))
+            try:
+                headers = lane.tool_headers(name, meta)
+            except ProxyError as exc:  # unchecked, it must not reach the child
+                return rpc_error(502, jsonrpc.INTERNAL_ERROR, f"Cannot check the Mcp-Param-* "
+                                 f"headers of tool {name!r}: {exc}", message.id)
+            refused = era.check_params(environ, message, headers)
             if refused is not None:
                 return refused
         port = RequestPort(lane, self.registry, message, principal(auth_digest(environ)))

@@ -15,9 +15,12 @@ gets -32601.
 The 2026-07-28 era too (its ``_meta`` envelope is ignored): ``server/discover`` (unless
 ``--legacy-only``), ``subscriptions/listen`` (acknowledged; ``tools/call change`` then sends
 ``tools/list_changed`` to every listen, ``notifications/cancelled`` ends one), ``tools/call
-hold``, which never answers until cancelled, ``tools/call mrtr``, which answers
+hold``, which never answers (cancelled or not, as the TypeScript SDK does), ``tools/call
+late``, which answers after ``seconds`` whether cancelled or not, ``tools/call mrtr``, which answers
 ``input_required`` (with its ``pad`` argument) and then holds the retry, and ``tools/list``
-also names ``tagged``, a tool whose ``region`` argument has an ``x-mcp-header``.
+also names ``tagged``, a tool whose ``region`` argument has an ``x-mcp-header``, ``nested``,
+whose ``place.region`` has one, and ``miscast``, whose annotation is invalid (both answer
+their arguments).
 
 Options (for exercising a proxy's failure handling):
 
@@ -29,6 +32,7 @@ Options (for exercising a proxy's failure handling):
   --ignore-stdin-eof   keep running after stdin closes, and ignore SIGTERM
   --record FILE        append every line read from stdin to FILE (what the server was sent)
   --legacy-only        answer server/discover with -32601, as a server of the 2025 era does
+  --fail-list          answer tools/list with -32603
   --announce           write notifications/tools/list_changed right after the initialize
                        answer, in the same write (a server message that belongs to no request)
 """
@@ -49,6 +53,16 @@ TAGGED_TOOL = {
     "inputSchema": {"type": "object", "properties": {
         "region": {"type": "string", "x-mcp-header": "Region"}}},
 }
+NESTED_TOOL = {  # an x-mcp-header below the top level: Mcp-Param-Zone is place.region
+    "name": "nested",
+    "inputSchema": {"type": "object", "properties": {"place": {"type": "object", "properties": {
+        "region": {"type": "string", "x-mcp-header": "Zone"}}}}},
+}
+MISCAST_TOOL = {  # invalid: an x-mcp-header on a number (clients must drop the tool)
+    "name": "miscast",
+    "inputSchema": {"type": "object", "properties": {
+        "ratio": {"type": "number", "x-mcp-header": "Ratio"}}},
+}
 ECHO_TOOL = {
     "name": "echo",
     "description": "Return the text unchanged.",
@@ -68,6 +82,7 @@ def main() -> None:
     parser.add_argument("--announce", action="store_true")
     parser.add_argument("--record", default=None)
     parser.add_argument("--legacy-only", action="store_true")
+    parser.add_argument("--fail-list", action="store_true")
     opts = parser.parse_args()
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
@@ -164,8 +179,10 @@ def main() -> None:
         elif method in ("ping", "resources/subscribe", "resources/unsubscribe",
                         "logging/setLevel"):
             reply["result"] = {}
+        elif method == "tools/list" and opts.fail_list:
+            reply["error"] = {"code": -32603, "message": "listing failed"}
         elif method == "tools/list":
-            reply["result"] = {"tools": [ECHO_TOOL, TAGGED_TOOL]}
+            reply["result"] = {"tools": [ECHO_TOOL, TAGGED_TOOL, NESTED_TOOL, MISCAST_TOOL]}
         elif method == "server/discover" and not opts.legacy_only:
             reply["result"] = {"supportedVersions": ["2026-07-28"], "resultType": "complete",
                                "capabilities": {"tools": {"listChanged": True}},
@@ -207,7 +224,10 @@ def main() -> None:
             elif name == "crash":
                 sys.exit(3)
             elif name == "hold":
-                continue  # no answer: the client cancels it
+                continue  # no answer, not even to a cancel
+            elif name == "late":
+                time.sleep(float(args.get("seconds", 0.5)))  # a cancel meanwhile is not read
+                reply["result"] = {"content": [{"type": "text", "text": "late"}]}
             elif name == "mrtr":
                 if "requestState" in params:
                     continue  # the retry is held like ``hold``
@@ -216,6 +236,8 @@ def main() -> None:
                                    "pad": args.get("pad", "")}  # a large answer if asked
             elif name == "tagged":
                 reply["result"] = {"content": [{"type": "text", "text": args.get("region", "")}]}
+            elif name in ("nested", "miscast"):
+                reply["result"] = {"content": [{"type": "text", "text": json.dumps(args)}]}
             elif name == "change":
                 respond({**reply, "result": {"content": []}})
                 for listen in listens:
