@@ -7,10 +7,10 @@ every message. It answers ``initialize`` (echoing the client's protocolVersion),
 text; with ``delay`` it waits that long first), ``notify``, which answers and then sends
 ``count`` log notifications of ``size`` bytes at ``level`` that belong to no request,
 ``progress``, which reports ``steps`` progress notifications with the request's token before
-its answer, ``update``, which answers and then sends ``resources/updated`` for ``uri``, and
-``crash``, which exits with code 3 at once). ``resources/subscribe``, ``unsubscribe`` and
-``logging/setLevel`` are answered with ``{}``. Notifications are ignored; any other request
-gets -32601.
+its answer, ``update``, which answers and then sends ``resources/updated`` for ``uri``,
+``crash``, which exits with code 3 at once, and ``environ``, which returns its environment as
+JSON text). ``resources/subscribe``, ``unsubscribe`` and ``logging/setLevel`` are answered
+with ``{}``. Notifications are ignored; any other request gets -32601.
 
 The 2026-07-28 era too (its ``_meta`` envelope is ignored): ``server/discover`` (unless
 ``--legacy-only``), ``subscriptions/listen`` (acknowledged; ``tools/call change`` then sends
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -214,6 +215,9 @@ def main() -> None:
                 reply["result"] = {"resultType": "input_required", "requestState": "mrtr-1",
                                    "inputRequests": {"q": {"method": "roots/list"}},
                                    "pad": args.get("pad", "")}  # a large answer if asked
+            elif name == "environ":
+                reply["result"] = {"content": [{"type": "text", "text": json.dumps(
+                    dict(os.environ))}]}
             elif name == "tagged":
                 reply["result"] = {"content": [{"type": "text", "text": args.get("region", "")}]}
             elif name == "change":
