@@ -137,6 +137,11 @@ class ModernLane(Multiplexer):
         self.tools: dict[str, dict[str, str]] = {}  # tool -> {argument: header name}
 
     def ensure_started(self) -> None:
+        if self.state != "running" and not self.legacy_only:
+            # requests that arrive during the era probe wait for it and learn its answer,
+            # rather than each start a server to ask again (nor count as starts of a loop)
+            with self._starting:
+                pass
         if self.legacy_only:
             raise LegacyOnly(f"{self.name}: the server speaks only the 2025 protocol era")
         super().ensure_started()
