@@ -31,6 +31,8 @@ Options (for exercising a proxy's failure handling):
   --legacy-only        answer server/discover with -32601, as a server of the 2025 era does
   --announce           write notifications/tools/list_changed right after the initialize
                        answer, in the same write (a server message that belongs to no request)
+  --stuck LINES        write LINES numbered lines to stderr (as npm retrying a TLS error
+                       does), then read stdin until it closes and answer nothing
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def main() -> None:
     parser.add_argument("--announce", action="store_true")
     parser.add_argument("--record", default=None)
     parser.add_argument("--legacy-only", action="store_true")
+    parser.add_argument("--stuck", type=int, default=None)
     opts = parser.parse_args()
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
@@ -83,6 +86,14 @@ def main() -> None:
     if opts.stderr_banner:
         sys.stderr.write("raw_server: started (stderr banner)\n")
         sys.stderr.flush()
+    if opts.stuck is not None:
+        for n in range(1, opts.stuck + 1):
+            sys.stderr.write(f"npm http fetch GET https://registry.npmjs.org/x attempt {n} "
+                             f"failed: UNABLE_TO_GET_ISSUER_CERT_LOCALLY\n")
+        sys.stderr.flush()
+        for _ in stdin:
+            pass
+        return
 
     def send(*messages: dict) -> None:
         stdout.write(b"".join(dumps(message).encode() + b"\n" for message in messages))
