@@ -156,11 +156,17 @@ class ModernLane(Multiplexer):
             raise  # it died: a broken server, not an old one
         except ProxyError as exc:  # an error answer, or none in time
             self.legacy_only = True
-            logger.info("%s: no answer to server/discover (%s): the server is legacy-only; "
-                        "modern clients are steered to initialize", self.name, exc)
+            logger.info("%s: the server is legacy-only (%s); modern clients are steered to "
+                        "initialize", self.name, exc)
             raise LegacyOnly(f"{self.name}: legacy-only server ({exc})") from None
         self.generation += 1
         self.tools.clear()
+
+    def _child_ended(self, child: Link) -> None:
+        if self.legacy_only and child is self.child:  # the probe's child, stopped on purpose
+            self.child = None
+            return
+        super()._child_ended(child)
 
     def tool_headers(self, name: str, meta: dict) -> dict[str, str]:
         """The ``x-mcp-header`` arguments of tool ``name``; asks the child once if unknown."""
