@@ -86,7 +86,7 @@ class StdioChild(Link):
         # arguments may carry secrets: only the command name at INFO
         logger.info("%s: started %s (pid %d)", name, spec.command, self.pid)
         logger.debug("%s: argv %s", name, spec.display())
-        self.tail = StderrTail(name, self.process.stderr)
+        self.tail = StderrTail(self.process.stderr)
         self._reader = supervise.spawn(self._read_stdout, name=f"{name} stdout",
                                        on_error=closing(self))
 
@@ -293,10 +293,8 @@ class StdioChild(Link):
             self._signal_group(signal.SIGKILL)
             logger.info("%s: server pid %d stopped (code %s)", self.name, self.pid, code)
         finally:
+            self.tail.close()
             self.stopped.set()
-        # a helper that left the group may hold stderr open: do not read it for ever
-        self.tail.reader.join(self.stop_grace)
-        self.tail.reader.kill(block=False)
 
     def kill_now(self, sig: signal.Signals = signal.SIGKILL) -> None:
         """Signal the whole process group at once, without waiting."""

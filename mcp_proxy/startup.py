@@ -20,8 +20,8 @@ import time
 from collections import deque
 from typing import Any
 
+import gevent
 from gevent.event import Event
-from gevent.socket import wait_write
 
 from mcp_proxy import supervise
 from mcp_proxy.settings import NETWORK_ENV_KEYS, ServerSpec
@@ -35,39 +35,75 @@ TAIL_LINES = 10
 _LINE_CAP = 4096  # bytes of one stderr line passed on at a time, and kept
 
 
-def _write_stderr(data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(2, view):]
-        except BlockingIOError:
-            wait_write(2)
-
-
 class StderrTail:
-    """Pass a child's stderr on to ours, line by line, and keep its last lines."""
+    """Pass a child's stderr on to ours, line by line, and keep its last lines.
 
-    def __init__(self, name: str, pipe) -> None:
+    It reads in an event-loop callback, not a greenlet: a greenlet per child cost another
+    16 kB for each session.
+    """
+
+    def __init__(self, pipe) -> None:
         self.lines: deque[str] = deque(maxlen=TAIL_LINES)
         self._pipe = pipe
-        self.reader = supervise.spawn(self._pump, name=f"{name} stderr")
+        self._rest = b""
+        self._forward = True
+        os.set_blocking(pipe.fileno(), False)
+        self._watcher = gevent.get_hub().loop.io(pipe.fileno(), 1)
+        self._watcher.start(self._read)
 
-    def _pump(self) -> None:
-        forward = True
+    def _read(self) -> None:
+        """One read a wake-up: a server that writes without pause must not hold the loop."""
         try:
-            while line := self._pipe.readline(_LINE_CAP):
-                text = line.decode("utf-8", "replace").rstrip()
-                if text:
-                    self.lines.append(text)
-                if forward:
-                    try:
-                        _write_stderr(line)
-                    except OSError:  # our stderr is gone: keep the tail for our log
-                        forward = False
-        except (OSError, ValueError):
-            pass  # the pipe was closed under us: the child is gone
-        finally:
-            self._pipe.close()
+            chunk = os.read(self._pipe.fileno(), 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        try:
+            if chunk:
+                self._split(chunk)
+                return
+        except Exception:  # noqa: BLE001 - never raise into the event loop
+            logger.exception("reading a server's stderr failed")
+        self.close()
+
+    def _split(self, chunk: bytes) -> None:
+        *lines, self._rest = (self._rest + chunk).split(b"\n")
+        if len(self._rest) >= _LINE_CAP:  # a line without end: pass on what came so far
+            lines.append(self._rest)
+            self._rest = b""
+        self._take(lines)
+
+    def _take(self, lines: list[bytes]) -> None:
+        for line in lines:
+            text = line.decode("utf-8", "replace").rstrip()
+            if text:
+                self.lines.append(text)
+        if self._forward and lines:
+            data = memoryview(b"\n".join(lines) + b"\n")
+            try:
+                while data:  # a whole line at a time, as a log record is written
+                    data = data[os.write(2, data):]
+            except OSError:  # our stderr is gone (or will not take more): keep the tail
+                self._forward = False
+
+    def close(self) -> None:
+        """Take what is left and stop reading (a helper of the server may hold the pipe)."""
+        if self._pipe.closed:
+            return
+        self._watcher.close()
+        for _ in range(16):  # what a stopped server left in the pipe, not a helper's stream
+            try:
+                chunk = os.read(self._pipe.fileno(), 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            self._split(chunk)
+        if self._rest:
+            self._take([self._rest])
+            self._rest = b""
+        self._pipe.close()
 
     def text(self) -> str:
         """The last lines, for a log record (indented), or a note that there are none."""
