@@ -2,8 +2,9 @@
 
 Owns the process: spawning it (in its own process group), the one reader greenlet that
 frames its stdout, the ordered writes to its stdin, and stopping it (close stdin, wait,
-SIGTERM the group, wait, SIGKILL the group). Its stderr is inherited, so the server's logs
-reach ours untouched. It never interprets a message beyond framing it.
+SIGTERM the group, wait, SIGKILL the group). Its stderr passes on to ours line by line, its
+last lines kept for the warnings of a server slow to answer ``initialize`` (startup.py). It
+never interprets a message beyond framing it, and that first answer.
 
 Neither direction buffers without bound. The reader stops reading stdout while the peer is
 not ready (its client is not reading), so the server blocks on its own writes and its pipe
@@ -33,6 +34,7 @@ from mcp_proxy import jsonrpc, supervise
 from mcp_proxy.errors import LinkClosed, MessageError, ServerBusy, SpawnError
 from mcp_proxy.link import Link
 from mcp_proxy.settings import ServerSpec
+from mcp_proxy.startup import StartWatch, StderrTail
 from mcp_proxy.supervise import closing
 
 logger = logging.getLogger(__name__)
@@ -69,10 +71,12 @@ class StdioChild(Link):
         self._room = Event()  # set while the queue has room
         self._room.set()
         self._writer: gevent.Greenlet | None = None
+        self._unstarted = True  # until the first initialize is sent: then it is watched
+        self.watch: StartWatch | None = None
         try:
             self.process = subprocess.Popen(
-                spec.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
-                cwd=spec.cwd, env=spec.child_env(), start_new_session=True,
+                spec.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, cwd=spec.cwd, env=spec.child_env(), start_new_session=True,
             )
         except OSError as exc:
             raise SpawnError(f"cannot start {spec.command!r}: {exc.strerror or exc}") from exc
@@ -82,6 +86,7 @@ class StdioChild(Link):
         # arguments may carry secrets: only the command name at INFO
         logger.info("%s: started %s (pid %d)", name, spec.command, self.pid)
         logger.debug("%s: argv %s", name, spec.display())
+        self.tail = StderrTail(self.process.stderr)
         self._reader = supervise.spawn(self._read_stdout, name=f"{name} stdout",
                                        on_error=closing(self))
 
@@ -94,6 +99,10 @@ class StdioChild(Link):
     def send(self, message: jsonrpc.Message) -> None:
         """Write one frame, in order; raise :class:`ServerBusy` if the server takes nothing
         for ``write_timeout`` while its queue is full."""
+        if self._unstarted and message.method == "initialize" \
+                and message.kind == jsonrpc.REQUEST and not self.closed.is_set():
+            self._unstarted = False
+            self.watch = StartWatch(self, message.id)
         size = len(message.raw) + 1
         deadline = time.monotonic() + self.write_timeout
         while self._pending and self._pending_bytes + size > _STDIN_QUEUE:
@@ -228,6 +237,14 @@ class StdioChild(Link):
             logger.warning("%s: skipped a stdout line that is not JSON-RPC (%s): %.200r",
                            self.name, exc.message, line)
             return
+        self._pass(message)
+
+    def _pass(self, message: jsonrpc.Message) -> None:
+        watch = self.watch
+        if watch is not None and message.kind == jsonrpc.RESPONSE \
+                and message.id == watch.request_id:
+            self.watch = None
+            watch.answer()
         self.deliver(message)
 
     def _drop_oversize(self, head: bytes, size: int) -> None:
@@ -237,7 +254,7 @@ class StdioChild(Link):
         found = _LEADING_ID.search(head)
         if found and b'"method"' not in head[:found.start()]:
             request_id = json.loads(found.group(1))
-            self.deliver(jsonrpc.error_message(
+            self._pass(jsonrpc.error_message(
                 request_id, jsonrpc.INTERNAL_ERROR,
                 f"server response of {size} bytes exceeds the proxy's frame cap "
                 f"of {self.max_frame} bytes"))
@@ -250,6 +267,8 @@ class StdioChild(Link):
 
     def _on_close(self, reason: str) -> None:
         self._room.set()  # senders waiting for room get LinkClosed now
+        if self.watch is not None:
+            self.watch.done.set()
         supervise.spawn(self._stop, name=f"{self.name} stop",
                         on_error=lambda exc: self.kill_now())
 
@@ -274,6 +293,7 @@ class StdioChild(Link):
             self._signal_group(signal.SIGKILL)
             logger.info("%s: server pid %d stopped (code %s)", self.name, self.pid, code)
         finally:
+            self.tail.close()
             self.stopped.set()
 
     def kill_now(self, sig: signal.Signals = signal.SIGKILL) -> None:

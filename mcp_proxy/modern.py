@@ -154,6 +154,11 @@ class ModernLane(Multiplexer):
         self._listing = Semaphore()
 
     def ensure_started(self) -> None:
+        if self.state != "running" and not self.legacy_only:
+            # requests that arrive during the era probe wait for it and learn its answer,
+            # rather than each start a server to ask again (nor count as starts of a loop)
+            with self._starting:
+                pass
         if self.legacy_only:
             raise LegacyOnly(f"{self.name}: the server speaks only the 2025 protocol era")
         super().ensure_started()
@@ -168,13 +173,19 @@ class ModernLane(Multiplexer):
             raise  # it died: a broken server, not an old one
         except ProxyError as exc:  # an error answer, or none in time
             self.legacy_only = True
-            logger.info("%s: no answer to server/discover (%s): the server is legacy-only; "
-                        "modern clients are steered to initialize", self.name, exc)
+            logger.info("%s: the server is legacy-only (%s); modern clients are steered to "
+                        "initialize", self.name, exc)
             raise LegacyOnly(f"{self.name}: legacy-only server ({exc})") from None
         self.generation += 1
         self.tools.clear()
         self.unspent.clear()
         self.listed_at = float("-inf")
+
+    def _child_ended(self, child: Link) -> None:
+        if self.legacy_only and child is self.child:  # the probe's child, stopped on purpose
+            self.child = None
+            return
+        super()._child_ended(child)
 
     def tool_headers(self, name: str, meta: dict) -> dict[tuple, str] | None:
         """The ``x-mcp-header`` arguments of tool ``name`` (none for an unknown tool, None if

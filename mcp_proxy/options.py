@@ -133,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     stdio.add_argument("--cwd", help="working directory of the server")
     stdio.add_argument("--pass-environment", action=argparse.BooleanOptionalAction,
                        default=False, help="pass our whole environment to the server "
-                       "(default: only PATH, HOME, USER, LANG and a few more, plus -e)")
+                       "(default: only PATH, HOME, USER, LANG and a few more, the network "
+                       "variables, and -e)")
+    stdio.add_argument("--no-pass-network", dest="pass_network", action="store_false",
+                       help="do not pass the network variables (HTTP_PROXY, HTTPS_PROXY, "
+                       "NO_PROXY, SSL_CERT_FILE, NODE_EXTRA_CA_CERTS, PIP_INDEX_URL, "
+                       "npm_config_registry, ...) that are passed by default")
     stdio.add_argument("--named-server", nargs=2, action="append", default=[],
                        metavar=("NAME", "COMMAND_STRING"),
                        help="also serve COMMAND_STRING under /servers/NAME/; repeatable")
@@ -225,6 +230,7 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
     shared = ns.stateless or ns.shared_child
     for spec in servers.values():
         spec.shared = spec.shared or shared
+        spec.pass_network = ns.pass_network
         spec.check()
     max_sessions = ns.max_sessions
     if max_sessions is None:

@@ -18,6 +18,15 @@ MiB = 1 << 20
 # What a child sees of our environment without --pass-environment (as the official SDK does).
 SAFE_ENV_KEYS = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "LC_ALL",
                  "TMPDIR", "SYSTEMROOT")
+# ... plus, unless --no-pass-network, what a uvx or npx server needs to reach its package
+# registry behind a corporate proxy or TLS inspection: without them it fails on an unknown
+# certificate issuer or retries forever before it answers initialize.
+NETWORK_ENV_KEYS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY",
+                    "no_proxy", "ALL_PROXY", "all_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR",
+                    "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "PIP_INDEX_URL",
+                    "PIP_EXTRA_INDEX_URL", "UV_INDEX_URL", "UV_DEFAULT_INDEX",
+                    "UV_EXTRA_INDEX_URL", "UV_NATIVE_TLS", "npm_config_registry",
+                    "NPM_CONFIG_REGISTRY")
 
 
 @dataclass
@@ -31,6 +40,7 @@ class ServerSpec:
     pass_environment: bool = False
     shared: bool = False  # one process shared by every session, not one per session
     max_sessions: int | None = None  # this server's own cap ("maxSessions" in the config file)
+    pass_network: bool = True  # the NETWORK_ENV_KEYS too, when not the whole environment
 
     def argv(self) -> list[str]:
         return [self.command, *self.args]
@@ -42,7 +52,8 @@ class ServerSpec:
         if self.pass_environment:
             env = dict(os.environ)
         else:
-            env = {key: os.environ[key] for key in SAFE_ENV_KEYS if key in os.environ}
+            keys = SAFE_ENV_KEYS + NETWORK_ENV_KEYS if self.pass_network else SAFE_ENV_KEYS
+            env = {key: os.environ[key] for key in keys if key in os.environ}
         env.update(self.env)
         return env
 

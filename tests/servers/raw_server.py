@@ -7,10 +7,10 @@ every message. It answers ``initialize`` (echoing the client's protocolVersion),
 text; with ``delay`` it waits that long first), ``notify``, which answers and then sends
 ``count`` log notifications of ``size`` bytes at ``level`` that belong to no request,
 ``progress``, which reports ``steps`` progress notifications with the request's token before
-its answer, ``update``, which answers and then sends ``resources/updated`` for ``uri``, and
-``crash``, which exits with code 3 at once). ``resources/subscribe``, ``unsubscribe`` and
-``logging/setLevel`` are answered with ``{}``. Notifications are ignored; any other request
-gets -32601.
+its answer, ``update``, which answers and then sends ``resources/updated`` for ``uri``,
+``crash``, which exits with code 3 at once, and ``environ``, which returns its environment as
+JSON text). ``resources/subscribe``, ``unsubscribe`` and ``logging/setLevel`` are answered
+with ``{}``. Notifications are ignored; any other request gets -32601.
 
 The 2026-07-28 era too (its ``_meta`` envelope is ignored): ``server/discover`` (unless
 ``--legacy-only``), ``subscriptions/listen`` (acknowledged; ``tools/call change`` then sends
@@ -35,12 +35,15 @@ Options (for exercising a proxy's failure handling):
   --fail-list          answer tools/list with -32603
   --announce           write notifications/tools/list_changed right after the initialize
                        answer, in the same write (a server message that belongs to no request)
+  --stuck LINES        write LINES numbered lines to stderr (as npm retrying a TLS error
+                       does), then read stdin until it closes and answer nothing
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -83,6 +86,7 @@ def main() -> None:
     parser.add_argument("--record", default=None)
     parser.add_argument("--legacy-only", action="store_true")
     parser.add_argument("--fail-list", action="store_true")
+    parser.add_argument("--stuck", type=int, default=None)
     opts = parser.parse_args()
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
@@ -97,6 +101,14 @@ def main() -> None:
     if opts.stderr_banner:
         sys.stderr.write("raw_server: started (stderr banner)\n")
         sys.stderr.flush()
+    if opts.stuck is not None:
+        for n in range(1, opts.stuck + 1):
+            sys.stderr.write(f"npm http fetch GET https://registry.npmjs.org/x attempt {n} "
+                             f"failed: UNABLE_TO_GET_ISSUER_CERT_LOCALLY\n")
+        sys.stderr.flush()
+        for _ in stdin:
+            pass
+        return
 
     def send(*messages: dict) -> None:
         stdout.write(b"".join(dumps(message).encode() + b"\n" for message in messages))
@@ -234,6 +246,9 @@ def main() -> None:
                 reply["result"] = {"resultType": "input_required", "requestState": "mrtr-1",
                                    "inputRequests": {"q": {"method": "roots/list"}},
                                    "pad": args.get("pad", "")}  # a large answer if asked
+            elif name == "environ":
+                reply["result"] = {"content": [{"type": "text", "text": json.dumps(
+                    dict(os.environ))}]}
             elif name == "tagged":
                 reply["result"] = {"content": [{"type": "text", "text": args.get("region", "")}]}
             elif name in ("nested", "miscast"):
