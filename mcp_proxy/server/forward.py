@@ -11,9 +11,14 @@ have written the message.
 The owner answers ``resp`` (a whole small answer) or ``head``, ``data``* and ``end`` (an event
 stream, relayed event by event), and lists every call it is serving in an ``alive`` frame
 each ping interval. A call that hears nothing for three intervals has lost its owner: 504
-before the answer started, else a JSON-RPC error event for its request and the end. A client
-that leaves is told to the owner with a ``cancel`` frame; a client that falls more than
-``--max-queued-size`` behind is cut the same way (backpressure does not cross the bus).
+before the answer started, else a JSON-RPC error event for its request and the end. The other
+way round, each ping interval this worker lists the calls it still waits for to their owners
+(``held``): an owner ends a call nobody vouches for, so a ``cancel`` lost to a Redis blip, or
+a receiving worker that died, costs no session. A call's number is unique in this worker
+only; the owner keys it by (this worker's tag, number).
+
+A client that leaves is told to the owner with a ``cancel`` frame; a client that falls more
+than ``--max-queued-size`` behind is cut the same way (backpressure does not cross the bus).
 """
 
 from __future__ import annotations
@@ -111,11 +116,22 @@ class Call:
         self.queue.put(_STOP)
 
     def cancel(self) -> None:
+        bus = self.router.bus
         try:
-            self.router.bus.post(self.owner, {"k": "cancel", "c": self.corr,
-                                              "f": self.router.bus.tag})
-        except BusDown:
-            pass  # the owner learns it when its next frame finds no reader
+            bus.post(self.owner, {"k": "cancel", "c": self.corr, "f": bus.tag})
+        except BusDown as exc:  # it ends the call once our ``held`` frames stop naming it
+            logger.warning("worker %s: could not tell worker %s that its client left (Redis "
+                           "unreachable: %s); it ends call %s when it stops hearing of it",
+                           bus.tag, self.owner, exc, self.corr)
+
+
+def send_held(router: Router) -> None:
+    """Tell every owner which of its calls this worker still waits for (each ping)."""
+    owners: dict[str, list[str]] = {}
+    for call in list(router.calls.values()):
+        owners.setdefault(call.owner, []).append(call.corr)
+    for owner, corrs in owners.items():
+        router.bus.post(owner, {"k": "held", "f": router.tag, "cs": corrs})
 
 
 def forward(router: Router, environ: dict, body: bytes, owner: str) -> Response | None:

@@ -24,12 +24,13 @@ import os
 import time
 from collections.abc import Callable
 
+import gevent
 from flask import Flask, Response, request
 
 from mcp_proxy import modern, supervise
 from mcp_proxy.server import forward as fwd
 from mcp_proxy.server import owner as owning
-from mcp_proxy.server.bus import Bus, decode
+from mcp_proxy.server.bus import Bus, BusDown, decode
 from mcp_proxy.server.guard import Checks
 from mcp_proxy.server.http import query_session, read_body
 from mcp_proxy.server.sessions import TAGGED_ID
@@ -59,15 +60,26 @@ class Router:
         self.bus = Bus(settings.redis_url, self._on_frame, on_fatal)
         self.tag = self.bus.tag
         self.calls: dict[str, fwd.Call] = {}  # our requests at other workers
-        self.served: dict[str, owning.Served] = {}  # other workers' requests served here
+        # other workers' requests served here, by (receiving worker's tag, its number)
+        self.served: dict[tuple[str, str], owning.Served] = {}
         self.counts = {"local": 0, "forwarded": 0, "served": 0}
         self.route_header = os.environ.get("MCP_PROXY_ROUTE_HEADER", "") not in ("", "0")
         modern.set_worker_tag(self.tag)  # a requestState handle names its sealing worker
 
     def start(self) -> None:
         self.bus.start()
-        self._alive = supervise.spawn(owning.send_alive, self, name="bus heartbeat",
+        self._alive = supervise.spawn(self._heartbeat, name="bus heartbeat",
                                       on_error=self.bus.on_fatal)
+
+    def _heartbeat(self) -> None:
+        """Each ping interval: ``alive`` to the workers we serve, ``held`` to our owners."""
+        while True:
+            gevent.sleep(self.ping)
+            for beat in (owning.send_alive, fwd.send_held):
+                try:
+                    beat(self)
+                except BusDown:
+                    pass  # the reader reports the outage; both sides allow three pings
 
     def stop(self) -> None:
         self._alive.kill(block=False)
@@ -174,9 +186,15 @@ class Router:
         if kind == "call":
             supervise.spawn(owning.serve, self, header, payload, name="forwarded request")
         elif kind == "cancel":
-            served = self.served.get(header.get("c"))
+            served = self.served.get((header.get("f"), header.get("c")))
             if served is not None:
                 served.cancel()
+        elif kind == "held":
+            now, sender = time.monotonic(), header.get("f")
+            for corr in header.get("cs", ()):
+                served = self.served.get((sender, corr))
+                if served is not None:
+                    served.heard = now
         elif kind == "alive":
             now = time.monotonic()
             for corr in header.get("cs", ()):
