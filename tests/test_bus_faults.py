@@ -23,6 +23,7 @@ import threading
 import time
 
 import pytest
+from test_backpressure import rss
 from test_lifecycle import wait_until
 
 from conftest import RAW_SERVER, GunicornProcess, pids_alive, rpc
@@ -187,6 +188,16 @@ def next_message(stream: http.client.HTTPResponse) -> dict:
             return json.loads(line[6:])
 
 
+def read_to_end(stream: http.client.HTTPResponse) -> None:
+    """Read what the kernel still holds until the stream ends (a stream that is never cut
+    fails with the connection's read timeout)."""
+    try:
+        while stream.read1(1 << 16):
+            pass
+    except (ConnectionError, http.client.IncompleteRead):
+        pass
+
+
 @pytest.fixture
 def marker(tmp_path) -> str:
     return str(tmp_path / "children.record")
@@ -237,5 +248,53 @@ def test_a_cancel_lost_to_a_redis_outage_still_ends_the_call(redis_server, marke
         redis_server.start()
         wait_until(lambda: owner._connected_worker(), 10)
         farm.expect(rf"worker {owner.tag}: worker {receiver.tag} no longer waits for", 10)
+        wait_until(lambda: sessions(owner) == 0, 5)
+        wait_until(lambda: not pids_alive([child]), 5)
+
+
+def test_a_forwarded_stream_nobody_reads_is_cut_at_max_queued_size(redis_server, marker):
+    """The owner keeps publishing to a receiving worker whose client reads nothing: what that
+    worker holds stays within --max-queued-size, and the stream is cut and cancelled."""
+    with Farm(redis_server, "--max-queued-size 4MB --keepalive 60", marker) as farm:
+        held = hold_every_worker(farm)
+        owner, other, _ = held.values()
+        session_id = open_session(owner)
+        reader = hold_on(farm, other.tag, 16 << 10)
+        stream = reader.stream(session_id)
+        [child] = wait_until(farm.children, 10)
+        before = peak = rss(reader.worker["pid"])
+
+        notify(owner, session_id, 400, 100_000)  # 40 MB for a client that takes nothing
+        deadline = time.monotonic() + 20
+        cut = None
+        while cut is None and time.monotonic() < deadline:
+            peak = max(peak, rss(reader.worker["pid"]))
+            try:
+                cut = farm.expect(r"client is not reading", 0.02)
+            except AssertionError:
+                continue
+        assert peak - before < (4 << 20) + (8 << 20), f"grew by {(peak - before) >> 20} MiB"
+        assert cut is not None, "the stream was not cut"
+        read_to_end(stream)  # what the kernel held, then the cut
+        wait_until(lambda: sessions(owner) == 0, 5)  # cancelled there
+        wait_until(lambda: not pids_alive([child]), 5)
+
+
+def test_a_forwarded_stream_nobody_reads_is_cut_at_the_stall_timeout(redis_server, marker):
+    """A client that takes nothing for --stall-timeout loses a forwarded stream as it would
+    lose a local one; the owner ends the session."""
+    with Farm(redis_server, "--stall-timeout 2 --keepalive 60", marker) as farm:
+        held = hold_every_worker(farm)
+        owner, other, _ = held.values()
+        session_id = open_session(owner)
+        reader = hold_on(farm, other.tag, 16 << 10)
+        stream = reader.stream(session_id)
+        [child] = wait_until(farm.children, 10)
+
+        notify(owner, session_id, 120, 100_000)  # 12 MB: more than the sockets hold
+        started = time.monotonic()
+        farm.expect(r"took nothing for 2 s", 15)
+        assert time.monotonic() - started >= 1.5  # the write blocked after the answer came
+        read_to_end(stream)
         wait_until(lambda: sessions(owner) == 0, 5)
         wait_until(lambda: not pids_alive([child]), 5)

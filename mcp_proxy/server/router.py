@@ -62,6 +62,7 @@ class Router:
         self.calls: dict[str, fwd.Call] = {}  # our requests at other workers
         # other workers' requests served here, by (receiving worker's tag, its number)
         self.served: dict[tuple[str, str], owning.Served] = {}
+        self.reaped: set = set()  # the registry's, once wrapped: stall checks of streams
         self.counts = {"local": 0, "forwarded": 0, "served": 0}
         self.route_header = os.environ.get("MCP_PROXY_ROUTE_HEADER", "") not in ("", "0")
         modern.set_worker_tag(self.tag)  # a requestState handle names its sealing worker
@@ -121,6 +122,7 @@ class Router:
         checked here (Host, Origin, token) and never enters Flask on this worker.
         """
         flask_app = app.wsgi_app
+        self.reaped = app.extensions["mcp_proxy"].requests  # forwarded streams: stall checks
         limit = self.settings.max_body
         paths: dict[str, tuple[str, ...]] = {}
         for name in self.settings.servers:
