@@ -128,17 +128,21 @@ def _environ(header: dict, body: bytes, served: Served) -> dict:
     return environ
 
 
-def send_alive(router: Router) -> None:
-    """Each ping interval: end the calls no receiving worker waits for any more, and tell
-    every receiving worker which of its calls are served here."""
-    forgotten = time.monotonic() - 3 * router.ping
+def send_alive(router: Router, deaf: bool) -> None:
+    """Each ping interval: end the calls no receiving worker waits for any more (unless
+    this worker was ``deaf``: it could not have heard), and tell every receiving worker
+    which of its calls are served here."""
+    now = time.monotonic()
+    forgotten = now - 3 * router.ping
     senders: dict[str, list[str]] = {}
     for served in list(router.served.values()):
-        if served.heard < forgotten and not served.cancelled:
+        if deaf:
+            served.heard = now
+        elif served.heard < forgotten and not served.cancelled:
             logger.warning("worker %s: worker %s no longer waits for call %s; ending it",
                            router.tag, served.sender, served.corr)
             served.cancel()
-        else:
-            senders.setdefault(served.sender, []).append(served.corr)
+            continue
+        senders.setdefault(served.sender, []).append(served.corr)
     for sender, corrs in senders.items():
         router.bus.post(sender, {"k": "alive", "f": router.tag, "cs": corrs})

@@ -75,12 +75,20 @@ class Router:
     def _heartbeat(self) -> None:
         """Each ping interval: ``alive`` to the workers we serve, ``held`` to our owners."""
         while True:
+            slept = time.monotonic()
             gevent.sleep(self.ping)
-            for beat in (owning.send_alive, fwd.send_held):
-                try:
-                    beat(self)
-                except BusDown:
-                    pass  # the reader reports the outage; both sides allow three pings
+            # while our inbox was down, or the process was stopped (SIGSTOP, a suspended
+            # VM: this sleep overran), no receiving worker could make itself heard here
+            deaf = self.bus.state != "connected" or \
+                time.monotonic() - slept > 2 * self.ping + 1.0
+            try:
+                owning.send_alive(self, deaf)
+            except BusDown:
+                pass  # the reader reports the outage; both sides allow three pings
+            try:
+                fwd.send_held(self)
+            except BusDown:
+                pass
 
     def stop(self) -> None:
         self._alive.kill(block=False)
