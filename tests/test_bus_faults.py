@@ -95,7 +95,7 @@ class Held(http.client.HTTPConnection):
     def __init__(self, port: int, rcvbuf: int | None = None) -> None:
         super().__init__("127.0.0.1", port, timeout=10)
         self.rcvbuf = rcvbuf
-        self.worker = wait_until(self._connected_worker, 10)
+        self.worker = wait_until(self.connected_worker, 10)
         self.tag = self.worker["id"]
 
     def connect(self) -> None:
@@ -106,7 +106,7 @@ class Held(http.client.HTTPConnection):
         sock.connect((self.host, self.port))
         self.sock = sock
 
-    def _connected_worker(self) -> dict | None:
+    def connected_worker(self) -> dict | None:
         worker = self.call("GET", "/status")[2]["worker"]
         return worker if worker["redis"] == "connected" else None
 
@@ -246,22 +246,38 @@ def test_a_cancel_lost_to_a_redis_outage_still_ends_the_call(redis_server, marke
         farm.expect(rf"worker {receiver.tag}: could not tell worker {owner.tag} that its "
                     r"client left", 10)
         redis_server.start()
-        wait_until(lambda: owner._connected_worker(), 10)
+        wait_until(lambda: owner.connected_worker(), 10)
         farm.expect(rf"worker {owner.tag}: worker {receiver.tag} no longer waits for", 10)
         wait_until(lambda: sessions(owner) == 0, 5)
         wait_until(lambda: not pids_alive([child]), 5)
+
+
+def unread_stream(farm: Farm) -> tuple[Held, str, Held, http.client.HTTPResponse, int]:
+    """A session on one worker, its GET stream forwarded from another to a client with a
+    small receive buffer that reads nothing: (owner, session id, the client's connection,
+    its stream, the session's server process)."""
+    held = hold_every_worker(farm)
+    owner, other, _ = held.values()
+    session_id = open_session(owner)
+    reader = hold_on(farm, other.tag, 16 << 10)
+    stream = reader.stream(session_id)
+    [child] = wait_until(farm.children, 10)
+    return owner, session_id, reader, stream, child
+
+
+def ended_everywhere(owner: Held, stream: http.client.HTTPResponse, child: int) -> None:
+    """The client's stream was cut, and the call cancelled at its owner: the session (which
+    had nothing else open) and its server process end."""
+    read_to_end(stream)  # what the kernel held, then the cut
+    wait_until(lambda: sessions(owner) == 0, 5)
+    wait_until(lambda: not pids_alive([child]), 5)
 
 
 def test_a_forwarded_stream_nobody_reads_is_cut_at_max_queued_size(redis_server, marker):
     """The owner keeps publishing to a receiving worker whose client reads nothing: what that
     worker holds stays within --max-queued-size, and the stream is cut and cancelled."""
     with Farm(redis_server, "--max-queued-size 4MB --keepalive 60", marker) as farm:
-        held = hold_every_worker(farm)
-        owner, other, _ = held.values()
-        session_id = open_session(owner)
-        reader = hold_on(farm, other.tag, 16 << 10)
-        stream = reader.stream(session_id)
-        [child] = wait_until(farm.children, 10)
+        owner, session_id, reader, stream, child = unread_stream(farm)
         before = peak = rss(reader.worker["pid"])
 
         notify(owner, session_id, 400, 100_000)  # 40 MB for a client that takes nothing
@@ -275,26 +291,17 @@ def test_a_forwarded_stream_nobody_reads_is_cut_at_max_queued_size(redis_server,
                 continue
         assert peak - before < (4 << 20) + (8 << 20), f"grew by {(peak - before) >> 20} MiB"
         assert cut is not None, "the stream was not cut"
-        read_to_end(stream)  # what the kernel held, then the cut
-        wait_until(lambda: sessions(owner) == 0, 5)  # cancelled there
-        wait_until(lambda: not pids_alive([child]), 5)
+        ended_everywhere(owner, stream, child)
 
 
 def test_a_forwarded_stream_nobody_reads_is_cut_at_the_stall_timeout(redis_server, marker):
     """A client that takes nothing for --stall-timeout loses a forwarded stream as it would
     lose a local one; the owner ends the session."""
     with Farm(redis_server, "--stall-timeout 2 --keepalive 60", marker) as farm:
-        held = hold_every_worker(farm)
-        owner, other, _ = held.values()
-        session_id = open_session(owner)
-        reader = hold_on(farm, other.tag, 16 << 10)
-        stream = reader.stream(session_id)
-        [child] = wait_until(farm.children, 10)
+        owner, session_id, _, stream, child = unread_stream(farm)
 
         notify(owner, session_id, 120, 100_000)  # 12 MB: more than the sockets hold
         started = time.monotonic()
         farm.expect(r"took nothing for 2 s", 15)
         assert time.monotonic() - started >= 1.5  # the write blocked after the answer came
-        read_to_end(stream)
-        wait_until(lambda: sessions(owner) == 0, 5)
-        wait_until(lambda: not pids_alive([child]), 5)
+        ended_everywhere(owner, stream, child)
