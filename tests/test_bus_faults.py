@@ -37,11 +37,12 @@ POST_HEADERS = {"Accept": "application/json, text/event-stream",
 class Farm(GunicornProcess):
     """gunicorn with the bus, its stderr read line by line (the tests wait on log lines)."""
 
-    def __init__(self, redis_server, proxy_args: str, marker: str, ping: str = "0.3") -> None:
+    def __init__(self, redis_server, proxy_args: str, marker: str) -> None:
         super().__init__(f"{proxy_args} -- {' '.join(RAW_SERVER)} --record {marker}",
                          "--keep-alive", "120", "--graceful-timeout", "5", workers=WORKERS,
                          env={"MCP_PROXY_REDIS_URL": redis_server.url,
-                              "MCP_PROXY_ROUTE_HEADER": "1", "MCP_PROXY_BUS_PING": ping})
+                              # three missed pings (3 s) are not mistaken on a busy machine
+                              "MCP_PROXY_ROUTE_HEADER": "1", "MCP_PROXY_BUS_PING": "1"})
         self.marker = marker
         self.held: list[Held] = []  # closed first on exit: gunicorn waits for open ones
         self.lines: queue.Queue = queue.Queue()
@@ -233,7 +234,7 @@ def test_closing_one_of_two_forwarded_streams_leaves_the_other(redis_server, mar
 def test_a_cancel_lost_to_a_redis_outage_still_ends_the_call(redis_server, marker):
     """The client of a forwarded stream leaves while Redis is down: the receiving worker
     cannot tell the owner, which ends the call when its receiver stops vouching for it."""
-    with Farm(redis_server, "--keepalive 60", marker, ping="1") as farm:
+    with Farm(redis_server, "--keepalive 60", marker) as farm:
         held = hold_every_worker(farm)
         owner, receiver, _ = held.values()
         session_id = open_session(owner)
