@@ -11,9 +11,16 @@ have written the message.
 The owner answers ``resp`` (a whole small answer) or ``head``, ``data``* and ``end`` (an event
 stream, relayed event by event), and lists every call it is serving in an ``alive`` frame
 each ping interval. A call that hears nothing for three intervals has lost its owner: 504
-before the answer started, else a JSON-RPC error event for its request and the end. A client
-that leaves is told to the owner with a ``cancel`` frame; a client that falls more than
-``--max-queued-size`` behind is cut the same way (backpressure does not cross the bus).
+before the answer started, else a JSON-RPC error event for its request and the end. The other
+way round, each ping interval this worker lists the calls it still waits for to their owners
+(``held``): an owner ends a call nobody vouches for, so a ``cancel`` lost to a Redis blip, or
+a receiving worker that died, costs no session. A call's number is unique in this worker
+only; the owner keys it by (this worker's tag, number).
+
+A client that leaves is told to the owner with a ``cancel`` frame. Backpressure does not cross
+the bus, so a forwarded stream is held to a local stream's limits: a client that falls more
+than ``--max-queued-size`` behind, or takes nothing for ``--stall-timeout``, is cut off (what
+waits for it is dropped, its connection shut) and the call cancelled.
 """
 
 from __future__ import annotations
@@ -22,16 +29,17 @@ import hashlib
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from flask import Response
 from gevent.queue import Empty, Queue
 
 from mcp_proxy import jsonrpc
-from mcp_proxy.errors import MessageError
+from mcp_proxy.errors import LinkClosed, MessageError
 from mcp_proxy.server.bus import GRACE, BlobLost, BusDown
 from mcp_proxy.server.http import RETRY_AFTER, rpc_error
-from mcp_proxy.server.streams import Body, sse_event
+from mcp_proxy.server.streams import Body, StreamOwner, sse_event
 
 if TYPE_CHECKING:
     from mcp_proxy.server.router import Router
@@ -70,26 +78,40 @@ def call_frame(environ: dict, corr: str, sender: str) -> dict:
             "a": auth_digest(environ)}
 
 
-class Call:
-    """One forwarded request waiting for its owner's frames."""
+class Call(StreamOwner):
+    """One forwarded request waiting for its owner's frames.
+
+    While its answer streams to the client, it is its own stream and that stream's owner
+    for the registry's reaper (``Body`` and the stall check of ``--stall-timeout``).
+    """
+
+    idle_limit = float("inf")  # for the reaper: only a stall ends it
 
     def __init__(self, router: Router, owner: str) -> None:
         self.router = router
+        self.settings = router.settings
         self.owner = owner
         self.corr = str(next(_numbers))  # unique among this worker's calls: replies come here
+        self.name = f"forwarded:{owner}:{self.corr}"
         self.queue: Queue = Queue()
         self.queued = 0  # payload bytes received, not yet sent on to the client
         self.seen = time.monotonic()
         self.done = False  # the owner sent the whole answer
         self.cut: str | None = None  # why the client was cut off
+        self.session = self  # what Body and the reaper ask a stream for: its owner
+        self.draining: set[Call] = set()
+        self.writing_since: float | None = None
+        self.abort: Callable[[], None] | None = None  # shut the client's connection
 
     def take(self, header: dict, payload: bytes) -> None:
         """From the inbox reader (must not block): queue a frame for the waiting greenlet."""
+        if self.cut is not None:
+            return  # the client is cut off: nothing more is kept for it
         self.seen = time.monotonic()
-        self.queued += len(payload)
-        if self.queued > self.router.settings.max_queued and self.cut is None:
-            self.cut = "its client is not reading (outbound buffer full)"
-            self.queue.put(_STOP)
+        try:
+            self.charge(len(payload), False)
+        except LinkClosed:
+            return
         self.queue.put((header, payload))
 
     def next(self) -> tuple[dict, bytes]:
@@ -105,17 +127,48 @@ class Call:
             return header, payload
 
     def stop(self, reason: str) -> None:
-        """The client left (or is cut off): tell the owner, wake whoever waits."""
+        """The client left (or this worker stops): tell the owner, wake whoever waits."""
         if self.cut is None:
             self.cut = reason
         self.queue.put(_STOP)
 
+    def close(self, reason: str) -> None:
+        """Cut the client off (it fell behind, or stalled): drop what waits for it, shut its
+        connection, so that a relay stuck writing to it ends (and cancels) now. Must not
+        block: the inbox reader calls it."""
+        if self.cut is not None:
+            return
+        self.cut = reason
+        while True:
+            try:
+                self.queue.get_nowait()
+            except Empty:
+                break
+        self.queued = 0
+        self.queue.put(_STOP)
+        if self.abort is not None:
+            self.abort()
+
+    def idle(self, now: float) -> float:
+        return 0.0
+
     def cancel(self) -> None:
+        bus = self.router.bus
         try:
-            self.router.bus.post(self.owner, {"k": "cancel", "c": self.corr,
-                                              "f": self.router.bus.tag})
-        except BusDown:
-            pass  # the owner learns it when its next frame finds no reader
+            bus.post(self.owner, {"k": "cancel", "c": self.corr, "f": bus.tag})
+        except BusDown as exc:  # it ends the call once our ``held`` frames stop naming it
+            logger.warning("worker %s: could not tell worker %s that its client left (Redis "
+                           "unreachable: %s); it ends call %s when it stops hearing of it",
+                           bus.tag, self.owner, exc, self.corr)
+
+
+def send_held(router: Router) -> None:
+    """Tell every owner which of its calls this worker still waits for (each ping)."""
+    owners: dict[str, list[str]] = {}
+    for call in list(router.calls.values()):
+        owners.setdefault(call.owner, []).append(call.corr)
+    for owner, corrs in owners.items():
+        router.bus.post(owner, {"k": "held", "f": router.tag, "cs": corrs})
 
 
 def forward(router: Router, environ: dict, body: bytes, owner: str) -> Response | None:
@@ -149,11 +202,12 @@ def forward(router: Router, environ: dict, body: bytes, owner: str) -> Response 
             call.cancel()
             return rpc_error(504, jsonrpc.INTERNAL_ERROR, f"Gateway Timeout: the worker that "
                              f"owns this session did not answer ({exc})", _request_id(body))
-        response = Response(Body(_relay(router, call, body), environ, None,
+        response = Response(Body(_relay(router, call, body), environ, call,
                                  lambda: call.stop("client disconnected"),
                                  lambda: _finish(router, call)),
                             status=header["st"], headers=header["h"])
         response.direct_passthrough = True
+        router.reaped.add(call)  # the reaper cuts it if its client takes nothing
         handed_over = True
         return response
     finally:
@@ -187,6 +241,7 @@ def _relay(router: Router, call: Call, body: bytes):
 
 def _finish(router: Router, call: Call) -> None:
     router.calls.pop(call.corr, None)
+    router.reaped.discard(call)
     if not call.done:
         if call.cut and call.cut != "client disconnected":
             logger.warning("forwarded stream from worker %s cut: %s", call.owner, call.cut)

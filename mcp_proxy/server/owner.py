@@ -8,7 +8,10 @@ stream as ``head``, one ``data`` frame per event, ``end``. Every frame is resent
 reader took it, for the bus grace (the receiving worker's inbox may be reconnecting); a
 receiving worker that stays unreachable, or a ``cancel``, ends the request as its client's
 disconnect would. Every ping interval, each receiving worker is told which of its calls are
-still being served here (``alive``), so it can tell a slow answer from a dead owner.
+still being served here (``alive``), so it can tell a slow answer from a dead owner; and a
+call its receiving worker has not named (``held``) for three intervals is ended the same
+way: its cancel was lost, or that worker is gone or stuck. Calls are numbered by their
+receiving worker, so they are known here by (that worker's tag, number).
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ from __future__ import annotations
 import io
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import gevent
 from flask import Response
 
 from mcp_proxy import jsonrpc
@@ -47,6 +50,7 @@ class Served:
         self.corr = corr
         self.hooks: list[Callable[[], None]] = []
         self.cancelled = False
+        self.heard = time.monotonic()  # when its receiving worker last said it waits for it
 
     def append(self, hook: Callable[[], None]) -> None:
         self.hooks.append(hook)
@@ -63,7 +67,7 @@ class Served:
 def serve(router: Router, header: dict, payload: bytes) -> None:
     """Run another worker's request here; stream its answer back."""
     sender, corr = header["f"], header["c"]
-    served = router.served[corr] = Served(sender, corr)
+    served = router.served[sender, corr] = Served(sender, corr)
     router.count("served")
     response = None
     reply = router.bus.post
@@ -93,7 +97,7 @@ def serve(router: Router, header: dict, payload: bytes) -> None:
     finally:
         if response is not None:
             response.close()  # a streaming Body's cleanup
-        router.served.pop(corr, None)
+        router.served.pop((sender, corr), None)
 
 
 def _run(router: Router, environ: dict) -> Response:
@@ -124,15 +128,21 @@ def _environ(header: dict, body: bytes, served: Served) -> dict:
     return environ
 
 
-def send_alive(router: Router) -> None:
-    """Each ping interval: tell every receiving worker which of its calls are served here."""
-    while True:
-        gevent.sleep(router.ping)
-        senders: dict[str, list[str]] = {}
-        for served in list(router.served.values()):
-            senders.setdefault(served.sender, []).append(served.corr)
-        for sender, corrs in senders.items():
-            try:
-                router.bus.post(sender, {"k": "alive", "f": router.tag, "cs": corrs})
-            except BusDown:
-                break
+def send_alive(router: Router, deaf: bool) -> None:
+    """Each ping interval: end the calls no receiving worker waits for any more (unless
+    this worker was ``deaf``: it could not have heard), and tell every receiving worker
+    which of its calls are served here."""
+    now = time.monotonic()
+    forgotten = now - 3 * router.ping
+    senders: dict[str, list[str]] = {}
+    for served in list(router.served.values()):
+        if deaf:
+            served.heard = now
+        elif served.heard < forgotten and not served.cancelled:
+            logger.warning("worker %s: worker %s no longer waits for call %s; ending it",
+                           router.tag, served.sender, served.corr)
+            served.cancel()
+            continue
+        senders.setdefault(served.sender, []).append(served.corr)
+    for sender, corrs in senders.items():
+        router.bus.post(sender, {"k": "alive", "f": router.tag, "cs": corrs})

@@ -24,12 +24,13 @@ import os
 import time
 from collections.abc import Callable
 
+import gevent
 from flask import Flask, Response, request
 
 from mcp_proxy import modern, supervise
 from mcp_proxy.server import forward as fwd
 from mcp_proxy.server import owner as owning
-from mcp_proxy.server.bus import Bus, decode
+from mcp_proxy.server.bus import Bus, BusDown, decode
 from mcp_proxy.server.guard import Checks
 from mcp_proxy.server.http import query_session, read_body
 from mcp_proxy.server.sessions import TAGGED_ID
@@ -59,15 +60,35 @@ class Router:
         self.bus = Bus(settings.redis_url, self._on_frame, on_fatal)
         self.tag = self.bus.tag
         self.calls: dict[str, fwd.Call] = {}  # our requests at other workers
-        self.served: dict[str, owning.Served] = {}  # other workers' requests served here
+        # other workers' requests served here, by (receiving worker's tag, its number)
+        self.served: dict[tuple[str, str], owning.Served] = {}
+        self.reaped: set = set()  # the registry's, once wrapped: stall checks of streams
         self.counts = {"local": 0, "forwarded": 0, "served": 0}
         self.route_header = os.environ.get("MCP_PROXY_ROUTE_HEADER", "") not in ("", "0")
         modern.set_worker_tag(self.tag)  # a requestState handle names its sealing worker
 
     def start(self) -> None:
         self.bus.start()
-        self._alive = supervise.spawn(owning.send_alive, self, name="bus heartbeat",
+        self._alive = supervise.spawn(self._heartbeat, name="bus heartbeat",
                                       on_error=self.bus.on_fatal)
+
+    def _heartbeat(self) -> None:
+        """Each ping interval: ``alive`` to the workers we serve, ``held`` to our owners."""
+        while True:
+            slept = time.monotonic()
+            gevent.sleep(self.ping)
+            # while our inbox was down, or the process was stopped (SIGSTOP, a suspended
+            # VM: this sleep overran), no receiving worker could make itself heard here
+            deaf = self.bus.state != "connected" or \
+                time.monotonic() - slept > 2 * self.ping + 1.0
+            try:
+                owning.send_alive(self, deaf)
+            except BusDown:
+                pass  # the reader reports the outage; both sides allow three pings
+            try:
+                fwd.send_held(self)
+            except BusDown:
+                pass
 
     def stop(self) -> None:
         self._alive.kill(block=False)
@@ -109,6 +130,7 @@ class Router:
         checked here (Host, Origin, token) and never enters Flask on this worker.
         """
         flask_app = app.wsgi_app
+        self.reaped = app.extensions["mcp_proxy"].requests  # forwarded streams: stall checks
         limit = self.settings.max_body
         paths: dict[str, tuple[str, ...]] = {}
         for name in self.settings.servers:
@@ -174,9 +196,15 @@ class Router:
         if kind == "call":
             supervise.spawn(owning.serve, self, header, payload, name="forwarded request")
         elif kind == "cancel":
-            served = self.served.get(header.get("c"))
+            served = self.served.get((header.get("f"), header.get("c")))
             if served is not None:
                 served.cancel()
+        elif kind == "held":
+            now, sender = time.monotonic(), header.get("f")
+            for corr in header.get("cs", ()):
+                served = self.served.get((sender, corr))
+                if served is not None:
+                    served.heard = now
         elif kind == "alive":
             now = time.monotonic()
             for corr in header.get("cs", ()):

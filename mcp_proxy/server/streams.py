@@ -239,7 +239,11 @@ def _watch(sock: socket.socket, on_gone: Callable[[], None]):
 
 
 class Body:
-    """A streaming response body around ``chunks``: see the module docstring."""
+    """A streaming response body around ``chunks``: see the module docstring.
+
+    Of ``stream`` it uses only ``writing_since``, ``abort`` and ``session.draining`` (what
+    the reaper's stall check reads), so a forwarded call (forward.py) stands in for one.
+    """
 
     def __init__(self, chunks: Iterator[bytes], environ: dict, stream: Stream | None,
                  on_gone: Callable[[], None], cleanup: Callable[[], None]) -> None:
