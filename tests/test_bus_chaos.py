@@ -186,3 +186,40 @@ def test_a_worker_resumed_after_a_stop_serves_forwarded_requests_again(redis_ser
         # its inbox stayed subscribed through the stop: not even its first answers are 503s
         assert all(status != 503 for _, status in served), served
         assert all(status == 200 for at, status in served if at > 1.0), served
+
+
+def test_after_a_redis_restart_the_next_forwarded_request_goes_through(proxy_factory,
+                                                                        redis_server,
+                                                                        tmp_path):
+    """Both proxies' publishing connections died with the old Redis while they had nothing
+    to send (the default 5 s heartbeat sends nothing in a short blip): the next request and
+    its answer must go out on new connections, not into the dead ones (a 503 on one side, an
+    answer lost after delivery on the other)."""
+    record = tmp_path / "sent.jsonl"
+    args = ("--redis-url", redis_server.url, "--", *RAW_SERVER, "--record", str(record))
+    owner, receiver = (proxy_factory(*args, env={"MCP_PROXY_ROUTE_HEADER": "1"})
+                       for _ in range(2))
+    for proxy in (owner, receiver):
+        proxy.expect(r"listening on Redis")
+    init = requests.post(owner.base + "/mcp", headers=STREAM_HEADERS, timeout=10,
+                         json=rpc("initialize", 0, protocolVersion="2025-06-18"))
+    headers = {**STREAM_HEADERS, "Mcp-Session-Id": init.headers["Mcp-Session-Id"]}
+    before = requests.post(receiver.base + "/mcp", headers=headers, timeout=5,
+                           json=rpc("ping", "before"))
+    assert before.status_code == 200 and before.headers["Mcp-Proxy-Route"].endswith(
+        "forwarded")
+    redis_server.stop()
+    time.sleep(0.5)  # the outage
+    redis_server.start()
+    deadline = time.monotonic() + 5
+    for proxy in (owner, receiver):
+        while requests.get(proxy.base + "/status", timeout=5).json()["worker"][
+                "redis"] != "connected":
+            assert time.monotonic() < deadline, "an inbox did not come back"
+            time.sleep(0.02)
+    started = time.monotonic()
+    after = requests.post(receiver.base + "/mcp", headers=headers, timeout=5,
+                          json=rpc("ping", "after"))
+    assert after.status_code == 200 and after.json()["id"] == "after", after.text
+    assert time.monotonic() - started < 1.0
+    assert record.read_text().count('"after"') == 1  # delivered once

@@ -239,11 +239,13 @@ class Bus:
         """Claim this worker's key, then keep it alive; a clash (one in 36^8) is fatal."""
         key, claimed = f"mcpp:worker:{self.tag}", False
         while True:
+            wait = REFRESH
             try:
                 if self.redis.set(key, self.info, ex=WORKER_TTL, nx=not claimed) is None:
                     raise RuntimeError(f"worker tag {self.tag} is held by another worker")
                 claimed = True
             except (redis.ConnectionError, redis.TimeoutError):
-                pass  # the reader reports the outage
-            self._claim_now.wait(REFRESH)  # or at once when the inbox is back
+                # the reader reports the outage; the key is wanted back as soon as Redis is
+                wait = 5 * RESEND_EVERY
+            self._claim_now.wait(wait)  # or at once when the inbox is back
             self._claim_now.clear()

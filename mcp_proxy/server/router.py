@@ -233,7 +233,9 @@ class Router:
             if stalled or (deaf_since is not None and now - deaf_since < OUTAGE):
                 for call in list(self.calls.values()):  # we could not hear: not their fault
                     call.seen = now
-            elif deaf_since is None:
+            if deaf_since is not None:
+                self.vanished.clear()  # nothing is known of any owner now
+            elif not stalled:
                 self._check_owners(now)
 
     def _check_owners(self, now: float) -> None:
