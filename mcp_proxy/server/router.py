@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 ROUTE_HEADER = "Mcp-Proxy-Route"
 TICK = 0.2  # how often owners are watched
-QUIET = 0.3  # a call that heard nothing for this long has its owner's inbox checked
+QUIET = 0.1  # a call that heard nothing for this long has its owner's inbox checked
 STALLED = 1.0  # a tick this late means the process was not running
 
 
