@@ -180,7 +180,7 @@ def test_a_made_up_owner_costs_one_publish_and_no_grace(proxy_factory, redis_ser
         took = time.monotonic() - started
         assert answer.status_code == 404, answer.text
         assert took < bus_module.GRACE / 2, took  # its key is missing: no grace to wait out
-        seen = monitor.until(b'"EXISTS" "mcpp:worker:' + made_up[:8].encode())
+        seen = monitor.until(b'"GET" "mcpp:worker:' + made_up[:8].encode())
         monitor.sock.settimeout(0.3)
         try:  # whatever else it would send arrives right behind
             while True:

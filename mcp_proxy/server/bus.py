@@ -182,9 +182,13 @@ class Bus:
         """Whether worker ``tag`` may be alive: its key exists, or cannot be known to be gone."""
         if time.monotonic() - self.reconnected < GRACE:
             return True  # Redis may have restarted empty: live workers are still re-claiming
-        try:
-            return bool(self.redis.exists(f"mcpp:worker:{tag}"))
-        except redis.RedisError:
+        try:  # GET, not EXISTS: the README's ACL user may run it
+            return self.redis.get(f"mcpp:worker:{tag}") is not None
+        except (redis.ConnectionError, redis.TimeoutError):
+            return True
+        except redis.RedisError as exc:  # a refusal: the ACL lacks a command
+            logger.warning("worker %s: Redis refused to read a worker key (%s); a request "
+                           "for a gone worker's session waits out the grace", self.tag, exc)
             return True
 
     def payload(self, header: dict, payload: bytes) -> bytes:

@@ -16,11 +16,14 @@ request skips the guard at its owner: it was checked where it landed, and its cr
 do not travel.
 
 Whether an owner still answers is watched here, a few times a second. An owner whose inbox
-has no subscriber while a call waits on it is dying or reconnecting: after the bus grace (at
-once if its worker key is gone) its calls end as for an unknown session (404), not after
-three missed pings. A call's owner is never judged silent while this worker could not have
-heard it: while its own inbox is down (up to the bus ``OUTAGE``), or right after the process
-was stopped (SIGSTOP, a suspended VM), when every timer is overdue at once.
+has no reader while a call waits on it (a probe frame, which every worker drops, is counted
+0 by PUBLISH) is dying or reconnecting: after the bus grace (at once if its worker key is
+gone) its calls end as for an unknown session (404), not after three missed pings; a killed
+worker stays subscribed for a moment as the kernel tears it down, so a request sent then
+reached nobody although PUBLISH counted it. A call's owner is never judged silent while
+this worker could not have heard it: while its own inbox is down (up to the bus
+``OUTAGE``), or right after the process was stopped (SIGSTOP, a suspended VM), when every
+timer is overdue at once.
 """
 
 from __future__ import annotations
@@ -32,15 +35,15 @@ import time
 from collections.abc import Callable
 
 import gevent
-import redis
 from flask import Flask, Response, request
 
 from mcp_proxy import modern, supervise
 from mcp_proxy.server import forward as fwd
 from mcp_proxy.server import owner as owning
-from mcp_proxy.server.bus import GRACE, OUTAGE, Bus, decode, inbox
+from mcp_proxy.server.bus import GRACE, OUTAGE, Bus, decode, encode
 from mcp_proxy.server.guard import Checks
 from mcp_proxy.server.http import query_session, read_body
+from mcp_proxy.server.resp import BusDown
 from mcp_proxy.server.sessions import TAGGED_ID
 from mcp_proxy.settings import ServerSettings
 
@@ -50,6 +53,7 @@ ROUTE_HEADER = "Mcp-Proxy-Route"
 TICK = 0.2  # how often owners are watched
 QUIET = 0.1  # a call that heard nothing for this long has its owner's inbox checked
 STALLED = 1.0  # a tick this late means the process was not running
+_PROBE = encode({"k": "probe"})  # no call's frame: its owner drops it
 
 
 def _ping_interval() -> float:
@@ -247,14 +251,13 @@ class Router:
         if not waiting:
             self.vanished.clear()
             return
-        try:
-            counts = dict(self.bus.redis.pubsub_numsub(*(inbox(tag) for tag in waiting)))
-        except redis.RedisError:
-            return  # the inbox reader sees the outage
         for tag, calls in waiting.items():
-            if counts.get(inbox(tag).encode(), 0):
-                self.vanished.pop(tag, None)
-                continue
+            try:  # how many read its inbox: a frame every owner ignores, as PUBLISH counts
+                if self.bus.send(tag, _PROBE):
+                    self.vanished.pop(tag, None)
+                    continue
+            except BusDown:
+                return  # the inbox reader sees the outage
             since = self.vanished.setdefault(tag, now)
             if now - since >= GRACE or not self.bus.claimed(tag):
                 logger.warning("worker %s has stopped listening on Redis: its sessions are "
