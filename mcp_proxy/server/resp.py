@@ -127,9 +127,6 @@ class _Line:
         self.replies = Replies(conn)
         self.waiting: deque[AsyncResult] = deque()
         self.broken = False
-        # its reader waits for replies (or Redis closing it) with no timeout of its own: a
-        # PUBLISH's wait is bounded where it is awaited
-        conn._sock.settimeout(None)
 
 
 class Publisher:
@@ -170,6 +167,8 @@ class Publisher:
                 reply = line.replies.next()  # an error reply (an ACL refusal) is its own
                 if not line.waiting:
                     raise redis.ConnectionError(f"a reply nothing was sent for: {reply!r}")
+            except TimeoutError:
+                continue  # idle; a PUBLISH awaiting its reply bounds its own wait
             except _ERRORS as exc:
                 self._broken(line, exc)
                 return
