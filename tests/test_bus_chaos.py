@@ -20,8 +20,7 @@ import requests
 from test_scaleout_gunicorn import worker_status
 
 from conftest import RAW_SERVER, STREAM_HEADERS, GunicornProcess, open_sse, rpc
-
-GRACE = 2.0  # bus.GRACE: how long a silent owner's inbox is waited for
+from mcp_proxy.server.bus import GRACE
 
 
 def farm(redis_server, record: Path | None = None) -> GunicornProcess:
