@@ -120,7 +120,7 @@ class Call(StreamOwner):
             try:
                 header, payload = self.queue.get(timeout=ping)
             except Empty:
-                if time.monotonic() - self.seen > 3 * ping:
+                if time.monotonic() - self.seen > 3 * ping and self.router.may_judge(self):
                     raise OwnerSilent(f"worker {self.owner} sent nothing for {3 * ping:g} s")
                 continue
             self.queued -= len(payload)
@@ -191,6 +191,8 @@ def forward(router: Router, environ: dict, body: bytes, owner: str) -> Response 
         router.count("forwarded")
         try:
             header, payload = call.next()
+            if header["k"] == "gone":  # its owner stopped listening (router.py)
+                return None
             if header["k"] == "resp":
                 return Response(bus.payload(header, payload), status=header["st"],
                                 headers=header["h"])
@@ -228,6 +230,8 @@ def _relay(router: Router, call: Call, body: bytes):
                 return
             elif kind == "stop":
                 return
+            elif kind == "gone":
+                raise OwnerSilent(f"worker {call.owner} stopped listening")
         except (OwnerSilent, BusDown, BlobLost) as exc:
             logger.warning("a stream forwarded from worker %s ended: %s", call.owner, exc)
             request_id = _request_id(body)

@@ -70,7 +70,7 @@ def serve(router: Router, header: dict, payload: bytes) -> None:
     served = router.served[sender, corr] = Served(sender, corr)
     router.count("served")
     response = None
-    reply = router.bus.post
+    reply = router.bus.reply  # sent again through a Redis blip: the request has run
     try:
         response = _run(router, _environ(header, router.bus.payload(header, payload), served))
         headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP]

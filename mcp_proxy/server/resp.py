@@ -8,8 +8,12 @@ and GETDEL) and talks on the connections it makes directly: RESP2, commands pack
 
 :class:`Publisher` writes each PUBLISH at once under a lock, in order, and one greenlet
 reads the replies in the same order, so concurrent publishers share one connection and
-one round trip's wait. :class:`Inbox` is a subscribed connection, pinged every few seconds
-so that a connection that died without a word is noticed within three pings.
+one round trip's wait; that greenlet reads all the time, so a connection Redis closed (a
+restart) is seen broken at once and the next PUBLISH goes out on a new one instead of into
+the dead socket. :class:`Inbox` is a subscribed connection, pinged every few seconds so that
+a connection that died without a word is noticed; a read that times out is not the verdict
+by itself (a process stopped for a while wakes up to overdue timers before it has read what
+waits on its sockets): a PING must also go unanswered.
 """
 
 from __future__ import annotations
@@ -19,15 +23,21 @@ from collections.abc import Iterator
 
 import gevent
 import redis
-from gevent.event import AsyncResult, Event
+from gevent.event import AsyncResult
 from gevent.lock import Semaphore
 
 PUBLISH_TIMEOUT = 5.0
+PROBE_TIMEOUT = 2.0  # how long an inbox that timed out waits for the answer to its PING
 _ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 class BusDown(Exception):
-    """Redis cannot be reached: nothing was sent."""
+    """Redis cannot be reached: nothing was sent (``unsure``: it was written, and whether
+    Redis took it before the connection failed cannot be known)."""
+
+    def __init__(self, message: str, unsure: bool = False) -> None:
+        super().__init__(message)
+        self.unsure = unsure
 
 
 def connection(pool: redis.ConnectionPool):
@@ -58,13 +68,15 @@ class Replies:
         self.sock = conn._sock  # redis-py's name for it since 2.x (setup.cfg bounds the major)
         self.buf = b""
         self.pos = 0  # what is before it was parsed: a frame's bytes are not copied per line
+        self.mark = 0  # where the reply being parsed starts: kept until it is whole
 
     def _more(self) -> None:
         chunk = self.sock.recv(1 << 16)
         if not chunk:
             raise redis.ConnectionError("Redis closed the connection")
-        self.buf = self.buf[self.pos:] + chunk
-        self.pos = 0
+        self.buf = self.buf[self.mark:] + chunk
+        self.pos -= self.mark
+        self.mark = 0
 
     def _line(self) -> bytes:
         while (end := self.buf.find(b"\r\n", self.pos)) < 0:
@@ -73,7 +85,18 @@ class Replies:
         return line
 
     def next(self):
-        """The next reply: int, bytes, list, None, or a ResponseError (returned, not raised)."""
+        """The next reply: int, bytes, list, None, or a ResponseError (returned, not raised).
+
+        A read that times out leaves the reply unread, to be parsed whole by the next call.
+        """
+        self.mark = self.pos
+        try:
+            return self._parse()
+        except TimeoutError:
+            self.pos = self.mark
+            raise
+
+    def _parse(self):
         line = self._line()
         kind, rest = line[:1], line[1:]
         if kind == b"$":
@@ -86,7 +109,7 @@ class Replies:
             return data
         if kind == b"*":
             count = int(rest)
-            return None if count < 0 else [self.next() for _ in range(count)]
+            return None if count < 0 else [self._parse() for _ in range(count)]
         if kind == b":":
             return int(rest)
         if kind == b"+":
@@ -103,7 +126,6 @@ class _Line:
         self.conn = conn
         self.replies = Replies(conn)
         self.waiting: deque[AsyncResult] = deque()
-        self.pending = Event()  # set while a reply is awaited
         self.broken = False
 
 
@@ -127,7 +149,6 @@ class Publisher:
                     line = self.line = _Line(conn)
                     gevent.spawn(self._read, line)
                 line.waiting.append(waiter)
-                line.pending.set()
                 line.conn.send_packed_command([command], check_health=False)
             except _ERRORS as exc:
                 if line is not None:
@@ -137,21 +158,21 @@ class Publisher:
             return waiter.get(timeout=PUBLISH_TIMEOUT)
         except gevent.Timeout:
             self._broken(line, TimeoutError("no reply to PUBLISH"))
-            raise BusDown(f"Redis did not answer within {PUBLISH_TIMEOUT:g} s") from None
+            raise BusDown(f"Redis did not answer within {PUBLISH_TIMEOUT:g} s",
+                          unsure=True) from None
 
     def _read(self, line: _Line) -> None:
         while not line.broken:
-            line.pending.wait()
-            if line.broken:
-                return
             try:
                 reply = line.replies.next()  # an error reply (an ACL refusal) is its own
+                if not line.waiting:
+                    raise redis.ConnectionError(f"a reply nothing was sent for: {reply!r}")
+            except TimeoutError:
+                continue  # idle; a PUBLISH awaiting its reply bounds its own wait
             except _ERRORS as exc:
                 self._broken(line, exc)
                 return
             waiter = line.waiting.popleft()
-            if not line.waiting:
-                line.pending.clear()
             if isinstance(reply, Exception):
                 waiter.set_exception(BusDown(f"PUBLISH refused: {reply}"))
             else:
@@ -164,10 +185,9 @@ class Publisher:
         line.broken = True
         if self.line is line:
             self.line = None
-        line.pending.set()  # its reader wakes up and ends
-        line.conn.disconnect()
-        while line.waiting:
-            line.waiting.popleft().set_exception(BusDown(str(exc)))
+        line.conn.disconnect()  # its reader, if waiting, wakes up and ends
+        while line.waiting:  # written: Redis may have taken them before it went
+            line.waiting.popleft().set_exception(BusDown(str(exc), unsure=True))
 
     def close(self) -> None:
         if self.line is not None:
@@ -195,10 +215,22 @@ class Inbox:
         if not (isinstance(reply, list) and reply[0] == b"subscribe"):
             raise redis.ConnectionError(f"unexpected answer to SUBSCRIBE: {reply!r}")
         self._pinger = gevent.spawn(self._ping, conn)
+        probing = False
         try:
             yield b""  # subscribed: the channel is ours from here on (a frame is never empty)
             while True:
-                reply = replies.next()  # bounded by the socket timeout
+                try:
+                    reply = replies.next()  # bounded by the socket timeout
+                except TimeoutError:
+                    if probing:
+                        raise redis.TimeoutError("Redis did not answer a PING") from None
+                    probing = True  # asleep, or cut off? a PING tells
+                    conn._sock.settimeout(PROBE_TIMEOUT)
+                    conn.send_packed_command([pack(b"PING")], check_health=False)
+                    continue
+                if probing:
+                    probing = False
+                    conn._sock.settimeout(conn.socket_timeout)
                 if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
                     yield reply[2]
         finally:

@@ -14,6 +14,16 @@ is checked there (Host, Origin, token) and forwarded, without a Flask dispatch o
 2026-07-28 request's ``requestState`` handle is routed by the modern relay. A forwarded
 request skips the guard at its owner: it was checked where it landed, and its credentials
 do not travel.
+
+Whether an owner still answers is watched here, a few times a second. An owner whose inbox
+has no reader while a call waits on it (a probe frame, which every worker drops, is counted
+0 by PUBLISH) is dying or reconnecting: after the bus grace (at once if its worker key is
+gone) its calls end as for an unknown session (404), not after three missed pings; a killed
+worker stays subscribed for a moment as the kernel tears it down, so a request sent then
+reached nobody although PUBLISH counted it. A call's owner is never judged silent while
+this worker could not have heard it: while its own inbox is down (up to the bus
+``OUTAGE``), or right after the process was stopped (SIGSTOP, a suspended VM), when every
+timer is overdue at once.
 """
 
 from __future__ import annotations
@@ -30,15 +40,20 @@ from flask import Flask, Response, request
 from mcp_proxy import modern, supervise
 from mcp_proxy.server import forward as fwd
 from mcp_proxy.server import owner as owning
-from mcp_proxy.server.bus import Bus, BusDown, decode
+from mcp_proxy.server.bus import GRACE, OUTAGE, Bus, decode, encode
 from mcp_proxy.server.guard import Checks
 from mcp_proxy.server.http import query_session, read_body
+from mcp_proxy.server.resp import BusDown
 from mcp_proxy.server.sessions import TAGGED_ID
 from mcp_proxy.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
 ROUTE_HEADER = "Mcp-Proxy-Route"
+TICK = 0.2  # how often owners are watched
+QUIET = 0.1  # a call that heard nothing for this long has its owner's inbox checked
+STALLED = 1.0  # a tick this late means the process was not running
+_PROBE = encode({"k": "probe"})  # no call's frame: its owner drops it
 
 
 def _ping_interval() -> float:
@@ -65,12 +80,16 @@ class Router:
         self.reaped: set = set()  # the registry's, once wrapped: stall checks of streams
         self.counts = {"local": 0, "forwarded": 0, "served": 0}
         self.route_header = os.environ.get("MCP_PROXY_ROUTE_HEADER", "") not in ("", "0")
+        self.napping_since: float | None = None  # when the watcher went to sleep
+        self.vanished: dict[str, float] = {}  # owner tag -> since when its inbox has no reader
         modern.set_worker_tag(self.tag)  # a requestState handle names its sealing worker
 
     def start(self) -> None:
         self.bus.start()
         self._alive = supervise.spawn(self._heartbeat, name="bus heartbeat",
                                       on_error=self.bus.on_fatal)
+        self._watcher = supervise.spawn(self._watch, name="bus owner watch",
+                                        on_error=self.bus.on_fatal)
 
     def _heartbeat(self) -> None:
         """Each ping interval: ``alive`` to the workers we serve, ``held`` to our owners."""
@@ -92,6 +111,7 @@ class Router:
 
     def stop(self) -> None:
         self._alive.kill(block=False)
+        self._watcher.kill(block=False)
         for call in list(self.calls.values()):  # their owners' answers can no longer come
             call.stop("this worker is shutting down")
         self.bus.stop()
@@ -173,6 +193,9 @@ class Router:
             body = read_body(environ, limit)
             if isinstance(body, Response):
                 return body
+        # an inbox coming back (Redis restarted, the process resumed) takes a moment: wait
+        # for it rather than answer 503 at once
+        self.bus.listening.wait(STALLED)
         response = fwd.forward(self, environ, body, owner)
         if response is None:  # the local view answers, as for any session it does not know
             environ["wsgi.input"] = io.BytesIO(body)
@@ -215,3 +238,57 @@ class Router:
             call = self.calls.get(header.get("c"))
             if call is not None:
                 call.take(header, payload)
+
+    # -- watching owners ----------------------------------------------------------------
+
+    def may_judge(self, call) -> bool:
+        """Whether ``call``'s silence may be held against its owner now: not while the
+        process has just resumed (every timer is overdue at once, before the watcher has
+        run), nor while the owner's inbox has no reader (the watcher ends it as gone)."""
+        since = self.napping_since
+        awake = since is None or time.monotonic() - since < TICK + STALLED
+        return awake and call.owner not in self.vanished
+
+    def _watch(self) -> None:
+        deaf_since: float | None = None
+        while True:
+            self.napping_since = time.monotonic()
+            gevent.sleep(TICK)
+            now = time.monotonic()
+            stalled = now - self.napping_since > TICK + STALLED
+            self.napping_since = None
+            if not self.bus.listening.is_set():
+                deaf_since = deaf_since or now
+            elif deaf_since is not None:
+                deaf_since, stalled = None, True  # frames sent meanwhile came to nobody
+            if stalled or (deaf_since is not None and now - deaf_since < OUTAGE):
+                for call in list(self.calls.values()):  # we could not hear: not their fault
+                    call.seen = now
+            if deaf_since is not None:
+                self.vanished.clear()  # nothing is known of any owner now
+            elif not stalled:
+                self._check_owners(now)
+
+    def _check_owners(self, now: float) -> None:
+        """End the calls of owners whose inbox has had no reader for the grace."""
+        waiting: dict[str, list] = {}
+        for call in list(self.calls.values()):
+            if now - call.seen > QUIET:
+                waiting.setdefault(call.owner, []).append(call)
+        if not waiting:
+            self.vanished.clear()
+            return
+        for tag, calls in waiting.items():
+            try:  # how many read its inbox: a frame every owner ignores, as PUBLISH counts
+                if self.bus.send(tag, _PROBE):
+                    self.vanished.pop(tag, None)
+                    continue
+            except BusDown:
+                return  # the inbox reader sees the outage
+            since = self.vanished.setdefault(tag, now)
+            if now - since >= GRACE or not self.bus.claimed(tag):
+                logger.warning("worker %s has stopped listening on Redis: its sessions are "
+                               "gone", tag)
+                self.vanished.pop(tag, None)
+                for call in calls:
+                    call.take({"k": "gone"}, b"")

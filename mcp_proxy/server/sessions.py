@@ -47,7 +47,8 @@ class Session(StreamOwner, Link):
 
     def __init__(self, registry: Registry, server_name: str) -> None:
         self.id = registry.new_session_id()
-        super().__init__(f"{self.transport}:{self.id[:8]}")
+        # named by its id's random end: with --redis-url the start is the worker's tag
+        super().__init__(f"{self.transport}:{self.id[-8:]}")
         self.registry = registry
         self.server_name = server_name
         self.settings = registry.settings

@@ -48,7 +48,7 @@ def add_status_route(app: Flask, registry: Registry) -> None:
             "worker": registry.router.status() if registry.router is not None else
             {"pid": os.getpid(), "redis": "off", "routing": "local-only"},
             "session_details": [{
-                "id": s.id[:8],
+                "id": s.id[-8:],  # as it is named in the log (sessions.py)
                 "transport": s.transport,
                 "server": s.server_name or "default",
                 "started": _iso(s.created),
