@@ -190,25 +190,32 @@ class StreamableUpstream(Upstream):
         return message
 
     def _read_stream(self, request: Message, answer: requests.Response, is_init: bool) -> None:
-        last_id, retry_ms = None, None
-        for attempt in range(4):
-            for event in events(answer):
-                last_id = event.id or last_id
-                if event.retry and event.retry.isascii() and event.retry.isdigit():
-                    retry_ms = int(event.retry)  # anything else is ignored, as SSE says
-                if event.event == "message" and event.data.strip():
-                    got = self._take(event.data, is_init, request)
-                    if got is not None and got.kind == jsonrpc.RESPONSE \
-                            and got.id == request.id:
-                        return
-            if request.kind != jsonrpc.REQUEST:
-                return
-            if not last_id:
-                raise UpstreamError("the answer stream ended before the answer")
-            gevent.sleep(min(retry_ms / 1000, RETRY_CAP) if retry_ms is not None
-                         else backoff(attempt))
-            answer = self._resume(last_id)  # SEP-1699: poll with Last-Event-ID
-        raise UpstreamError("the answer stream kept ending before the answer")
+        # ``answer`` is the caller's to close; each response resuming it is ours
+        first, last_id, retry_ms = answer, None, None
+        try:
+            for attempt in range(4):
+                for event in events(answer):
+                    last_id = event.id or last_id
+                    if event.retry and event.retry.isascii() and event.retry.isdigit():
+                        retry_ms = int(event.retry)  # anything else is ignored, as SSE says
+                    if event.event == "message" and event.data.strip():
+                        got = self._take(event.data, is_init, request)
+                        if got is not None and got.kind == jsonrpc.RESPONSE \
+                                and got.id == request.id:
+                            return
+                if request.kind != jsonrpc.REQUEST:
+                    return
+                if not last_id:
+                    raise UpstreamError("the answer stream ended before the answer")
+                if answer is not first:
+                    answer.close()
+                gevent.sleep(min(retry_ms / 1000, RETRY_CAP) if retry_ms is not None
+                             else backoff(attempt))
+                answer = self._resume(last_id)  # SEP-1699: poll with Last-Event-ID
+            raise UpstreamError("the answer stream kept ending before the answer")
+        finally:
+            if answer is not first:
+                answer.close()
 
     def _resume(self, last_event_id: str) -> requests.Response:
         headers = self._headers({"Accept": "text/event-stream", "Accept-Encoding": "identity",
@@ -218,7 +225,9 @@ class StreamableUpstream(Upstream):
                                    timeout=self.timeout)
         except requests.RequestException as exc:
             raise UpstreamError(f"resume failed: {exc.__class__.__name__}") from exc
-        check_status(answer, "GET (resume)")
+        if answer.status_code >= 300:
+            answer.close()
+            check_status(answer, "GET (resume)")
         return answer
 
     def _initialized_by(self, answer: Message) -> None:
