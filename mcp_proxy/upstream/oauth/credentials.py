@@ -72,6 +72,8 @@ class ClientCredentials(AuthBase):
         challenge = bearer_challenge(probe) if probe.status_code == 401 else {}
         found = discover(self.http, self.settings.url, challenge)
         self.token_url, self.resource = found.endpoint("token_endpoint"), found.resource
+        issuer = found.metadata.get("issuer")  # exactly as the metadata spells it
+        self.client.audience = issuer if isinstance(issuer, str) and issuer else found.issuer
         supported = found.metadata.get("token_endpoint_auth_methods_supported")
         self.client.method = choose_method(supported, self.client)
         logger.info("token endpoint %s (client authentication %s)", self.token_url,
