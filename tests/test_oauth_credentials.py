@@ -48,9 +48,12 @@ def test_token_url_given_and_a_server_that_wants_basic(auth_env, remote, clients
     assert len(server.token_requests) == 2  # the method that worked is kept
 
 
-@pytest.mark.parametrize("kind, issuer_path", [("rsa", ""), ("ec", "/tenant1")])
-def test_private_key_jwt(auth_env, remote, clients, tmp_path, kind, issuer_path):
-    """The assertion's ``aud`` is the issuer identifier (the server refuses anything else)."""
+@pytest.mark.parametrize("kind, issuer_path, given", [
+    ("rsa", "", False), ("ec", "/tenant1", False), ("rsa", "/tenant1", True)])
+def test_private_key_jwt(auth_env, remote, clients, tmp_path, kind, issuer_path, given):
+    """The assertion's ``aud`` is the issuer identifier (the server refuses anything else),
+    with the token endpoint discovered or given (``--token-url``: the issuer from the
+    metadata that names it)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -63,7 +66,8 @@ def test_private_key_jwt(auth_env, remote, clients, tmp_path, kind, issuer_path)
     (tmp_path / "key.pem").write_bytes(pem)
     server = remote(auth_methods=["private_key_jwt"], registration=False,
                     client_keys={"svc": public.decode()}, issuer_path=issuer_path)
-    client = service(clients, server, "--client-key", str(tmp_path / "key.pem"))
+    flags = ("--token-url", server.issuer + "/token") if given else ()
+    client = service(clients, server, "--client-key", str(tmp_path / "key.pem"), *flags)
     assert tools_of(client) == ["echo", "admin"]
     [request] = server.token_requests
     assert request["client_assertion_type"].endswith("jwt-bearer")
