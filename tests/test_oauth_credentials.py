@@ -4,6 +4,7 @@ metadata, the client authenticated as the server supports (Basic, body, or a sig
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 
@@ -47,8 +48,12 @@ def test_token_url_given_and_a_server_that_wants_basic(auth_env, remote, clients
     assert len(server.token_requests) == 2  # the method that worked is kept
 
 
-@pytest.mark.parametrize("kind", ["rsa", "ec"])
-def test_private_key_jwt(auth_env, remote, clients, tmp_path, kind):
+@pytest.mark.parametrize("kind, issuer_path, given", [
+    ("rsa", "", False), ("ec", "/tenant1", False), ("rsa", "/tenant1", True)])
+def test_private_key_jwt(auth_env, remote, clients, tmp_path, kind, issuer_path, given):
+    """The assertion's ``aud`` is the issuer identifier (the server refuses anything else),
+    with the token endpoint discovered or given (``--token-url``: the issuer from the
+    metadata that names it)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -60,14 +65,17 @@ def test_private_key_jwt(auth_env, remote, clients, tmp_path, kind):
                                            serialization.PublicFormat.SubjectPublicKeyInfo)
     (tmp_path / "key.pem").write_bytes(pem)
     server = remote(auth_methods=["private_key_jwt"], registration=False,
-                    client_keys={"svc": public.decode()})
-    client = service(clients, server, "--client-key", str(tmp_path / "key.pem"))
+                    client_keys={"svc": public.decode()}, issuer_path=issuer_path)
+    flags = ("--token-url", server.issuer + "/token") if given else ()
+    client = service(clients, server, "--client-key", str(tmp_path / "key.pem"), *flags)
     assert tools_of(client) == ["echo", "admin"]
     [request] = server.token_requests
     assert request["client_assertion_type"].endswith("jwt-bearer")
     header = request["client_assertion"].split(".")[0]
     alg = base64.urlsafe_b64decode(header + "==").decode()
     assert ('"RS256"' if kind == "rsa" else '"ES256"') in alg
+    claims = request["client_assertion"].split(".")[1]
+    assert json.loads(base64.urlsafe_b64decode(claims + "=="))["aud"] == server.issuer
     assert "client_secret" not in request
     assert request["client_assertion"] not in client.stderr()
 

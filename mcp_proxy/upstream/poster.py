@@ -158,9 +158,9 @@ class Poster:
                 merged[name] = value
         if self._bearer is not None:  # its header follows, per POST
             merged.pop("Authorization", None)
-        elif self.session.auth is not None:  # HTTPBasicAuth: one static header
-            merged["Authorization"] = requests.auth._basic_auth_str(
-                self.session.auth.username, self.session.auth.password)
+        elif self.session.auth is not None:  # HTTPBasicAuth: one static header, its own
+            merged["Authorization"] = self.session.auth(self._prepared.copy()).headers[
+                "Authorization"]
         lines = [f"POST {self.target} HTTP/1.1", f"Host: {self.host}"]
         try:
             for name, value in merged.items():

@@ -5,9 +5,10 @@ call never holds up the answer to a sampling request it caused). Answers come ba
 or as an event stream. We keep ``Mcp-Session-Id`` and the negotiated protocol version from
 the initialize answer and send both on every later request; after ``initialized`` we open the
 GET stream for the remote's own messages (405, or 404 without a session, means it has
-none). A 404 on our session means it expired, and a refused connection for the GET
-stream means the remote is down: both start recovery, which re-initializes. Closing
-sends DELETE.
+none); later messages wait (bounded) for its answer: a server drops what it sends on a GET
+stream not yet open (the SDK's ``list_roots``). A 404 on our session means it expired, and
+a refused connection for the GET stream means the remote is down: both start recovery,
+which re-initializes. Closing sends DELETE.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 POST_HEADERS = {"Accept": "application/json, text/event-stream",
                 "Content-Type": "application/json", "Accept-Encoding": "identity"}
 RETRY_CAP = 30.0  # seconds: a remote's huge ``retry:`` must not park a request for days
+GET_WAIT = 3.0  # seconds: a remote may send the GET stream's head only with its first event
 
 
 class StreamableUpstream(Upstream):
@@ -45,6 +47,8 @@ class StreamableUpstream(Upstream):
         self._get_stream: gevent.Greenlet | None = None
         self._handshake = Event()  # clear while an initialize is unanswered
         self._handshake.set()
+        self._listening = Event()  # clear while the first GET stream is unanswered
+        self._listening.set()
         self.modern_version: str | None = None  # the 2026-07-28-era version last sent
         self.params_of: dict[str, dict[tuple, str]] = {}  # tool -> {argument path: header}
         self.poster = Poster(http, settings.url, self.timeout)
@@ -106,6 +110,8 @@ class StreamableUpstream(Upstream):
             self._handshake.clear()
         elif not self._handshake.wait(self.settings.read_timeout):
             raise UpstreamError("initialize is still unanswered")
+        elif not self._listening.wait(GET_WAIT):
+            logger.debug("%s: the GET stream is still unanswered; sending anyway", self.name)
         try:
             # later messages need the session id the initialize answer brings
             headers = POST_HEADERS if is_init else self._headers(POST_HEADERS)
@@ -184,25 +190,32 @@ class StreamableUpstream(Upstream):
         return message
 
     def _read_stream(self, request: Message, answer: requests.Response, is_init: bool) -> None:
-        last_id, retry_ms = None, None
-        for attempt in range(4):
-            for event in events(answer):
-                last_id = event.id or last_id
-                if event.retry and event.retry.isascii() and event.retry.isdigit():
-                    retry_ms = int(event.retry)  # anything else is ignored, as SSE says
-                if event.event == "message" and event.data.strip():
-                    got = self._take(event.data, is_init, request)
-                    if got is not None and got.kind == jsonrpc.RESPONSE \
-                            and got.id == request.id:
-                        return
-            if request.kind != jsonrpc.REQUEST:
-                return
-            if not last_id:
-                raise UpstreamError("the answer stream ended before the answer")
-            gevent.sleep(min(retry_ms / 1000, RETRY_CAP) if retry_ms is not None
-                         else backoff(attempt))
-            answer = self._resume(last_id)  # SEP-1699: poll with Last-Event-ID
-        raise UpstreamError("the answer stream kept ending before the answer")
+        # ``answer`` is the caller's to close; each response resuming it is ours
+        first, last_id, retry_ms = answer, None, None
+        try:
+            for attempt in range(4):
+                for event in events(answer):
+                    last_id = event.id or last_id
+                    if event.retry and event.retry.isascii() and event.retry.isdigit():
+                        retry_ms = int(event.retry)  # anything else is ignored, as SSE says
+                    if event.event == "message" and event.data.strip():
+                        got = self._take(event.data, is_init, request)
+                        if got is not None and got.kind == jsonrpc.RESPONSE \
+                                and got.id == request.id:
+                            return
+                if request.kind != jsonrpc.REQUEST:
+                    return
+                if not last_id:
+                    raise UpstreamError("the answer stream ended before the answer")
+                if answer is not first:
+                    answer.close()
+                gevent.sleep(min(retry_ms / 1000, RETRY_CAP) if retry_ms is not None
+                             else backoff(attempt))
+                answer = self._resume(last_id)  # SEP-1699: poll with Last-Event-ID
+            raise UpstreamError("the answer stream kept ending before the answer")
+        finally:
+            if answer is not first:
+                answer.close()
 
     def _resume(self, last_event_id: str) -> requests.Response:
         headers = self._headers({"Accept": "text/event-stream", "Accept-Encoding": "identity",
@@ -212,7 +225,9 @@ class StreamableUpstream(Upstream):
                                    timeout=self.timeout)
         except requests.RequestException as exc:
             raise UpstreamError(f"resume failed: {exc.__class__.__name__}") from exc
-        check_status(answer, "GET (resume)")
+        if answer.status_code >= 300:
+            answer.close()
+            check_status(answer, "GET (resume)")
         return answer
 
     def _initialized_by(self, answer: Message) -> None:
@@ -222,8 +237,10 @@ class StreamableUpstream(Upstream):
 
     def _after_initialized(self) -> None:
         if self._get_stream is None or self._get_stream.dead:
+            self._listening.clear()
             self._get_stream = spawn(self._listen, name=f"{self.name}: GET stream",
                                      on_error=closing(self))
+            self._get_stream.rawlink(lambda _: self._listening.set())  # ended or killed
 
     def _listen(self) -> None:
         """The GET stream for the remote's own messages, reopened while the session lives."""
@@ -243,6 +260,7 @@ class StreamableUpstream(Upstream):
                 logger.info("%s: GET stream failed: %s", self.name,
                             exc if isinstance(exc, UpstreamError) else exc.__class__.__name__)
                 stream = None
+            self._listening.set()  # answered (or failed): the messages held back may go
             if stream is not None:
                 with stream:
                     # without a session, 404 is a stateless server's "no GET stream" too

@@ -168,9 +168,12 @@ class Handler(ProtectedMcp, http.server.BaseHTTPRequestHandler):
             client_id = form.get("client_id")
             key = self.s.sw["client_keys"].get(client_id)
             try:
+                # the issuer identifier alone, as RFC 7523bis requires (not the endpoint)
                 claims = jwt.decode(form["client_assertion"], key, algorithms=["RS256", "ES256"],
-                                    audience=self.s.base + self.s.sw["issuer_path"] + "/token")
+                                    audience=self.s.issuer)
             except Exception:
+                return None
+            if claims.get("aud") != self.s.issuer:  # one string, not a list holding it
                 return None
             return client_id if claims.get("iss") == client_id == claims.get("sub") else None
         else:

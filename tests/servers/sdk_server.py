@@ -128,6 +128,14 @@ def roots(listed: Annotated[ListRootsResult, Resolve(ask_roots)]) -> str:
 
 
 @server.tool()
+async def roots_standalone(ctx: Context) -> str:
+    """Ask roots/list as SDK 1.x servers did (no related request): on streamable HTTP the
+    request rides the GET stream, and is lost if that stream is not open yet."""
+    listed = await ctx.session.list_roots()
+    return ",".join(str(root.uri) for root in listed.roots)
+
+
+@server.tool()
 async def slow(seconds: float) -> str:
     """Sleep, then return "slept"."""
     await asyncio.sleep(seconds)

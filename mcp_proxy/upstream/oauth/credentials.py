@@ -17,7 +17,7 @@ from requests.auth import AuthBase
 
 from mcp_proxy.errors import AuthError, ConfigError, UpstreamError
 from mcp_proxy.settings import ClientSettings
-from mcp_proxy.upstream.oauth.discovery import discover
+from mcp_proxy.upstream.oauth.discovery import Discovery, discover
 from mcp_proxy.upstream.oauth.wire import (
     Client,
     OAuthError,
@@ -62,7 +62,7 @@ class ClientCredentials(AuthBase):
                 self._fetch()
             return self._token
 
-    def _discover(self) -> None:
+    def _found(self) -> Discovery:
         try:
             probe = self.http.get(self.settings.url, stream=True,
                                   headers={"Accept": "text/event-stream"})
@@ -70,16 +70,34 @@ class ClientCredentials(AuthBase):
             raise UpstreamError(f"cannot connect: {exc.__class__.__name__}") from exc
         probe.close()
         challenge = bearer_challenge(probe) if probe.status_code == 401 else {}
-        found = discover(self.http, self.settings.url, challenge)
+        return discover(self.http, self.settings.url, challenge)
+
+    def _discover(self) -> None:
+        found = self._found()
         self.token_url, self.resource = found.endpoint("token_endpoint"), found.resource
+        self.client.audience = _issuer(found)
         supported = found.metadata.get("token_endpoint_auth_methods_supported")
         self.client.method = choose_method(supported, self.client)
         logger.info("token endpoint %s (client authentication %s)", self.token_url,
                     self.client.method)
 
+    def _audience_of_given_endpoint(self) -> None:
+        """--token-url with a key: the issuer whose metadata (found from the remote's) names
+        that endpoint, else the endpoint itself (RFC 7523's first rule)."""
+        try:
+            found = self._found()
+        except UpstreamError as exc:  # no metadata to learn the issuer from
+            logger.info("no authorization server metadata (%s)", exc)
+            found = None
+        same = found is not None and found.endpoint("token_endpoint") == self.token_url
+        self.client.audience = _issuer(found) if same else self.token_url
+        logger.info("client assertions name %s as their audience", self.client.audience)
+
     def _fetch(self) -> None:
         if not self.token_url:
             self._discover()
+        elif self.client.key_pem is not None and self.client.audience is None:
+            self._audience_of_given_endpoint()
         form = {"grant_type": "client_credentials"}
         if self.resource:
             form["resource"] = self.resource
@@ -109,3 +127,9 @@ class ClientCredentials(AuthBase):
         if response.status_code != 401 or getattr(response.request, "_auth_retried", False):
             return response
         return resend(response, self.token(refresh=True), **kwargs)
+
+
+def _issuer(found: Discovery) -> str:
+    """The issuer identifier exactly as the authorization server's metadata spells it."""
+    issuer = found.metadata.get("issuer")
+    return issuer if isinstance(issuer, str) and issuer else found.issuer

@@ -107,6 +107,9 @@ class Client:
     secret: str | None = None
     key_pem: bytes | None = None
     key_alg: str | None = None
+    # private_key_jwt's ``aud``: the authorization server's issuer identifier, which servers
+    # following RFC 7523bis require (None, with --token-url and no metadata: the endpoint)
+    audience: str | None = None
 
     def authenticate(self, token_url: str, data: dict, headers: dict) -> None:
         if self.method == "client_secret_basic":
@@ -118,7 +121,7 @@ class Client:
             data["client_secret"] = self.secret or ""
         elif self.method == "private_key_jwt":
             data["client_assertion_type"] = ASSERTION_TYPE
-            data["client_assertion"] = self.assertion(token_url)
+            data["client_assertion"] = self.assertion(self.audience or token_url)
 
     def assertion(self, audience: str) -> str:
         """An RFC 7523 client assertion signed with our key."""
