@@ -299,6 +299,15 @@ class ClientProcess:
         self.send(rpc("notifications/initialized", None))
         return answer
 
+    def wait_stderr(self, text: str, timeout: float = 10.0) -> str:
+        """The stderr so far once it contains ``text`` (a line is logged after the answer that
+        led to it may have been read); fails after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while text not in (seen := self.stderr()):
+            assert time.monotonic() < deadline, f"{text!r} not on stderr:\n{seen}"
+            time.sleep(0.02)
+        return seen
+
     def stderr(self) -> str:
         if self.proc.poll() is not None:
             self._err_reader.join(5)  # the process is gone: read what it said to the end
