@@ -4,7 +4,8 @@
   it is not running); ``notifications/initialized`` is not forwarded;
 - a request gets the next id of the child's counter, and its ``_meta.progressToken`` becomes
   that id; the answer comes back through fanout.py with the client's own id and token;
-- ``notifications/cancelled`` is forwarded only for the client's own requests in flight;
+- ``notifications/cancelled`` is forwarded only for the client's own requests in flight; a
+  ``notifications/...`` method with an id is refused (-32600);
 - an answer to a server request gets back the child's id;
 - ``logging/setLevel`` is answered here and sets this client's filter (the child gets the most
   verbose level of all clients); ``resources/subscribe`` and ``unsubscribe`` reach the child
@@ -51,6 +52,11 @@ def route(mux: Multiplexer, port: Port, message: Message) -> None:
             logger.info("%s: server not running; dropped %r", port.name, message)
         else:
             mux.send(message)
+    elif method.startswith("notifications/"):
+        # a server may act on the method alone: a cancel sent as a request would reach it
+        # with another client's requestId, which only a notification gets mapped
+        port.offer(jsonrpc.error_message(message.id, jsonrpc.INVALID_REQUEST,
+                                         f"Invalid Request: {method} takes no id"))
     elif method == "initialize":
         _initialize(mux, port, message)
     elif method == "logging/setLevel":
