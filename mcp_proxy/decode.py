@@ -62,8 +62,8 @@ def _unique(pairs: list) -> dict:
 
 _checked = json.JSONDecoder(parse_float=_finite_float, parse_constant=_reject_constant,
                             object_pairs_hook=_unique)
-# bytes that passed ``loads`` once are read again without the checks (Message.obj)
 _plain = json.JSONDecoder(parse_float=_finite_float, parse_constant=_reject_constant)
+_scan = _checked.scan_once
 
 
 def reread(text: str) -> Any:
@@ -78,18 +78,28 @@ def loads(data: bytes | str) -> Any:
     if obj is not None:
         return obj
     text = data.decode("utf-8") if isinstance(data, bytes) else data
-    try:
-        obj = _checked.decode(text)
-    except ValueError:
-        if text.startswith("\ufeff"):  # RFC 8259 §8.1: a parser MAY ignore it, or refuse
-            raise ValueError("a byte order mark (BOM) before the JSON text") from None
-        raise
+    obj = _parse(text)
     if "\\" in text and _SURROGATE_ESCAPE.search(text):
         try:  # only where the text escapes a surrogate: a pair is fine, a lone one is not
             json.dumps(obj, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
             raise Ambiguous("a string holds a lone surrogate (\\ud800-\\udfff)") from None
     return obj
+
+
+def _parse(text: str) -> Any:
+    try:  # the scanner itself: JSONDecoder.decode adds two regex calls for whitespace
+        obj, end = _scan(text, 0)
+        if end == len(text) or not text[end:].strip(" \t\n\r"):
+            return obj
+    except StopIteration:
+        pass
+    try:  # whitespace before the value, or an error to be told
+        return _checked.decode(text)
+    except ValueError:
+        if text.startswith("\ufeff"):  # RFC 8259 §8.1: a parser MAY ignore it, or refuse
+            raise ValueError("a byte order mark (BOM) before the JSON text") from None
+        raise
 
 
 def fast(data: bytes) -> Any:

@@ -148,9 +148,14 @@ def validate(obj: Any) -> dict:
     return obj
 
 
-def _decode(data: bytes | str) -> Any:
+def parse(data: bytes | str) -> Message:
+    """Parse one message from bytes; raise :class:`MessageError` with the JSON-RPC code.
+
+    What peers could read differently (a duplicate member, a lone surrogate: decode.py) is
+    refused with -32600 (Invalid Request), so the bytes forwarded mean what routing read.
+    """
     try:
-        return decode.loads(data)
+        obj = decode.loads(data)
     except UnicodeDecodeError as exc:
         raise MessageError(PARSE_ERROR, f"Parse error: body is not UTF-8 ({exc.reason})")
     except RecursionError:
@@ -160,15 +165,6 @@ def _decode(data: bytes | str) -> Any:
                            "read it differently") from None
     except ValueError as exc:
         raise MessageError(PARSE_ERROR, f"Parse error: {exc}") from None
-
-
-def parse(data: bytes | str) -> Message:
-    """Parse one message from bytes; raise :class:`MessageError` with the JSON-RPC code.
-
-    What peers could read differently (a duplicate member, a lone surrogate: decode.py) is
-    refused with -32600 (Invalid Request), so the bytes forwarded mean what routing read.
-    """
-    obj = _decode(data)
     validate(obj)
     raw = None
     if isinstance(data, bytes):
