@@ -174,6 +174,22 @@ def parse(data: bytes | str) -> Message:
     return Message(obj, raw)
 
 
+def refused_answer(data: bytes, why: str) -> Message | None:
+    """An error answer in place of a server's answer that :func:`parse` refused (a duplicate
+    member, say), so its request does not wait forever; None unless the line is an answer
+    with exactly one top-level id, a valid one (a duplicate id names nobody for sure)."""
+    try:
+        members = json.loads(data, object_pairs_hook=list)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(members, list) or not all(type(m) is tuple for m in members):
+        return None
+    ids = [value for name, value in members if name == "id"]
+    if len(ids) != 1 or not _valid_id(ids[0]) or any(name == "method" for name, _ in members):
+        return None
+    return error_message(ids[0], INTERNAL_ERROR, f"the server's answer was refused: {why}")
+
+
 def error_obj(request_id: Any, code: int, message: str, data: Any = None) -> dict:
     """Build a JSON-RPC error response object (``request_id`` may be None)."""
     error: dict[str, Any] = {"code": code, "message": message}
