@@ -52,11 +52,6 @@ def route(mux: Multiplexer, port: Port, message: Message) -> None:
             logger.info("%s: server not running; dropped %r", port.name, message)
         else:
             mux.send(message)
-    elif method.startswith("notifications/"):
-        # a server may act on the method alone: a cancel sent as a request would reach it
-        # with another client's requestId, which only a notification gets mapped
-        port.offer(jsonrpc.error_message(message.id, jsonrpc.INVALID_REQUEST,
-                                         f"Invalid Request: {method} takes no id"))
     elif method == "initialize":
         _initialize(mux, port, message)
     elif method == "logging/setLevel":
@@ -90,6 +85,12 @@ def _initialize(mux: Multiplexer, port: Port, message: Message) -> None:
 def forward(mux: Multiplexer, port: Port, message: Message, params: dict | None = None) -> None:
     """Send a client's request to the child under the next id (its progress token too, and
     ``params`` entries replaced); the client gets an error if the child cannot take it."""
+    if message.method.startswith("notifications/"):
+        # a server may act on the method alone: a cancel sent as a request would reach it
+        # with another client's requestId, which only a notification gets mapped
+        port.offer(jsonrpc.error_message(message.id, jsonrpc.INVALID_REQUEST,
+                                         f"Invalid Request: {message.method} takes no id"))
+        return
     try:
         mux.ensure_started()
     except SpawnError as exc:
