@@ -20,6 +20,8 @@ Checked after every step:
   itself carries an id the client sent;
 - a cancel the child reads names a request of the client that sent it;
 - the child hears an answer to its server request only from the client it went to.
+
+A client may also leave: the proxy then cancels its requests on its own account.
 """
 
 from __future__ import annotations
@@ -142,6 +144,8 @@ class World:
             message = jsonrpc.parse(raw)
         except MessageError:
             return  # the edge answers 400: nothing reaches the multiplexer
+        if self.ports[n].closed.is_set():
+            return
         self.sender, self.reading = n, message.id
         if message.id is not None:
             self.sent_ids[n].add(_key(message.id))
@@ -270,6 +274,7 @@ def steps(clients: int):
         st.tuples(st.just("answer"), st.integers(0, 9), st.none()),
         st.tuples(st.just("ask"), st.none(), st.none()),
         st.tuples(st.just("reply"), client, st.integers(0, 9)),
+        st.tuples(st.just("close"), client, st.none()),
     ), min_size=1, max_size=40)
 
 
@@ -290,6 +295,8 @@ def run(clients: int, plan, data) -> None:
             world.child.ask()
         elif action == "reply":
             world.reply(who, what)
+        elif action == "close":  # the session ends: the proxy cancels its requests
+            world.ports[who].close("client left")
 
 
 SETTINGS = settings(max_examples=200, deadline=None, database=None,
