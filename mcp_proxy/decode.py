@@ -15,8 +15,10 @@ an ``object_pairs_hook`` that sees every member. A large one goes through orjson
 faster on a large string), which keeps the last duplicate silently; its tree is checked
 without parsing again: the members in the bytes are counted from the positions of the quotes
 (found by ``bytes.find``, i.e. memchr), the members in the tree by a walk, and any duplicate
-makes the first count larger. A large message with many quotes or many values, where that
-check would cost more than it saves, is parsed by the standard library instead.
+makes the first count larger. A large message with over ``_FEW_QUOTES`` quotes, where that
+check would cost more than orjson saves, goes to the standard library before orjson runs; one
+with few quotes but over ``_FEW_VALUES`` values (a long array of numbers) is parsed by it again
+once the walk gives up: the only case of two parses of an accepted message.
 """
 
 from __future__ import annotations
