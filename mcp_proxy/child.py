@@ -236,6 +236,9 @@ class StdioChild(Link):
         except MessageError as exc:
             logger.warning("%s: skipped a stdout line that is not JSON-RPC (%s): %.200r",
                            self.name, exc.message, line)
+            answer = jsonrpc.refused_answer(line, exc.message)
+            if answer is not None:  # its request gets an error, not a wait
+                self.deliver(answer)
             return
         self._pass(message)
 

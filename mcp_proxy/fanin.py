@@ -5,7 +5,8 @@
 - a request gets the next id of the child's counter, and its ``_meta.progressToken`` becomes
   that id; the answer comes back through fanout.py with the client's own id and token;
 - ``notifications/cancelled`` is forwarded only for the client's own requests in flight, and
-  frees the request here (a late answer is dropped);
+  frees the request here (a late answer is dropped); a ``notifications/...`` method with an
+  id is refused (-32600);
 - an answer to a server request gets back the child's id;
 - ``logging/setLevel`` is answered here and sets this client's filter (the child gets the most
   verbose level of all clients); ``resources/subscribe`` and ``unsubscribe`` reach the child
@@ -89,6 +90,12 @@ def _initialize(mux: Multiplexer, port: Port, message: Message) -> None:
 def forward(mux: Multiplexer, port: Port, message: Message, params: dict | None = None) -> None:
     """Send a client's request to the child under the next id (its progress token too, and
     ``params`` entries replaced); the client gets an error if the child cannot take it."""
+    if message.method.startswith("notifications/"):
+        # a server may act on the method alone: a cancel sent as a request would reach it
+        # with another client's requestId, which only a notification gets mapped
+        port.offer(jsonrpc.error_message(message.id, jsonrpc.INVALID_REQUEST,
+                                         f"Invalid Request: {message.method} takes no id"))
+        return
     try:
         mux.ensure_started()
     except SpawnError as exc:

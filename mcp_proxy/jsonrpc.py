@@ -7,11 +7,9 @@ with (one line, no newline) beside the parsed object that routing reads.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
-import orjson
-
+from mcp_proxy import decode
 from mcp_proxy.errors import MessageError
 
 PARSE_ERROR = -32700
@@ -21,20 +19,6 @@ CONNECTION_CLOSED = -32000
 REQUEST_CANCELLED = -32800
 
 REQUEST, NOTIFICATION, RESPONSE = "request", "notification", "response"
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number out of range: {text[:40]}")
-    return value
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_decoder = json.JSONDecoder(parse_float=_finite_float, parse_constant=_reject_constant)
 
 
 def encode(obj: Any) -> bytes:
@@ -47,14 +31,21 @@ def id_key(request_id: Any) -> tuple[bool, Any]:
     return (isinstance(request_id, str), request_id)
 
 
+# A JavaScript peer reads a larger integer rounded (2**53 + 1 as 2**53) and would answer
+# another id; I-JSON (RFC 7493) keeps integers to this range for that reason.
+SAFE_INTEGER = 2**53 - 1
+
+
 def _valid_id(value: Any) -> bool:
-    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+    return isinstance(value, str) or (
+        isinstance(value, int) and not isinstance(value, bool)
+        and -SAFE_INTEGER <= value <= SAFE_INTEGER)
 
 
 # Above this size a parsed message keeps only what routing reads, not a second copy of its
 # payload: a queued 128 KiB answer then costs 128 KiB, not twice that.
 SLIM_ABOVE = 32 << 10
-_ROUTING_PARAMS = ("requestId", "progressToken", "_meta", "requestState")  # + short name, uri
+_ROUTING_PARAMS = decode.ROUTING_PARAMS  # + short name, uri
 _SHORT = 1024
 
 
@@ -95,7 +86,7 @@ class Message:
     @property
     def obj(self) -> dict:
         """The whole message (parsed again from ``raw`` if only its routing view is kept)."""
-        return self._obj if self._whole else _decoder.decode(self.raw.decode("utf-8"))
+        return self._obj if self._whole else decode.reread(self.raw.decode("utf-8"))
 
     @property
     def id(self) -> Any:
@@ -143,7 +134,8 @@ def validate(obj: Any) -> dict:
     if obj.get("jsonrpc") != "2.0":
         raise MessageError(INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"')
     if "id" in obj and not _valid_id(obj["id"]):
-        raise MessageError(INVALID_REQUEST, "Invalid Request: id must be a string or an integer")
+        raise MessageError(INVALID_REQUEST, "Invalid Request: id must be a string or an integer"
+                           f" (within ±{SAFE_INTEGER}, which every JSON parser reads exactly)")
     if "method" in obj:
         if not isinstance(obj["method"], str):
             raise MessageError(INVALID_REQUEST, "Invalid Request: method must be a string")
@@ -156,65 +148,23 @@ def validate(obj: Any) -> dict:
     return obj
 
 
-def _fast_decode(data: bytes) -> Any:
-    """orjson's parse of a large message, or None where it could differ from the standard
-    library's: anything orjson refuses (the standard library then gives the error, or accepts
-    what it accepts: NaN is refused either way, a lone surrogate escape is not) and an integer
-    past 64 bits, which orjson makes a float, where routing reads it."""
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    if isinstance(obj, dict) and _float_routed(obj):
-        return None
-    return obj
-
-
-def _float_routed(obj: dict) -> bool:
-    """Whether a value routing reads (id, a cancel's requestId, ``_meta``, an error's code)
-    is a float: a JSON integer past 64 bits would have been an int."""
-    params = obj.get("params")
-    error = obj.get("error")
-    routed = [obj.get("id"), error.get("code") if isinstance(error, dict) else None]
-    if isinstance(params, dict):
-        routed += [params.get(key) for key in _ROUTING_PARAMS]
-    while routed:
-        value = routed.pop()
-        if isinstance(value, float):
-            return True
-        if isinstance(value, dict):
-            routed.extend(value.values())
-        elif isinstance(value, list):
-            routed.extend(value)
-    return False
-
-
-def _decode(data: bytes | str) -> Any:
-    if isinstance(data, bytes):
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise MessageError(PARSE_ERROR, f"Parse error: body is not UTF-8 ({exc.reason})")
-    else:
-        text = data
-    try:
-        return _decoder.decode(text)
-    except RecursionError:
-        raise MessageError(PARSE_ERROR, "Parse error: JSON nested too deeply") from None
-    except ValueError as exc:
-        raise MessageError(PARSE_ERROR, f"Parse error: {exc}") from None
-
-
 def parse(data: bytes | str) -> Message:
     """Parse one message from bytes; raise :class:`MessageError` with the JSON-RPC code.
 
-    A large message goes through orjson, which validates UTF-8 and decodes in one pass, 2-3x
-    faster than ``bytes.decode`` plus the standard library; whatever it refuses or could read
-    differently is parsed again by the standard library, so errors and values are the same.
+    What peers could read differently (a duplicate member, a lone surrogate: decode.py) is
+    refused with -32600 (Invalid Request), so the bytes forwarded mean what routing read.
     """
-    obj = _fast_decode(data) if isinstance(data, bytes) and len(data) > SLIM_ABOVE else None
-    if obj is None:
-        obj = _decode(data)
+    try:
+        obj = decode.loads(data)
+    except UnicodeDecodeError as exc:
+        raise MessageError(PARSE_ERROR, f"Parse error: body is not UTF-8 ({exc.reason})")
+    except RecursionError:
+        raise MessageError(PARSE_ERROR, "Parse error: JSON nested too deeply") from None
+    except decode.Ambiguous as exc:
+        raise MessageError(INVALID_REQUEST, f"Invalid Request: {exc}: JSON parsers "
+                           "read it differently") from None
+    except ValueError as exc:
+        raise MessageError(PARSE_ERROR, f"Parse error: {exc}") from None
     validate(obj)
     raw = None
     if isinstance(data, bytes):
@@ -222,6 +172,22 @@ def parse(data: bytes | str) -> Message:
         if b"\n" in raw or b"\r" in raw:
             raw = None  # re-encode: stdio framing needs exactly one line
     return Message(obj, raw)
+
+
+def refused_answer(data: bytes, why: str) -> Message | None:
+    """An error answer in place of a server's answer that :func:`parse` refused (a duplicate
+    member, say), so its request does not wait forever; None unless the line is an answer
+    with exactly one top-level id, a valid one (a duplicate id names nobody for sure)."""
+    try:
+        members = json.loads(data, object_pairs_hook=list)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(members, list) or not all(type(m) is tuple for m in members):
+        return None
+    ids = [value for name, value in members if name == "id"]
+    if len(ids) != 1 or not _valid_id(ids[0]) or any(name == "method" for name, _ in members):
+        return None
+    return error_message(ids[0], INTERNAL_ERROR, f"the server's answer was refused: {why}")
 
 
 def error_obj(request_id: Any, code: int, message: str, data: Any = None) -> dict:

@@ -329,7 +329,7 @@ def test_simultaneous_first_messages_start_one_child(raw_proxy):
 
 def test_large_messages_are_judged_as_small_ones_are(raw_proxy):
     """Big bodies and answers (parsed by orjson) keep their bytes; valid JSON that orjson
-    reads differently still passes, invalid JSON gets the 400 a small body gets."""
+    refuses or reads differently and invalid JSON get the 400 a small body gets."""
     headers = open_streamable(raw_proxy.base)
     url = raw_proxy.base + "/mcp"
     text = 'é"\\x\u4e2d' * 100000  # escapes and multi-byte characters, ~1.6 MiB in JSON
@@ -339,10 +339,14 @@ def test_large_messages_are_judged_as_small_ones_are(raw_proxy):
     pad = b'"pad":"' + b"x" * 100000 + b'"'
     odd = (b'{"jsonrpc":"2.0","id":18446744073709551616,"method":"nope","params":{"s":"\\ud800",'
            + pad + b"}}")
-    answer = requests.post(url, data=odd, headers=headers, timeout=30)
-    assert answer.status_code == 200
-    assert json.loads(answer.content) == {"jsonrpc": "2.0", "id": 18446744073709551616,
-                                          "error": {"code": -32601, "message": "Method not found"}}
+    for body in (odd, odd.replace(pad + b"}}", b'"x":1}}')):  # large, and small
+        answer = requests.post(url, data=body, headers=headers, timeout=30)
+        assert answer.status_code == 400  # an id a JavaScript peer would read rounded
+        assert answer.json()["error"]["code"] == -32600
+    answer = requests.post(url, data=odd.replace(b"18446744073709551616", b"5"),
+                           headers=headers, timeout=30)
+    assert answer.status_code == 400  # a lone surrogate, which parsers read differently
+    assert "lone surrogate" in answer.json()["error"]["message"]
     for bad, says in ((b'{"jsonrpc":"2.0","id":2,"method":"x","params":{"v":NaN,' + pad + b"}}",
                        "NaN is not valid JSON"),
                       (b'{"jsonrpc":"2.0","id":3,"method":"x","params":{"v":"\xff",' + pad + b"}}",
