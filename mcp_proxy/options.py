@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import shlex
 
 from mcp_proxy import __version__
@@ -22,6 +21,7 @@ from mcp_proxy.settings import (
     check_server_name,
     load_named_servers,
 )
+from mcp_proxy.values import Parser, check_url, port_number, positive, size
 
 logger = logging.getLogger("mcp_proxy")
 
@@ -38,28 +38,9 @@ examples:
     mcp-proxy --headers Authorization 'Bearer TOKEN' https://host/sse
 """
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
-
-
-def size(text: str) -> int:
-    """Parse a byte count: ``4194304``, ``4MiB``, ``512k``, ``1G``."""
-    match = _SIZE.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 4MiB or 4194304)")
-    unit = (match.group(2) or "b")[0].lower()
-    return int(match.group(1)) * {"b": 1, "k": 1 << 10, "m": MiB, "g": 1 << 30}[unit]
-
-
-def positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0: {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mcp-proxy",
+    parser = Parser(
+        prog="mcp-proxy", allow_abbrev=False,
         description="Bridge MCP transports. Server mode spawns a stdio MCP server per client "
                     "session and serves it over HTTP+SSE (/sse) and Streamable HTTP (/mcp); "
                     "client mode (a URL as the first argument) is a stdio MCP server that "
@@ -98,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--oauth-client-metadata-url", metavar="URL",
                         help="sign in with this Client ID Metadata Document URL as client id "
                              "(when the server supports it)")
-    client.add_argument("--oauth-callback-port", type=int, default=None, metavar="PORT",
+    client.add_argument("--oauth-callback-port", type=port_number, default=None, metavar="PORT",
                         help="port of the sign-in callback on 127.0.0.1 (default: a stable "
                              "port derived from the URL)")
     client.add_argument("--oauth-no-browser", action="store_true",
@@ -138,15 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar=("NAME", "COMMAND_STRING"),
                        help="also serve COMMAND_STRING under /servers/NAME/; repeatable")
     stdio.add_argument("--named-server-config", metavar="FILE",
-                       help='JSON file {"mcpServers": {NAME: {command, args, env}}}; '
-                            "replaces --named-server")
+                       help='JSON file {"mcpServers": {NAME: {"command", "args", "env", '
+                            '"cwd", "enabled", "shared", "maxSessions"}}} (Claude Desktop\'s '
+                            'shape; only "command" is required); replaces --named-server')
 
     server = parser.add_argument_group("HTTP server (server mode)")
-    server.add_argument("--port", type=int, default=None,
+    server.add_argument("--port", type=port_number, default=None, metavar="PORT",
                         help="port to listen on (default 0: a free one, logged at start)")
-    server.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
-    server.add_argument("--sse-port", type=int, default=None, help="(deprecated) same as --port")
-    server.add_argument("--sse-host", default=None, help="(deprecated) same as --host")
+    server.add_argument("--host", default=None, metavar="HOST",
+                        help="address to bind (default 127.0.0.1)")
+    server.add_argument("--sse-port", type=port_number, default=None, metavar="PORT",
+                        help="deprecated: use --port")
+    server.add_argument("--sse-host", default=None, metavar="HOST",
+                        help="deprecated: use --host")
     server.add_argument("--stateless", action=argparse.BooleanOptionalAction, default=False,
                         help="stateless Streamable HTTP: /mcp without sessions, every POST "
                              "served by one shared server process (implies --shared-child)")
@@ -158,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "every server is shared)")
     server.add_argument("--redis-url", default=os.environ.get("MCP_PROXY_REDIS_URL") or None,
                         metavar="URL",
-                        help="redis:// or rediss:// URL of a private Redis through which "
-                             "several workers or hosts serve every session (default: "
+                        help="redis://, rediss:// (TLS) or unix:// (socket path) URL of a "
+                             "private Redis through which several workers or hosts serve "
+                             "every session; user and password go in the URL (default: "
                              "$MCP_PROXY_REDIS_URL; none: sessions live in one process)")
     server.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                         help="browser origin allowed to call us, '*' for any; repeatable")
@@ -222,6 +208,9 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
             if not argv:
                 raise ConfigError(f"--named-server {name}: empty command")
             servers[name] = ServerSpec(argv[0], argv[1:], {}, None, ns.pass_environment)
+    for old, new in (("--sse-port", "--port"), ("--sse-host", "--host")):
+        if getattr(ns, old[2:].replace("-", "_")) is not None:
+            logger.warning("%s is deprecated and will go: use %s", old, new)
     shared = ns.stateless or ns.shared_child
     for spec in servers.values():
         spec.shared = spec.shared or shared
@@ -263,8 +252,10 @@ def client_settings(ns: argparse.Namespace) -> ClientSettings:
             verify = ns.verify_ssl
     if ns.args:
         raise ConfigError(f"client mode takes one URL; unexpected: {' '.join(ns.args)}")
-    if ns.oauth_callback_port is not None and not 0 < ns.oauth_callback_port < 65536:
-        raise ConfigError(f"--oauth-callback-port {ns.oauth_callback_port}: not a port")
+    check_url(ns.command_or_url)
+    if ns.oauth_callback_port == 0:
+        raise ConfigError("--oauth-callback-port 0: the sign-in callback needs a fixed port "
+                          "(1 to 65535); leave the flag out for a stable one")
     if ns.protocol_era == "modern" and ns.transport == "sse":
         raise ConfigError("--protocol-era modern needs Streamable HTTP: add --transport "
                           "streamablehttp (the SSE transport is of the 2025 era)")
