@@ -33,8 +33,8 @@ examples:
     mcp-proxy uvx mcp-server-fetch --port 8080 -e KEY VALUE -e OTHER VALUE
     mcp-proxy --named-server fetch 'uvx mcp-server-fetch' --port 8080
   client mode (be a stdio server for a desktop client, forward to a remote server):
-    mcp-proxy http://localhost:8080/sse
-    mcp-proxy --transport streamablehttp http://localhost:8080/mcp
+    mcp-proxy http://localhost:8080/mcp      (Streamable HTTP, else SSE)
+    mcp-proxy --transport sse http://localhost:8080/sse
     mcp-proxy --headers Authorization 'Bearer TOKEN' https://host/sse
 """
 
@@ -55,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     client = parser.add_argument_group("client mode (remote SSE / Streamable HTTP server)")
     client.add_argument("-H", "--headers", nargs=2, action="append", default=[],
                         metavar=("KEY", "VALUE"), help="HTTP header for the remote; repeatable")
-    client.add_argument("--transport", choices=["sse", "streamablehttp", "auto"], default="sse",
-                        help="remote transport (default sse); auto tries Streamable HTTP first")
+    client.add_argument("--transport", choices=["sse", "streamablehttp", "auto"], default="auto",
+                        help="remote transport (default auto: Streamable HTTP, then SSE if the "
+                             "remote refuses initialize with 400, 404 or 405; sse: only SSE, "
+                             "the default of 0.13)")
     client.add_argument("--protocol-era", choices=["auto", "legacy", "modern"], default="auto",
                         help="the remote's protocol era, for a 2025-era client over Streamable "
                         "HTTP (default auto: initialize first, and bridge to a remote that "
@@ -257,10 +259,12 @@ def client_settings(ns: argparse.Namespace) -> ClientSettings:
         raise ConfigError("--oauth-callback-port 0: the sign-in callback needs a fixed port "
                           "(1 to 65535); leave the flag out for a stable one")
     if ns.protocol_era == "modern" and ns.transport == "sse":
-        raise ConfigError("--protocol-era modern needs Streamable HTTP: add --transport "
-                          "streamablehttp (the SSE transport is of the 2025 era)")
+        raise ConfigError("--protocol-era modern needs Streamable HTTP: leave out --transport "
+                          "sse (the SSE transport is of the 2025 era)")
+    # a 2026-07-28 remote speaks Streamable HTTP only: nothing to fall back to
+    transport = "streamablehttp" if ns.protocol_era == "modern" else ns.transport
     return ClientSettings(
-        url=ns.command_or_url, transport=ns.transport, protocol_era=ns.protocol_era,
+        url=ns.command_or_url, transport=transport, protocol_era=ns.protocol_era,
         headers=dict(ns.headers),
         username=ns.username, password=ns.password, digest=ns.digest,
         client_id=ns.client_id, client_secret=ns.client_secret, token_url=ns.token_url,

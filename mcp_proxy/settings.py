@@ -132,7 +132,7 @@ class ClientSettings:
     """Client mode: the remote server and how to reach it."""
 
     url: str
-    transport: str = "sse"  # sse | streamablehttp | auto
+    transport: str = "auto"  # auto (Streamable HTTP, else SSE) | sse | streamablehttp
     protocol_era: str = "auto"  # auto | legacy | modern (Streamable HTTP only)
     headers: dict[str, str] = field(default_factory=dict)
     username: str | None = None

@@ -437,9 +437,9 @@ def test_a_header_mismatch_lists_the_tools_again_and_retries_once(modern_remote,
 
 def test_protocol_era_modern_needs_streamable_http():
     done = subprocess.run([sys.executable, "-m", "mcp_proxy", "--protocol-era", "modern",
-                           "http://127.0.0.1:9/sse"], capture_output=True, text=True,
-                          timeout=30, stdin=subprocess.DEVNULL)
-    assert done.returncode != 0 and "--transport streamablehttp" in done.stderr
+                           "--transport", "sse", "http://127.0.0.1:9/sse"],
+                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert done.returncode != 0 and "leave out --transport sse" in done.stderr
 
 
 def test_the_bridge_speaks_the_modern_version_the_remote_names(scripted, clients):

@@ -1,20 +1,28 @@
-"""The first tries of a new user (issue 19): every mistake in arguments fails at once, in
-one line that names the value and the fix.
+"""The first tries of a new user (issue 19): client mode's default transport finds the
+server's, for every kind of desktop client; every mistake in arguments fails at once, in one
+line that names the value and the fix; only what can heal is retried.
 
-Everything runs through the real command in a subprocess.
+Everything runs through the real command in a subprocess; the desktop clients are the
+official Python SDK (tests/sdk_driver.py) and the MCP Inspector's CLI.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 import socket
 import subprocess
 import sys
 
 import pytest
+from test_inspector import inspector_cli, run_inspector  # noqa: F401 (a fixture)
+from test_sdk_e2e import start_remote
 
-from conftest import RAW_SERVER, ProxyProcess
+from conftest import INIT_PARAMS, RAW_SERVER, ProxyProcess, Scripted, rpc, run_driver
 
+PROXY = shlex.join([sys.executable, "-m", "mcp_proxy"])  # no --transport: the default
+MODERN = "2026-07-28"
 LOG_PREFIX = r"^\S+ \S+ ERROR mcp_proxy\S*: "  # the logging format's date, time and level
 
 
@@ -29,6 +37,70 @@ def one_error_line(done: subprocess.CompletedProcess) -> str:
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
     return re.sub(LOG_PREFIX, "", lines[0])
+
+
+@pytest.fixture
+def remote():
+    """``remote(transport, era)``: the SDK fixture server over HTTP; its URL."""
+    started = []
+
+    def start(transport: str, era: str = "both") -> str:
+        server, port = start_remote(transport, "--era", era)
+        started.append(server)
+        return f"http://127.0.0.1:{port}/{'sse' if transport == 'sse' else 'mcp'}"
+
+    yield start
+    for server in started:
+        server.terminate()
+        server.wait(10)
+
+
+# --- the default transport, for every kind of desktop client ------------------------------
+
+@pytest.mark.parametrize("transport, era, mode, args", [
+    ("sse", "both", "legacy", ""),  # an SSE-only server: the 2025-era client
+    ("sse", "both", "auto", ""),  # ... and the dual-era one (its server/discover is refused)
+    ("sse", "both", "auto", "--transport auto"),  # as said, not only by default
+    ("streamable-http", "legacy", "auto", ""),  # dual-era client, 2025-era Streamable server
+    ("streamable-http", "both", "legacy", ""),
+    ("streamable-http", "both", "auto", ""),
+    ("streamable-http", "both", MODERN, ""),
+])
+def test_the_default_transport_finds_the_servers(remote, transport, era, mode, args):
+    report = run_driver("stdio", f"{PROXY} {args} {remote(transport, era)}", "echo", "sample",
+                        extra=("--mode", mode))
+    assert (report["echo"], report["sample"]) == ("hello", "sampled:hi there"), report
+    modern = transport != "sse" and era != "legacy" and mode != "legacy"
+    assert (report["session"]["protocolVersion"] == MODERN) == modern, report["session"]
+
+
+def test_the_inspector_cli_of_both_eras_reaches_an_sse_only_server(inspector_cli,  # noqa: F811
+                                                                   remote, tmp_path):
+    url = remote("sse")
+    for era, args in (("auto", []), ("auto", ["--transport", "auto"]), ("legacy", [])):
+        called = run_inspector(inspector_cli, tmp_path, "--transport", "stdio",
+                               "--protocol-era", era, "--method", "tools/call",
+                               "--tool-name", "echo", "--tool-arg", f"text={era}",
+                               "--", sys.executable, "-m", "mcp_proxy", *args, url)
+        assert called["content"] == [{"type": "text", "text": era}], (era, args)
+
+
+def test_neither_transport_answers_the_first_request_and_exits(clients):
+    """A URL that is neither endpoint (here, our own server mode's /status): the client's
+    initialize gets the reason, the process exits 1 at once."""
+    server = ProxyProcess("--", *RAW_SERVER).started()
+    try:
+        client = clients(server.base + "/status")
+        answer = client.call(rpc("initialize", 0, **INIT_PARAMS))
+        assert client.proc.wait(15) == 1
+    finally:
+        server.stop()
+    text = (f"{server.base}/status speaks neither Streamable HTTP (initialize answered 405) "
+            f"nor SSE: GET {server.base}/status: answered application/json, not "
+            f"text/event-stream: retrying cannot help; check the URL (the server's "
+            f"Streamable HTTP or SSE endpoint) and the -H headers")
+    assert answer["error"]["message"] == text
+    assert text in client.stderr()
 
 
 # --- what cannot heal fails at once, in one line ---------------------------------------------
@@ -103,11 +175,69 @@ def test_the_deprecated_sse_port_warns_naming_its_replacement():
         server.stop()
 
 
+class Refusing(Scripted):
+    """Answers every request with the status in ``server.status``, counting them."""
+
+    def _refuse(self) -> None:
+        self.server.hits += 1
+        self.reply(self.server.status, b'{"detail": "no"}')
+
+    do_GET = do_POST = _refuse
+
+
+@pytest.mark.parametrize("transport", ["sse", "streamablehttp", "auto"])
+def test_a_4xx_that_cannot_heal_fails_at_once(scripted, transport):
+    server, base = scripted(Refusing, status=400, hits=0)
+    done = run_cli("--transport", transport, "--start-timeout", "60", base + "/sse",
+                   stdin=json.dumps(rpc("initialize", 0, **INIT_PARAMS)) + "\n", timeout=20)
+    assert done.returncode == (0 if transport == "streamablehttp" else 1), done.stderr
+    assert "retrying" not in done.stderr.replace("retrying cannot help", "")
+    assert server.hits <= 3  # the probe GET, the initialize POST, the SSE GET (auto)
+    if transport != "streamablehttp":  # there the POST's 400 is the initialize's answer
+        assert (f"GET {base}/sse: HTTP 400 Bad Request: retrying cannot help; check the URL "
+                f"(the server's Streamable HTTP or SSE endpoint) and the -H headers"
+                ) in done.stderr
+
+
+@pytest.mark.parametrize("status", [404, 408, 429])
+def test_a_4xx_that_may_heal_is_retried(scripted, status):
+    server, base = scripted(Refusing, status=status, hits=0)
+    done = run_cli("--transport", "sse", "--start-timeout", "1", base + "/sse", timeout=20)
+    assert done.returncode == 1
+    assert f"GET {base}/sse: HTTP {status}" in done.stderr and "; retrying" in done.stderr
+    assert server.hits >= 2
+
+
+# --- credentials ---------------------------------------------------------------------------
+
+@pytest.fixture
+def token_remote():
+    """Our own server mode, taking a plain bearer token (no OAuth metadata anywhere)."""
+    server = ProxyProcess("--auth-token", "t0ken", "--", *RAW_SERVER).started()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("args, said", [
+    ([], "the remote wants credentials (401) and we sent no Authorization header: pass a "
+         "token with -H Authorization 'Bearer TOKEN' or API_ACCESS_TOKEN=TOKEN"),
+    (["-H", "Authorization", "Bearer wrong"], "the remote refused our credentials (401)"),
+])
+def test_a_401_says_whether_credentials_were_sent(token_remote, clients, args, said):
+    url = token_remote.base + "/mcp"
+    client = clients("--no-oauth", *args, url)
+    answer = client.call(rpc("initialize", 0, **INIT_PARAMS))
+    assert client.proc.wait(15) == 1
+    prefix = f"authentication failed: GET {url}: "
+    assert answer["error"]["message"] == prefix + said
+    assert client.stderr().endswith(f"ERROR mcp_proxy.client: {prefix}{said}\n")
+
+
 # --- --help says what the code does ----------------------------------------------------------
 
 def test_help_names_what_the_code_accepts():
     text = " ".join(run_cli("--help").stdout.split())
     for accepted in ("redis://, rediss:// (TLS) or unix://", '"cwd", "enabled", "shared", '
-                     '"maxSessions"',
+                     '"maxSessions"', "default auto: Streamable HTTP, then SSE",
                      "--sse-port PORT deprecated: use --port"):
         assert accepted in text, accepted
