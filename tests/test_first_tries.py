@@ -218,6 +218,18 @@ def token_remote():
     server.stop()
 
 
+def test_no_token_for_a_plain_bearer_remote_says_how_to_pass_one(token_remote, clients,
+                                                                  tmp_path):
+    url = token_remote.base + "/mcp"
+    client = clients("--oauth-no-browser", url, env={"HOME": str(tmp_path)})
+    answer = client.call(rpc("initialize", 0, **INIT_PARAMS))
+    assert answer["error"]["message"] == (
+        f"client registration at {token_remote.base}/register refused (HTTP 404): {url} "
+        f"answered 401 but publishes no OAuth metadata; if it takes a plain bearer token, "
+        f"pass a token with -H Authorization 'Bearer TOKEN' or API_ACCESS_TOKEN=TOKEN")
+    assert client.close() == 0
+
+
 @pytest.mark.parametrize("args, said", [
     ([], "the remote wants credentials (401) and we sent no Authorization header: pass a "
          "token with -H Authorization 'Bearer TOKEN' or API_ACCESS_TOKEN=TOKEN"),
