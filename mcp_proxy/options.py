@@ -21,7 +21,7 @@ from mcp_proxy.settings import (
     check_server_name,
     load_named_servers,
 )
-from mcp_proxy.values import Parser, check_url, port_number, positive, size
+from mcp_proxy.values import Parser, check_headers, check_url, port_number, positive, size
 
 logger = logging.getLogger("mcp_proxy")
 
@@ -214,9 +214,12 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
         if getattr(ns, old[2:].replace("-", "_")) is not None:
             logger.warning("%s is deprecated and will go: use %s", old, new)
     shared = ns.stateless or ns.shared_child
-    for spec in servers.values():
+    for name, spec in servers.items():
         spec.shared = spec.shared or shared
-        spec.check()
+        try:
+            spec.check()
+        except ConfigError as exc:
+            raise ConfigError(f"server {name!r}: {exc}" if name else str(exc)) from None
     max_sessions = ns.max_sessions
     if max_sessions is None:
         max_sessions = 1000 if all(spec.shared for spec in servers.values()) else 100
@@ -255,6 +258,7 @@ def client_settings(ns: argparse.Namespace) -> ClientSettings:
     if ns.args:
         raise ConfigError(f"client mode takes one URL; unexpected: {' '.join(ns.args)}")
     check_url(ns.command_or_url)
+    check_headers(ns.headers)
     if ns.oauth_callback_port == 0:
         raise ConfigError("--oauth-callback-port 0: the sign-in callback needs a fixed port "
                           "(1 to 65535); leave the flag out for a stable one")

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from mcp_proxy.errors import ConfigError
 from mcp_proxy.settings import MiB
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP field name (RFC 9110)
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 
 
@@ -95,3 +96,15 @@ def check_url(url: str) -> None:
         PreparedRequest().prepare_url(url, None)
     except Exception:  # InvalidURL, or urllib3's LocationParseError and kin
         raise ConfigError(f"URL {shown!r} is malformed: {example}") from None
+
+
+def check_headers(headers: list[tuple[str, str]]) -> None:
+    """Refuse a -H that no request could carry (the value, maybe a secret, is not shown)."""
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name):
+            raise ConfigError(f"-H {name!r}: not a header name (letters, digits and "
+                              f"!#$%&'*+-.^_`|~, no spaces or colon): e.g. -H Authorization "
+                              f"'Bearer TOKEN'")
+        if any(c in value for c in "\r\n\0") or value[:1] in (" ", "\t"):
+            raise ConfigError(f"-H {name!r}: the value has a line break, a NUL or leading "
+                              f"blanks: give it on one line, trimmed")

@@ -147,6 +147,46 @@ def test_a_mistaken_argument_is_one_line_naming_the_fix(args, line):
     assert one_error_line(done) == f"mcp-proxy: error: {line}; see mcp-proxy --help"
 
 
+@pytest.mark.parametrize("header, line", [
+    (["Bad Header", "v"], "-H 'Bad Header': not a header name (letters, digits and "
+                          "!#$%&'*+-.^_`|~, no spaces or colon): e.g. -H Authorization "
+                          "'Bearer TOKEN'"),
+    (["X-Key", "s3cret\nmore"], "-H 'X-Key': the value has a line break, a NUL or leading "
+                                "blanks: give it on one line, trimmed"),
+])
+def test_a_header_no_request_can_carry_is_refused(header, line):
+    done = run_cli("-H", *header, "--start-timeout", "60", "http://127.0.0.1:9/mcp",
+                   timeout=15)
+    assert done.returncode == 1
+    assert one_error_line(done) == line  # and never the value, which may be a secret
+
+
+@pytest.mark.parametrize("entry, line", [
+    ({"command": "echo", "cwd": 5}, "server 'a': \"cwd\" must be a directory name (a string)"),
+    ({"command": "echo", "enabled": "no"}, "server 'a': \"enabled\" must be true or false"),
+    ({"command": "echo", "cwd": "/no/such/dir"},
+     "server 'a': working directory (--cwd) '/no/such/dir' is not a directory"),
+])
+def test_a_config_file_mistake_names_the_server_and_field(tmp_path, entry, line):
+    config = tmp_path / "servers.json"
+    config.write_text(json.dumps({"mcpServers": {"a": entry}}))
+    done = run_cli("--named-server-config", str(config), timeout=15)
+    assert done.returncode == 1
+    assert one_error_line(done) == (line if "working" in line else f"{config}: {line}")
+
+
+def test_an_unknown_config_field_is_named_not_silently_ignored(tmp_path):
+    config = tmp_path / "servers.json"
+    config.write_text(json.dumps({"mcpServers": {"a": {"command": "echo", "arg": ["x"]}}}))
+    server = ProxyProcess("--named-server-config", str(config)).started()
+    try:
+        server.expect(f"WARNING mcp_proxy: {re.escape(str(config))}: server 'a': ignoring "
+                      f"'arg' \\(known: args, command, cwd, enabled, env, maxSessions, "
+                      f"shared\\)$")
+    finally:
+        server.stop()
+
+
 def test_oauth_callback_port_zero_is_refused(tmp_path):
     done = run_cli("--oauth-callback-port", "0", "http://127.0.0.1:9/mcp", timeout=15)
     assert done.returncode == 1
