@@ -56,13 +56,14 @@ def check_features(report: dict) -> None:
 
 @pytest.fixture
 def sdk_remote():
-    """``sdk_remote(era)``: the SDK fixture server on /mcp serving that era; its URL."""
+    """``sdk_remote(era)``: the SDK fixture server on /mcp serving that era; its URL
+    (``transport="sse"``: on /sse)."""
     started = []
 
-    def start(era: str) -> str:
-        remote, port = start_remote("streamable-http", "--era", era)
+    def start(era: str, transport: str = "streamable-http") -> str:
+        remote, port = start_remote(transport, "--era", era)
         started.append(remote)
-        return f"http://127.0.0.1:{port}/mcp"
+        return f"http://127.0.0.1:{port}/{'sse' if transport == 'sse' else 'mcp'}"
 
     yield start
     for remote in started:

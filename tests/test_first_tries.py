@@ -16,8 +16,8 @@ import subprocess
 import sys
 
 import pytest
+from test_client_modern import sdk_remote  # noqa: F401 (a fixture)
 from test_inspector import inspector_cli, run_inspector  # noqa: F401 (a fixture)
-from test_sdk_e2e import start_remote
 
 from conftest import INIT_PARAMS, RAW_SERVER, ProxyProcess, Scripted, rpc, run_driver
 
@@ -39,22 +39,6 @@ def one_error_line(done: subprocess.CompletedProcess) -> str:
     return re.sub(LOG_PREFIX, "", lines[0])
 
 
-@pytest.fixture
-def remote():
-    """``remote(transport, era)``: the SDK fixture server over HTTP; its URL."""
-    started = []
-
-    def start(transport: str, era: str = "both") -> str:
-        server, port = start_remote(transport, "--era", era)
-        started.append(server)
-        return f"http://127.0.0.1:{port}/{'sse' if transport == 'sse' else 'mcp'}"
-
-    yield start
-    for server in started:
-        server.terminate()
-        server.wait(10)
-
-
 # --- the default transport, for every kind of desktop client ------------------------------
 
 @pytest.mark.parametrize("transport, era, mode, args", [
@@ -66,17 +50,19 @@ def remote():
     ("streamable-http", "both", "auto", ""),
     ("streamable-http", "both", MODERN, ""),
 ])
-def test_the_default_transport_finds_the_servers(remote, transport, era, mode, args):
-    report = run_driver("stdio", f"{PROXY} {args} {remote(transport, era)}", "echo", "sample",
-                        extra=("--mode", mode))
+def test_the_default_transport_finds_the_servers(sdk_remote, transport, era,  # noqa: F811
+                                                 mode, args):
+    report = run_driver("stdio", f"{PROXY} {args} {sdk_remote(era, transport)}", "echo",
+                        "sample", extra=("--mode", mode))
     assert (report["echo"], report["sample"]) == ("hello", "sampled:hi there"), report
     modern = transport != "sse" and era != "legacy" and mode != "legacy"
     assert (report["session"]["protocolVersion"] == MODERN) == modern, report["session"]
 
 
 def test_the_inspector_cli_of_both_eras_reaches_an_sse_only_server(inspector_cli,  # noqa: F811
-                                                                   remote, tmp_path):
-    url = remote("sse")
+                                                                   sdk_remote,  # noqa: F811
+                                                                   tmp_path):
+    url = sdk_remote("both", "sse")
     for era, args in (("auto", []), ("auto", ["--transport", "auto"]), ("legacy", [])):
         called = run_inspector(inspector_cli, tmp_path, "--transport", "stdio",
                                "--protocol-era", era, "--method", "tools/call",
