@@ -225,6 +225,19 @@ def test_a_4xx_that_cannot_heal_fails_at_once(scripted, transport):
                 ) in done.stderr
 
 
+def test_sse_in_front_of_a_streamable_endpoint_says_to_leave_it_out():
+    server = ProxyProcess("--", *RAW_SERVER).started()
+    try:
+        done = run_cli("--transport", "sse", server.base + "/mcp", timeout=20)
+    finally:
+        server.stop()
+    assert done.returncode == 1
+    assert one_error_line(done) == (
+        f"GET {server.base}/mcp: HTTP 400 BAD REQUEST: retrying cannot help; check the URL "
+        f"(the server's Streamable HTTP or SSE endpoint) and the -H headers; if it is a "
+        f"Streamable HTTP endpoint, leave out --transport sse")
+
+
 @pytest.mark.parametrize("status", [404, 408, 429])
 def test_a_4xx_that_may_heal_is_retried(scripted, status):
     server, base = scripted(Refusing, status=status, hits=0)
