@@ -28,7 +28,7 @@ def client_argv(root: str, transport: str, proxy: Proxy) -> list[str]:
     # -c with the variant first on sys.path: ``-m`` would put the working directory first
     code = (f"import sys; sys.path.insert(0, {str(Path(root).resolve())!r}); "
             "from mcp_proxy.cli import main; raise SystemExit(main())")
-    args = [f"{proxy.url}/sse"] if transport == "sse" else \
+    args = ["--transport", "sse", f"{proxy.url}/sse"] if transport == "sse" else \
         ["--transport", "streamablehttp", f"{proxy.url}/mcp"]
     return [PY, "-c", code, *args]
 

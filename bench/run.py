@@ -77,7 +77,7 @@ from slow import disconnect_to_stop, slow_reader_memory
 
 def client_argv(path: str, proxy: Proxy) -> list[str]:
     if path == "client/sse":
-        return [PY, "-m", "mcp_proxy", f"{proxy.url}/sse"]
+        return [PY, "-m", "mcp_proxy", "--transport", "sse", f"{proxy.url}/sse"]
     return [PY, "-m", "mcp_proxy", "--transport", "streamablehttp", f"{proxy.url}/mcp"]
 
 

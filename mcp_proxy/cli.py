@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     if not ns.command_or_url and not ns.named_server and not ns.named_server_config:
-        parser.error("give a URL (client mode) or a server command (server mode); see --help")
+        parser.error("give a URL (client mode) or a server command (server mode)")
     setup_logging(ns)
     try:
         if is_url(ns.command_or_url):

@@ -9,6 +9,7 @@ for good (exit 1). Nothing but protocol goes to stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 from urllib.parse import urlsplit
@@ -16,7 +17,15 @@ from urllib.parse import urlsplit
 import gevent
 
 from mcp_proxy import jsonrpc
-from mcp_proxy.errors import AuthError, FallbackNeeded, TlsError, UpstreamError
+from mcp_proxy.errors import (
+    AuthError,
+    FallbackNeeded,
+    LinkClosed,
+    Refused,
+    TlsError,
+    UpstreamError,
+)
+from mcp_proxy.jsonrpc import Message
 from mcp_proxy.link import Link, bridge
 from mcp_proxy.options import client_settings
 from mcp_proxy.settings import ClientSettings
@@ -85,15 +94,57 @@ def secrets_of(settings: ClientSettings) -> list[str]:
     return [s for s in found if s]
 
 
-def refuse_first_request(settings: ClientSettings, text: str, wait: float = 2.0) -> None:
-    """Start-up failed for good: tell the client why, in answer to its first request (it
-    usually sent ``initialize`` at once), rather than only by going away."""
-    down = StdioDownstream(max_frame=settings.max_frame)
-    with gevent.Timeout(wait, False):
-        for message in down:
+def failure(exc: UpstreamError, what: str = "") -> str:
+    """The one line that says why start-up failed for good, and what to change."""
+    if isinstance(exc, AuthError):
+        return f"authentication failed: {exc}"
+    if isinstance(exc, TlsError):
+        return f"{exc} (give --verify-ssl CA_BUNDLE, or --no-verify-ssl)"
+    return f"{what}{exc}"
+
+
+def refuse(down: StdioDownstream, text: str, first: Message | None = None,
+           wait: float = 2.0) -> None:
+    """Start-up failed for good: log why, and tell the client in answer to ``first`` or
+    to its first request (it usually sends ``initialize`` at once), not only by going away."""
+    logger.error("%s", text)
+    with gevent.Timeout(wait, False), contextlib.suppress(LinkClosed):
+        for message in [first] if first is not None else down:
             if message.kind == jsonrpc.REQUEST:
                 down.send(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR, text))
                 return
+
+
+def choose_transport(settings: ClientSettings, http, down: StdioDownstream,
+                     upstream: StreamableUpstream, link: Link) -> Link | None:
+    """``--transport auto``: carry the client's first messages over Streamable HTTP, and
+    switch to SSE when the remote refuses ``initialize`` with 400, 404 or 405 (the spec's
+    rule, as mcp-remote does). A dual-era client opens with ``server/discover``: refused that
+    way, it tells nothing yet (an SSE endpoint and a 2025-era Streamable one may both say
+    405), so its error goes back and the choice waits for the ``initialize`` that follows.
+    None: stdin closed first. UpstreamError: neither transport works (the client was told
+    why, in answer to its message)."""
+    link.attach(lambda message: down.send(message), lambda: None)  # until the bridge
+    for message in down:
+        upstream.refused = None
+        try:
+            link.send_first(message)
+        except FallbackNeeded as exc:
+            logger.info("remote does not speak Streamable HTTP (%s); using SSE", exc)
+            link.close("falling back to SSE")
+            try:
+                sse = connect(settings, http, "sse")
+            except UpstreamError as err:
+                refuse(down, failure(err, f"{settings.url} speaks neither Streamable HTTP "
+                                          f"({exc}) nor SSE: "), message)
+                raise
+            sse.send(message)
+            return sse
+        if upstream.refused is None or message.method == "initialize":
+            upstream.allow_fallback = False
+            return link
+    link.close("stdin closed")
+    return None
 
 
 def run_client(ns: argparse.Namespace) -> int:
@@ -109,34 +160,20 @@ def run_client(ns: argparse.Namespace) -> int:
     http = make_session(settings)
     try:
         upstream = connect(settings, http, settings.transport)
-    except AuthError as exc:
-        logger.error("authentication failed: %s", exc)
-        refuse_first_request(settings, f"authentication failed: {exc}")
-        return 1
-    except TlsError as exc:
-        logger.error("%s (give --verify-ssl CA_BUNDLE, or --no-verify-ssl)", exc)
-        return 1
     except UpstreamError as exc:
-        logger.error("%s", exc)
+        hint = "; if it is a Streamable HTTP endpoint, leave out --transport sse" if \
+            isinstance(exc, Refused) and settings.transport == "sse" else ""
+        refuse(StdioDownstream(max_frame=settings.max_frame), failure(exc) + hint)
         return 1
     down = StdioDownstream(max_frame=settings.max_frame)
-    link = era_link(settings, upstream)
+    link: Link | None = era_link(settings, upstream)
     if settings.transport == "auto":
-        first = next(iter(down), None)
-        if first is None:
-            link.close("stdin closed")
-            return 0
         try:
-            link.send_first(first)
-        except FallbackNeeded as exc:
-            logger.info("remote does not speak Streamable HTTP (%s); using SSE", exc)
-            link.close("falling back to SSE")
-            try:
-                link = connect(settings, http, "sse")
-            except UpstreamError as err:
-                logger.error("%s", err)
-                return 1
-            link.send(first)
+            link = choose_transport(settings, http, down, upstream, link)
+        except UpstreamError:
+            return 1
+        if link is None:
+            return 0
     bridge(down, link)
     down.ended.wait()
     link.ended.wait()

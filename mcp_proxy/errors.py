@@ -40,8 +40,16 @@ class UpstreamError(ProxyError, ConnectionError):
     """The remote server could not be reached or answered with an error status."""
 
 
+# The fix for a remote that wants a credential we did not send (said by several refusals).
+NO_TOKEN = "pass a token with -H Authorization 'Bearer TOKEN' or API_ACCESS_TOKEN=TOKEN"
+
+
 class AuthError(UpstreamError):
     """The remote refused our credentials (401 or 403); retrying will not help."""
+
+
+class Refused(UpstreamError):
+    """The remote refused with a 4xx that retrying cannot change (not 404/405/408/429)."""
 
 
 class TlsError(UpstreamError):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import shlex
 
 from mcp_proxy import __version__
@@ -22,6 +21,7 @@ from mcp_proxy.settings import (
     check_server_name,
     load_named_servers,
 )
+from mcp_proxy.values import Parser, check_headers, check_url, port_number, positive, size
 
 logger = logging.getLogger("mcp_proxy")
 
@@ -33,33 +33,14 @@ examples:
     mcp-proxy uvx mcp-server-fetch --port 8080 -e KEY VALUE -e OTHER VALUE
     mcp-proxy --named-server fetch 'uvx mcp-server-fetch' --port 8080
   client mode (be a stdio server for a desktop client, forward to a remote server):
-    mcp-proxy http://localhost:8080/sse
-    mcp-proxy --transport streamablehttp http://localhost:8080/mcp
+    mcp-proxy http://localhost:8080/mcp      (Streamable HTTP, else SSE)
+    mcp-proxy --transport sse http://localhost:8080/sse
     mcp-proxy --headers Authorization 'Bearer TOKEN' https://host/sse
 """
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
-
-
-def size(text: str) -> int:
-    """Parse a byte count: ``4194304``, ``4MiB``, ``512k``, ``1G``."""
-    match = _SIZE.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 4MiB or 4194304)")
-    unit = (match.group(2) or "b")[0].lower()
-    return int(match.group(1)) * {"b": 1, "k": 1 << 10, "m": MiB, "g": 1 << 30}[unit]
-
-
-def positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0: {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mcp-proxy",
+    parser = Parser(
+        prog="mcp-proxy", allow_abbrev=False,
         description="Bridge MCP transports. Server mode spawns a stdio MCP server per client "
                     "session and serves it over HTTP+SSE (/sse) and Streamable HTTP (/mcp); "
                     "client mode (a URL as the first argument) is a stdio MCP server that "
@@ -74,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     client = parser.add_argument_group("client mode (remote SSE / Streamable HTTP server)")
     client.add_argument("-H", "--headers", nargs=2, action="append", default=[],
                         metavar=("KEY", "VALUE"), help="HTTP header for the remote; repeatable")
-    client.add_argument("--transport", choices=["sse", "streamablehttp", "auto"], default="sse",
-                        help="remote transport (default sse); auto tries Streamable HTTP first")
+    client.add_argument("--transport", choices=["sse", "streamablehttp", "auto"], default="auto",
+                        help="remote transport (default auto: Streamable HTTP, then SSE if the "
+                             "remote refuses initialize with 400, 404 or 405; sse: only SSE, "
+                             "the default of 0.13)")
     client.add_argument("--protocol-era", choices=["auto", "legacy", "modern"], default="auto",
                         help="the remote's protocol era, for a 2025-era client over Streamable "
                         "HTTP (default auto: initialize first, and bridge to a remote that "
@@ -98,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--oauth-client-metadata-url", metavar="URL",
                         help="sign in with this Client ID Metadata Document URL as client id "
                              "(when the server supports it)")
-    client.add_argument("--oauth-callback-port", type=int, default=None, metavar="PORT",
+    client.add_argument("--oauth-callback-port", type=port_number, default=None, metavar="PORT",
                         help="port of the sign-in callback on 127.0.0.1 (default: a stable "
                              "port derived from the URL)")
     client.add_argument("--oauth-no-browser", action="store_true",
@@ -143,15 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar=("NAME", "COMMAND_STRING"),
                        help="also serve COMMAND_STRING under /servers/NAME/; repeatable")
     stdio.add_argument("--named-server-config", metavar="FILE",
-                       help='JSON file {"mcpServers": {NAME: {command, args, env}}}; '
-                            "replaces --named-server")
+                       help='JSON file {"mcpServers": {NAME: {"command", "args", "env", '
+                            '"cwd", "enabled", "shared", "maxSessions"}}} (Claude Desktop\'s '
+                            'shape; only "command" is required); replaces --named-server')
 
     server = parser.add_argument_group("HTTP server (server mode)")
-    server.add_argument("--port", type=int, default=None,
+    server.add_argument("--port", type=port_number, default=None, metavar="PORT",
                         help="port to listen on (default 0: a free one, logged at start)")
-    server.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
-    server.add_argument("--sse-port", type=int, default=None, help="(deprecated) same as --port")
-    server.add_argument("--sse-host", default=None, help="(deprecated) same as --host")
+    server.add_argument("--host", default=None, metavar="HOST",
+                        help="address to bind (default 127.0.0.1)")
+    server.add_argument("--sse-port", type=port_number, default=None, metavar="PORT",
+                        help="deprecated: use --port")
+    server.add_argument("--sse-host", default=None, metavar="HOST",
+                        help="deprecated: use --host")
     server.add_argument("--stateless", action=argparse.BooleanOptionalAction, default=False,
                         help="stateless Streamable HTTP: /mcp without sessions, every POST "
                              "served by one shared server process (implies --shared-child)")
@@ -163,8 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "every server is shared)")
     server.add_argument("--redis-url", default=os.environ.get("MCP_PROXY_REDIS_URL") or None,
                         metavar="URL",
-                        help="redis:// or rediss:// URL of a private Redis through which "
-                             "several workers or hosts serve every session (default: "
+                        help="redis://, rediss:// (TLS) or unix:// (socket path) URL of a "
+                             "private Redis through which several workers or hosts serve "
+                             "every session; user and password go in the URL (default: "
                              "$MCP_PROXY_REDIS_URL; none: sessions live in one process)")
     server.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                         help="browser origin allowed to call us, '*' for any; repeatable")
@@ -227,11 +215,17 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
             if not argv:
                 raise ConfigError(f"--named-server {name}: empty command")
             servers[name] = ServerSpec(argv[0], argv[1:], {}, None, ns.pass_environment)
+    for old, new in (("--sse-port", "--port"), ("--sse-host", "--host")):
+        if getattr(ns, old[2:].replace("-", "_")) is not None:
+            logger.warning("%s is deprecated and will go: use %s", old, new)
     shared = ns.stateless or ns.shared_child
-    for spec in servers.values():
+    for name, spec in servers.items():
         spec.shared = spec.shared or shared
         spec.pass_network = ns.pass_network
-        spec.check()
+        try:
+            spec.check()
+        except ConfigError as exc:
+            raise ConfigError(f"server {name!r}: {exc}" if name else str(exc)) from None
     max_sessions = ns.max_sessions
     if max_sessions is None:
         max_sessions = 1000 if all(spec.shared for spec in servers.values()) else 100
@@ -269,13 +263,18 @@ def client_settings(ns: argparse.Namespace) -> ClientSettings:
             verify = ns.verify_ssl
     if ns.args:
         raise ConfigError(f"client mode takes one URL; unexpected: {' '.join(ns.args)}")
-    if ns.oauth_callback_port is not None and not 0 < ns.oauth_callback_port < 65536:
-        raise ConfigError(f"--oauth-callback-port {ns.oauth_callback_port}: not a port")
+    check_url(ns.command_or_url)
+    check_headers(ns.headers)
+    if ns.oauth_callback_port == 0:
+        raise ConfigError("--oauth-callback-port 0: the sign-in callback needs a fixed port "
+                          "(1 to 65535); leave the flag out for a stable one")
     if ns.protocol_era == "modern" and ns.transport == "sse":
-        raise ConfigError("--protocol-era modern needs Streamable HTTP: add --transport "
-                          "streamablehttp (the SSE transport is of the 2025 era)")
+        raise ConfigError("--protocol-era modern needs Streamable HTTP: leave out --transport "
+                          "sse (the SSE transport is of the 2025 era)")
+    # a 2026-07-28 remote speaks Streamable HTTP only: nothing to fall back to
+    transport = "streamablehttp" if ns.protocol_era == "modern" else ns.transport
     return ClientSettings(
-        url=ns.command_or_url, transport=ns.transport, protocol_era=ns.protocol_era,
+        url=ns.command_or_url, transport=transport, protocol_era=ns.protocol_era,
         headers=dict(ns.headers),
         username=ns.username, password=ns.password, digest=ns.digest,
         client_id=ns.client_id, client_secret=ns.client_secret, token_url=ns.token_url,

@@ -11,6 +11,7 @@ would wait ~40 ms for Nagle and delayed ACK.
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import signal
@@ -29,6 +30,7 @@ from gevent.pywsgi import (
     format_date_time,
 )
 
+from mcp_proxy.errors import ConfigError
 from mcp_proxy.http1 import Headers, RequestError, body_framing, request_line
 from mcp_proxy.server import create_app
 from mcp_proxy.settings import ServerSettings
@@ -212,12 +214,23 @@ class Server(WSGIServer):
 
 
 def listen(host: str, port: int) -> socket.socket:
+    """A listening socket, or a ConfigError naming the address and what to change."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        fix = ("stop what listens there, or give another --port (0 picks a free one)"
+               if exc.errno == errno.EADDRINUSE else
+               "give --port 1024 or above, or run with the right to bind it"
+               if exc.errno == errno.EACCES else
+               "give --host an address of this machine (127.0.0.1, 0.0.0.0, ::)")
+        raise ConfigError(f"cannot listen on {shown}: {exc.strerror or exc}: {fix}") from None
     return sock
 
 
@@ -235,9 +248,9 @@ def serve(settings: ServerSettings, pool_size: int = 10000,
     for signum in signalled or ():
         on_signal(signum)
 
+    sock = listen(settings.host, settings.port)  # first: a taken port starts nothing
     app = create_app(settings)
     registry = app.extensions["mcp_proxy"]
-    sock = listen(settings.host, settings.port)
     server = Server(sock, app, spawn=Pool(pool_size), max_body=settings.max_body,
                     log=LoggingLogAdapter(ACCESS_LOG, logging.DEBUG),
                     error_log=logging.getLogger("mcp_proxy.http"))

@@ -6,12 +6,15 @@ Settings are plain data: building them never starts a process or opens a socket.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import shutil
 from dataclasses import dataclass, field
 
 from mcp_proxy.errors import ConfigError
+
+logger = logging.getLogger("mcp_proxy")
 
 MiB = 1 << 20
 
@@ -60,7 +63,7 @@ class ServerSpec:
     def check(self) -> None:
         """Fail now, with a clear message, if the command cannot be started later."""
         if self.cwd is not None and not os.path.isdir(self.cwd):
-            raise ConfigError(f"--cwd {self.cwd!r} is not a directory")
+            raise ConfigError(f"working directory (--cwd) {self.cwd!r} is not a directory")
         path = self.child_env().get("PATH", os.defpath)
         if os.sep in self.command:
             target = os.path.join(self.cwd or "", self.command)
@@ -94,6 +97,10 @@ class ServerSettings:
     redis_url: str | None = None  # the bus between workers and hosts (server/bus.py)
 
 
+# The fields of a server in the config file (Claude Desktop's, plus cwd, shared, maxSessions).
+FIELDS = {"command", "args", "env", "enabled", "cwd", "shared", "maxSessions"}
+
+
 def load_named_servers(path: str, pass_environment: bool) -> dict[str, ServerSpec]:
     """Read ``{"mcpServers": {name: {command, args, env, enabled}}}`` (Claude Desktop's shape,
     plus our ``cwd``, ``shared`` and ``maxSessions``)."""
@@ -112,6 +119,14 @@ def load_named_servers(path: str, pass_environment: bool) -> dict[str, ServerSpe
         where = f"{path}: server {name!r}"
         if not isinstance(entry, dict):
             raise ConfigError(f"{where} must be an object")
+        unknown = sorted(set(entry) - FIELDS)
+        if unknown:  # a typo would otherwise pass unseen; other clients' fields are harmless
+            logger.warning('%s: ignoring %s (known: %s)', where, ", ".join(map(repr, unknown)),
+                           ", ".join(sorted(FIELDS)))
+        if not isinstance(entry.get("enabled", True), bool):
+            raise ConfigError(f'{where}: "enabled" must be true or false')
+        if not isinstance(entry.get("cwd", ""), str):
+            raise ConfigError(f'{where}: "cwd" must be a directory name (a string)')
         if not entry.get("enabled", True):
             continue
         check_server_name(name)
@@ -143,7 +158,7 @@ class ClientSettings:
     """Client mode: the remote server and how to reach it."""
 
     url: str
-    transport: str = "sse"  # sse | streamablehttp | auto
+    transport: str = "auto"  # auto (Streamable HTTP, else SSE) | sse | streamablehttp
     protocol_era: str = "auto"  # auto | legacy | modern (Streamable HTTP only)
     headers: dict[str, str] = field(default_factory=dict)
     username: str | None = None

@@ -56,13 +56,14 @@ def check_features(report: dict) -> None:
 
 @pytest.fixture
 def sdk_remote():
-    """``sdk_remote(era)``: the SDK fixture server on /mcp serving that era; its URL."""
+    """``sdk_remote(era)``: the SDK fixture server on /mcp serving that era; its URL
+    (``transport="sse"``: on /sse)."""
     started = []
 
-    def start(era: str) -> str:
-        remote, port = start_remote("streamable-http", "--era", era)
+    def start(era: str, transport: str = "streamable-http") -> str:
+        remote, port = start_remote(transport, "--era", era)
         started.append(remote)
-        return f"http://127.0.0.1:{port}/mcp"
+        return f"http://127.0.0.1:{port}/{'sse' if transport == 'sse' else 'mcp'}"
 
     yield start
     for remote in started:
@@ -437,9 +438,9 @@ def test_a_header_mismatch_lists_the_tools_again_and_retries_once(modern_remote,
 
 def test_protocol_era_modern_needs_streamable_http():
     done = subprocess.run([sys.executable, "-m", "mcp_proxy", "--protocol-era", "modern",
-                           "http://127.0.0.1:9/sse"], capture_output=True, text=True,
-                          timeout=30, stdin=subprocess.DEVNULL)
-    assert done.returncode != 0 and "--transport streamablehttp" in done.stderr
+                           "--transport", "sse", "http://127.0.0.1:9/sse"],
+                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert done.returncode != 0 and "leave out --transport sse" in done.stderr
 
 
 def test_the_bridge_speaks_the_modern_version_the_remote_names(scripted, clients):

@@ -268,7 +268,7 @@ def sse_remote():
 
 def test_sse_remote_5xx_fails_only_that_request(sse_remote, clients):
     server, base = sse_remote
-    client = clients(base + "/sse")
+    client = clients("--transport", "sse", base + "/sse")
     assert client.call(rpc("initialize", 0, **INIT))["result"] == INIT
     failed = client.call(rpc("tools/call", 1, name="x"))
     assert failed["id"] == 1 and "500" in failed["error"]["message"]
@@ -279,7 +279,8 @@ def test_sse_remote_5xx_fails_only_that_request(sse_remote, clients):
 def test_endpoint_on_another_origin_is_refused(sse_remote, clients):
     server, base = sse_remote
     server.endpoint = "http://evil.example/messages/?session_id=abc"
-    client = clients("--start-timeout", "1", base + "/sse")
+    client = clients("--transport", "sse", "--start-timeout", "1",
+                     base + "/sse")
     assert client.proc.wait(15) == 1
     assert "not on the origin" in client.stderr()
     assert server.posts == 0
@@ -288,7 +289,7 @@ def test_endpoint_on_another_origin_is_refused(sse_remote, clients):
 def test_sse_retry_field_that_is_not_a_number_is_ignored(sse_remote, clients):
     server, base = sse_remote
     server.fields = "id: 7\nretry: soon\n"
-    client = clients(base + "/sse")
+    client = clients("--transport", "sse", base + "/sse")
     assert client.call(rpc("initialize", 0, **INIT))["result"] == INIT
     assert client.call(rpc("ping", 1))["result"] == {"ok": "ping"}
     assert client.close() == 0

@@ -49,7 +49,8 @@ def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
 def test_no_arguments_is_a_usage_error():
     done = run_cli()
     assert done.returncode == 2
-    assert "usage:" in done.stderr
+    assert done.stderr == ("mcp-proxy: error: give a URL (client mode) or a server command "
+                           "(server mode); see mcp-proxy --help\n")
 
 
 def test_version_and_help():

@@ -215,11 +215,13 @@ def test_registered_client_cache_names_the_issuer(auth_env, remote, clients):
     assert json.loads((folder / "server.json").read_text()) == {"url": server.base + "/mcp"}
 
 
+@pytest.mark.parametrize("transport", [["--transport", "sse"], []])  # [], the default: auto
 def test_sse_remote_signs_in_on_the_stream_and_steps_up_on_a_message(auth_env, remote,
-                                                                     clients):
+                                                                     clients, transport):
     server = remote()
     server.sw["prm_resource"] = server.base + "/"  # one resource for /sse and /messages/
-    client = clients(server.base + "/sse")  # the /sse GET is refused first: sign-in at start
+    # the /sse GET (or, with auto, the initialize POST) is refused first: sign-in at start
+    client = clients(*transport, server.base + "/sse")
     assert tools_of(client) == ["echo", "admin"]
     assert sign_ins(auth_env) == 1
     answer = client.call(rpc("tools/call", 2, name="admin", arguments={}), timeout=30)
@@ -299,7 +301,8 @@ def test_sse_sign_in_timeout_at_start_answers_the_first_request(auth_env, remote
     monkeypatch.setenv("FAKE_BROWSER_MODE", "ignore")
     server = remote()
     server.sw["prm_resource"] = server.base + "/"
-    client = clients("--oauth-timeout", "2", server.base + "/sse")
+    client = clients("--transport", "sse", "--oauth-timeout", "2",
+                     server.base + "/sse")
     client.send(rpc("initialize", 0, **INIT_PARAMS))  # waits in the pipe during the sign-in
     answer = client.recv(timeout=30)
     assert "sign-in not completed within 2 s" in answer["error"]["message"], answer

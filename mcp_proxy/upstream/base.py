@@ -22,6 +22,7 @@ from mcp_proxy.errors import (
     AuthError,
     FallbackNeeded,
     LinkClosed,
+    Refused,
     SessionLost,
     TlsError,
     UpstreamError,
@@ -64,7 +65,8 @@ class Upstream(Link):
     # --- start and stop -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect, retrying with backoff up to ``start_timeout``; AuthError fails at once."""
+        """Connect, retrying with backoff up to ``start_timeout``; what retrying cannot
+        change (a refused credential, a bad certificate, a 4xx such as 400) fails at once."""
         deadline = gevent.get_hub().loop.now() + self.settings.start_timeout
         attempt = 0
         while True:
@@ -74,6 +76,9 @@ class Upstream(Link):
                 return
             except (AuthError, TlsError):
                 raise  # retrying will not help
+            except Refused as exc:
+                raise Refused(f"{exc}: retrying cannot help; check the URL (the server's "
+                              f"Streamable HTTP or SSE endpoint) and the -H headers") from exc
             except UpstreamError as exc:
                 left = deadline - gevent.get_hub().loop.now()
                 if left <= 0:
@@ -218,7 +223,7 @@ class Upstream(Link):
                 self._failures = 0
                 self.ready.set()
                 return
-            except (AuthError, TlsError) as exc:
+            except (AuthError, TlsError, Refused) as exc:
                 self.close(f"cannot reconnect: {exc}")
                 return
             except UpstreamError as exc:

@@ -14,7 +14,7 @@ import requests
 from requests.auth import HTTPBasicAuth, HTTPDigestAuth
 from sseclient import SSEClient
 
-from mcp_proxy.errors import AuthError, ConfigError, UpstreamError
+from mcp_proxy.errors import NO_TOKEN, AuthError, ConfigError, Refused, UpstreamError
 from mcp_proxy.settings import ClientSettings
 from mcp_proxy.upstream.oauth.auth import OAuthSignIn
 from mcp_proxy.upstream.oauth.credentials import ClientCredentials
@@ -47,12 +47,29 @@ def make_session(settings: ClientSettings) -> requests.Session:
     return session
 
 
-def check_status(response: requests.Response, what: str) -> None:
-    """Raise AuthError for 401/403, UpstreamError for any other non-2xx status."""
-    if response.status_code in (401, 403):
-        raise AuthError(f"{what}: the remote refused our credentials ({response.status_code})")
-    if response.status_code >= 300:
-        raise UpstreamError(f"{what}: HTTP {response.status_code} {response.reason}")
+# A 4xx that may heal: the route may appear (404, 405), the remote was slow (408) or busy
+# (429). Any other one says the URL or the request is wrong, and will stay so.
+HEALING = (404, 405, 408, 429)
+
+
+def check_status(response: requests.Response, what: str, http=None) -> None:
+    """Raise AuthError for 401/403, Refused for a 4xx that cannot heal, UpstreamError for any
+    other non-2xx status. ``http``, the session, tells whether we sent credentials at all."""
+    status = response.status_code
+    if status in (401, 403):
+        if http is not None and not has_credentials(http):
+            raise AuthError(f"{what}: the remote wants credentials ({status}) and we sent "
+                            f"no Authorization header: {NO_TOKEN}")
+        raise AuthError(f"{what}: the remote refused our credentials ({status})")
+    if 400 <= status < 500 and status not in HEALING:
+        raise Refused(f"{what}: HTTP {status} {response.reason}")
+    if status >= 300:
+        raise UpstreamError(f"{what}: HTTP {status} {response.reason}")
+
+
+def has_credentials(http: requests.Session) -> bool:
+    """Whether our requests carry any: an auth of ours, or an Authorization header."""
+    return http.auth is not None or "Authorization" in http.headers
 
 
 def events(response: requests.Response) -> Iterator:

@@ -15,7 +15,7 @@ import requests
 from gevent.event import AsyncResult
 
 from mcp_proxy import jsonrpc
-from mcp_proxy.errors import MessageError, SessionLost, TlsError, UpstreamError
+from mcp_proxy.errors import MessageError, Refused, SessionLost, TlsError, UpstreamError
 from mcp_proxy.jsonrpc import Message
 from mcp_proxy.supervise import closing, spawn
 from mcp_proxy.upstream.base import Upstream
@@ -46,8 +46,12 @@ class SseUpstream(Upstream):
             raise TlsError(f"GET {url}: TLS verification failed: {exc}") from exc
         except requests.RequestException as exc:
             raise UpstreamError(f"GET {url} failed: {exc.__class__.__name__}: {exc}") from exc
+        kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
         try:
-            check_status(response, f"GET {url}")
+            check_status(response, f"GET {url}", self.http)
+            if kind != "text/event-stream":
+                raise Refused(f"GET {url}: answered {kind or 'no content type'}, not "
+                              f"text/event-stream")
         except UpstreamError:
             response.close()
             raise
@@ -96,7 +100,7 @@ class SseUpstream(Upstream):
         answer = self._poster.post(message.raw, POST_HEADERS)
         if answer.status_code == 404:
             raise SessionLost("the remote no longer knows our session (404)")
-        check_status(answer, "POST")
+        check_status(answer, "POST", self.http)
 
     def _reset(self) -> None:
         self._teardown()

@@ -41,7 +41,8 @@ class StreamableUpstream(Upstream):
 
     def __init__(self, settings, http, allow_fallback: bool = False) -> None:
         super().__init__(settings, http, "remote-http")
-        self.allow_fallback = allow_fallback
+        self.allow_fallback = allow_fallback  # the transport is not decided yet (auto)
+        self.refused: int | None = None  # with allow_fallback: a status that may mean SSE
         self.session_id: str | None = None
         self.protocol_version: str | None = None
         self._get_stream: gevent.Greenlet | None = None
@@ -75,7 +76,7 @@ class StreamableUpstream(Upstream):
             raise UpstreamError(f"cannot connect: {exc.__class__.__name__}: {exc}") from exc
         probe.close()
         if probe.status_code in (401, 403) and not (passive and probe.status_code == 401):
-            check_status(probe, f"GET {self.settings.url}")
+            check_status(probe, f"GET {self.settings.url}", self.http)
         if probe.status_code >= 500:
             raise UpstreamError(f"GET {self.settings.url}: HTTP {probe.status_code}")
 
@@ -131,9 +132,12 @@ class StreamableUpstream(Upstream):
         """A 2026-07-28 answer: no session to lose; an HTTP failure becomes the request's
         JSON-RPC error."""
         if answer.status_code in (401, 403):
-            check_status(answer, "POST")
+            check_status(answer, "POST", self.http)
         if answer.status_code == 202:
             return
+        if self.allow_fallback and answer.status_code in (400, 404, 405) \
+                and not _json_rpc_error(answer):
+            self.refused = answer.status_code  # a dual-era client's initialize will tell
         if answer.status_code < 300:
             self._read_body(message, answer, False)
         elif message.kind == jsonrpc.REQUEST:
@@ -150,7 +154,7 @@ class StreamableUpstream(Upstream):
         if status == 404 and self.session_id and not is_init:
             raise SessionLost("the remote no longer knows our session (404)")
         if status in (401, 403):
-            check_status(answer, "POST")
+            check_status(answer, "POST", self.http)
         if status == 202:
             return
         if is_init and status == 200:

@@ -8,7 +8,7 @@ and for a 2025-03-26 server without either, its origin's metadata or the default
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -30,7 +30,7 @@ class Discovery:
     metadata: dict  # the authorization server's metadata (or the legacy defaults)
     scopes_supported: list[str] | None = None  # from the protected resource metadata
     legacy: bool = False
-    notes: list[str] = field(default_factory=list)
+    guessed: bool = False  # no metadata anywhere: the spec's default endpoints, untried
 
     def endpoint(self, name: str) -> str | None:
         value = self.metadata.get(name)
@@ -151,7 +151,10 @@ def discover(http: requests.Session, url: str, challenge: dict) -> Discovery:
                         "token_endpoint": base + "/token",
                         "registration_endpoint": base + "/register",
                         "code_challenge_methods_supported": ["S256"]}
-        found = Discovery(canonical(url), metadata.get("issuer") or base, metadata, legacy=True)
+            found = Discovery(canonical(url), base, metadata, legacy=True, guessed=True)
+        else:
+            found = Discovery(canonical(url), metadata.get("issuer") or base, metadata,
+                              legacy=True)
     if not found.endpoint("token_endpoint"):
         raise AuthError(f"authorization server {found.issuer} names no token endpoint")
     return found

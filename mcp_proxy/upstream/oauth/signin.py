@@ -17,7 +17,7 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 
-from mcp_proxy.errors import AuthError, UpstreamError
+from mcp_proxy.errors import NO_TOKEN, AuthError, UpstreamError
 from mcp_proxy.settings import ClientSettings
 from mcp_proxy.upstream.oauth.browser import Callback, open_browser
 from mcp_proxy.upstream.oauth.discovery import Discovery, check_pkce
@@ -121,8 +121,11 @@ class Registrar:
         if answer.status_code not in (200, 201) or not isinstance(record, dict) \
                 or not isinstance(record.get("client_id"), str):
             error = record.get("error") if isinstance(record, dict) else None
+            hint = (f": {self.settings.url} answered 401 but publishes no OAuth metadata; if "
+                    f"it takes a plain bearer token, {NO_TOKEN}" if found.guessed else "")
             raise AuthError(f"client registration at {endpoint} refused "
-                            f"(HTTP {answer.status_code}{', ' + str(error) if error else ''})")
+                            f"(HTTP {answer.status_code}{', ' + str(error) if error else ''})"
+                            f"{hint}")
         method = record.get("token_endpoint_auth_method") or method  # the answer decides
         if method.startswith("client_secret") and not record.get("client_secret"):
             raise AuthError("client registration gave a secret-based client without a secret")
