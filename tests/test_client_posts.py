@@ -100,6 +100,14 @@ class Remote(Scripted):
     def answer_gone(self, answer: bytes) -> None:
         self.reply(404, b"no such session", "text/plain")
 
+    def answer_ambiguous(self, answer: bytes) -> None:
+        # a second "id" (spelled with an escape) that a last-wins parser would take
+        self.reply(200, answer[:-1] + b',"\\u0069d":99}')
+
+    def answer_ambiguous_event(self, answer: bytes) -> None:
+        event = b"event: message\ndata: " + answer[:-1] + b',"result":{}}\n\n'
+        self.reply(200, event, "text/event-stream")
+
     def answer_slow(self, answer: bytes) -> None:
         time.sleep(2)
         self.reply(200, answer)
@@ -177,6 +185,22 @@ def test_every_framing_of_an_answer(remote, clients):
                              "result": {"tool": "events", "path": "/mcp"}}
     assert client.close() == 0
     assert "POST answered 307: sent again through requests" in client.stderr()
+
+
+@pytest.mark.parametrize("tool, error", [
+    ("ambiguous", "the remote's answer could not be relayed: it is not a JSON-RPC answer"),
+    ("ambiguous-event", "the server's answer was refused: Invalid Request: duplicate member"),
+])
+def test_an_answer_the_proxy_refuses_is_an_error_not_a_wait(remote, clients, tool, error):
+    server, url = remote
+    client = clients("--transport", "streamablehttp", url)
+    client.handshake()
+    failed = call(client, 1, tool)
+    assert failed["id"] == 1 and failed["error"]["code"] == -32603, failed
+    assert failed["error"]["message"].startswith(error), failed
+    assert call(client, 2, "plain")["result"]["tool"] == "plain"  # and the next one works
+    assert client.close() == 0
+    assert "skipped a message that is not JSON-RPC" in client.stderr()
 
 
 @pytest.mark.parametrize("tool, error", [

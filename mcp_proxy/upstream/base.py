@@ -22,6 +22,7 @@ from mcp_proxy.errors import (
     AuthError,
     FallbackNeeded,
     LinkClosed,
+    MessageError,
     Refused,
     SessionLost,
     TlsError,
@@ -176,6 +177,16 @@ class Upstream(Link):
             self._deliver(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR, text, data))
 
     # --- remote -> client -----------------------------------------------------------------
+
+    def on_refused(self, data: bytes | str, exc: MessageError) -> None:
+        """A remote message :func:`jsonrpc.parse` refused: logged, and an answer among them
+        (one valid top-level id) becomes an error answer, so its request does not wait."""
+        logger.warning("%s: skipped a message that is not JSON-RPC (%s): %.200r", self.name,
+                       exc.message, data)
+        raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+        answer = jsonrpc.refused_answer(raw, exc.message)
+        if answer is not None:
+            self.on_remote(answer)
 
     def on_remote(self, message: Message) -> None:
         """A message from the remote: keep replay answers, pass the rest to the client."""

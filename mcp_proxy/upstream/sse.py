@@ -81,8 +81,7 @@ class SseUpstream(Upstream):
                     try:
                         self.on_remote(jsonrpc.parse(event.data))
                     except MessageError as exc:
-                        logger.warning("%s: skipped an event that is not JSON-RPC: %s",
-                                       self.name, exc.message)
+                        self.on_refused(event.data, exc)
         except UpstreamError as exc:
             reason = str(exc)
         finally:

@@ -171,7 +171,12 @@ class StreamableUpstream(Upstream):
     def _read_body(self, message: Message, answer: requests.Response, is_init: bool) -> None:
         kind = answer.headers.get("Content-Type", "").split(";")[0].strip()
         if kind == "application/json":
-            self._take(answer.content, is_init, message)
+            got = self._take(answer.content, is_init, message)
+            if message.kind == jsonrpc.REQUEST and (got is None or got.id != message.id):
+                # the body answers nothing we can name (the refusal is logged): the request
+                # it was sent for gets an error rather than wait (a no-op once answered)
+                self._fail(message, "the remote's answer could not be relayed: it is not a "
+                                    "JSON-RPC answer to this request (the log says why)")
         elif kind == "text/event-stream":
             self._read_stream(message, answer, is_init)
         elif message.kind == jsonrpc.REQUEST:
@@ -182,8 +187,7 @@ class StreamableUpstream(Upstream):
         try:
             message = jsonrpc.parse(data)
         except MessageError as exc:
-            logger.warning("%s: skipped a message that is not JSON-RPC: %s", self.name,
-                           exc.message)
+            self.on_refused(data, exc)
             return None
         if is_init and message.kind == jsonrpc.RESPONSE:
             self._initialized_by(message)
