@@ -125,7 +125,9 @@ def test_frames_across_the_blob_threshold_arrive_whole(redis_server):
         if size > BLOB_OVER:
             assert got_payload == b"" and got_header["b"].startswith("mcpp:blob:")
             assert len(frame) < 4096  # by reference, not through the channel
-        assert {k: v for k, v in got_header.items() if k != "b"} == header
+        assert {k: v for k, v in got_header.items() if k not in ("b", "n")} == header
+        if size > BLOB_OVER:  # what it weighs against --max-queued-size (forward.py)
+            assert got_header["n"] == size
         assert bus.payload(got_header, got_payload) == payload
         if size > BLOB_OVER:  # taken once
             try:
@@ -208,3 +210,50 @@ def test_sessions_of_one_worker_have_names_of_their_own(proxy_factory, redis_ser
         proxy.expect(rf"sse:{name}: started ")
     for reader in readers:
         reader.close()
+
+
+class _Probed:
+    """The bus as the owner watch sees it: a PUBLISH reaches ``readers[tag]`` readers."""
+
+    def __init__(self) -> None:
+        self.readers: dict[str, int] = {}
+
+    def send(self, tag: str, frame: bytes) -> int:
+        return self.readers.get(tag, 1)
+
+    def claimed(self, tag: str) -> bool:
+        return True
+
+
+class _Waiting:
+    def __init__(self, owner: str, heard: bool = False) -> None:
+        self.owner, self.heard, self.seen, self.frames = owner, heard, 0.0, []
+
+    def take(self, header: dict, payload: bytes) -> None:
+        self.frames.append(header["k"])
+
+
+def test_the_owner_watch_forgets_a_miss_once_the_owner_answered():
+    """One missed probe of owner A, then A answered: a later single miss must not end A's
+    new call as gone at once (it gets the whole grace), even while a call to another owner
+    keeps the watch busy; and a call its owner confirmed is never probed."""
+    from mcp_proxy.server.router import Router
+
+    router = Router.__new__(Router)
+    router.bus, router.vanished = _Probed(), {}
+    router.bus.readers["A"] = 0
+    router.calls = {"1": _Waiting("A"), "2": _Waiting("B")}
+    router._check_owners(10.0)
+    assert "A" in router.vanished
+    router.bus.readers["A"] = 1  # A answers call 1, which ends
+    router.calls = {"2": _Waiting("B")}
+    router._check_owners(11.0)
+    assert "A" not in router.vanished
+    router.bus.readers["A"] = 0  # much later, a new call to A meets one missed probe
+    fresh, confirmed = _Waiting("A"), _Waiting("C", heard=True)
+    router.calls = {"2": _Waiting("B"), "3": fresh, "4": confirmed}
+    router.bus.readers["C"] = 0  # C's inbox is down, but C confirmed call 4: not probed
+    router._check_owners(100.0)
+    assert fresh.frames == [] and "A" in router.vanished
+    router._check_owners(100.0 + 2.5)  # past the grace: now it is gone
+    assert fresh.frames == ["gone"] and confirmed.frames == [] and "C" not in router.vanished

@@ -194,6 +194,7 @@ def test_an_owner_that_dies_leaves_404s_and_no_processes(pair):
     path = endpoint[len(pair.a.base):]
     headers = session_headers(pair.a.base)
     assert post(pair.b.base + path, rpc("ping", 1)).status_code == 202
+    assert sse.next_message()["id"] == 1  # answered before its owner dies (a loaded machine)
     survivor = session_headers(pair.b.base)
     children = [s["child"]["pid"] for s in pair.status(pair.a)["session_details"]
                 if s["child"]]
@@ -207,7 +208,6 @@ def test_an_owner_that_dies_leaves_404s_and_no_processes(pair):
     wait_until(lambda: not pids_alive(children), 2)
     for n in range(20):  # the other host's own sessions are untouched
         assert post(pair.b.base + "/mcp", rpc("ping", n), survivor).json()["id"] == n
-    assert sse.next_message()["id"] == 1
     with pytest.raises((requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
                         EOFError)):  # the stream died with its owner
         sse.next_event()
@@ -382,3 +382,29 @@ def test_a_client_leaving_a_forwarded_modern_retry_cancels_it_on_the_child(proxy
                if '"mrtr"' in line and "requestState" in line]
     assert sent["params"]["requestId"] == retried[0]["id"]  # the child's id for the retry
     assert retried[0]["params"]["requestState"] == "mrtr-1"  # unwrapped by its sealer
+
+
+MALFORMED_FRAMES = [  # valid JSON headers of the wrong shape, as a bug or anyone who can
+    {"k": "held", "f": "x", "cs": 5},  # PUBLISH to Redis could send them
+    {"k": "cancel", "f": ["x"], "c": "1"},
+    {"k": "alive", "cs": [["a"]]},
+    {"k": "data", "c": {}},
+    {"k": "call", "c": "1"},
+    {"k": ["call"]},
+    [1, 2],
+]
+
+
+def test_malformed_bus_frames_are_dropped_and_the_worker_serves_on(pair):
+    tag = pair.status(pair.a)["worker"]["id"]
+    headers = session_headers(pair.a.base)
+    publisher = pair.redis.client()
+    for header in MALFORMED_FRAMES:
+        frame = json.dumps(header).encode() + b"\n" + b"payload"
+        assert publisher.publish(f"mcpp:in:{tag}", frame) == 1
+    pair.a.expect(r"dropped a malformed .*bus frame")
+    for n in range(3):  # its inbox reader lives on: forwarded requests are still served
+        answer = post(pair.b.base + "/mcp", rpc("ping", n), headers)
+        assert answer.status_code == 200 and answer.json()["id"] == n, answer.text
+    assert pair.a.proc.poll() is None
+    assert "Traceback" not in pair.a.stderr()

@@ -140,7 +140,7 @@ class Bus:
                 self.redis.set(key, payload, ex=BLOB_TTL)
             except redis.RedisError as exc:
                 raise BusDown(str(exc)) from exc
-            header = {**header, "b": key}
+            header = {**header, "b": key, "n": len(payload)}  # its weight (forward.py)
             payload = b""
         return encode(header, payload)
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from flask import Response
 from gevent.queue import Empty, Queue
+from werkzeug.datastructures import Headers
 
 from mcp_proxy import jsonrpc
 from mcp_proxy.errors import LinkClosed, MessageError
@@ -46,7 +47,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_STOP = ({"k": "stop"}, b"")
+_STOP = ({"k": "stop"}, b"", 0)
+
+
+def _cost(header: dict, payload: bytes) -> int:
+    """What a frame weighs against ``--max-queued-size``: a large one travels by reference
+    with an empty payload, and its header says how large it is (``n``)."""
+    size = header.get("n")
+    return size if type(size) is int and size >= 0 else len(payload)
 _numbers = itertools.count(1)
 # request headers that never cross the bus: credentials, the hop's own, and Origin (checked
 # where the request landed, which also adds the CORS headers to the answer)
@@ -96,6 +104,7 @@ class Call(StreamOwner):
         self.queue: Queue = Queue()
         self.queued = 0  # payload bytes received, not yet sent on to the client
         self.seen = time.monotonic()
+        self.heard = False  # a frame or an ``alive`` came from the owner for this call
         self.done = False  # the owner sent the whole answer
         self.cut: str | None = None  # why the client was cut off
         self.session = self  # what Body and the reaper ask a stream for: its owner
@@ -107,23 +116,24 @@ class Call(StreamOwner):
         """From the inbox reader (must not block): queue a frame for the waiting greenlet."""
         if self.cut is not None:
             return  # the client is cut off: nothing more is kept for it
-        self.seen = time.monotonic()
+        self.seen, self.heard = time.monotonic(), header.get("k") != "gone"
+        cost = _cost(header, payload)
         try:
-            self.charge(len(payload), False)
+            self.charge(cost, False)
         except LinkClosed:
             return
-        self.queue.put((header, payload))
+        self.queue.put((header, payload, cost))
 
     def next(self) -> tuple[dict, bytes]:
         ping = self.router.ping
         while True:
             try:
-                header, payload = self.queue.get(timeout=ping)
+                header, payload, cost = self.queue.get(timeout=ping)
             except Empty:
                 if time.monotonic() - self.seen > 3 * ping and self.router.may_judge(self):
                     raise OwnerSilent(f"worker {self.owner} sent nothing for {3 * ping:g} s")
                 continue
-            self.queued -= len(payload)
+            self.queued -= cost
             return header, payload
 
     def stop(self, reason: str) -> None:
@@ -198,6 +208,14 @@ def forward(router: Router, environ: dict, body: bytes, owner: str) -> Response 
                                 headers=header["h"])
             if header["k"] != "head":
                 raise OwnerSilent(f"unexpected {header['k']!r} frame")
+            status, head = int(header["st"]), Headers(header["h"])
+        except (KeyError, TypeError, ValueError) as exc:  # a frame of the wrong shape
+            logger.warning("forwarded %s %s to worker %s: a malformed answer frame: %s: %s",
+                           environ["REQUEST_METHOD"], environ.get("PATH_INFO"), owner,
+                           exc.__class__.__name__, exc)
+            call.cancel()
+            return rpc_error(502, jsonrpc.INTERNAL_ERROR, "Bad Gateway: the worker that owns "
+                             "this session sent a malformed answer", _request_id(body))
         except (OwnerSilent, BusDown, BlobLost) as exc:
             logger.warning("forwarded %s %s to worker %s: %s", environ["REQUEST_METHOD"],
                            environ.get("PATH_INFO"), owner, exc)
@@ -207,7 +225,7 @@ def forward(router: Router, environ: dict, body: bytes, owner: str) -> Response 
         response = Response(Body(_relay(router, call, body), environ, call,
                                  lambda: call.stop("client disconnected"),
                                  lambda: _finish(router, call)),
-                            status=header["st"], headers=header["h"])
+                            status=status, headers=head)
         response.direct_passthrough = True
         router.reaped.add(call)  # the reaper cuts it if its client takes nothing
         handed_over = True

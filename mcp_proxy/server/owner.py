@@ -64,6 +64,17 @@ class Served:
                 hook()
 
 
+_CALL_FIELDS = ("f", "c", "m", "p", "q", "s", "a")  # strings; "h" maps strings to strings
+
+
+def well_formed(header: dict) -> bool:
+    """Whether a ``call`` frame has every field ``serve`` reads, each of its type."""
+    headers = header.get("h")
+    return all(type(header.get(key)) is str for key in _CALL_FIELDS) \
+        and type(headers) is dict \
+        and all(type(k) is str and type(v) is str for k, v in headers.items())
+
+
 def serve(router: Router, header: dict, payload: bytes) -> None:
     """Run another worker's request here; stream its answer back."""
     sender, corr = header["f"], header["c"]

@@ -216,7 +216,16 @@ class Router:
             logger.warning("worker %s: dropped a malformed bus frame (%d bytes)", self.tag,
                            len(data))
             return
+        try:  # a frame of the wrong shape (from a bug, or anyone who can PUBLISH) is
+            self._dispatch(kind, header, payload)  # dropped; it must not end the reader
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.warning("worker %s: dropped a malformed %.20r bus frame: %s: %s", self.tag,
+                           kind, exc.__class__.__name__, exc)
+
+    def _dispatch(self, kind, header: dict, payload: bytes) -> None:
         if kind == "call":
+            if not owning.well_formed(header):
+                raise ValueError("a call frame without the fields it needs")
             supervise.spawn(owning.serve, self, header, payload, name="forwarded request")
         elif kind == "cancel":
             served = self.served.get((header.get("f"), header.get("c")))
@@ -233,7 +242,7 @@ class Router:
             for corr in header.get("cs", ()):
                 call = self.calls.get(corr)
                 if call is not None:
-                    call.seen = now
+                    call.seen, call.heard = now, True
         else:
             call = self.calls.get(header.get("c"))
             if call is not None:
@@ -273,10 +282,13 @@ class Router:
         """End the calls of owners whose inbox has had no reader for the grace."""
         waiting: dict[str, list] = {}
         for call in list(self.calls.values()):
-            if now - call.seen > QUIET:
+            # only a call its owner never confirmed (no frame, no ``alive``): one it did has
+            # reached the owner, which the heartbeat rule judges (an answer, never a 404)
+            if not call.heard and now - call.seen > QUIET:
                 waiting.setdefault(call.owner, []).append(call)
+        for tag in self.vanished.keys() - waiting.keys():
+            del self.vanished[tag]  # it answered, or nothing waits on it: start afresh
         if not waiting:
-            self.vanished.clear()
             return
         for tag, calls in waiting.items():
             try:  # how many read its inbox: a frame every owner ignores, as PUBLISH counts
