@@ -42,7 +42,15 @@ logger = logging.getLogger(__name__)
 _READ = 1 << 18  # at most this much of stdout is read ahead of the client
 _STDIN_QUEUE = 1 << 20  # bytes waiting for a server that is slow to read its stdin
 _IOV_MAX = 64
-_LEADING_ID = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.){0,200}")')
+# Where an oversize answer's id can be trusted to be the top-level one (anything it echoes,
+# e.g. a client's {"id": N} in a result, must not pick whose request fails): the first member
+# (after "jsonrpc"), or the last member of an answer whose first member is its result or error.
+_ID = rb'(-?\d+|"(?:[^"\\]|\\.){0,200}")'
+_JSONRPC = rb'\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?'
+_LEADING_ID = re.compile(_JSONRPC + rb'"id"\s*:\s*' + _ID + rb'\s*,')
+_ANSWER_FIRST = re.compile(_JSONRPC + rb'"(?:result|error)"\s*:')
+_TRAILING_ID = re.compile(rb',\s*"id"\s*:\s*' + _ID + rb'\s*\}\s*\Z')
+_TAIL = 256
 
 
 def _first(pieces: list, size: int = 256) -> bytes:
@@ -200,6 +208,7 @@ class StdioChild(Link):
         parts: list = []  # the start of the line not ended yet
         size = 0
         head = None  # the first bytes of an oversize line being skipped
+        tail = b""  # and its last bytes
         while True:
             chunk = read(_READ)
             if not chunk:
@@ -209,14 +218,17 @@ class StdioChild(Link):
             while end >= 0:
                 size += end - start
                 if head is not None or size > cap:
-                    self._drop_oversize(head or _first([*parts, memoryview(chunk)[start:end]]),
-                                        size + 1)
+                    if head is None:
+                        head = _first([*parts, memoryview(chunk)[start:end]])
+                        tail = b"".join(parts)[-_TAIL:]
+                    self._drop_oversize(head, (tail + chunk[max(start, end - _TAIL):end])
+                                        [-_TAIL:], size + 1)
                 elif parts:
                     parts.append(memoryview(chunk)[start:end])
                     yield b"".join(parts)
                 elif end > start:
                     yield chunk[start:end]
-                parts, size, head = [], 0, None
+                parts, size, head, tail = [], 0, None, b""
                 start = end + 1
                 end = chunk.find(b"\n", start)
             if start < len(chunk):
@@ -224,9 +236,11 @@ class StdioChild(Link):
                 if head is None:
                     parts.append(chunk[start:] if start else chunk)
                     if size > cap:  # keep only what finds its id
-                        head, parts = _first(parts), []
+                        head, tail, parts = _first(parts), b"".join(parts)[-_TAIL:], []
+                else:
+                    tail = (tail + chunk[max(start, len(chunk) - _TAIL):])[-_TAIL:]
         if head is not None:
-            self._drop_oversize(head, size)
+            self._drop_oversize(head, tail, size)
         elif parts:
             yield b"".join(parts)
 
@@ -250,12 +264,15 @@ class StdioChild(Link):
             watch.answer()
         self.deliver(message)
 
-    def _drop_oversize(self, head: bytes, size: int) -> None:
-        """Drop a frame over the cap; answer its request with an error if we can find its id."""
+    def _drop_oversize(self, head: bytes, tail: bytes, size: int) -> None:
+        """Drop a frame over the cap; answer its request with an error if its id is sure."""
         logger.error("%s: dropped a %d-byte message from the server (frame cap %d bytes)",
                      self.name, size, self.max_frame)
-        found = _LEADING_ID.search(head)
-        if found and b'"method"' not in head[:found.start()]:
+        found = _LEADING_ID.match(head)
+        if found is None and _ANSWER_FIRST.match(head):
+            found = _TRAILING_ID.search(tail)
+        if found and not re.match(_JSONRPC + rb'(?:"id"\s*:\s*' + _ID + rb'\s*,\s*)?"method"',
+                                  head):
             request_id = json.loads(found.group(1))
             self._pass(jsonrpc.error_message(
                 request_id, jsonrpc.INTERNAL_ERROR,

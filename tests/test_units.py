@@ -217,3 +217,30 @@ def test_streamable_routing():
     assert drain(other) == [2]
     assert drain(session.unsolicited) == ["notifications/tools/list_changed", "roots/list"]
     assert session.requests == {} and session.progress == {}
+
+
+def test_an_oversize_answer_fails_only_the_request_whose_id_is_sure(tmp_path):
+    """The id an oversize answer is failed under is its top-level one: first (after jsonrpc),
+    or last when the answer starts with its result (the TypeScript SDK's order). An id it
+    echoes inside its result (a client's {"id": 3}) must not fail another client's request."""
+    pad = "p" * 700_000
+    pieces = [
+        # the result echoes {"id":3} first; the real id (7) stands last, split across reads
+        '{"result":{"structuredContent":{"id":3},"t":"' + pad[:300_000], pad[300_000:]
+        + '"},"jsonrpc":"2.0","id":7}\n',
+        # an echoed id first, and no sure id at all: nobody's request fails
+        '{"result":{"id":4,"t":"' + pad + '"}}\n',
+        # a server request with an id: not an answer, never turned into one
+        '{"jsonrpc":"2.0","id":9,"method":"sampling/createMessage","params":{"t":"' + pad
+        + '"}}\n',
+        '{"jsonrpc":"2.0","method":"m","params":{"t":"' + pad + '"},"id":10}\n',
+        _line(5, "after") + "\n",
+    ]
+    script = tmp_path / "pieces.json"
+    script.write_text(json.dumps(pieces))
+    child = StdioChild(ServerSpec(RAW_SERVER[0], ["-c", PIECES, str(script)]), "t", 650_000,
+                       stop_grace=0.5)
+    with gevent.Timeout(10):
+        got = list(child)
+    assert [m.id for m in got] == [7, 5]
+    assert "exceeds the proxy's frame cap" in got[0].error["message"]
