@@ -19,7 +19,7 @@ import copy
 import logging
 from typing import TYPE_CHECKING
 
-from mcp_proxy import jsonrpc
+from mcp_proxy import fanout, jsonrpc
 from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError
 from mcp_proxy.jsonrpc import Message, id_key, result_message, rewritten, with_id
 from mcp_proxy.port import Call
@@ -50,6 +50,7 @@ def route(mux: Multiplexer, port: Port, message: Message) -> None:
             child_id = port.inflight.pop(id_key(message.params.get("requestId")), None)
             if child_id is not None:  # only the client's own requests
                 mux.calls.pop(child_id, None)
+                fanout.drain(mux, port, child_id)
                 mux.send(rewritten(message, params={"requestId": child_id}))
         elif method == "notifications/initialized":
             pass  # the proxy initialized the child itself

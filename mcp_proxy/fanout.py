@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from typing import TYPE_CHECKING
 
 from mcp_proxy import jsonrpc
@@ -23,6 +25,7 @@ from mcp_proxy.jsonrpc import Message, id_key, result_message, rewritten, with_i
 
 if TYPE_CHECKING:
     from mcp_proxy.multiplexer import Multiplexer
+    from mcp_proxy.port import Port
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +39,36 @@ def route(mux: Multiplexer, message: Message) -> None:
         notification(mux, message)
 
 
+# how long a cancelled request's handler may still ask its client something (the variable
+# is internal: the tests shorten it)
+DRAIN = float(os.environ.get("MCP_PROXY_CANCEL_DRAIN", "10"))
+_DRAINING_MAX = 1024  # cancelled requests remembered per child (the oldest go first)
+
+
+def drain(mux: Multiplexer, port: Port, child_id: int) -> None:
+    """A cancelled request: freed, but its client stays the one a server request can be for
+    until the server answers it or ``DRAIN`` seconds pass (a server may run a cancelled
+    handler on: its sampling must not go to another client that happens to be alone)."""
+    now = time.monotonic()
+    for stale in [cid for cid, (_, until) in mux.cancelled.items() if until < now]:
+        del mux.cancelled[stale]
+    while len(mux.cancelled) >= _DRAINING_MAX:
+        del mux.cancelled[next(iter(mux.cancelled))]
+    mux.cancelled[child_id] = (port, now + DRAIN)
+
+
+def _busy(mux: Multiplexer) -> list[Port]:
+    now = time.monotonic()
+    draining = {port for port, until in mux.cancelled.values() if until >= now}
+    return [port for port in mux.ports if port.inflight or port in draining]
+
+
 def answer(mux: Multiplexer, message: Message) -> None:
     cid = message.id
     call = mux.calls.pop(cid, None) if isinstance(cid, int) else None
     if call is None:
+        if isinstance(cid, int):
+            mux.cancelled.pop(cid, None)  # its handler has ended
         logger.info("%s: an answer to no request in flight (%r; cancelled, or its client "
                     "left); dropped", mux.name, cid)
     elif call.waiter is not None:
@@ -80,7 +109,7 @@ def _server_request(mux: Multiplexer, message: Message) -> None:
     if message.method == "ping":
         reply(mux, result_message(message.id, {}))
         return
-    busy = [port for port in mux.ports if port.inflight]
+    busy = _busy(mux)
     if len(busy) == 1 and busy[0].can_take(message.method):
         port = busy[0]
         client_id = port.server_id()
@@ -91,7 +120,7 @@ def _server_request(mux: Multiplexer, message: Message) -> None:
     if not busy:
         why = "no client has a request in flight"
     elif len(busy) > 1:
-        why = f"{len(busy)} clients have requests in flight"
+        why = f"{len(busy)} clients have requests in flight (or cancelled within {DRAIN:g} s)"
     else:
         why = "the client with a request in flight did not declare that capability"
     logger.info("%s: refused the server's %s: %s", mux.name, message.method, why)

@@ -59,6 +59,9 @@ class Multiplexer:
         self.failure = ""
         self.starts: deque[float] = deque()
         self.calls: dict[int, Call] = {}
+        # cancelled calls whose handler may still run: child id -> (port, until when); a
+        # server request meanwhile may be that handler's, so the port still counts as busy
+        self.cancelled: dict[int, tuple[Port, float]] = {}
         self._next_id = 0
         self.subscribed: dict[str, int] = {}  # uri -> how many ports subscribed
         self.level: str | None = None

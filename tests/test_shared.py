@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 import requests
@@ -164,15 +165,25 @@ def test_a_client_can_cancel_only_its_own_requests(shared):
     b.close()
 
 
-def test_a_cancelled_request_no_longer_counts_as_in_flight(shared):
+def test_a_cancelled_request_no_longer_counts_as_in_flight(proxy_factory, tmp_path):
     """A server that never answers a cancelled request (the TypeScript SDK's way) must not
-    leave it in flight: else every later server request is refused as unattributable."""
+    leave it in flight: else every later server request is refused as unattributable. But
+    while its handler may still run (until the server answers it, or for the drain time), a
+    server request may be that handler's: it is not given to another client alone in flight."""
+    shared = proxy_factory("--shared-child", "--", *RAW_SERVER, "--record",
+                           str(tmp_path / "sent.jsonl"), env={"MCP_PROXY_CANCEL_DRAIN": "1.5"})
+    shared.record = tmp_path / "sent.jsonl"
     a = Client(shared.base)
     b = Client(shared.base, {"sampling": {}})
     a.post(tool("hold", 1))
     wait_until(lambda: "tools/call" in methods(shared.record))
     a.post(rpc("notifications/cancelled", None, requestId=1))
     wait_until(lambda: "notifications/cancelled" in methods(shared.record))
+    refused = b.call(tool("ask", 5, prompt="a's handler may still run"))
+    assert "2 clients have requests in flight (or cancelled within 1.5 s)" in json.dumps(
+        refused), refused
+    shared.expect("cancelled within 1.5 s")
+    time.sleep(1.6)  # not a synchronisation: the drain time itself has to pass
     b.post(tool("ask", 2, prompt="only b is in flight"))
     request = b.next()
     assert request["method"] == "sampling/createMessage", request
