@@ -88,20 +88,21 @@ def _initialize(mux: Multiplexer, port: Port, message: Message) -> None:
     port.offer(result_message(message.id, result))
 
 
-def forward(mux: Multiplexer, port: Port, message: Message, params: dict | None = None) -> None:
+def forward(mux: Multiplexer, port: Port, message: Message, params: dict | None = None) -> bool:
     """Send a client's request to the child under the next id (its progress token too, and
-    ``params`` entries replaced); the client gets an error if the child cannot take it."""
+    ``params`` entries replaced); the client gets an error if the child cannot take it.
+    Whether it was sent."""
     if message.method.startswith("notifications/"):
         # a server may act on the method alone: a cancel sent as a request would reach it
         # with another client's requestId, which only a notification gets mapped
         port.offer(jsonrpc.error_message(message.id, jsonrpc.INVALID_REQUEST,
                                          f"Invalid Request: {message.method} takes no id"))
-        return
+        return False
     try:
         mux.ensure_started()
     except SpawnError as exc:
         port.offer(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR, str(exc)))
-        return
+        return False
     cid = mux.new_id()
     meta = message.params.get("_meta")
     token = meta.get("progressToken") if isinstance(meta, dict) else None
@@ -120,6 +121,8 @@ def forward(mux: Multiplexer, port: Port, message: Message, params: dict | None 
             raise
         port.offer(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR,
                                          f"MCP server unavailable: {exc}"))
+        return False
+    return True
 
 
 # -- subscriptions and log level ---------------------------------------------------

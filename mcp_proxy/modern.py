@@ -218,17 +218,22 @@ class ModernLane(Multiplexer):
     def from_client(self, port: Port, message: Message) -> None:
         if message.kind != jsonrpc.REQUEST:
             return  # the edge answers modern notifications 202 and drops them
-        params = None
+        params, spent = None, None
         if message.method in MRTR_METHODS:
             handle = message.request_state
             if handle is not None:
-                ours, state = self._unseal(handle, port.principal)
+                ours, state, spent = self._unseal(handle, port.principal)
                 if not ours:
                     port.offer(jsonrpc.error_message(message.id, INVALID_PARAMS,
                                                      "Invalid or expired requestState"))
                     return
                 params = {"requestState": state}
-        fanin.forward(self, port, message, params)
+        sent = False
+        try:
+            sent = fanin.forward(self, port, message, params)
+        finally:
+            if spent is not None and not sent:  # not sent (busy, no server): the retry the
+                self.unspent.setdefault(*spent)  # client is told to make may use it again
 
     def _from_child(self, message: Message) -> None:
         kind = message.kind
@@ -271,16 +276,17 @@ class ModernLane(Multiplexer):
         unspent[nonce] = now + STATE_TTL
         return wrap_state(state, self.generation, nonce)
 
-    def _unseal(self, handle: Any, principal: str) -> tuple[bool, Any]:
-        """(True, the child's state) if ``handle`` is this caller's (an anonymous one is
-        spent here: a second use is refused)."""
+    def _unseal(self, handle: Any, principal: str) -> tuple[bool, Any, tuple | None]:
+        """(True, the child's state, None) if ``handle`` is this caller's; an anonymous one
+        is spent here (a second use is refused), and its (nonce, expiry) comes third."""
         opened = unwrap_state(handle, self.generation)
         if opened is None:
-            return False, None
+            return False, None, None
         caller, state = opened
         if principal:
-            return caller == principal, state
-        return self.unspent.pop(caller, None) is not None, state
+            return caller == principal, state, None
+        expiry = self.unspent.pop(caller, None)
+        return expiry is not None, state, (caller, expiry) if expiry is not None else None
 
     def _notification(self, message: Message) -> None:
         if message.method == "notifications/tools/list_changed":

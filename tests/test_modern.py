@@ -18,6 +18,8 @@ from test_shared import methods, recorded
 
 from conftest import INIT_PARAMS, RAW_SERVER, SDK_SERVER, STREAM_HEADERS, rpc, run_driver
 from mcp_proxy import modern as modern_lane
+from mcp_proxy.errors import SpawnError
+from mcp_proxy.jsonrpc import Message
 from mcp_proxy.modern import ModernLane, unwrap_state, wrap_state
 
 MODERN = "2026-07-28"
@@ -288,14 +290,32 @@ def test_request_state_handles_are_bound_to_their_child_and_caller():
     assert unwrap_state("sealed", 3) is None  # never ours
     lane = ModernLane("m", spawn=None)
     for_alice = lane._seal("a", "alice")
-    assert lane._unseal(for_alice, "bob") == (False, "a")  # another caller's
-    assert lane._unseal(for_alice, "") == (False, "a")  # nor one without credentials
-    assert lane._unseal(for_alice, "alice") == (True, "a")
-    assert lane._unseal(for_alice, "alice") == (True, "a")  # its caller may retry again
+    assert lane._unseal(for_alice, "bob")[:2] == (False, "a")  # another caller's
+    assert lane._unseal(for_alice, "")[:2] == (False, "a")  # nor one without credentials
+    assert lane._unseal(for_alice, "alice")[:2] == (True, "a")
+    assert lane._unseal(for_alice, "alice")[:2] == (True, "a")  # its caller may retry again
     anonymous = lane._seal("b", "")
     assert lane._unseal(anonymous, "alice")[0] is False
-    assert lane._unseal(anonymous, "") == (True, "b")
+    assert lane._unseal(anonymous, "")[:2] == (True, "b")
     assert lane._unseal(anonymous, "")[0] is False  # spent: nobody can replay it
+
+
+def test_an_anonymous_handle_survives_a_retry_that_was_not_sent():
+    """A retry answered "server unavailable" (nothing reached the server) may be made again
+    with the same one-time handle: it was not spent."""
+    def no_server():
+        raise SpawnError("no server here")
+
+    lane = ModernLane("m", spawn=no_server)
+    port = lane.port("p")
+    handle = lane._seal("b", "")
+    retry = Message({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                     "params": {"name": "x", "arguments": {}, "requestState": handle}})
+    lane.from_client(port, retry)
+    answer = next(iter(port))
+    assert answer.id == 1 and answer.error["code"] == -32603, answer
+    assert lane._unseal(handle, "")[:2] == (True, "b")  # not spent by the failed retry
+    assert lane._unseal(handle, "")[0] is False  # but spent once used
 
 
 def test_request_state_handles_expire(monkeypatch):
