@@ -251,8 +251,8 @@ class StdioChild(Link):
             logger.warning("%s: skipped a stdout line that is not JSON-RPC (%s): %.200r",
                            self.name, exc.message, line)
             answer = jsonrpc.refused_answer(line, exc.message)
-            if answer is not None:  # its request gets an error, not a wait
-                self.deliver(answer)
+            if answer is not None:  # its request gets an error, not a wait (and the start
+                self._pass(answer)  # watch learns an initialize was answered)
             return
         self._pass(message)
 
