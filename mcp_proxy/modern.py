@@ -68,6 +68,7 @@ MAX_UNSPENT = 100_000  # anonymous handles not yet redeemed, per child (a few MB
 # a name missing from a listing is unknown this long (or until list_changed, which the proxy
 # hears only on a caller's listen): made-up names must not cost a listing each
 LISTING_TTL = 60.0
+LISTING_RETRY = 5.0  # after a failed listing, calls that need one get its error this long
 MAX_PAGES = 10
 
 
@@ -151,6 +152,7 @@ class ModernLane(Multiplexer):
         self.tools: dict[str, dict[tuple, str] | None] = {}  # see header_params
         self.unspent: dict[str, float] = {}  # anonymous handles' nonces -> expiry, oldest first
         self.listed_at = float("-inf")  # when the proxy last listed every tool itself
+        self.listing_failed: tuple[float, str] | None = None  # when, and why
         self._listing = Semaphore()
 
     def ensure_started(self) -> None:
@@ -179,7 +181,7 @@ class ModernLane(Multiplexer):
         self.generation += 1
         self.tools.clear()
         self.unspent.clear()
-        self.listed_at = float("-inf")
+        self.listed_at, self.listing_failed = float("-inf"), None
 
     def _child_ended(self, child: Link) -> None:
         if self.legacy_only and child is self.child:  # the probe's child, stopped on purpose
@@ -195,8 +197,16 @@ class ModernLane(Multiplexer):
 
         if stale():
             with self._listing:  # concurrent calls of unknown tools wait for one listing
+                failed = self.listing_failed
+                if failed is not None and time.monotonic() - failed[0] < LISTING_RETRY:
+                    raise ProxyError(failed[1])  # those who waited for it learn its failure
                 if stale():
-                    self._list_tools({key: meta[key] for key in ENVELOPE if key in meta})
+                    try:
+                        self._list_tools({key: meta[key] for key in ENVELOPE if key in meta})
+                    except ProxyError as exc:
+                        self.listing_failed = (time.monotonic(), str(exc))
+                        raise
+                    self.listing_failed = None
         return self.tools.get(name, {})
 
     def _list_tools(self, meta: dict) -> None:
@@ -291,7 +301,7 @@ class ModernLane(Multiplexer):
     def _notification(self, message: Message) -> None:
         if message.method == "notifications/tools/list_changed":
             self.tools.clear()  # what the edge checks is listed again when next needed
-            self.listed_at = float("-inf")
+            self.listed_at, self.listing_failed = float("-inf"), None
         meta = message.params.get("_meta")
         listen = meta.get(SUBSCRIPTION_KEY) if isinstance(meta, dict) else None
         if listen is not None:

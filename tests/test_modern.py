@@ -228,6 +228,9 @@ def test_a_call_whose_headers_cannot_be_checked_is_refused(raw, proxy_factory, t
     error = refused.json()["error"]
     assert error["code"] == -32603 and "tools/list failed: " in error["message"], error
     assert "tools/call" not in methods(record)  # unchecked: it never reached the child
+    again = post(failing.base, call, **{"Mcp-Param-Region": "earth"})  # within 5 s: the
+    assert again.status_code == 502 and again.json()["error"] == error  # same failure,
+    assert methods(record).count("tools/list") == 1  # not another listing each
     odd = modern("tools/call", 2, name="tagged", arguments="region")
     refused = post(raw.base, odd, **{"Mcp-Param-Region": "region"})
     assert refused.status_code == 400 and refused.json()["error"]["code"] == -32602
