@@ -138,6 +138,16 @@ PIECES = ("import json, os, sys\n"
           "    os.write(1, piece.encode('latin-1'))\n")
 
 
+def _pieces_child(tmp_path, pieces: list) -> tuple[StdioChild, list]:
+    """A child writing ``pieces`` (frame cap 650,000 bytes), and every message it gave."""
+    script = tmp_path / "pieces.json"
+    script.write_text(json.dumps(pieces))
+    child = StdioChild(ServerSpec(RAW_SERVER[0], ["-c", PIECES, str(script)]), "t", 650_000,
+                       stop_grace=0.5)
+    with gevent.Timeout(10):
+        return child, list(child)
+
+
 def _line(request_id, text: str = "") -> str:
     return f'{{"jsonrpc":"2.0","id":{request_id},"result":{{"t":"{text}"}}}}'
 
@@ -152,12 +162,7 @@ def test_child_stdout_framing_across_reads(tmp_path):
         '{"jsonrpc":"2.0","method":"m","params":{"t":"' + "w" * 700_000 + '"}}\n',  # dropped
         "not json\n" + fifth[:20], "", fifth[20:] + "\n", _line(6),  # the last: no newline
     ]
-    script = tmp_path / "pieces.json"
-    script.write_text(json.dumps(pieces))
-    child = StdioChild(ServerSpec(RAW_SERVER[0], ["-c", PIECES, str(script)]), "t", 650_000,
-                       stop_grace=0.5)
-    with gevent.Timeout(10):
-        got = list(child)
+    child, got = _pieces_child(tmp_path, pieces)
     assert [m.id for m in got] == [1, 2, 3, 4, 5, 6]
     assert got[1].raw == _line(2).encode()  # the CR went, the blank lines gave nothing
     assert got[2].raw == _line(3, big).encode()
@@ -236,11 +241,6 @@ def test_an_oversize_answer_fails_only_the_request_whose_id_is_sure(tmp_path):
         '{"jsonrpc":"2.0","method":"m","params":{"t":"' + pad + '"},"id":10}\n',
         _line(5, "after") + "\n",
     ]
-    script = tmp_path / "pieces.json"
-    script.write_text(json.dumps(pieces))
-    child = StdioChild(ServerSpec(RAW_SERVER[0], ["-c", PIECES, str(script)]), "t", 650_000,
-                       stop_grace=0.5)
-    with gevent.Timeout(10):
-        got = list(child)
+    child, got = _pieces_child(tmp_path, pieces)
     assert [m.id for m in got] == [7, 5]
     assert "exceeds the proxy's frame cap" in got[0].error["message"]
