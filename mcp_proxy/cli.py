@@ -46,8 +46,8 @@ import argparse
 import logging
 import sys
 
+from mcp_proxy.config.options import build_parser, is_url, server_settings
 from mcp_proxy.errors import ConfigError
-from mcp_proxy.options import build_parser, is_url, server_settings
 
 logger = logging.getLogger("mcp_proxy")
 
@@ -74,11 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if is_url(ns.command_or_url):
             _release_signals()
-            from mcp_proxy.client import run_client  # lazy: client mode never imports Flask
+            from mcp_proxy.client.run import run_client  # lazy: client mode never imports Flask
 
             return run_client(ns)
         settings = server_settings(ns)
-        from mcp_proxy.serve import serve
+        from mcp_proxy.server.wsgi_server import serve
 
         return serve(settings, signalled=_held_signals)
     except ConfigError as exc:

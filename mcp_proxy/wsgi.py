@@ -22,10 +22,10 @@ import sys
 import gevent
 from gevent import monkey
 
+from mcp_proxy.config.options import build_parser, server_settings
 from mcp_proxy.errors import ConfigError
 from mcp_proxy.gunicorn_conf import redis_configured, too_many_workers
-from mcp_proxy.options import build_parser, server_settings
-from mcp_proxy.server import create_app
+from mcp_proxy.server.app import create_app
 from mcp_proxy.server.sessions import Registry
 
 logger = logging.getLogger(__name__)

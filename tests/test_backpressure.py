@@ -26,12 +26,12 @@ from conftest import (
     pids_alive,
     rpc,
 )
-from mcp_proxy import jsonrpc
-from mcp_proxy.child import StdioChild
+from mcp_proxy.children.process import StdioChild
+from mcp_proxy.config.settings import ServerSettings, ServerSpec
+from mcp_proxy.core import jsonrpc
 from mcp_proxy.errors import ServerBusy
 from mcp_proxy.server.sessions import HIGH_WATER, LOW_WATER, Registry
-from mcp_proxy.server.streamable import StreamableSession
-from mcp_proxy.settings import ServerSettings, ServerSpec
+from mcp_proxy.server.streamable_transport import StreamableSession
 
 
 def msg(**obj) -> jsonrpc.Message:

@@ -20,7 +20,7 @@ import requests
 from test_scaleout_gunicorn import worker_status
 
 from conftest import RAW_SERVER, STREAM_HEADERS, GunicornProcess, open_sse, rpc
-from mcp_proxy.server.bus import GRACE
+from mcp_proxy.server.scaleout.bus import GRACE
 
 
 def farm(redis_server, record: Path | None = None) -> GunicornProcess:

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import RAW_SERVER, STREAM_HEADERS, open_sse, rpc
-from mcp_proxy.server import bus as bus_module
-from mcp_proxy.server.bus import BLOB_OVER, BlobLost, Bus, decode, encode
-from mcp_proxy.server.resp import Replies
+from mcp_proxy.server.scaleout import bus as bus_module
+from mcp_proxy.server.scaleout.bus import BLOB_OVER, BlobLost, Bus, decode, encode
+from mcp_proxy.server.scaleout.redis_wire import Replies
 
 ENV = {"MCP_PROXY_ROUTE_HEADER": "1", "MCP_PROXY_BUS_PING": "0.3"}
 BOUNDED = settings(max_examples=200, deadline=None, database=None,
@@ -237,7 +237,7 @@ def test_the_owner_watch_forgets_a_miss_once_the_owner_answered():
     """One missed probe of owner A, then A answered: a later single miss must not end A's
     new call as gone at once (it gets the whole grace), even while a call to another owner
     keeps the watch busy; and a call its owner confirmed is never probed."""
-    from mcp_proxy.server.router import Router
+    from mcp_proxy.server.scaleout.router import Router
 
     router = Router.__new__(Router)
     router.bus, router.vanished = _Probed(), {}

@@ -19,8 +19,8 @@ import requests
 from requests.auth import HTTPBasicAuth, HTTPDigestAuth
 
 from conftest import Scripted, rpc
-from mcp_proxy.upstream.answer import Answer, BrokenAnswer
 from mcp_proxy.upstream.poster import Poster
+from mcp_proxy.upstream.raw_response import Answer, BrokenAnswer
 
 INIT = {"protocolVersion": "2025-06-18", "capabilities": {},
         "serverInfo": {"name": "scripted", "version": "0"}}

@@ -17,9 +17,9 @@ import requests
 from test_sdk_e2e import start_remote
 
 from conftest import Scripted, rpc
-from mcp_proxy.jsonrpc import Message
-from mcp_proxy.settings import ClientSettings
-from mcp_proxy.upstream.streamable import StreamableUpstream
+from mcp_proxy.config.settings import ClientSettings
+from mcp_proxy.core.jsonrpc import Message
+from mcp_proxy.upstream.streamable_remote import StreamableUpstream
 
 ASKING = {"protocolVersion": "2025-06-18", "capabilities": {"roots": {}},
           "clientInfo": {"name": "tests", "version": "0"}}

@@ -25,7 +25,7 @@ import requests
 import yaml
 
 from conftest import INIT_PARAMS, RAW_SERVER, STREAM_HEADERS, free_port, open_sse, rpc
-from mcp_proxy.options import build_parser
+from mcp_proxy.config.options import build_parser
 
 ROOT = Path(__file__).parents[1]
 DEPLOY = ROOT / "deploy"

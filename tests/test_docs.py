@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mcp_proxy.options import build_parser
+from mcp_proxy.config.options import build_parser
 
 ROOT = Path(__file__).parents[1]
 DOCS = ROOT / "docs"

@@ -281,7 +281,7 @@ def test_a_401_says_whether_credentials_were_sent(token_remote, clients, args, s
     assert client.proc.wait(15) == 1
     prefix = f"authentication failed: GET {url}: "
     assert answer["error"]["message"] == prefix + said
-    assert client.stderr().endswith(f"ERROR mcp_proxy.client: {prefix}{said}\n")
+    assert client.stderr().endswith(f"ERROR mcp_proxy.client.run: {prefix}{said}\n")
 
 
 # --- --help says what the code does ----------------------------------------------------------

@@ -22,7 +22,7 @@ from test_lifecycle import wait_until
 from test_shared import Client, recorded, tool
 
 from conftest import RAW_SERVER, STREAM_HEADERS, open_sse, rpc
-from mcp_proxy import decode, jsonrpc
+from mcp_proxy.core import jsonrpc, strict_json
 from mcp_proxy.errors import MessageError
 
 BOUNDED = settings(max_examples=150, deadline=None, database=None)
@@ -168,7 +168,7 @@ CASES = [
 def _padded(body: bytes) -> bytes:
     """``body`` past the orjson threshold: a large string member first, in the top object."""
     at = body.index(b"{") + 1
-    return body[:at] + b'"pad":"' + b"p" * (decode.FAST_ABOVE + 1) + b'",' + body[at:]
+    return body[:at] + b'"pad":"' + b"p" * (strict_json.FAST_ABOVE + 1) + b'",' + body[at:]
 
 
 @pytest.mark.parametrize("large", [False, True], ids=["small", "large"])
@@ -191,7 +191,7 @@ def test_parse_refuses_what_parsers_read_differently(body, outcome, why, large):
 def test_a_large_message_with_many_quotes_still_has_its_duplicates_found():
     items = b",".join(b'{"k":%d}' % n for n in range(4000))
     body = b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"items":[' + items + b']},"id":2}'
-    assert len(body) > decode.FAST_ABOVE
+    assert len(body) > strict_json.FAST_ABOVE
     with pytest.raises(MessageError, match='member "id"'):
         jsonrpc.parse(body)
     numbers = b",".join(b"%d" % n for n in range(9000))  # few quotes, many values
@@ -268,7 +268,7 @@ def messages(draw) -> bytes:
         obj["method"] = "tools/call"
         obj["params"] = draw(st.dictionaries(NAMES, JSON, max_size=4))
         if draw(st.booleans()):
-            obj["params"]["pad"] = "p" * (decode.FAST_ABOVE + 1)
+            obj["params"]["pad"] = "p" * (strict_json.FAST_ABOVE + 1)
     else:
         obj["result"] = draw(st.dictionaries(NAMES, JSON, max_size=4))
     keys = draw(st.one_of(st.just(list(obj)), st.permutations(list(obj))))

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mcp_proxy import decode, jsonrpc
+from mcp_proxy.core import jsonrpc, strict_json
 from mcp_proxy.errors import MessageError
 
 
@@ -132,7 +132,7 @@ def test_large_messages_parse_as_the_standard_library_does(body, monkeypatch):
                 message.params, message.error, message.raw == big)
 
     fast = outcome()
-    monkeypatch.setattr(decode, "fast", lambda data: None)
+    monkeypatch.setattr(strict_json, "fast", lambda data: None)
     assert fast == outcome()
 
 

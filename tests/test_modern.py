@@ -17,10 +17,10 @@ from test_lifecycle import wait_until
 from test_shared import methods, recorded
 
 from conftest import INIT_PARAMS, RAW_SERVER, SDK_SERVER, STREAM_HEADERS, rpc, run_driver
-from mcp_proxy import modern as modern_lane
+from mcp_proxy.children import lane as modern_lane
+from mcp_proxy.children.lane import ModernLane, unwrap_state, wrap_state
+from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.errors import SpawnError
-from mcp_proxy.jsonrpc import Message
-from mcp_proxy.modern import ModernLane, unwrap_state, wrap_state
 
 MODERN = "2026-07-28"
 META = {"io.modelcontextprotocol/protocolVersion": MODERN,

@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import RAW_SERVER
-from mcp_proxy.child import StdioChild
+from mcp_proxy.children.multiplexer import Multiplexer
+from mcp_proxy.children.process import StdioChild
+from mcp_proxy.config.settings import ServerSpec
+from mcp_proxy.core.jsonrpc import Message, id_key
 from mcp_proxy.errors import ServerBusy, SpawnError
-from mcp_proxy.jsonrpc import Message, id_key
-from mcp_proxy.multiplexer import Multiplexer
-from mcp_proxy.settings import ServerSpec
 
 
 def raw_child(*args: str, **options) -> StdioChild:

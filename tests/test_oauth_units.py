@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from mcp_proxy.config.settings import ClientSettings
 from mcp_proxy.errors import AuthError
-from mcp_proxy.settings import ClientSettings
 from mcp_proxy.upstream.oauth import auth
 from mcp_proxy.upstream.oauth.browser import browser_commands, default_port
 from mcp_proxy.upstream.oauth.discovery import issuers_match, metadata_urls, resource_covers

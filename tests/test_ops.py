@@ -27,7 +27,7 @@ from conftest import (
     pids_alive,
     rpc,
 )
-from mcp_proxy.options import build_parser
+from mcp_proxy.config.options import build_parser
 
 ROOT = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent

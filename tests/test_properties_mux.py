@@ -31,10 +31,10 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcp_proxy import jsonrpc
+from mcp_proxy.children.multiplexer import Multiplexer
+from mcp_proxy.core import jsonrpc
+from mcp_proxy.core.link import Link
 from mcp_proxy.errors import MessageError
-from mcp_proxy.link import Link
-from mcp_proxy.multiplexer import Multiplexer
 
 INIT = {"protocolVersion": "2025-06-18", "capabilities": {"sampling": {}},
         "clientInfo": {"name": "prop", "version": "0"}}

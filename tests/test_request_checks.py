@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from mcp_proxy.jsonrpc import Message
-from mcp_proxy.server.http import accepts, is_json, read_message, too_large
+from mcp_proxy.core.jsonrpc import Message
+from mcp_proxy.server.responses import accepts, is_json, read_message, too_large
 
 
 @pytest.mark.parametrize(("accept", "expected"), [
@@ -78,8 +78,8 @@ def test_malformed_body_is_a_jsonrpc_parse_error():
 
 @pytest.fixture
 def guarded_app():
-    from mcp_proxy.options import build_parser, server_settings
-    from mcp_proxy.server import create_app
+    from mcp_proxy.config.options import build_parser, server_settings
+    from mcp_proxy.server.app import create_app
 
     args = ["--port", "0", "--allow-host", "example.com", "--", "true"]
     return create_app(server_settings(build_parser().parse_args(args)))

@@ -15,7 +15,7 @@ from test_modern import modern, post
 from test_shared import methods
 
 from conftest import INIT_PARAMS, RAW_SERVER, STREAM_HEADERS, open_sse, rpc
-from mcp_proxy.settings import NETWORK_ENV_KEYS
+from mcp_proxy.config.settings import NETWORK_ENV_KEYS
 
 NETWORK = {key: f"value of {key}" for key in NETWORK_ENV_KEYS}
 STUCK = [f"npm http fetch GET https://registry.npmjs.org/x attempt {n} failed: "
@@ -65,11 +65,12 @@ def hint(env: dict) -> str:
 def check_start_warnings(proxy, label: str, env: dict) -> None:
     pid = proxy.expect(rf"{label}: started \S+ \(pid (\d+)\)").group(1)
     tail = [f"  | {line}" for line in STUCK[2:]]  # the last ten of twelve
-    early = block(proxy, f"WARNING mcp_proxy.startup: {label}: the server (pid {pid}) has not "
-                         f"answered initialize after 0.5 s; the last lines of its stderr:")
+    early = block(proxy, f"WARNING mcp_proxy.children.startup: {label}: the server (pid {pid}) "
+                         f"has not answered initialize after 0.5 s; the last lines of its stderr:")
     assert early[:10] == tail
-    late = block(proxy, f"WARNING mcp_proxy.startup: {label}: no answer to initialize within "
-                        f"3 s: stopping the server (pid {pid}); the last lines of its stderr:")
+    late = block(proxy, f"WARNING mcp_proxy.children.startup: {label}: no answer to initialize "
+                        f"within 3 s: stopping the server (pid {pid}); the last lines of its "
+                        "stderr:")
     assert late == [*tail, hint(env)]
     proxy.expect(rf"{label}: server pid {pid} stopped")
     for line in STUCK:  # the whole stderr still reaches ours, as the server wrote it
@@ -106,9 +107,9 @@ def test_a_server_that_answers_late_is_not_stopped(proxy_factory):
                            headers=STREAM_HEADERS, timeout=20)
     assert answer.json()["result"]["serverInfo"]["name"] == "raw_server"
     label = proxy.expect(r"(streamable:\w+): started").group(1)
-    proxy.expect(rf"INFO mcp_proxy.startup: {label}: the server answered initialize after "
+    proxy.expect(rf"INFO mcp_proxy.children.startup: {label}: the server answered initialize after "
                  rf"\d+ s$")
-    proxy.expect(f"WARNING mcp_proxy.startup: {label}: the server \\(pid \\d+\\) has not "
+    proxy.expect(f"WARNING mcp_proxy.children.startup: {label}: the server \\(pid \\d+\\) has not "
                  f"answered initialize after 0.5 s; it has written nothing to stderr")
     assert "no answer to initialize" not in proxy.stderr()
 
@@ -136,7 +137,7 @@ def test_concurrent_first_modern_requests_wait_for_one_era_probe(proxy_factory, 
     assert sum("modern:default: started" in line for line in proxy.lines) == 1
     learnt = [line for line in proxy.lines if "legacy-only" in line]
     assert len(learnt) == 1 and learnt[0].endswith(
-        "INFO mcp_proxy.modern: modern:default: the server is legacy-only (server/discover: "
+        "INFO mcp_proxy.children.lane: modern:default: the server is legacy-only (server/discover: "
         "Method not found); modern clients are steered to initialize")
     assert not [line for line in proxy.lines if " WARNING " in line]  # an old server is fine
 
@@ -150,15 +151,17 @@ def test_a_client_that_gives_up_on_a_silent_server_leaves_its_stderr_in_the_log(
     label = proxy.expect(r"(sse:\w+): started").group(1)
     proxy.expect(rf"{label}: the server \(pid \d+\) has not answered initialize after 0.5 s")
     reader.close()
-    line = proxy.expect(rf"WARNING mcp_proxy.startup: {label}: the server \(pid \d+\) was "
+    line = proxy.expect(rf"WARNING mcp_proxy.children.startup: {label}: the server \(pid \d+\) was "
                         rf"stopped before it answered initialize \(client closed its event "
                         rf"stream, after \d+ s\); the last lines of its stderr:$").string
     assert block(proxy, line)[:3] == [f"  | {STUCK[0]}", f"  | {STUCK[1]}", hint(FAST_START)]
 
 
 def test_the_hint_follows_the_environment_policy(monkeypatch):
-    from mcp_proxy import startup  # gevent objects, no monkey-patching: safe to import here
-    from mcp_proxy.settings import ServerSpec
+    from mcp_proxy.children import (
+        startup,  # gevent objects, no monkey-patching: safe to import here
+    )
+    from mcp_proxy.config.settings import ServerSpec
 
     for key in NETWORK_ENV_KEYS:
         monkeypatch.delenv(key, raising=False)

@@ -13,30 +13,30 @@ import sys
 import gevent
 
 from conftest import Scripted, rpc
-from mcp_proxy.client import Redact
+from mcp_proxy.client.run import Redact
+from mcp_proxy.config.settings import ClientSettings
+from mcp_proxy.core.greenlets import closing, spawn
+from mcp_proxy.core.link import Link
 from mcp_proxy.errors import UpstreamError
-from mcp_proxy.link import Link
-from mcp_proxy.settings import ClientSettings
-from mcp_proxy.supervise import closing, spawn
 from mcp_proxy.upstream.base import Upstream
 
 
 def test_a_crash_is_logged_once_and_handed_to_on_error(caplog):
     seen = []
-    with caplog.at_level(logging.ERROR, logger="mcp_proxy.supervise"):
+    with caplog.at_level(logging.ERROR, logger="mcp_proxy.core.greenlets"):
         greenlet = spawn(lambda n: 1 / n, 0, name="divider", on_error=seen.append)
         greenlet.join(5)
         gevent.sleep(0.01)  # on_error runs in its own greenlet
     assert [type(exc) for exc in seen] == [ZeroDivisionError]
     assert greenlet.name == "divider"
-    records = [r for r in caplog.records if r.name == "mcp_proxy.supervise"]
+    records = [r for r in caplog.records if r.name == "mcp_proxy.core.greenlets"]
     assert [r.getMessage() for r in records] == ["divider crashed"]
     assert records[0].levelno == logging.ERROR and records[0].exc_info is not None
 
 
 def test_a_kill_or_a_return_is_no_crash(caplog):
     seen = []
-    with caplog.at_level(logging.ERROR, logger="mcp_proxy.supervise"):
+    with caplog.at_level(logging.ERROR, logger="mcp_proxy.core.greenlets"):
         done = spawn(lambda: 42, name="quick", on_error=seen.append)
         assert done.get(timeout=5) == 42
         sleeper = spawn(gevent.sleep, 30, name="sleeper", on_error=seen.append)
@@ -50,7 +50,7 @@ def test_a_failing_handler_is_reported_not_raised(caplog):
     def handler(exc):
         raise RuntimeError("handler broke")
 
-    with caplog.at_level(logging.ERROR, logger="mcp_proxy.supervise"):
+    with caplog.at_level(logging.ERROR, logger="mcp_proxy.core.greenlets"):
         spawn(lambda: {}["missing"], name="lookup", on_error=handler).join(5)
         gevent.sleep(0.01)
     assert [r.getMessage() for r in caplog.records] == [
@@ -68,7 +68,7 @@ def test_a_crash_traceback_carries_no_secret():
     try:
         raise ValueError("GET https://host/sse?token=s3cret-query failed")
     except ValueError:
-        record = logging.LogRecord("mcp_proxy.supervise", logging.ERROR, __file__, 1,
+        record = logging.LogRecord("mcp_proxy.core.greenlets", logging.ERROR, __file__, 1,
                                    "%s crashed", ("reader",), sys.exc_info())
     assert Redact(["token=s3cret-query"]).filter(record)
     text = logging.Formatter().format(record)

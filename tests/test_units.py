@@ -12,11 +12,11 @@ import gevent
 import pytest
 
 from conftest import RAW_SERVER
-from mcp_proxy import jsonrpc
-from mcp_proxy.child import StdioChild
+from mcp_proxy.children.process import StdioChild
+from mcp_proxy.config.settings import ServerSpec
+from mcp_proxy.core import jsonrpc
+from mcp_proxy.core.link import Link, bridge
 from mcp_proxy.errors import LinkClosed, SpawnError
-from mcp_proxy.link import Link, bridge
-from mcp_proxy.settings import ServerSpec
 
 
 class MemoryLink(Link):
@@ -188,9 +188,9 @@ def test_missing_command_is_a_spawn_error():
 
 
 def test_streamable_routing():
+    from mcp_proxy.config.settings import ServerSettings
     from mcp_proxy.server.sessions import Registry
-    from mcp_proxy.server.streamable import StreamableSession
-    from mcp_proxy.settings import ServerSettings
+    from mcp_proxy.server.streamable_transport import StreamableSession
 
     session = StreamableSession(Registry(ServerSettings(servers={})), "")
     session.send(msg(method="notifications/tools/list_changed"))  # nothing open: kept

@@ -22,10 +22,10 @@ from typing import Any
 
 from flask import Response
 
-from mcp_proxy import jsonrpc
-from mcp_proxy.jsonrpc import Message
-from mcp_proxy.protocol import LEGACY_VERSIONS, NAMED_BY, VERSION_KEY
-from mcp_proxy.server.http import rpc_error
+from mcp_proxy.core import jsonrpc
+from mcp_proxy.core.jsonrpc import Message
+from mcp_proxy.core.protocol import LEGACY_VERSIONS, NAMED_BY, VERSION_KEY
+from mcp_proxy.server.responses import rpc_error
 
 HEADER_MISMATCH = -32020
 _ABSENT = object()

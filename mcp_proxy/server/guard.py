@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from mcp_proxy.server.health import PROBE_ENDPOINTS
-from mcp_proxy.server.http import text_error
-from mcp_proxy.settings import ServerSettings
+from mcp_proxy.config.settings import ServerSettings
+from mcp_proxy.server.probes import PROBE_ENDPOINTS
+from mcp_proxy.server.responses import text_error
 
 LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
 WILDCARD_BINDS = ("0.0.0.0", "::", "")

@@ -21,14 +21,14 @@ import gevent
 from gevent.event import Event
 from gevent.lock import Semaphore
 
-from mcp_proxy import supervise
+from mcp_proxy.children.supervisor import Supervisor
+from mcp_proxy.config.settings import ServerSettings
+from mcp_proxy.core import greenlets
+from mcp_proxy.core.jsonrpc import Message
+from mcp_proxy.core.link import Link, bridge
 from mcp_proxy.errors import TooManySessions
-from mcp_proxy.jsonrpc import Message
-from mcp_proxy.link import Link, bridge
-from mcp_proxy.metrics import Metrics
+from mcp_proxy.server.metrics import Metrics
 from mcp_proxy.server.streams import Stream, StreamOwner
-from mcp_proxy.server.supervisor import Supervisor
-from mcp_proxy.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Registry:
 
     def _start_reaper(self) -> gevent.Greenlet:
         # a reaper that crashed is logged and started again: idle sessions must still end
-        return supervise.spawn(self._reap_idle, name="session reaper",
+        return greenlets.spawn(self._reap_idle, name="session reaper",
                                on_error=lambda exc: setattr(self, "_reaper",
                                                             self._start_reaper()))
 

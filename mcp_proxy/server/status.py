@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from flask import Flask, jsonify
 
 from mcp_proxy import __version__
-from mcp_proxy.server.health import readiness
+from mcp_proxy.server.probes import readiness
 from mcp_proxy.server.sessions import Registry
 
 

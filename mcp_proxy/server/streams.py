@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent.hub import Waiter
 
-from mcp_proxy import jsonrpc, supervise
+from mcp_proxy.core import greenlets, jsonrpc
+from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.errors import LinkClosed
-from mcp_proxy.jsonrpc import Message
 
 if TYPE_CHECKING:
     from mcp_proxy.server.sessions import Session
@@ -232,7 +232,7 @@ def _watch(sock: socket.socket, on_gone: Callable[[], None]):
 
     def readable() -> None:
         watcher.stop()
-        supervise.spawn(peek, name="disconnect check")
+        greenlets.spawn(peek, name="disconnect check")
 
     watcher.start(readable)
     return watcher

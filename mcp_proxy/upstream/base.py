@@ -17,7 +17,11 @@ import gevent
 import requests
 from gevent.event import AsyncResult, Event
 
-from mcp_proxy import jsonrpc
+from mcp_proxy.config.settings import ClientSettings
+from mcp_proxy.core import jsonrpc
+from mcp_proxy.core.greenlets import closing, spawn
+from mcp_proxy.core.jsonrpc import Message, id_key
+from mcp_proxy.core.link import Link
 from mcp_proxy.errors import (
     AuthError,
     FallbackNeeded,
@@ -28,10 +32,6 @@ from mcp_proxy.errors import (
     TlsError,
     UpstreamError,
 )
-from mcp_proxy.jsonrpc import Message, id_key
-from mcp_proxy.link import Link
-from mcp_proxy.settings import ClientSettings
-from mcp_proxy.supervise import closing, spawn
 
 logger = logging.getLogger(__name__)
 

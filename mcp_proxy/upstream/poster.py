@@ -36,9 +36,9 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from mcp_proxy.errors import UpstreamError
-from mcp_proxy.upstream.answer import Answer, BrokenAnswer
 from mcp_proxy.upstream.oauth.auth import OAuthSignIn
 from mcp_proxy.upstream.oauth.credentials import ClientCredentials
+from mcp_proxy.upstream.raw_response import Answer, BrokenAnswer
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from collections import defaultdict
 
 from requests.auth import AuthBase
 
+from mcp_proxy.config.settings import ClientSettings
 from mcp_proxy.errors import AuthError, UpstreamError
-from mcp_proxy.settings import ClientSettings
 from mcp_proxy.upstream.oauth.browser import default_port
 from mcp_proxy.upstream.oauth.discovery import Discovery, discover
 from mcp_proxy.upstream.oauth.signin import Registrar, authorize, client_file, token_record

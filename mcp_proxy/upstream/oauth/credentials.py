@@ -15,8 +15,8 @@ import time
 import requests
 from requests.auth import AuthBase
 
+from mcp_proxy.config.settings import ClientSettings
 from mcp_proxy.errors import AuthError, ConfigError, UpstreamError
-from mcp_proxy.settings import ClientSettings
 from mcp_proxy.upstream.oauth.discovery import Discovery, discover
 from mcp_proxy.upstream.oauth.wire import (
     Client,

@@ -17,8 +17,8 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 
+from mcp_proxy.config.settings import ClientSettings
 from mcp_proxy.errors import NO_TOKEN, AuthError, UpstreamError
-from mcp_proxy.settings import ClientSettings
 from mcp_proxy.upstream.oauth.browser import Callback, open_browser
 from mcp_proxy.upstream.oauth.discovery import Discovery, check_pkce
 from mcp_proxy.upstream.oauth.store import Store

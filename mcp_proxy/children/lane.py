@@ -1,0 +1,324 @@
+"""The 2026-07-28 lane: one shared child per configured server, opened with ``server/discover``.
+
+Modern requests carry their protocol version and client capabilities in ``_meta``, so one
+child serves every caller: ids and progress tokens are rewritten as on any shared child
+(fanin.py, fanout.py), and the rest is specific to the era (SESSIONS.md §A.3):
+
+- the child's first frame is ``server/discover``; a child that does not answer it with a
+  result is **legacy-only**, remembered for the life of the proxy, and never gets a modern
+  frame (the edge steers modern clients to ``initialize`` instead);
+- an ``input_required`` result's ``requestState`` is wrapped in a signed handle naming this
+  child (its generation), the caller and an expiry (``STATE_TTL``); any other retry gets
+  -32602 as the child itself would answer. A caller without credentials is a nonce, spent
+  on the first retry: nobody can replay its handle;
+- ``subscriptions/listen`` traffic carries the child's id as ``subscriptionId``: restored to
+  the caller's listen id;
+- a log line correlates with nothing on stdio: it goes to the caller only when exactly one
+  request in flight asked for log lines (``_meta`` logLevel) and its level admits the line,
+  else it is dropped (logged at DEBUG);
+- ``tools/list`` results are remembered for the edge's ``Mcp-Param-*`` checks; an unknown
+  tool has the proxy list them itself, once per ``LISTING_TTL`` or ``list_changed``; if that
+  fails, the call is refused, never passed on unchecked;
+- a dead child is started again only when the next request needs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from gevent.lock import Semaphore
+
+from mcp_proxy import __version__
+from mcp_proxy.children import fanin, fanout
+from mcp_proxy.children.multiplexer import Multiplexer
+from mcp_proxy.children.port import Port, admits
+from mcp_proxy.core import jsonrpc
+from mcp_proxy.core.jsonrpc import Message
+from mcp_proxy.core.link import Link
+from mcp_proxy.core.protocol import (
+    CAPABILITIES_KEY,
+    CLIENT_INFO_KEY,
+    ENVELOPE,
+    MODERN_VERSION,
+    NAMED_BY,
+    SUBSCRIPTION_KEY,
+    VERSION_KEY,
+)
+from mcp_proxy.errors import LinkClosed, ProxyError, SpawnError
+from mcp_proxy.upstream.era_headers import header_paths
+
+logger = logging.getLogger(__name__)
+
+INVALID_PARAMS = -32602
+MRTR_METHODS = tuple(NAMED_BY)  # the methods that may answer input_required
+DISCOVER_TIMEOUT = 10.0
+HANDLE_PREFIX = "mcp-proxy:"
+_HANDLE = HANDLE_PREFIX  # plus this worker's tag and a colon, with --redis-url
+_SECRET = os.urandom(32)  # handles are only good in the process that made them
+# the official SDK seals its own requestState for 10 minutes: a round may wait on a person
+# (an elicitation form, a sampling approval), and a longer-lived handle would only outlive
+# the server's own state; shorter bounds how long a leaked handle is any use
+STATE_TTL = 600.0
+MAX_UNSPENT = 100_000  # anonymous handles not yet redeemed, per child (a few MB at most)
+# a name missing from a listing is unknown this long (or until list_changed, which the proxy
+# hears only on a caller's listen): made-up names must not cost a listing each
+LISTING_TTL = 60.0
+LISTING_RETRY = 5.0  # after a failed listing, calls that need one get its error this long
+MAX_PAGES = 10
+
+
+class LegacyOnly(SpawnError):
+    """The server did not answer ``server/discover``: it speaks only the 2025 era."""
+
+
+def set_worker_tag(tag: str) -> None:
+    """Name this worker in every handle it makes, so another worker can route it back here."""
+    global _HANDLE
+    _HANDLE = f"{HANDLE_PREFIX}{tag}:"
+
+
+def handle_worker(handle: Any) -> str | None:
+    """The tag of the worker that sealed ``handle`` (None if it names none)."""
+    if isinstance(handle, str) and handle.startswith(HANDLE_PREFIX):
+        tag, colon, _ = handle[len(HANDLE_PREFIX):].partition(":")
+        if colon and len(tag) == 8:
+            return tag
+    return None
+
+
+def principal(credentials_digest: str) -> str:
+    """A short tag for the caller's credentials (empty without any): never the secret itself.
+
+    It is made from a digest of the Authorization header (forward.auth_digest), which is what
+    crosses the bus when another worker forwards the request.
+    """
+    if not credentials_digest:
+        return ""
+    return hmac.new(_SECRET, credentials_digest.encode(), hashlib.sha256).hexdigest()[:24]
+
+
+def _sign(payload: bytes) -> str:
+    return base64.urlsafe_b64encode(hmac.new(_SECRET, payload, hashlib.sha256).digest()[:18]
+                                    ).decode()
+
+
+def wrap_state(state: Any, generation: int, caller: str) -> str:
+    expires = round(time.monotonic() + STATE_TTL, 1)  # the secret is per process: so is this
+    payload = base64.urlsafe_b64encode(json.dumps([generation, caller, expires, state]).encode())
+    return _HANDLE + payload.decode() + "." + _sign(payload)
+
+
+def unwrap_state(handle: Any, generation: int) -> tuple[str, Any] | None:
+    """(the caller it was made for, the child's state) if ``handle`` is ours, for this child
+    and not expired; else None."""
+    if not isinstance(handle, str) or not handle.startswith(_HANDLE):
+        return None
+    payload, _, signature = handle[len(_HANDLE):].rpartition(".")
+    if not hmac.compare_digest(_sign(payload.encode()), signature):
+        return None
+    try:
+        made_for, made_by, expires, state = json.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, TypeError):
+        return None
+    if made_for != generation or not time.monotonic() < expires:
+        return None
+    return made_by, state
+
+
+def header_params(tools: Any) -> dict[str, dict[tuple, str] | None]:
+    """Tool name -> {argument path: header name} from a tools/list result, as client mode
+    reads them (None: its ``x-mcp-header`` annotations are invalid)."""
+    return {tool["name"]: header_paths(tool.get("inputSchema"))
+            for tool in (tools if isinstance(tools, list) else ())
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str)}
+
+
+class ModernLane(Multiplexer):
+    """A shared child that serves 2026-07-28 requests (see the module docstring)."""
+
+    opening = "server/discover"
+    restarts = False
+
+    def __init__(self, name: str, spawn) -> None:
+        super().__init__(name, spawn)
+        self.legacy_only = False
+        self.discovered: dict | None = None
+        self.generation = 0
+        self.tools: dict[str, dict[tuple, str] | None] = {}  # see header_params
+        self.unspent: dict[str, float] = {}  # anonymous handles' nonces -> expiry, oldest first
+        self.listed_at = float("-inf")  # when the proxy last listed every tool itself
+        self.listing_failed: tuple[float, str] | None = None  # when, and why
+        self._listing = Semaphore()
+
+    def ensure_started(self) -> None:
+        if self.state != "running" and not self.legacy_only:
+            # requests that arrive during the era probe wait for it and learn its answer,
+            # rather than each start a server to ask again (nor count as starts of a loop)
+            with self._starting:
+                pass
+        if self.legacy_only:
+            raise LegacyOnly(f"{self.name}: the server speaks only the 2025 protocol era")
+        super().ensure_started()
+
+    def _handshake(self, child: Link) -> None:
+        meta = {VERSION_KEY: MODERN_VERSION, CAPABILITIES_KEY: {},
+                CLIENT_INFO_KEY: {"name": "mcp-proxy", "version": __version__}}
+        try:
+            self.discovered = self._request("server/discover", {"_meta": meta},
+                                            DISCOVER_TIMEOUT)
+        except LinkClosed:
+            raise  # it died: a broken server, not an old one
+        except ProxyError as exc:  # an error answer, or none in time
+            self.legacy_only = True
+            logger.info("%s: the server is legacy-only (%s); modern clients are steered to "
+                        "initialize", self.name, exc)
+            raise LegacyOnly(f"{self.name}: legacy-only server ({exc})") from None
+        self.generation += 1
+        self.tools.clear()
+        self.unspent.clear()
+        self.listed_at, self.listing_failed = float("-inf"), None
+
+    def _child_ended(self, child: Link) -> None:
+        if self.legacy_only and child is self.child:  # the probe's child, stopped on purpose
+            self.child = None
+            return
+        super()._child_ended(child)
+
+    def tool_headers(self, name: str, meta: dict) -> dict[tuple, str] | None:
+        """The ``x-mcp-header`` arguments of tool ``name`` (none for an unknown tool, None if
+        invalid); lists the tools if it is not known. Raises ProxyError if they cannot be."""
+        def stale() -> bool:
+            return name not in self.tools and time.monotonic() - self.listed_at > LISTING_TTL
+
+        if stale():
+            with self._listing:  # concurrent calls of unknown tools wait for one listing
+                failed = self.listing_failed
+                if failed is not None and time.monotonic() - failed[0] < LISTING_RETRY:
+                    raise ProxyError(failed[1])  # those who waited for it learn its failure
+                if stale():
+                    try:
+                        self._list_tools({key: meta[key] for key in ENVELOPE if key in meta})
+                    except ProxyError as exc:
+                        self.listing_failed = (time.monotonic(), str(exc))
+                        raise
+                    self.listing_failed = None
+        return self.tools.get(name, {})
+
+    def _list_tools(self, meta: dict) -> None:
+        cursor = None
+        for _ in range(MAX_PAGES):
+            params: dict = {"_meta": meta, **({"cursor": cursor} if cursor else {})}
+            try:
+                result = self._request("tools/list", params, DISCOVER_TIMEOUT)
+            except ProxyError as exc:
+                raise ProxyError(f"tools/list failed: {exc}") from None
+            self.tools.update(header_params(result.get("tools")))
+            cursor = result.get("nextCursor")
+            if not cursor:
+                break
+        self.listed_at = time.monotonic()
+
+    # -- the two directions --------------------------------------------------------------
+
+    def from_client(self, port: Port, message: Message) -> None:
+        if message.kind != jsonrpc.REQUEST:
+            return  # the edge answers modern notifications 202 and drops them
+        params, spent = None, None
+        if message.method in MRTR_METHODS:
+            handle = message.request_state
+            if handle is not None:
+                ours, state, spent = self._unseal(handle, port.principal)
+                if not ours:
+                    port.offer(jsonrpc.error_message(message.id, INVALID_PARAMS,
+                                                     "Invalid or expired requestState"))
+                    return
+                params = {"requestState": state}
+        sent = False
+        try:
+            sent = fanin.forward(self, port, message, params)
+        finally:
+            if spent is not None and not sent:  # not sent (busy, no server): the retry the
+                self.unspent.setdefault(*spent)  # client is told to make may use it again
+
+    def _from_child(self, message: Message) -> None:
+        kind = message.kind
+        if kind == jsonrpc.RESPONSE:
+            fanout.answer(self, self._outbound(message))
+        elif kind == jsonrpc.REQUEST:
+            fanout.reply(self, jsonrpc.error_message(
+                message.id, jsonrpc.INTERNAL_ERROR,
+                "a 2026-07-28 server must not send requests (use input_required)"))
+        elif message.method == "notifications/progress":
+            fanout.notification(self, message)
+        else:
+            self._notification(message)
+
+    def _outbound(self, message: Message) -> Message:
+        """An answer with its request state wrapped, and tools/list remembered."""
+        call = self.calls.get(message.id) if isinstance(message.id, int) else None
+        if call is None or call.port is None or (
+                call.method != "tools/list" and message.request_state is None):
+            return message  # nothing to see: no need to parse a large answer again
+        obj = message.obj
+        result = obj.get("result")
+        if not isinstance(result, dict):
+            return message
+        if call.method == "tools/list":
+            self.tools.update(header_params(result.get("tools")))
+        if "requestState" not in result:
+            return message
+        state = self._seal(result["requestState"], call.port.principal)
+        return Message({**obj, "result": {**result, "requestState": state}})
+
+    def _seal(self, state: Any, principal: str) -> str:
+        """A handle for ``state``: bound to the caller's credentials, or good once without."""
+        if principal:
+            return wrap_state(state, self.generation, principal)
+        nonce = "~" + os.urandom(16).hex()  # "~" never starts a principal (hex)
+        now, unspent = time.monotonic(), self.unspent
+        while unspent and (len(unspent) >= MAX_UNSPENT or next(iter(unspent.values())) <= now):
+            del unspent[next(iter(unspent))]  # expired, or the oldest past the bound
+        unspent[nonce] = now + STATE_TTL
+        return wrap_state(state, self.generation, nonce)
+
+    def _unseal(self, handle: Any, principal: str) -> tuple[bool, Any, tuple | None]:
+        """(True, the child's state, None) if ``handle`` is this caller's; an anonymous one
+        is spent here (a second use is refused), and its (nonce, expiry) comes third."""
+        opened = unwrap_state(handle, self.generation)
+        if opened is None:
+            return False, None, None
+        caller, state = opened
+        if principal:
+            return caller == principal, state, None
+        expiry = self.unspent.pop(caller, None)
+        return expiry is not None, state, (caller, expiry) if expiry is not None else None
+
+    def _notification(self, message: Message) -> None:
+        if message.method == "notifications/tools/list_changed":
+            self.tools.clear()  # what the edge checks is listed again when next needed
+            self.listed_at, self.listing_failed = float("-inf"), None
+        meta = message.params.get("_meta")
+        listen = meta.get(SUBSCRIPTION_KEY) if isinstance(meta, dict) else None
+        if listen is not None:
+            call = self.calls.get(listen) if isinstance(listen, int) else None
+            if call is not None and call.port is not None:
+                whole = message.obj["params"]
+                call.port.offer(jsonrpc.rewritten(message, params={
+                    "_meta": {**whole["_meta"], SUBSCRIPTION_KEY: call.original}}))
+            return
+        if message.method == "notifications/message":
+            # on stdio a log line names no request: it is only sure to be for the caller
+            # when one request in flight asked for log lines (set a log level)
+            asked = [call for call in self.calls.values() if call.level is not None]
+            if len(asked) == 1 and admits(asked[0].level, message.params.get("level")):
+                asked[0].port.offer(message)
+                return
+        logger.debug("%s: dropped %r: it names no single request or listen", self.name,
+                     message)

@@ -1,0 +1,131 @@
+"""The supervisor: owns every server process of one app, and hands sessions their upstream.
+
+A session does not spawn or own a child. It asks ``upstream(server, session)`` and gets a
+link: its own child (per-session mode, the default) or a port of the server's shared
+:class:`Multiplexer` (``--shared-child``, ``"shared": true``, ``--stateless``). The supervisor
+starts the children (recording spawn failures, starts and exits for ``/readyz`` and
+``/metrics``), knows which run and for whom (``/status``), and stops them all at shutdown;
+the multiplexer restarts a shared child through it, with backoff and a crash-loop bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+
+import gevent
+
+from mcp_proxy.children.health import ServerHealth
+from mcp_proxy.children.lane import ModernLane
+from mcp_proxy.children.multiplexer import Multiplexer
+from mcp_proxy.children.port import Port
+from mcp_proxy.children.process import StdioChild
+from mcp_proxy.config.settings import ServerSettings
+from mcp_proxy.core.link import Link
+from mcp_proxy.errors import SpawnError
+from mcp_proxy.server.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+class Supervisor:
+    """Every child of one app: started here, watched here, stopped here."""
+
+    def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.health = {name: ServerHealth() for name in settings.servers}
+        self.children: dict[StdioChild, str] = {}  # running child -> its server's name
+        self.spawned = 0
+        self.shared = {name: self._multiplexer(name)
+                       for name, spec in settings.servers.items() if spec.shared}
+        self.lanes: dict[str, ModernLane] = {}
+
+    def _multiplexer(self, server_name: str) -> Multiplexer:
+        label = f"shared:{server_name or 'default'}"
+        return Multiplexer(label, lambda: self.spawn(server_name, label))
+
+    def upstream(self, server_name: str, session_name: str) -> Link:
+        """The link a new session of ``server_name`` relays to; raises SpawnError."""
+        mux = self.shared.get(server_name)
+        if mux is None:
+            return self.spawn(server_name, session_name)
+        mux.ensure_started()
+        port = mux.port(session_name)
+        port.meter = self.metrics.relay_meter(server_name)
+        return port
+
+    def modern(self, server_name: str) -> ModernLane:
+        """The server's 2026-07-28 lane, made on first use (its child starts on first need)."""
+        lane = self.lanes.get(server_name)
+        if lane is None:
+            label = f"modern:{server_name or 'default'}"
+            lane = self.lanes[server_name] = ModernLane(label,
+                                                        lambda: self.spawn(server_name, label))
+        return lane
+
+    def spawn(self, server_name: str, label: str) -> StdioChild:
+        """Start a child of ``server_name``; record how it starts and ends."""
+        settings = self.settings
+        try:
+            child = StdioChild(settings.servers[server_name], label, settings.max_frame,
+                               stop_grace=settings.stop_timeout / 3,
+                               write_timeout=settings.write_timeout)
+        except SpawnError as exc:
+            self.health[server_name].spawn_failed(str(exc))
+            self.metrics.spawn_failed(server_name)
+            raise
+        self.spawned += 1
+        self.children[child] = server_name
+        self.health[server_name].spawned()
+        self.metrics.child_started(server_name)
+        child.meter = self.metrics.relay_meter(server_name)  # the relay counts through it
+        started = time.monotonic()  # a callback, not a greenlet per child: it must not block
+        child.stopped.rawlink(lambda _: self._stopped(server_name, child, started))
+        return child
+
+    def _stopped(self, server_name: str, child: StdioChild, started: float) -> None:
+        self.children.pop(child, None)
+        code = child.process.returncode
+        self.health[server_name].exited(code, time.monotonic() - started)
+        self.metrics.child_exited(server_name, code)
+
+    def problems(self, server_name: str, now: float) -> list[str]:
+        """Why a new session of ``server_name`` would not get a working server now."""
+        found = self.health[server_name].problems(now)
+        for mux in (self.shared.get(server_name), self.lanes.get(server_name)):
+            if mux is not None and mux.state == "crash loop":
+                found.append(f"{mux.name} in a crash loop, not restarted: {mux.failure}")
+        return found
+
+    def mode(self, server_name: str) -> str:
+        return "shared" if server_name in self.shared else "per-session"
+
+    def running(self, server_name: str) -> int:
+        return sum(1 for name in self.children.values() if name == server_name)
+
+    @staticmethod
+    def describe(upstream: Link | None) -> dict | None:
+        """What /status shows of a session's upstream: its process, and whether it is shared."""
+        child = upstream.mux.child if isinstance(upstream, Port) else upstream
+        if not isinstance(child, StdioChild):
+            return None
+        return {"pid": child.pid, "state": child.state, "shared": isinstance(upstream, Port)}
+
+    def stop_all(self, reason: str, timeout: float) -> None:
+        """Stop every child, waiting (bounded) for each; kill what outlives the deadline."""
+        for mux in (*self.shared.values(), *self.lanes.values()):
+            mux.close(reason)
+        children = list(self.children)
+        for child in children:
+            child.close(reason)
+        gevent.joinall([gevent.spawn(c.stopped.wait) for c in children], timeout=timeout)
+        for child in children:  # past the deadline: no orphans, whatever they ignore
+            if not child.stopped.is_set():
+                child.kill_now()
+
+    def signal_all(self) -> None:
+        """SIGTERM every child's process group now, without waiting (for exit hooks)."""
+        for child in list(self.children):
+            child.kill_now(signal.SIGTERM)

@@ -1,0 +1,117 @@
+"""The one ``subscriptions/listen`` the fall-forward bridge holds for its 2025-era client.
+
+The filter is what the remote's capabilities offer (tools, prompts and resources
+``listChanged``) plus the resources the client subscribed to. The listen is reopened when the
+filter changes, and with backoff when it drops; after five streams in a row that each lived
+under 30 s it gives up (logged), as mcp-remote does. Its acknowledgement is consumed (the
+types not granted are logged); the change notifications reach the client without the
+``subscriptionId`` the 2025 era does not know.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gevent
+from gevent.event import Event
+
+from mcp_proxy.core.greenlets import closing, spawn
+from mcp_proxy.core.jsonrpc import Message
+from mcp_proxy.core.protocol import SUBSCRIPTION_KEY
+from mcp_proxy.upstream.base import backoff
+
+logger = logging.getLogger(__name__)
+
+LISTED = (("tools", "toolsListChanged"), ("prompts", "promptsListChanged"),
+          ("resources", "resourcesListChanged"))
+SHORT_LIVED = 30.0
+GIVE_UP_AFTER = 5
+
+
+class Listener:
+    """Holds the bridge's listen (see the module docstring)."""
+
+    def __init__(self, bridge) -> None:
+        self.bridge = bridge
+        self.listen_id: str | None = None
+        self.asked: dict = {}
+        self.changed = Event()
+        self._loop: gevent.Greenlet | None = None
+
+    def filter(self) -> dict:
+        capabilities = self.bridge.discovered.get("capabilities") or {}
+        wanted = {key: True for kind, key in LISTED
+                  if isinstance(capabilities.get(kind), dict)
+                  and capabilities[kind].get("listChanged")}
+        if self.bridge.uris:
+            wanted["resourceSubscriptions"] = sorted(self.bridge.uris)
+        return wanted
+
+    def start(self) -> None:
+        if self._loop is None:
+            self._loop = spawn(self._hold, name="fall-forward: listen",
+                               on_error=closing(self.bridge))
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.kill(block=False)
+
+    def refilter(self) -> None:
+        """The filter may have changed: reopen the listen with the new one."""
+        if self.asked != self.filter():
+            self.changed.set()
+            if self.listen_id is not None:
+                self.bridge.stop_leg(self.listen_id)
+
+    def _hold(self) -> None:
+        short = 0
+        clock = gevent.get_hub().loop
+        while True:
+            self.changed.clear()
+            self.asked = self.filter()
+            if not self.asked:
+                self.changed.wait()
+                continue
+            self.listen_id = self.bridge.next_id("listen")
+            opened = clock.now()
+            answer = self.bridge.leg("subscriptions/listen", {"notifications": self.asked},
+                                     self.listen_id)
+            self.listen_id = None
+            if self.changed.is_set():
+                short = 0
+                continue
+            short = short + 1 if clock.now() - opened < SHORT_LIVED else 0
+            why = (answer.error or {}).get("message") if answer is not None else "stopped"
+            if short >= GIVE_UP_AFTER:
+                logger.warning("the remote's listen stream keeps ending (%s); no more change "
+                               "notifications for this session", why or "ended")
+                return
+            logger.info("the remote's listen stream ended (%s); reopening", why or "ended")
+            self.changed.wait(backoff(short + 2, cap=30.0))
+
+    def consume(self, message: Message) -> bool:
+        """Take a listen notification: True if it was handled here (or belongs to nobody)."""
+        meta = message.params.get("_meta")
+        listen = meta.get(SUBSCRIPTION_KEY) if isinstance(meta, dict) else None
+        if listen is None:
+            return False
+        if listen != self.listen_id:
+            logger.debug("dropped %r of a listen no longer open", message)
+            return True
+        params = dict(message.obj.get("params") or {})
+        if message.method == "notifications/subscriptions/acknowledged":
+            granted = params.get("notifications") or {}
+            missing = [key for key in self.asked if key not in granted]
+            logger.info("listening to the remote for %s%s", ", ".join(sorted(granted)) or
+                        "nothing", f" (not granted: {', '.join(missing)})" if missing else "")
+            return True
+        rest = {key: value for key, value in params["_meta"].items() if key != SUBSCRIPTION_KEY}
+        if rest:
+            params["_meta"] = rest
+        else:
+            del params["_meta"]
+        obj = {key: value for key, value in message.obj.items() if key != "params"}
+        if params:
+            obj["params"] = params
+        self.bridge.to_client(Message(obj))
+        return True

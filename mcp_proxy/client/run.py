@@ -1,0 +1,176 @@
+"""Client mode: our stdio, bridged to a remote SSE or Streamable HTTP server.
+
+Start-up connects first (retrying an unreachable remote for a bounded time; a refused
+credential fails at once, and answers the client's first request with the reason), then
+relays until stdin closes (exit 0, after the remote session is closed) or the remote is lost
+for good (exit 1). Nothing but protocol goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+from urllib.parse import urlsplit
+
+import gevent
+
+from mcp_proxy.client.fallforward import FallForward
+from mcp_proxy.client.stdio import StdioDownstream
+from mcp_proxy.config.options import client_settings
+from mcp_proxy.config.settings import ClientSettings
+from mcp_proxy.core import jsonrpc
+from mcp_proxy.core.jsonrpc import Message
+from mcp_proxy.core.link import Link, bridge
+from mcp_proxy.errors import AuthError, FallbackNeeded, LinkClosed, Refused, TlsError, UpstreamError
+from mcp_proxy.upstream.base import Upstream
+from mcp_proxy.upstream.http_session import make_session
+from mcp_proxy.upstream.oauth.store import logout
+from mcp_proxy.upstream.sse_remote import SseUpstream
+from mcp_proxy.upstream.streamable_remote import StreamableUpstream
+
+logger = logging.getLogger(__name__)
+
+
+def connect(settings: ClientSettings, http, transport: str) -> Upstream:
+    if transport == "sse":
+        upstream: Upstream = SseUpstream(settings, http)
+    else:
+        upstream = StreamableUpstream(settings, http, allow_fallback=transport == "auto")
+    upstream.start()
+    return upstream
+
+
+def era_link(settings: ClientSettings, upstream: Upstream) -> Link:
+    """The link the client talks to: over Streamable HTTP, one that can bridge a 2025-era
+    client to a remote of the 2026-07-28 era (unless ``--protocol-era legacy``)."""
+    if isinstance(upstream, StreamableUpstream) and settings.protocol_era != "legacy":
+        return FallForward(upstream, settings.protocol_era)
+    return upstream
+
+
+class Redact(logging.Filter):
+    """Blank every secret out of log records, tracebacks included: header values, passwords,
+    URL query strings."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def _redact(self, text: str) -> str | None:
+        """``text`` with its secrets blanked, or None if it has none."""
+        if not any(secret in text for secret in self.secrets):
+            return None
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = self._redact(record.getMessage())
+        if text is not None:
+            record.msg, record.args = text, None
+        if record.exc_info and not record.exc_text:
+            # formatted here, once, so the handler prints this text rather than its own
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._redact(record.exc_text) or record.exc_text
+        return True
+
+
+def secrets_of(settings: ClientSettings) -> list[str]:
+    parts = urlsplit(settings.url)
+    found = [*settings.headers.values(), settings.password, settings.client_secret,
+             settings.oauth_client_secret,
+             os.environ.get("API_ACCESS_TOKEN"), parts.query, parts.password]
+    found += [value.split(" ", 1)[1] for value in settings.headers.values() if " " in value]
+    return [s for s in found if s]
+
+
+def failure(exc: UpstreamError, what: str = "") -> str:
+    """The one line that says why start-up failed for good, and what to change."""
+    if isinstance(exc, AuthError):
+        return f"authentication failed: {exc}"
+    if isinstance(exc, TlsError):
+        return f"{exc} (give --verify-ssl CA_BUNDLE, or --no-verify-ssl)"
+    return f"{what}{exc}"
+
+
+def refuse(down: StdioDownstream, text: str, first: Message | None = None,
+           wait: float = 2.0) -> None:
+    """Start-up failed for good: log why, and tell the client in answer to ``first`` or
+    to its first request (it usually sends ``initialize`` at once), not only by going away."""
+    logger.error("%s", text)
+    with gevent.Timeout(wait, False), contextlib.suppress(LinkClosed):
+        for message in [first] if first is not None else down:
+            if message.kind == jsonrpc.REQUEST:
+                down.send(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR, text))
+                return
+
+
+def choose_transport(settings: ClientSettings, http, down: StdioDownstream,
+                     upstream: StreamableUpstream, link: Link) -> Link | None:
+    """``--transport auto``: carry the client's first messages over Streamable HTTP, and
+    switch to SSE when the remote refuses ``initialize`` with 400, 404 or 405 (the spec's
+    rule, as mcp-remote does). A dual-era client opens with ``server/discover``: refused that
+    way, it tells nothing yet (an SSE endpoint and a 2025-era Streamable one may both say
+    405), so its error goes back and the choice waits for the ``initialize`` that follows.
+    None: stdin closed first. UpstreamError: neither transport works (the client was told
+    why, in answer to its message)."""
+    link.attach(lambda message: down.send(message), lambda: None)  # until the bridge
+    for message in down:
+        upstream.refused = None
+        try:
+            link.send_first(message)
+        except FallbackNeeded as exc:
+            logger.info("remote does not speak Streamable HTTP (%s); using SSE", exc)
+            link.close("falling back to SSE")
+            try:
+                sse = connect(settings, http, "sse")
+            except UpstreamError as err:
+                refuse(down, failure(err, f"{settings.url} speaks neither Streamable HTTP "
+                                          f"({exc}) nor SSE: "), message)
+                raise
+            sse.send(message)
+            return sse
+        if upstream.refused is None or message.method == "initialize":
+            upstream.allow_fallback = False
+            return link
+    link.close("stdin closed")
+    return None
+
+
+def run_client(ns: argparse.Namespace) -> int:
+    settings = client_settings(ns)
+    if ns.oauth_logout:
+        count = logout(settings.url)
+        logger.info("forgot %s for %s", f"{count} cached sign-in(s)" if count
+                    else "nothing (no cached sign-in)", settings.url)
+        return 0
+    redact = Redact(secrets_of(settings))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redact)
+    http = make_session(settings)
+    try:
+        upstream = connect(settings, http, settings.transport)
+    except UpstreamError as exc:
+        hint = "; if it is a Streamable HTTP endpoint, leave out --transport sse" if \
+            isinstance(exc, Refused) and settings.transport == "sse" else ""
+        refuse(StdioDownstream(max_frame=settings.max_frame), failure(exc) + hint)
+        return 1
+    down = StdioDownstream(max_frame=settings.max_frame)
+    link: Link | None = era_link(settings, upstream)
+    if settings.transport == "auto":
+        try:
+            link = choose_transport(settings, http, down, upstream, link)
+        except UpstreamError:
+            return 1
+        if link is None:
+            return 0
+    bridge(down, link)
+    down.ended.wait()
+    link.ended.wait()
+    if down.close_reason == "stdin closed":
+        return 0
+    logger.error("stopped: %s", link.close_reason or down.close_reason)
+    return 1

@@ -1,0 +1,131 @@
+"""The Flask app of server mode: ``create_app(settings)``.
+
+Each stdio server gets the same URL layout: the default one at the root (``/sse``,
+``/messages/``, ``/mcp``), each named one under ``/servers/<name>/``. ``/status`` and the
+probes (``/healthz``, ``/readyz``, ``/metrics``) are global.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Blueprint, Flask
+from flask.sessions import NullSession, SessionInterface
+from werkzeug.routing import MapAdapter, Rule
+
+from mcp_proxy.config.settings import ServerSettings
+from mcp_proxy.server.guard import install_guard
+from mcp_proxy.server.probes import add_health_routes
+from mcp_proxy.server.sessions import Registry
+from mcp_proxy.server.sse_transport import add_sse_routes
+from mcp_proxy.server.status import add_status_route
+from mcp_proxy.server.streamable_transport import add_streamable_routes
+
+logger = logging.getLogger(__name__)
+
+
+class Route(Rule):
+    """A rule that does not take HEAD, which werkzeug adds to every GET rule.
+
+    GET on ``/sse`` and ``/mcp`` opens an event stream (and a session): a HEAD cannot be
+    answered as "GET without the body" without doing that, so no path takes HEAD, and no
+    ``Allow`` header names it.
+    """
+
+    def __init__(self, string: str, **kwargs) -> None:
+        super().__init__(string, **kwargs)
+        if self.methods is not None:
+            self.methods.discard("HEAD")
+
+
+class NoSessions(SessionInterface):
+    """No cookie sessions: nothing here uses them, and opening an empty one per request
+    cost a signing-key check and a dict."""
+
+    _null = NullSession()  # read-only: Flask refuses writes to it
+
+    def open_session(self, app, request):
+        return self._null
+
+    def save_session(self, app, session, response) -> None:
+        pass
+
+
+class ProxyFlask(Flask):
+    """Flask with routes that do not take HEAD, and less work per request where Flask's
+    defaults serve features this app does not use.
+
+    * The URL adapter: Flask's binds the URL map through ``bind_to_environ`` with its
+      trusted-host checks and an IDNA encoding of the Host on every request. We route on
+      the path alone and check Host ourselves (guard.py), so the adapter is built directly,
+      with each Host's normalised name computed once (a bounded cache).
+    * ``ensure_sync``: there are no async views, so the per-call inspection of every view
+      and hook for a coroutine is skipped.
+    * No cookie sessions (:class:`NoSessions`).
+    """
+
+    url_rule_class = Route
+    session_interface = NoSessions()
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._server_names: dict[str, str] = {}
+
+    def ensure_sync(self, func):
+        return func
+
+    def create_url_adapter(self, request):
+        if request is None:
+            return super().create_url_adapter(None)
+        environ = request.environ
+        host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "localhost"
+        names = self._server_names
+        name = names.get(host)
+        if name is None:  # bad IDNA raises BadHost here, as Flask's own adapter does
+            if len(names) >= 256:
+                names.clear()
+            name = names[host] = self.url_map.bind(host).server_name
+        return MapAdapter(self.url_map, name, environ.get("SCRIPT_NAME") or "/", "",
+                          environ.get("wsgi.url_scheme", "http"), request.path,
+                          request.method, environ.get("QUERY_STRING", ""))
+
+
+def create_app(settings: ServerSettings) -> Flask:
+    """Build the WSGI app; its session registry is ``app.extensions["mcp_proxy"]``."""
+    app = ProxyFlask("mcp_proxy")
+    registry = Registry(settings)
+    app.extensions["mcp_proxy"] = registry
+    checks = install_guard(app, settings, registry.touch)
+    if settings.redis_url:
+        from mcp_proxy.server.scaleout.router import Router  # imports redis: only when asked for
+
+        registry.router = Router(settings, registry.handlers, registry.touch,
+                                 lambda exc: _exit_worker(registry, exc))
+        registry.metrics.routing = registry.router.status
+
+    for name in settings.servers:
+        prefix = f"/servers/{name}" if name else ""
+        bp = Blueprint(f"server_{name or 'default'}", __name__, url_prefix=prefix or None)
+        add_sse_routes(bp, registry, name)
+        add_streamable_routes(bp, registry, name)
+        app.register_blueprint(bp)
+    add_status_route(app, registry)
+    add_health_routes(app, registry)
+    if registry.router is not None:  # inside the metrics: a forwarded answer counts once
+        app.wsgi_app = registry.router.wrap(app, checks)
+        registry.router.start()
+    app.wsgi_app = registry.metrics.count_answers(app.wsgi_app)
+    return app
+
+
+def _exit_worker(registry: Registry, exc: BaseException) -> None:
+    """The bus inbox failed for good: exit rather than own sessions nobody can reach.
+
+    gunicorn starts a new worker; the children get SIGTERM now (their stdin closes anyway).
+    """
+    logger.critical("the Redis inbox of this worker failed (%s: %s); exiting so that it does "
+                    "not live on as an owner nobody can reach", exc.__class__.__name__, exc)
+    registry.supervisor.signal_all()
+    logging.shutdown()
+    os._exit(70)

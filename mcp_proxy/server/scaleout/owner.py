@@ -1,0 +1,159 @@
+"""The owning worker's side of a forwarded request: run it here, stream its answer back.
+
+A ``call`` frame is run in a greenlet of its own, straight through the handler its Flask
+view would call (``registry.handlers``; no second dispatch), in an environ rebuilt from the
+frame: marked forwarded (the guard ran where it landed) and carrying the caller's credential
+digest instead of its credentials. A small answer goes back as one ``resp`` frame; an event
+stream as ``head``, one ``data`` frame per event, ``end``. Every frame is resent while no
+reader took it, for the bus grace (the receiving worker's inbox may be reconnecting); a
+receiving worker that stays unreachable, or a ``cancel``, ends the request as its client's
+disconnect would. Every ping interval, each receiving worker is told which of its calls are
+still being served here (``alive``), so it can tell a slow answer from a dead owner; and a
+call its receiving worker has not named (``held``) for three intervals is ended the same
+way: its cancel was lost, or that worker is gone or stuck. Calls are numbered by their
+receiving worker, so they are known here by (that worker's tag, number).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from flask import Response
+
+from mcp_proxy.core import jsonrpc
+from mcp_proxy.server.responses import rpc_error
+from mcp_proxy.server.scaleout.bus import GRACE, BlobLost, BusDown
+
+if TYPE_CHECKING:
+    from mcp_proxy.server.scaleout.router import Router
+
+logger = logging.getLogger(__name__)
+
+# hop-by-hop headers of the answer, which the receiving worker's server sets itself
+_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+
+
+class Served:
+    """A request this worker serves for another: where to send its frames, how to cancel.
+
+    Its response registers its disconnect hook with ``append`` (streams.Body); a cancel that
+    came first fires the hook at once.
+    """
+
+    def __init__(self, sender: str, corr: str) -> None:
+        self.sender = sender
+        self.corr = corr
+        self.hooks: list[Callable[[], None]] = []
+        self.cancelled = False
+        self.heard = time.monotonic()  # when its receiving worker last said it waits for it
+
+    def append(self, hook: Callable[[], None]) -> None:
+        self.hooks.append(hook)
+        if self.cancelled:
+            hook()
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            for hook in self.hooks:
+                hook()
+
+
+_CALL_FIELDS = ("f", "c", "m", "p", "q", "s", "a")  # strings; "h" maps strings to strings
+
+
+def well_formed(header: dict) -> bool:
+    """Whether a ``call`` frame has every field ``serve`` reads, each of its type."""
+    headers = header.get("h")
+    return all(type(header.get(key)) is str for key in _CALL_FIELDS) \
+        and type(headers) is dict \
+        and all(type(k) is str and type(v) is str for k, v in headers.items())
+
+
+def serve(router: Router, header: dict, payload: bytes) -> None:
+    """Run another worker's request here; stream its answer back."""
+    sender, corr = header["f"], header["c"]
+    served = router.served[sender, corr] = Served(sender, corr)
+    router.count("served")
+    response = None
+    reply = router.bus.reply  # sent again through a Redis blip: the request has run
+    try:
+        response = _run(router, _environ(header, router.bus.payload(header, payload), served))
+        headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP]
+        status = response.status_code
+        if response.mimetype != "text/event-stream":
+            if not reply(sender, {"k": "resp", "c": corr, "st": status, "h": headers},
+                         b"".join(response.response), GRACE):
+                logger.warning("worker %s: worker %s is gone; its client's answer was dropped",
+                               router.tag, sender)
+            return
+        if not reply(sender, {"k": "head", "c": corr, "st": status, "h": headers}, b"",
+                     GRACE):
+            served.cancel()  # the receiving worker is gone: its client too
+        for chunk in response.response:
+            if served.cancelled or not reply(sender, {"k": "data", "c": corr}, chunk, GRACE):
+                served.cancel()
+                break
+        else:
+            reply(sender, {"k": "end", "c": corr}, b"", GRACE)
+    except (BusDown, BlobLost) as exc:
+        logger.warning("worker %s: a request forwarded by worker %s failed: %s", router.tag,
+                       sender, exc)
+        served.cancel()
+    finally:
+        if response is not None:
+            response.close()  # a streaming Body's cleanup
+        router.served.pop((sender, corr), None)
+
+
+def _run(router: Router, environ: dict) -> Response:
+    handler = router.handlers.get((environ["PATH_INFO"], environ["REQUEST_METHOD"]))
+    if handler is None:  # the receiving worker forwards only session requests
+        return rpc_error(404, jsonrpc.INVALID_REQUEST, "Not Found")
+    router.touch()
+    try:
+        return handler(environ)
+    except Exception:  # as Flask would: a 500, and the traceback in the log
+        logger.exception("worker %s: a forwarded %s %s failed", router.tag,
+                         environ["REQUEST_METHOD"], environ["PATH_INFO"])
+        return rpc_error(500, jsonrpc.INTERNAL_ERROR, "Internal Server Error")
+
+
+def _environ(header: dict, body: bytes, served: Served) -> dict:
+    environ = {
+        "REQUEST_METHOD": header["m"], "SCRIPT_NAME": "", "PATH_INFO": header["p"],
+        "QUERY_STRING": header["q"], "SERVER_NAME": "mcp-proxy", "SERVER_PORT": "0",
+        "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.version": (1, 0),
+        "wsgi.url_scheme": header["s"], "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr, "wsgi.multithread": False, "wsgi.multiprocess": True,
+        "wsgi.run_once": False, "CONTENT_LENGTH": str(len(body)),
+        "mcp_proxy.forwarded": header["f"], "mcp_proxy.auth": header["a"],
+        "mcp_proxy.on_gone": served,
+    }
+    environ.update(header["h"])
+    return environ
+
+
+def send_alive(router: Router, deaf: bool) -> None:
+    """Each ping interval: end the calls no receiving worker waits for any more (unless
+    this worker was ``deaf``: it could not have heard), and tell every receiving worker
+    which of its calls are served here."""
+    now = time.monotonic()
+    forgotten = now - 3 * router.ping
+    senders: dict[str, list[str]] = {}
+    for served in list(router.served.values()):
+        if deaf:
+            served.heard = now
+        elif served.heard < forgotten and not served.cancelled:
+            logger.warning("worker %s: worker %s no longer waits for call %s; ending it",
+                           router.tag, served.sender, served.corr)
+            served.cancel()
+            continue
+        senders.setdefault(served.sender, []).append(served.corr)
+    for sender, corrs in senders.items():
+        router.bus.post(sender, {"k": "alive", "f": router.tag, "cs": corrs})
