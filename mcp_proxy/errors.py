@@ -1,10 +1,29 @@
-"""The exceptions mcp-proxy raises; every one derives from :class:`ProxyError`."""
+"""The exceptions mcp-proxy raises; every one derives from :class:`ProxyError`.
+
+They come in groups, so a caller catches one class where it means one thing:
+
+- the setup: :class:`ConfigError`, :class:`SpawnError`;
+- what a peer sent that we refuse: :class:`RefusedInput` (a JSON-RPC message, an HTTP
+  request, ambiguous JSON);
+- links and their capacity: :class:`LinkClosed`, :class:`ServerBusy`, :class:`TooManySessions`;
+- the remote side of client mode: :class:`RemoteError` (:class:`UpstreamError` and its kinds,
+  a broken response, a request the fall-forward bridge cannot carry);
+- the bus between workers: :class:`BusError`;
+- event streams: :class:`StreamError`.
+
+A class mixes in a builtin only where its meaning really is that builtin.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class ProxyError(Exception):
     """Root of every error this package raises on purpose."""
+
+
+# -- setup ------------------------------------------------------------------------------
 
 
 class ConfigError(ProxyError, ValueError):
@@ -15,19 +34,22 @@ class SpawnError(ProxyError, OSError):
     """The stdio server command could not be started."""
 
 
-class ServerBusy(ProxyError):
-    """The server took none of its input for the write timeout: the client may retry later."""
+class LegacyOnly(SpawnError):
+    """The server did not answer ``server/discover``: it speaks only the 2025 era."""
 
 
-class TooManySessions(ProxyError):
-    """A new session would pass ``--max-sessions`` (or a server's ``maxSessions``)."""
+# -- what a peer sent ---------------------------------------------------------------------
 
 
-class LinkClosed(ProxyError, ConnectionError):
-    """A message was sent to a link that has already closed."""
+class RefusedInput(ProxyError, ValueError):
+    """Something a peer sent that we refuse; ``str()`` is the reason it may read."""
 
 
-class MessageError(ProxyError, ValueError):
+class AmbiguousJson(RefusedInput):
+    """Valid JSON that peers would read differently (strict_json.py); ``str()`` says why."""
+
+
+class MessageError(RefusedInput):
     """A body is not a JSON-RPC message we can relay; ``code`` is the JSON-RPC error code."""
 
     def __init__(self, code: int, message: str) -> None:
@@ -36,7 +58,48 @@ class MessageError(ProxyError, ValueError):
         self.message = message
 
 
-class UpstreamError(ProxyError, ConnectionError):
+class BadHttpRequest(RefusedInput):
+    """An HTTP/1.1 request we refuse (http1.py); the message is the short reason the client
+    reads (never its input)."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.status = status
+
+    def answer(self) -> bytes:
+        """The whole HTTP response that refuses the request and closes the connection."""
+        body = f"{self}\n".encode()
+        return (f"HTTP/1.1 {self.status} {_REASONS[self.status]}\r\nConnection: close\r\n"
+                f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+                f"\r\n").encode() + body
+
+
+_REASONS = {400: "Bad Request", 431: "Request Header Fields Too Large"}
+
+
+# -- links and capacity -------------------------------------------------------------------
+
+
+class LinkClosed(ProxyError, ConnectionError):
+    """A message was sent to a link that has already closed."""
+
+
+class ServerBusy(ProxyError):
+    """The server took none of its input for the write timeout: the client may retry later."""
+
+
+class TooManySessions(ProxyError):
+    """A new session would pass ``--max-sessions`` (or a server's ``maxSessions``)."""
+
+
+# -- the remote side of client mode -------------------------------------------------------
+
+
+class RemoteError(ProxyError):
+    """Client mode's remote: unreachable, refusing, broken, or asked what we cannot carry."""
+
+
+class UpstreamError(RemoteError, ConnectionError):
     """The remote server could not be reached or answered with an error status."""
 
 
@@ -46,6 +109,14 @@ NO_TOKEN = "pass a token with -H Authorization 'Bearer TOKEN' or API_ACCESS_TOKE
 
 class AuthError(UpstreamError):
     """The remote refused our credentials (401 or 403); retrying will not help."""
+
+
+class OAuthError(AuthError):
+    """The authorization server refused a request; ``code`` is its ``error`` value."""
+
+    def __init__(self, what: str, code: str, description: str = "") -> None:
+        super().__init__(f"{what}: {code}" + (f" ({description})" if description else ""))
+        self.code = code
 
 
 class Refused(UpstreamError):
@@ -62,3 +133,52 @@ class SessionLost(UpstreamError):
 
 class FallbackNeeded(UpstreamError):
     """The remote does not speak Streamable HTTP (400/404/405 to initialize): try SSE."""
+
+
+class BrokenResponse(RemoteError, ConnectionError):
+    """An HTTP response broke off or is not HTTP/1.x; ``args[0]`` says where ("head",
+    "chunks", "body")."""
+
+
+class CannotCarry(RemoteError):
+    """A request the fall-forward bridge cannot carry; ``code`` and ``data`` make its
+    JSON-RPC error."""
+
+    def __init__(self, text: str, code: int = -32603, data: Any = None) -> None:
+        super().__init__(text)
+        self.code, self.data = code, data
+
+
+# -- the bus between workers --------------------------------------------------------------
+
+
+class BusError(ProxyError):
+    """The bus between workers failed one request: Redis, a lost frame, a silent owner."""
+
+
+class BusDown(BusError):
+    """Redis cannot be reached: nothing was sent (``unsure``: it was written, and whether
+    Redis took it before the connection failed cannot be known)."""
+
+    def __init__(self, message: str, unsure: bool = False) -> None:
+        super().__init__(message)
+        self.unsure = unsure
+
+
+class BlobLost(BusError):
+    """A frame's payload key expired (or was taken) before it was read."""
+
+
+class OwnerSilent(BusError):
+    """The owner sent nothing, not even an ``alive``, for three ping intervals."""
+
+
+# -- event streams ------------------------------------------------------------------------
+
+
+class StreamError(ProxyError):
+    """An event stream of a session cannot carry what was asked of it."""
+
+
+class StreamEnded(StreamError):
+    """The stream was ended: its response was sent, or its session closed."""

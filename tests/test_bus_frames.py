@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import RAW_SERVER, STREAM_HEADERS, open_sse, rpc
+from mcp_proxy.errors import BlobLost
 from mcp_proxy.server.scaleout import bus as bus_module
-from mcp_proxy.server.scaleout.bus import BLOB_OVER, BlobLost, Bus, decode, encode
+from mcp_proxy.server.scaleout.bus import BLOB_OVER, Bus, decode, encode
 from mcp_proxy.server.scaleout.redis_wire import Replies
 
 ENV = {"MCP_PROXY_ROUTE_HEADER": "1", "MCP_PROXY_BUS_PING": "0.3"}

@@ -19,8 +19,9 @@ import requests
 from requests.auth import HTTPBasicAuth, HTTPDigestAuth
 
 from conftest import Scripted, rpc
+from mcp_proxy.errors import BrokenResponse
 from mcp_proxy.upstream.poster import Poster
-from mcp_proxy.upstream.raw_response import Answer, BrokenAnswer
+from mcp_proxy.upstream.raw_response import Answer
 
 INIT = {"protocolVersion": "2025-06-18", "capabilities": {},
         "serverInfo": {"name": "scripted", "version": "0"}}
@@ -266,16 +267,16 @@ def test_answer_framings_and_reuse():
 def test_broken_answers():
     for data in (b"", b"HTTP/1.1 2000 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
                  b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"):
-        with pytest.raises(BrokenAnswer):
+        with pytest.raises(BrokenResponse):
             answer_to(data)
     answer, released = answer_to(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                                  b"zz\r\n")
-    with pytest.raises(BrokenAnswer):
+    with pytest.raises(BrokenResponse):
         answer.content  # noqa: B018
     answer.close()
     assert released == [False]
     answer, released = answer_to(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
-    with pytest.raises(BrokenAnswer):
+    with pytest.raises(BrokenResponse):
         answer.content  # noqa: B018
 
 

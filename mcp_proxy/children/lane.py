@@ -51,7 +51,7 @@ from mcp_proxy.core.protocol import (
     SUBSCRIPTION_KEY,
     VERSION_KEY,
 )
-from mcp_proxy.errors import LinkClosed, ProxyError, SpawnError
+from mcp_proxy.errors import LegacyOnly, LinkClosed, ProxyError
 from mcp_proxy.upstream.era_headers import header_paths
 
 logger = logging.getLogger(__name__)
@@ -72,10 +72,6 @@ MAX_UNSPENT = 100_000  # anonymous handles not yet redeemed, per child (a few MB
 LISTING_TTL = 60.0
 LISTING_RETRY = 5.0  # after a failed listing, calls that need one get its error this long
 MAX_PAGES = 10
-
-
-class LegacyOnly(SpawnError):
-    """The server did not answer ``server/discover``: it speaks only the 2025 era."""
 
 
 def set_worker_tag(tag: str) -> None:

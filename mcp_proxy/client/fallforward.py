@@ -28,7 +28,7 @@ from gevent.event import AsyncResult, Event
 
 from mcp_proxy import __version__
 from mcp_proxy.client.listener import Listener
-from mcp_proxy.client.rounds import Refused, drive
+from mcp_proxy.client.rounds import drive
 from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.greenlets import closing, spawn
 from mcp_proxy.core.jsonrpc import Message, id_key
@@ -41,7 +41,7 @@ from mcp_proxy.core.protocol import (
     SERVER_INFO_KEY,
     VERSION_KEY,
 )
-from mcp_proxy.errors import FallbackNeeded, LinkClosed
+from mcp_proxy.errors import CannotCarry, FallbackNeeded, LinkClosed
 from mcp_proxy.upstream import era_headers
 from mcp_proxy.upstream.base import AUTH_FAILED
 from mcp_proxy.upstream.streamable_remote import StreamableUpstream
@@ -161,7 +161,7 @@ class FallForward(Link):
     def _drive(self, message: Message) -> None:
         try:
             answer = drive(self, message)
-        except Refused as exc:
+        except CannotCarry as exc:
             answer = jsonrpc.error_message(message.id, exc.code, str(exc), exc.data)
         finally:
             self.calls.pop(id_key(message.id), None)

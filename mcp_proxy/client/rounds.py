@@ -18,6 +18,7 @@ import gevent
 
 from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.jsonrpc import Message
+from mcp_proxy.errors import CannotCarry
 
 logger = logging.getLogger(__name__)
 
@@ -29,14 +30,6 @@ CAPABILITY_OF = {"sampling/createMessage": "sampling", "elicitation/create": "el
                  "roots/list": "roots"}
 
 
-class Refused(Exception):
-    """A request the bridge cannot carry; ``code`` and ``data`` make its JSON-RPC error."""
-
-    def __init__(self, text: str, code: int = jsonrpc.INTERNAL_ERROR, data: Any = None):
-        super().__init__(text)
-        self.code, self.data = code, data
-
-
 def drive(bridge, message: Message) -> Message:
     """The final answer to the client's ``message`` (its own id), after every round."""
     params = dict(message.obj.get("params") or {})
@@ -44,7 +37,7 @@ def drive(bridge, message: Message) -> Message:
     while True:
         answer = bridge.leg(message.method, params)
         if answer is None:
-            raise Refused("the request was stopped")
+            raise CannotCarry("the request was stopped")
         if (answer.error or {}).get("code") == HEADER_MISMATCH \
                 and message.method == "tools/call" and not refreshed:
             refreshed = True  # the tool's x-mcp-header annotations may have changed: once
@@ -55,7 +48,7 @@ def drive(bridge, message: Message) -> Message:
         if not isinstance(result, dict) or result.get("resultType") != "input_required":
             return _final(message.id, answer, result)
         if rounds == MAX_ROUNDS:
-            raise Refused(f"the remote asked for input more than {MAX_ROUNDS} times for one "
+            raise CannotCarry(f"the remote asked for input more than {MAX_ROUNDS} times for one "
                           f"{message.method}; mcp-proxy gave up")
         rounds += 1
         responses = _ask(bridge, result.get("inputRequests"))
@@ -84,25 +77,25 @@ def _final(request_id: Any, answer: Message, result: Any) -> Message:
 
 def _check(bridge, requests: Any) -> None:
     if not isinstance(requests, dict) or not requests:
-        raise Refused("the remote answered input_required without inputRequests")
+        raise CannotCarry("the remote answered input_required without inputRequests")
     if len(requests) > MAX_REQUESTS:
-        raise Refused(f"the remote asked for {len(requests)} inputs in one round; mcp-proxy "
+        raise CannotCarry(f"the remote asked for {len(requests)} inputs in one round; mcp-proxy "
                       f"carries at most {MAX_REQUESTS}")
     declared = bridge.client.get("capabilities") or {}
     for request in requests.values():
         method = request.get("method") if isinstance(request, dict) else None
         needed = CAPABILITY_OF.get(method)
         if needed is None:
-            raise Refused(f"the remote asked for input by {method!r}, which mcp-proxy cannot "
+            raise CannotCarry(f"the remote asked for input by {method!r}, which mcp-proxy cannot "
                           f"put to a 2025-era client")
         if needed not in declared:
-            raise Refused(f"the remote needs the client capability {needed!r} ({method}), "
+            raise CannotCarry(f"the remote needs the client capability {needed!r} ({method}), "
                           f"which the client did not declare", MISSING_CAPABILITY,
                           {"requiredCapabilities": {needed: {}}})
         params = request.get("params")
         if method == "elicitation/create" and isinstance(params, dict) \
                 and params.get("mode") == "url":
-            raise Refused("the remote asked for URL-mode elicitation, whose outcome a "
+            raise CannotCarry("the remote asked for URL-mode elicitation, whose outcome a "
                           "2025-era client cannot bring back through mcp-proxy")
 
 
@@ -118,11 +111,11 @@ def _ask(bridge, requests: Any) -> dict:
             try:
                 reply = waiter.get(timeout=bridge.settings.read_timeout)
             except gevent.Timeout:
-                raise Refused(f"the client did not answer {requests[key]['method']} within "
+                raise CannotCarry(f"the client did not answer {requests[key]['method']} within "
                               f"{bridge.settings.read_timeout:g} s") from None
             error = reply.error
             if error is not None:
-                raise Refused(f"the client refused {requests[key]['method']}: "
+                raise CannotCarry(f"the client refused {requests[key]['method']}: "
                               f"{error.get('message')}", error.get("code", jsonrpc.INTERNAL_ERROR),
                               error.get("data"))
             responses[key] = reply.obj.get("result")

@@ -1,5 +1,5 @@
 """Strict HTTP/1.1 request parsing (RFC 9112) for the pywsgi handler: request line, header
-fields and the framing headers; it raises ``RequestError`` for anything it refuses.
+fields and the framing headers; it raises ``BadHttpRequest`` for anything it refuses.
 
 pywsgi's own parser goes through ``email.parser`` (an eighth of the proxy's CPU per request)
 and lets through what a front proxy may read differently (whitespace before a colon, folded
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+from mcp_proxy.errors import BadHttpRequest
+
 MAX_HEADER_LINE = 65536
 MAX_HEADERS = 100
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -22,28 +24,11 @@ _FIELD = re.compile(_FIELD_RE)
 _HEAD = re.compile(f"(?:{_FIELD_RE})*".encode("latin-1"))
 _NAME = re.compile(_TOKEN)
 _SINGLE = frozenset(("host", "content-length", "transfer-encoding"))
-_REASONS = {400: "Bad Request", 431: "Request Header Fields Too Large"}
-
-
-class RequestError(ValueError):
-    """A request we refuse; the message is the short reason the client reads (never input)."""
-
-    def __init__(self, reason: str, status: int = 400) -> None:
-        super().__init__(reason)
-        self.status = status
-
-    def answer(self) -> bytes:
-        body = f"{self}\n".encode()
-        return (f"HTTP/1.1 {self.status} {_REASONS[self.status]}\r\nConnection: close\r\n"
-                f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
-                f"\r\n").encode() + body
-
-
 def request_line(line: str) -> tuple[str, str, str]:
     """(method, target, version) of a request line; any HTTP/1.x but 1.0 counts as 1.1."""
     match = _REQUEST_LINE.fullmatch(line)
     if match is None:
-        raise RequestError("malformed request line")
+        raise BadHttpRequest("malformed request line")
     method, target, minor = match.groups()
     return method, target, "HTTP/1.0" if minor == "0" else "HTTP/1.1"
 
@@ -84,16 +69,16 @@ class Headers:
             if size <= 2:  # the shortest field is "a:\r\n"
                 if line == b"\r\n":
                     break
-                raise RequestError("the connection ended inside the headers" if not line
+                raise BadHttpRequest("the connection ended inside the headers" if not line
                                    else "a header line not ended by CRLF, or a bare CR or LF in it")
             if size > MAX_HEADER_LINE:
-                raise RequestError("header line too long", 431)
+                raise BadHttpRequest("header line too long", 431)
             if len(lines) == MAX_HEADERS:
-                raise RequestError("too many headers", 431)
+                raise BadHttpRequest("too many headers", 431)
             lines.append(line)
         head = b"".join(lines)
         if _HEAD.fullmatch(head) is None:
-            raise RequestError(_field_error(lines))
+            raise BadHttpRequest(_field_error(lines))
         self.headers = head.decode("latin-1").split("\r\n")
         self.headers.pop()  # after the last CRLF
         self.fields: list[tuple[str, str]] = []  # (lower-case name, value) in order
@@ -107,7 +92,7 @@ class Headers:
             if name not in values:
                 values[name] = value
             elif name in _SINGLE:
-                raise RequestError(f"more than one {name} header")
+                raise BadHttpRequest(f"more than one {name} header")
 
     def get(self, name: str, default=None):
         return self._values.get(name.lower(), default)
@@ -122,17 +107,17 @@ class Headers:
 def body_framing(headers: Headers, version: str) -> tuple[int | None, bool]:
     """(Content-Length, chunked) of a request; refuses every ambiguous or unknown framing."""
     if headers.get("host") is None and version != "HTTP/1.0":
-        raise RequestError("an HTTP/1.1 request without a Host header")
+        raise BadHttpRequest("an HTTP/1.1 request without a Host header")
     length = headers.get("content-length")
     coding = headers.get("transfer-encoding")
     if coding is not None:
         if length is not None:
-            raise RequestError("both Transfer-Encoding and Content-Length")
+            raise BadHttpRequest("both Transfer-Encoding and Content-Length")
         if coding.lower() != "chunked" or version == "HTTP/1.0":
-            raise RequestError("a Transfer-Encoding other than chunked, or one in HTTP/1.0")
+            raise BadHttpRequest("a Transfer-Encoding other than chunked, or one in HTTP/1.0")
         return None, True
     if length is None:
         return None, False
     if not (length.isascii() and length.isdigit()) or len(length) > 18:
-        raise RequestError("a Content-Length that is not a number (of at most 18 digits)")
+        raise BadHttpRequest("a Content-Length that is not a number (of at most 18 digits)")
     return int(length), False

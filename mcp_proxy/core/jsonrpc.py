@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from mcp_proxy.core import strict_json
-from mcp_proxy.errors import MessageError
+from mcp_proxy.errors import AmbiguousJson, MessageError
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -160,7 +160,7 @@ def parse(data: bytes | str) -> Message:
         raise MessageError(PARSE_ERROR, f"Parse error: body is not UTF-8 ({exc.reason})")
     except RecursionError:
         raise MessageError(PARSE_ERROR, "Parse error: JSON nested too deeply") from None
-    except strict_json.Ambiguous as exc:
+    except AmbiguousJson as exc:
         raise MessageError(INVALID_REQUEST, f"Invalid Request: {exc}: JSON parsers "
                            "read it differently") from None
     except ValueError as exc:

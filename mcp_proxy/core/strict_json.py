@@ -1,7 +1,7 @@
 """JSON text to Python objects, refusing what JSON parsers read differently (I-JSON, RFC 7493).
 
 The relay forwards a message's bytes as they arrived and routes by what it parsed, so the two
-must mean the same thing to every peer. Refused with :class:`Ambiguous`:
+must mean the same thing to every peer. Refused with :class:`AmbiguousJson`:
 
 - a member name twice in one object, at any depth and in any spelling (``"id"`` and
   ``"\\u0069d"``): parsers keep the first, the last or fail, and a splice of the id
@@ -30,14 +30,12 @@ from typing import Any
 
 import orjson
 
+from mcp_proxy.errors import AmbiguousJson
+
 FAST_ABOVE = 32 << 10  # orjson above this size
 _FEW_QUOTES = 1024  # a large message with more goes the standard library's way
 _FEW_VALUES = 4096  # (so does one whose tree is this big: e.g. a long array of numbers)
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-class Ambiguous(ValueError):
-    """Valid JSON that peers would read differently; ``str()`` says why."""
 
 
 def _finite_float(text: str) -> float:
@@ -57,7 +55,7 @@ def _unique(pairs: list) -> dict:
         seen: set = set()
         for name, _ in pairs:
             if name in seen:
-                raise Ambiguous(f"duplicate member {json.dumps(name)[:80]} in one object")
+                raise AmbiguousJson(f"duplicate member {json.dumps(name)[:80]} in one object")
             seen.add(name)
     return obj
 
@@ -74,7 +72,7 @@ def reread(text: str) -> Any:
 
 
 def loads(data: bytes | str) -> Any:
-    """Parse one JSON text; raise :class:`Ambiguous`, ``UnicodeDecodeError``, ``ValueError``
+    """Parse one JSON text; raise :class:`AmbiguousJson`, ``UnicodeDecodeError``, ``ValueError``
     or ``RecursionError``."""
     obj = fast(data) if isinstance(data, bytes) and len(data) > FAST_ABOVE else None
     if obj is not None:
@@ -85,7 +83,7 @@ def loads(data: bytes | str) -> Any:
         try:  # only where the text escapes a surrogate: a pair is fine, a lone one is not
             json.dumps(obj, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
-            raise Ambiguous("a string holds a lone surrogate (\\ud800-\\udfff)") from None
+            raise AmbiguousJson("a string holds a lone surrogate (\\ud800-\\udfff)") from None
     return obj
 
 

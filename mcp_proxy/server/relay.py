@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING
 
 from flask import Response
 
-from mcp_proxy.children.lane import LegacyOnly, principal
+from mcp_proxy.children.lane import principal
 from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.jsonrpc import Message, id_key
 from mcp_proxy.core.protocol import VERSION_KEY
-from mcp_proxy.errors import LinkClosed, ProxyError, ServerBusy, SpawnError
+from mcp_proxy.errors import LegacyOnly, LinkClosed, ProxyError, ServerBusy, SpawnError, StreamEnded
 from mcp_proxy.server import era
 from mcp_proxy.server.request_port import RequestPort
 from mcp_proxy.server.responses import Answer, event_stream, rpc_error, server_busy
 from mcp_proxy.server.scaleout.forwarder import auth_digest
-from mcp_proxy.server.streams import PING, Body, Stream, StreamEnded, sse_event
+from mcp_proxy.server.streams import PING, Body, Stream, sse_event
 
 if TYPE_CHECKING:
     from mcp_proxy.server.sessions import Registry

@@ -24,7 +24,7 @@ from gevent.hub import Waiter
 
 from mcp_proxy.core import greenlets, jsonrpc
 from mcp_proxy.core.jsonrpc import Message
-from mcp_proxy.errors import LinkClosed
+from mcp_proxy.errors import LinkClosed, StreamEnded
 
 if TYPE_CHECKING:
     from mcp_proxy.server.sessions import Session
@@ -37,10 +37,6 @@ PING = b": ping\n\n"
 # where the client's socket is in the WSGI environ: ours, gunicorn's gevent worker,
 # gunicorn's gevent_pywsgi worker
 SOCKET_KEYS = ("mcp_proxy.socket", "gunicorn.socket", "gunicorn.sock")
-
-
-class StreamEnded(Exception):
-    """The stream was ended: its response was sent, or its session closed."""
 
 
 def sse_event(data: bytes, event: bytes = b"message") -> bytes:

@@ -31,8 +31,8 @@ from gevent.pywsgi import (
 )
 
 from mcp_proxy.config.settings import ServerSettings
-from mcp_proxy.core.http1 import Headers, RequestError, body_framing, request_line
-from mcp_proxy.errors import ConfigError
+from mcp_proxy.core.http1 import Headers, body_framing, request_line
+from mcp_proxy.errors import BadHttpRequest, ConfigError
 from mcp_proxy.server.app import create_app
 
 logger = logging.getLogger(__name__)
@@ -102,9 +102,9 @@ class Handler(WSGIHandler):
             self._body = self._input.read(self.server.max_body + 1)
         except OSError as exc:  # pywsgi's chunk errors, the body cut short, or a reset
             reason = exc.strerror if isinstance(exc, ConnectionError) else exc.args[0]
-            raise RequestError(f"malformed body ({reason})") from None
+            raise BadHttpRequest(f"malformed body ({reason})") from None
         except ValueError:  # pywsgi parses an empty chunk size as hex
-            raise RequestError("malformed body (no chunk size)") from None
+            raise BadHttpRequest("malformed body (no chunk size)") from None
 
     def _headers(self):
         # pywsgi's re-splits each line; ours are split and checked already
@@ -171,7 +171,7 @@ class Handler(WSGIHandler):
             self.response_length += sent
 
     def _handle_client_error(self, ex):
-        if isinstance(ex, RequestError):
+        if isinstance(ex, BadHttpRequest):
             logger.info("Refused a request from %s: %s", self.client_address[0], ex)
             return str(ex.status), ex.answer()
         return super()._handle_client_error(ex)

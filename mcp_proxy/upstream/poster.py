@@ -35,10 +35,10 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
-from mcp_proxy.errors import UpstreamError
+from mcp_proxy.errors import BrokenResponse, UpstreamError
 from mcp_proxy.upstream.oauth.auth import OAuthSignIn
 from mcp_proxy.upstream.oauth.credentials import ClientCredentials
-from mcp_proxy.upstream.raw_response import Answer, BrokenAnswer
+from mcp_proxy.upstream.raw_response import Answer
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +259,6 @@ def _failed(exc: Exception, connecting: bool) -> UpstreamError:
         name = "ConnectTimeout"
     elif isinstance(exc, TimeoutError):
         name = "ConnectTimeout" if connecting else "ReadTimeout"
-    elif isinstance(exc, BrokenAnswer) and exc.args[0] == "chunks":
+    elif isinstance(exc, BrokenResponse) and exc.args[0] == "chunks":
         name = "ChunkedEncodingError"
     return UpstreamError(f"POST failed: {name}")

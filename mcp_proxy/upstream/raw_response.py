@@ -17,14 +17,10 @@ from collections.abc import Callable
 from requests.structures import CaseInsensitiveDict
 
 from mcp_proxy.core.http1 import _NAME
+from mcp_proxy.errors import BrokenResponse
 
 MAX_HEAD = 64 << 10
 READ = 65536
-
-
-class BrokenAnswer(ConnectionError):
-    """The answer broke off or is not HTTP/1.x; ``args[0]`` says where ("head", "chunks",
-    "body")."""
 
 
 class Answer:
@@ -57,13 +53,13 @@ class Answer:
                 del self._buf[:end + 1]
                 return line
             if len(self._buf) > MAX_HEAD:
-                raise BrokenAnswer(where)
+                raise BrokenResponse(where)
             self._fill(where)
 
     def _fill(self, where: str) -> None:
         data = self._sock.recv(READ)
         if not data:
-            raise BrokenAnswer(where)
+            raise BrokenResponse(where)
         self._buf += data
 
     def _head_lines(self) -> list[str]:
@@ -73,11 +69,11 @@ class Answer:
             if ends:
                 break
             if len(self._buf) > MAX_HEAD:
-                raise BrokenAnswer("head")
+                raise BrokenResponse("head")
             self._fill("head")
         end = min(ends)
         if end > MAX_HEAD:
-            raise BrokenAnswer("head")
+            raise BrokenResponse("head")
         lines = self._buf[:end].decode("latin-1").split("\n")
         del self._buf[:end + (3 if self._buf[end + 1] == 13 else 2)]
         return [line.removesuffix("\r") for line in lines]
@@ -87,7 +83,7 @@ class Answer:
         version, _, rest = status.partition(" ")
         code, _, reason = rest.partition(" ")
         if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
-            raise BrokenAnswer("head")
+            raise BrokenResponse("head")
         self.status_code = int(code)
         self.reason = reason.strip()
         self.header_list: list[tuple[str, str]] = []
@@ -95,7 +91,7 @@ class Answer:
         for line in fields:
             name, colon, value = line.partition(":")
             if not colon or _NAME.fullmatch(name) is None:
-                raise BrokenAnswer("head")
+                raise BrokenResponse("head")
             value = value.strip()
             self.header_list.append((name, value))
             known = self.headers.get(name)
@@ -114,7 +110,7 @@ class Answer:
         elif "Content-Length" in self.headers:
             length = self.headers["Content-Length"]
             if not length.isdigit():
-                raise BrokenAnswer("head")
+                raise BrokenResponse("head")
             self._left = int(length)
         else:
             self._keep = False  # the body ends with the connection
@@ -149,13 +145,13 @@ class Answer:
 
     def _next_chunk(self) -> None:
         if self._after_chunk and self._line("chunks"):
-            raise BrokenAnswer("chunks")
+            raise BrokenResponse("chunks")
         self._after_chunk = True
         size = self._line("chunks").split(b";", 1)[0].strip()
         try:
             self._left = int(size, 16)
         except ValueError:
-            raise BrokenAnswer("chunks") from None
+            raise BrokenResponse("chunks") from None
         if self._left == 0:
             while self._line("chunks"):  # trailer fields, up to the empty line
                 pass

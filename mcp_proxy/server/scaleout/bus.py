@@ -39,7 +39,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from mcp_proxy.core import greenlets
-from mcp_proxy.server.scaleout.redis_wire import BusDown, Inbox, Publisher
+from mcp_proxy.errors import BlobLost, BusDown
+from mcp_proxy.server.scaleout.redis_wire import Inbox, Publisher
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +57,6 @@ OUTAGE = 5.0  # how long an answer waits for Redis to come back
 # frames whose second copy the receiving worker ignores: resent even when the first may
 # have gone out (a second ``data`` would be a second event)
 _IDEMPOTENT = {"resp", "head", "end", "alive"}
-
-
-class BlobLost(Exception):
-    """A frame's payload key expired (or was taken) before it was read."""
 
 
 def encode(header: dict, payload: bytes = b"") -> bytes:

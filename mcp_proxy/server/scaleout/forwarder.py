@@ -37,9 +37,9 @@ from gevent.queue import Empty, Queue
 from werkzeug.datastructures import Headers
 
 from mcp_proxy.core import jsonrpc
-from mcp_proxy.errors import LinkClosed, MessageError
+from mcp_proxy.errors import BlobLost, BusDown, LinkClosed, MessageError, OwnerSilent
 from mcp_proxy.server.responses import RETRY_AFTER, rpc_error
-from mcp_proxy.server.scaleout.bus import GRACE, BlobLost, BusDown
+from mcp_proxy.server.scaleout.bus import GRACE
 from mcp_proxy.server.streams import Body, StreamOwner, sse_event
 
 if TYPE_CHECKING:
@@ -61,10 +61,6 @@ _numbers = itertools.count(1)
 _PRIVATE = {"HTTP_AUTHORIZATION", "HTTP_COOKIE", "HTTP_PROXY_AUTHORIZATION", "HTTP_ORIGIN",
             "HTTP_CONNECTION", "HTTP_KEEP_ALIVE", "HTTP_TE", "HTTP_TRANSFER_ENCODING",
             "HTTP_UPGRADE", "HTTP_CONTENT_LENGTH", "HTTP_CONTENT_TYPE"}
-
-
-class OwnerSilent(Exception):
-    """The owner sent nothing, not even an ``alive``, for three ping intervals."""
 
 
 def auth_digest(environ: dict) -> str:

@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING
 from flask import Response
 
 from mcp_proxy.core import jsonrpc
+from mcp_proxy.errors import BlobLost, BusDown
 from mcp_proxy.server.responses import rpc_error
-from mcp_proxy.server.scaleout.bus import GRACE, BlobLost, BusDown
+from mcp_proxy.server.scaleout.bus import GRACE
 
 if TYPE_CHECKING:
     from mcp_proxy.server.scaleout.router import Router

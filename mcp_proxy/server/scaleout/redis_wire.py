@@ -26,18 +26,11 @@ import redis
 from gevent.event import AsyncResult
 from gevent.lock import Semaphore
 
+from mcp_proxy.errors import BusDown
+
 PUBLISH_TIMEOUT = 5.0
 PROBE_TIMEOUT = 2.0  # how long an inbox that timed out waits for the answer to its PING
 _ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
-
-
-class BusDown(Exception):
-    """Redis cannot be reached: nothing was sent (``unsure``: it was written, and whether
-    Redis took it before the connection failed cannot be known)."""
-
-    def __init__(self, message: str, unsure: bool = False) -> None:
-        super().__init__(message)
-        self.unsure = unsure
 
 
 def connection(pool: redis.ConnectionPool):

@@ -40,12 +40,12 @@ from flask import Flask, Response, request
 from mcp_proxy.children import lane
 from mcp_proxy.config.settings import ServerSettings
 from mcp_proxy.core import greenlets
+from mcp_proxy.errors import BusDown
 from mcp_proxy.server.guard import Checks
 from mcp_proxy.server.responses import query_session, read_body
 from mcp_proxy.server.scaleout import forwarder as fwd
 from mcp_proxy.server.scaleout import owner as owning
 from mcp_proxy.server.scaleout.bus import GRACE, OUTAGE, Bus, decode, encode
-from mcp_proxy.server.scaleout.redis_wire import BusDown
 from mcp_proxy.server.sessions import TAGGED_ID
 
 logger = logging.getLogger(__name__)

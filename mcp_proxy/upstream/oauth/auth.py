@@ -17,18 +17,12 @@ from collections import defaultdict
 from requests.auth import AuthBase
 
 from mcp_proxy.config.settings import ClientSettings
-from mcp_proxy.errors import AuthError, UpstreamError
+from mcp_proxy.errors import AuthError, OAuthError, UpstreamError
 from mcp_proxy.upstream.oauth.browser import default_port
 from mcp_proxy.upstream.oauth.discovery import Discovery, discover
 from mcp_proxy.upstream.oauth.signin import Registrar, authorize, client_file, token_record
 from mcp_proxy.upstream.oauth.store import Store
-from mcp_proxy.upstream.oauth.wire import (
-    OAuthError,
-    bearer_challenge,
-    plain_session,
-    resend,
-    token_request,
-)
+from mcp_proxy.upstream.oauth.wire import bearer_challenge, plain_session, resend, token_request
 
 logger = logging.getLogger(__name__)
 

@@ -16,11 +16,10 @@ import requests
 from requests.auth import AuthBase
 
 from mcp_proxy.config.settings import ClientSettings
-from mcp_proxy.errors import AuthError, ConfigError, UpstreamError
+from mcp_proxy.errors import AuthError, ConfigError, OAuthError, UpstreamError
 from mcp_proxy.upstream.oauth.discovery import Discovery, discover
 from mcp_proxy.upstream.oauth.wire import (
     Client,
-    OAuthError,
     bearer_challenge,
     choose_method,
     load_key,

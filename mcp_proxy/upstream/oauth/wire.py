@@ -15,7 +15,7 @@ from urllib.parse import quote_plus
 
 import requests
 
-from mcp_proxy.errors import AuthError, ConfigError, UpstreamError
+from mcp_proxy.errors import AuthError, ConfigError, OAuthError, UpstreamError
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +88,6 @@ def resend(response: requests.Response, token: str, **kwargs) -> requests.Respon
     again.history.append(response)
     again.request = retry
     return again
-
-
-class OAuthError(AuthError):
-    """The authorization server refused a request; ``code`` is its ``error`` value."""
-
-    def __init__(self, what: str, code: str, description: str = "") -> None:
-        super().__init__(f"{what}: {code}" + (f" ({description})" if description else ""))
-        self.code = code
 
 
 @dataclass
