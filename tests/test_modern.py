@@ -17,8 +17,9 @@ from test_lifecycle import wait_until
 from test_shared import methods, recorded
 
 from conftest import INIT_PARAMS, RAW_SERVER, SDK_SERVER, STREAM_HEADERS, rpc, run_driver
-from mcp_proxy.children import lane as modern_lane
-from mcp_proxy.children.lane import ModernLane, unwrap_state, wrap_state
+from mcp_proxy.children import request_state
+from mcp_proxy.children.lane import ModernLane
+from mcp_proxy.children.request_state import unwrap_state, wrap_state
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.errors import SpawnError
 
@@ -322,8 +323,8 @@ def test_an_anonymous_handle_survives_a_retry_that_was_not_sent():
 
 
 def test_request_state_handles_expire(monkeypatch):
-    assert modern_lane.STATE_TTL == 600  # as the official SDK's own sealed state
-    monkeypatch.setattr(modern_lane, "STATE_TTL", -1.0)
+    assert request_state.STATE_TTL == 600  # as the official SDK's own sealed state
+    monkeypatch.setattr(request_state, "STATE_TTL", -1.0)
     lane = ModernLane("m", spawn=None)
     assert unwrap_state(wrap_state("sealed", 3, "alice"), 3) is None
     assert lane._unseal(lane._seal("a", "alice"), "alice")[0] is False

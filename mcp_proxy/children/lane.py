@@ -24,10 +24,6 @@ child serves every caller: ids and progress tokens are rewritten as on any share
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import logging
 import os
 import time
@@ -36,10 +32,12 @@ from typing import Any
 from gevent.lock import Semaphore
 
 from mcp_proxy import __version__
-from mcp_proxy.children import fanin, fanout
+from mcp_proxy.children import fanin, fanout, request_state
 from mcp_proxy.children.multiplexer import Multiplexer
 from mcp_proxy.children.port import Port, admits
+from mcp_proxy.children.request_state import unwrap_state, wrap_state
 from mcp_proxy.core import jsonrpc
+from mcp_proxy.core.era_headers import header_paths
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.core.link import Link
 from mcp_proxy.core.protocol import (
@@ -52,80 +50,18 @@ from mcp_proxy.core.protocol import (
     VERSION_KEY,
 )
 from mcp_proxy.errors import LegacyOnly, LinkClosed, ProxyError
-from mcp_proxy.upstream.era_headers import header_paths
 
 logger = logging.getLogger(__name__)
 
 INVALID_PARAMS = -32602
 MRTR_METHODS = tuple(NAMED_BY)  # the methods that may answer input_required
 DISCOVER_TIMEOUT = 10.0
-HANDLE_PREFIX = "mcp-proxy:"
-_HANDLE = HANDLE_PREFIX  # plus this worker's tag and a colon, with --redis-url
-_SECRET = os.urandom(32)  # handles are only good in the process that made them
-# the official SDK seals its own requestState for 10 minutes: a round may wait on a person
-# (an elicitation form, a sampling approval), and a longer-lived handle would only outlive
-# the server's own state; shorter bounds how long a leaked handle is any use
-STATE_TTL = 600.0
 MAX_UNSPENT = 100_000  # anonymous handles not yet redeemed, per child (a few MB at most)
 # a name missing from a listing is unknown this long (or until list_changed, which the proxy
 # hears only on a caller's listen): made-up names must not cost a listing each
 LISTING_TTL = 60.0
 LISTING_RETRY = 5.0  # after a failed listing, calls that need one get its error this long
 MAX_PAGES = 10
-
-
-def set_worker_tag(tag: str) -> None:
-    """Name this worker in every handle it makes, so another worker can route it back here."""
-    global _HANDLE
-    _HANDLE = f"{HANDLE_PREFIX}{tag}:"
-
-
-def handle_worker(handle: Any) -> str | None:
-    """The tag of the worker that sealed ``handle`` (None if it names none)."""
-    if isinstance(handle, str) and handle.startswith(HANDLE_PREFIX):
-        tag, colon, _ = handle[len(HANDLE_PREFIX):].partition(":")
-        if colon and len(tag) == 8:
-            return tag
-    return None
-
-
-def principal(credentials_digest: str) -> str:
-    """A short tag for the caller's credentials (empty without any): never the secret itself.
-
-    It is made from a digest of the Authorization header (forward.auth_digest), which is what
-    crosses the bus when another worker forwards the request.
-    """
-    if not credentials_digest:
-        return ""
-    return hmac.new(_SECRET, credentials_digest.encode(), hashlib.sha256).hexdigest()[:24]
-
-
-def _sign(payload: bytes) -> str:
-    return base64.urlsafe_b64encode(hmac.new(_SECRET, payload, hashlib.sha256).digest()[:18]
-                                    ).decode()
-
-
-def wrap_state(state: Any, generation: int, caller: str) -> str:
-    expires = round(time.monotonic() + STATE_TTL, 1)  # the secret is per process: so is this
-    payload = base64.urlsafe_b64encode(json.dumps([generation, caller, expires, state]).encode())
-    return _HANDLE + payload.decode() + "." + _sign(payload)
-
-
-def unwrap_state(handle: Any, generation: int) -> tuple[str, Any] | None:
-    """(the caller it was made for, the child's state) if ``handle`` is ours, for this child
-    and not expired; else None."""
-    if not isinstance(handle, str) or not handle.startswith(_HANDLE):
-        return None
-    payload, _, signature = handle[len(_HANDLE):].rpartition(".")
-    if not hmac.compare_digest(_sign(payload.encode()), signature):
-        return None
-    try:
-        made_for, made_by, expires, state = json.loads(base64.urlsafe_b64decode(payload))
-    except (ValueError, TypeError):
-        return None
-    if made_for != generation or not time.monotonic() < expires:
-        return None
-    return made_by, state
 
 
 def header_params(tools: Any) -> dict[str, dict[tuple, str] | None]:
@@ -281,7 +217,7 @@ class ModernLane(Multiplexer):
         now, unspent = time.monotonic(), self.unspent
         while unspent and (len(unspent) >= MAX_UNSPENT or next(iter(unspent.values())) <= now):
             del unspent[next(iter(unspent))]  # expired, or the oldest past the bound
-        unspent[nonce] = now + STATE_TTL
+        unspent[nonce] = now + request_state.STATE_TTL
         return wrap_state(state, self.generation, nonce)
 
     def _unseal(self, handle: Any, principal: str) -> tuple[bool, Any, tuple | None]:

@@ -29,7 +29,7 @@ from gevent.event import AsyncResult, Event
 from mcp_proxy import __version__
 from mcp_proxy.client.listener import Listener
 from mcp_proxy.client.rounds import drive
-from mcp_proxy.core import jsonrpc
+from mcp_proxy.core import era_headers, jsonrpc
 from mcp_proxy.core.greenlets import closing, spawn
 from mcp_proxy.core.jsonrpc import Message, id_key
 from mcp_proxy.core.link import Link
@@ -42,7 +42,6 @@ from mcp_proxy.core.protocol import (
     VERSION_KEY,
 )
 from mcp_proxy.errors import CannotCarry, FallbackNeeded, LinkClosed
-from mcp_proxy.upstream import era_headers
 from mcp_proxy.upstream.base import AUTH_FAILED
 from mcp_proxy.upstream.streamable_remote import StreamableUpstream
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from flask import Response
 
-from mcp_proxy.children.lane import principal
+from mcp_proxy.children.request_state import principal
 from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.jsonrpc import Message, id_key
 from mcp_proxy.core.protocol import VERSION_KEY

@@ -19,11 +19,10 @@ import gevent
 import requests
 from gevent.event import Event
 
-from mcp_proxy.core import jsonrpc
+from mcp_proxy.core import era_headers, jsonrpc
 from mcp_proxy.core.greenlets import closing, spawn
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.errors import FallbackNeeded, MessageError, SessionLost, TlsError, UpstreamError
-from mcp_proxy.upstream import era_headers
 from mcp_proxy.upstream.base import Upstream, backoff
 from mcp_proxy.upstream.http_session import check_status, events
 from mcp_proxy.upstream.poster import Poster

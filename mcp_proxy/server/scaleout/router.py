@@ -37,7 +37,7 @@ from collections.abc import Callable
 import gevent
 from flask import Flask, Response, request
 
-from mcp_proxy.children import lane
+from mcp_proxy.children import request_state
 from mcp_proxy.config.settings import ServerSettings
 from mcp_proxy.core import greenlets
 from mcp_proxy.errors import BusDown
@@ -83,7 +83,7 @@ class Router:
         self.route_header = os.environ.get("MCP_PROXY_ROUTE_HEADER", "") not in ("", "0")
         self.napping_since: float | None = None  # when the watcher went to sleep
         self.vanished: dict[str, float] = {}  # owner tag -> since when its inbox has no reader
-        lane.set_worker_tag(self.tag)  # a requestState handle names its sealing worker
+        request_state.set_worker_tag(self.tag)  # a requestState handle names its sealing worker
 
     def start(self) -> None:
         self.bus.start()
@@ -134,7 +134,7 @@ class Router:
         """The tag of the worker that sealed a ``requestState`` handle, if another one."""
         if "mcp_proxy.forwarded" in environ:
             return None
-        tag = lane.handle_worker(handle)
+        tag = request_state.handle_worker(handle)
         return tag if tag is not None and tag != self.tag else None
 
     def status(self) -> dict:

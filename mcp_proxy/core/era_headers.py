@@ -12,13 +12,14 @@ from __future__ import annotations
 import base64
 import logging
 import re
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.core.protocol import LEGACY_VERSIONS, MODERN_VERSION, NAMED_BY, VERSION_KEY
+
+if TYPE_CHECKING:
+    import requests
 
 logger = logging.getLogger(__name__)
 
