@@ -173,7 +173,7 @@ def test_one_name_per_thing():
 
 
 def test_retired_verbs():
-    pattern = re.compile(r"_*(%s)(_|$)" % "|".join(RETIRED_VERBS))
+    pattern = re.compile(r"_*({})(_|$)".format("|".join(RETIRED_VERBS)))
     found = [f"{name}:{node.lineno} {node.name}" for name in modules()
              for node in ast.walk(tree(name))
              if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
