@@ -31,7 +31,7 @@ from mcp_proxy.config.settings import ServerSettings, ServerSpec
 from mcp_proxy.core import jsonrpc
 from mcp_proxy.errors import ServerBusy
 from mcp_proxy.server.sessions import HIGH_WATER, LOW_WATER, Registry
-from mcp_proxy.server.streamable_transport import StreamableSession
+from mcp_proxy.server.streamable_session import StreamableSession
 
 
 def msg(**obj) -> jsonrpc.Message:

@@ -190,7 +190,7 @@ def test_missing_command_is_a_spawn_error():
 def test_streamable_routing():
     from mcp_proxy.config.settings import ServerSettings
     from mcp_proxy.server.sessions import Registry
-    from mcp_proxy.server.streamable_transport import StreamableSession
+    from mcp_proxy.server.streamable_session import StreamableSession
 
     session = StreamableSession(Registry(ServerSettings(servers={})), "")
     session.send(msg(method="notifications/tools/list_changed"))  # nothing open: kept

@@ -17,6 +17,7 @@ from werkzeug.routing import MapAdapter, Rule
 from mcp_proxy.config.settings import ServerSettings
 from mcp_proxy.server.guard import install_guard
 from mcp_proxy.server.probes import add_health_routes
+from mcp_proxy.server.relay import Relay
 from mcp_proxy.server.sessions import Registry
 from mcp_proxy.server.sse_transport import add_sse_routes
 from mcp_proxy.server.status import add_status_route
@@ -108,7 +109,7 @@ def create_app(settings: ServerSettings) -> Flask:
         prefix = f"/servers/{name}" if name else ""
         bp = Blueprint(f"server_{name or 'default'}", __name__, url_prefix=prefix or None)
         add_sse_routes(bp, registry, name)
-        add_streamable_routes(bp, registry, name)
+        add_streamable_routes(bp, registry, name, Relay(registry, name, settings.keepalive))
         app.register_blueprint(bp)
     add_status_route(app, registry)
     add_health_routes(app, registry)

@@ -29,7 +29,7 @@ from mcp_proxy.server.streams import PING, Body, Stream, sse_event
 
 if TYPE_CHECKING:
     from mcp_proxy.server.sessions import Registry
-    from mcp_proxy.server.streamable_transport import StreamableSession
+    from mcp_proxy.server.streamable_session import StreamableSession
 
 logger = logging.getLogger(__name__)
 

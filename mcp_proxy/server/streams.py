@@ -1,13 +1,17 @@
-"""Event streams of a session: the queue a streaming response drains, and the response body.
+"""Event streams: the queue a streaming response drains, and the response body around it.
 
-A :class:`Stream` counts the bytes it holds against its session, which is how backpressure
-reaches the child: while a reader drains the stream, its bytes count as "in flight to the
-client"; a stream nobody reads yet (the GET backlog) only counts against the session's hard
-budget. A :class:`Body` is the streaming response around a stream's events: it notices at
-once a client that closed or reset its connection (a watcher greenlet waits for the socket to
-turn readable and peeks), remembers when a chunk was handed to a client that has not taken it
-(stall detection), and runs its cleanup exactly once, however the response ends, even if the
-server never started iterating it.
+This module owns a stream's queue, its byte accounting and the body that writes it out; it
+never routes a message (its owner picks the stream) and never knows what owns a stream beyond
+:class:`StreamOwner`. A :class:`Stream` counts the bytes it holds against its owner (a
+session, a 2026-07-28 request's port, or a forwarded call), which is how backpressure reaches
+the child: while a reader drains the stream, its bytes count as "in flight to the client"; a
+stream nobody reads yet (the GET backlog) only counts against the owner's hard budget.
+
+A :class:`Body` is the streaming response around a stream's events: it notices at once a
+client that closed or reset its connection (the loop watches the socket turn readable, then a
+greenlet peeks), remembers when a chunk was handed to a client that has not taken it (stall
+detection), and runs its cleanup exactly once, however the response ends, even if the server
+never started iterating it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.errors import LinkClosed, StreamEnded
 
 if TYPE_CHECKING:
-    from mcp_proxy.server.sessions import Session
+    from mcp_proxy.config.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +48,19 @@ def sse_event(data: bytes, event: bytes = b"message") -> bytes:
 
 
 class StreamOwner:
-    """What a stream asks of its owner (a session, or a 2026-07-28 request's port): the byte
-    budget of ``--max-queued-size``, the stall check, and backpressure (none by default).
+    """What a stream asks of its owner (a session, a 2026-07-28 request's port, or a forwarded
+    call): the byte budget of ``--max-queued-size``, the stall check, and backpressure (none
+    by default). A base class its owners derive from, so that streams never import them.
 
-    The owner has ``settings``, ``name``, ``queued`` (an int), ``draining`` (a set) and
-    ``close()``.
+    The owner has ``settings``, ``name``, ``queued``, ``draining`` and ``close()``.
     """
+
+    settings: ServerSettings
+    name: str
+    queued: int  # bytes waiting in the owner's streams
+    draining: set  # the streams an HTTP response is writing out
+    # and close(reason), which it has from its other base (a link; a forwarded call's own):
+    # defined here it would come first in the owner's MRO
 
     def charge(self, size: int, reading: bool) -> None:
         """Count ``size`` queued bytes; close the owner if its budget is exhausted."""
@@ -81,15 +92,15 @@ class StreamOwner:
 
 
 class Stream:
-    """One event stream of a session: a queue drained by a streaming response.
+    """One event stream of its owner: a queue drained by a streaming response.
 
     A deque and the waiters of blocked readers rather than a gevent ``Queue``: a stream is
     made for every request, and a ``Queue`` plus a ``Timeout`` per wait cost about a tenth
     of relaying a small message.
     """
 
-    def __init__(self, session: Session, reading: bool = True) -> None:
-        self.session = session
+    def __init__(self, owner: StreamOwner, reading: bool = True) -> None:
+        self.owner = owner
         self.ended = False
         self.queued = 0  # bytes waiting here
         self.reading = reading  # a response drains it (else what waits here is a backlog)
@@ -109,7 +120,7 @@ class Stream:
 
     def put(self, message: Message) -> None:
         size = len(message.raw)
-        self.session.charge(size, self.reading)
+        self.owner.charge(size, self.reading)
         self.queued += size
         self._push(message)
 
@@ -133,14 +144,14 @@ class Stream:
         """A response starts draining this stream: its bytes now weigh on backpressure."""
         if not self.reading:
             self.reading = True
-            self.session.press(self.queued)
+            self.owner.press(self.queued)
         self._generation += 1
 
     def detach_reader(self) -> None:
         """The response ended; what is left stays queued as a backlog for the next reader."""
         if self.reading:
             self.reading = False
-            self.session.press(-self.queued)
+            self.owner.press(-self.queued)
         self.writing_since = None
 
     def wake(self) -> None:
@@ -183,7 +194,7 @@ class Stream:
     def _take(self, item: Message) -> None:
         size = len(item.raw)
         self.queued -= size
-        self.session.refund(size, self.reading)
+        self.owner.refund(size, self.reading)
 
     def events(self, keepalive: float, until_response: bool = False) -> Iterator[bytes]:
         """SSE bytes: each message as an event, a ping comment after ``keepalive`` of silence;
@@ -237,8 +248,8 @@ def _watch(sock: socket.socket, on_gone: Callable[[], None]):
 class Body:
     """A streaming response body around ``chunks``: see the module docstring.
 
-    Of ``stream`` it uses only ``writing_since``, ``abort`` and ``session.draining`` (what
-    the reaper's stall check reads), so a forwarded call (forward.py) stands in for one.
+    Of ``stream`` it uses only ``writing_since``, ``abort`` and ``owner.draining`` (what the
+    reaper's stall check reads), so a forwarded call (scaleout/forwarder.py) stands in for one.
     """
 
     def __init__(self, chunks: Iterator[bytes], environ: dict, stream: Stream | None,
@@ -248,7 +259,7 @@ class Body:
         self._cleanup: Callable[[], None] | None = cleanup
         self._watcher = None
         if stream is not None:
-            stream.session.draining.add(stream)
+            stream.owner.draining.add(stream)
         sock = client_socket(environ)
         if sock is not None:
             self._watcher = _watch(sock, on_gone)
@@ -277,7 +288,7 @@ class Body:
             close()
         if self._stream is not None:
             self._stream.writing_since = None
-            self._stream.session.draining.discard(self._stream)
+            self._stream.owner.draining.discard(self._stream)
         cleanup, self._cleanup = self._cleanup, None
         if cleanup is not None:
             cleanup()
