@@ -16,7 +16,7 @@ import timeit
 
 from gevent.pywsgi import WSGIServer
 
-from mcp_proxy.server.wsgi_server import Handler
+from mcp_proxy.server.pywsgi_handler import Handler
 
 HEAD = (b"Host: 127.0.0.1:8080\r\nAccept: application/json, text/event-stream\r\n"
         b"Accept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n"

@@ -78,9 +78,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_client(ns)
         settings = server_settings(ns)
+        from mcp_proxy.server.app import create_app
         from mcp_proxy.server.wsgi_server import serve
 
-        return serve(settings, signalled=_held_signals)
+        return serve(settings, create_app, signalled=_held_signals)
     except ConfigError as exc:
         logger.error("%s", exc)
         return 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gevent
 from gevent import socket
 
-from mcp_proxy.server.wsgi_server import _COALESCE_LIMIT, Handler, Server
+from mcp_proxy.server.pywsgi_handler import _COALESCE_LIMIT, Handler, Server
 
 
 class CountingSocket:

@@ -12,7 +12,7 @@ import os
 
 from flask import Blueprint, Flask
 from flask.sessions import NullSession, SessionInterface
-from werkzeug.routing import MapAdapter, Rule
+from werkzeug.routing import Rule
 
 from mcp_proxy.config.settings import ServerSettings
 from mcp_proxy.server.guard import install_guard
@@ -22,6 +22,7 @@ from mcp_proxy.server.sessions import Registry
 from mcp_proxy.server.sse_transport import add_sse_routes
 from mcp_proxy.server.status import add_status_route
 from mcp_proxy.server.streamable_transport import add_streamable_routes
+from mcp_proxy.server.url_adapter import PathRouting
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +54,12 @@ class NoSessions(SessionInterface):
         pass
 
 
-class ProxyFlask(Flask):
+class ProxyFlask(PathRouting, Flask):
     """Flask with routes that do not take HEAD, and less work per request where Flask's
     defaults serve features this app does not use.
 
-    * The URL adapter: Flask's binds the URL map through ``bind_to_environ`` with its
-      trusted-host checks and an IDNA encoding of the Host on every request. We route on
-      the path alone and check Host ourselves (guard.py), so the adapter is built directly,
-      with each Host's normalised name computed once (a bounded cache).
+    * The URL adapter matches on the path alone (:class:`PathRouting`, url_adapter.py); the
+      guard checks Host (guard.py).
     * ``ensure_sync``: there are no async views, so the per-call inspection of every view
       and hook for a coroutine is skipped.
     * No cookie sessions (:class:`NoSessions`).
@@ -69,27 +68,8 @@ class ProxyFlask(Flask):
     url_rule_class = Route
     session_interface = NoSessions()
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._server_names: dict[str, str] = {}
-
     def ensure_sync(self, func):
         return func
-
-    def create_url_adapter(self, request):
-        if request is None:
-            return super().create_url_adapter(None)
-        environ = request.environ
-        host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "localhost"
-        names = self._server_names
-        name = names.get(host)
-        if name is None:  # bad IDNA raises BadHost here, as Flask's own adapter does
-            if len(names) >= 256:
-                names.clear()
-            name = names[host] = self.url_map.bind(host).server_name
-        return MapAdapter(self.url_map, name, environ.get("SCRIPT_NAME") or "/", "",
-                          environ.get("wsgi.url_scheme", "http"), request.path,
-                          request.method, environ.get("QUERY_STRING", ""))
 
 
 def create_app(settings: ServerSettings) -> Flask:

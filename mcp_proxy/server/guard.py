@@ -20,10 +20,12 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from mcp_proxy.config.settings import ServerSettings
-from mcp_proxy.server.probes import PROBE_ENDPOINTS
 from mcp_proxy.server.responses import text_error
+from mcp_proxy.server.url_adapter import allowed_methods
 
 LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
+# the probes' endpoints (probes.py), which pass every check
+PROBE_ENDPOINTS = frozenset(("healthz", "readyz", "metrics"))
 WILDCARD_BINDS = ("0.0.0.0", "::", "")
 
 
@@ -133,7 +135,7 @@ def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None
         if req.routing_exception is not None:
             raise req.routing_exception  # answered by refuse() (or a slash redirect)
         if environ["REQUEST_METHOD"] == "OPTIONS":
-            methods = app.create_url_adapter(req).allowed_methods()
+            methods = allowed_methods(app, req)
             return Response(status=204, headers={
                 "Access-Control-Allow-Methods": _allow(methods),
                 "Access-Control-Allow-Headers": environ.get(

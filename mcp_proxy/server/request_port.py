@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from mcp_proxy.children.port import Port
 from mcp_proxy.core import jsonrpc
@@ -21,12 +21,18 @@ from mcp_proxy.errors import LinkClosed
 from mcp_proxy.server.streams import Stream, StreamOwner
 
 if TYPE_CHECKING:
-    from mcp_proxy.children.lane import ModernLane
     from mcp_proxy.server.sessions import Registry
 
 logger = logging.getLogger(__name__)
 
 _numbers = itertools.count(1)
+
+
+class Lane(Protocol):
+    """What a request's port needs of the modern lane (children/lane.py's ``ModernLane``):
+    the set of its ports, and what any :class:`Port` needs of its multiplexer."""
+
+    ports: set
 
 
 class RequestPort(StreamOwner, Port):
@@ -36,7 +42,7 @@ class RequestPort(StreamOwner, Port):
 
     idle_limit = float("inf")  # for the registry's reaper: only a stall ends it early
 
-    def __init__(self, lane: ModernLane, registry: Registry, message: Message,
+    def __init__(self, lane: Lane, registry: Registry, message: Message,
                  caller: str) -> None:
         super().__init__(lane, f"modern:{next(_numbers)}")
         self.principal = caller
