@@ -23,7 +23,7 @@ from mcp_proxy.core.protocol import VERSION_KEY
 from mcp_proxy.errors import LegacyOnly, LinkClosed, ProxyError, ServerBusy, SpawnError, StreamEnded
 from mcp_proxy.server import era
 from mcp_proxy.server.request_port import RequestPort
-from mcp_proxy.server.responses import Answer, event_stream, rpc_error, server_busy
+from mcp_proxy.server.responses import WholeResponse, event_stream, rpc_error, server_busy
 from mcp_proxy.server.scaleout.forwarder import auth_digest
 from mcp_proxy.server.streams import PING, Body, Stream, sse_event
 
@@ -92,7 +92,7 @@ class Relay:
         except LinkClosed:
             return rpc_error(404, jsonrpc.INVALID_REQUEST, "Session not found")
         if stream is None:
-            return Answer(b"", status=202, headers=headers)
+            return WholeResponse(b"", status=202, headers=headers)
 
         return self._respond(session, stream, message, headers, False,
                              lambda first: self._body(session, message, stream, first,
@@ -119,14 +119,14 @@ class Relay:
             if body is not None:
                 body.close()
             status = era.json_status(first[0]) if modern else 200
-            return Answer(first[0].raw, status=status, mimetype="application/json",
-                            headers=headers)
+            return WholeResponse(first[0].raw, status=status, mimetype="application/json",
+                                 headers=headers)
         return event_stream(body or body_for(first), **headers)
 
     def modern(self, message: Message, environ: dict) -> Response:
         """A 2026-07-28 POST: checked here, then relayed to the modern lane on its own."""
         if message.kind != jsonrpc.REQUEST:
-            return Answer(b"", status=202)  # this era has no client notifications over HTTP
+            return WholeResponse(b"", status=202)  # this era has no client notifications over HTTP
         refused = era.check_headers(environ, message)
         if refused is not None:
             return refused

@@ -1,4 +1,8 @@
-"""Small HTTP helpers shared by the transports: error bodies, SSE responses, body reading.
+"""The HTTP pieces the edge's views share: whole responses and errors, event-stream
+responses, and the checks and reading of a POST's body.
+
+This module owns the shape of what the edge answers (status, headers, a JSON-RPC error body)
+and how a request body becomes a message; it never decides which answer a request gets.
 
 The checks on every POST read the WSGI environ directly rather than through Flask's
 ``request``: werkzeug's lazily parsed headers, MIME types and streams cost more per request
@@ -34,15 +38,16 @@ def query_session(query: str) -> str | None:
     return found.get("session_id") or found.get("sessionId")
 
 
-class Answer(Response):
-    """A whole answer: a body given in one piece (a JSON message, a short text, or none).
+class WholeResponse(Response):
+    """A response whose body is given whole, in one piece (a JSON message, a short text, or
+    none), and ready to go out as it is.
 
-    werkzeug answers any response by copying its headers to fix up ``Location`` and the
+    werkzeug sends any response by copying its headers to fix up ``Location`` and the
     length, and by wrapping its body in two iterators: together as much work as building
-    the response, and half of what the JSON answer to a small message cost. An ``Answer``
-    never has a ``Location`` header, already has its ``Content-Length`` and never answers
-    a HEAD (no route takes HEAD) or with 1xx, 204 or 304, so it goes out as it is. Give
-    it ``b""`` rather than no body: only a given body sets ``Content-Length``.
+    the response, and half of what the JSON answer to a small message cost. A
+    ``WholeResponse`` never has a ``Location`` header, already has its ``Content-Length``
+    and never answers a HEAD (no route takes HEAD) or with 1xx, 204 or 304, so it goes out
+    as it is. Give it ``b""`` rather than no body: only a given body sets ``Content-Length``.
     """
 
     def get_wsgi_response(self, environ):
@@ -50,13 +55,13 @@ class Answer(Response):
 
 
 def text_error(status: int, text: str, **headers: str) -> Response:
-    return Answer(text, status=status, mimetype="text/plain", headers=headers)
+    return WholeResponse(text, status=status, mimetype="text/plain", headers=headers)
 
 
 def rpc_error(status: int, code: int, text: str, request_id=None, **headers: str) -> Response:
     """An HTTP error whose body is a JSON-RPC error, as Streamable HTTP servers answer."""
     body = jsonrpc.encode(jsonrpc.error_obj(request_id, code, text))
-    return Answer(body, status=status, mimetype="application/json", headers=headers)
+    return WholeResponse(body, status=status, mimetype="application/json", headers=headers)
 
 
 RETRY_AFTER = "2"  # seconds a client should wait before resending to a busy server

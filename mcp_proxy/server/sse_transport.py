@@ -15,7 +15,7 @@ from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError, TooManySessions
 from mcp_proxy.server.responses import (
-    Answer,
+    WholeResponse,
     event_stream,
     is_json,
     query_session,
@@ -106,7 +106,7 @@ def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
             return server_busy(exc, message)
         except LinkClosed:
             return text_error(404, "Could not find session")
-        return Answer("Accepted", status=202, mimetype="text/plain")
+        return WholeResponse("Accepted", status=202, mimetype="text/plain")
 
     @bp.post("/messages/")
     def messages() -> Response:
