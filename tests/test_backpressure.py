@@ -67,7 +67,7 @@ def test_backpressure_flips_at_the_marks_and_a_backlog_does_not_press():
         s.send(big)
     assert not s.ready.is_set()
     while s.pressing > LOW_WATER:
-        stream.next(1)
+        stream.read(1)
     assert s.ready.is_set()
     s.unsolicited.attach_reader()  # a GET stream opens: the backlog now presses too
     assert s.pressing == stream.queued + s.unsolicited.queued

@@ -210,7 +210,7 @@ def test_streamable_routing():
         seen = []
         while True:
             try:
-                item = s.next(0.01)
+                item = s.read(0.01)
             except Exception:
                 return seen
             if item is None:

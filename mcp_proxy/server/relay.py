@@ -80,7 +80,7 @@ class Relay:
                 return rpc_error(400, jsonrpc.INVALID_REQUEST,
                                  f"Bad Request: request id {message.id!r} is already in flight")
         try:
-            session.receive(message)
+            session.deliver(message)
         except SpawnError as exc:
             session.close(str(exc))
             return rpc_error(502, jsonrpc.INTERNAL_ERROR,
@@ -105,11 +105,11 @@ class Relay:
         body = None
         try:
             if modern:  # a caller that leaves before the first byte cancels too
-                first[0] = stream.next(_PROMPT)  # most answers come at once: no watch needed
+                first[0] = stream.read(_PROMPT)  # most answers come at once: no watch needed
                 if first[0] is None:
                     body = body_for(first)
             if first[0] is None:
-                first[0] = stream.next(self.keepalive)
+                first[0] = stream.read(self.keepalive)
         except StreamEnded:
             if body is not None:
                 body.close()

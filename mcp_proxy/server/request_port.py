@@ -63,7 +63,7 @@ class RequestPort(StreamOwner, Port):
         meter = getattr(self, "meter", None)
         if meter is not None:
             meter.server_to_client(message)
-        self.stream.put(message)
+        self.stream.send(message)
         if message.kind == jsonrpc.RESPONSE and id_key(message.id) == self.key:
             self.stream.end()
 

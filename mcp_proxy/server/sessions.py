@@ -70,8 +70,9 @@ class Session(StreamOwner, Link):
         elif self.pressing <= LOW_WATER and not self.ready.is_set():
             self.ready.set()
 
-    def receive(self, message: Message) -> None:
-        """Take a message from the client; get the upstream first if this is the first one."""
+    def deliver(self, message: Message) -> None:
+        """Hand on what the HTTP client posted to the bridge; with the first message, get
+        the upstream (its own child, or a port of a shared one) and bridge to it first."""
         self.last_activity = time.monotonic()
         if self.upstream is None:
             with self._starting:
@@ -79,7 +80,7 @@ class Session(StreamOwner, Link):
                     upstream = self.registry.supervisor.upstream(self.server_name, self.name)
                     bridge(self, upstream)
                     self.upstream = upstream
-        self.deliver(message)
+        Link.deliver(self, message)  # not super(): no super object per message
 
     idle_limit = float("inf")
 

@@ -42,7 +42,7 @@ class SseSession(Session):
     def send(self, message: Message) -> None:
         if self.closed.is_set():
             raise LinkClosed(f"{self.name} is closed: {self.close_reason}")
-        self.stream.put(message)
+        self.stream.send(message)
 
     def _on_close(self, reason: str) -> None:
         super()._on_close(reason)
@@ -97,7 +97,7 @@ def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
         if isinstance(message, Response):
             return message
         try:
-            session.receive(message)
+            session.deliver(message)
         except SpawnError as exc:
             session.close(str(exc))
             return rpc_error(502, jsonrpc.INTERNAL_ERROR, f"Could not start the MCP server: {exc}",

@@ -61,15 +61,15 @@ class StreamableSession(Session):
                 if owner == key:
                     del self.progress[token]
 
-    def receive(self, message: Message) -> None:
+    def deliver(self, message: Message) -> None:
         self.idle_limit = self.settings.session_idle_timeout
-        super().receive(message)
+        super().deliver(message)
         if message.method == "notifications/cancelled":
             key = id_key(message.params.get("requestId"))
             stream = self.requests.get(key)
             if stream is not None:
                 # the child may never answer now; end the POST stream as the SDK does
-                stream.put(jsonrpc.error_message(
+                stream.send(jsonrpc.error_message(
                     message.params["requestId"], jsonrpc.REQUEST_CANCELLED, "Request cancelled"))
                 self.release(key)
 
@@ -84,10 +84,10 @@ class StreamableSession(Session):
                 logger.info("%s: no open request %r (cancelled, or its client left); "
                             "dropped the server's answer", self.name, message.id)
                 return
-            stream.put(message)
+            stream.send(message)
             self.release(key)
             return
-        self._route(message).put(message)
+        self._route(message).send(message)
 
     def _route(self, message: Message) -> Stream:
         if message.method == "notifications/progress":

@@ -107,10 +107,10 @@ class Stream:
         self.writing_since: float | None = None  # a chunk was handed over, not yet taken
         self.abort: Callable[[], None] | None = None  # cut the client's connection
         self._items: deque = deque()
-        self._readers: deque[Waiter] = deque()  # readers blocked in next(), oldest first
+        self._readers: deque[Waiter] = deque()  # readers blocked in read(), oldest first
         self._generation = 0  # which reader a wake-up is for
 
-    def _push(self, item) -> None:
+    def _enqueue(self, item) -> None:
         self._items.append(item)
         readers = self._readers
         if readers:  # the hub resumes them: a waiter is switched to from the hub only
@@ -118,17 +118,18 @@ class Stream:
             while readers:  # all of them: one killed before it ran must not keep the item
                 schedule(readers.popleft().switch, None)  # from a reader still waiting
 
-    def put(self, message: Message) -> None:
+    def send(self, message: Message) -> None:
+        """Queue ``message`` for the reader, within the owner's byte budget."""
         size = len(message.raw)
         self.owner.charge(size, self.reading)
         self.queued += size
-        self._push(message)
+        self._enqueue(message)
 
     def end(self) -> None:
         """No more messages: the reader gets what is queued, then the end."""
         if not self.ended:
             self.ended = True
-            self._push(_END)
+            self._enqueue(_END)
 
     def discard(self) -> None:
         """The reader is gone for good: end, and refund what it will never take."""
@@ -137,8 +138,8 @@ class Stream:
         while items:
             item = items.popleft()
             if isinstance(item, Message):
-                self._take(item)
-        self._push(_END)
+                self._count_out(item)
+        self._enqueue(_END)
 
     def attach_reader(self) -> None:
         """A response starts draining this stream: its bytes now weigh on backpressure."""
@@ -156,10 +157,10 @@ class Stream:
 
     def wake(self) -> None:
         """Make the current reader's wait end with :class:`StreamEnded` (its client left)."""
-        self._push((_WAKE, self._generation))
+        self._enqueue((_WAKE, self._generation))
 
     def _wait(self, timeout: float) -> None:
-        """Block until something is pushed or ``timeout`` passed (either may be first)."""
+        """Block until something is queued or ``timeout`` passed (either may be first)."""
         waiter = Waiter()
         self._readers.append(waiter)
         timer = gevent.get_hub().loop.timer(timeout)
@@ -170,10 +171,10 @@ class Stream:
             timer.close()
             try:
                 self._readers.remove(waiter)
-            except ValueError:  # a push took it already
+            except ValueError:  # an _enqueue took it already
                 pass
 
-    def next(self, timeout: float) -> Message | None:
+    def read(self, timeout: float) -> Message | None:
         """The next message, or None after ``timeout``; raises StreamEnded once it ended."""
         items = self._items
         if not items:
@@ -188,10 +189,11 @@ class Stream:
             if item[1] == self._generation:
                 raise StreamEnded
             return None
-        self._take(item)
+        self._count_out(item)
         return item
 
-    def _take(self, item: Message) -> None:
+    def _count_out(self, item: Message) -> None:
+        # an item leaves (read, or discarded): its bytes leave this stream's count and its owner's
         size = len(item.raw)
         self.queued -= size
         self.owner.refund(size, self.reading)
@@ -201,7 +203,7 @@ class Stream:
         with ``until_response``, the stream stops after the first response it carries."""
         while True:
             try:
-                message = self.next(keepalive)
+                message = self.read(keepalive)
             except StreamEnded:
                 return
             yield PING if message is None else sse_event(message.raw)
