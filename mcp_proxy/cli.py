@@ -3,6 +3,7 @@
 gevent's monkey-patching happens here, before anything else is imported, so that every
 socket, pipe and sleep below cooperates. A URL as the positional argument means client mode;
 anything else is the command of the stdio server that server mode spawns per session.
+Wiring only: server mode's app (server/app.py) is handed to wsgi_server.py, which runs it.
 """
 
 import signal

@@ -1,5 +1,9 @@
 """The Flask app of server mode: ``create_app(settings)``.
 
+This module owns the assembly: the registry, the guard, each server's routes and relay, the
+probes and ``/status``, and with ``--redis-url`` the router and the worker's exit when its
+inbox fails. It handles no request itself; cli.py and wsgi.py call it.
+
 Each stdio server gets the same URL layout: the default one at the root (``/sse``,
 ``/messages/``, ``/mcp``), each named one under ``/servers/<name>/``. ``/status`` and the
 probes (``/healthz``, ``/readyz``, ``/metrics``) are global.

@@ -1,5 +1,8 @@
 """The protocol era of a POST to ``/mcp``, and the checks a 2026-07-28 request must pass here.
 
+This module owns those decisions and the answers they make (400 with -32020, -32022's steer
+back to ``initialize``, 405 for GET and DELETE); it never relays a message.
+
 Classification, first match wins (SESSIONS.md §A.2): an ``Mcp-Session-Id`` or an
 ``initialize`` body is the 2025 era; an ``MCP-Protocol-Version`` that is not a 2025-era
 version, or a ``_meta`` protocol version in the body, is the 2026-07-28 era; anything else is

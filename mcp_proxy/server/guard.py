@@ -1,5 +1,8 @@
 """Request guards that run before any view: DNS-rebinding (Host, Origin), routing, auth, CORS.
 
+This module owns who may reach the app and the answers to those refused (421, 403, 404, 405,
+401) and to a preflight; it never looks at a body or a session.
+
 By default only loopback names may reach a proxy bound to loopback, and only loopback web
 pages (or origins named with --allow-origin) may call it from a browser. A request without
 an Origin header is not from a browser page and passes the Origin check. A path we do not
@@ -69,7 +72,7 @@ def refuse(error: HTTPException) -> Response:
 
 
 class Checks:
-    """The checks of one app, for a caller outside Flask (router.py forwards before Flask):
+    """The checks of one app, for a caller outside Flask (scaleout/router.py forwards before Flask):
     ``where(environ)`` (Host, Origin), ``token(environ)``, and ``cors(environ, response)``."""
 
     def __init__(self, where, token, cors) -> None:

@@ -1,10 +1,14 @@
-"""A message POSTed to ``/mcp``, handed to its session and answered: 202, JSON or a stream.
+"""A message POSTed to ``/mcp``, delivered to its session and answered: 202, JSON or a stream.
 
-:meth:`Relay.answer` hands a message to its 2025-era session. A request is answered as
+This module owns what a POST to ``/mcp`` becomes once the routes (streamable_transport.py)
+checked it: the 202, the JSON answer or the event stream, and the 2026-07-28 era's requests.
+It never routes a message between streams (streamable_session.py does) and never rewrites one.
+
+:meth:`Relay.answer` delivers a message to its 2025-era session. A request is answered as
 JSON when its response is the first thing the server sends for it, else as an event stream
 (a request's own stream, ended after its response). :meth:`Relay.modern` is the 2026-07-28
 entry: the request is checked against its headers, then relayed through a port of its own
-(requestport.py) to the server's modern lane, and answered the same way; closing its stream
+(request_port.py) to the server's modern lane, and answered the same way; closing its stream
 (or leaving before the first byte) closes that port, which cancels the request on the child
 at once.
 """

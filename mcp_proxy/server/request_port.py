@@ -1,5 +1,8 @@
 """A 2026-07-28 request's own end of the modern lane: no session, no bridge, one stream.
 
+This module owns that port; the lane (children/lane.py) routes to it, the relay (relay.py)
+makes it.
+
 A modern request stands alone, so it needs none of a session's machinery: the lane routes
 what belongs to the request (its progress, its log lines, its answer; a listen's
 notifications) to this port, which queues it on the request's stream, within the session

@@ -1,7 +1,12 @@
 """Client sessions in server mode: the downstream link and the registry of live sessions.
 
-A session is the downstream end of one bridge. It spawns its own child on the first message
-(so an idle stream costs no process) and stops it when the session ends. What a session
+This module owns a session's life and the registry: the live sessions by id, their limits,
+and the reaper of idle and stalled ones. Which stream a message goes down is its transport's
+(sse_transport.py, streamable_session.py); a session never speaks HTTP.
+
+A session is the downstream end of one bridge. It gets its upstream (its own child, or a port
+of a shared one) on the first message, so an idle stream costs no process, and lets it go
+when the session ends. What a session
 holds for a slow client is bounded: past a small high-water mark of bytes on their way to a
 reading client, the session is not ``ready`` and its child's stdout is not read (the child
 blocks on its own writes); a client that takes nothing for ``--stall-timeout`` loses its
@@ -36,7 +41,7 @@ logger = logging.getLogger(__name__)
 # is no longer read; below LOW it is read again.
 HIGH_WATER = 512 << 10
 LOW_WATER = 128 << 10
-# a session id with --redis-url: the owning worker's tag, then 32 hex digits (router.py)
+# a session id with --redis-url: the owning worker's tag, then 32 hex digits (scaleout/router.py)
 TAGGED_ID = re.compile(r"[0-9a-z]{8}[0-9a-f]{32}\Z")
 
 
@@ -105,11 +110,11 @@ class Registry:
         self.sessions: dict[str, Session] = {}
         self.last_activity = time.time()
         self.metrics = Metrics(lambda: self.sessions.values(), settings.servers)
-        self.requests: set = set()  # 2026-07-28 requests being answered (requestport.py)
+        self.requests: set = set()  # 2026-07-28 requests being answered (request_port.py)
         self.supervisor = Supervisor(settings, self.metrics)
         self._per_server: dict[str, int] = dict.fromkeys(settings.servers, 0)
         self._reaper = self._start_reaper()
-        self.router = None  # with --redis-url: which worker serves what (router.py)
+        self.router = None  # with --redis-url: which worker serves what (scaleout/router.py)
         # (path, method) -> the handler of a session request, for forwarded ones
         self.handlers: dict[tuple[str, str], Callable[[dict], Any]] = {}
 

@@ -1,5 +1,8 @@
 """The HTTP+SSE transport (protocol 2024-11-05): ``GET /sse`` and ``POST /messages/``.
 
+This module owns the SSE session (everything it sends goes down its one stream) and the two
+routes; the POST delivers its message to the session and answers 202.
+
 One event stream per session carries everything the child sends; the client POSTs each of
 its messages and gets 202 once the message is on its way to the child. The session ends
 with its stream.

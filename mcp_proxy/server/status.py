@@ -1,4 +1,8 @@
-"""``GET /status``: health and usage, with the keys mcp-proxy 0.13 reported and more."""
+"""``GET /status``: health and usage, with the keys mcp-proxy 0.13 reported and more.
+
+This module owns the report's shape; it reads the registry, its supervisor and the probes'
+readiness, and changes nothing (it only counts as API activity, in the guard).
+"""
 
 from __future__ import annotations
 
