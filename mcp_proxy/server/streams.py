@@ -1,17 +1,15 @@
 """Event streams: the queue a streaming response drains, and the response body around it.
 
 This module owns a stream's queue, its byte accounting and the body that writes it out; it
-never routes a message (its owner picks the stream) and never knows what owns a stream beyond
-:class:`StreamOwner`. A :class:`Stream` counts the bytes it holds against its owner (a
-session, a 2026-07-28 request's port, or a forwarded call), which is how backpressure reaches
-the child: while a reader drains the stream, its bytes count as "in flight to the client"; a
-stream nobody reads yet (the GET backlog) only counts against the owner's hard budget.
+never routes a message (the owner picks the stream). A :class:`Stream` counts the bytes it
+holds against its owner (a session, a 2026-07-28 request's port, or a forwarded call): while
+a reader drains the stream, its bytes count as "in flight to the client" (backpressure on the
+child); a stream nobody reads yet (the GET backlog) only counts against the hard budget.
 
 A :class:`Body` is the streaming response around a stream's events: it notices at once a
-client that closed or reset its connection (the loop watches the socket turn readable, then a
-greenlet peeks), remembers when a chunk was handed to a client that has not taken it (stall
-detection), and runs its cleanup exactly once, however the response ends, even if the server
-never started iterating it.
+client that closed or reset its connection (see :func:`_watch`), remembers when a chunk was
+handed to a client that has not taken it (stall detection), and runs its cleanup exactly
+once, however the response ends, even if the server never started iterating it.
 """
 
 from __future__ import annotations
@@ -51,16 +49,14 @@ class StreamOwner:
     """What a stream asks of its owner (a session, a 2026-07-28 request's port, or a forwarded
     call): the byte budget of ``--max-queued-size``, the stall check, and backpressure (none
     by default). A base class its owners derive from, so that streams never import them.
-
-    The owner has ``settings``, ``name``, ``queued``, ``draining`` and ``close()``.
+    The owner also has ``close(reason)``, from its other base (not defined here: it would
+    come first in the owner's MRO).
     """
 
     settings: ServerSettings
     name: str
     queued: int  # bytes waiting in the owner's streams
     draining: set  # the streams an HTTP response is writing out
-    # and close(reason), which it has from its other base (a link; a forwarded call's own):
-    # defined here it would come first in the owner's MRO
 
     def charge(self, size: int, reading: bool) -> None:
         """Count ``size`` queued bytes; close the owner if its budget is exhausted."""
