@@ -95,8 +95,8 @@ class Stream:
     of relaying a small message.
     """
 
-    def __init__(self, owner: StreamOwner, reading: bool = True) -> None:
-        self.owner = owner
+    def __init__(self, session: StreamOwner, reading: bool = True) -> None:
+        self.session = session  # its owner: a session, a request's port, a forwarded call
         self.ended = False
         self.queued = 0  # bytes waiting here
         self.reading = reading  # a response drains it (else what waits here is a backlog)
@@ -117,7 +117,7 @@ class Stream:
     def send(self, message: Message) -> None:
         """Queue ``message`` for the reader, within the owner's byte budget."""
         size = len(message.raw)
-        self.owner.charge(size, self.reading)
+        self.session.charge(size, self.reading)
         self.queued += size
         self._enqueue(message)
 
@@ -141,14 +141,14 @@ class Stream:
         """A response starts draining this stream: its bytes now weigh on backpressure."""
         if not self.reading:
             self.reading = True
-            self.owner.press(self.queued)
+            self.session.press(self.queued)
         self._generation += 1
 
     def detach_reader(self) -> None:
         """The response ended; what is left stays queued as a backlog for the next reader."""
         if self.reading:
             self.reading = False
-            self.owner.press(-self.queued)
+            self.session.press(-self.queued)
         self.writing_since = None
 
     def wake(self) -> None:
@@ -192,7 +192,7 @@ class Stream:
         # an item leaves (read, or discarded): its bytes leave this stream's count and its owner's
         size = len(item.raw)
         self.queued -= size
-        self.owner.refund(size, self.reading)
+        self.session.refund(size, self.reading)
 
     def events(self, keepalive: float, until_response: bool = False) -> Iterator[bytes]:
         """SSE bytes: each message as an event, a ping comment after ``keepalive`` of silence;
@@ -246,7 +246,7 @@ def _watch(sock: socket.socket, on_gone: Callable[[], None]):
 class Body:
     """A streaming response body around ``chunks``: see the module docstring.
 
-    Of ``stream`` it uses only ``writing_since``, ``abort`` and ``owner.draining`` (what the
+    Of ``stream`` it uses only ``writing_since``, ``abort`` and ``session.draining`` (what the
     reaper's stall check reads), so a forwarded call (scaleout/forwarder.py) stands in for one.
     """
 
@@ -257,7 +257,7 @@ class Body:
         self._cleanup: Callable[[], None] | None = cleanup
         self._watcher = None
         if stream is not None:
-            stream.owner.draining.add(stream)
+            stream.session.draining.add(stream)
         sock = client_socket(environ)
         if sock is not None:
             self._watcher = _watch(sock, on_gone)
@@ -286,7 +286,7 @@ class Body:
             close()
         if self._stream is not None:
             self._stream.writing_since = None
-            self._stream.owner.draining.discard(self._stream)
+            self._stream.session.draining.discard(self._stream)
         cleanup, self._cleanup = self._cleanup, None
         if cleanup is not None:
             cleanup()

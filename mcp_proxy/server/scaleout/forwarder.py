@@ -103,7 +103,7 @@ class Call(StreamOwner):
         self.heard = False  # a frame or an ``alive`` came from the owner for this call
         self.done = False  # the owner sent the whole answer
         self.cut: str | None = None  # why the client was cut off
-        self.owner = self  # what Body and the reaper ask a stream for: its owner
+        self.session = self  # what Body and the reaper ask a stream for: its owner
         self.draining: set[Call] = set()
         self.writing_since: float | None = None
         self.abort: Callable[[], None] | None = None  # shut the client's connection
