@@ -95,7 +95,7 @@ class FanOut:
             self.answer_server(result_message(message.id, {}))
             return
         busy = self.sharing.busy()
-        if len(busy) == 1 and busy[0].can_take(message.method):
+        if len(busy) == 1 and busy[0].declares(message.method):
             port = busy[0]
             client_id = port.server_id()
             port.server_requests[id_key(client_id)] = message.id

@@ -73,7 +73,7 @@ class Port(Link):
         """Whether a log line at ``level`` is for this client, by its own setLevel."""
         return admits(self.level, level)
 
-    def can_take(self, method: str | None) -> bool:
+    def declares(self, method: str | None) -> bool:
         """Whether this client declared what a server request of ``method`` needs."""
         need = NEEDS.get(method or "")
         return need is None or isinstance(self.capabilities.get(need), dict)
