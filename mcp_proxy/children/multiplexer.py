@@ -191,13 +191,13 @@ class Multiplexer(FanIn, FanOut):
 
     def admit(self, port: Port) -> Port:
         """Count ``port`` (made here, or a subclass made by its user) among the clients."""
-        self.sharing.ports.add(port)
+        self.sharing.join(port)
         return port
 
     def release(self, port: Port) -> None:
         """A client session ended: cancel its work, drop its subscriptions and level."""
         sharing = self.sharing
-        sharing.ports.discard(port)
+        sharing.leave(port)
         for cid in port.inflight.values():
             if sharing.close_call(cid) is not None:
                 self._notify("notifications/cancelled",

@@ -71,6 +71,12 @@ class Sharing:
         self.subscribed: dict[str, int] = {}  # uri -> how many ports subscribed
         self._next_id = 0
 
+    def join(self, port: Member) -> None:
+        self.ports.add(port)
+
+    def leave(self, port: Member) -> None:
+        self.ports.discard(port)
+
     def new_id(self) -> int:
         self._next_id += 1
         return self._next_id
