@@ -160,7 +160,7 @@ class Relay:
         port.meter = meter = self.registry.metrics.relay_meter(self.server_name)
         meter.client_to_server(message)
         try:
-            lane.from_client(port, message)
+            lane.route(port, message)
         except ServerBusy as exc:
             port.close("the server is busy")
             return server_busy(exc, message)

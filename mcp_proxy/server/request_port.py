@@ -46,7 +46,7 @@ class RequestPort(StreamOwner, Port):
         self.draining: set[Stream] = set()
         self.key = id_key(message.id)
         self.stream = Stream(self)
-        lane.ports.add(self)
+        lane.admit(self)
         registry.requests.add(self)  # its reaper ends it if its client takes nothing
 
     # press() stays the owner's no-op: a shared child is never paused for one slow caller
