@@ -42,7 +42,7 @@ from mcp_proxy.core.protocol import (
     VERSION_KEY,
 )
 from mcp_proxy.errors import CannotCarry, FallbackNeeded, LinkClosed
-from mcp_proxy.upstream.base import AUTH_FAILED
+from mcp_proxy.upstream.remote_link import AUTH_FAILED
 from mcp_proxy.upstream.streamable_remote import StreamableUpstream
 
 logger = logging.getLogger(__name__)

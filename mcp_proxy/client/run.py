@@ -24,9 +24,9 @@ from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.core.link import Link, bridge
 from mcp_proxy.errors import AuthError, FallbackNeeded, LinkClosed, Refused, TlsError, UpstreamError
-from mcp_proxy.upstream.base import Upstream
 from mcp_proxy.upstream.http_session import make_session
 from mcp_proxy.upstream.oauth.store import logout
+from mcp_proxy.upstream.remote_link import Upstream
 from mcp_proxy.upstream.sse_remote import SseUpstream
 from mcp_proxy.upstream.streamable_remote import StreamableUpstream
 

@@ -23,9 +23,9 @@ from mcp_proxy.core import era_headers, jsonrpc
 from mcp_proxy.core.greenlets import closing, spawn
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.errors import FallbackNeeded, MessageError, SessionLost, TlsError, UpstreamError
-from mcp_proxy.upstream.base import Upstream, backoff
 from mcp_proxy.upstream.http_session import check_status, events
 from mcp_proxy.upstream.poster import Poster
+from mcp_proxy.upstream.remote_link import Upstream, backoff
 
 logger = logging.getLogger(__name__)
 
