@@ -86,7 +86,7 @@ class BrokenRecovery(Upstream):
         if self.opened > 1:
             raise KeyError("a bug in reconnecting")
 
-    def _transmit(self, message) -> None:
+    def _post(self, message) -> None:
         raise UpstreamError("unused")
 
 

@@ -113,5 +113,5 @@ class Listener:
         obj = {key: value for key, value in message.obj.items() if key != "params"}
         if params:
             obj["params"] = params
-        self.bridge.to_client(Message(obj))
+        self.bridge.deliver_unless_closed(Message(obj))
         return True

@@ -79,9 +79,9 @@ class SseUpstream(Upstream):
                     endpoint.set(target)
                 elif event.event == "message" and event.data.strip():
                     try:
-                        self.on_remote(jsonrpc.parse(event.data))
+                        self.deliver_remote(jsonrpc.parse(event.data))
                     except MessageError as exc:
-                        self.on_refused(event.data, exc)
+                        self.deliver_refused(event.data, exc)
         except UpstreamError as exc:
             reason = str(exc)
         finally:
@@ -91,7 +91,7 @@ class SseUpstream(Upstream):
         if endpoint.successful() and response is self._response:
             self.lost(reason)
 
-    def _transmit(self, message: Message) -> None:
+    def _post(self, message: Message) -> None:
         if self._poster is None or self._poster.url != self.endpoint:
             if self._poster is not None:
                 self._poster.close()

@@ -96,14 +96,17 @@ class StreamableUpstream(Upstream):
         logger.info("%s: request %r cancelled: closing its response", self.name, target)
         return self.stop_request(target)
 
-    def _transmit(self, message: Message) -> None:
+    def _post(self, message: Message) -> None:
         version = era_headers.version_of(message)
         if version is None and message.kind != jsonrpc.REQUEST and not self.session_id:
             version = self.modern_version  # a modern client's notification
         if era_headers.is_modern_version(version):
             self.modern_version = version
             headers = {**POST_HEADERS, **era_headers.headers_for(message, version, self.params_of)}
-            self._post(message, headers, self._handle_modern, fast=False)
+            # fast=False: a 2026-07-28 answer's error text is read as requests decodes it
+            answer = self.poster.post(message.raw, headers, stream=True, fast=False)
+            with answer:
+                self._handle_modern(message, answer)
             return
         is_init = message.method == "initialize"
         if is_init:
@@ -115,17 +118,12 @@ class StreamableUpstream(Upstream):
         try:
             # later messages need the session id the initialize answer brings
             headers = POST_HEADERS if is_init else self._headers(POST_HEADERS)
-            self._post(message, headers,
-                       lambda message, answer: self._handle_answer(message, answer, is_init))
+            answer = self.poster.post(message.raw, headers, stream=True)
+            with answer:
+                self._handle_answer(message, answer, is_init)
         finally:
             if is_init:
                 self._handshake.set()
-
-    def _post(self, message: Message, headers: dict, handle, fast: bool = True) -> None:
-        # fast=False: a 2026-07-28 answer's error text is read as requests decodes it
-        answer = self.poster.post(message.raw, headers, stream=True, fast=fast)
-        with answer:
-            handle(message, answer)
 
     def _handle_modern(self, message: Message, answer: requests.Response) -> None:
         """A 2026-07-28 answer: no session to lose; an HTTP failure becomes the request's
@@ -140,7 +138,7 @@ class StreamableUpstream(Upstream):
         if answer.status_code < 300:
             self._read_body(message, answer, False)
         elif message.kind == jsonrpc.REQUEST:
-            self.on_remote(era_headers.http_error(message.id, answer))
+            self.deliver_remote(era_headers.http_error(message.id, answer))
         else:
             logger.warning("%s: %s refused: HTTP %s", self.name, message.method,
                            answer.status_code)
@@ -162,7 +160,7 @@ class StreamableUpstream(Upstream):
             error = _json_rpc_error(answer)
             if error is not None and message.kind == jsonrpc.REQUEST:
                 error["id"] = message.id
-                self.on_remote(Message(error))
+                self.deliver_remote(Message(error))
                 return
             raise UpstreamError(f"POST: HTTP {status} {answer.reason}")
         self._read_body(message, answer, is_init)
@@ -170,7 +168,7 @@ class StreamableUpstream(Upstream):
     def _read_body(self, message: Message, answer: requests.Response, is_init: bool) -> None:
         kind = answer.headers.get("Content-Type", "").split(";")[0].strip()
         if kind == "application/json":
-            got = self._take(answer.content, is_init, message)
+            got = self.read_message(answer.content, is_init, message)
             if message.kind == jsonrpc.REQUEST and (got is None or got.id != message.id):
                 # the body answers nothing we can name (the refusal is logged): the request
                 # it was sent for gets an error rather than wait (a no-op once answered)
@@ -181,19 +179,19 @@ class StreamableUpstream(Upstream):
         elif message.kind == jsonrpc.REQUEST:
             raise UpstreamError(f"POST: unexpected answer type {kind or 'none'}")
 
-    def _take(self, data: bytes | str, is_init: bool = False,
+    def read_message(self, data: bytes | str, is_init: bool = False,
               request: Message | None = None) -> Message | None:
         try:
             message = jsonrpc.parse(data)
         except MessageError as exc:
-            self.on_refused(data, exc)
+            self.deliver_refused(data, exc)
             return None
         if is_init and message.kind == jsonrpc.RESPONSE:
             self._initialized_by(message)
         if request is not None and request.method == "tools/list" \
                 and message.kind == jsonrpc.RESPONSE and era_headers.version_of(request):
             message = era_headers.usable_tools(message, self.params_of)
-        self.on_remote(message)
+        self.deliver_remote(message)
         return message
 
     def _read_stream(self, request: Message, answer: requests.Response, is_init: bool) -> None:
@@ -206,7 +204,7 @@ class StreamableUpstream(Upstream):
                     if event.retry and event.retry.isascii() and event.retry.isdigit():
                         retry_ms = int(event.retry)  # anything else is ignored, as SSE says
                     if event.event == "message" and event.data.strip():
-                        got = self._take(event.data, is_init, request)
+                        got = self.read_message(event.data, is_init, request)
                         if got is not None and got.kind == jsonrpc.RESPONSE \
                                 and got.id == request.id:
                             return
@@ -285,7 +283,7 @@ class StreamableUpstream(Upstream):
                             for event in events(stream):
                                 last_id = event.id or last_id
                                 if event.event == "message" and event.data.strip():
-                                    self._take(event.data)
+                                    self.read_message(event.data)
                         except UpstreamError as exc:
                             logger.info("%s: GET stream dropped: %s", self.name, exc)
             gevent.sleep(backoff(attempt))
