@@ -96,10 +96,10 @@ class SseUpstream(Upstream):
             if self._poster is not None:
                 self._poster.close()
             self._poster = Poster(self.http, self.endpoint, self.timeout)
-        answer = self._poster.post(message.raw, POST_HEADERS)
-        if answer.status_code == 404:
+        response = self._poster.post(message.raw, POST_HEADERS)
+        if response.status_code == 404:
             raise SessionLost("the remote no longer knows our session (404)")
-        check_status(answer, "POST", self.http)
+        check_status(response, "POST", self.http)
 
     def _reset(self) -> None:
         self._teardown()

@@ -104,9 +104,9 @@ class StreamableUpstream(Upstream):
             self.modern_version = version
             headers = {**POST_HEADERS, **era_headers.headers_for(message, version, self.params_of)}
             # fast=False: a 2026-07-28 answer's error text is read as requests decodes it
-            answer = self.poster.post(message.raw, headers, stream=True, fast=False)
-            with answer:
-                self._handle_modern(message, answer)
+            response = self.poster.post(message.raw, headers, stream=True, fast=False)
+            with response:
+                self._handle_modern(message, response)
             return
         is_init = message.method == "initialize"
         if is_init:
@@ -118,64 +118,64 @@ class StreamableUpstream(Upstream):
         try:
             # later messages need the session id the initialize answer brings
             headers = POST_HEADERS if is_init else self._headers(POST_HEADERS)
-            answer = self.poster.post(message.raw, headers, stream=True)
-            with answer:
-                self._handle_answer(message, answer, is_init)
+            response = self.poster.post(message.raw, headers, stream=True)
+            with response:
+                self._handle_response(message, response, is_init)
         finally:
             if is_init:
                 self._handshake.set()
 
-    def _handle_modern(self, message: Message, answer: requests.Response) -> None:
+    def _handle_modern(self, message: Message, response: requests.Response) -> None:
         """A 2026-07-28 answer: no session to lose; an HTTP failure becomes the request's
         JSON-RPC error."""
-        if answer.status_code in (401, 403):
-            check_status(answer, "POST", self.http)
-        if answer.status_code == 202:
+        if response.status_code in (401, 403):
+            check_status(response, "POST", self.http)
+        if response.status_code == 202:
             return
-        if self.allow_fallback and answer.status_code in (400, 404, 405) \
-                and not _json_rpc_error(answer):
-            self.refused = answer.status_code  # a dual-era client's initialize will tell
-        if answer.status_code < 300:
-            self._read_body(message, answer, False)
+        if self.allow_fallback and response.status_code in (400, 404, 405) \
+                and not _json_rpc_error(response):
+            self.refused = response.status_code  # a dual-era client's initialize will tell
+        if response.status_code < 300:
+            self._read_body(message, response, False)
         elif message.kind == jsonrpc.REQUEST:
-            self.deliver_remote(era_headers.http_error(message.id, answer))
+            self.deliver_remote(era_headers.http_error(message.id, response))
         else:
             logger.warning("%s: %s refused: HTTP %s", self.name, message.method,
-                           answer.status_code)
+                           response.status_code)
 
-    def _handle_answer(self, message: Message, answer: requests.Response, is_init: bool):
-        status = answer.status_code
+    def _handle_response(self, message: Message, response: requests.Response, is_init: bool):
+        status = response.status_code
         if is_init and self.allow_fallback and status in (400, 404, 405) \
-                and not _json_rpc_error(answer):
+                and not _json_rpc_error(response):
             raise FallbackNeeded(f"initialize answered {status}")
         if status == 404 and self.session_id and not is_init:
             raise SessionLost("the remote no longer knows our session (404)")
         if status in (401, 403):
-            check_status(answer, "POST", self.http)
+            check_status(response, "POST", self.http)
         if status == 202:
             return
         if is_init and status == 200:
-            self.session_id = answer.headers.get("Mcp-Session-Id") or self.session_id
+            self.session_id = response.headers.get("Mcp-Session-Id") or self.session_id
         if status >= 300:
-            error = _json_rpc_error(answer)
+            error = _json_rpc_error(response)
             if error is not None and message.kind == jsonrpc.REQUEST:
                 error["id"] = message.id
                 self.deliver_remote(Message(error))
                 return
-            raise UpstreamError(f"POST: HTTP {status} {answer.reason}")
-        self._read_body(message, answer, is_init)
+            raise UpstreamError(f"POST: HTTP {status} {response.reason}")
+        self._read_body(message, response, is_init)
 
-    def _read_body(self, message: Message, answer: requests.Response, is_init: bool) -> None:
-        kind = answer.headers.get("Content-Type", "").split(";")[0].strip()
+    def _read_body(self, message: Message, response: requests.Response, is_init: bool) -> None:
+        kind = response.headers.get("Content-Type", "").split(";")[0].strip()
         if kind == "application/json":
-            got = self.read_message(answer.content, is_init, message)
+            got = self.read_message(response.content, is_init, message)
             if message.kind == jsonrpc.REQUEST and (got is None or got.id != message.id):
                 # the body answers nothing we can name (the refusal is logged): the request
                 # it was sent for gets an error rather than wait (a no-op once answered)
                 self._fail(message, "the remote's answer could not be relayed: it is not a "
                                     "JSON-RPC answer to this request (the log says why)")
         elif kind == "text/event-stream":
-            self._read_stream(message, answer, is_init)
+            self._read_stream(message, response, is_init)
         elif message.kind == jsonrpc.REQUEST:
             raise UpstreamError(f"POST: unexpected answer type {kind or 'none'}")
 
@@ -194,12 +194,12 @@ class StreamableUpstream(Upstream):
         self.deliver_remote(message)
         return message
 
-    def _read_stream(self, request: Message, answer: requests.Response, is_init: bool) -> None:
+    def _read_stream(self, request: Message, response: requests.Response, is_init: bool) -> None:
         # ``answer`` is the caller's to close; each response resuming it is ours
-        first, last_id, retry_ms = answer, None, None
+        first, last_id, retry_ms = response, None, None
         try:
             for attempt in range(4):
-                for event in events(answer):
+                for event in events(response):
                     last_id = event.id or last_id
                     if event.retry and event.retry.isascii() and event.retry.isdigit():
                         retry_ms = int(event.retry)  # anything else is ignored, as SSE says
@@ -212,28 +212,28 @@ class StreamableUpstream(Upstream):
                     return
                 if not last_id:
                     raise UpstreamError("the answer stream ended before the answer")
-                if answer is not first:
-                    answer.close()
+                if response is not first:
+                    response.close()
                 gevent.sleep(min(retry_ms / 1000, RETRY_CAP) if retry_ms is not None
                              else backoff(attempt))
-                answer = self._resume(last_id)  # SEP-1699: poll with Last-Event-ID
+                response = self._resume(last_id)  # SEP-1699: poll with Last-Event-ID
             raise UpstreamError("the answer stream kept ending before the answer")
         finally:
-            if answer is not first:
-                answer.close()
+            if response is not first:
+                response.close()
 
     def _resume(self, last_event_id: str) -> requests.Response:
         headers = self._headers({"Accept": "text/event-stream", "Accept-Encoding": "identity",
                                  "Last-Event-ID": last_event_id})
         try:
-            answer = self.http.get(self.settings.url, headers=headers, stream=True,
+            response = self.http.get(self.settings.url, headers=headers, stream=True,
                                    timeout=self.timeout)
         except requests.RequestException as exc:
             raise UpstreamError(f"resume failed: {exc.__class__.__name__}") from exc
-        if answer.status_code >= 300:
-            answer.close()
-            check_status(answer, "GET (resume)")
-        return answer
+        if response.status_code >= 300:
+            response.close()
+            check_status(response, "GET (resume)")
+        return response
 
     def _initialized_by(self, answer: Message) -> None:
         result = answer.obj.get("result")
@@ -308,10 +308,10 @@ class StreamableUpstream(Upstream):
                 logger.debug("%s: DELETE of the session failed", self.name)
 
 
-def _json_rpc_error(answer: requests.Response) -> dict | None:
+def _json_rpc_error(response: requests.Response) -> dict | None:
     """The JSON-RPC error object in an HTTP error body, if there is one."""
     try:
-        body = answer.json()
+        body = response.json()
     except ValueError:
         return None
     return body if isinstance(body, dict) and isinstance(body.get("error"), dict) else None
