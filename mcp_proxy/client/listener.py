@@ -18,7 +18,7 @@ from gevent.event import Event
 from mcp_proxy.core.greenlets import closing, spawn
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.core.protocol import SUBSCRIPTION_KEY
-from mcp_proxy.upstream.remote_link import backoff
+from mcp_proxy.upstream.backoff import backoff
 
 logger = logging.getLogger(__name__)
 

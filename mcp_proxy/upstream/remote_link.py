@@ -14,7 +14,6 @@ never reads the wire itself.
 from __future__ import annotations
 
 import logging
-import random
 
 import gevent
 import requests
@@ -35,15 +34,12 @@ from mcp_proxy.errors import (
     TlsError,
     UpstreamError,
 )
+from mcp_proxy.upstream.backoff import backoff
 
 logger = logging.getLogger(__name__)
 
 REPLAY_ID = "mcp-proxy-reinitialize"
 AUTH_FAILED = {"reason": "authentication"}  # the data of an error that is no era evidence
-
-
-def backoff(attempt: int, cap: float = 10.0) -> float:
-    return min(cap, 0.25 * 2 ** attempt) * (0.75 + random.random() / 2)
 
 
 class Upstream(Link):

@@ -18,7 +18,7 @@ from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.greenlets import closing, spawn
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.errors import MessageError, Refused, SessionLost, TlsError, UpstreamError
-from mcp_proxy.upstream.http_session import check_status, events, same_origin
+from mcp_proxy.upstream.http_reading import check_status, events, same_origin
 from mcp_proxy.upstream.poster import Poster
 from mcp_proxy.upstream.remote_link import Upstream
 

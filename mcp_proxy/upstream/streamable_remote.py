@@ -1,37 +1,37 @@
-"""StreamableUpstream: a remote Streamable HTTP server as a link.
+"""StreamableUpstream: a remote Streamable HTTP server as a link; it owns the session.
 
 Every message is its own POST (requests concurrently, each in a greenlet, so a long tool
 call never holds up the answer to a sampling request it caused). Answers come back as JSON
-or as an event stream. We keep ``Mcp-Session-Id`` and the negotiated protocol version from
-the initialize answer and send both on every later request; after ``initialized`` we open the
-GET stream for the remote's own messages (405, or 404 without a session, means it has
-none); later messages wait (bounded) for its answer: a server drops what it sends on a GET
-stream not yet open (the SDK's ``list_roots``). A 404 on our session means it expired, and
-a refused connection for the GET stream means the remote is down: both start recovery,
-which re-initializes. Closing sends DELETE.
+or as an event stream (read by event_streams.py, which resumes it). We keep
+``Mcp-Session-Id`` and the negotiated protocol version from the initialize answer and send
+both on every later request; after ``initialized`` we open the GET stream for the remote's
+own messages (event_streams.GetStream); later messages wait (bounded) for its answer: a
+server drops what it sends on a GET stream not yet open (the SDK's ``list_roots``). A 404 on
+our session means it expired, and a refused connection for the GET stream means the remote
+is down: both start recovery, which re-initializes. A 2026-07-28-era message carries the
+era's headers (core/era_headers.py) and has no session to lose; cancelling one closes its
+response. Closing sends DELETE.
 """
 
 from __future__ import annotations
 
 import logging
 
-import gevent
 import requests
 from gevent.event import Event
 
 from mcp_proxy.core import era_headers, jsonrpc
-from mcp_proxy.core.greenlets import closing, spawn
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.errors import FallbackNeeded, MessageError, SessionLost, TlsError, UpstreamError
-from mcp_proxy.upstream.http_session import check_status, events
+from mcp_proxy.upstream.event_streams import GetStream, read_answer_stream
+from mcp_proxy.upstream.http_reading import check_status
 from mcp_proxy.upstream.poster import Poster
-from mcp_proxy.upstream.remote_link import Upstream, backoff
+from mcp_proxy.upstream.remote_link import Upstream
 
 logger = logging.getLogger(__name__)
 
 POST_HEADERS = {"Accept": "application/json, text/event-stream",
                 "Content-Type": "application/json", "Accept-Encoding": "identity"}
-RETRY_CAP = 30.0  # seconds: a remote's huge ``retry:`` must not park a request for days
 GET_WAIT = 3.0  # seconds: a remote may send the GET stream's head only with its first event
 
 
@@ -44,16 +44,15 @@ class StreamableUpstream(Upstream):
         self.refused: int | None = None  # with allow_fallback: a status that may mean SSE
         self.session_id: str | None = None
         self.protocol_version: str | None = None
-        self._get_stream: gevent.Greenlet | None = None
         self._handshake = Event()  # clear while an initialize is unanswered
         self._handshake.set()
-        self._listening = Event()  # clear while the first GET stream is unanswered
-        self._listening.set()
         self.modern_version: str | None = None  # the 2026-07-28-era version last sent
         self.params_of: dict[str, dict[tuple, str]] = {}  # tool -> {argument path: header}
         self.poster = Poster(http, settings.url, self.timeout)
+        self.get_stream = GetStream(self)
 
-    def _headers(self, base: dict) -> dict:
+    def session_headers(self, base: dict) -> dict:
+        """``base`` with our session's id and protocol version, once known."""
         headers = dict(base)
         if self.session_id:
             headers["Mcp-Session-Id"] = self.session_id
@@ -113,11 +112,11 @@ class StreamableUpstream(Upstream):
             self._handshake.clear()
         elif not self._handshake.wait(self.settings.read_timeout):
             raise UpstreamError("initialize is still unanswered")
-        elif not self._listening.wait(GET_WAIT):
+        elif not self.get_stream.listening.wait(GET_WAIT):
             logger.debug("%s: the GET stream is still unanswered; sending anyway", self.name)
         try:
             # later messages need the session id the initialize answer brings
-            headers = POST_HEADERS if is_init else self._headers(POST_HEADERS)
+            headers = POST_HEADERS if is_init else self.session_headers(POST_HEADERS)
             response = self.poster.post(message.raw, headers, stream=True)
             with response:
                 self._handle_response(message, response, is_init)
@@ -175,12 +174,15 @@ class StreamableUpstream(Upstream):
                 self._fail(message, "the remote's answer could not be relayed: it is not a "
                                     "JSON-RPC answer to this request (the log says why)")
         elif kind == "text/event-stream":
-            self._read_stream(message, response, is_init)
+            read_answer_stream(self, message, response, is_init)
         elif message.kind == jsonrpc.REQUEST:
             raise UpstreamError(f"POST: unexpected answer type {kind or 'none'}")
 
     def read_message(self, data: bytes | str, is_init: bool = False,
-              request: Message | None = None) -> Message | None:
+                     request: Message | None = None) -> Message | None:
+        """Read one message the remote sent (a JSON body or an event's data) and deliver it;
+        the initialize answer's version is kept, a modern ``tools/list`` result's headers
+        learnt. None if it was not JSON-RPC (``deliver_refused`` saw to it)."""
         try:
             message = jsonrpc.parse(data)
         except MessageError as exc:
@@ -194,115 +196,25 @@ class StreamableUpstream(Upstream):
         self.deliver_remote(message)
         return message
 
-    def _read_stream(self, request: Message, response: requests.Response, is_init: bool) -> None:
-        # ``answer`` is the caller's to close; each response resuming it is ours
-        first, last_id, retry_ms = response, None, None
-        try:
-            for attempt in range(4):
-                for event in events(response):
-                    last_id = event.id or last_id
-                    if event.retry and event.retry.isascii() and event.retry.isdigit():
-                        retry_ms = int(event.retry)  # anything else is ignored, as SSE says
-                    if event.event == "message" and event.data.strip():
-                        got = self.read_message(event.data, is_init, request)
-                        if got is not None and got.kind == jsonrpc.RESPONSE \
-                                and got.id == request.id:
-                            return
-                if request.kind != jsonrpc.REQUEST:
-                    return
-                if not last_id:
-                    raise UpstreamError("the answer stream ended before the answer")
-                if response is not first:
-                    response.close()
-                gevent.sleep(min(retry_ms / 1000, RETRY_CAP) if retry_ms is not None
-                             else backoff(attempt))
-                response = self._resume(last_id)  # SEP-1699: poll with Last-Event-ID
-            raise UpstreamError("the answer stream kept ending before the answer")
-        finally:
-            if response is not first:
-                response.close()
-
-    def _resume(self, last_event_id: str) -> requests.Response:
-        headers = self._headers({"Accept": "text/event-stream", "Accept-Encoding": "identity",
-                                 "Last-Event-ID": last_event_id})
-        try:
-            response = self.http.get(self.settings.url, headers=headers, stream=True,
-                                   timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise UpstreamError(f"resume failed: {exc.__class__.__name__}") from exc
-        if response.status_code >= 300:
-            response.close()
-            check_status(response, "GET (resume)")
-        return response
-
     def _initialized_by(self, answer: Message) -> None:
         result = answer.obj.get("result")
         if isinstance(result, dict) and isinstance(result.get("protocolVersion"), str):
             self.protocol_version = result["protocolVersion"]
 
     def _after_initialized(self) -> None:
-        if self._get_stream is None or self._get_stream.dead:
-            self._listening.clear()
-            self._get_stream = spawn(self._listen, name=f"{self.name}: GET stream",
-                                     on_error=closing(self))
-            self._get_stream.rawlink(lambda _: self._listening.set())  # ended or killed
-
-    def _listen(self) -> None:
-        """The GET stream for the remote's own messages, reopened while the session lives."""
-        attempt, last_id = 0, None
-        while not self.closed.is_set():
-            headers = self._headers({"Accept": "text/event-stream",
-                                     "Accept-Encoding": "identity"})
-            if last_id:
-                headers["Last-Event-ID"] = last_id
-            try:
-                stream = self.http.get(self.settings.url, headers=headers, stream=True,
-                                       timeout=self.timeout)
-            except requests.ConnectionError as exc:  # refused or unreachable: the remote is down
-                self.lost(f"the remote is unreachable ({exc.__class__.__name__})")
-                return
-            except (requests.RequestException, UpstreamError) as exc:  # UpstreamError: sign-in
-                logger.info("%s: GET stream failed: %s", self.name,
-                            exc if isinstance(exc, UpstreamError) else exc.__class__.__name__)
-                stream = None
-            self._listening.set()  # answered (or failed): the messages held back may go
-            if stream is not None:
-                with stream:
-                    # without a session, 404 is a stateless server's "no GET stream" too
-                    if stream.status_code == 405 or (stream.status_code == 404
-                                                     and not self.session_id):
-                        logger.debug("%s: the remote offers no GET stream (%s)", self.name,
-                                     stream.status_code)
-                        return
-                    if stream.status_code == 404:
-                        self.lost("the remote no longer knows our session (404)")
-                        return
-                    if stream.status_code == 200:
-                        attempt = 0
-                        try:
-                            for event in events(stream):
-                                last_id = event.id or last_id
-                                if event.event == "message" and event.data.strip():
-                                    self.read_message(event.data)
-                        except UpstreamError as exc:
-                            logger.info("%s: GET stream dropped: %s", self.name, exc)
-            gevent.sleep(backoff(attempt))
-            attempt += 1
+        self.get_stream.open()
 
     def _reset(self) -> None:
-        if self._get_stream is not None:
-            self._get_stream.kill(block=False)
-        self._get_stream = None
+        self.get_stream.stop()
         self.session_id = None
         self.protocol_version = None
 
     def _teardown(self) -> None:
         self.poster.close()
-        if self._get_stream is not None:
-            self._get_stream.kill(block=False)
+        self.get_stream.stop()
         if self.session_id:
             try:
-                self.http.delete(self.settings.url, headers=self._headers({}), timeout=(
+                self.http.delete(self.settings.url, headers=self.session_headers({}), timeout=(
                     self.settings.connect_timeout, 5))
             except requests.RequestException:
                 logger.debug("%s: DELETE of the session failed", self.name)
