@@ -10,11 +10,13 @@ probe succeeds (or at once with ``--protocol-era modern``), it bridges:
   requests carry); ``notifications/initialized`` and ``roots/list_changed`` end here;
 - every request is stamped with the ``_meta`` envelope (the client's capabilities and info
   from its ``initialize``, its log level) and runs in its own greenlet: ``input_required``
-  rounds are put to the client and retried (rounds.py), ``resultType: "complete"`` is
+  rounds are asked of the client and retried (rounds.py), ``resultType: "complete"`` is
   stripped, a stdio cancel closes the current leg's response;
-- change notifications come from one ``subscriptions/listen`` held here (listen.py).
+- change notifications come from one ``subscriptions/listen`` held here (listener.py).
 
 Modern and dual-era desktop clients never need it: their requests pass straight through.
+It owns the bridged session's state (the client's ``initialize``, its level, its
+subscriptions, the legs and asks in flight); the wire is the inner upstream's.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Start-up connects first (retrying an unreachable remote for a bounded time; a refused
 credential fails at once, and answers the client's first request with the reason), then
 relays until stdin closes (exit 0, after the remote session is closed) or the remote is lost
-for good (exit 1). Nothing but protocol goes to stdout.
+for good (exit 1). Nothing but protocol goes to stdout. It owns start-up, the choice of
+transport (``--transport auto``), the log filter that blanks secrets (``Redact``),
+``--oauth-logout`` and the exit status; the relaying is ``core.link.bridge``'s.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 One GET stream brings everything from the remote; its first event names the endpoint we
 POST our messages to (resolved against the stream's URL, and refused if it points at another
-origin). When the stream ends the remote session is gone: recovery reconnects.
+origin). When the stream ends the remote session is gone: recovery reconnects. It owns the
+stream's response and the greenlet that reads it, and the ``Poster`` of the endpoint.
 """
 
 from __future__ import annotations
