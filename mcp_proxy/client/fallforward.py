@@ -15,8 +15,7 @@ probe succeeds (or at once with ``--protocol-era modern``), it bridges:
 - change notifications come from one ``subscriptions/listen`` held here (listener.py).
 
 Modern and dual-era desktop clients never need it: their requests pass straight through.
-It owns the bridged session's state (the client's ``initialize``, its level, its
-subscriptions, the legs and asks in flight); the wire is the inner upstream's.
+It owns the bridged session's state (legs and asks in flight); the wire is the upstream's.
 """
 
 from __future__ import annotations
@@ -201,9 +200,8 @@ class FallForward(Link):
             waiter.set(None)
 
     def _deliver_remote(self, message: Message) -> None:
-        """What the upstream delivered: a leg's answer wakes its waiter, the answer to the
-        client's first ``initialize`` decides the era, a listen notification goes to the
-        listener; the rest is delivered to the client as it is."""
+        """What the upstream delivered: a leg's answer wakes its waiter, the first initialize's
+        decides the era, the listener takes its notifications; the rest goes to the client."""
         if message.kind == jsonrpc.RESPONSE:
             waiter = self.legs.get(id_key(message.id))
             if waiter is not None:
@@ -269,7 +267,6 @@ class FallForward(Link):
     # --- to the desktop client, and closing -----------------------------------------------
 
     def deliver_unless_closed(self, message: Message) -> None:
-        # a closed link has nobody left to deliver to: what comes late is dropped
         try:
             self.deliver(message)
         except LinkClosed:
