@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from requests.structures import CaseInsensitiveDict
 
-from mcp_proxy.core.http1 import _NAME
+from mcp_proxy.core.http1 import FIELD_NAME
 from mcp_proxy.errors import BrokenResponse
 
 MAX_HEAD = 64 << 10
@@ -91,7 +91,7 @@ class RawResponse:
         self.headers: CaseInsensitiveDict = CaseInsensitiveDict()
         for line in fields:
             name, colon, value = line.partition(":")
-            if not colon or _NAME.fullmatch(name) is None:
+            if not colon or FIELD_NAME.fullmatch(name) is None:
                 raise BrokenResponse("head")
             value = value.strip()
             self.header_list.append((name, value))
