@@ -1,9 +1,9 @@
 """What crosses the bus: frames as they are framed and parsed, blobs across the by-reference
 threshold, and what a request for a session of a made-up worker costs.
 
-The reply parser (server/resp.py) is fed generated streams of RESP2 replies cut at arbitrary
-points; a socket that hands out exactly those chunks is the one stand-in here, since a real
-socket coalesces what was sent and so cannot place a chunk boundary on purpose.
+The reply parser (scaleout/redis_wire.py) is fed generated streams of RESP2 replies cut at
+arbitrary points; a socket that hands out exactly those chunks is the one stand-in here, since
+a real socket coalesces what was sent and so cannot place a chunk boundary on purpose.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from conftest import RAW_SERVER, STREAM_HEADERS, open_sse, rpc
 from mcp_proxy.errors import BlobLost
 from mcp_proxy.server.scaleout import bus as bus_module
-from mcp_proxy.server.scaleout.bus import BLOB_OVER, Bus, decode, encode
+from mcp_proxy.server.scaleout.bus import BLOB_OVER, Bus
+from mcp_proxy.server.scaleout.frames import decode, encode
 from mcp_proxy.server.scaleout.redis_wire import Replies
 
 ENV = {"MCP_PROXY_ROUTE_HEADER": "1", "MCP_PROXY_BUS_PING": "0.3"}
@@ -127,7 +128,7 @@ def test_frames_across_the_blob_threshold_arrive_whole(redis_server):
             assert got_payload == b"" and got_header["b"].startswith("mcpp:blob:")
             assert len(frame) < 4096  # by reference, not through the channel
         assert {k: v for k, v in got_header.items() if k not in ("b", "n")} == header
-        if size > BLOB_OVER:  # what it weighs against --max-queued-size (forward.py)
+        if size > BLOB_OVER:  # what it weighs against --max-queued-size (frames.py)
             assert got_header["n"] == size
         assert bus.payload(got_header, got_payload) == payload
         if size > BLOB_OVER:  # taken once
@@ -219,7 +220,7 @@ class _Probed:
     def __init__(self) -> None:
         self.readers: dict[str, int] = {}
 
-    def send(self, tag: str, frame: bytes) -> int:
+    def publish_frame(self, tag: str, frame: bytes) -> int:
         return self.readers.get(tag, 1)
 
     def claimed(self, tag: str) -> bool:
@@ -230,7 +231,7 @@ class _Waiting:
     def __init__(self, owner: str, heard: bool = False) -> None:
         self.owner, self.heard, self.seen, self.frames = owner, heard, 0.0, []
 
-    def take(self, header: dict, payload: bytes) -> None:
+    def deliver(self, header: dict, payload: bytes) -> None:
         self.frames.append(header["k"])
 
 
@@ -238,23 +239,23 @@ def test_the_owner_watch_forgets_a_miss_once_the_owner_answered():
     """One missed probe of owner A, then A answered: a later single miss must not end A's
     new call as gone at once (it gets the whole grace), even while a call to another owner
     keeps the watch busy; and a call its owner confirmed is never probed."""
-    from mcp_proxy.server.scaleout.router import Router
+    from mcp_proxy.server.scaleout.owner_watch import OwnerWatch
 
-    router = Router.__new__(Router)
-    router.bus, router.vanished = _Probed(), {}
-    router.bus.readers["A"] = 0
-    router.calls = {"1": _Waiting("A"), "2": _Waiting("B")}
-    router._check_owners(10.0)
-    assert "A" in router.vanished
-    router.bus.readers["A"] = 1  # A answers call 1, which ends
-    router.calls = {"2": _Waiting("B")}
-    router._check_owners(11.0)
-    assert "A" not in router.vanished
-    router.bus.readers["A"] = 0  # much later, a new call to A meets one missed probe
+    watch = OwnerWatch.__new__(OwnerWatch)
+    watch.bus, watch.vanished = _Probed(), {}
+    watch.bus.readers["A"] = 0
+    watch.calls = {"1": _Waiting("A"), "2": _Waiting("B")}
+    watch._check_owners(10.0)
+    assert "A" in watch.vanished
+    watch.bus.readers["A"] = 1  # A answers call 1, which ends
+    watch.calls = {"2": _Waiting("B")}
+    watch._check_owners(11.0)
+    assert "A" not in watch.vanished
+    watch.bus.readers["A"] = 0  # much later, a new call to A meets one missed probe
     fresh, confirmed = _Waiting("A"), _Waiting("C", heard=True)
-    router.calls = {"2": _Waiting("B"), "3": fresh, "4": confirmed}
-    router.bus.readers["C"] = 0  # C's inbox is down, but C confirmed call 4: not probed
-    router._check_owners(100.0)
-    assert fresh.frames == [] and "A" in router.vanished
-    router._check_owners(100.0 + 2.5)  # past the grace: now it is gone
-    assert fresh.frames == ["gone"] and confirmed.frames == [] and "C" not in router.vanished
+    watch.calls = {"2": _Waiting("B"), "3": fresh, "4": confirmed}
+    watch.bus.readers["C"] = 0  # C's inbox is down, but C confirmed call 4: not probed
+    watch._check_owners(100.0)
+    assert fresh.frames == [] and "A" in watch.vanished
+    watch._check_owners(100.0 + 2.5)  # past the grace: now it is gone
+    assert fresh.frames == ["gone"] and confirmed.frames == [] and "C" not in watch.vanished

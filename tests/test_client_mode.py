@@ -105,7 +105,7 @@ def test_recovers_when_the_remote_restarts(clients, transport, path):
             if "result" in answer or time.monotonic() > deadline:
                 break
         assert answer == {"jsonrpc": "2.0", "id": 3, "result": {}}
-        assert "re-initialized" in client.stderr()
+        client.wait_stderr("re-initialized")
         assert client.close() == 0
     finally:
         remote.stop()

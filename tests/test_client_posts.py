@@ -1,9 +1,9 @@
-"""Client mode's POSTs on the fast path (upstream/poster.py, upstream/answer.py): the headers
+"""Client mode's POSTs on the fast path (upstream/poster.py, upstream/raw_response.py): the headers
 they carry, every framing of an answer, and the same errors as through requests.
 
 The remote is a scripted Streamable HTTP server on 127.0.0.1 that records each POST and
 answers ``tools/call`` as the tool's name says (chunked, close-delimited, a redirect, a cut
-connection, ...). The unit tests at the end feed ``Answer`` canned bytes over a real socket.
+connection, ...). The unit tests at the end feed ``RawResponse`` canned bytes over a real socket.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from requests.auth import HTTPBasicAuth, HTTPDigestAuth
 from conftest import Scripted, rpc
 from mcp_proxy.errors import BrokenResponse
 from mcp_proxy.upstream.poster import Poster
-from mcp_proxy.upstream.raw_response import Answer
+from mcp_proxy.upstream.raw_response import RawResponse
 
 INIT = {"protocolVersion": "2025-06-18", "capabilities": {},
         "serverInfo": {"name": "scripted", "version": "0"}}
@@ -225,7 +225,7 @@ def test_errors_are_those_of_requests(remote, clients, tool, error):
 
 # --- Answer on its own, over a real socket -------------------------------------------------
 
-def answer_to(data: bytes) -> tuple[Answer, list]:
+def answer_to(data: bytes) -> tuple[RawResponse, list]:
     """An Answer read from a socket whose peer sent ``data`` and closed."""
     listener = socket.create_server(("127.0.0.1", 0))
     sock = socket.create_connection(listener.getsockname(), timeout=5)
@@ -234,7 +234,7 @@ def answer_to(data: bytes) -> tuple[Answer, list]:
     threading.Thread(target=lambda: (peer.sendall(data), peer.close()), daemon=True).start()
     released: list = []
     try:
-        return Answer(sock, released.append), released
+        return RawResponse(sock, released.append), released
     except Exception:
         sock.close()
         raise

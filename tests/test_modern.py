@@ -315,7 +315,7 @@ def test_an_anonymous_handle_survives_a_retry_that_was_not_sent():
     handle = lane._seal("b", "")
     retry = Message({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                      "params": {"name": "x", "arguments": {}, "requestState": handle}})
-    lane.from_client(port, retry)
+    lane.route(port, retry)
     answer = next(iter(port))
     assert answer.id == 1 and answer.error["code"] == -32603, answer
     assert lane._unseal(handle, "")[:2] == (True, "b")  # not spent by the failed retry

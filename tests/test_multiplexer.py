@@ -84,7 +84,7 @@ def test_a_request_that_cannot_be_sent_leaves_no_call_behind():
     child.send(Message({"jsonrpc": "2.0", "method": "x", "params": {"pad": "x" * (4 << 20)}}))
     with pytest.raises(ServerBusy), gevent.Timeout(10):
         mux._request("ping", {}, 5)
-    assert mux.calls == {}
+    assert mux.sharing.calls == {}
     child.close("test over")
 
 
@@ -149,6 +149,6 @@ def test_calls_and_cancels_keep_the_books_of_a_shared_child(clients, ops, string
             holding = {key for key, (_, tool, _) in sent[port].items()
                        if tool == "hold" and key not in cancelled[port]}
             assert set(port.inflight) == holding, port.name
-    assert set(mux.calls) == {cid for port in ports for cid in port.inflight.values()}
+    assert set(mux.sharing.calls) == {cid for port in ports for cid in port.inflight.values()}
     mux.close("example over")
     spawner.stop()

@@ -123,14 +123,14 @@ class World:
         self.server_ids: list[dict] = [{} for _ in range(clients)]  # client-facing id -> sid
         self.child = FakeChild(self)
         self.mux = Multiplexer("prop", lambda: self.child)
-        new_id = self.mux.new_id
+        new_id = self.mux.sharing.new_id
 
         def assign() -> int:
             cid = new_id()
             self.assigned.add(cid)
             return cid
 
-        self.mux.new_id = assign
+        self.mux.sharing.new_id = assign
         self.ports = []
         for n in range(clients):
             port = self.mux.port(f"client {n}")

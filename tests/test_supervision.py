@@ -18,7 +18,7 @@ from mcp_proxy.config.settings import ClientSettings
 from mcp_proxy.core.greenlets import closing, spawn
 from mcp_proxy.core.link import Link
 from mcp_proxy.errors import UpstreamError
-from mcp_proxy.upstream.base import Upstream
+from mcp_proxy.upstream.remote_link import Upstream
 
 
 def test_a_crash_is_logged_once_and_handed_to_on_error(caplog):
@@ -86,7 +86,7 @@ class BrokenRecovery(Upstream):
         if self.opened > 1:
             raise KeyError("a bug in reconnecting")
 
-    def _transmit(self, message) -> None:
+    def _post(self, message) -> None:
         raise UpstreamError("unused")
 
 

@@ -2,7 +2,8 @@
 
 Modern requests carry their protocol version and client capabilities in ``_meta``, so one
 child serves every caller: ids and progress tokens are rewritten as on any shared child
-(fanin.py, fanout.py), and the rest is specific to the era (SESSIONS.md §A.3):
+(the :class:`Multiplexer` it is, through its ``fanin.py`` and ``fanout.py`` routing), and the
+rest is specific to the era (SESSIONS.md §A.3):
 
 - the child's first frame is ``server/discover``; a child that does not answer it with a
   result is **legacy-only**, remembered for the life of the proxy, and never gets a modern
@@ -32,7 +33,7 @@ from typing import Any
 from gevent.lock import Semaphore
 
 from mcp_proxy import __version__
-from mcp_proxy.children import fanin, fanout, request_state
+from mcp_proxy.children import request_state
 from mcp_proxy.children.multiplexer import Multiplexer
 from mcp_proxy.children.port import Port, admits
 from mcp_proxy.children.request_state import unwrap_state, wrap_state
@@ -159,7 +160,7 @@ class ModernLane(Multiplexer):
 
     # -- the two directions --------------------------------------------------------------
 
-    def from_client(self, port: Port, message: Message) -> None:
+    def route(self, port: Port, message: Message) -> None:
         if message.kind != jsonrpc.REQUEST:
             return  # the edge answers modern notifications 202 and drops them
         params, spent = None, None
@@ -168,33 +169,33 @@ class ModernLane(Multiplexer):
             if handle is not None:
                 ours, state, spent = self._unseal(handle, port.principal)
                 if not ours:
-                    port.offer(jsonrpc.error_message(message.id, INVALID_PARAMS,
+                    port.deliver_if_open(jsonrpc.error_message(message.id, INVALID_PARAMS,
                                                      "Invalid or expired requestState"))
                     return
                 params = {"requestState": state}
         sent = False
         try:
-            sent = fanin.forward(self, port, message, params)
+            sent = self.route_request(port, message, params)
         finally:
             if spent is not None and not sent:  # not sent (busy, no server): the retry the
                 self.unspent.setdefault(*spent)  # client is told to make may use it again
 
-    def _from_child(self, message: Message) -> None:
+    def route_outbound(self, message: Message) -> None:
         kind = message.kind
         if kind == jsonrpc.RESPONSE:
-            fanout.answer(self, self._outbound(message))
+            self.route_answer(self._outbound(message))
         elif kind == jsonrpc.REQUEST:
-            fanout.reply(self, jsonrpc.error_message(
+            self.answer_server(jsonrpc.error_message(
                 message.id, jsonrpc.INTERNAL_ERROR,
                 "a 2026-07-28 server must not send requests (use input_required)"))
         elif message.method == "notifications/progress":
-            fanout.notification(self, message)
+            self.route_notification(message)
         else:
             self._notification(message)
 
     def _outbound(self, message: Message) -> Message:
         """An answer with its request state wrapped, and tools/list remembered."""
-        call = self.calls.get(message.id) if isinstance(message.id, int) else None
+        call = self.sharing.calls.get(message.id) if isinstance(message.id, int) else None
         if call is None or call.port is None or (
                 call.method != "tools/list" and message.request_state is None):
             return message  # nothing to see: no need to parse a large answer again
@@ -239,18 +240,18 @@ class ModernLane(Multiplexer):
         meta = message.params.get("_meta")
         listen = meta.get(SUBSCRIPTION_KEY) if isinstance(meta, dict) else None
         if listen is not None:
-            call = self.calls.get(listen) if isinstance(listen, int) else None
+            call = self.sharing.calls.get(listen) if isinstance(listen, int) else None
             if call is not None and call.port is not None:
                 whole = message.obj["params"]
-                call.port.offer(jsonrpc.rewritten(message, params={
+                call.port.deliver_if_open(jsonrpc.rewritten(message, params={
                     "_meta": {**whole["_meta"], SUBSCRIPTION_KEY: call.original}}))
             return
         if message.method == "notifications/message":
             # on stdio a log line names no request: it is only sure to be for the caller
             # when one request in flight asked for log lines (set a log level)
-            asked = [call for call in self.calls.values() if call.level is not None]
+            asked = [call for call in self.sharing.calls.values() if call.level is not None]
             if len(asked) == 1 and admits(asked[0].level, message.params.get("level")):
-                asked[0].port.offer(message)
+                asked[0].port.deliver_if_open(message)
                 return
         logger.debug("%s: dropped %r: it names no single request or listen", self.name,
                      message)

@@ -1,5 +1,11 @@
 """Multiplexer: one stdio child shared by many client sessions, each through its own Port.
 
+It owns the child's life (start, handshake, restart with backoff, stop) and the proxy's own
+requests to it; its routing is inherited from :class:`~mcp_proxy.children.fanin.FanIn`
+(client -> child) and :class:`~mcp_proxy.children.fanout.FanOut` (child -> clients), and what
+the sessions hold of the child (calls, ports, subscriptions) is kept by its
+:class:`~mcp_proxy.children.sharing.Sharing`. It knows nothing of HTTP.
+
 The only place that rewrites messages for sharing (DESIGN.md §3.1, SESSIONS.md §C):
 
 - The child is initialized once, by the proxy, deterministically (the newest 2025 version, the
@@ -31,8 +37,10 @@ from gevent.event import AsyncResult
 from gevent.lock import Semaphore
 
 from mcp_proxy import __version__
-from mcp_proxy.children import fanin, fanout
-from mcp_proxy.children.port import Call, Port, more_verbose
+from mcp_proxy.children.fanin import FanIn
+from mcp_proxy.children.fanout import FanOut
+from mcp_proxy.children.port import Port, more_verbose
+from mcp_proxy.children.sharing import Sharing
 from mcp_proxy.core import greenlets, jsonrpc
 from mcp_proxy.core.jsonrpc import Message, id_key
 from mcp_proxy.core.link import Link
@@ -46,7 +54,7 @@ START_TIMEOUT = 60.0  # spawn to initialize answered (a uvx or npx server may do
 _BACKOFF = (0.1, 0.5, 1.0, 2.0, 4.0)
 
 
-class Multiplexer:
+class Multiplexer(FanIn, FanOut):
     """One shared child of a configured server; ``port()`` gives each session its link."""
 
     def __init__(self, name: str, spawn: Callable[[], Link],
@@ -55,17 +63,11 @@ class Multiplexer:
         self._spawn = spawn
         self.capabilities = capabilities or {}
         self.child: Link | None = None
-        self.ports: set[Port] = set()
+        self.sharing = Sharing()
         self.init_result: dict | None = None
         self.state = "idle"  # idle, starting, running, restarting, crash loop, stopped
         self.failure = ""
         self.starts: deque[float] = deque()
-        self.calls: dict[int, Call] = {}
-        # cancelled calls whose handler may still run: child id -> (port, until when); a
-        # server request meanwhile may be that handler's, so the port still counts as busy
-        self.cancelled: dict[int, tuple[Port, float]] = {}
-        self._next_id = 0
-        self.subscribed: dict[str, int] = {}  # uri -> how many ports subscribed
         self.level: str | None = None
         self._starting = Semaphore()
 
@@ -98,7 +100,7 @@ class Multiplexer:
             self._failed(str(exc))
             raise
         self.child = child
-        child.attach(self._from_child, lambda: self._child_ended(child))
+        child.attach(self.route_outbound, lambda: self._child_ended(child))
         try:
             if self.state != "stopped":
                 self._handshake(child)
@@ -113,7 +115,7 @@ class Multiplexer:
             child.close(self.failure)
             raise SpawnError(f"{self.name}: {self.failure}") from None
         self.state = "running"
-        logger.info("%s: shared server ready (%d client(s))", self.name, len(self.ports))
+        logger.info("%s: shared server ready (%d client(s))", self.name, len(self.sharing.ports))
 
     def _failed(self, failure: str) -> None:
         """A start failed: the next need may try again, unless the proxy is stopping."""
@@ -132,7 +134,7 @@ class Multiplexer:
         child.send(Message({"jsonrpc": "2.0", "method": "notifications/initialized"}))
         if self.level:
             self._request("logging/setLevel", {"level": self.level}, START_TIMEOUT)
-        for uri in self.subscribed:
+        for uri in self.sharing.subscribed:
             self._request("resources/subscribe", {"uri": uri}, START_TIMEOUT)
 
     def _child_ended(self, child: Link) -> None:
@@ -141,19 +143,19 @@ class Multiplexer:
         self.child = None
         reason = child.close_reason or "server process exited"
         self.failure = reason
-        calls, self.calls = self.calls, {}
-        for call in calls.values():
+        for call in self.sharing.end_calls().values():
             if call.waiter is not None:
                 call.waiter.set_exception(LinkClosed(reason))
             elif call.port is not None:
                 call.port.inflight.pop(id_key(call.original), None)
-                call.port.offer(jsonrpc.error_message(
+                call.port.deliver_if_open(jsonrpc.error_message(
                     call.original, jsonrpc.INTERNAL_ERROR, f"MCP server process exited: {reason}"))
-        for port in self.ports:
+        ports = self.sharing.ports
+        for port in ports:
             port.server_requests.clear()
         if self.state == "stopped":
             return
-        self.state = "restarting" if self.ports and self.restarts else "idle"
+        self.state = "restarting" if ports and self.restarts else "idle"
         logger.warning("%s: shared server ended (%s)", self.name, reason)
         if self.state == "restarting":
             greenlets.spawn(self._restart, name=f"{self.name} restart")
@@ -162,7 +164,7 @@ class Multiplexer:
         """Start the child again for the sessions still here, with backoff; give up in a loop."""
         for delay in _BACKOFF * 2:
             gevent.sleep(delay)
-            if not self.ports or self.state in ("running", "stopped"):
+            if not self.sharing.ports or self.state in ("running", "stopped"):
                 return
             try:
                 self.ensure_started()
@@ -176,7 +178,7 @@ class Multiplexer:
     def close(self, reason: str) -> None:
         """Stop for good (proxy shutdown): the ports close, the child is stopped."""
         self.state = "stopped"
-        for port in list(self.ports):
+        for port in list(self.sharing.ports):
             port.close(reason)
         if self.child is not None:
             self.child.close(reason)
@@ -184,30 +186,28 @@ class Multiplexer:
     # -- clients -------------------------------------------------------------------------
 
     def port(self, name: str) -> Port:
-        port = Port(self, name)
-        self.ports.add(port)
+        """A new session's port on this child."""
+        return self.admit(Port(self, name))
+
+    def admit(self, port: Port) -> Port:
+        """Count ``port`` (made here, or a subclass made by its user) among the clients."""
+        self.sharing.join(port)
         return port
 
     def release(self, port: Port) -> None:
         """A client session ended: cancel its work, drop its subscriptions and level."""
-        self.ports.discard(port)
+        sharing = self.sharing
+        sharing.leave(port)
         for cid in port.inflight.values():
-            if self.calls.pop(cid, None) is not None:
+            if sharing.close_call(cid) is not None:
                 self._notify("notifications/cancelled",
                              {"requestId": cid, "reason": "the client session ended"})
         for uri in port.subscriptions:
-            if self.drop_subscription(uri):
+            if sharing.drop_subscription(uri):
                 self.background("resources/unsubscribe", {"uri": uri})
         self.sync_level()
 
-    def from_client(self, port: Port, message: Message) -> None:
-        fanin.route(self, port, message)
-
     # -- to the child --------------------------------------------------------------------
-
-    def new_id(self) -> int:
-        self._next_id += 1
-        return self._next_id
 
     def send(self, message: Message) -> None:
         child = self.child
@@ -226,9 +226,8 @@ class Multiplexer:
         child = self.child
         if child is None:
             raise LinkClosed(f"{self.name}: the server is not running")
-        cid = self.new_id()
         waiter = AsyncResult()
-        self.calls[cid] = Call(None, cid, waiter=waiter)
+        cid = self.sharing.open_call(None, None, waiter=waiter)
         try:
             child.send(Message({"jsonrpc": "2.0", "id": cid, "method": method,
                                 "params": params}))
@@ -236,7 +235,7 @@ class Multiplexer:
         except gevent.Timeout:
             raise ProxyError(f"no answer to {method} within {timeout:g} s") from None
         finally:
-            self.calls.pop(cid, None)  # answered, failed to send, or given up on
+            self.sharing.close_call(cid)  # answered, failed to send, or given up on
         if "error" in answer.obj:
             raise ProxyError(f"{method}: {answer.obj['error'].get('message')}")
         return answer.obj.get("result") or {}
@@ -254,21 +253,9 @@ class Multiplexer:
 
         greenlets.spawn(run, name=f"{self.name} {method}")
 
-    def _from_child(self, message: Message) -> None:
-        fanout.route(self, message)
-
-    def drop_subscription(self, uri: str) -> bool:
-        """Drop one hold on ``uri``; True if it was the last (the child must be told)."""
-        count = self.subscribed.get(uri, 0) - 1
-        if count > 0:
-            self.subscribed[uri] = count
-            return False
-        self.subscribed.pop(uri, None)
-        return True
-
     def sync_level(self) -> None:
         """Give the child the most verbose level any client asked for."""
-        level = more_verbose(port.level for port in self.ports)
+        level = more_verbose(port.level for port in self.sharing.ports)
         if level is not None and level != self.level:
             self.level = level
             self.background("logging/setLevel", {"level": level})

@@ -1,7 +1,9 @@
 """Port: one client session's link to a shared child, and the client's state the child needs.
 
-A port rewrites nothing itself: what the client sends goes to its :class:`Multiplexer`, which
-rewrites ids and tokens; what the multiplexer routes to this client arrives by ``deliver``.
+A port rewrites nothing itself: what the client sends goes to its hub (the
+:class:`~mcp_proxy.children.multiplexer.Multiplexer`, which routes and rewrites ids and tokens;
+the port knows it only as a :class:`Hub`); what the multiplexer routes to this client arrives
+by ``deliver``.
 The port keeps what is the client's own: the capabilities and version from its
 ``initialize``, its log level, its requests in flight on the child (original id -> child id),
 the server requests it was given (client-facing id -> the child's id) and its resource
@@ -10,16 +12,11 @@ subscriptions.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.core.link import Link
 from mcp_proxy.errors import LinkClosed
-
-if TYPE_CHECKING:
-    from gevent.event import AsyncResult
-
-    from mcp_proxy.children.multiplexer import Multiplexer
 
 # RFC 5424 severities as MCP names them, least severe first
 LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
@@ -27,7 +24,6 @@ _RANK = {name: rank for rank, name in enumerate(LEVELS)}
 # the client capability a server request needs on its way to that client
 NEEDS = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation",
          "roots/list": "roots"}
-
 
 
 def admits(threshold: Any, level: Any) -> bool:
@@ -43,23 +39,20 @@ def more_verbose(levels) -> str | None:
     return min(ranked, key=_RANK.__getitem__) if ranked else None
 
 
-class Call:
-    """A request in flight on the child: whose it is, and what to restore on the answer."""
+class Hub(Protocol):
+    """What a port needs of the multiplexer it is a port of."""
 
-    __slots__ = ("port", "original", "token", "waiter", "method", "level")
+    child: Link | None  # the shared child while it runs (what /status shows)
 
-    def __init__(self, port: Port | None, original: Any, token: Any = None,
-                 waiter: AsyncResult | None = None, method: str | None = None,
-                 level: str | None = None) -> None:
-        self.port, self.original, self.token, self.waiter = port, original, token, waiter
-        self.method = method
-        self.level = level  # a 2026-07-28 request's own log level: it asked for log lines
+    def route(self, port: Port, message: Message) -> None: ...
+
+    def release(self, port: Port) -> None: ...
 
 
 class Port(Link):
     """A client session's end of a shared child."""
 
-    def __init__(self, mux: Multiplexer, name: str) -> None:
+    def __init__(self, mux: Hub, name: str) -> None:
         super().__init__(name)
         self.mux = mux
         self.capabilities: dict = {}
@@ -74,13 +67,13 @@ class Port(Link):
     def send(self, message: Message) -> None:
         if self.closed.is_set():
             raise LinkClosed(f"{self.name} is closed: {self.close_reason}")
-        self.mux.from_client(self, message)
+        self.mux.route(self, message)
 
     def admits(self, level: Any) -> bool:
         """Whether a log line at ``level`` is for this client, by its own setLevel."""
         return admits(self.level, level)
 
-    def can_take(self, method: str | None) -> bool:
+    def declares(self, method: str | None) -> bool:
         """Whether this client declared what a server request of ``method`` needs."""
         need = NEEDS.get(method or "")
         return need is None or isinstance(self.capabilities.get(need), dict)
@@ -90,7 +83,7 @@ class Port(Link):
         self._next_server_id += 1
         return self._next_server_id
 
-    def offer(self, message: Message) -> bool:
+    def deliver_if_open(self, message: Message) -> bool:
         """Deliver unless this port has closed meanwhile; say whether it took the message."""
         try:
             self.deliver(message)

@@ -2,9 +2,11 @@
 
 Owns the process: spawning it (in its own process group), the one reader greenlet that
 frames its stdout, the ordered writes to its stdin, and stopping it (close stdin, wait,
-SIGTERM the group, wait, SIGKILL the group). Its stderr passes on to ours line by line, its
-last lines kept for the warnings of a server slow to answer ``initialize`` (startup.py). It
-never interprets a message beyond framing it, and that first answer.
+SIGTERM the group, wait, SIGKILL the group). Its stdout is cut into frames by
+``framing.py`` (which also finds the id of a frame over the cap, answered here with an error);
+its stderr passes on to ours line by line, its last lines kept for the warnings of a server
+slow to answer ``initialize`` (``startup.py``). It never interprets a message beyond parsing
+its frame, and that first answer.
 
 Neither direction buffers without bound. The reader stops reading stdout while the peer is
 not ready (its client is not reading), so the server blocks on its own writes and its pipe
@@ -15,14 +17,11 @@ that queue full waits at most ``write_timeout`` before :class:`ServerBusy`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import signal
 import time
 from collections import deque
-from collections.abc import Iterator
 from itertools import islice
 
 import gevent
@@ -30,6 +29,7 @@ from gevent import subprocess
 from gevent.event import Event
 from gevent.socket import wait_write
 
+from mcp_proxy.children import framing
 from mcp_proxy.children.startup import StartWatch, StderrTail
 from mcp_proxy.config.settings import ServerSpec
 from mcp_proxy.core import greenlets, jsonrpc
@@ -39,28 +39,8 @@ from mcp_proxy.errors import LinkClosed, MessageError, ServerBusy, SpawnError
 
 logger = logging.getLogger(__name__)
 
-_READ = 1 << 18  # at most this much of stdout is read ahead of the client
 _STDIN_QUEUE = 1 << 20  # bytes waiting for a server that is slow to read its stdin
 _IOV_MAX = 64
-# Where an oversize answer's id can be trusted to be the top-level one (anything it echoes,
-# e.g. a client's {"id": N} in a result, must not pick whose request fails): the first member
-# (after "jsonrpc"), or the last member of an answer whose first member is its result or error.
-_ID = rb'(-?\d+|"(?:[^"\\]|\\.){0,200}")'
-_JSONRPC = rb'\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?'
-_LEADING_ID = re.compile(_JSONRPC + rb'"id"\s*:\s*' + _ID + rb'\s*,')
-_ANSWER_FIRST = re.compile(_JSONRPC + rb'"(?:result|error)"\s*:')
-_TRAILING_ID = re.compile(rb',\s*"id"\s*:\s*' + _ID + rb'\s*\}\s*\Z')
-_TAIL = 256
-
-
-def _first(pieces: list, size: int = 256) -> bytes:
-    """The first ``size`` bytes of a line in pieces (where an oversize frame's id is)."""
-    head = b""
-    for piece in pieces:
-        head += bytes(piece[:size - len(head)])
-        if len(head) >= size:
-            break
-    return head
 
 
 class StdioChild(Link):
@@ -185,7 +165,7 @@ class StdioChild(Link):
                     hub.wait(readable)
 
         try:
-            for line in self._lines(read):
+            for line in framing.lines(read, self.max_frame, self._drop_oversize):
                 if line and not line.isspace():
                     self._deliver_line(line)
                 if not self.peer_ready.is_set():  # the client is behind: let the pipe fill
@@ -199,50 +179,6 @@ class StdioChild(Link):
         code = self._wait_exit(self.stop_grace)
         self.close(f"server process exited with code {code}" if code is not None
                    else "server closed its stdout")
-
-    def _lines(self, read) -> Iterator[bytes]:
-        """Each line of stdout without its newline (the last one even without it); one over
-        the frame cap is dropped as it streams by. Reads go straight from the pipe: a line is
-        copied once, when its pieces are joined (a buffered ``readline`` copied it 4 times)."""
-        cap = self.max_frame
-        parts: list = []  # the start of the line not ended yet
-        size = 0
-        head = None  # the first bytes of an oversize line being skipped
-        tail = b""  # and its last bytes
-        while True:
-            chunk = read(_READ)
-            if not chunk:
-                break
-            start = 0
-            end = chunk.find(b"\n")
-            while end >= 0:
-                size += end - start
-                if head is not None or size > cap:
-                    if head is None:
-                        head = _first([*parts, memoryview(chunk)[start:end]])
-                        tail = b"".join(parts)[-_TAIL:]
-                    self._drop_oversize(head, (tail + chunk[max(start, end - _TAIL):end])
-                                        [-_TAIL:], size + 1)
-                elif parts:
-                    parts.append(memoryview(chunk)[start:end])
-                    yield b"".join(parts)
-                elif end > start:
-                    yield chunk[start:end]
-                parts, size, head, tail = [], 0, None, b""
-                start = end + 1
-                end = chunk.find(b"\n", start)
-            if start < len(chunk):
-                size += len(chunk) - start
-                if head is None:
-                    parts.append(chunk[start:] if start else chunk)
-                    if size > cap:  # keep only what finds its id
-                        head, tail, parts = _first(parts), b"".join(parts)[-_TAIL:], []
-                else:
-                    tail = (tail + chunk[max(start, len(chunk) - _TAIL):])[-_TAIL:]
-        if head is not None:
-            self._drop_oversize(head, tail, size)
-        elif parts:
-            yield b"".join(parts)
 
     def _deliver_line(self, line: bytes) -> None:
         try:
@@ -268,12 +204,8 @@ class StdioChild(Link):
         """Drop a frame over the cap; answer its request with an error if its id is sure."""
         logger.error("%s: dropped a %d-byte message from the server (frame cap %d bytes)",
                      self.name, size, self.max_frame)
-        found = _LEADING_ID.match(head)
-        if found is None and _ANSWER_FIRST.match(head):
-            found = _TRAILING_ID.search(tail)
-        if found and not re.match(_JSONRPC + rb'(?:"id"\s*:\s*' + _ID + rb'\s*,\s*)?"method"',
-                                  head):
-            request_id = json.loads(found.group(1))
+        request_id = framing.oversize_id(head, tail)
+        if request_id is not None:
             self._pass(jsonrpc.error_message(
                 request_id, jsonrpc.INTERNAL_ERROR,
                 f"server response of {size} bytes exceeds the proxy's frame cap "

@@ -1,5 +1,8 @@
 """The 2026-07-28 lane's ``requestState`` handles, and the worker tag inside them.
 
+Owns this process's signing secret and the handle format (sealing, opening, expiry); it
+keeps no handle and knows no child: the lane (``lane.py``) decides whose a handle is.
+
 An ``input_required`` result's ``requestState`` goes back to the caller wrapped in a handle
 signed with this process's secret: it names the child generation it came from, the caller
 (a digest of its credentials, or a one-time nonce) and an expiry. With ``--redis-url`` the
@@ -43,8 +46,8 @@ def handle_worker(handle: Any) -> str | None:
 def principal(credentials_digest: str) -> str:
     """A short tag for the caller's credentials (empty without any): never the secret itself.
 
-    It is made from a digest of the Authorization header (forward.auth_digest), which is what
-    crosses the bus when another worker forwards the request.
+    It is made from a digest of the Authorization header (the scale-out forwarder's
+    ``auth_digest``), which is what crosses the bus when another worker forwards the request.
     """
     if not credentials_digest:
         return ""

@@ -72,9 +72,10 @@ class StderrTail:
         if len(self._rest) >= _LINE_CAP:  # a line without end: pass on what came so far
             lines.append(self._rest)
             self._rest = b""
-        self._take(lines)
+        self._write(lines)
 
-    def _take(self, lines: list[bytes]) -> None:
+    def _write(self, lines: list[bytes]) -> None:
+        """Keep the last lines, and write them on to our stderr."""
         for line in lines:
             text = line.decode("utf-8", "replace").rstrip()
             if text:
@@ -101,7 +102,7 @@ class StderrTail:
                 break
             self._split(chunk)
         if self._rest:
-            self._take([self._rest])
+            self._write([self._rest])
             self._rest = b""
         self._pipe.close()
 

@@ -6,6 +6,10 @@ link: its own child (per-session mode, the default) or a port of the server's sh
 starts the children (recording spawn failures, starts and exits for ``/readyz`` and
 ``/metrics``), knows which run and for whom (``/status``), and stops them all at shutdown;
 the multiplexer restarts a shared child through it, with backoff and a crash-loop bound.
+
+It builds nothing it imports: the app (``server/app.py``, the composition root) hands it the
+classes to start (the child process, the multiplexer, the 2026-07-28 lane) and the metrics to
+count into, so the supervisor stays a small module low in the layout. It never relays.
 """
 
 from __future__ import annotations
@@ -13,40 +17,81 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from typing import Any, Protocol
 
 import gevent
 
 from mcp_proxy.children.health import ServerHealth
-from mcp_proxy.children.lane import ModernLane
-from mcp_proxy.children.multiplexer import Multiplexer
-from mcp_proxy.children.port import Port
-from mcp_proxy.children.process import StdioChild
 from mcp_proxy.config.settings import ServerSettings
-from mcp_proxy.core.link import Link
 from mcp_proxy.errors import SpawnError
-from mcp_proxy.server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+
+class ChildMetrics(Protocol):
+    """What the supervisor counts (``server.metrics.Metrics`` is one)."""
+
+    def spawn_failed(self, server: str) -> None: ...
+
+    def child_started(self, server: str) -> None: ...
+
+    def child_exited(self, server: str, code: int | None) -> None: ...
+
+    def relay_meter(self, server: str) -> Any: ...
+
+
+class Child(Protocol):
+    """What the supervisor needs of a child process (``process.StdioChild`` is one)."""
+
+    pid: int
+    state: str
+    process: Any
+    stopped: Any  # gevent Event: set once the process is reaped
+    meter: Any
+
+    def close(self, reason: str = ...) -> None: ...
+
+    def kill_now(self, sig: signal.Signals = ...) -> None: ...
+
+
+class Shared(Protocol):
+    """What the supervisor needs of a shared child (``multiplexer.Multiplexer`` is one)."""
+
+    name: str
+    state: str
+    failure: str
+    child: Any
+
+    def ensure_started(self) -> None: ...
+
+    def port(self, name: str) -> Any: ...
+
+    def close(self, reason: str) -> None: ...
 
 
 class Supervisor:
     """Every child of one app: started here, watched here, stopped here."""
 
-    def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
+    def __init__(self, settings: ServerSettings, metrics: ChildMetrics, child: type,
+                 multiplexer: type, lane: type) -> None:
+        """``child``, ``multiplexer`` and ``lane`` are the classes to start (the app's
+        ``StdioChild``, ``Multiplexer`` and ``ModernLane``): classes, not any callables, since
+        ``describe`` tells a child and a shared child's port apart by them."""
         self.settings = settings
         self.metrics = metrics
+        self._child, self._multiplexer, self._lane = child, multiplexer, lane
         self.health = {name: ServerHealth() for name in settings.servers}
-        self.children: dict[StdioChild, str] = {}  # running child -> its server's name
+        self.children: dict[Child, str] = {}  # running child -> its server's name
         self.spawned = 0
-        self.shared = {name: self._multiplexer(name)
+        self.shared = {name: self._shared(name)
                        for name, spec in settings.servers.items() if spec.shared}
-        self.lanes: dict[str, ModernLane] = {}
+        self.lanes: dict[str, Shared] = {}
 
-    def _multiplexer(self, server_name: str) -> Multiplexer:
+    def _shared(self, server_name: str) -> Shared:
         label = f"shared:{server_name or 'default'}"
-        return Multiplexer(label, lambda: self.spawn(server_name, label))
+        return self._multiplexer(label, lambda: self.spawn(server_name, label))
 
-    def upstream(self, server_name: str, session_name: str) -> Link:
+    def upstream(self, server_name: str, session_name: str) -> Any:
         """The link a new session of ``server_name`` relays to; raises SpawnError."""
         mux = self.shared.get(server_name)
         if mux is None:
@@ -56,22 +101,22 @@ class Supervisor:
         port.meter = self.metrics.relay_meter(server_name)
         return port
 
-    def modern(self, server_name: str) -> ModernLane:
+    def modern(self, server_name: str) -> Shared:
         """The server's 2026-07-28 lane, made on first use (its child starts on first need)."""
         lane = self.lanes.get(server_name)
         if lane is None:
             label = f"modern:{server_name or 'default'}"
-            lane = self.lanes[server_name] = ModernLane(label,
+            lane = self.lanes[server_name] = self._lane(label,
                                                         lambda: self.spawn(server_name, label))
         return lane
 
-    def spawn(self, server_name: str, label: str) -> StdioChild:
+    def spawn(self, server_name: str, label: str) -> Child:
         """Start a child of ``server_name``; record how it starts and ends."""
         settings = self.settings
         try:
-            child = StdioChild(settings.servers[server_name], label, settings.max_frame,
-                               stop_grace=settings.stop_timeout / 3,
-                               write_timeout=settings.write_timeout)
+            child = self._child(settings.servers[server_name], label, settings.max_frame,
+                                stop_grace=settings.stop_timeout / 3,
+                                write_timeout=settings.write_timeout)
         except SpawnError as exc:
             self.health[server_name].spawn_failed(str(exc))
             self.metrics.spawn_failed(server_name)
@@ -85,7 +130,7 @@ class Supervisor:
         child.stopped.rawlink(lambda _: self._stopped(server_name, child, started))
         return child
 
-    def _stopped(self, server_name: str, child: StdioChild, started: float) -> None:
+    def _stopped(self, server_name: str, child: Child, started: float) -> None:
         self.children.pop(child, None)
         code = child.process.returncode
         self.health[server_name].exited(code, time.monotonic() - started)
@@ -105,13 +150,14 @@ class Supervisor:
     def running(self, server_name: str) -> int:
         return sum(1 for name in self.children.values() if name == server_name)
 
-    @staticmethod
-    def describe(upstream: Link | None) -> dict | None:
+    def describe(self, upstream: Any) -> dict | None:
         """What /status shows of a session's upstream: its process, and whether it is shared."""
-        child = upstream.mux.child if isinstance(upstream, Port) else upstream
-        if not isinstance(child, StdioChild):
+        # a port of a shared child knows its multiplexer; a remote upstream is no process
+        shared = isinstance(getattr(upstream, "mux", None), self._multiplexer)
+        child = upstream.mux.child if shared else upstream
+        if not isinstance(child, self._child):
             return None
-        return {"pid": child.pid, "state": child.state, "shared": isinstance(upstream, Port)}
+        return {"pid": child.pid, "state": child.state, "shared": shared}
 
     def stop_all(self, reason: str, timeout: float) -> None:
         """Stop every child, waiting (bounded) for each; kill what outlives the deadline."""

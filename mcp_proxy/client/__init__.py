@@ -1,3 +1,7 @@
-"""Client mode: our own stdio as a link, bridged to a remote upstream; the fall-forward
-bridge for a 2025-era desktop client in front of a 2026-07-28-only remote.
+"""Client mode: our stdio bridged to one remote MCP server (an ``upstream/`` link).
+
+``run.py`` starts it (connect, choose the transport, bridge, exit status); ``stdio.py`` is
+our stdin and stdout as a link; ``fallforward.py`` bridges a 2025-era desktop client to a
+remote that speaks only 2026-07-28, with ``rounds.py`` (a request's ``input_required``
+rounds) and ``listener.py`` (its change notifications). Nothing here speaks HTTP itself.
 """

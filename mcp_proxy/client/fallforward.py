@@ -10,11 +10,12 @@ probe succeeds (or at once with ``--protocol-era modern``), it bridges:
   requests carry); ``notifications/initialized`` and ``roots/list_changed`` end here;
 - every request is stamped with the ``_meta`` envelope (the client's capabilities and info
   from its ``initialize``, its log level) and runs in its own greenlet: ``input_required``
-  rounds are put to the client and retried (rounds.py), ``resultType: "complete"`` is
+  rounds are asked of the client and retried (rounds.py), ``resultType: "complete"`` is
   stripped, a stdio cancel closes the current leg's response;
-- change notifications come from one ``subscriptions/listen`` held here (listen.py).
+- change notifications come from one ``subscriptions/listen`` held here (listener.py).
 
 Modern and dual-era desktop clients never need it: their requests pass straight through.
+It owns the bridged session's state (legs and asks in flight); the wire is the upstream's.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from mcp_proxy.core.protocol import (
     VERSION_KEY,
 )
 from mcp_proxy.errors import CannotCarry, FallbackNeeded, LinkClosed
-from mcp_proxy.upstream.base import AUTH_FAILED
+from mcp_proxy.upstream.remote_link import AUTH_FAILED
 from mcp_proxy.upstream.streamable_remote import StreamableUpstream
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class FallForward(Link):
         self._pending_init: Message | None = None
         self._ids = itertools.count(1)
         self.listener = Listener(self)
-        inner.attach(self._from_remote, lambda: self.close(inner.close_reason))
+        inner.attach(self._deliver_remote, lambda: self.close(inner.close_reason))
 
     def next_id(self, kind: str) -> str:
         return f"mcp-proxy-{kind}-{next(self._ids)}"
@@ -129,8 +130,8 @@ class FallForward(Link):
             else:
                 self.inner.send(message)
         elif method == "initialize":
-            self.to_client(jsonrpc.result_message(message.id, self._initialize_result(
-                message)))
+            self.deliver_unless_closed(jsonrpc.result_message(
+                message.id, self._initialize_result(message)))
         elif method in LOCAL:
             self._local(message)
         else:
@@ -149,7 +150,7 @@ class FallForward(Link):
                 (self.uris.add if message.method == "resources/subscribe"
                  else self.uris.discard)(uri)
                 self.listener.refilter()
-        self.to_client(jsonrpc.result_message(message.id, {}))
+        self.deliver_unless_closed(jsonrpc.result_message(message.id, {}))
 
     def _cancel(self, request_id: Any) -> None:
         driver = self.calls.pop(id_key(request_id), None)
@@ -164,7 +165,7 @@ class FallForward(Link):
             answer = jsonrpc.error_message(message.id, exc.code, str(exc), exc.data)
         finally:
             self.calls.pop(id_key(message.id), None)
-        self.to_client(answer)
+        self.deliver_unless_closed(answer)
 
     # --- the 2026-07-28 remote ------------------------------------------------------------
 
@@ -198,7 +199,9 @@ class FallForward(Link):
         if waiter is not None and not waiter.ready():
             waiter.set(None)
 
-    def _from_remote(self, message: Message) -> None:
+    def _deliver_remote(self, message: Message) -> None:
+        """What the upstream delivered: a leg's answer wakes its waiter, the first initialize's
+        decides the era, the listener takes its notifications; the rest goes to the client."""
         if message.kind == jsonrpc.RESPONSE:
             waiter = self.legs.get(id_key(message.id))
             if waiter is not None:
@@ -215,7 +218,7 @@ class FallForward(Link):
         elif self.bridging and message.kind == jsonrpc.NOTIFICATION \
                 and self.listener.consume(message):
             return
-        self.to_client(message)
+        self.deliver_unless_closed(message)
 
     def _engage(self, init: Message, refusal: Message | None) -> None:
         """Find out whether the remote speaks 2026-07-28; if so, answer ``initialize``."""
@@ -233,14 +236,15 @@ class FallForward(Link):
             if version is None:
                 logger.info("%s: server/discover found no 2026-07-28 server (%s)", self.name,
                             (answer.error if answer is not None else None) or "no versions")
-                self.to_client(refusal or jsonrpc.error_message(
+                self.deliver_unless_closed(refusal or jsonrpc.error_message(
                     init.id, jsonrpc.INTERNAL_ERROR,
                     "the remote does not answer server/discover (--protocol-era modern)"))
                 return
             self.discovered, self.version, self.bridging = result, version, True
             logger.info("%s: the remote speaks only %s: bridging the client's 2025-era "
                         "session to it", self.name, version)
-            self.to_client(jsonrpc.result_message(init.id, self._initialize_result(init)))
+            self.deliver_unless_closed(jsonrpc.result_message(init.id,
+                                                              self._initialize_result(init)))
             self.listener.start()
         finally:
             self.decided.set()
@@ -262,7 +266,7 @@ class FallForward(Link):
 
     # --- to the desktop client, and closing -----------------------------------------------
 
-    def to_client(self, message: Message) -> None:
+    def deliver_unless_closed(self, message: Message) -> None:
         try:
             self.deliver(message)
         except LinkClosed:
@@ -274,15 +278,16 @@ class FallForward(Link):
         request = {"jsonrpc": "2.0", "id": ask_id, "method": method}
         if params is not None:
             request["params"] = params
-        self.to_client(Message(request))
+        self.deliver_unless_closed(Message(request))
         return ask_id, waiter
 
     def forget_asks(self, ask_ids: list[str], cancel: bool) -> None:
         for ask_id in ask_ids:
             waiter = self.asks.pop(id_key(ask_id), None)
             if cancel and waiter is not None and not waiter.ready():
-                self.to_client(Message({"jsonrpc": "2.0", "method": "notifications/cancelled",
-                                         "params": {"requestId": ask_id}}))
+                self.deliver_unless_closed(Message({"jsonrpc": "2.0",
+                                                    "method": "notifications/cancelled",
+                                                    "params": {"requestId": ask_id}}))
 
     def _on_close(self, reason: str) -> None:
         self.decided.set()

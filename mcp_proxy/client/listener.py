@@ -18,7 +18,7 @@ from gevent.event import Event
 from mcp_proxy.core.greenlets import closing, spawn
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.core.protocol import SUBSCRIPTION_KEY
-from mcp_proxy.upstream.base import backoff
+from mcp_proxy.upstream.backoff import backoff
 
 logger = logging.getLogger(__name__)
 
@@ -113,5 +113,5 @@ class Listener:
         obj = {key: value for key, value in message.obj.items() if key != "params"}
         if params:
             obj["params"] = params
-        self.bridge.to_client(Message(obj))
+        self.bridge.deliver_unless_closed(Message(obj))
         return True

@@ -5,8 +5,10 @@ A round's ``inputRequests`` (sampling, elicitation, roots) are put to the deskto
 ordinary server-to-client requests with ids of ours (``mcp-proxy-in-<n>``); their results go
 back in a retry of the original request under a new id, with ``inputResponses`` and the
 ``requestState`` echoed verbatim. The client's own id gets the final answer, without
-``resultType: "complete"``. What the legacy flow cannot carry is refused with a JSON-RPC
-error that says why, never guessed at.
+``resultType: "complete"``. What the legacy flow cannot carry is refused with
+``errors.CannotCarry``, which fallforward.py turns into a JSON-RPC error that says why:
+never guessed at. It only drives: its requests go out through the bridge's ``leg`` and
+``ask_client`` (fallforward.py), it touches no wire.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def drive(bridge, message: Message) -> Message:
             return _final(message.id, answer, result)
         if rounds == MAX_ROUNDS:
             raise CannotCarry(f"the remote asked for input more than {MAX_ROUNDS} times for one "
-                          f"{message.method}; mcp-proxy gave up")
+                              f"{message.method}; mcp-proxy gave up")
         rounds += 1
         responses = _ask(bridge, result.get("inputRequests"))
         params = {**(message.obj.get("params") or {}), "inputResponses": responses}
@@ -80,27 +82,27 @@ def _check(bridge, requests: Any) -> None:
         raise CannotCarry("the remote answered input_required without inputRequests")
     if len(requests) > MAX_REQUESTS:
         raise CannotCarry(f"the remote asked for {len(requests)} inputs in one round; mcp-proxy "
-                      f"carries at most {MAX_REQUESTS}")
+                          f"carries at most {MAX_REQUESTS}")
     declared = bridge.client.get("capabilities") or {}
     for request in requests.values():
         method = request.get("method") if isinstance(request, dict) else None
         needed = CAPABILITY_OF.get(method)
         if needed is None:
             raise CannotCarry(f"the remote asked for input by {method!r}, which mcp-proxy cannot "
-                          f"put to a 2025-era client")
+                              f"put to a 2025-era client")
         if needed not in declared:
             raise CannotCarry(f"the remote needs the client capability {needed!r} ({method}), "
-                          f"which the client did not declare", MISSING_CAPABILITY,
-                          {"requiredCapabilities": {needed: {}}})
+                              f"which the client did not declare", MISSING_CAPABILITY,
+                              {"requiredCapabilities": {needed: {}}})
         params = request.get("params")
         if method == "elicitation/create" and isinstance(params, dict) \
                 and params.get("mode") == "url":
             raise CannotCarry("the remote asked for URL-mode elicitation, whose outcome a "
-                          "2025-era client cannot bring back through mcp-proxy")
+                              "2025-era client cannot bring back through mcp-proxy")
 
 
 def _ask(bridge, requests: Any) -> dict:
-    """Put one round's input requests to the client at once; their results by key."""
+    """Ask the client one round's input requests at once; their results by key."""
     _check(bridge, requests)
     asked = {key: bridge.ask_client(request["method"], request.get("params"))
              for key, request in requests.items()}
@@ -112,12 +114,12 @@ def _ask(bridge, requests: Any) -> dict:
                 reply = waiter.get(timeout=bridge.settings.read_timeout)
             except gevent.Timeout:
                 raise CannotCarry(f"the client did not answer {requests[key]['method']} within "
-                              f"{bridge.settings.read_timeout:g} s") from None
+                                  f"{bridge.settings.read_timeout:g} s") from None
             error = reply.error
             if error is not None:
                 raise CannotCarry(f"the client refused {requests[key]['method']}: "
-                              f"{error.get('message')}", error.get("code", jsonrpc.INTERNAL_ERROR),
-                              error.get("data"))
+                                  f"{error.get('message')}",
+                                  error.get("code", jsonrpc.INTERNAL_ERROR), error.get("data"))
             responses[key] = reply.obj.get("result")
         done = True
         return responses

@@ -3,7 +3,9 @@
 Start-up connects first (retrying an unreachable remote for a bounded time; a refused
 credential fails at once, and answers the client's first request with the reason), then
 relays until stdin closes (exit 0, after the remote session is closed) or the remote is lost
-for good (exit 1). Nothing but protocol goes to stdout.
+for good (exit 1). Nothing but protocol goes to stdout. It owns start-up, the choice of
+transport (``--transport auto``), the log filter that blanks secrets (``Redact``),
+``--oauth-logout`` and the exit status; the relaying is ``core.link.bridge``'s.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.core.link import Link, bridge
 from mcp_proxy.errors import AuthError, FallbackNeeded, LinkClosed, Refused, TlsError, UpstreamError
-from mcp_proxy.upstream.base import Upstream
 from mcp_proxy.upstream.http_session import make_session
 from mcp_proxy.upstream.oauth.store import logout
+from mcp_proxy.upstream.remote_link import Upstream
 from mcp_proxy.upstream.sse_remote import SseUpstream
 from mcp_proxy.upstream.streamable_remote import StreamableUpstream
 

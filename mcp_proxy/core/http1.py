@@ -22,7 +22,7 @@ _REQUEST_LINE = re.compile(rf"({_TOKEN}) ([^\x00-\x20\x7f]+) HTTP/1\.([0-9])\r\n
 _FIELD_RE = rf"{_TOKEN}:[^\x00-\x08\x0a-\x1f\x7f]*\r\n"
 _FIELD = re.compile(_FIELD_RE)
 _HEAD = re.compile(f"(?:{_FIELD_RE})*".encode("latin-1"))
-_NAME = re.compile(_TOKEN)
+FIELD_NAME = re.compile(_TOKEN)
 _SINGLE = frozenset(("host", "content-length", "transfer-encoding"))
 def request_line(line: str) -> tuple[str, str, str]:
     """(method, target, version) of a request line; any HTTP/1.x but 1.0 counts as 1.1."""
@@ -46,7 +46,7 @@ def _field_error(lines: list[bytes]) -> str:
         return "a header line without a colon"
     if name != name.rstrip(" \t"):
         return "whitespace between a header name and its colon"
-    if _NAME.fullmatch(name) is None:
+    if FIELD_NAME.fullmatch(name) is None:
         return "an invalid character in a header name"
     return "a control character in a header value"
 

@@ -136,12 +136,12 @@ def _counter(source: Link, target: Link) -> Callable[[Message], None] | None:
     return None if meter is None else meter.server_to_client
 
 
-def _relay(source: Link, target: Link, sent: dict, answered: dict) -> Callable[[Message], None]:
+def _relayer(source: Link, target: Link, sent: dict, answered: dict) -> Callable[[Message], None]:
     """A sink that moves source -> target; it tracks requests in ``sent``, answers in
     ``answered``, and answers a request the target can no longer take."""
     count = _counter(source, target)
 
-    def forward(message: Message) -> None:
+    def relay(message: Message) -> None:
         kind = message.kind
         if count is not None:  # before send: an upstream may answer within send()
             count(message)
@@ -171,13 +171,13 @@ def _relay(source: Link, target: Link, sent: dict, answered: dict) -> Callable[[
             source.close("proxy error")
             target.close("proxy error")
 
-    return forward
+    return relay
 
 
 def bridge(down: Link, up: Link) -> None:
     """Relay between ``down`` (the client side) and ``up`` (the server side).
 
-    Each message is forwarded in the greenlet that received it (no queue, no extra switch).
+    Each message is relayed in the greenlet that delivered it (no queue, no extra switch).
     When ``up`` closes, requests the client sent that are still unanswered get a JSON-RPC
     error on ``down``, then ``down`` closes; when ``down`` closes, ``up`` closes. Both
     links' ``ended`` events tell when they have finished closing (e.g. the remote session is
@@ -195,6 +195,6 @@ def bridge(down: Link, up: Link) -> None:
         up.close(down.close_reason or "client ended")
 
     up.peer_ready = down.ready
-    up.attach(_relay(up, down, server_requests, client_requests), up_ended)
-    down.attach(_relay(down, up, client_requests, server_requests), down_ended)
+    up.attach(_relayer(up, down, server_requests, client_requests), up_ended)
+    down.attach(_relayer(down, up, client_requests, server_requests), down_ended)
 

@@ -18,6 +18,10 @@ from flask import Blueprint, Flask
 from flask.sessions import NullSession, SessionInterface
 from werkzeug.routing import Rule
 
+from mcp_proxy.children.lane import ModernLane
+from mcp_proxy.children.multiplexer import Multiplexer
+from mcp_proxy.children.process import StdioChild
+from mcp_proxy.children.supervisor import Supervisor
 from mcp_proxy.config.settings import ServerSettings
 from mcp_proxy.server.guard import install_guard
 from mcp_proxy.server.probes import add_health_routes
@@ -80,6 +84,9 @@ def create_app(settings: ServerSettings) -> Flask:
     """Build the WSGI app; its session registry is ``app.extensions["mcp_proxy"]``."""
     app = ProxyFlask("mcp_proxy")
     registry = Registry(settings)
+    # the composition root: the supervisor is told which classes it starts
+    registry.supervisor = Supervisor(settings, registry.metrics, StdioChild, Multiplexer,
+                                     ModernLane)
     app.extensions["mcp_proxy"] = registry
     checks = install_guard(app, settings, registry.touch)
     if settings.redis_url:

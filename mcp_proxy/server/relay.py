@@ -28,7 +28,7 @@ from mcp_proxy.errors import LegacyOnly, LinkClosed, ProxyError, ServerBusy, Spa
 from mcp_proxy.server import era
 from mcp_proxy.server.request_port import RequestPort
 from mcp_proxy.server.responses import WholeResponse, event_stream, rpc_error, server_busy
-from mcp_proxy.server.scaleout.forwarder import auth_digest
+from mcp_proxy.server.scaleout.frames import auth_digest
 from mcp_proxy.server.streams import PING, Body, Stream, sse_event
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ class Relay:
         if router is not None and b'"requestState"' in message.raw:
             owner = router.owner_of_handle(message.params.get("requestState"), environ)
             if owner is not None:  # a retry goes back to the child that sealed its handle
-                response = router.forward(environ, owner, 0, body=message.raw)
+                response = router.forwarder.forward(environ, owner, 0, body=message.raw)
                 if response is not None:
                     return response
         lane = self.registry.supervisor.modern(self.server_name)
@@ -164,7 +164,7 @@ class Relay:
         port.meter = meter = self.registry.metrics.relay_meter(self.server_name)
         meter.client_to_server(message)
         try:
-            lane.from_client(port, message)
+            lane.route(port, message)
         except ServerBusy as exc:
             port.close("the server is busy")
             return server_busy(exc, message)

@@ -17,7 +17,7 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Protocol
 
-from mcp_proxy.children.port import Port
+from mcp_proxy.children.port import Hub, Port
 from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.jsonrpc import Message, id_key
 from mcp_proxy.errors import LinkClosed
@@ -31,11 +31,11 @@ logger = logging.getLogger(__name__)
 _numbers = itertools.count(1)
 
 
-class Lane(Protocol):
+class Lane(Hub, Protocol):
     """What a request's port needs of the modern lane (children/lane.py's ``ModernLane``):
-    the set of its ports, and what any :class:`Port` needs of its multiplexer."""
+    what any :class:`Port` needs of its multiplexer, and to be counted among its ports."""
 
-    ports: set
+    def admit(self, port: Port) -> Port: ...
 
 
 class RequestPort(StreamOwner, Port):
@@ -55,7 +55,7 @@ class RequestPort(StreamOwner, Port):
         self.draining: set[Stream] = set()
         self.key = id_key(message.id)
         self.stream = Stream(self)
-        lane.ports.add(self)
+        lane.admit(self)
         registry.requests.add(self)  # its reaper ends it if its client takes nothing
 
     # press() stays the owner's no-op: a shared child is never paused for one slow caller

@@ -111,7 +111,8 @@ class Registry:
         self.last_activity = time.time()
         self.metrics = Metrics(lambda: self.sessions.values(), settings.servers)
         self.requests: set = set()  # 2026-07-28 requests being answered (request_port.py)
-        self.supervisor = Supervisor(settings, self.metrics)
+        # the app builds it with the classes it starts (app.py); a bare registry has none
+        self.supervisor: Supervisor | None = None
         self._per_server: dict[str, int] = dict.fromkeys(settings.servers, 0)
         self._reaper = self._start_reaper()
         self.router = None  # with --redis-url: which worker serves what (scaleout/router.py)

@@ -1,19 +1,22 @@
-"""The POSTs of client mode: one message out and its answer in, on the fast path where it can.
+"""The POSTs of client mode: one message out and its response in, on the fast path where
+it can.
 
 ``requests`` prepares every request anew (header merging, cookies, hooks, environment,
 adapter lookup, a ``Response`` with cookie extraction) and urllib3 then checks each header
-and parses the answer's head with ``email.parser``: together ~1.2 ms of CPU per message on
+and parses the response's head with ``email.parser``: together ~1.2 ms of CPU per message on
 the bench machine, most of what client mode cost per call; urllib3's ``urlopen`` alone still
 cost ~0.5 ms. So where requests would add nothing we cannot add ourselves (no auth, Basic
 auth, or a bearer token asked of the auth object per POST; no cookie in the jar; no proxy)
 we write the request head ourselves, computed once per header set, on a connection the
 session's own urllib3 pool made (TLS with the session's verify settings), and read the
-answer with ``answer.Answer``. Everything else goes through ``session.post``, and so does
-a POST whose fast answer is a redirect, or a 401/403 under an auth that reacts to one: that
-answer is dropped and the POST sent again through requests, which follows the redirect or
-lets the auth refresh its token. Errors are those of the slow path: an UpstreamError naming
-the ``requests`` exception (``ConnectionError``, ``ReadTimeout``, ...) the failure is, or
-would have been.
+response with ``raw_response.RawResponse``. Everything else goes through ``session.post``,
+and so does a POST whose fast response is a redirect, or a 401/403 under an auth that reacts
+to one: that response is dropped and the POST sent again through requests, which follows the
+redirect or lets the auth refresh its token. Errors are those of the slow path: an
+UpstreamError naming the ``requests`` exception (``ConnectionError``, ``ReadTimeout``, ...)
+the failure is, or would have been. The two private APIs it needs sit in a module each, with
+the reason and the measured cost of the public way: urllib3_conn.py (the pool's
+``_new_conn``) and cookie_jar.py (the jar's ``_cookies``).
 """
 
 from __future__ import annotations
@@ -21,14 +24,12 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable
-from http.client import HTTPMessage
 from select import POLLIN
 from urllib.parse import urlsplit
 
 import requests
 from gevent.monkey import get_original
 from requests.auth import HTTPBasicAuth
-from requests.cookies import MockRequest, MockResponse
 from requests.exceptions import InvalidHeader
 from requests.utils import check_header_validity, requote_uri
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
@@ -36,9 +37,11 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from mcp_proxy.errors import BrokenResponse, UpstreamError
+from mcp_proxy.upstream.cookie_jar import is_empty, keep
 from mcp_proxy.upstream.oauth.auth import OAuthSignIn
 from mcp_proxy.upstream.oauth.credentials import ClientCredentials
-from mcp_proxy.upstream.raw_response import Answer
+from mcp_proxy.upstream.raw_response import RawResponse
+from mcp_proxy.upstream.urllib3_conn import new_connection, pool_for
 
 logger = logging.getLogger(__name__)
 
@@ -90,32 +93,31 @@ class Poster:
         self._heads: dict[tuple, bytes | None] = {}
 
     def post(self, body: bytes, headers: dict, stream: bool = False, fast: bool = True):
-        """The answer (an ``Answer`` or a ``requests.Response``) to ``body`` POSTed with
+        """The response (a ``RawResponse`` or a ``requests.Response``) to ``body`` POSTed with
         ``headers``; UpstreamError if none came. ``fast=False``: through requests."""
-        # the jar's own dict: its len() walks every cookie (1.5 % of a call in a profile)
-        head = self._head(headers) if fast and self.fast and not self.session.cookies._cookies \
+        head = self._head(headers) if fast and self.fast and is_empty(self.session.cookies) \
             else None
         if head is not None and self._bearer is not None:
             head = self._with_token(head)
         if head is None:
             return self._slow(body, headers, stream)
-        answer = self._exchange(head, body)
-        status = answer.status_code
-        if (300 <= status < 400 and "location" in answer.headers) \
+        response = self._exchange(head, body)
+        status = response.status_code
+        if (300 <= status < 400 and "location" in response.headers) \
                 or (status in (401, 403) and self._bearer is not None):
-            answer.close()  # requests follows the redirect, or the auth reacts to the refusal
+            response.close()  # requests follows the redirect, or the auth reacts to the refusal
             logger.debug("POST answered %s: sent again through requests", status)
             return self._slow(body, headers, stream)
-        if "set-cookie" in answer.headers:
-            self._keep_cookies(answer)
+        if "set-cookie" in response.headers:
+            keep(self.session.cookies, response.header_list, self._prepared)
         if not stream:
             try:
-                answer.content  # noqa: B018 - read it whole, as requests does without stream
+                response.content  # noqa: B018 - read it whole, as requests does without stream
             except Exception as exc:
                 raise _failed(exc, False) from exc
             finally:
-                answer.close()
-        return answer
+                response.close()
+        return response
 
     def _slow(self, body: bytes, headers: dict, stream: bool) -> requests.Response:
         try:
@@ -180,9 +182,8 @@ class Poster:
                 return conn
             conn.close()
         if self._pool is None:
-            self._pool = self.session.get_adapter(self.url).get_connection_with_tls_context(
-                self._prepared, self.session.verify, None, self.session.cert)
-        return self._pool._new_conn()
+            self._pool = pool_for(self.session, self.url, self._prepared)
+        return new_connection(self._pool)
 
     def _release(self, conn, reuse: bool) -> None:
         if reuse and len(self._idle) < MAX_IDLE:
@@ -195,7 +196,7 @@ class Poster:
         while self._idle:
             self._idle.pop().close()
 
-    def _exchange(self, head: bytes, body: bytes) -> Answer:
+    def _exchange(self, head: bytes, body: bytes) -> RawResponse:
         try:
             conn = self._connection()
         except (Urllib3Error, requests.RequestException) as exc:
@@ -221,17 +222,9 @@ class Poster:
                 raise _failed(exc, connecting) from exc
             raise
         try:
-            return Answer(sock, release)  # it releases the connection if it fails
+            return RawResponse(sock, release)  # it releases the connection if it fails
         except Exception as exc:
             raise _failed(exc, False) from exc
-
-    def _keep_cookies(self, answer: Answer) -> None:
-        """Cookies the remote set go into the session's jar, as requests would put them
-        (the next POSTs then take the slow path, which sends them)."""
-        message = HTTPMessage()
-        for name, value in answer.header_list:
-            message[name] = value
-        self.session.cookies.extract_cookies(MockResponse(message), MockRequest(self._prepared))
 
 
 def _send(sock, data: bytes) -> None:

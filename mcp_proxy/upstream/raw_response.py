@@ -1,4 +1,5 @@
-"""Answer: an HTTP/1.1 response read off a socket, for the fast path of client mode's POSTs.
+"""RawResponse: an HTTP/1.1 response read off a socket, for the fast path of client mode's
+POSTs.
 
 It reads the head at once (skipping 1xx) and the body on demand, framed by chunked
 Transfer-Encoding, Content-Length or the end of the connection (RFC 9112 section 6.3), and
@@ -16,14 +17,14 @@ from collections.abc import Callable
 
 from requests.structures import CaseInsensitiveDict
 
-from mcp_proxy.core.http1 import _NAME
+from mcp_proxy.core.http1 import FIELD_NAME
 from mcp_proxy.errors import BrokenResponse
 
 MAX_HEAD = 64 << 10
 READ = 65536
 
 
-class Answer:
+class RawResponse:
     """One response; ``release(reuse)`` is called once, when it is closed."""
 
     def __init__(self, sock, release: Callable[[bool], None]) -> None:
@@ -36,7 +37,7 @@ class Answer:
         try:
             self._read_head()
             while 100 <= self.status_code < 200 and self.status_code != 101:
-                self._read_head()  # 100 Continue, 103 Early Hints: the answer follows
+                self._read_head()  # 100 Continue, 103 Early Hints: the response follows
             self._framing()
         except BaseException:
             self._done = False
@@ -90,7 +91,7 @@ class Answer:
         self.headers: CaseInsensitiveDict = CaseInsensitiveDict()
         for line in fields:
             name, colon, value = line.partition(":")
-            if not colon or _NAME.fullmatch(name) is None:
+            if not colon or FIELD_NAME.fullmatch(name) is None:
                 raise BrokenResponse("head")
             value = value.strip()
             self.header_list.append((name, value))
@@ -176,7 +177,7 @@ class Answer:
         if release is not None:
             release(self._done and self._keep and not self._buf)
 
-    def __enter__(self) -> Answer:
+    def __enter__(self) -> RawResponse:
         return self
 
     def __exit__(self, *exc) -> None:

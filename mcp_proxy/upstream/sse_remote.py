@@ -2,7 +2,8 @@
 
 One GET stream brings everything from the remote; its first event names the endpoint we
 POST our messages to (resolved against the stream's URL, and refused if it points at another
-origin). When the stream ends the remote session is gone: recovery reconnects.
+origin). When the stream ends the remote session is gone: recovery reconnects. It owns the
+stream's response and the greenlet that reads it, and the ``Poster`` of the endpoint.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.greenlets import closing, spawn
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.errors import MessageError, Refused, SessionLost, TlsError, UpstreamError
-from mcp_proxy.upstream.base import Upstream
-from mcp_proxy.upstream.http_session import check_status, events, same_origin
+from mcp_proxy.upstream.http_reading import check_status, events, same_origin
 from mcp_proxy.upstream.poster import Poster
+from mcp_proxy.upstream.remote_link import Upstream
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +80,9 @@ class SseUpstream(Upstream):
                     endpoint.set(target)
                 elif event.event == "message" and event.data.strip():
                     try:
-                        self.on_remote(jsonrpc.parse(event.data))
+                        self.deliver_remote(jsonrpc.parse(event.data))
                     except MessageError as exc:
-                        self.on_refused(event.data, exc)
+                        self.deliver_refused(event.data, exc)
         except UpstreamError as exc:
             reason = str(exc)
         finally:
@@ -91,15 +92,15 @@ class SseUpstream(Upstream):
         if endpoint.successful() and response is self._response:
             self.lost(reason)
 
-    def _transmit(self, message: Message) -> None:
+    def _post(self, message: Message) -> None:
         if self._poster is None or self._poster.url != self.endpoint:
             if self._poster is not None:
                 self._poster.close()
             self._poster = Poster(self.http, self.endpoint, self.timeout)
-        answer = self._poster.post(message.raw, POST_HEADERS)
-        if answer.status_code == 404:
+        response = self._poster.post(message.raw, POST_HEADERS)
+        if response.status_code == 404:
             raise SessionLost("the remote no longer knows our session (404)")
-        check_status(answer, "POST", self.http)
+        check_status(response, "POST", self.http)
 
     def _reset(self) -> None:
         self._teardown()

@@ -1,37 +1,37 @@
-"""StreamableUpstream: a remote Streamable HTTP server as a link.
+"""StreamableUpstream: a remote Streamable HTTP server as a link; it owns the session.
 
 Every message is its own POST (requests concurrently, each in a greenlet, so a long tool
 call never holds up the answer to a sampling request it caused). Answers come back as JSON
-or as an event stream. We keep ``Mcp-Session-Id`` and the negotiated protocol version from
-the initialize answer and send both on every later request; after ``initialized`` we open the
-GET stream for the remote's own messages (405, or 404 without a session, means it has
-none); later messages wait (bounded) for its answer: a server drops what it sends on a GET
-stream not yet open (the SDK's ``list_roots``). A 404 on our session means it expired, and
-a refused connection for the GET stream means the remote is down: both start recovery,
-which re-initializes. Closing sends DELETE.
+or as an event stream (read by event_streams.py, which resumes it). We keep
+``Mcp-Session-Id`` and the negotiated protocol version from the initialize answer and send
+both on every later request; after ``initialized`` we open the GET stream for the remote's
+own messages (event_streams.GetStream); later messages wait (bounded) for its answer: a
+server drops what it sends on a GET stream not yet open (the SDK's ``list_roots``). A 404 on
+our session means it expired, and a refused connection for the GET stream means the remote
+is down: both start recovery, which re-initializes. A 2026-07-28-era message carries the
+era's headers (core/era_headers.py) and has no session to lose; cancelling one closes its
+response. Closing sends DELETE.
 """
 
 from __future__ import annotations
 
 import logging
 
-import gevent
 import requests
 from gevent.event import Event
 
 from mcp_proxy.core import era_headers, jsonrpc
-from mcp_proxy.core.greenlets import closing, spawn
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.errors import FallbackNeeded, MessageError, SessionLost, TlsError, UpstreamError
-from mcp_proxy.upstream.base import Upstream, backoff
-from mcp_proxy.upstream.http_session import check_status, events
+from mcp_proxy.upstream.event_streams import GetStream, read_answer_stream
+from mcp_proxy.upstream.http_reading import check_status
 from mcp_proxy.upstream.poster import Poster
+from mcp_proxy.upstream.remote_link import Upstream
 
 logger = logging.getLogger(__name__)
 
 POST_HEADERS = {"Accept": "application/json, text/event-stream",
                 "Content-Type": "application/json", "Accept-Encoding": "identity"}
-RETRY_CAP = 30.0  # seconds: a remote's huge ``retry:`` must not park a request for days
 GET_WAIT = 3.0  # seconds: a remote may send the GET stream's head only with its first event
 
 
@@ -44,16 +44,15 @@ class StreamableUpstream(Upstream):
         self.refused: int | None = None  # with allow_fallback: a status that may mean SSE
         self.session_id: str | None = None
         self.protocol_version: str | None = None
-        self._get_stream: gevent.Greenlet | None = None
         self._handshake = Event()  # clear while an initialize is unanswered
         self._handshake.set()
-        self._listening = Event()  # clear while the first GET stream is unanswered
-        self._listening.set()
         self.modern_version: str | None = None  # the 2026-07-28-era version last sent
         self.params_of: dict[str, dict[tuple, str]] = {}  # tool -> {argument path: header}
         self.poster = Poster(http, settings.url, self.timeout)
+        self.get_stream = GetStream(self)
 
-    def _headers(self, base: dict) -> dict:
+    def session_headers(self, base: dict) -> dict:
+        """``base`` with our session's id and protocol version, once known."""
         headers = dict(base)
         if self.session_id:
             headers["Mcp-Session-Id"] = self.session_id
@@ -96,146 +95,106 @@ class StreamableUpstream(Upstream):
         logger.info("%s: request %r cancelled: closing its response", self.name, target)
         return self.stop_request(target)
 
-    def _transmit(self, message: Message) -> None:
+    def _post(self, message: Message) -> None:
         version = era_headers.version_of(message)
         if version is None and message.kind != jsonrpc.REQUEST and not self.session_id:
             version = self.modern_version  # a modern client's notification
         if era_headers.is_modern_version(version):
             self.modern_version = version
             headers = {**POST_HEADERS, **era_headers.headers_for(message, version, self.params_of)}
-            self._post(message, headers, self._handle_modern, fast=False)
+            # fast=False: a 2026-07-28 answer's error text is read as requests decodes it
+            response = self.poster.post(message.raw, headers, stream=True, fast=False)
+            with response:
+                self._handle_modern(message, response)
             return
         is_init = message.method == "initialize"
         if is_init:
             self._handshake.clear()
         elif not self._handshake.wait(self.settings.read_timeout):
             raise UpstreamError("initialize is still unanswered")
-        elif not self._listening.wait(GET_WAIT):
+        elif not self.get_stream.listening.wait(GET_WAIT):
             logger.debug("%s: the GET stream is still unanswered; sending anyway", self.name)
         try:
             # later messages need the session id the initialize answer brings
-            headers = POST_HEADERS if is_init else self._headers(POST_HEADERS)
-            self._post(message, headers,
-                       lambda message, answer: self._handle_answer(message, answer, is_init))
+            headers = POST_HEADERS if is_init else self.session_headers(POST_HEADERS)
+            response = self.poster.post(message.raw, headers, stream=True)
+            with response:
+                self._handle_response(message, response, is_init)
         finally:
             if is_init:
                 self._handshake.set()
 
-    def _post(self, message: Message, headers: dict, handle, fast: bool = True) -> None:
-        # fast=False: a 2026-07-28 answer's error text is read as requests decodes it
-        answer = self.poster.post(message.raw, headers, stream=True, fast=fast)
-        with answer:
-            handle(message, answer)
-
-    def _handle_modern(self, message: Message, answer: requests.Response) -> None:
+    def _handle_modern(self, message: Message, response: requests.Response) -> None:
         """A 2026-07-28 answer: no session to lose; an HTTP failure becomes the request's
         JSON-RPC error."""
-        if answer.status_code in (401, 403):
-            check_status(answer, "POST", self.http)
-        if answer.status_code == 202:
+        if response.status_code in (401, 403):
+            check_status(response, "POST", self.http)
+        if response.status_code == 202:
             return
-        if self.allow_fallback and answer.status_code in (400, 404, 405) \
-                and not _json_rpc_error(answer):
-            self.refused = answer.status_code  # a dual-era client's initialize will tell
-        if answer.status_code < 300:
-            self._read_body(message, answer, False)
+        if self.allow_fallback and response.status_code in (400, 404, 405) \
+                and not _json_rpc_error(response):
+            self.refused = response.status_code  # a dual-era client's initialize will tell
+        if response.status_code < 300:
+            self._read_body(message, response, False)
         elif message.kind == jsonrpc.REQUEST:
-            self.on_remote(era_headers.http_error(message.id, answer))
+            self.deliver_remote(era_headers.http_error(message.id, response))
         else:
             logger.warning("%s: %s refused: HTTP %s", self.name, message.method,
-                           answer.status_code)
+                           response.status_code)
 
-    def _handle_answer(self, message: Message, answer: requests.Response, is_init: bool):
-        status = answer.status_code
+    def _handle_response(self, message: Message, response: requests.Response, is_init: bool):
+        status = response.status_code
         if is_init and self.allow_fallback and status in (400, 404, 405) \
-                and not _json_rpc_error(answer):
+                and not _json_rpc_error(response):
             raise FallbackNeeded(f"initialize answered {status}")
         if status == 404 and self.session_id and not is_init:
             raise SessionLost("the remote no longer knows our session (404)")
         if status in (401, 403):
-            check_status(answer, "POST", self.http)
+            check_status(response, "POST", self.http)
         if status == 202:
             return
         if is_init and status == 200:
-            self.session_id = answer.headers.get("Mcp-Session-Id") or self.session_id
+            self.session_id = response.headers.get("Mcp-Session-Id") or self.session_id
         if status >= 300:
-            error = _json_rpc_error(answer)
+            error = _json_rpc_error(response)
             if error is not None and message.kind == jsonrpc.REQUEST:
                 error["id"] = message.id
-                self.on_remote(Message(error))
+                self.deliver_remote(Message(error))
                 return
-            raise UpstreamError(f"POST: HTTP {status} {answer.reason}")
-        self._read_body(message, answer, is_init)
+            raise UpstreamError(f"POST: HTTP {status} {response.reason}")
+        self._read_body(message, response, is_init)
 
-    def _read_body(self, message: Message, answer: requests.Response, is_init: bool) -> None:
-        kind = answer.headers.get("Content-Type", "").split(";")[0].strip()
+    def _read_body(self, message: Message, response: requests.Response, is_init: bool) -> None:
+        kind = response.headers.get("Content-Type", "").split(";")[0].strip()
         if kind == "application/json":
-            got = self._take(answer.content, is_init, message)
+            got = self.read_message(response.content, is_init, message)
             if message.kind == jsonrpc.REQUEST and (got is None or got.id != message.id):
                 # the body answers nothing we can name (the refusal is logged): the request
                 # it was sent for gets an error rather than wait (a no-op once answered)
                 self._fail(message, "the remote's answer could not be relayed: it is not a "
                                     "JSON-RPC answer to this request (the log says why)")
         elif kind == "text/event-stream":
-            self._read_stream(message, answer, is_init)
+            read_answer_stream(self, message, response, is_init)
         elif message.kind == jsonrpc.REQUEST:
             raise UpstreamError(f"POST: unexpected answer type {kind or 'none'}")
 
-    def _take(self, data: bytes | str, is_init: bool = False,
-              request: Message | None = None) -> Message | None:
+    def read_message(self, data: bytes | str, is_init: bool = False,
+                     request: Message | None = None) -> Message | None:
+        """Read one message the remote sent (a JSON body or an event's data) and deliver it;
+        the initialize answer's version is kept, a modern ``tools/list`` result's headers
+        learnt. None if it was not JSON-RPC (``deliver_refused`` saw to it)."""
         try:
             message = jsonrpc.parse(data)
         except MessageError as exc:
-            self.on_refused(data, exc)
+            self.deliver_refused(data, exc)
             return None
         if is_init and message.kind == jsonrpc.RESPONSE:
             self._initialized_by(message)
         if request is not None and request.method == "tools/list" \
                 and message.kind == jsonrpc.RESPONSE and era_headers.version_of(request):
             message = era_headers.usable_tools(message, self.params_of)
-        self.on_remote(message)
+        self.deliver_remote(message)
         return message
-
-    def _read_stream(self, request: Message, answer: requests.Response, is_init: bool) -> None:
-        # ``answer`` is the caller's to close; each response resuming it is ours
-        first, last_id, retry_ms = answer, None, None
-        try:
-            for attempt in range(4):
-                for event in events(answer):
-                    last_id = event.id or last_id
-                    if event.retry and event.retry.isascii() and event.retry.isdigit():
-                        retry_ms = int(event.retry)  # anything else is ignored, as SSE says
-                    if event.event == "message" and event.data.strip():
-                        got = self._take(event.data, is_init, request)
-                        if got is not None and got.kind == jsonrpc.RESPONSE \
-                                and got.id == request.id:
-                            return
-                if request.kind != jsonrpc.REQUEST:
-                    return
-                if not last_id:
-                    raise UpstreamError("the answer stream ended before the answer")
-                if answer is not first:
-                    answer.close()
-                gevent.sleep(min(retry_ms / 1000, RETRY_CAP) if retry_ms is not None
-                             else backoff(attempt))
-                answer = self._resume(last_id)  # SEP-1699: poll with Last-Event-ID
-            raise UpstreamError("the answer stream kept ending before the answer")
-        finally:
-            if answer is not first:
-                answer.close()
-
-    def _resume(self, last_event_id: str) -> requests.Response:
-        headers = self._headers({"Accept": "text/event-stream", "Accept-Encoding": "identity",
-                                 "Last-Event-ID": last_event_id})
-        try:
-            answer = self.http.get(self.settings.url, headers=headers, stream=True,
-                                   timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise UpstreamError(f"resume failed: {exc.__class__.__name__}") from exc
-        if answer.status_code >= 300:
-            answer.close()
-            check_status(answer, "GET (resume)")
-        return answer
 
     def _initialized_by(self, answer: Message) -> None:
         result = answer.obj.get("result")
@@ -243,77 +202,28 @@ class StreamableUpstream(Upstream):
             self.protocol_version = result["protocolVersion"]
 
     def _after_initialized(self) -> None:
-        if self._get_stream is None or self._get_stream.dead:
-            self._listening.clear()
-            self._get_stream = spawn(self._listen, name=f"{self.name}: GET stream",
-                                     on_error=closing(self))
-            self._get_stream.rawlink(lambda _: self._listening.set())  # ended or killed
-
-    def _listen(self) -> None:
-        """The GET stream for the remote's own messages, reopened while the session lives."""
-        attempt, last_id = 0, None
-        while not self.closed.is_set():
-            headers = self._headers({"Accept": "text/event-stream",
-                                     "Accept-Encoding": "identity"})
-            if last_id:
-                headers["Last-Event-ID"] = last_id
-            try:
-                stream = self.http.get(self.settings.url, headers=headers, stream=True,
-                                       timeout=self.timeout)
-            except requests.ConnectionError as exc:  # refused or unreachable: the remote is down
-                self.lost(f"the remote is unreachable ({exc.__class__.__name__})")
-                return
-            except (requests.RequestException, UpstreamError) as exc:  # UpstreamError: sign-in
-                logger.info("%s: GET stream failed: %s", self.name,
-                            exc if isinstance(exc, UpstreamError) else exc.__class__.__name__)
-                stream = None
-            self._listening.set()  # answered (or failed): the messages held back may go
-            if stream is not None:
-                with stream:
-                    # without a session, 404 is a stateless server's "no GET stream" too
-                    if stream.status_code == 405 or (stream.status_code == 404
-                                                     and not self.session_id):
-                        logger.debug("%s: the remote offers no GET stream (%s)", self.name,
-                                     stream.status_code)
-                        return
-                    if stream.status_code == 404:
-                        self.lost("the remote no longer knows our session (404)")
-                        return
-                    if stream.status_code == 200:
-                        attempt = 0
-                        try:
-                            for event in events(stream):
-                                last_id = event.id or last_id
-                                if event.event == "message" and event.data.strip():
-                                    self._take(event.data)
-                        except UpstreamError as exc:
-                            logger.info("%s: GET stream dropped: %s", self.name, exc)
-            gevent.sleep(backoff(attempt))
-            attempt += 1
+        self.get_stream.open()
 
     def _reset(self) -> None:
-        if self._get_stream is not None:
-            self._get_stream.kill(block=False)
-        self._get_stream = None
+        self.get_stream.stop()
         self.session_id = None
         self.protocol_version = None
 
     def _teardown(self) -> None:
         self.poster.close()
-        if self._get_stream is not None:
-            self._get_stream.kill(block=False)
+        self.get_stream.stop()
         if self.session_id:
             try:
-                self.http.delete(self.settings.url, headers=self._headers({}), timeout=(
+                self.http.delete(self.settings.url, headers=self.session_headers({}), timeout=(
                     self.settings.connect_timeout, 5))
             except requests.RequestException:
                 logger.debug("%s: DELETE of the session failed", self.name)
 
 
-def _json_rpc_error(answer: requests.Response) -> dict | None:
+def _json_rpc_error(response: requests.Response) -> dict | None:
     """The JSON-RPC error object in an HTTP error body, if there is one."""
     try:
-        body = answer.json()
+        body = response.json()
     except ValueError:
         return None
     return body if isinstance(body, dict) and isinstance(body.get("error"), dict) else None

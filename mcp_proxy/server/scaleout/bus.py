@@ -1,5 +1,9 @@
 """The bus between workers (``--redis-url``): this worker's tag, its Redis inbox, and frames.
 
+It owns the worker's Redis connections, its key and its inbox reader, and publishes frames;
+what a frame means is its callers' (router.py dispatches what the inbox reads). It never
+blocks the inbox reader on a frame, and never publishes twice what a reader may have got.
+
 Every worker picks a random 8-character tag after fork (the app is built in the worker), and
 claims ``mcpp:worker:<tag>`` for 15 s, refreshed every 5 s; the tag starts the id of every
 session it owns. Its inbox is one pub/sub channel, ``mcpp:in:<tag>``, read by one supervised
@@ -11,13 +15,14 @@ the worker), so a worker never lives on as an owner nobody can reach.
 A frame nobody received (PUBLISH counted 0) is sent again for the grace while its worker's
 key exists: a worker whose inbox reconnects keeps its key, a made-up or long-dead one has
 none, and gets its answer at once. Right after this worker's own reconnect a missing key
-proves nothing (a restarted Redis has none yet), so the whole grace is given then. An answer
-(``reply``) is also sent again while Redis cannot be reached, for up to ``OUTAGE``: the
-request it answers has run, and losing its answer to a blip would fail a delivered message.
+proves nothing (a restarted Redis has none yet), so the whole grace is given then. An owner's
+frame back to the receiving worker (``publish_back``) is also sent again while Redis cannot be
+reached, for up to ``OUTAGE``: the request it answers has run, and losing its answer to a blip
+would fail a delivered message.
 
-A frame is a small JSON header, a newline, and the payload bytes as they are (a body, an SSE
-chunk): no re-encoding. A frame over 256 KiB travels by reference (``mcpp:blob:<uuid>``, 60 s)
-to keep far from Redis' pub/sub output-buffer cut (32 MB), and is taken with GETDEL.
+A frame (frames.py) over 256 KiB travels by reference (``mcpp:blob:<uuid>``, 60 s) to keep
+far from Redis' pub/sub output-buffer cut (32 MB), and is read once, with GETDEL. PUBLISH
+and the inbox talk RESP on redis-py's connections directly (redis_wire.py).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from redis.retry import Retry
 
 from mcp_proxy.core import greenlets
 from mcp_proxy.errors import BlobLost, BusDown
+from mcp_proxy.server.scaleout.frames import encode
 from mcp_proxy.server.scaleout.redis_wire import Inbox, Publisher
 
 logger = logging.getLogger(__name__)
@@ -59,15 +65,6 @@ OUTAGE = 5.0  # how long an answer waits for Redis to come back
 _IDEMPOTENT = {"resp", "head", "end", "alive"}
 
 
-def encode(header: dict, payload: bytes = b"") -> bytes:
-    return json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload
-
-
-def decode(data: bytes) -> tuple[dict, bytes]:
-    head, _, payload = data.partition(b"\n")
-    return json.loads(head), payload
-
-
 def inbox(tag: str) -> str:
     return f"mcpp:in:{tag}"
 
@@ -77,7 +74,7 @@ def new_tag() -> str:
 
 
 class Bus:
-    """One worker's end of Redis: publish to a tag, receive on its own inbox."""
+    """One worker's end of Redis: publish to a tag, read its own inbox."""
 
     def __init__(self, url: str, on_frame: Callable[[bytes], None],
                  on_fatal: Callable[[BaseException], None]) -> None:
@@ -89,7 +86,7 @@ class Bus:
         self.on_frame = on_frame
         self.on_fatal = on_fatal
         # no retries: a PUBLISH retried after a lost reply could deliver a message twice;
-        # RESP2: a subscribed connection's messages are plain arrays (resp.py)
+        # RESP2: a subscribed connection's messages are plain arrays (redis_wire.py)
         self.redis = redis.Redis.from_url(
             url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10,
             retry=Retry(NoBackoff(), 0), max_connections=64, protocol=2)
@@ -127,7 +124,7 @@ class Bus:
         self.state = "failed"
         self.on_fatal(exc)
 
-    # -- sending ------------------------------------------------------------------------
+    # -- publishing ---------------------------------------------------------------------
 
     def prepare(self, header: dict, payload: bytes = b"") -> bytes:
         """The frame's bytes; a large payload is stored first and the frame refers to it."""
@@ -137,37 +134,38 @@ class Bus:
                 self.redis.set(key, payload, ex=BLOB_TTL)
             except redis.RedisError as exc:
                 raise BusDown(str(exc)) from exc
-            header = {**header, "b": key, "n": len(payload)}  # its weight (forward.py)
+            header = {**header, "b": key, "n": len(payload)}  # its weight (forwarder.py)
             payload = b""
         return encode(header, payload)
 
-    def send(self, tag: str, frame: bytes) -> int:
+    def publish_frame(self, tag: str, frame: bytes) -> int:
         """PUBLISH to a worker's inbox: how many readers got it (0: none is listening)."""
         return self.publisher.publish(inbox(tag).encode(), frame)
 
-    def post(self, tag: str, header: dict, payload: bytes = b"", grace: float = 0.0) -> bool:
-        """Send a frame; while no reader got it, send it again for up to ``grace`` seconds
+    def publish(self, tag: str, header: dict, payload: bytes = b"", grace: float = 0.0) -> bool:
+        """Publish a frame; while no reader got it, again for up to ``grace`` seconds
         (a count of 0 means nobody received it, so resending cannot duplicate it), unless
         the worker ``tag`` has no key: then it is gone, or never was."""
         frame = self.prepare(header, payload)
         deadline = time.monotonic() + grace
-        if self.send(tag, frame):
+        if self.publish_frame(tag, frame):
             return True
         if not grace or not self.claimed(tag):
             return False
-        while not self.send(tag, frame):
+        while not self.publish_frame(tag, frame):
             if time.monotonic() >= deadline:
                 return False
             gevent.sleep(RESEND_EVERY)
         return True
 
-    def reply(self, tag: str, header: dict, payload: bytes = b"", grace: float = 0.0) -> bool:
-        """``post`` an answer, sent again while Redis cannot be reached (up to ``OUTAGE``)
-        unless it may have gone out and a second copy would not be ignored."""
+    def publish_back(self, tag: str, header: dict, payload: bytes = b"", grace: float = 0.0
+                     ) -> bool:
+        """``publish`` an owner's frame back, again while Redis cannot be reached (up to
+        ``OUTAGE``) unless it may have gone out and a second copy would not be ignored."""
         deadline, pause = time.monotonic() + OUTAGE, RESEND_EVERY
         while True:
             try:
-                return self.post(tag, header, payload, grace)
+                return self.publish(tag, header, payload, grace)
             except BusDown as exc:
                 if time.monotonic() >= deadline or self.stopping or (
                         exc.unsure and header["k"] not in _IDEMPOTENT):
@@ -201,7 +199,7 @@ class Bus:
             raise BlobLost(f"payload {key} expired before it was read")
         return data
 
-    # -- receiving ----------------------------------------------------------------------
+    # -- reading the inbox --------------------------------------------------------------
 
     def _read(self) -> None:
         backoff = 0.05

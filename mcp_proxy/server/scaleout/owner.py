@@ -1,5 +1,9 @@
 """The owning worker's side of a forwarded request: run it here, stream its answer back.
 
+It owns the requests this worker serves for others (the :class:`Owner`'s ``served``), the
+frames of their answers, and the ``alive`` frames of its heartbeat. It never forwards a
+request (forwarder.py does) and never runs one through a second dispatch.
+
 A ``call`` frame is run in a greenlet of its own, straight through the handler its Flask
 view would call (``registry.handlers``; no second dispatch), in an environ rebuilt from the
 frame: marked forwarded (the guard ran where it landed) and carrying the caller's credential
@@ -21,17 +25,14 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from flask import Response
 
-from mcp_proxy.core import jsonrpc
-from mcp_proxy.errors import BlobLost, BusDown
+from mcp_proxy.core import greenlets, jsonrpc
+from mcp_proxy.errors import BusError
 from mcp_proxy.server.responses import rpc_error
-from mcp_proxy.server.scaleout.bus import GRACE
-
-if TYPE_CHECKING:
-    from mcp_proxy.server.scaleout.router import Router
+from mcp_proxy.server.scaleout.bus import GRACE, Bus
+from mcp_proxy.server.scaleout.frames import well_formed
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
 
 
 class Served:
-    """A request this worker serves for another: where to send its frames, how to cancel.
+    """A request this worker serves for another: where to publish its frames, how to cancel.
 
     Its response registers its disconnect hook with ``append`` (streams.Body); a cancel that
     came first fires the hook at once.
@@ -65,64 +66,105 @@ class Served:
                 hook()
 
 
-_CALL_FIELDS = ("f", "c", "m", "p", "q", "s", "a")  # strings; "h" maps strings to strings
+class Owner:
+    """The requests this worker serves for other workers, by (their worker's tag, number)."""
 
+    def __init__(self, bus: Bus, handlers: dict, touch: Callable[[], None], ping: float
+                 ) -> None:
+        self.bus = bus
+        self.tag = bus.tag
+        self.handlers = handlers  # (path, method) -> a session request's handler
+        self.touch = touch
+        self.ping = ping
+        self.served: dict[tuple[str, str], Served] = {}
+        self.count = 0  # requests served
 
-def well_formed(header: dict) -> bool:
-    """Whether a ``call`` frame has every field ``serve`` reads, each of its type."""
-    headers = header.get("h")
-    return all(type(header.get(key)) is str for key in _CALL_FIELDS) \
-        and type(headers) is dict \
-        and all(type(k) is str and type(v) is str for k, v in headers.items())
+    def accept(self, header: dict, payload: bytes) -> None:
+        """From the inbox reader: a ``call`` frame, served in a greenlet of its own."""
+        if not well_formed(header):
+            raise ValueError("a call frame without the fields it needs")
+        greenlets.spawn(self.serve, header, payload, name="forwarded request")
 
+    def cancel(self, header: dict) -> None:
+        """From the inbox reader: the client of a call served here left."""
+        served = self.served.get((header.get("f"), header.get("c")))
+        if served is not None:
+            served.cancel()
 
-def serve(router: Router, header: dict, payload: bytes) -> None:
-    """Run another worker's request here; stream its answer back."""
-    sender, corr = header["f"], header["c"]
-    served = router.served[sender, corr] = Served(sender, corr)
-    router.count("served")
-    response = None
-    reply = router.bus.reply  # sent again through a Redis blip: the request has run
-    try:
-        response = _run(router, _environ(header, router.bus.payload(header, payload), served))
-        headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP]
-        status = response.status_code
-        if response.mimetype != "text/event-stream":
-            if not reply(sender, {"k": "resp", "c": corr, "st": status, "h": headers},
-                         b"".join(response.response), GRACE):
-                logger.warning("worker %s: worker %s is gone; its client's answer was dropped",
-                               router.tag, sender)
-            return
-        if not reply(sender, {"k": "head", "c": corr, "st": status, "h": headers}, b"",
-                     GRACE):
-            served.cancel()  # the receiving worker is gone: its client too
-        for chunk in response.response:
-            if served.cancelled or not reply(sender, {"k": "data", "c": corr}, chunk, GRACE):
+    def held(self, header: dict) -> None:
+        """From the inbox reader: the calls a receiving worker still waits for."""
+        now, sender = time.monotonic(), header.get("f")
+        for corr in header.get("cs", ()):
+            served = self.served.get((sender, corr))
+            if served is not None:
+                served.heard = now
+
+    def serve(self, header: dict, payload: bytes) -> None:
+        """Run another worker's request here; publish its answer back."""
+        sender, corr = header["f"], header["c"]
+        served = self.served[sender, corr] = Served(sender, corr)
+        self.count += 1
+        response = None
+        publish = self.bus.publish_back  # again through a Redis blip: the request has run
+        try:
+            response = self._run(_environ(header, self.bus.payload(header, payload), served))
+            headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP]
+            status = response.status_code
+            if response.mimetype != "text/event-stream":
+                if not publish(sender, {"k": "resp", "c": corr, "st": status, "h": headers},
+                               b"".join(response.response), GRACE):
+                    logger.warning("worker %s: worker %s is gone; its client's answer was "
+                                   "dropped", self.tag, sender)
+                return
+            if not publish(sender, {"k": "head", "c": corr, "st": status, "h": headers}, b"",
+                           GRACE):
+                served.cancel()  # the receiving worker is gone: its client too
+            for chunk in response.response:
+                if served.cancelled or not publish(sender, {"k": "data", "c": corr}, chunk,
+                                                   GRACE):
+                    served.cancel()
+                    break
+            else:
+                publish(sender, {"k": "end", "c": corr}, b"", GRACE)
+        except BusError as exc:
+            logger.warning("worker %s: a request forwarded by worker %s failed: %s", self.tag,
+                           sender, exc)
+            served.cancel()
+        finally:
+            if response is not None:
+                response.close()  # a streaming Body's cleanup
+            self.served.pop((sender, corr), None)
+
+    def _run(self, environ: dict) -> Response:
+        handler = self.handlers.get((environ["PATH_INFO"], environ["REQUEST_METHOD"]))
+        if handler is None:  # the receiving worker forwards only session requests
+            return rpc_error(404, jsonrpc.INVALID_REQUEST, "Not Found")
+        self.touch()
+        try:
+            return handler(environ)
+        except Exception:  # as Flask would: a 500, and the traceback in the log
+            logger.exception("worker %s: a forwarded %s %s failed", self.tag,
+                             environ["REQUEST_METHOD"], environ["PATH_INFO"])
+            return rpc_error(500, jsonrpc.INTERNAL_ERROR, "Internal Server Error")
+
+    def publish_alive(self, deaf: bool) -> None:
+        """Each ping interval: end the calls no receiving worker waits for any more (unless
+        this worker was ``deaf``: it could not have heard), and tell every receiving worker
+        which of its calls are served here."""
+        now = time.monotonic()
+        forgotten = now - 3 * self.ping
+        senders: dict[str, list[str]] = {}
+        for served in list(self.served.values()):
+            if deaf:
+                served.heard = now
+            elif served.heard < forgotten and not served.cancelled:
+                logger.warning("worker %s: worker %s no longer waits for call %s; ending it",
+                               self.tag, served.sender, served.corr)
                 served.cancel()
-                break
-        else:
-            reply(sender, {"k": "end", "c": corr}, b"", GRACE)
-    except (BusDown, BlobLost) as exc:
-        logger.warning("worker %s: a request forwarded by worker %s failed: %s", router.tag,
-                       sender, exc)
-        served.cancel()
-    finally:
-        if response is not None:
-            response.close()  # a streaming Body's cleanup
-        router.served.pop((sender, corr), None)
-
-
-def _run(router: Router, environ: dict) -> Response:
-    handler = router.handlers.get((environ["PATH_INFO"], environ["REQUEST_METHOD"]))
-    if handler is None:  # the receiving worker forwards only session requests
-        return rpc_error(404, jsonrpc.INVALID_REQUEST, "Not Found")
-    router.touch()
-    try:
-        return handler(environ)
-    except Exception:  # as Flask would: a 500, and the traceback in the log
-        logger.exception("worker %s: a forwarded %s %s failed", router.tag,
-                         environ["REQUEST_METHOD"], environ["PATH_INFO"])
-        return rpc_error(500, jsonrpc.INTERNAL_ERROR, "Internal Server Error")
+                continue
+            senders.setdefault(served.sender, []).append(served.corr)
+        for sender, corrs in senders.items():
+            self.bus.publish(sender, {"k": "alive", "f": self.tag, "cs": corrs})
 
 
 def _environ(header: dict, body: bytes, served: Served) -> dict:
@@ -138,23 +180,3 @@ def _environ(header: dict, body: bytes, served: Served) -> dict:
     }
     environ.update(header["h"])
     return environ
-
-
-def send_alive(router: Router, deaf: bool) -> None:
-    """Each ping interval: end the calls no receiving worker waits for any more (unless
-    this worker was ``deaf``: it could not have heard), and tell every receiving worker
-    which of its calls are served here."""
-    now = time.monotonic()
-    forgotten = now - 3 * router.ping
-    senders: dict[str, list[str]] = {}
-    for served in list(router.served.values()):
-        if deaf:
-            served.heard = now
-        elif served.heard < forgotten and not served.cancelled:
-            logger.warning("worker %s: worker %s no longer waits for call %s; ending it",
-                           router.tag, served.sender, served.corr)
-            served.cancel()
-            continue
-        senders.setdefault(served.sender, []).append(served.corr)
-    for sender, corrs in senders.items():
-        router.bus.post(sender, {"k": "alive", "f": router.tag, "cs": corrs})

@@ -1,1 +1,9 @@
-"""Client-mode OAuth: signing in to remote MCP servers (authorization code with PKCE)."""
+"""Client-mode OAuth: signing in to remote MCP servers (authorization code with PKCE).
+
+``auth.py`` (``OAuthSignIn``, the requests auth that carries the bearer token and reacts to a
+refusal) drives ``discovery.py`` (which authorization server), ``signin.py`` (one sign-in:
+the client, the authorization request, the code exchange) with ``browser.py`` (the browser
+and the callback on 127.0.0.1), and ``store.py`` (the token cache on disk and its lock);
+``credentials.py`` is the client credentials grant; ``wire.py`` the OAuth wire details both
+use. No token or secret ever reaches a log line.
+"""

@@ -57,7 +57,7 @@ class Store:
         for folder in (self.path.parent, self.path):
             folder.mkdir(mode=0o700, exist_ok=True)
             os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask
-        self._put("server.json", {"url": self.url})
+        self._save("server.json", {"url": self.url})
 
     def read(self, name: str) -> dict | None:
         try:
@@ -73,9 +73,9 @@ class Store:
 
     def write(self, name: str, data: dict) -> None:
         self._ensure()
-        self._put(name, data)
+        self._save(name, data)
 
-    def _put(self, name: str, data: dict) -> None:
+    def _save(self, name: str, data: dict) -> None:
         target = self.path / name
         temporary = self.path / f".{name}.{os.getpid()}.tmp"
         with contextlib.suppress(FileNotFoundError):

@@ -1,17 +1,19 @@
-"""Upstream: a remote MCP server as a link, with recovery.
+"""The remote MCP server as a link, with recovery: ``Upstream``, the base of the SSE and
+Streamable HTTP links (sse_remote.py, streamable_remote.py).
 
 The remote may drop, expire our session or restart. Recovery keeps the desktop client's
 stdio session alive: requests in flight get a JSON-RPC error at once, then we reconnect with
 backoff and replay the client's own ``initialize`` (under an id of ours, whose answer we
 keep to ourselves) and ``notifications/initialized``. Messages sent meanwhile wait, bounded,
-for the link to be ready again. Subclasses provide the transport: ``_open``, ``_transmit``,
-``_after_initialized`` and ``_teardown``.
+for the link to be ready again. Subclasses provide the transport: ``_open``, ``_post``,
+``_initialized_by``, ``_after_initialized``, ``_reset`` and ``_teardown``; they hand what they
+read from the remote to ``deliver_remote`` (or ``deliver_refused``). It owns no socket and
+never reads the wire itself.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 
 import gevent
 import requests
@@ -32,6 +34,7 @@ from mcp_proxy.errors import (
     TlsError,
     UpstreamError,
 )
+from mcp_proxy.upstream.backoff import backoff
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +42,10 @@ REPLAY_ID = "mcp-proxy-reinitialize"
 AUTH_FAILED = {"reason": "authentication"}  # the data of an error that is no era evidence
 
 
-def backoff(attempt: int, cap: float = 10.0) -> float:
-    return min(cap, 0.25 * 2 ** attempt) * (0.75 + random.random() / 2)
-
-
 class Upstream(Link):
     """Base of the remote links: bookkeeping, error answers and the recovery loop."""
 
-    concurrent_requests = False  # True: each request is transmitted in its own greenlet
+    concurrent_requests = False  # True: each request is posted in its own greenlet
 
     def __init__(self, settings: ClientSettings, http: requests.Session, name: str) -> None:
         super().__init__(name)
@@ -57,7 +56,7 @@ class Upstream(Link):
         self.initialize: Message | None = None
         self.initialized: Message | None = None
         self.in_flight: dict[tuple, object] = {}
-        # request -> (the greenlet carrying it, the request)
+        # request -> (the greenlet posting it, the request)
         self.tasks: dict[tuple, tuple[gevent.Greenlet, Message]] = {}
         self._replay: AsyncResult | None = None
         self._recovering = False
@@ -114,7 +113,7 @@ class Upstream(Link):
         self._send_now(message)
 
     def stop_request(self, request_id) -> bool:
-        """Stop carrying a request: kill its greenlet, which closes its HTTP response (the
+        """Stop posting a request: kill its greenlet, which closes its HTTP response (the
         2026-07-28 era's cancellation). Its answer, if any still comes, is not delivered."""
         carried = self.tasks.pop(id_key(request_id), None)
         self.in_flight.pop(id_key(request_id), None)
@@ -124,13 +123,13 @@ class Upstream(Link):
         return True
 
     def send_first(self, message: Message) -> None:
-        """Carry the client's first message now, letting FallbackNeeded through (auto)."""
+        """Post the client's first message now, letting FallbackNeeded through (auto)."""
         if message.method == "initialize":
             self.initialize = message
         if message.kind == jsonrpc.REQUEST:
             self.in_flight[id_key(message.id)] = message.id
         try:
-            self._transmit(message)
+            self._post(message)
         except FallbackNeeded:
             self.in_flight.clear()
             raise
@@ -139,21 +138,22 @@ class Upstream(Link):
 
     def _send_now(self, message: Message) -> None:
         try:
-            self._carry(message)
+            self._send_when_ready(message)
         finally:
             key = id_key(message.id)
             if message.kind == jsonrpc.REQUEST \
                     and self.tasks.get(key, (None,))[0] is gevent.getcurrent():
                 del self.tasks[key]
 
-    def _carry(self, message: Message) -> None:
+    def _send_when_ready(self, message: Message) -> None:
+        """Post ``message`` once the link is ready; a failure answers it with an error."""
         if not self.ready.wait(self.settings.recovery_timeout) or self.closed.is_set():
             self._fail(message, f"remote unavailable: {self.close_reason or 'reconnecting'}")
             return
         if self._failures:
             gevent.sleep(backoff(self._failures - 1, cap=5.0))
         try:
-            self._transmit(message)
+            self._post(message)
             self._failures = 0
             if message is self.initialized:
                 self._after_initialized()
@@ -170,15 +170,16 @@ class Upstream(Link):
             self._fail(message, f"proxy error: {exc.__class__.__name__}")
 
     def _fail(self, message: Message, text: str, data: dict | None = None) -> None:
-        """Answer a request we could not carry with a JSON-RPC error (never a hang)."""
+        """Answer a request we could not post with a JSON-RPC error (never a hang)."""
         logger.warning("%s: %s failed: %s", self.name, message.method or "message", text)
         if message.kind == jsonrpc.REQUEST and self.in_flight.pop(id_key(message.id), None) \
                 is not None:
-            self._deliver(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR, text, data))
+            self._deliver_unless_closed(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR,
+                                                              text, data))
 
     # --- remote -> client -----------------------------------------------------------------
 
-    def on_refused(self, data: bytes | str, exc: MessageError) -> None:
+    def deliver_refused(self, data: bytes | str, exc: MessageError) -> None:
         """A remote message :func:`jsonrpc.parse` refused: logged, and an answer among them
         (one valid top-level id) becomes an error answer, so its request does not wait."""
         logger.warning("%s: skipped a message that is not JSON-RPC (%s): %.200r", self.name,
@@ -186,10 +187,11 @@ class Upstream(Link):
         raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
         answer = jsonrpc.refused_answer(raw, exc.message)
         if answer is not None:
-            self.on_remote(answer)
+            self.deliver_remote(answer)
 
-    def on_remote(self, message: Message) -> None:
-        """A message from the remote: keep replay answers, pass the rest to the client."""
+    def deliver_remote(self, message: Message) -> None:
+        """Deliver what the remote sent, but keep the replayed initialize's answer here and drop
+        an answer that comes after its request was already answered with an error."""
         if message.kind == jsonrpc.RESPONSE:
             if message.id == REPLAY_ID and self._replay is not None:
                 self._replay.set(message)
@@ -198,9 +200,10 @@ class Upstream(Link):
                 logger.debug("%s: answer to %r arrived after its error; dropped",
                              self.name, message.id)
                 return
-        self._deliver(message)
+        self._deliver_unless_closed(message)
 
-    def _deliver(self, message: Message) -> None:
+    def _deliver_unless_closed(self, message: Message) -> None:
+        # a closed link has nobody left to deliver to: what comes late is dropped
         try:
             self.deliver(message)
         except LinkClosed:
@@ -217,7 +220,7 @@ class Upstream(Link):
         self.ready.clear()
         for request_id in list(self.in_flight.values()):
             self.in_flight.pop(id_key(request_id), None)
-            self._deliver(jsonrpc.error_message(
+            self._deliver_unless_closed(jsonrpc.error_message(
                 request_id, jsonrpc.INTERNAL_ERROR, f"remote connection lost: {reason}"))
         spawn(self._recover, name=f"{self.name}: recovery", on_error=closing(self))
 
@@ -252,7 +255,7 @@ class Upstream(Link):
         obj = dict(self.initialize.obj, id=REPLAY_ID)
         self._replay = AsyncResult()
         try:
-            self._transmit(Message(obj))
+            self._post(Message(obj))
             answer = self._replay.get(timeout=self.settings.connect_timeout + 20)
         except gevent.Timeout as exc:
             raise UpstreamError("no answer to the replayed initialize") from exc
@@ -262,7 +265,7 @@ class Upstream(Link):
             raise UpstreamError(f"replayed initialize failed: {answer.obj['error']}")
         self._initialized_by(answer)
         if self.initialized is not None:
-            self._transmit(self.initialized)
+            self._post(self.initialized)
             self._after_initialized()
 
     # --- transport hooks ----------------------------------------------------------------------
@@ -270,8 +273,9 @@ class Upstream(Link):
     def _open(self) -> None:
         """Connect (or check the remote is reachable); raise UpstreamError or AuthError."""
 
-    def _transmit(self, message: Message) -> None:
-        """Carry one message to the remote; answers come back through on_remote."""
+    def _post(self, message: Message) -> None:
+        """POST one message to the remote; what it answers comes back through
+        ``deliver_remote``."""
         raise NotImplementedError
 
     def _initialized_by(self, answer: Message) -> None:
