@@ -208,3 +208,26 @@ if __name__ == "__main__":  # python tests/test_layout.py: each module's level, 
         for name in sorted(edges, key=lambda n: (-len(chain(edges, n)), n)):
             steps = chain(edges, name)
             print(f"{len(steps) - 1}  {name}  ({' > '.join(steps[1:])})")
+
+
+def defines(scope: ast.AST, dotted: str) -> bool:
+    """Whether ``dotted`` (``Class.method``, ``function.inner``) is defined in ``scope``."""
+    head, _, rest = dotted.partition(".")
+    for node in ast.walk(scope):
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and node.name == head:
+            if not rest or defines(node, rest):
+                return True
+    return False
+
+
+def test_architecture_names_exist():
+    """Every ``module:function`` hop that ARCHITECTURE.md names is in the code."""
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    hops = re.findall(r"`((?:[a-z_]+/)*[a-z_]+):([A-Za-z_][\w.]*)", text)
+    assert len(hops) > 40
+    missing = []
+    for path, dotted in hops:
+        name = "mcp_proxy." + path.replace("/", ".")
+        if name not in modules() or not defines(tree(name), dotted):
+            missing.append(f"{path}:{dotted}")
+    assert missing == []
