@@ -9,6 +9,7 @@ official Python SDK (tests/sdk_driver.py) and the MCP Inspector's CLI.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import socket
@@ -26,9 +27,10 @@ MODERN = "2026-07-28"
 LOG_PREFIX = r"^\S+ \S+ ERROR mcp_proxy\S*: "  # the logging format's date, time and level
 
 
-def run_cli(*args: str, stdin: str = "", timeout: float = 30) -> subprocess.CompletedProcess:
+def run_cli(*args: str, stdin: str = "", timeout: float = 30,
+            env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mcp_proxy", *args], capture_output=True,
-                          text=True, input=stdin, timeout=timeout)
+                          text=True, input=stdin, timeout=timeout, env=env)
 
 
 def one_error_line(done: subprocess.CompletedProcess) -> str:
@@ -139,12 +141,32 @@ def test_a_mistaken_argument_is_one_line_naming_the_fix(args, line):
                           "'Bearer TOKEN'"),
     (["X-Key", "s3cret\nmore"], "-H 'X-Key': the value has a line break, a NUL or leading "
                                 "blanks: give it on one line, trimmed"),
+    (["X-Key", "s3cr€t"], "-H 'X-Key': the value has a character an HTTP header cannot carry "
+                          "(at position 4; only Latin-1): percent-encode it, or give its "
+                          "ASCII form"),
 ])
 def test_a_header_no_request_can_carry_is_refused(header, line):
     done = run_cli("-H", *header, "--start-timeout", "60", "http://127.0.0.1:9/mcp",
                    timeout=15)
     assert done.returncode == 1
     assert one_error_line(done) == line  # and never the value, which may be a secret
+
+
+@pytest.mark.parametrize("args, env, what", [
+    ([], {"API_ACCESS_TOKEN": "t\u00f6k\u20acn"}, "API_ACCESS_TOKEN"),
+    (["--username", "\u7528\u6237", "--password", "pw"], {}, "--username"),
+    (["--username", "me", "--password", "p\u00e4ss\u2603"], {}, "--password"),
+])
+def test_a_credential_http_cannot_carry_is_one_line_without_the_secret(args, env, what):
+    """requests sends header values and Basic credentials as Latin-1: a character beyond it
+    was a UnicodeEncodeError traceback on the first request."""
+    done = run_cli(*args, "--start-timeout", "60", "http://127.0.0.1:9/mcp", timeout=15,
+                   env={**os.environ, **env})
+    assert done.returncode == 1
+    line = one_error_line(done)
+    assert line.startswith(f"{what} has a character an HTTP header cannot carry (at position ")
+    for secret in (*env.values(), *args[1::2]):
+        assert secret in ("pw", "me") or secret not in done.stderr
 
 
 @pytest.mark.parametrize("entry, line", [

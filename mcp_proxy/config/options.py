@@ -20,7 +20,15 @@ from mcp_proxy.config.settings import (
     check_server_name,
     load_named_servers,
 )
-from mcp_proxy.config.values import Parser, check_headers, check_url, port_number, positive, size
+from mcp_proxy.config.values import (
+    Parser,
+    check_headers,
+    check_latin1,
+    check_url,
+    port_number,
+    positive,
+    size,
+)
 from mcp_proxy.errors import ConfigError
 
 logger = logging.getLogger("mcp_proxy")
@@ -265,6 +273,9 @@ def client_settings(ns: argparse.Namespace) -> ClientSettings:
         raise ConfigError(f"client mode takes one URL; unexpected: {' '.join(ns.args)}")
     check_url(ns.command_or_url)
     check_headers(ns.headers)
+    check_latin1("API_ACCESS_TOKEN", os.environ.get("API_ACCESS_TOKEN"))
+    check_latin1("--username", ns.username)
+    check_latin1("--password", ns.password)
     if ns.oauth_callback_port == 0:
         raise ConfigError("--oauth-callback-port 0: the sign-in callback needs a fixed port "
                           "(1 to 65535); leave the flag out for a stable one")

@@ -108,3 +108,17 @@ def check_headers(headers: list[tuple[str, str]]) -> None:
         if any(c in value for c in "\r\n\0") or value[:1] in (" ", "\t"):
             raise ConfigError(f"-H {name!r}: the value has a line break, a NUL or leading "
                               f"blanks: give it on one line, trimmed")
+        check_latin1(f"-H {name!r}: the value", value)
+
+
+def check_latin1(what: str, value: str | None) -> None:
+    """Refuse a credential or header value HTTP cannot carry: requests sends header values
+    (and the Basic credentials) as Latin-1, and would fail on every request with a traceback."""
+    if value is None:
+        return
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(f"{what} has a character an HTTP header cannot carry "
+                          f"(at position {exc.start}; only Latin-1): "
+                          f"percent-encode it, or give its ASCII form") from None
