@@ -125,6 +125,8 @@ def test_a_url_that_cannot_work_fails_at_once(url, line):
      "unrecognized arguments: --prot (flags are never abbreviated: write --protocol-era)"),
     (["--transprot", "sse", "http://127.0.0.1:9/mcp"],
      "unrecognized arguments: --transprot (did you mean --transport?)"),
+    (["--host", "", "--", "echo"], "argument --host: an empty address would listen on every "
+                                   "interface: give 127.0.0.1, or 0.0.0.0 to listen on all"),
     (["--transport", "http", "http://127.0.0.1:9/mcp"],
      "argument --transport: invalid choice: 'http' (choose from 'sse', 'streamablehttp', "
      "'auto')"),

@@ -25,6 +25,7 @@ from mcp_proxy.config.values import (
     check_headers,
     check_latin1,
     check_url,
+    host_address,
     port_number,
     positive,
     size,
@@ -141,11 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     server = parser.add_argument_group("HTTP server (server mode)")
     server.add_argument("--port", type=port_number, default=None, metavar="PORT",
                         help="port to listen on (default 0: a free one, logged at start)")
-    server.add_argument("--host", default=None, metavar="HOST",
+    server.add_argument("--host", type=host_address, default=None, metavar="HOST",
                         help="address to bind (default 127.0.0.1)")
     server.add_argument("--sse-port", type=port_number, default=None, metavar="PORT",
                         help="deprecated: use --port")
-    server.add_argument("--sse-host", default=None, metavar="HOST",
+    server.add_argument("--sse-host", type=host_address, default=None, metavar="HOST",
                         help="deprecated: use --host")
     server.add_argument("--stateless", action=argparse.BooleanOptionalAction, default=False,
                         help="stateless Streamable HTTP: /mcp without sessions, every POST "

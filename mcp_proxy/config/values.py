@@ -38,6 +38,15 @@ def positive(text: str) -> float:
     return value
 
 
+def host_address(text: str) -> str:
+    """An address to bind: an empty one would bind every interface, which nobody means by
+    leaving the value out (``--host "$HOST"`` with HOST unset)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty address would listen on every interface: "
+                                         "give 127.0.0.1, or 0.0.0.0 to listen on all")
+    return text
+
+
 def port_number(text: str) -> int:
     try:
         value = int(text)
