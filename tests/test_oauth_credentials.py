@@ -48,12 +48,16 @@ def test_token_url_given_and_a_server_that_wants_basic(auth_env, remote, clients
     assert len(server.token_requests) == 2  # the method that worked is kept
 
 
-@pytest.mark.parametrize("kind, issuer_path, given", [
-    ("rsa", "", False), ("ec", "/tenant1", False), ("rsa", "/tenant1", True)])
-def test_private_key_jwt(auth_env, remote, clients, tmp_path, kind, issuer_path, given):
+@pytest.mark.parametrize("kind, issuer_path, given, metadata", [
+    ("rsa", "", False, True), ("ec", "/tenant1", False, True), ("rsa", "/tenant1", True, True),
+    ("rsa", "", False, False), ("ec", "", True, False)])
+def test_private_key_jwt(auth_env, remote, clients, tmp_path, kind, issuer_path, given,
+                         metadata):
     """The assertion's ``aud`` is the issuer identifier (the server refuses anything else),
     with the token endpoint discovered or given (``--token-url``: the issuer from the
-    metadata that names it)."""
+    metadata that names it). A server with no metadata at all (its token endpoint is the
+    spec's default, guessed) has no issuer identifier to name: the ``aud`` is the token
+    endpoint (RFC 7523), never the guessed origin."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -64,8 +68,11 @@ def test_private_key_jwt(auth_env, remote, clients, tmp_path, kind, issuer_path,
     public = key.public_key().public_bytes(serialization.Encoding.PEM,
                                            serialization.PublicFormat.SubjectPublicKeyInfo)
     (tmp_path / "key.pem").write_bytes(pem)
+    bare = {} if metadata else {"prm": "none", "as_metadata": "none"}
     server = remote(auth_methods=["private_key_jwt"], registration=False,
-                    client_keys={"svc": public.decode()}, issuer_path=issuer_path)
+                    client_keys={"svc": public.decode()}, issuer_path=issuer_path, **bare)
+    if not metadata:
+        server.audience = server.base + "/token"
     flags = ("--token-url", server.issuer + "/token") if given else ()
     client = service(clients, server, "--client-key", str(tmp_path / "key.pem"), *flags)
     assert tools_of(client) == ["echo", "admin"]
@@ -75,7 +82,7 @@ def test_private_key_jwt(auth_env, remote, clients, tmp_path, kind, issuer_path,
     alg = base64.urlsafe_b64decode(header + "==").decode()
     assert ('"RS256"' if kind == "rsa" else '"ES256"') in alg
     claims = request["client_assertion"].split(".")[1]
-    assert json.loads(base64.urlsafe_b64decode(claims + "=="))["aud"] == server.issuer
+    assert json.loads(base64.urlsafe_b64decode(claims + "=="))["aud"] == server.audience
     assert "client_secret" not in request
     assert request["client_assertion"] not in client.stderr()
 

@@ -43,6 +43,7 @@ DEFAULTS = {
     "token_down": False,  # the token endpoint answers 503
     "deny": False,  # the user refuses: the authorization response is error=access_denied
     "accept": True,  # False: the MCP server refuses every token (a broken deployment)
+    "audience": None,  # what a client assertion's aud must be (default: the issuer)
     "clients": {},  # pre-registered: {client_id: {"secret": ..., "method": ...}}
     "client_keys": {},  # client credentials with a key: {client_id: public PEM}
 }
@@ -170,10 +171,10 @@ class Handler(ProtectedMcp, http.server.BaseHTTPRequestHandler):
             try:
                 # the issuer identifier alone, as RFC 7523bis requires (not the endpoint)
                 claims = jwt.decode(form["client_assertion"], key, algorithms=["RS256", "ES256"],
-                                    audience=self.s.issuer)
+                                    audience=self.s.audience)
             except Exception:
                 return None
-            if claims.get("aud") != self.s.issuer:  # one string, not a list holding it
+            if claims.get("aud") != self.s.audience:  # one string, not a list holding it
                 return None
             return client_id if claims.get("iss") == client_id == claims.get("sub") else None
         else:
@@ -242,6 +243,7 @@ class OAuthServer(http.server.ThreadingHTTPServer):
         self.sw = {**DEFAULTS, **switches}
         self.base = f"http://127.0.0.1:{self.server_address[1]}"
         self.issuer = self.base + self.sw["issuer_path"]
+        self.audience = self.sw["audience"] or self.issuer
         self.hits: Counter = Counter()
         self.registered, self.codes, self.tokens, self.refresh = {}, {}, {}, {}
         self.registrations, self.token_requests, self.authorize_params = [], [], []

@@ -74,7 +74,9 @@ class ClientCredentials(AuthBase):
     def _discover(self) -> None:
         found = self._found()
         self.token_url, self.resource = found.endpoint("token_endpoint"), found.resource
-        self.client.audience = _issuer(found)
+        # no metadata anywhere: the endpoint is the spec's default, and there is no issuer
+        # identifier to name, only a guessed origin: RFC 7523's other audience, the endpoint
+        self.client.audience = self.token_url if found.guessed else _issuer(found)
         supported = found.metadata.get("token_endpoint_auth_methods_supported")
         self.client.method = choose_method(supported, self.client)
         logger.info("token endpoint %s (client authentication %s)", self.token_url,
@@ -88,7 +90,8 @@ class ClientCredentials(AuthBase):
         except UpstreamError as exc:  # no metadata to learn the issuer from
             logger.info("no authorization server metadata (%s)", exc)
             found = None
-        same = found is not None and found.endpoint("token_endpoint") == self.token_url
+        same = found is not None and not found.guessed \
+            and found.endpoint("token_endpoint") == self.token_url
         self.client.audience = _issuer(found) if same else self.token_url
         logger.info("client assertions name %s as their audience", self.client.audience)
 
