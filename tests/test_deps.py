@@ -79,6 +79,22 @@ def test_as_root_the_missing_servers_are_installed_with_apt_get(tmp_path):
     assert done.stderr == ".ci/deps: installing redis-server nginx\n"
 
 
+@pytest.mark.parametrize("present", [False, True])
+def test_the_installed_servers_are_not_started_as_services(tmp_path, present):
+    """A policy-rc.d refusing service starts stands while apt-get installs (the tests start
+    their own redis-server and nginx): written and removed again, or left as it was."""
+    policy = tmp_path / "policy-rc.d"
+    if present:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+    machine = Machine(tmp_path, (*without("redis-server", "nginx"), "chmod", "rm", "sh"))
+    machine.stand_in("apt-get", f'echo "$* $(sh {policy}; echo $?)" >> {machine.apt_log}')
+    done = machine.run(str(DEPS), DEPS_POLICY_RC=str(policy))
+    assert done.returncode == 0, done.stderr
+    assert machine.apt_calls() == [
+        "update -qq 101", "install -y -qq --no-install-recommends redis-server nginx 101"]
+    assert policy.exists() == present
+
+
 def test_not_root_prints_the_one_command_to_run_and_fails(tmp_path):
     machine = Machine(tmp_path, without("redis-server", "nginx"), uid=1000)
     done = machine.run(str(DEPS))
