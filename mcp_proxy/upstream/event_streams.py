@@ -118,7 +118,13 @@ class GetStream:
             self.listening.clear()
             self.greenlet = spawn(self._listen, name=f"{self.remote.name}: GET stream",
                                   on_error=closing(self.remote))
-            self.greenlet.rawlink(lambda _: self.listening.set())  # ended or killed
+            self.greenlet.rawlink(self._ended)
+
+    def _ended(self, greenlet: gevent.Greenlet) -> None:
+        """A GET stream's greenlet ended or was killed: nothing waits for it any more, unless
+        a newer one has been opened since (a stopped one is killed without waiting)."""
+        if self.greenlet is None or self.greenlet is greenlet:
+            self.listening.set()
 
     def stop(self) -> None:
         if self.greenlet is not None:

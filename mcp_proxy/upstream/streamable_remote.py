@@ -113,6 +113,9 @@ class StreamableUpstream(Upstream):
         elif not self._handshake.wait(self.settings.read_timeout):
             raise UpstreamError("initialize is still unanswered")
         elif not self.get_stream.listening.wait(GET_WAIT):
+            # once: a remote that sends the GET stream's head only with its first event
+            # would otherwise hold every message of the session back by GET_WAIT
+            self.get_stream.listening.set()
             logger.debug("%s: the GET stream is still unanswered; sending anyway", self.name)
         try:
             # later messages need the session id the initialize answer brings
