@@ -162,6 +162,7 @@ class Relay:
                 return refused
         port = RequestPort(lane, self.registry, message, principal(auth_digest(environ)))
         port.meter = meter = self.registry.metrics.relay_meter(self.server_name)
+        meter.watch(port, None, self.registry.caller_of(environ))
         meter.client_to_server(message)
         try:
             lane.route(port, message)
