@@ -28,6 +28,7 @@ class JsonFormatter(logging.Formatter):
     U+2028, a lone surrogate) can split or break the line."""
 
     worker: str | None = None  # this worker's scale-out tag, once it has one
+    active = False  # set up as the format of our stderr (children/startup.py asks)
 
     def format(self, record: logging.LogRecord) -> str:
         found = record.__dict__
@@ -56,7 +57,8 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(level: str, log_format: str = "text") -> None:
     """Log to stderr at ``level``, as text (the format of old) or as JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT))
+    JsonFormatter.active = log_format == "json"
+    handler.setFormatter(JsonFormatter() if JsonFormatter.active else logging.Formatter(TEXT))
     logging.basicConfig(level=level, handlers=[handler])
 
 
