@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import re
+import shlex
 import sys
 import time
 
@@ -22,7 +23,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_modern import modern, post
 
-from conftest import INIT_PARAMS, RAW_SERVER, SDK_SERVER, STREAM_HEADERS, rpc, run_driver
+from conftest import (
+    INIT_PARAMS,
+    RAW_SERVER,
+    SDK_SERVER,
+    STREAM_HEADERS,
+    GunicornProcess,
+    rpc,
+    run_driver,
+)
 from mcp_proxy.client.run import Redact
 from mcp_proxy.core.jsonrpc import Message, error_message
 from mcp_proxy.core.link import Link
@@ -256,3 +265,34 @@ def test_client_mode_logs_json_on_stderr_and_only_protocol_on_stdout(clients):
     lines = [json.loads(line) for line in client.stderr().splitlines()]
     assert any("cannot reach http://127.0.0.1:9/sse?***" in line["message"] for line in lines)
     assert "s3cret" not in client.stderr() and "k3y" not in client.stderr()
+
+
+def test_a_forwarded_call_is_audited_once_by_the_owner(proxy_factory, redis_server):
+    args = ("--redis-url", redis_server.url, "--log-format", "json", "--log-calls", "--",
+            *RAW_SERVER)
+    owner, receiver = proxy_factory(*args), proxy_factory(*args)
+    for proxy in (owner, receiver):
+        proxy.expect("listening on Redis")
+    session = open_session(owner.base)
+    answer = requests.post(receiver.base + "/mcp", json=rpc("tools/call", 4, name="echo",
+                                                            arguments={"text": "hi"}),
+                           headers=session, timeout=15)
+    assert answer.json()["result"]["content"][0]["text"] == "hi"
+    (line,) = audits(owner, 1)
+    assert line["session"] == session["Mcp-Session-Id"] and line["outcome"] == "ok"
+    assert line["worker"] == session["Mcp-Session-Id"][:8]  # the owner's tag, on every line
+    assert line["caller"] == "127.0.0.1"  # who opened the session, on the owner
+    assert not [x for x in receiver.lines if "mcp_proxy.audit" in x]
+    every_line_is_json(receiver)
+
+
+def test_gunicorn_takes_the_flags_in_mcp_proxy_args():
+    with GunicornProcess(f"--log-format json --log-calls -- {shlex.join(RAW_SERVER)}") as app:
+        session = open_session(app.base)
+        requests.post(app.base + "/mcp", json=rpc("tools/call", 5, name="echo",
+                                                  arguments={"text": "hi"}),
+                      headers=session, timeout=15)
+    ours = [json.loads(line) for line in app.proc.stderr.read().decode().splitlines()
+            if line.startswith("{")]  # gunicorn's own lines keep gunicorn's format
+    (line,) = [x for x in ours if x["logger"] == "mcp_proxy.audit"]
+    assert line["name"] == "echo" and line["outcome"] == "ok"
