@@ -39,7 +39,7 @@ from mcp_proxy.core.log_format import JsonFormatter
 from mcp_proxy.server.audit import AuditMeter, outcome_of
 from mcp_proxy.server.metrics import Latency
 
-ODD = st.text(st.characters(codec="utf-8") | st.sampled_from("\n\r\u2028\u2029\x00\"\\{}%"))
+ODD = st.text(st.characters(codec="utf-8") | st.sampled_from("\n\r\u2028\u2029\x00\udc80\"\\{}%"))
 
 
 def record(message: str, *args, **extra) -> logging.LogRecord:
@@ -127,6 +127,7 @@ def test_arguments_only_when_asked(caplog):
         audit.server_to_client(answer("a", content=[]))
     assert caplog.records[0].fields["arguments"] == {"text": "x" * 40000}  # a large one too
     assert outcome_of(answer(1, isError=False)) == "ok"
+    assert outcome_of(answer(1, requestState="sealed")) == "input required"
 
 
 def audits(proxy, count: int, timeout: float = 15.0) -> list[dict]:
@@ -227,8 +228,11 @@ def test_a_modern_request_is_audited_without_a_session(proxy_factory):
     proxy = proxy_factory("--log-format", "json", "--log-calls", "--", *RAW_SERVER)
     message = modern("tools/call", 7, name="echo", arguments={"text": "hi"})
     assert post(proxy.base, message).status_code == 200
-    (line,) = audits(proxy, 1)
-    assert line["name"] == "echo" and line["outcome"] == "ok" and "session" not in line
+    assert post(proxy.base, modern("tools/call", 8, name="mrtr", arguments={})).ok
+    echo, mrtr = audits(proxy, 2)
+    assert echo["name"] == "echo" and echo["outcome"] == "ok" and "session" not in echo
+    assert echo["caller"] == "127.0.0.1"
+    assert mrtr["name"] == "mrtr" and mrtr["outcome"] == "input required"
 
 
 def test_audit_per_server_in_the_config_file(proxy_factory, tmp_path):

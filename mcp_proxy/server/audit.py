@@ -11,9 +11,10 @@ A server without an audit has plain meters: no cost per message.
 A line says when, who (``caller``, server/caller.py: the client's address, and with
 ``--auth-token`` a digest prefix of its credentials, never the token), which server and
 session, the method and its name (the tool, the prompt, or the resource's URI), how long
-it took, its outcome (``ok``, ``tool error``, ``error CODE``, ``cancelled``, or ``no answer``
-when the session ended first, with the reason) and the bytes of the request and of its
-answer. Arguments only with ``--log-call-arguments``; results never.
+it took, its outcome (``ok``, ``tool error``, ``input required``, ``error CODE``,
+``cancelled``, or ``no answer`` when the session ended first, with the reason) and the
+bytes of the request and of its answer. Arguments only with ``--log-call-arguments``;
+results never.
 """
 
 from __future__ import annotations
@@ -45,10 +46,13 @@ def _text(value: Any) -> str:
 
 
 def outcome_of(answer: Message) -> str:
-    """``ok``, ``tool error`` (a result with ``isError``) or ``error CODE``."""
+    """``ok``, ``tool error`` (a result with ``isError``), ``input required`` (a 2026-07-28
+    round that asks the client first) or ``error CODE``."""
     error = answer.error
     if error is not None:
         return f"error {error.get('code')}"
+    if answer.request_state is not None:
+        return "input required"
     if len(answer.raw) <= jsonrpc.SLIM_ABOVE:  # whole in memory: no parse to look
         result = answer.obj.get("result")
         if isinstance(result, dict) and result.get("isError") is True:
