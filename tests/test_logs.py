@@ -288,6 +288,9 @@ def test_a_forwarded_call_is_audited_once_by_the_owner(proxy_factory, redis_serv
     assert line["caller"] == "127.0.0.1"  # who opened the session, on the owner
     assert not [x for x in receiver.lines if "mcp_proxy.audit" in x]
     every_line_is_json(receiver)
+    assert requests.delete(receiver.base + "/mcp", headers=session, timeout=15).ok
+    ended = owner.expect(r'"message": "streamable:\w+: session ended.*')
+    assert json.loads(ended.string)["session"] == session["Mcp-Session-Id"]
 
 
 def test_gunicorn_takes_the_flags_in_mcp_proxy_args():

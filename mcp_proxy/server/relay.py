@@ -59,7 +59,8 @@ class Relay:
         key = id_key(message.id)
 
         def gone() -> None:
-            logger.info("%s: client closed the stream of request %r", session.name, message.id)
+            logger.info("%s: client closed the stream of request %r", session.name, message.id,
+                        extra=session.context())
             self.registry.metrics.client_disconnected(session.transport)
             if ephemeral:  # --stateless: the request's own session, which nobody else reads
                 session.close("client closed the request's stream")

@@ -92,6 +92,10 @@ class Session(StreamOwner, Link):
                     self.upstream = upstream
         Link.deliver(self, message)  # not super(): no super object per message
 
+    def context(self) -> dict:
+        """The ``session`` and ``server`` of a log line about it (``--log-format json``)."""
+        return {"session": self.id, "server": self.server_name or "default"}
+
     idle_limit = float("inf")
 
     def idle(self, now: float) -> float:
@@ -102,8 +106,7 @@ class Session(StreamOwner, Link):
 
     def _on_close(self, reason: str) -> None:
         logger.log(logging.DEBUG if self.ephemeral else logging.INFO,
-                   "%s: session ended: %s", self.name, reason,
-                   extra={"session": self.id, "server": self.server_name or "default"})
+                   "%s: session ended: %s", self.name, reason, extra=self.context())
         self.ready.set()  # a child waiting to be read must see the end, not wait forever
         self.registry.forget(self)
 
@@ -193,7 +196,9 @@ class Registry:
                 if stalled is not None:
                     logger.warning("%s: the client took nothing for %g s (%d bytes waiting); "
                                    "closing it", session.name,
-                                   settings.stall_timeout, session.queued)
+                                   settings.stall_timeout, session.queued,
+                                   extra=session.context() if isinstance(session, Session)
+                                   else None)
                     session.close(f"client read nothing for {settings.stall_timeout:g} s")
                     if stalled.abort is not None:
                         stalled.abort()  # its response is stuck in a write: cut it

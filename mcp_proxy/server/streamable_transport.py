@@ -131,7 +131,8 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str,
             yield from backlog.events(keepalive)
 
         def gone() -> None:
-            logger.info("%s: client closed its GET stream", session.name)
+            logger.info("%s: client closed its GET stream", session.name,
+                        extra=session.context())
             registry.metrics.client_disconnected(session.transport)
             backlog.wake()
 
