@@ -36,7 +36,7 @@ from mcp_proxy.client.run import Redact
 from mcp_proxy.core.jsonrpc import Message, error_message
 from mcp_proxy.core.link import Link
 from mcp_proxy.core.log_format import JsonFormatter
-from mcp_proxy.server.audit import AuditMeter, outcome_of
+from mcp_proxy.server.audit import AuditMeter, as_text, outcome_of
 from mcp_proxy.server.metrics import Latency
 
 ODD = st.text(st.characters(codec="utf-8") | st.sampled_from("\n\r\u2028\u2029\x00\udc80\"\\{}%"))
@@ -128,6 +128,21 @@ def test_arguments_only_when_asked(caplog):
     assert caplog.records[0].fields["arguments"] == {"text": "x" * 40000}  # a large one too
     assert outcome_of(answer(1, isError=False)) == "ok"
     assert outcome_of(answer(1, requestState="sealed")) == "input required"
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(name=ODD)
+def test_a_text_audit_value_reads_back_whatever_it_holds(name):
+    text = as_text(name)  # a plain word, or a JSON string: one line, ASCII
+    assert text.isascii() and len(text.splitlines()) == 1
+    assert (json.loads(text) if text[:1] == '"' else text) == name
+    assert text[:1] == '"' or re.fullmatch(r"[\w./:@+-]+", text, re.ASCII)
+
+
+def test_call_arguments_without_an_audit_are_named(proxy_factory):
+    proxy = proxy_factory("--log-call-arguments", "--", *RAW_SERVER)
+    proxy.expect(r'WARNING mcp_proxy: --log-call-arguments does nothing without --log-calls '
+                 r'or "audit": true')
 
 
 def audits(proxy, count: int, timeout: float = 15.0) -> list[dict]:

@@ -35,7 +35,8 @@ AUDITED = frozenset(("tools/call", "resources/read", "prompts/get"))
 _PLAIN = re.compile(r"[\w./:@+-]+\Z", re.ASCII)  # a text value that needs no quotes
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A value in a text audit line: a plain word as it is, anything else as JSON."""
     if value is None:
         return "-"
     if isinstance(value, str) and _PLAIN.match(value):
@@ -119,7 +120,7 @@ class AuditMeter(RelayMeter):
             fields["reason"] = reason
         if self.arguments:
             fields["arguments"] = arguments
-        text = " ".join(f"{key}={_text(value)}" for key, value in (
+        text = " ".join(f"{key}={as_text(value)}" for key, value in (
             *fields.items(), ("server", self.server), ("session", self.session)))
         audit_log.info("call %s", text, extra={"session": self.session, "server": self.server,
                                                 "fields": fields})
