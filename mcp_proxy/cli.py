@@ -43,19 +43,13 @@ def _patch_all() -> None:
 _patch_all()
 
 # ruff: noqa: E402  (imports must follow the monkey-patch)
-import argparse
 import logging
-import sys
 
 from mcp_proxy.config.options import build_parser, is_url, server_settings
+from mcp_proxy.core.log_format import setup_logging
 from mcp_proxy.errors import ConfigError
 
 logger = logging.getLogger("mcp_proxy")
-
-
-def setup_logging(ns: argparse.Namespace) -> None:
-    logging.basicConfig(stream=sys.stderr, level="DEBUG" if ns.debug else ns.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _release_signals() -> None:
@@ -71,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     if not ns.command_or_url and not ns.named_server and not ns.named_server_config:
         parser.error("give a URL (client mode) or a server command (server mode)")
-    setup_logging(ns)
+    setup_logging("DEBUG" if ns.debug else ns.log_level, ns.log_format)
     try:
         if is_url(ns.command_or_url):
             _release_signals()

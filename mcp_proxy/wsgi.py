@@ -23,6 +23,7 @@ import gevent
 from gevent import monkey
 
 from mcp_proxy.config.options import build_parser, server_settings
+from mcp_proxy.core.log_format import setup_logging
 from mcp_proxy.errors import ConfigError
 from mcp_proxy.gunicorn_conf import redis_configured, too_many_workers
 from mcp_proxy.server.app import create_app
@@ -51,8 +52,7 @@ def _app_from_environment():
     if not ns.command_or_url and not ns.named_server and not ns.named_server_config:
         raise ConfigError("MCP_PROXY_ARGS must name the stdio server command, e.g. "
                           "MCP_PROXY_ARGS='-- python3 server.py'")
-    logging.basicConfig(level="DEBUG" if ns.debug else ns.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging("DEBUG" if ns.debug else ns.log_level, ns.log_format)
     app = create_app(server_settings(ns))
     atexit.register(_stop_children, app.extensions["mcp_proxy"])
     return app

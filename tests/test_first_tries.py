@@ -191,7 +191,7 @@ def test_an_unknown_config_field_is_named_not_silently_ignored(tmp_path):
     server = ProxyProcess("--named-server-config", str(config)).started()
     try:
         server.expect(f"WARNING mcp_proxy: {re.escape(str(config))}: server 'a': ignoring "
-                      f"'arg' \\(known: args, command, cwd, enabled, env, maxSessions, "
+                      f"'arg' \\(known: args, audit, command, cwd, enabled, env, maxSessions, "
                       f"shared\\)$")
     finally:
         server.stop()

@@ -74,7 +74,7 @@ class StdioChild(Link):
         # arguments may carry secrets: only the command name at INFO
         logger.info("%s: started %s (pid %d)", name, spec.command, self.pid)
         logger.debug("%s: argv %s", name, spec.display())
-        self.tail = StderrTail(self.process.stderr)
+        self.tail = StderrTail(self.process.stderr, name)
         self._reader = greenlets.spawn(self._read_stdout, name=f"{name} stdout",
                                        on_error=closing(self))
 

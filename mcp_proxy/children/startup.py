@@ -3,7 +3,8 @@
 A server run through ``uvx`` or ``npx`` may spend its first minute fetching packages, and
 behind a corporate proxy or TLS inspection it can retry for ever: all our log said was
 "started npx". So a child's stderr passes through :class:`StderrTail` (on to ours, a whole
-line at a time, as the server wrote it) which keeps its last lines, and :class:`StartWatch`
+line at a time, as the server wrote it; with ``--log-format json``, each line as a JSON log
+line of the logger ``mcp_proxy.server_stderr``) which keeps its last lines, and :class:`StartWatch`
 logs a WARNING with them when the server has not answered its ``initialize`` after
 ``START_WARNING`` seconds, and again, with what to check, when ``START_TIMEOUT`` passes and
 the server is stopped (its client then gets an error, not a wait without end).
@@ -25,8 +26,10 @@ from gevent.event import Event
 
 from mcp_proxy.config.settings import NETWORK_ENV_KEYS, ServerSpec
 from mcp_proxy.core import greenlets
+from mcp_proxy.core.log_format import JsonFormatter
 
 logger = logging.getLogger(__name__)
+stderr_log = logging.getLogger("mcp_proxy.server_stderr")  # a server's own lines, as JSON
 
 START_WARNING = float(os.environ.get("MCP_PROXY_START_WARNING", "10"))
 # as long as a shared child's initialize may take (multiplexer.START_TIMEOUT)
@@ -42,7 +45,8 @@ class StderrTail:
     16 kB for each session.
     """
 
-    def __init__(self, pipe) -> None:
+    def __init__(self, pipe, name: str = "") -> None:
+        self.name = name  # the child's, on its lines as JSON
         self.lines: deque[str] = deque(maxlen=TAIL_LINES)
         self._pipe = pipe
         self._rest = b""
@@ -80,13 +84,24 @@ class StderrTail:
             text = line.decode("utf-8", "replace").rstrip()
             if text:
                 self.lines.append(text)
-        if self._forward and lines:
+        if self._forward and lines and JsonFormatter.active:
+            self._log(lines)
+        elif self._forward and lines:
             data = memoryview(b"\n".join(lines) + b"\n")
             try:
                 while data:  # a whole line at a time, as a log record is written
                     data = data[os.write(2, data):]
             except OSError:  # our stderr is gone (or will not take more): keep the tail
                 self._forward = False
+
+    def _log(self, lines: list[bytes]) -> None:
+        """With ``--log-format json``, each line is a log line of its own (at every level:
+        as text, a server's stderr is never held back either)."""
+        for line in lines:
+            stderr_log.handle(stderr_log.makeRecord(
+                stderr_log.name, logging.INFO, __file__, 0,
+                line.decode("utf-8", "replace").rstrip("\r"), None, None,
+                extra={"fields": {"child": self.name}}))
 
     def close(self) -> None:
         """Take what is left and stop reading (a helper of the server may hold the pipe)."""

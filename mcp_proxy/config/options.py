@@ -136,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also serve COMMAND_STRING under /servers/NAME/; repeatable")
     stdio.add_argument("--named-server-config", metavar="FILE",
                        help='JSON file {"mcpServers": {NAME: {"command", "args", "env", '
-                            '"cwd", "enabled", "shared", "maxSessions"}}} (Claude Desktop\'s '
-                            'shape; only "command" is required); replaces --named-server')
+                            '"cwd", "enabled", "shared", "maxSessions", "audit"}}} (Claude '
+                            "Desktop's shape; only \"command\" is required); replaces "
+                            "--named-server")
 
     server = parser.add_argument_group("HTTP server (server mode)")
     server.add_argument("--port", type=port_number, default=None, metavar="PORT",
@@ -200,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="DEBUG, INFO (default), WARNING, ERROR or CRITICAL")
     logs.add_argument("--debug", action=argparse.BooleanOptionalAction, default=False,
                       help="same as --log-level DEBUG, and wins over it")
+    logs.add_argument("--log-format", choices=["text", "json"], default="text",
+                      help="text (default) or json: one JSON object a line on stderr")
+    logs.add_argument("--log-calls", action="store_true", help="server mode: an audit line "
+                      "per tools/call, resources/read and prompts/get (logger mcp_proxy.audit)")
+    logs.add_argument("--log-call-arguments", action="store_true",
+                      help="put each audited call's arguments in its audit line")
     return parser
 
 
@@ -229,12 +236,14 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
             logger.warning("%s is deprecated and will go: use %s", old, new)
     shared = ns.stateless or ns.shared_child
     for name, spec in servers.items():
-        spec.shared = spec.shared or shared
+        spec.shared, spec.audit = spec.shared or shared, spec.audit or ns.log_calls
         spec.pass_network = ns.pass_network
         try:
             spec.check()
         except ConfigError as exc:
             raise ConfigError(f"server {name!r}: {exc}" if name else str(exc)) from None
+    if ns.log_call_arguments and not any(spec.audit for spec in servers.values()):
+        logger.warning('--log-call-arguments does nothing without --log-calls or "audit": true')
     max_sessions = ns.max_sessions
     if max_sessions is None:
         max_sessions = 1000 if all(spec.shared for spec in servers.values()) else 100
@@ -251,7 +260,7 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
         max_queued=ns.max_queued_size, session_idle_timeout=ns.session_timeout,
         stall_timeout=ns.stall_timeout, write_timeout=ns.write_timeout,
         stop_timeout=ns.stop_timeout, stateless=ns.stateless, max_sessions=max_sessions,
-        redis_url=_redis_url(ns.redis_url))
+        redis_url=_redis_url(ns.redis_url), log_call_arguments=ns.log_call_arguments)
 
 
 def _redis_url(url: str | None) -> str | None:

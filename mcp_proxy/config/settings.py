@@ -44,6 +44,7 @@ class ServerSpec:
     shared: bool = False  # one process shared by every session, not one per session
     max_sessions: int | None = None  # this server's own cap ("maxSessions" in the config file)
     pass_network: bool = True  # the NETWORK_ENV_KEYS too, when not the whole environment
+    audit: bool = False  # an audit line per call (--log-calls, "audit" in the config file)
 
     def argv(self) -> list[str]:
         return [self.command, *self.args]
@@ -95,15 +96,17 @@ class ServerSettings:
     stateless: bool = False  # /mcp without sessions: each POST stands alone (shared child)
     max_sessions: int = 100
     redis_url: str | None = None  # the bus between workers and hosts (server/bus.py)
+    log_call_arguments: bool = False  # audit lines hold each call's arguments
 
 
-# The fields of a server in the config file (Claude Desktop's, plus cwd, shared, maxSessions).
-FIELDS = {"command", "args", "env", "enabled", "cwd", "shared", "maxSessions"}
+# The fields of a server in the config file (Claude Desktop's, plus cwd, shared, maxSessions
+# and audit).
+FIELDS = {"command", "args", "env", "enabled", "cwd", "shared", "maxSessions", "audit"}
 
 
 def load_named_servers(path: str, pass_environment: bool) -> dict[str, ServerSpec]:
     """Read ``{"mcpServers": {name: {command, args, env, enabled}}}`` (Claude Desktop's shape,
-    plus our ``cwd``, ``shared`` and ``maxSessions``)."""
+    plus our ``cwd``, ``shared``, ``maxSessions`` and ``audit``)."""
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
@@ -140,11 +143,13 @@ def load_named_servers(path: str, pass_environment: bool) -> dict[str, ServerSpe
             raise ConfigError(f'{where}: "env" must map names to strings')
         if not isinstance(shared, bool):
             raise ConfigError(f'{where}: "shared" must be true or false')
+        if not isinstance(entry.get("audit", False), bool):
+            raise ConfigError(f'{where}: "audit" must be true or false')
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
                                   or limit < 1):
             raise ConfigError(f'{where}: "maxSessions" must be a whole number of at least 1')
         specs[name] = ServerSpec(command, args, env, entry.get("cwd"), pass_environment,
-                                 shared, limit)
+                                 shared, limit, audit=entry.get("audit", False))
     return specs
 
 

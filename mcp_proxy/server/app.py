@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 
 from flask import Blueprint, Flask
 from flask.sessions import NullSession, SessionInterface
@@ -23,7 +24,10 @@ from mcp_proxy.children.multiplexer import Multiplexer
 from mcp_proxy.children.process import StdioChild
 from mcp_proxy.children.supervisor import Supervisor
 from mcp_proxy.config.settings import ServerSettings
+from mcp_proxy.core.log_format import set_worker
+from mcp_proxy.server.audit import AuditMeter
 from mcp_proxy.server.guard import install_guard
+from mcp_proxy.server.metrics import server_label
 from mcp_proxy.server.probes import add_health_routes
 from mcp_proxy.server.relay import Relay
 from mcp_proxy.server.sessions import Registry
@@ -87,6 +91,10 @@ def create_app(settings: ServerSettings) -> Flask:
     # the composition root: the supervisor is told which classes it starts
     registry.supervisor = Supervisor(settings, registry.metrics, StdioChild, Multiplexer,
                                      ModernLane)
+    for name, spec in settings.servers.items():  # only their bridges pay for an audit
+        if spec.audit:
+            registry.metrics.audited[server_label(name)] = partial(
+                AuditMeter, server=server_label(name), arguments=settings.log_call_arguments)
     app.extensions["mcp_proxy"] = registry
     checks = install_guard(app, settings, registry.touch)
     if settings.redis_url:
@@ -95,6 +103,7 @@ def create_app(settings: ServerSettings) -> Flask:
         registry.router = Router(settings, registry.handlers, registry.touch,
                                  lambda exc: _exit_worker(registry, exc))
         registry.metrics.routing = registry.router.status
+        set_worker(registry.router.tag)
 
     for name in settings.servers:
         prefix = f"/servers/{name}" if name else ""

@@ -95,6 +95,10 @@ class RelayMeter:
             if started is not None:
                 self._latency.observe(time.perf_counter() - started)
 
+    def watch(self, link, session: str | None, caller: str) -> None:
+        """Who calls through this meter, until ``link`` ends: only the audit's meter
+        (audit.py) keeps it."""
+
 
 class Metrics:
     """The metrics of one app; ``sessions()`` gives its live sessions at scrape time."""
@@ -107,6 +111,8 @@ class Metrics:
         self._running = dict.fromkeys(self._servers, 0)
         self._answers: dict[str, int] = {}
         self.routing: Callable[[], dict] | None = None  # the router's status, with Redis
+        # server label -> the meter of its bridges, for a server with an audit (app.py)
+        self.audited: dict[str, Callable[..., RelayMeter]] = {}
         self.registry.register(self)
         ProcessCollector(registry=self.registry)
         self._started = Counter(
@@ -129,7 +135,8 @@ class Metrics:
     def relay_meter(self, server: str) -> RelayMeter:
         server = server_label(server)
         tallies = self._relayed[server]
-        return RelayMeter(tallies[DIRECTIONS[0]], tallies[DIRECTIONS[1]], self._latency[server])
+        meter = self.audited.get(server, RelayMeter)
+        return meter(tallies[DIRECTIONS[0]], tallies[DIRECTIONS[1]], self._latency[server])
 
     def child_started(self, server: str) -> None:
         server = server_label(server)

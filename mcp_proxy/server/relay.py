@@ -59,7 +59,8 @@ class Relay:
         key = id_key(message.id)
 
         def gone() -> None:
-            logger.info("%s: client closed the stream of request %r", session.name, message.id)
+            logger.info("%s: client closed the stream of request %r", session.name, message.id,
+                        extra=session.context())
             self.registry.metrics.client_disconnected(session.transport)
             if ephemeral:  # --stateless: the request's own session, which nobody else reads
                 session.close("client closed the request's stream")
@@ -162,6 +163,7 @@ class Relay:
                 return refused
         port = RequestPort(lane, self.registry, message, principal(auth_digest(environ)))
         port.meter = meter = self.registry.metrics.relay_meter(self.server_name)
+        meter.watch(port, None, self.registry.caller_of(environ))
         meter.client_to_server(message)
         try:
             lane.route(port, message)

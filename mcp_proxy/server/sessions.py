@@ -32,6 +32,7 @@ from mcp_proxy.core import greenlets
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.core.link import Link, bridge
 from mcp_proxy.errors import TooManySessions
+from mcp_proxy.server.caller import caller_of
 from mcp_proxy.server.metrics import Metrics
 from mcp_proxy.server.streams import Stream, StreamOwner
 
@@ -49,6 +50,7 @@ class Session(StreamOwner, Link):
     """Downstream link of one client session; subclasses route what the child sends."""
 
     transport = "?"
+    caller = "?"  # who opened it (audit.py's caller_of), set by its transport
 
     def __init__(self, registry: Registry, server_name: str) -> None:
         self.id = registry.new_session_id()
@@ -83,9 +85,16 @@ class Session(StreamOwner, Link):
             with self._starting:
                 if self.upstream is None:
                     upstream = self.registry.supervisor.upstream(self.server_name, self.name)
+                    meter = getattr(upstream, "meter", None)
+                    if meter is not None:  # who calls, for an audit (audit.py)
+                        meter.watch(self, self.id, self.caller)
                     bridge(self, upstream)
                     self.upstream = upstream
         Link.deliver(self, message)  # not super(): no super object per message
+
+    def context(self) -> dict:
+        """The ``session`` and ``server`` of a log line about it (``--log-format json``)."""
+        return {"session": self.id, "server": self.server_name or "default"}
 
     idle_limit = float("inf")
 
@@ -97,7 +106,7 @@ class Session(StreamOwner, Link):
 
     def _on_close(self, reason: str) -> None:
         logger.log(logging.DEBUG if self.ephemeral else logging.INFO,
-                   "%s: session ended: %s", self.name, reason)
+                   "%s: session ended: %s", self.name, reason, extra=self.context())
         self.ready.set()  # a child waiting to be read must see the end, not wait forever
         self.registry.forget(self)
 
@@ -118,6 +127,12 @@ class Registry:
         self.router = None  # with --redis-url: which worker serves what (scaleout/router.py)
         # (path, method) -> the handler of a session request, for forwarded ones
         self.handlers: dict[tuple[str, str], Callable[[dict], Any]] = {}
+
+    def caller_of(self, environ: dict) -> str:
+        """Who sent this request, as an audit line names them (caller.py)."""
+        if not self.metrics.audited:  # nobody asks: no digest to make
+            return "?"
+        return caller_of(environ, self.settings.auth_token is not None)
 
     def new_session_id(self) -> str:
         """A new session's id: 32 hex digits, after this worker's tag with --redis-url."""
@@ -181,7 +196,9 @@ class Registry:
                 if stalled is not None:
                     logger.warning("%s: the client took nothing for %g s (%d bytes waiting); "
                                    "closing it", session.name,
-                                   settings.stall_timeout, session.queued)
+                                   settings.stall_timeout, session.queued,
+                                   extra=session.context() if isinstance(session, Session)
+                                   else None)
                     session.close(f"client read nothing for {settings.stall_timeout:g} s")
                     if stalled.abort is not None:
                         stalled.abort()  # its response is stuck in a write: cut it

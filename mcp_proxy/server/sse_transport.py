@@ -60,6 +60,7 @@ def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
     def sse() -> Response:
         try:
             session = registry.add(SseSession(registry, server_name))
+            session.caller = registry.caller_of(request.environ)
         except TooManySessions as exc:
             return too_many_sessions(exc)
         endpoint = f"{url_for('.messages')}?session_id={session.id}".encode()

@@ -89,7 +89,7 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str,
                              f"{', '.join(sorted(LEGACY_VERSIONS))}")
         if stateless:  # each POST stands alone, on a port of the shared server
             session = StreamableSession(registry, server_name)
-            session.ephemeral = True
+            session.ephemeral, session.caller = True, registry.caller_of(environ)
             response = relay.answer(session, message, {}, environ, ephemeral=True)
             if response.mimetype != "text/event-stream":
                 session.close("stateless request done")
@@ -101,6 +101,7 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str,
         else:
             try:
                 session = registry.add(StreamableSession(registry, server_name))
+                session.caller = registry.caller_of(environ)
             except TooManySessions as exc:
                 return too_many_sessions(exc)
         return relay.answer(session, message, {SESSION_HEADER: session.id}, environ,
@@ -130,7 +131,8 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str,
             yield from backlog.events(keepalive)
 
         def gone() -> None:
-            logger.info("%s: client closed its GET stream", session.name)
+            logger.info("%s: client closed its GET stream", session.name,
+                        extra=session.context())
             registry.metrics.client_disconnected(session.transport)
             backlog.wake()
 
