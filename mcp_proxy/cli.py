@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve(settings, create_app, signalled=_held_signals)
     except ConfigError as exc:
-        logger.error("%s", exc)
+        for line in getattr(exc, "problems", None) or [str(exc)]:
+            logger.error("%s", line)
         return 1
     except OSError as exc:  # e.g. the port is taken
         logger.error("%s", exc)

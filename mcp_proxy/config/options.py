@@ -12,16 +12,16 @@ import os
 import shlex
 
 from mcp_proxy import __version__
+from mcp_proxy.config.config_file import load_named_servers
 from mcp_proxy.config.settings import (
     ClientSettings,
     MiB,
     ServerSettings,
     ServerSpec,
     check_server_name,
-    load_named_servers,
 )
 from mcp_proxy.config.values import Parser, check_headers, check_url, port_number, positive, size
-from mcp_proxy.errors import ConfigError
+from mcp_proxy.errors import ConfigError, ConfigProblems
 
 logger = logging.getLogger("mcp_proxy")
 
@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     stdio.add_argument("--named-server-config", metavar="FILE",
                        help='JSON file {"mcpServers": {NAME: {"command", "args", "env", '
                             '"cwd", "enabled", "shared", "maxSessions"}}} (Claude Desktop\'s '
-                            'shape; only "command" is required); replaces --named-server')
+                            'shape; only "command" is required; strings may hold ${VAR} and '
+                            '${VAR:-default}); replaces --named-server')
 
     server = parser.add_argument_group("HTTP server (server mode)")
     server.add_argument("--port", type=port_number, default=None, metavar="PORT",
@@ -218,14 +219,16 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
     for old, new in (("--sse-port", "--port"), ("--sse-host", "--host")):
         if getattr(ns, old[2:].replace("-", "_")) is not None:
             logger.warning("%s is deprecated and will go: use %s", old, new)
-    shared = ns.stateless or ns.shared_child
+    shared, problems = ns.stateless or ns.shared_child, []
     for name, spec in servers.items():
         spec.shared = spec.shared or shared
         spec.pass_network = ns.pass_network
         try:
             spec.check()
         except ConfigError as exc:
-            raise ConfigError(f"server {name!r}: {exc}" if name else str(exc)) from None
+            problems.append(f"server {name!r}: {exc}" if name else str(exc))
+    if problems:
+        raise ConfigProblems(problems)
     max_sessions = ns.max_sessions
     if max_sessions is None:
         max_sessions = 1000 if all(spec.shared for spec in servers.values()) else 100
