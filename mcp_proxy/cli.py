@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     if not ns.command_or_url and not ns.named_server and not ns.named_server_config:
         parser.error("give a URL (client mode) or a server command (server mode)")
     setup_logging(ns)
+    if ns.check_config or ns.print_config:
+        from mcp_proxy.config.review import review
+
+        return review(ns)
     try:
         if is_url(ns.command_or_url):
             _release_signals()

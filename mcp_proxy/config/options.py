@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
                             '"cwd", "enabled", "shared", "maxSessions"}}} (Claude Desktop\'s '
                             'shape; only "command" is required; strings may hold ${VAR} and '
                             '${VAR:-default}); replaces --named-server')
+    checks = stdio.add_mutually_exclusive_group()
+    checks.add_argument("--check-config", action="store_true",
+                        help="check the servers (the config file, the commands on PATH) or "
+                             "the remote URL, print OK or each problem, and exit 0 or 1")
+    checks.add_argument("--print-config", action="store_true",
+                        help="print the --named-server-config file resolved (variables "
+                             "expanded, secrets masked) and exit")
 
     server = parser.add_argument_group("HTTP server (server mode)")
     server.add_argument("--port", type=port_number, default=None, metavar="PORT",
