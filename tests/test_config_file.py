@@ -205,7 +205,7 @@ def test_loader_refusals_are_one_line_each_with_the_file_and_path(tmp_path, text
 
 
 @pytest.mark.parametrize("text, message", [
-    ("{", "is not valid JSON"), ('{"a": NaN}', "is not valid JSON: NaN is not JSON"),
+    ("{", "is not valid JSON"), ('{"a": NaN}', "is not valid JSON: NaN is not valid JSON"),
     ('{"a": 1e999}', "number out of range"), (b"\xff\xfe", "is not UTF-8 text"),
 ])
 def test_unreadable_files_are_one_line(tmp_path, text, message):

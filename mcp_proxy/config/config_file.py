@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 from mcp_proxy.config.schema import Where, config_schema, json_path, problems
 from mcp_proxy.config.settings import ServerSpec
 from mcp_proxy.config.variables import Expansion
+from mcp_proxy.core.strict_json import finite_float, reject_constant
 from mcp_proxy.errors import ConfigError, ConfigProblems
 
 logger = logging.getLogger("mcp_proxy")
@@ -51,23 +51,12 @@ def _members(pairs: list) -> dict:
     return obj
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number out of range: {text[:40]}")
-    return value
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
 def parse(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
-        return json.loads(text, object_pairs_hook=_members, parse_float=_finite,
-                          parse_constant=_refuse_constant)
+        return json.loads(text, object_pairs_hook=_members, parse_float=finite_float,
+                          parse_constant=reject_constant)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     except UnicodeDecodeError:
