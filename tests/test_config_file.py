@@ -207,6 +207,8 @@ def test_loader_refusals_are_one_line_each_with_the_file_and_path(tmp_path, text
 @pytest.mark.parametrize("text, message", [
     ("{", "is not valid JSON"), ('{"a": NaN}', "is not valid JSON: NaN is not valid JSON"),
     ('{"a": 1e999}', "number out of range"), (b"\xff\xfe", "is not UTF-8 text"),
+    ("[" * 65 + "]" * 65, "nested deeper than 64 levels"),
+    ("[" * 100000 + "]" * 100000, "nested deeper than 64 levels"),  # json's own limit
 ])
 def test_unreadable_files_are_one_line(tmp_path, text, message):
     path = tmp_path / "servers.json"
@@ -263,3 +265,17 @@ def test_any_file_loads_or_is_refused_in_lines(tmp_path_factory, document):
         for spec in loaded.specs.values():
             assert all("\0" not in text for text in (*spec.argv(), *spec.env, *spec.env.values()))
             assert all("=" not in name for name in spec.env)
+
+
+@HYPOTHESIS
+@given(st.text(alphabet=st.sampled_from('{}[]":,${}\\u0 \n1aé'), max_size=60))
+def test_any_text_loads_or_is_refused_in_one_line(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("t") / "servers.json"
+    path.write_text('{"mcpServers": {"a": {"command": "x", "args": [' + text + "]}}}",
+                    encoding="utf-8")
+    try:
+        read_config(str(path), environ={})
+    except ConfigProblems as exc:
+        assert all("\n" not in line for line in exc.problems)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)

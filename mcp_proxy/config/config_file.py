@@ -25,6 +25,8 @@ from mcp_proxy.errors import ConfigError, ConfigProblems
 
 logger = logging.getLogger("mcp_proxy")
 
+MAX_DEPTH = 64  # the walks below recurse; a real config is five levels deep
+
 
 @dataclass
 class ConfigFile:
@@ -55,14 +57,32 @@ def parse(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
-        return json.loads(text, object_pairs_hook=_members, parse_float=finite_float,
+        data = json.loads(text, object_pairs_hook=_members, parse_float=finite_float,
                           parse_constant=reject_constant)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested deeper than {MAX_DEPTH} levels") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not UTF-8 text") from None
     except ValueError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    if _depth(data) > MAX_DEPTH:
+        raise ConfigError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+    return data
+
+
+def _depth(data: Any) -> int:
+    """How deep lists and objects nest, without recursion."""
+    deepest, todo = 0, [(data, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_DEPTH:
+                todo.extend((child, depth + 1) for child in
+                            (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def _text_problems(node: Any, path: Where, found: list) -> None:
