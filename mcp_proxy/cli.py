@@ -45,7 +45,8 @@ _patch_all()
 # ruff: noqa: E402  (imports must follow the monkey-patch)
 import logging
 
-from mcp_proxy.config.options import build_parser, is_url, server_settings
+from mcp_proxy.config.flag_settings import is_url, server_settings
+from mcp_proxy.config.options import build_parser
 from mcp_proxy.core.log_format import setup_logging
 from mcp_proxy.errors import ConfigError
 
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     if not ns.command_or_url and not ns.named_server and not ns.named_server_config:
         parser.error("give a URL (client mode) or a server command (server mode)")
     setup_logging("DEBUG" if ns.debug else ns.log_level, ns.log_format)
+    if ns.check_config or ns.print_config:
+        from mcp_proxy.config.review import review
+
+        return review(ns)
     try:
         if is_url(ns.command_or_url):
             _release_signals()
@@ -78,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve(settings, create_app, signalled=_held_signals)
     except ConfigError as exc:
-        logger.error("%s", exc)
+        for line in getattr(exc, "problems", None) or [str(exc)]:
+            logger.error("%s", line)
         return 1
     except OSError as exc:  # e.g. the port is taken
         logger.error("%s", exc)

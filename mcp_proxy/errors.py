@@ -2,7 +2,7 @@
 
 They come in groups, so a caller catches one class where it means one thing:
 
-- the setup: :class:`ConfigError`, :class:`SpawnError`;
+- the setup: :class:`ConfigError` (:class:`ConfigProblems`), :class:`SpawnError`;
 - what a peer sent that we refuse: :class:`RefusedInput` (a JSON-RPC message, an HTTP
   request, ambiguous JSON);
 - links and their capacity: :class:`LinkClosed`, :class:`ServerBusy`, :class:`TooManySessions`;
@@ -28,6 +28,16 @@ class ProxyError(Exception):
 
 class ConfigError(ProxyError, ValueError):
     """The command line, environment or config file asks for something impossible."""
+
+
+class ConfigProblems(ConfigError):
+    """Several problems found at once (a config file, the servers' commands), one line each:
+    ``problems`` lists them; the message is the first, with how many more."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        more = len(self.problems) - 1
+        super().__init__(self.problems[0] + (f" (and {more} more)" if more else ""))
 
 
 class SpawnError(ProxyError, OSError):

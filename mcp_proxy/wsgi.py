@@ -22,7 +22,8 @@ import sys
 import gevent
 from gevent import monkey
 
-from mcp_proxy.config.options import build_parser, server_settings
+from mcp_proxy.config.flag_settings import server_settings
+from mcp_proxy.config.options import build_parser
 from mcp_proxy.core.log_format import setup_logging
 from mcp_proxy.errors import ConfigError
 from mcp_proxy.gunicorn_conf import redis_configured, too_many_workers

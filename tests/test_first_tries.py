@@ -172,8 +172,9 @@ def test_a_credential_http_cannot_carry_is_one_line_without_the_secret(args, env
 
 
 @pytest.mark.parametrize("entry, line", [
-    ({"command": "echo", "cwd": 5}, "server 'a': \"cwd\" must be a directory name (a string)"),
-    ({"command": "echo", "enabled": "no"}, "server 'a': \"enabled\" must be true or false"),
+    ({"command": "echo", "cwd": 5}, "$.mcpServers.a.cwd: expected a string, got a whole number"),
+    ({"command": "echo", "enabled": "no"},
+     "$.mcpServers.a.enabled: expected true or false, got a string"),
     ({"command": "echo", "cwd": "/no/such/dir"},
      "server 'a': working directory (--cwd) '/no/such/dir' is not a directory"),
 ])
@@ -190,9 +191,9 @@ def test_an_unknown_config_field_is_named_not_silently_ignored(tmp_path):
     config.write_text(json.dumps({"mcpServers": {"a": {"command": "echo", "arg": ["x"]}}}))
     server = ProxyProcess("--named-server-config", str(config)).started()
     try:
-        server.expect(f"WARNING mcp_proxy: {re.escape(str(config))}: server 'a': ignoring "
-                      f"'arg' \\(known: args, audit, command, cwd, enabled, env, maxSessions, "
-                      f"shared\\)$")
+        server.expect(f"WARNING mcp_proxy: {re.escape(str(config))}: \\$\\.mcpServers\\.a: "
+                      f"ignoring 'arg' \\(known: args, audit, command, cwd, enabled, env, "
+                      f"maxSessions, shared\\)$")
     finally:
         server.stop()
 

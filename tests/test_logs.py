@@ -271,7 +271,8 @@ def test_a_bad_audit_value_is_one_clear_line(proxy_factory, tmp_path):
     config.write_text(json.dumps({"mcpServers": {"x": {"command": "true", "audit": "yes"}}}))
     proxy = proxy_factory("--named-server-config", str(config), wait=False)
     assert proxy.proc.wait(15) == 1
-    assert proxy.stderr().strip().endswith('server \'x\': "audit" must be true or false')
+    assert proxy.stderr().strip().endswith("$.mcpServers.x.audit: expected true or false, "
+                                           "got a string")
     assert "Traceback" not in proxy.stderr()
 
 

@@ -78,7 +78,8 @@ def test_malformed_body_is_a_jsonrpc_parse_error():
 
 @pytest.fixture
 def guarded_app():
-    from mcp_proxy.config.options import build_parser, server_settings
+    from mcp_proxy.config.flag_settings import server_settings
+    from mcp_proxy.config.options import build_parser
     from mcp_proxy.server.app import create_app
 
     args = ["--port", "0", "--allow-host", "example.com", "--", "true"]

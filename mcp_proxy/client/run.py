@@ -20,7 +20,7 @@ import gevent
 
 from mcp_proxy.client.fallforward import FallForward
 from mcp_proxy.client.stdio import StdioDownstream
-from mcp_proxy.config.options import client_settings
+from mcp_proxy.config.flag_settings import client_settings
 from mcp_proxy.config.settings import ClientSettings
 from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.jsonrpc import Message

@@ -1,22 +1,20 @@
-"""Every option of the proxy as a dataclass, and the named-server config file loader.
+"""Every option of the proxy as a dataclass (config_file.py reads the named-server file).
 
 Settings are plain data: building them never starts a process or opens a socket.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
+import re
 import shlex
 import shutil
 from dataclasses import dataclass, field
 
 from mcp_proxy.errors import ConfigError
 
-logger = logging.getLogger("mcp_proxy")
-
 MiB = 1 << 20
+_SERVER_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 # What a child sees of our environment without --pass-environment (as the official SDK does).
 SAFE_ENV_KEYS = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "LC_ALL",
@@ -63,6 +61,12 @@ class ServerSpec:
 
     def check(self) -> None:
         """Fail now, with a clear message, if the command cannot be started later."""
+        for name, value in self.env.items():  # else the spawn fails, for each session
+            if not name or "=" in name or "\0" in name or "\0" in value:
+                raise ConfigError(f"environment variable {name!r}: a name is not empty and "
+                                  f"has no '=' or NUL, a value has no NUL")
+        if any("\0" in arg for arg in self.argv()):
+            raise ConfigError("the command or an argument holds a NUL character")
         if self.cwd is not None and not os.path.isdir(self.cwd):
             raise ConfigError(f"working directory (--cwd) {self.cwd!r} is not a directory")
         path = self.child_env().get("PATH", os.defpath)
@@ -99,63 +103,11 @@ class ServerSettings:
     log_call_arguments: bool = False  # audit lines hold each call's arguments
 
 
-# The fields of a server in the config file (Claude Desktop's, plus cwd, shared, maxSessions
-# and audit).
-FIELDS = {"command", "args", "env", "enabled", "cwd", "shared", "maxSessions", "audit"}
-
-
-def load_named_servers(path: str, pass_environment: bool) -> dict[str, ServerSpec]:
-    """Read ``{"mcpServers": {name: {command, args, env, enabled}}}`` (Claude Desktop's shape,
-    plus our ``cwd``, ``shared``, ``maxSessions`` and ``audit``)."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
-    entries = data.get("mcpServers") if isinstance(data, dict) else None
-    if not isinstance(entries, dict):
-        raise ConfigError(f'{path}: expected an object with an "mcpServers" object')
-    specs = {}
-    for name, entry in entries.items():
-        where = f"{path}: server {name!r}"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where} must be an object")
-        unknown = sorted(set(entry) - FIELDS)
-        if unknown:  # a typo would otherwise pass unseen; other clients' fields are harmless
-            logger.warning('%s: ignoring %s (known: %s)', where, ", ".join(map(repr, unknown)),
-                           ", ".join(sorted(FIELDS)))
-        if not isinstance(entry.get("enabled", True), bool):
-            raise ConfigError(f'{where}: "enabled" must be true or false')
-        if not isinstance(entry.get("cwd", ""), str):
-            raise ConfigError(f'{where}: "cwd" must be a directory name (a string)')
-        if not entry.get("enabled", True):
-            continue
-        check_server_name(name)
-        command, args, env = entry.get("command"), entry.get("args", []), entry.get("env", {})
-        shared, limit = entry.get("shared", False), entry.get("maxSessions")
-        if not isinstance(command, str) or not command:
-            raise ConfigError(f'{where} needs a "command" string')
-        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-            raise ConfigError(f'{where}: "args" must be a list of strings')
-        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-            raise ConfigError(f'{where}: "env" must map names to strings')
-        if not isinstance(shared, bool):
-            raise ConfigError(f'{where}: "shared" must be true or false')
-        if not isinstance(entry.get("audit", False), bool):
-            raise ConfigError(f'{where}: "audit" must be true or false')
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
-                                  or limit < 1):
-            raise ConfigError(f'{where}: "maxSessions" must be a whole number of at least 1')
-        specs[name] = ServerSpec(command, args, env, entry.get("cwd"), pass_environment,
-                                 shared, limit, audit=entry.get("audit", False))
-    return specs
-
-
 def check_server_name(name: str) -> None:
-    if not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise ConfigError(f"server name {name!r} must be letters, digits, '-', '_' or '.'")
+    """The rule of the config file's schema (schema.json), for --named-server too."""
+    if not _SERVER_NAME.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(f"server name {name!r} must be ASCII letters, digits, '-', '_' or "
+                          f"'.' (and not '.' or '..')")
 
 
 @dataclass

@@ -38,14 +38,14 @@ _FEW_VALUES = 4096  # (so does one whose tree is this big: e.g. a long array of 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def _finite_float(text: str) -> float:
+def finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise ValueError(f"number out of range: {text[:40]}")
     return value
 
 
-def _reject_constant(name: str) -> None:
+def reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
@@ -60,9 +60,9 @@ def _unique(pairs: list) -> dict:
     return obj
 
 
-_checked = json.JSONDecoder(parse_float=_finite_float, parse_constant=_reject_constant,
+_checked = json.JSONDecoder(parse_float=finite_float, parse_constant=reject_constant,
                             object_pairs_hook=_unique)
-_plain = json.JSONDecoder(parse_float=_finite_float, parse_constant=_reject_constant)
+_plain = json.JSONDecoder(parse_float=finite_float, parse_constant=reject_constant)
 _scan = _checked.scan_once
 
 

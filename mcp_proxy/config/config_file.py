@@ -1,0 +1,158 @@
+"""The named-server config file (``--named-server-config``): read, expanded, validated.
+
+Claude Desktop's ``{"mcpServers": {NAME: {...}}}`` plus our ``cwd``, ``shared`` and
+``maxSessions``. In order: the JSON is parsed (a name twice in one object and a lone
+surrogate are refused: JSON parsers read them differently, and a surrogate cannot reach a
+child's environment), the enabled servers' strings are expanded (``variables.py``), and the
+result is validated against the shipped schema (``schema.py``). Every problem is reported,
+each as one line ``FILE: $.json.path: what was expected``, in one :class:`ConfigProblems`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcp_proxy.config.schema import Where, config_schema, json_path, problems
+from mcp_proxy.config.settings import ServerSpec
+from mcp_proxy.config.variables import Expansion
+from mcp_proxy.core.strict_json import finite_float, reject_constant
+from mcp_proxy.errors import ConfigError, ConfigProblems
+
+logger = logging.getLogger("mcp_proxy")
+
+MAX_DEPTH = 64  # the walks below recurse; a real config is five levels deep
+
+
+@dataclass
+class ConfigFile:
+    """What a config file resolves to."""
+
+    path: str
+    servers: dict  # mcpServers, the enabled ones' strings expanded
+    specs: dict[str, ServerSpec]  # the enabled servers
+    warnings: list[str] = field(default_factory=list)
+    secret: set[Where] = field(default_factory=set)  # strings that took a secret variable
+
+
+class _Members(dict):
+    """An object of the file, with the member names given more than once."""
+
+    twice: tuple = ()
+
+
+def _members(pairs: list) -> dict:
+    obj = _Members(pairs)
+    if len(obj) != len(pairs):
+        seen: set = set()
+        obj.twice = tuple(name for name, _ in pairs if name in seen or seen.add(name))
+    return obj
+
+
+def parse(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        data = json.loads(text, object_pairs_hook=_members, parse_float=finite_float,
+                          parse_constant=reject_constant)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested deeper than {MAX_DEPTH} levels") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    if _depth(data) > MAX_DEPTH:
+        raise ConfigError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+    return data
+
+
+def _depth(data: Any) -> int:
+    """How deep lists and objects nest, without recursion."""
+    deepest, todo = 0, [(data, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_DEPTH:
+                todo.extend((child, depth + 1) for child in
+                            (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def _text_problems(node: Any, path: Where, found: list) -> None:
+    """Names given twice, and strings no child can be given (a lone surrogate)."""
+    if isinstance(node, str):
+        if not _encodable(node):
+            found.append((path, "holds a lone surrogate (\\ud800-\\udfff): not text"))
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            _text_problems(item, (*path, index), found)
+    elif isinstance(node, dict):
+        for name in getattr(node, "twice", ()):
+            found.append((path, f"{json.dumps(name)} is given more than once"))
+        for key, value in node.items():
+            if not _encodable(key):
+                found.append(((*path, json.dumps(key)), "the name holds a lone surrogate"))
+            else:
+                _text_problems(value, (*path, key), found)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def read_config(path: str, pass_environment: bool = False,
+                environ: Mapping[str, str] | None = None) -> ConfigFile:
+    """Read, expand and validate the file; raise :class:`ConfigProblems` naming each problem."""
+    data = parse(path)
+    found: list[tuple[Where, str]] = []
+    _text_problems(data, (), found)
+    entries = data.get("mcpServers") if isinstance(data, dict) else None
+    expansion = Expansion(os.environ if environ is None else environ)
+    servers = entries
+    if isinstance(entries, dict):
+        servers = {name: entry if _disabled(entry) else expansion.tree(entry, ("mcpServers", name))
+                   for name, entry in entries.items()}
+        found += expansion.problems
+        data = {**data, "mcpServers": servers}
+    found += problems(data, config_schema())
+    if found:
+        raise ConfigProblems([f"{path}: {json_path(where)}: {message}"
+                              for where, message in found])
+    loaded = ConfigFile(path, servers, {}, secret=expansion.secret)
+    known = set(config_schema()["$defs"]["server"]["properties"])
+    for name, entry in servers.items():
+        unknown = sorted(set(entry) - known)
+        if unknown:  # a typo would otherwise pass unseen; other clients' fields are harmless
+            loaded.warnings.append(f"{path}: {json_path(('mcpServers', name))}: ignoring "
+                                   f"{', '.join(map(repr, unknown))} (known: "
+                                   f"{', '.join(sorted(known))})")
+        if not _disabled(entry):
+            limit = entry.get("maxSessions")
+            loaded.specs[name] = ServerSpec(
+                entry["command"], list(entry.get("args", [])), dict(entry.get("env", {})),
+                entry.get("cwd"), pass_environment, entry.get("shared", False),
+                None if limit is None else int(limit), audit=entry.get("audit", False))
+    return loaded
+
+
+def _disabled(entry: Any) -> bool:
+    return isinstance(entry, dict) and entry.get("enabled") is False
+
+
+def load_named_servers(path: str, pass_environment: bool) -> dict[str, ServerSpec]:
+    """The enabled servers of the file, its warnings logged."""
+    loaded = read_config(path, pass_environment)
+    for warning in loaded.warnings:
+        logger.warning("%s", warning)
+    return loaded.specs

@@ -1,0 +1,118 @@
+"""Parsed flags (options.py's parser) turned into settings, refusing impossible asks.
+
+Importing this module has no side effects, like options.py: the WSGI entry point uses it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+
+from mcp_proxy.config.config_file import load_named_servers
+from mcp_proxy.config.settings import ClientSettings, ServerSettings, ServerSpec, check_server_name
+from mcp_proxy.config.values import check_headers, check_latin1, check_url
+from mcp_proxy.errors import ConfigError, ConfigProblems
+
+logger = logging.getLogger("mcp_proxy")
+
+
+def is_url(text: str | None) -> bool:
+    return bool(text) and text.lower().startswith(("http://", "https://"))
+
+
+def server_settings(ns: argparse.Namespace) -> ServerSettings:
+    """Turn parsed arguments into ServerSettings; raise ConfigError for impossible asks."""
+    servers: dict[str, ServerSpec] = {}
+    if ns.command_or_url:
+        servers[""] = ServerSpec(ns.command_or_url, list(ns.args), dict(ns.env), ns.cwd,
+                                 ns.pass_environment)
+    if ns.named_server_config:
+        if ns.named_server:
+            logger.warning("--named-server-config given: ignoring --named-server")
+        servers.update(load_named_servers(ns.named_server_config, ns.pass_environment))
+    else:
+        for name, command in ns.named_server:
+            check_server_name(name)
+            argv = shlex.split(command)
+            if not argv:
+                raise ConfigError(f"--named-server {name}: empty command")
+            servers[name] = ServerSpec(argv[0], argv[1:], {}, None, ns.pass_environment)
+    for old, new in (("--sse-port", "--port"), ("--sse-host", "--host")):
+        if getattr(ns, old[2:].replace("-", "_")) is not None:
+            logger.warning("%s is deprecated and will go: use %s", old, new)
+    shared, problems = ns.stateless or ns.shared_child, []
+    for name, spec in servers.items():
+        spec.shared, spec.audit = spec.shared or shared, spec.audit or ns.log_calls
+        spec.pass_network = ns.pass_network
+        try:
+            spec.check()
+        except ConfigError as exc:
+            problems.append(f"server {name!r}: {exc}" if name else str(exc))
+    if problems:
+        raise ConfigProblems(problems)
+    if ns.log_call_arguments and not any(spec.audit for spec in servers.values()):
+        logger.warning('--log-call-arguments does nothing without --log-calls or "audit": true')
+    max_sessions = ns.max_sessions
+    if max_sessions is None:
+        max_sessions = 1000 if all(spec.shared for spec in servers.values()) else 100
+    elif max_sessions < 1:
+        raise ConfigError("--max-sessions must be at least 1")
+    return ServerSettings(
+        servers=servers,
+        host=ns.host if ns.host is not None else (ns.sse_host or "127.0.0.1"),
+        port=ns.port if ns.port is not None else (ns.sse_port or 0),
+        allow_origins=ns.allow_origin, allow_hosts=ns.allow_host,
+        expose_headers=ns.expose_header or ["Mcp-Session-Id"],
+        auth_token=ns.auth_token or None, keepalive=ns.keepalive,
+        max_body=ns.max_body_size, max_frame=ns.max_message_size,
+        max_queued=ns.max_queued_size, session_idle_timeout=ns.session_timeout,
+        stall_timeout=ns.stall_timeout, write_timeout=ns.write_timeout,
+        stop_timeout=ns.stop_timeout, stateless=ns.stateless, max_sessions=max_sessions,
+        redis_url=_redis_url(ns.redis_url), log_call_arguments=ns.log_call_arguments)
+
+
+def _redis_url(url: str | None) -> str | None:
+    if url and not url.lower().startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"--redis-url {url!r}: expected a redis://, rediss:// or unix:// URL")
+    return url or None
+
+
+def client_settings(ns: argparse.Namespace) -> ClientSettings:
+    verify: bool | str = True
+    if ns.verify_ssl is not None:
+        lowered = ns.verify_ssl.lower()
+        if lowered in ("false", "0", "no", "off"):
+            verify = False
+        elif lowered not in ("true", "1", "yes", "on"):
+            if not os.path.exists(ns.verify_ssl):
+                raise ConfigError(f"--verify-ssl: no CA bundle at {ns.verify_ssl!r}")
+            verify = ns.verify_ssl
+    if ns.args:
+        raise ConfigError(f"client mode takes one URL; unexpected: {' '.join(ns.args)}")
+    check_url(ns.command_or_url)
+    check_headers(ns.headers)
+    check_latin1("API_ACCESS_TOKEN", os.environ.get("API_ACCESS_TOKEN"))
+    check_latin1("--username", ns.username)
+    check_latin1("--password", ns.password)
+    if ns.oauth_callback_port == 0:
+        raise ConfigError("--oauth-callback-port 0: the sign-in callback needs a fixed port "
+                          "(1 to 65535); leave the flag out for a stable one")
+    if ns.protocol_era == "modern" and ns.transport == "sse":
+        raise ConfigError("--protocol-era modern needs Streamable HTTP: leave out --transport "
+                          "sse (the SSE transport is of the 2025 era)")
+    # a 2026-07-28 remote speaks Streamable HTTP only: nothing to fall back to
+    transport = "streamablehttp" if ns.protocol_era == "modern" else ns.transport
+    return ClientSettings(
+        url=ns.command_or_url, transport=transport, protocol_era=ns.protocol_era,
+        headers=dict(ns.headers),
+        username=ns.username, password=ns.password, digest=ns.digest,
+        client_id=ns.client_id, client_secret=ns.client_secret, token_url=ns.token_url,
+        client_key=ns.client_key, client_key_alg=ns.client_key_alg, oauth=ns.oauth,
+        oauth_client_id=ns.oauth_client_id, oauth_client_secret=ns.oauth_client_secret,
+        oauth_client_metadata_url=ns.oauth_client_metadata_url,
+        oauth_callback_port=ns.oauth_callback_port, oauth_no_browser=ns.oauth_no_browser,
+        oauth_timeout=ns.oauth_timeout,
+        verify=verify, connect_timeout=ns.connect_timeout, read_timeout=ns.read_timeout,
+        start_timeout=ns.start_timeout, recovery_timeout=ns.recovery_timeout)

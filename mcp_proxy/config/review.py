@@ -1,0 +1,53 @@
+"""``--check-config`` and ``--print-config``: look at the configuration, start nothing.
+
+``--check-config`` builds the settings as a start would (the config file read, expanded and
+validated; each command found on PATH; the flags checked; in client mode the URL and
+headers) and prints ``OK: ...`` on stdout, exit 0, or each problem on a line of its own on
+stderr, exit 1. ``--print-config`` prints the config file resolved, secrets masked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mcp_proxy.config.config_file import read_config
+from mcp_proxy.config.flag_settings import client_settings, is_url, server_settings
+from mcp_proxy.config.masking import masked, scrub
+from mcp_proxy.errors import ConfigError
+
+
+def review(ns: argparse.Namespace) -> int:
+    """Run ``--check-config`` or ``--print-config``; the exit status."""
+    try:
+        if ns.print_config:
+            return _print(ns)
+        print(_check(ns))
+    except ConfigError as exc:
+        for line in getattr(exc, "problems", None) or [str(exc)]:
+            print(f"mcp-proxy: error: {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check(ns: argparse.Namespace) -> str:
+    if is_url(ns.command_or_url):
+        settings = client_settings(ns)
+        return f"OK: client mode, remote {scrub(settings.url)} ({settings.transport})"
+    servers = server_settings(ns).servers
+    named = sorted(name for name in servers if name)
+    parts = ["the default server"] if "" in servers else []
+    if named:
+        parts.append(f"{len(named)} named ({', '.join(named)})")
+    source = f" from {ns.named_server_config}" if ns.named_server_config else ""
+    return f"OK: {' and '.join(parts)}{source}; every command found"
+
+
+def _print(ns: argparse.Namespace) -> int:
+    if not ns.named_server_config:
+        raise ConfigError("--print-config prints the --named-server-config file: give one")
+    loaded = read_config(ns.named_server_config, ns.pass_environment)
+    shown = masked({"mcpServers": loaded.servers}, loaded.secret)
+    print(json.dumps(shown, indent=2, ensure_ascii=False))
+    return 0
