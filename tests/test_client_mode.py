@@ -183,3 +183,61 @@ def test_5xx_and_cut_streams_fail_only_that_request(clients):
         assert client.close() == 0
     finally:
         server.shutdown()
+
+
+class Maintenance(http.server.BaseHTTPRequestHandler):
+    """What a load balancer may answer while the remote is being deployed: a 200 HTML page."""
+
+    def do_GET(self) -> None:
+        body = b"<html><body>Back in a minute</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.server.hits += 1
+
+    do_POST = do_GET
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.parametrize("transport, path", [("sse", "/sse"), ("streamablehttp", "/mcp")])
+def test_a_maintenance_page_during_recovery_is_waited_out(clients, transport, path):
+    """A remote that worked and went away is being recovered: a refusal it cannot heal (a page
+    that is not MCP) counts as one more failed attempt until --recovery-timeout, not as the
+    end of the session (it was: the proxy gave up at the first such page and exited)."""
+    remote = ProxyProcess("--", *RAW_SERVER).started()
+    port = int(remote.base.rsplit(":", 1)[1])
+    client = clients("--transport", transport, remote.base + path)
+    page = None
+    try:
+        client.handshake()
+        assert "result" in client.call(rpc("ping", 1))
+        remote.stop()
+        page = http.server.ThreadingHTTPServer(("127.0.0.1", port), Maintenance)
+        page.hits = 0
+        threading.Thread(target=page.serve_forever, daemon=True).start()
+        client.send(rpc("ping", 3))  # Streamable HTTP may notice the loss only here
+        deadline = time.monotonic() + 20
+        while page.hits < 2:  # the page was met on two reconnect attempts
+            assert time.monotonic() < deadline, client.stderr()
+            time.sleep(0.05)
+        page.shutdown()
+        page.server_close()
+        page = None
+        remote = ProxyProcess("--port", str(port), "--", *RAW_SERVER).started()
+        client.wait_stderr("reconnected and re-initialized", timeout=30)
+        client.send(rpc("ping", 2))
+        answers = {}
+        while 2 not in answers:  # ping 3 was answered too: with an error, or after recovery
+            answer = client.recv(15)
+            answers[answer["id"]] = answer
+        assert answers[2] == {"jsonrpc": "2.0", "id": 2, "result": {}}
+        assert client.close() == 0
+    finally:
+        if page is not None:
+            page.shutdown()
+            page.server_close()
+        remote.stop()

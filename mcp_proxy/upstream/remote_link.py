@@ -237,10 +237,11 @@ class Upstream(Link):
                 self._failures = 0
                 self.ready.set()
                 return
-            except (AuthError, TlsError, Refused) as exc:
+            except (AuthError, TlsError) as exc:
                 self.close(f"cannot reconnect: {exc}")
                 return
-            except UpstreamError as exc:
+            except UpstreamError as exc:  # Refused too: the remote worked until now, and a
+                # deploy may show a page that is not MCP for a while (--recovery-timeout)
                 if gevent.get_hub().loop.now() > deadline:
                     self.close(f"could not reconnect within {self.settings.recovery_timeout:g}"
                                f" s: {exc}")
