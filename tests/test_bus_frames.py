@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import RAW_SERVER, STREAM_HEADERS, open_sse, rpc
-from mcp_proxy.errors import BlobLost
+from mcp_proxy.errors import BlobLost, BusDown
 from mcp_proxy.server.scaleout import bus as bus_module
 from mcp_proxy.server.scaleout.bus import BLOB_OVER, Bus
 from mcp_proxy.server.scaleout.frames import decode, encode
@@ -259,3 +259,27 @@ def test_the_owner_watch_forgets_a_miss_once_the_owner_answered():
     assert fresh.frames == [] and "A" in watch.vanished
     watch._check_owners(100.0 + 2.5)  # past the grace: now it is gone
     assert fresh.frames == ["gone"] and confirmed.frames == [] and "C" not in watch.vanished
+
+
+def test_a_blob_frame_published_back_through_an_outage_is_stored_once(redis_server):
+    """An owner's large frame is resent while PUBLISH fails: its payload is stored once, not
+    once per attempt (each copy stayed in Redis for BLOB_TTL)."""
+    bus = Bus(redis_server.url, on_frame=lambda data: None, on_fatal=lambda exc: None)
+    failures, sent = [BusDown("down"), BusDown("down")], []
+
+    def publish_frame(tag: str, frame: bytes) -> int:
+        if failures:
+            raise failures.pop()
+        sent.append(frame)
+        return 1
+
+    bus.publish_frame = publish_frame
+    try:
+        payload = b"x" * (BLOB_OVER + 1)
+        assert bus.publish_back("abcdefgh", {"k": "data", "c": "1"}, payload)
+        assert len(sent) == 1 and not failures
+        [key] = redis_server.client().keys("mcpp:blob:*")
+        header, _ = decode(sent[0])
+        assert header["b"] == key.decode() and bus.payload(header, b"") == payload
+    finally:
+        bus.redis.close()

@@ -146,7 +146,10 @@ class Bus:
         """Publish a frame; while no reader got it, again for up to ``grace`` seconds
         (a count of 0 means nobody received it, so resending cannot duplicate it), unless
         the worker ``tag`` has no key: then it is gone, or never was."""
-        frame = self.prepare(header, payload)
+        return self.publish_prepared(tag, self.prepare(header, payload), grace)
+
+    def publish_prepared(self, tag: str, frame: bytes, grace: float = 0.0) -> bool:
+        """``publish`` of a frame ``prepare`` made (its blob, if any, stored once)."""
         deadline = time.monotonic() + grace
         if self.publish_frame(tag, frame):
             return True
@@ -163,9 +166,12 @@ class Bus:
         """``publish`` an owner's frame back, again while Redis cannot be reached (up to
         ``OUTAGE``) unless it may have gone out and a second copy would not be ignored."""
         deadline, pause = time.monotonic() + OUTAGE, RESEND_EVERY
-        while True:
+        frame = None  # prepared once: each retry storing its own copy of a blob left them
+        while True:  # to expire in Redis, a payload's size each
             try:
-                return self.publish(tag, header, payload, grace)
+                if frame is None:
+                    frame = self.prepare(header, payload)
+                return self.publish_prepared(tag, frame, grace)
             except BusDown as exc:
                 if time.monotonic() >= deadline or self.stopping or (
                         exc.unsure and header["k"] not in _IDEMPOTENT):
