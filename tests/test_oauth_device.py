@@ -180,13 +180,14 @@ GOOD = {"device_code": "d", "user_code": "WDJB-MJHT", "verification_uri":
     ({**GOOD, "verification_uri": "http://verify.example/device"}, "is not https"),
     ({**GOOD, "verification_uri_complete": "http://verify.example/d?c=1"}, "is not https"),
     ({**GOOD, "verification_uri": "javascript:alert(1)"}, "is not a URL"),
+    ({**GOOD, "verification_uri": "https://evil.example/ and enter the code X"}, "not a URL"),
     ({**GOOD, "user_code": "\x1b[2J\x1b[31mBAD"}, "user_code is malformed"),
     ({**GOOD, "interval": 10**8}, "wait 1e+08 s between polls, but its code expires"),
     ({**GOOD, "expires_in": None, "interval": 400}, "longer than --oauth-timeout (300 s)"),
     ({**GOOD, "interval": "5"}, "interval is not a number of seconds: '5'"),
     ({**GOOD, "expires_in": -1}, "expires_in is not a number of seconds"),
 ], ids=["text", "deep", "array", "empty", "no-user-code", "no-uri", "http-uri",
-        "http-complete", "not-a-url", "escapes", "huge-interval", "interval-over-timeout",
+        "http-complete", "not-a-url", "spaces", "escapes", "huge-interval", "interval-over-timeout",
         "string-interval", "negative-expiry"])
 def test_a_hostile_device_endpoint_is_one_clear_error(headless, remote, clients, answer,
                                                       expected):

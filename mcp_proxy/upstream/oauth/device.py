@@ -94,10 +94,12 @@ def _page(value: object, name: str) -> str:
         host = parts.hostname
     except ValueError:
         parts, host = None, None
-    if parts is None or not host or parts.scheme not in ("https", "http"):
-        raise AuthError(f"device authorization: the answer's {name} is not a URL: {uri!r}")
+    if parts is None or not host or parts.scheme not in ("https", "http") or any(
+            char.isspace() for char in uri):  # a space would let it rewrite our line
+        raise AuthError(f"device authorization: the answer's {name} is not a URL: "
+                        f"{uri[:100]!r}")
     if parts.scheme == "http" and host not in LOOPBACK:
-        raise AuthError(f"device authorization: the answer's {name} {uri} is not https: "
+        raise AuthError(f"device authorization: the answer's {name} {uri[:100]} is not https: "
                         f"refusing to send you there")
     return uri
 
