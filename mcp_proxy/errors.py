@@ -126,7 +126,7 @@ class OAuthError(AuthError):
 
     def __init__(self, what: str, code: str, description: str = "") -> None:
         super().__init__(f"{what}: {code}" + (f" ({description})" if description else ""))
-        self.code = code
+        self.code, self.description = code, description
 
 
 class Refused(UpstreamError):

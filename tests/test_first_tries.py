@@ -206,6 +206,13 @@ def test_oauth_callback_port_zero_is_refused(tmp_path):
                                     "stable one")
 
 
+def test_oauth_device_with_no_oauth_is_refused():
+    done = run_cli("--no-oauth", "--oauth-device", "http://127.0.0.1:9/mcp", timeout=15)
+    assert done.returncode == 1
+    assert one_error_line(done) == ("--oauth-device is a way to sign in, and --no-oauth turns "
+                                    "sign-in off: give one of them")
+
+
 def test_a_taken_port_is_named():
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]

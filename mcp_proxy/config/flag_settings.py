@@ -99,6 +99,9 @@ def client_settings(ns: argparse.Namespace) -> ClientSettings:
     if ns.oauth_callback_port == 0:
         raise ConfigError("--oauth-callback-port 0: the sign-in callback needs a fixed port "
                           "(1 to 65535); leave the flag out for a stable one")
+    if ns.oauth_device and not ns.oauth:
+        raise ConfigError("--oauth-device is a way to sign in, and --no-oauth turns sign-in "
+                          "off: give one of them")
     if ns.protocol_era == "modern" and ns.transport == "sse":
         raise ConfigError("--protocol-era modern needs Streamable HTTP: leave out --transport "
                           "sse (the SSE transport is of the 2025 era)")
@@ -113,6 +116,6 @@ def client_settings(ns: argparse.Namespace) -> ClientSettings:
         oauth_client_id=ns.oauth_client_id, oauth_client_secret=ns.oauth_client_secret,
         oauth_client_metadata_url=ns.oauth_client_metadata_url,
         oauth_callback_port=ns.oauth_callback_port, oauth_no_browser=ns.oauth_no_browser,
-        oauth_timeout=ns.oauth_timeout,
+        oauth_timeout=ns.oauth_timeout, oauth_device=ns.oauth_device,
         verify=verify, connect_timeout=ns.connect_timeout, read_timeout=ns.read_timeout,
         start_timeout=ns.start_timeout, recovery_timeout=ns.recovery_timeout)

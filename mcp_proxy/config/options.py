@@ -74,9 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="port of the sign-in callback on 127.0.0.1 (default: a stable "
                              "port derived from the URL)")
     client.add_argument("--oauth-no-browser", action="store_true",
-                        help="do not open a browser: only print the sign-in URL to stderr")
+                        help="do not open a browser: print the sign-in URL to stderr (or sign in "
+                             "with a code, if the server offers it)")
+    client.add_argument("--oauth-device", action=argparse.BooleanOptionalAction, default=None,
+                        help="sign in with a code entered on another device (RFC 8628 device "
+                             "authorization; default: when no browser can open and the "
+                             "server offers it)")
     client.add_argument("--oauth-timeout", type=positive, default=300.0, metavar="SECONDS",
-                        help="how long to wait for the browser sign-in (default 300)")
+                        help="how long to wait for the sign-in (default 300)")
     client.add_argument("--oauth-logout", action="store_true",
                         help="forget the cached sign-in (tokens, registration) for the URL "
                              "and exit")

@@ -132,6 +132,7 @@ class ClientSettings:
     oauth_client_metadata_url: str | None = None
     oauth_callback_port: int | None = None
     oauth_no_browser: bool = False
+    oauth_device: bool | None = None  # sign in with a code (RFC 8628); None: when no browser
     oauth_timeout: float = 300.0
     verify: bool | str = True
     connect_timeout: float = 10.0

@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit
 
+from oauth_device import DEVICE_GRANT, DeviceGrant
 from oauth_resource import ProtectedMcp
 
 DEFAULTS = {
@@ -46,10 +47,17 @@ DEFAULTS = {
     "audience": None,  # what a client assertion's aud must be (default: the issuer)
     "clients": {},  # pre-registered: {client_id: {"secret": ..., "method": ...}}
     "client_keys": {},  # client credentials with a key: {client_id: public PEM}
+    "device": False,  # offer the device authorization grant (oauth_device.py)
+    "device_interval": 0,  # the interval /device names (None: none, the client's 5 s)
+    "device_expires_in": 600,
+    "device_slow_down": 0,  # slow_down answers to the first polls
+    "device_pending": 2,  # then authorization_pending answers (unless /verify was visited)
+    "device_outcome": "approve",  # then: approve | deny | expire
+    "device_answer": None,  # replaces the /device answer (a dict or raw bytes)
 }
 
 
-class Handler(ProtectedMcp, http.server.BaseHTTPRequestHandler):
+class Handler(ProtectedMcp, DeviceGrant, http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args) -> None:
@@ -93,6 +101,8 @@ class Handler(ProtectedMcp, http.server.BaseHTTPRequestHandler):
             return self.reply(200, self.s.metadata())
         if path == f"{ipath}/authorize":
             return self.authorize({k: v[0] for k, v in query.items()})
+        if path == f"{ipath}/verify" and sw["device"]:
+            return self.verify({k: v[0] for k, v in query.items()})
         if path == "/mcp":
             if self.bearer() is None:
                 return self.challenge()
@@ -109,6 +119,8 @@ class Handler(ProtectedMcp, http.server.BaseHTTPRequestHandler):
             return self.token(self.form())
         if path == f"{ipath}/register" and self.s.sw["registration"]:
             return self.register(self.form())
+        if path == f"{ipath}/device" and self.s.sw["device"]:
+            return self.device(self.form())
         if path == "/mcp":
             return self.mcp()
         if path == "/messages/":
@@ -216,6 +228,8 @@ class Handler(ProtectedMcp, http.server.BaseHTTPRequestHandler):
                 return self.reply(400, {"error": "invalid_grant"})
             self.s.refreshes += 1
             return self.issue(client_id, record["scope"], record["resource"])
+        if grant == DEVICE_GRANT:
+            return self.device_token(form, client_id)
         if grant == "client_credentials":
             return self.issue(client_id, form.get("scope", ""), form.get("resource"),
                               refresh=False)
@@ -251,6 +265,9 @@ class OAuthServer(http.server.ThreadingHTTPServer):
         self.sse_sessions: dict = {}
         self.closed = threading.Event()
         self.refreshes = 0
+        self.device_codes: dict = {}
+        self.device_requests: list[dict] = []
+        self.device_polls: list[float] = []  # when the device grant was polled (monotonic)
 
     def server_close(self) -> None:
         self.closed.set()  # ends the open event streams
@@ -270,6 +287,8 @@ class OAuthServer(http.server.ThreadingHTTPServer):
                  "authorization_response_iss_parameter_supported": self.sw["iss"]}
         if self.sw["registration"]:
             found["registration_endpoint"] = ip + "/register"
+        if self.sw["device"]:
+            found["device_authorization_endpoint"] = ip + "/device"
         return found
 
     def revoke_all(self) -> None:

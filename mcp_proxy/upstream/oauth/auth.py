@@ -1,9 +1,10 @@
 """OAuthSignIn: the bearer token on every request to the remote, and what a refusal starts.
 
-A 401 refreshes the token if it can, else runs the browser sign-in (one at a time in the
-process, and across processes through the cache's lock: a second instance waits and then
-uses the tokens the first one got); a 403 ``insufficient_scope`` signs in again for the
-union of the scopes (at most twice per method and tool). The request is resent once.
+A 401 refreshes the token if it can, else signs in: in the browser, or with a code when no
+browser opens (``device.py``); one at a time in the process, and across processes through
+the cache's lock (a second instance waits and then uses the tokens the first one got). A 403
+``insufficient_scope`` signs in again for the union of the scopes (at most twice per method
+and tool). The request is resent once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from requests.auth import AuthBase
 from mcp_proxy.config.settings import ClientSettings
 from mcp_proxy.errors import AuthError, OAuthError, UpstreamError
 from mcp_proxy.upstream.oauth.browser import default_port
+from mcp_proxy.upstream.oauth.device import device_wanted, sign_in_with_code
 from mcp_proxy.upstream.oauth.discovery import Discovery, discover
 from mcp_proxy.upstream.oauth.signin import Registrar, authorize, client_file, token_record
 from mcp_proxy.upstream.oauth.store import Store
@@ -162,8 +164,16 @@ class OAuthSignIn(AuthBase):
             port = self.settings.oauth_callback_port
             self._sign_ins.append(now)
             try:
-                record = authorize(self.settings, self.http, self.store, self.found, wanted,
-                                   port or default_port(self.store.key), port is not None)
+                if device_wanted(self.settings, self.found):
+                    client = Registrar(self.settings, self.http, self.store).client(
+                        self.found, None, wanted)  # no redirect URI: for the device grant
+                    record = token_record(sign_in_with_code(
+                        self.settings, self.http, self.found, client, wanted),
+                        self.found, wanted, client)
+                else:
+                    record = authorize(self.settings, self.http, self.store, self.found,
+                                       wanted, port or default_port(self.store.key),
+                                       port is not None)
             except OAuthError as exc:
                 self._after_error(exc.code, self.found.issuer)
                 self._failed = (time.monotonic(), exc)

@@ -52,6 +52,11 @@ def browser_commands(url: str) -> list[list[str]]:
     return commands
 
 
+def can_open_browser() -> bool:
+    """Whether ``open_browser`` has anything to try (no ``$BROWSER`` and no display: no)."""
+    return sys.platform == "win32" or bool(browser_commands("about:blank"))
+
+
 def open_browser(url: str) -> bool:
     """Start a browser on ``url``, detached from our stdin and stdout; True if one started."""
     if sys.platform == "win32":

@@ -22,7 +22,7 @@ from mcp_proxy.errors import NO_TOKEN, AuthError, UpstreamError
 from mcp_proxy.upstream.oauth.browser import Callback, open_browser
 from mcp_proxy.upstream.oauth.discovery import Discovery, check_pkce
 from mcp_proxy.upstream.oauth.store import Store
-from mcp_proxy.upstream.oauth.wire import Client, choose_method, token_request
+from mcp_proxy.upstream.oauth.wire import DEVICE_GRANT, Client, choose_method, token_request
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Registrar:
         self.settings, self.http, self.store = settings, http, store
 
     def known(self, issuer: str, metadata: dict | None = None,
-              redirect_uri: str | None = None) -> Client | None:
+              redirect_uri: str | None = None, device: bool = False) -> Client | None:
         """The client without registering anything (pre-registered, CIMD or cached);
         ``metadata`` None (a refresh) trusts the flags as the sign-in did."""
         settings = self.settings
@@ -73,20 +73,24 @@ class Registrar:
         if settings.oauth_client_metadata_url and (
                 metadata is None or metadata.get("client_id_metadata_document_supported")):
             return Client(settings.oauth_client_metadata_url, "none")
-        return self.cached(issuer, redirect_uri)
+        return self.cached(issuer, redirect_uri, device)
 
-    def cached(self, issuer: str, redirect_uri: str | None = None) -> Client | None:
-        """Our registration with this issuer, if it still fits the redirect URI."""
+    def cached(self, issuer: str, redirect_uri: str | None = None,
+               device: bool = False) -> Client | None:
+        """Our registration with this issuer, if it still fits the redirect URI (or, for a
+        sign-in with a code, was made for the device grant)."""
         record = self.store.read(client_file(issuer))
         if record and record.get("issuer") == issuer and isinstance(
                 record.get("client_id"), str) and (
-                redirect_uri is None or redirect_uri in record.get("redirect_uris", [])):
+                redirect_uri is None or redirect_uri in record.get("redirect_uris", [])) and (
+                not device or DEVICE_GRANT in (record.get("grant_types") or [])):
             return Client(record["client_id"], record.get("token_endpoint_auth_method")
                           or "none", record.get("client_secret"))
         return None
 
-    def client(self, found: Discovery, redirect_uri: str, scope: str | None) -> Client:
-        client = self.known(found.issuer, found.metadata, redirect_uri)
+    def client(self, found: Discovery, redirect_uri: str | None, scope: str | None) -> Client:
+        """The client to sign in as; no ``redirect_uri``: a sign-in with a code (RFC 8628)."""
+        client = self.known(found.issuer, found.metadata, redirect_uri, redirect_uri is None)
         if client is not None:
             return client
         endpoint = found.endpoint("registration_endpoint")
@@ -96,7 +100,7 @@ class Registrar:
                             f"--oauth-client-secret) of a client registered there")
         return self.register(found, endpoint, redirect_uri, scope)
 
-    def register(self, found: Discovery, endpoint: str, redirect_uri: str,
+    def register(self, found: Discovery, endpoint: str, redirect_uri: str | None,
                  scope: str | None) -> Client:
         supported = found.metadata.get("token_endpoint_auth_methods_supported")
         method = "none"
@@ -107,6 +111,9 @@ class Registrar:
                 "grant_types": ["authorization_code", "refresh_token"],
                 "response_types": ["code"], "token_endpoint_auth_method": method,
                 "application_type": "native"}
+        if redirect_uri is None:  # the device grant: no redirect, no authorization response
+            del body["redirect_uris"]
+            body.update(grant_types=[DEVICE_GRANT, "refresh_token"], response_types=[])
         if scope:
             body["scope"] = scope
         try:
@@ -130,7 +137,8 @@ class Registrar:
         if method.startswith("client_secret") and not record.get("client_secret"):
             raise AuthError("client registration gave a secret-based client without a secret")
         record.update(issuer=found.issuer, token_endpoint_auth_method=method,
-                      redirect_uris=record.get("redirect_uris") or [redirect_uri],
+                      redirect_uris=record.get("redirect_uris") or body.get("redirect_uris", []),
+                      grant_types=record.get("grant_types") or body["grant_types"],
                       registered_at=time.time())
         self.store.write(client_file(found.issuer), record)
         logger.info("registered as an OAuth client at %s", found.issuer)
