@@ -50,8 +50,9 @@ def test_check_config_with_the_default_server_and_client_mode():
     done = run_cli("--check-config", "--", *RAW_SERVER)
     assert (done.returncode, done.stdout) == (0, "OK: the default server; every command found\n")
     done = run_cli("--check-config", "https://user:pw@example.com/mcp?key=k")
-    assert (done.returncode, done.stdout) == (
-        0, "OK: client mode, remote https://user:***@example.com/mcp?key=*** (auto)\n")
+    # client mode: stdout is the protocol channel, so the OK goes to stderr
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0, "", "OK: client mode, remote https://user:***@example.com/mcp?key=*** (auto)\n")
     done = run_cli("--check-config", "http://[::1/mcp")
     assert done.returncode == 1 and len(error_lines(done)) == 1
 
@@ -122,6 +123,10 @@ def test_print_config_refusals(tmp_path):
     assert done.returncode == 1 and done.stdout == ""
     assert error_lines(done) == [f"{path}: $.mcpServers.a.env.A: ${{NOT_SET_HERE}} is not set: "
                                  f"set it, or give a default with ${{NOT_SET_HERE:-default}}"]
+    good = config(tmp_path, {"a": {"command": "x"}}, "good.json")
+    done = run_cli("--named-server-config", good, "--print-config", "https://example.com/mcp")
+    assert (done.returncode, done.stdout, error_lines(done)) == (
+        1, "", ["--print-config prints server mode's config file: leave out the URL"])
     done = run_cli("--named-server-config", path, "--print-config", "--check-config")
     assert done.returncode == 2
     assert "not allowed with argument" in done.stderr and len(done.stderr.splitlines()) == 1

@@ -2,8 +2,11 @@
 
 ``--check-config`` builds the settings as a start would (the config file read, expanded and
 validated; each command found on PATH; the flags checked; in client mode the URL and
-headers) and prints ``OK: ...`` on stdout, exit 0, or each problem on a line of its own on
-stderr, exit 1. ``--print-config`` prints the config file resolved, secrets masked.
+headers) and prints ``OK: ...``, exit 0, or each problem on a line of its own on stderr,
+exit 1. The OK goes to stdout in server mode (for scripts), to stderr in client mode: there
+stdout is the protocol channel, and a desktop client that starts us with the flag must not
+read a line of text as a message. ``--print-config`` prints the server config file resolved,
+secrets masked, on stdout (it needs ``--named-server-config``, a server-mode file).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ def review(ns: argparse.Namespace) -> int:
     try:
         if ns.print_config:
             return _print(ns)
-        print(_check(ns))
+        print(_check(ns), file=sys.stderr if is_url(ns.command_or_url) else sys.stdout)
     except ConfigError as exc:
         for line in getattr(exc, "problems", None) or [str(exc)]:
             print(f"mcp-proxy: error: {line}", file=sys.stderr)
@@ -47,6 +50,8 @@ def _check(ns: argparse.Namespace) -> str:
 def _print(ns: argparse.Namespace) -> int:
     if not ns.named_server_config:
         raise ConfigError("--print-config prints the --named-server-config file: give one")
+    if is_url(ns.command_or_url):  # client mode's stdout carries protocol messages only
+        raise ConfigError("--print-config prints server mode's config file: leave out the URL")
     loaded = read_config(ns.named_server_config, ns.pass_environment)
     shown = masked({"mcpServers": loaded.servers}, loaded.secret)
     print(json.dumps(shown, indent=2, ensure_ascii=False))
