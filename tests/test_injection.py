@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 import requests
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from test_lifecycle import wait_until
 from test_shared import Client, recorded, tool
@@ -239,18 +239,33 @@ def members(draw, depth: int = 2) -> tuple[bytes, bool]:
     return b"{" + b",".join(parts) + b"}", twice
 
 
+def routed_unhashable(params) -> bool:
+    """Whether ``params`` hold what the parser refuses as a routing key: an object or an array
+    as requestId, progressToken or uri, or in ``_meta`` as progressToken or a listen's id."""
+    if not isinstance(params, dict):
+        return False
+    meta = params.get("_meta")
+    return any(isinstance(params.get(key), (dict, list))
+               for key in ("requestId", "progressToken", "uri")) or (
+        isinstance(meta, dict) and any(isinstance(meta.get(key), (dict, list)) for key in
+                                       ("progressToken", "io.modelcontextprotocol/subscriptionId")))
+
+
 @BOUNDED
 @given(params=members(), large=st.booleans())
 def test_parse_refuses_exactly_the_texts_with_a_duplicate(params, large):
+    """Refused exactly when a member is there twice (or, without one, when a routing key is
+    an object or an array: test_a_routed_param_that_is_no_key_is_refused_by_the_parser)."""
     body, twice = params
+    refused = twice or routed_unhashable(json.loads(body))
     data = b'{"jsonrpc":"2.0","id":1,"method":"x","params":' + body + b"}"
     data = _padded(data) if large else data
     try:
         message = jsonrpc.parse(data)
     except MessageError as exc:
-        assert twice and exc.code == jsonrpc.INVALID_REQUEST, exc.message
+        assert refused and exc.code == jsonrpc.INVALID_REQUEST, exc.message
         return
-    assert not twice
+    assert not refused
     assert message.obj == strict_loads(data)
 
 
@@ -284,6 +299,7 @@ def messages(draw) -> bytes:
 @given(raw=messages(), new_id=IDS)
 def test_with_id_leaves_the_new_id_the_only_one(raw, new_id):
     before = strict_loads(raw)
+    assume(not routed_unhashable(before.get("params")))  # refused by the parser
     message = jsonrpc.parse(raw)
     moved = jsonrpc.with_id(message, new_id)
     after = strict_loads(moved.raw)  # and no duplicate member anywhere
@@ -298,6 +314,7 @@ def test_with_id_leaves_the_new_id_the_only_one(raw, new_id):
 @given(raw=messages(), new_id=IDS, token=IDS)
 def test_rewritten_leaves_its_members_the_only_ones(raw, new_id, token):
     before = strict_loads(raw)
+    assume(not routed_unhashable(before.get("params")))  # refused by the parser
     message = jsonrpc.parse(raw)
     params = {"_meta": {"progressToken": token}} if "method" in before else None
     moved = jsonrpc.rewritten(message, params, id=new_id)
@@ -307,3 +324,57 @@ def test_rewritten_leaves_its_members_the_only_ones(raw, new_id, token):
         assert after["params"] == {**before["params"], **params}
     assert {k: v for k, v in after.items() if k not in ("id", "params")} == \
         {k: v for k, v in before.items() if k not in ("id", "params")}
+
+
+ROUTED = [("notifications/cancelled", {"requestId": None}),
+          ("notifications/progress", {"progressToken": None, "progress": 1}),
+          ("resources/subscribe", {"uri": None}),
+          ("resources/updated", {"uri": None}),
+          ("tools/call", {"name": "echo", "_meta": {"progressToken": None}}),
+          ("subscriptions/listen", {"_meta": {"io.modelcontextprotocol/subscriptionId": None}})]
+UNHASHABLE = st.one_of(st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+                       st.lists(st.integers(), max_size=2))
+
+
+def _with(params: dict, value) -> dict:
+    """``params`` with its one routed value (the None) set to ``value``."""
+    return {key: (_with(inner, value) if isinstance(inner, dict) else
+                  value if inner is None else inner) for key, inner in params.items()}
+
+
+@BOUNDED
+@given(case=st.sampled_from(ROUTED), value=UNHASHABLE, request=st.booleans())
+def test_a_routed_param_that_is_no_key_is_refused_by_the_parser(case, value, request):
+    """A cancel's requestId, a progress token, a resource's uri, a listen's id: routing keeps
+    them as dict keys, so an object or an array there was a TypeError mid-relay (a 500 and a
+    traceback for a cancellation); the parser refuses them, on both of its paths."""
+    method, params = case
+    body = {"jsonrpc": "2.0", "method": method, "params": _with(params, value)}
+    if request:
+        body["id"] = 7
+    for data in (json.dumps(body).encode(), _padded(json.dumps(body).encode())):
+        with pytest.raises(MessageError) as refused:
+            jsonrpc.parse(data)
+        assert refused.value.code == -32600
+        assert "must be a string or a number" in refused.value.message
+    for fine in ("s", 3, 2.5):  # what MCP allows goes through
+        body["params"] = _with(params, fine)
+        assert jsonrpc.parse(json.dumps(body).encode()).method == method
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own child", "shared child"])
+def test_a_cancel_of_an_object_is_a_400_and_the_session_goes_on(proxy_factory, shared):
+    proxy = proxy_factory(*(["--shared-child"] if shared else []), "--", *RAW_SERVER)
+    client = Client(proxy.base)
+    for params in ({"requestId": {"a": 1}}, {"progressToken": [1], "progress": 1},
+                   {"uri": {"x": 1}}):
+        method = "resources/subscribe" if "uri" in params else (
+            "notifications/cancelled" if "requestId" in params else "notifications/progress")
+        refused = requests.post(client.endpoint, timeout=10, json={
+            "jsonrpc": "2.0", "method": method, "params": params,
+            **({"id": 9} if "uri" in params else {})})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["code"] == -32600
+    assert client.call(tool("echo", 2, text="still"))["result"]["content"][0]["text"] == "still"
+    assert "Traceback" not in proxy.stderr()
+    client.close()

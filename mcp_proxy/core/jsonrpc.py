@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from mcp_proxy.core import strict_json
+from mcp_proxy.core.protocol import SUBSCRIPTION_KEY
 from mcp_proxy.errors import AmbiguousJson, MessageError
 
 PARSE_ERROR = -32700
@@ -139,13 +140,39 @@ def validate(obj: Any) -> dict:
     if "method" in obj:
         if not isinstance(obj["method"], str):
             raise MessageError(INVALID_REQUEST, "Invalid Request: method must be a string")
-        if "params" in obj and not isinstance(obj["params"], (dict, list)):
+        params = obj.get("params")
+        if "params" in obj and not isinstance(params, (dict, list)):
             raise MessageError(INVALID_REQUEST, "Invalid Request: params must be an object")
+        if type(params) is dict and params:
+            _check_routed(params)
     elif "id" not in obj or ("result" in obj) == ("error" in obj):
         raise MessageError(
             INVALID_REQUEST, "Invalid Request: need a method, or an id with result or error"
         )
     return obj
+
+
+# The params routing keeps as dict keys (a cancel's request, a progress token, a resource,
+# a 2026-07-28 listen): in MCP each is a string or a number. An object or an array there is
+# a key no dict takes: refused here, once, rather than a TypeError in every place that routes.
+_ROUTED = ("requestId", "progressToken", "uri")
+_META_ROUTED = ("progressToken", SUBSCRIPTION_KEY)
+_ROUTED_NAMES = frozenset((*_ROUTED, "_meta"))
+
+
+def _check_routed(params: dict) -> None:
+    if params.keys().isdisjoint(_ROUTED_NAMES):  # most messages: one look, per message
+        return
+    for key in _ROUTED:
+        if isinstance(params.get(key), (dict, list)):
+            raise MessageError(INVALID_REQUEST, f"Invalid Request: params.{key} must be a "
+                               "string or a number")
+    meta = params.get("_meta")
+    if type(meta) is dict:
+        for key in _META_ROUTED:
+            if isinstance(meta.get(key), (dict, list)):
+                raise MessageError(INVALID_REQUEST, f"Invalid Request: params._meta.{key} "
+                                   "must be a string or a number")
 
 
 def parse(data: bytes | str) -> Message:
