@@ -120,6 +120,21 @@ def test_each_outcome_of_an_audited_call(caplog):
     assert 'name="file:///etc/x y"' in caplog.records[1].getMessage()
 
 
+def test_a_request_id_used_twice_loses_no_audit_line(caplog):
+    """A client that reuses an id in flight: the first call is logged as unanswered (which
+    call an answer ends cannot be told), never dropped from the trail."""
+    audit, link = meter(), Link("session")
+    audit.watch(link, "abc", "10.0.0.1")
+    with caplog.at_level(logging.INFO, "mcp_proxy.audit"):
+        audit.client_to_server(call(1, name="first"))
+        audit.client_to_server(call(1, name="second"))
+        audit.server_to_client(answer(1, content=[]))
+    found = [(r.fields["name"], r.fields["outcome"], r.fields.get("reason"))
+             for r in caplog.records]
+    assert found == [("first", "no answer", "the client sent another request with its id"),
+                     ("second", "ok", None)]
+
+
 def test_arguments_only_when_asked(caplog):
     audit = meter(arguments=True)
     with caplog.at_level(logging.INFO, "mcp_proxy.audit"):

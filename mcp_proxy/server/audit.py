@@ -88,8 +88,12 @@ class AuditMeter(RelayMeter):
             if self.arguments:
                 whole = message.obj.get("params")
                 arguments = whole.get("arguments") if isinstance(whole, dict) else None
-            self._open[id_key(message.id)] = (time.perf_counter(), message.method, name,
-                                              len(message.raw), arguments)
+            key = id_key(message.id)
+            earlier = self._open.get(key)
+            if earlier is not None:  # one answer cannot tell which of the two it ends
+                self._log(earlier, "no answer", 0, "the client sent another request with its id")
+            self._open[key] = (time.perf_counter(), message.method, name, len(message.raw),
+                               arguments)
         elif kind == jsonrpc.NOTIFICATION and self._open \
                 and message.method == "notifications/cancelled":
             call = self._open.pop(id_key(message.params.get("requestId")), None)
