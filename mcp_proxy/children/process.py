@@ -35,6 +35,7 @@ from mcp_proxy.config.settings import ServerSpec
 from mcp_proxy.core import greenlets, jsonrpc
 from mcp_proxy.core.greenlets import closing
 from mcp_proxy.core.link import Link
+from mcp_proxy.core.tool_filter import ToolFilter
 from mcp_proxy.errors import LinkClosed, MessageError, ServerBusy, SpawnError
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class StdioChild(Link):
         self._writer: gevent.Greenlet | None = None
         self._unstarted = True  # until the first initialize is sent: then it is watched
         self.watch: StartWatch | None = None
+        self.tool_filter = ToolFilter(spec.tools) if spec.tools else None
         try:
             self.process = subprocess.Popen(
                 spec.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -87,6 +89,12 @@ class StdioChild(Link):
     def send(self, message: jsonrpc.Message) -> None:
         """Write one frame, in order; raise :class:`ServerBusy` if the server takes nothing
         for ``write_timeout`` while its queue is full."""
+        if self.tool_filter is not None and message.kind == jsonrpc.REQUEST:
+            passed = self.tool_filter.request(message)
+            if passed is None:  # a hidden tool: answered as the server answers an unknown one
+                self.deliver(self.tool_filter.refusal(message))
+                return
+            message = passed
         if self._unstarted and message.method == "initialize" \
                 and message.kind == jsonrpc.REQUEST and not self.closed.is_set():
             self._unstarted = False
@@ -198,6 +206,8 @@ class StdioChild(Link):
                 and message.id == watch.request_id:
             self.watch = None
             watch.answer()
+        if self.tool_filter is not None:
+            message = self.tool_filter.answer(message)
         self.deliver(message)
 
     def _drop_oversize(self, head: bytes, tail: bytes, size: int) -> None:

@@ -160,7 +160,7 @@ def run_client(ns: argparse.Namespace) -> int:
             isinstance(exc, Refused) and settings.transport == "sse" else ""
         refuse(StdioDownstream(max_frame=settings.max_frame), failure(exc) + hint)
         return 1
-    down = StdioDownstream(max_frame=settings.max_frame)
+    down = StdioDownstream(max_frame=settings.max_frame, tools=settings.tools)
     link: Link | None = era_link(settings, upstream)
     if settings.transport == "auto":
         try:

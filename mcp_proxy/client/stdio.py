@@ -13,9 +13,11 @@ import logging
 from gevent.fileobject import FileObjectPosix
 from gevent.lock import RLock
 
+from mcp_proxy.config.settings import ToolRules
 from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.greenlets import closing, spawn
 from mcp_proxy.core.link import Link
+from mcp_proxy.core.tool_filter import ToolFilter
 from mcp_proxy.errors import LinkClosed, MessageError
 
 logger = logging.getLogger(__name__)
@@ -24,9 +26,11 @@ logger = logging.getLogger(__name__)
 class StdioDownstream(Link):
     """The desktop client on the other end of our stdin and stdout."""
 
-    def __init__(self, stdin_fd: int = 0, stdout_fd: int = 1, max_frame: int = 64 << 20):
+    def __init__(self, stdin_fd: int = 0, stdout_fd: int = 1, max_frame: int = 64 << 20,
+                 tools: ToolRules | None = None):
         super().__init__("stdio")
         self.max_frame = max_frame
+        self.tool_filter = ToolFilter(tools) if tools else None
         self._in = FileObjectPosix(stdin_fd, "rb", closefd=False, bufsize=1 << 18)
         self._out = FileObjectPosix(stdout_fd, "wb", closefd=False, bufsize=1 << 18)
         self._lock = RLock()
@@ -35,6 +39,8 @@ class StdioDownstream(Link):
     def send(self, message: jsonrpc.Message) -> None:
         if self.closed.is_set():
             raise LinkClosed(f"stdout is closed: {self.close_reason}")
+        if self.tool_filter is not None:
+            message = self.tool_filter.answer(message)
         try:
             with self._lock:
                 self._out.write(message.raw + b"\n")
@@ -64,6 +70,12 @@ class StdioDownstream(Link):
                     logger.warning("stdin: %s: %.200r", exc.message, line)
                     self._reject(exc.code, exc.message)
                     continue
+                if self.tool_filter is not None and message.kind == jsonrpc.REQUEST:
+                    passed = self.tool_filter.request(message)
+                    if passed is None:  # a hidden tool: the remote never hears of it
+                        self.send(self.tool_filter.refusal(message))
+                        continue
+                    message = passed
                 self.deliver(message)
         except (OSError, ValueError) as exc:
             logger.debug("stdin read ended: %s", exc)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcp_proxy.config.schema import Where, config_schema, json_path, problems
-from mcp_proxy.config.settings import ServerSpec
+from mcp_proxy.config.settings import ServerSpec, rules_of
 from mcp_proxy.config.variables import Expansion
 from mcp_proxy.core.strict_json import finite_float, reject_constant
 from mcp_proxy.errors import ConfigError, ConfigProblems
@@ -143,6 +143,13 @@ def read_config(path: str, pass_environment: bool = False,
                 entry["command"], list(entry.get("args", [])), dict(entry.get("env", {})),
                 entry.get("cwd"), pass_environment, entry.get("shared", False),
                 None if limit is None else int(limit), audit=entry.get("audit", False))
+            try:
+                loaded.specs[name].tools = rules_of(entry.get("tools"))
+            except ConfigError as exc:
+                found.append((("mcpServers", name, "tools"), str(exc)))
+    if found:  # what the schema cannot say: two tools renamed to one name
+        raise ConfigProblems([f"{path}: {json_path(where)}: {message}"
+                              for where, message in found])
     return loaded
 
 

@@ -11,7 +11,13 @@ import os
 import shlex
 
 from mcp_proxy.config.config_file import load_named_servers
-from mcp_proxy.config.settings import ClientSettings, ServerSettings, ServerSpec, check_server_name
+from mcp_proxy.config.settings import (
+    ClientSettings,
+    ServerSettings,
+    ServerSpec,
+    ToolRules,
+    check_server_name,
+)
 from mcp_proxy.config.values import check_headers, check_latin1, check_url
 from mcp_proxy.errors import ConfigError, ConfigProblems
 
@@ -46,6 +52,7 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
     for name, spec in servers.items():
         spec.shared, spec.audit = spec.shared or shared, spec.audit or ns.log_calls
         spec.pass_network = ns.pass_network
+        spec.tools = spec.tools.with_flags(ns.allow_tool, ns.deny_tool)
         try:
             spec.check()
         except ConfigError as exc:
@@ -118,4 +125,5 @@ def client_settings(ns: argparse.Namespace) -> ClientSettings:
         oauth_callback_port=ns.oauth_callback_port, oauth_no_browser=ns.oauth_no_browser,
         oauth_timeout=ns.oauth_timeout, oauth_device=ns.oauth_device,
         verify=verify, connect_timeout=ns.connect_timeout, read_timeout=ns.read_timeout,
-        start_timeout=ns.start_timeout, recovery_timeout=ns.recovery_timeout)
+        start_timeout=ns.start_timeout, recovery_timeout=ns.recovery_timeout,
+        tools=ToolRules().with_flags(ns.allow_tool, ns.deny_tool))

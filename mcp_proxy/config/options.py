@@ -121,9 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also serve COMMAND_STRING under /servers/NAME/; repeatable")
     stdio.add_argument("--named-server-config", metavar="FILE",
                        help='JSON file {"mcpServers": {NAME: {"command", "args", "env", '
-                            '"cwd", "enabled", "shared", "maxSessions", "audit"}}} (Claude '
-                            'Desktop\'s shape; only "command" is required; strings may hold '
-                            '${VAR} and ${VAR:-default}); replaces --named-server')
+                            '"cwd", "enabled", "shared", "maxSessions", "audit", "tools"}}} '
+                            '(Claude Desktop\'s shape; only "command" is required; strings '
+                            'may hold ${VAR} and ${VAR:-default}); replaces --named-server')
     checks = stdio.add_mutually_exclusive_group()
     checks.add_argument("--check-config", action="store_true",
                         help="check the servers (the config file, the commands on PATH) or "
@@ -199,4 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "per tools/call, resources/read and prompts/get (logger mcp_proxy.audit)")
     logs.add_argument("--log-call-arguments", action="store_true",
                       help="put each audited call's arguments in its audit line")
+
+    tools = parser.add_argument_group("tool filters (both modes; server mode: every server)")
+    tools.add_argument("--allow-tool", action="append", default=[], metavar="GLOB",
+                       help="show only the tools whose name matches a GLOB (fnmatch: * ? "
+                            "[seq]); repeatable")
+    tools.add_argument("--deny-tool", action="append", default=[], metavar="GLOB",
+                       help="hide the tools whose name matches GLOB (a call to one gets the "
+                            "unknown-tool error); repeatable; wins over --allow-tool")
     return parser

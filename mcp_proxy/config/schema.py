@@ -33,6 +33,8 @@ _PATTERNS = {
     "^[^=\\u0000]+$": "an environment variable name is not empty and has no '=' or NUL",
     "^(?!\\.\\.?$)[A-Za-z0-9._-]+$":
         "a server name is ASCII letters, digits, '-', '_' or '.' (and not '.' or '..')",
+    "^[A-Za-z0-9_.-]{1,128}$":
+        "a tool name clients accept is 1 to 128 ASCII letters, digits, '_', '-' or '.'",
 }
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

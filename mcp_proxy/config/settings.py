@@ -9,7 +9,10 @@ import os
 import re
 import shlex
 import shutil
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
+from typing import Any
 
 from mcp_proxy.errors import ConfigError
 
@@ -30,6 +33,64 @@ NETWORK_ENV_KEYS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "N
                     "NPM_CONFIG_REGISTRY")
 
 
+TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # the spec's advice for tool names
+
+
+@dataclass(frozen=True)
+class ToolRules:
+    """A server's tool filter as configured (``"tools"`` in the config file, or the flags)."""
+
+    allow: tuple[str, ...] = ()  # globs; when any, only the tools they match are shown
+    deny: tuple[str, ...] = ()  # globs; the tools they match are hidden
+    rename: Mapping[str, str] = field(default_factory=dict)  # the server's name -> ours
+    describe: Mapping[str, str] = field(default_factory=dict)  # the server's name -> text
+    flag_allow: tuple[str, ...] = ()  # --allow-tool globs: a shown tool matches these too
+
+    def __bool__(self) -> bool:
+        return bool(self.allow or self.deny or self.rename or self.describe or self.flag_allow)
+
+    def with_flags(self, allow: Iterable[str], deny: Iterable[str]) -> ToolRules:
+        """These rules narrowed by ``--allow-tool`` and ``--deny-tool``: a tool is shown only
+        if both the file's and the flags' allow globs match it, and no deny glob does."""
+        return replace(self, deny=(*self.deny, *deny), flag_allow=(*self.flag_allow, *allow))
+
+    @classmethod
+    def of(cls, allow: Iterable[str] = (), deny: Iterable[str] = (),
+           rename: Mapping[str, str] | None = None,
+           describe: Mapping[str, str] | None = None) -> ToolRules:
+        """Checked rules; raise :class:`ConfigError` naming what is wrong."""
+        rename = dict(rename or {})
+        for old, new in rename.items():
+            if not TOOL_NAME.fullmatch(new):
+                raise ConfigError(f"rename: {new!r} (for {old!r}) is not a tool name "
+                                  "a client accepts (letters, digits, _ . -, at most 128)")
+        targets: dict[str, str] = {}
+        for old, new in rename.items():
+            if new in targets:
+                raise ConfigError(f"rename: {targets[new]!r} and {old!r} are both "
+                                  f"renamed to {new!r}")
+            if new in rename and new != old:
+                raise ConfigError(f"rename: {new!r} is both a new name and a renamed "
+                                  "tool; rename in one step")
+            targets[new] = old
+        return cls(tuple(allow), tuple(deny), rename, dict(describe or {}))
+
+    def shown(self, name: str) -> bool:
+        """Whether the server's tool ``name`` passes the allow and deny globs."""
+        for allow in (self.allow, self.flag_allow):
+            if allow and not any(fnmatchcase(name, glob) for glob in allow):
+                return False
+        return not any(fnmatchcase(name, glob) for glob in self.deny)
+
+
+def rules_of(entry: Any) -> ToolRules:
+    """A config file's ``"tools"`` object (already checked against the schema) as rules."""
+    if entry is None:
+        return ToolRules()
+    return ToolRules.of(entry.get("allow", ()), entry.get("deny", ()), entry.get("rename"),
+                        entry.get("describe"))
+
+
 @dataclass
 class ServerSpec:
     """How to start one stdio MCP server."""
@@ -43,6 +104,7 @@ class ServerSpec:
     max_sessions: int | None = None  # this server's own cap ("maxSessions" in the config file)
     pass_network: bool = True  # the NETWORK_ENV_KEYS too, when not the whole environment
     audit: bool = False  # an audit line per call (--log-calls, "audit" in the config file)
+    tools: ToolRules = field(default_factory=ToolRules)  # "tools" in the file, --allow-tool
 
     def argv(self) -> list[str]:
         return [self.command, *self.args]
@@ -140,3 +202,4 @@ class ClientSettings:
     start_timeout: float = 30.0  # keep retrying an unreachable remote this long at start
     recovery_timeout: float = 300.0  # keep reconnecting a lost remote this long
     max_frame: int = 64 * MiB
+    tools: ToolRules = field(default_factory=ToolRules)  # --allow-tool, --deny-tool
