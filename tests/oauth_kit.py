@@ -24,7 +24,8 @@ BROWSER = f"{sys.executable} {TESTS / 'fake_browser.py'} %s"
 def auth_env(tmp_path, monkeypatch):
     """The cache dir, the fake browser and its log, in os.environ (for SDK drivers) too."""
     env = {"MCP_PROXY_CONFIG_DIR": str(tmp_path / "config"), "BROWSER": BROWSER,
-           "FAKE_BROWSER_LOG": str(tmp_path / "browser.log"), "FAKE_BROWSER_MODE": "follow"}
+           "FAKE_BROWSER_LOG": str(tmp_path / "browser.log"), "FAKE_BROWSER_MODE": "follow",
+           "FAKE_BROWSER_TABS": str(tmp_path / "tabs.log")}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
@@ -48,6 +49,13 @@ def remote():
 def visits(env: dict) -> list[str]:
     path = Path(env["FAKE_BROWSER_LOG"])
     return path.read_text().splitlines() if path.exists() else []
+
+
+def tabs(env: dict) -> list[int]:
+    """The process id of the proxy behind each browser tab opened, in order."""
+    path = Path(env["FAKE_BROWSER_TABS"])
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [int(line.split()[0]) for line in lines]
 
 
 def sign_ins(env: dict) -> int:

@@ -3,7 +3,10 @@
 Under ``<user config dir>/mcp-proxy/oauth/<hash of the server>/`` (``MCP_PROXY_CONFIG_DIR``
 replaces ``<user config dir>/mcp-proxy``): the directory is 0700, every file 0600 and
 written atomically (a temporary file, fsync, rename). The lock is a non-blocking ``flock``
-polled with gevent sleeps, so waiting for another instance never freezes our hub.
+on the file ``lock`` there, polled with gevent sleeps, so waiting for another instance never
+freezes our hub; the kernel releases it when its holder dies, even by SIGKILL, so a killed
+instance never leaves a stale lock behind. The greenlet that holds it may take it again
+(another greenlet of ours waits as another process would).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Store:
         self.key = server_key(url, client_source)
         self.path = root() / self.key
         self.url = url
+        self._holder: tuple[gevent.Greenlet, int] | None = None  # (who, how deep)
 
     def _ensure(self) -> None:
         if (self.path / "server.json").exists():
@@ -93,23 +97,39 @@ class Store:
 
     @contextlib.contextmanager
     def lock(self, timeout: float):
-        """Hold the cross-process lock of this server (bounded wait)."""
+        """Hold the cross-process lock of this server (waiting at most ``timeout`` s)."""
+        me = gevent.getcurrent()
+        if self._holder and self._holder[0] is me:  # a second flock would wait for us
+            self._holder = (me, self._holder[1] + 1)
+            try:
+                yield
+            finally:
+                self._holder = (me, self._holder[1] - 1)
+            return
         self._ensure()
         fd = os.open(self.path / "lock", os.O_CREAT | os.O_RDWR, 0o600)
         try:
             if fcntl is not None:
-                deadline = time.monotonic() + timeout
+                deadline, waited = time.monotonic() + timeout, False
                 while True:
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                         break
                     except BlockingIOError:
+                        if not waited:
+                            waited = True
+                            logger.info("waiting for another mcp-proxy signing in to %s",
+                                        self.url)
                         if time.monotonic() > deadline:
-                            raise AuthError("another mcp-proxy is still signing in to "
-                                            f"{self.url}; gave up waiting") from None
+                            raise AuthError(f"another mcp-proxy is still signing in to "
+                                            f"{self.url}; gave up waiting after {timeout:g} "
+                                            f"s (--oauth-timeout)") from None
                         gevent.sleep(0.1)
+            self._holder = (me, 1)
             yield
         finally:
+            if self._holder and self._holder[0] is me:
+                self._holder = None
             os.close(fd)  # releases the flock
 
 
