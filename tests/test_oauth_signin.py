@@ -1,11 +1,12 @@
 """Sign-in that cannot loop or race, with the real CLI against the scripted authorization
 server: a refresh token revoked at the server, a fresh token refused again, two instances
-started together, one of them SIGKILLed mid sign-in.
+started together, one of them SIGKILLed mid sign-in, and a callback port held by a stranger.
 Browser tabs are counted by the fake browser (``oauth_kit.tabs``)."""
 
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ pytest.register_assert_rewrite("oauth_kit")
 from oauth_kit import proxy, tabs, tools_of
 
 from conftest import INIT_PARAMS, rpc
+from mcp_proxy.upstream.oauth.browser import default_port
+from mcp_proxy.upstream.oauth.store import server_key
 
 pytest_plugins = ["oauth_kit"]
 
@@ -147,3 +150,50 @@ def test_an_instance_killed_mid_sign_in_does_not_block_the_other(auth_env, remot
     assert tabs(auth_env) == [walker.proc.pid, other.proc.pid]
     assert "gave up waiting" not in other.stderr()
     assert other.close() == 0
+
+
+@pytest.fixture
+def stranger():
+    """A listening socket on 127.0.0.1 (another program holding a port)."""
+    held = []
+
+    def hold(port: int = 0) -> int:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        held.append(sock)
+        return sock.getsockname()[1]
+
+    yield hold
+    for sock in held:
+        sock.close()
+
+
+def test_callback_port_held_by_a_stranger_is_one_line_naming_it(auth_env, remote, clients,
+                                                                stranger):
+    server = remote()
+    port = stranger()
+    client = proxy(clients, server, "--oauth-callback-port", str(port))
+    answer = client.call(rpc("initialize", 0, **INIT_PARAMS), timeout=30)
+    message = answer["error"]["message"]
+    assert f"port {port} on 127.0.0.1, in use by another program" in message, message
+    assert "--oauth-callback-port" in message and "\n" not in message
+    assert tabs(auth_env) == []  # nothing opened: the port is taken before the browser
+    assert "Traceback" not in client.stderr()
+    assert client.close() == 0
+
+
+def test_derived_callback_port_held_by_a_stranger_moves_up(auth_env, remote, clients,
+                                                           stranger):
+    server = remote()
+    url = server.base + "/mcp"
+    port = default_port(server_key(url))
+    try:
+        stranger(port)
+    except OSError:
+        pytest.skip(f"port {port} is in use here already")
+    assert tools_of(proxy(clients, server)) == ["echo", "admin"]
+    redirect = server.authorize_params[0]["redirect_uri"]
+    assert redirect.startswith("http://127.0.0.1:") and redirect != \
+        f"http://127.0.0.1:{port}/callback"
+    assert len(tabs(auth_env)) == 1

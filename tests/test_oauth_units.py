@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import errno
+import os
 import time
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from mcp_proxy.config.settings import ClientSettings
 from mcp_proxy.errors import AuthError
 from mcp_proxy.upstream.oauth import auth
-from mcp_proxy.upstream.oauth.browser import browser_commands, default_port
+from mcp_proxy.upstream.oauth.browser import browser_commands, default_port, port_error
 from mcp_proxy.upstream.oauth.discovery import issuers_match, metadata_urls, resource_covers
 from mcp_proxy.upstream.oauth.wire import Client, parse_challenges
 
@@ -89,3 +91,13 @@ def test_after_a_failed_sign_in_only_a_client_request_tries_again(tmp_path, monk
         AuthError("discovery ran")))
     with pytest.raises(AuthError, match="discovery ran"):
         signer.renew({}, None)  # the client's own request: a new sign-in starts
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+@pytest.mark.parametrize("code", [errno.EADDRINUSE, errno.EACCES])
+def test_a_callback_port_that_cannot_be_had_is_one_line_naming_port_and_flag(explicit, code):
+    text = port_error(4000, explicit, OSError(code, os.strerror(code)))
+    assert ("port 4000" if explicit else "ports 4000-4007") in text
+    assert "--oauth-callback-port" in text and "\n" not in text
+    assert ("in use by another program" in text) == (code == errno.EADDRINUSE)
+    assert code == errno.EADDRINUSE or os.strerror(code) in text
