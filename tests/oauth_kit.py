@@ -67,7 +67,9 @@ def proxy(clients, server, *flags: str, url: str | None = None) -> ClientProcess
 
 
 def tools_of(client: ClientProcess) -> list[str]:
-    client.handshake()
+    # the initialize waits for the whole sign-in: 13 s of a device grant's polling, say
+    assert "result" in client.call(rpc("initialize", 0, **INIT_PARAMS), timeout=40)
+    client.send(rpc("notifications/initialized", None))
     answer = client.call(rpc("tools/list", 1), timeout=30)
     assert "result" in answer, answer
     return [tool["name"] for tool in answer["result"]["tools"]]
