@@ -5,6 +5,7 @@ Browser tabs are counted by the fake browser (``oauth_kit.tabs``)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import threading
@@ -197,3 +198,38 @@ def test_derived_callback_port_held_by_a_stranger_moves_up(auth_env, remote, cli
     assert redirect.startswith("http://127.0.0.1:") and redirect != \
         f"http://127.0.0.1:{port}/callback"
     assert len(tabs(auth_env)) == 1
+
+
+def cache_folder(env: dict, server) -> Path:
+    folder = Path(env["MCP_PROXY_CONFIG_DIR"]) / "oauth" / server_key(server.base + "/mcp")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.mark.parametrize("content", [
+    b"[" * 100_000, b"\xff\xfe{", b"[]", b'{"access_token": 5, "refresh_token": "rt-x"}',
+    b'{"access_token": "at-x\\r\\nX-Injected: 1", "refresh_token": "rt-x"}',
+    b'{"access_token": "at-x", "expires_at": "soon", "scope": ["mcp"]}',
+    b'{"access_token": "at-x", "expires_at": 1e999, "issuer": 7, "refresh_token": "rt-x"}',
+], ids=["deep", "not-utf8", "list", "number", "crlf", "types", "infinite"])
+def test_a_hostile_token_cache_is_ignored_and_replaced(auth_env, remote, clients, content):
+    server = remote()
+    (cache_folder(auth_env, server) / "tokens.json").write_bytes(content)
+    client = proxy(clients, server)
+    assert tools_of(client) == ["echo", "admin"]
+    assert len(tabs(auth_env)) == 1 and "Traceback" not in client.stderr()
+    assert "oauth cache: ignoring" in client.stderr()
+    assert client.close() == 0
+    record = json.loads((cache_folder(auth_env, server) / "tokens.json").read_text())
+    assert record["access_token"] in server.tokens
+
+
+def test_a_lock_that_cannot_be_opened_is_one_line(auth_env, remote, clients):
+    server = remote()
+    (cache_folder(auth_env, server) / "lock").mkdir()  # a directory where the lock file goes
+    client = proxy(clients, server)
+    message = client.call(rpc("initialize", 0, **INIT_PARAMS), timeout=30)["error"]["message"]
+    assert message.startswith("cannot use the sign-in cache's lock file ") and "\n" not in \
+        message, message
+    assert tabs(auth_env) == [] and "Traceback" not in client.stderr()
+    assert client.close() == 0

@@ -26,7 +26,7 @@ from mcp_proxy.upstream.oauth.browser import default_port
 from mcp_proxy.upstream.oauth.device import device_wanted, sign_in_with_code
 from mcp_proxy.upstream.oauth.discovery import Discovery, discover
 from mcp_proxy.upstream.oauth.signin import Registrar, authorize, client_file, token_record
-from mcp_proxy.upstream.oauth.store import Store
+from mcp_proxy.upstream.oauth.store import Store, well_formed
 from mcp_proxy.upstream.oauth.wire import bearer_challenge, plain_session, resend, token_request
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class OAuthSignIn(AuthBase):
         source = settings.oauth_client_id or settings.oauth_client_metadata_url or ""
         self.store = Store(settings.url, source)
         self.http = plain_session(settings)
-        self.tokens = self.store.read("tokens.json")
+        self.tokens = self.store.tokens()
         self.found: Discovery | None = None
         self._lock = threading.RLock()  # monkey-patched: a greenlet lock
         self._step_ups: dict[tuple, int] = defaultdict(int)
@@ -167,7 +167,7 @@ class OAuthSignIn(AuthBase):
         if wanted and "offline_access" in offered and "offline_access" not in scopes(wanted):
             wanted += " offline_access"
         with self.store.lock(self._wait):
-            disk = self.store.read("tokens.json")
+            disk = self.store.tokens()
             if disk and disk.get("access_token") not in (sent, held.get("access_token")) \
                     and not self._due(disk) and set(scopes(wanted)) <= set(
                         scopes(disk.get("scope")) + scopes(disk.get("requested_scope"))):
@@ -201,7 +201,7 @@ class OAuthSignIn(AuthBase):
     def _refresh(self) -> bool:
         """Refresh (once across processes: the lock, then a re-read); False if refused."""
         with self.store.lock(self._wait):
-            disk = self.store.read("tokens.json")
+            disk = self.store.tokens()
             if disk and self.tokens and disk.get("access_token") != \
                     self.tokens.get("access_token") and not self._due(disk):
                 self.tokens = disk  # another instance refreshed it already
@@ -259,7 +259,7 @@ class OAuthSignIn(AuthBase):
         self.tokens = None
         with self.store.lock(self._wait if wait is None else wait):
             disk = self.store.read("tokens.json")
-            if disk is not None and disk.get("access_token") in (token, None):
+            if disk is not None and (not well_formed(disk) or disk["access_token"] == token):
                 self.store.delete("tokens.json")
 
 

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -39,6 +40,21 @@ def root() -> Path:
     import platformdirs
 
     return platformdirs.user_config_path("mcp-proxy", appauthor=False) / "oauth"
+
+
+TEXT_FIELDS = ("refresh_token", "scope", "requested_scope", "issuer", "resource",
+               "token_endpoint", "client_id", "client_method")
+
+
+def well_formed(record: dict) -> bool:
+    """Whether a tokens.json record is one we could have written: an access token fit for a
+    header, text or null in the text fields, a number or null for the expiry."""
+    token, expires = record.get("access_token"), record.get("expires_at")
+    return isinstance(token, str) and token.isprintable() and bool(token) and not any(
+        char.isspace() for char in token) and all(
+        isinstance(record.get(name), (str, type(None))) for name in TEXT_FIELDS) and (
+        expires is None or (isinstance(expires, (int, float)) and not isinstance(expires, bool)
+                            and math.isfinite(expires)))
 
 
 def server_key(url: str, client_source: str = "") -> str:
@@ -69,15 +85,30 @@ class Store:
                 data = json.load(handle)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # RecursionError: [[[[...
             logger.warning("oauth cache: ignoring unreadable %s (%s)", self.path / name,
                            exc.__class__.__name__)
             return None
-        return data if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            logger.warning("oauth cache: ignoring %s (not a JSON object)", self.path / name)
+            return None
+        return data
+
+    def tokens(self) -> dict | None:
+        """tokens.json, unless missing or malformed (then replaced at the next sign-in)."""
+        record = self.read("tokens.json")
+        if record is not None and not well_formed(record):
+            logger.warning("oauth cache: ignoring malformed %s", self.path / "tokens.json")
+            return None
+        return record
 
     def write(self, name: str, data: dict) -> None:
-        self._ensure()
-        self._save(name, data)
+        try:
+            self._ensure()
+            self._save(name, data)
+        except OSError as exc:  # a full disk, a read-only home: the sign-in still holds
+            logger.warning("oauth cache: cannot write %s (%s); it holds for this run only",
+                           self.path / name, exc.strerror or exc.__class__.__name__)
 
     def _save(self, name: str, data: dict) -> None:
         target = self.path / name
@@ -106,8 +137,12 @@ class Store:
             finally:
                 self._holder = (me, self._holder[1] - 1)
             return
-        self._ensure()
-        fd = os.open(self.path / "lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            self._ensure()
+            fd = os.open(self.path / "lock", os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError as exc:  # a directory named lock, a cache we may not write...
+            raise AuthError(f"cannot use the sign-in cache's lock file {self.path / 'lock'}: "
+                            f"{exc.strerror or exc.__class__.__name__}") from None
         try:
             if fcntl is not None:
                 deadline, waited = time.monotonic() + timeout, False
@@ -142,7 +177,7 @@ def logout(url: str) -> int:
         try:
             with open(folder / "server.json", encoding="utf-8") as handle:
                 known = json.load(handle).get("url")
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             continue
         if known == url:
             shutil.rmtree(folder, ignore_errors=True)
