@@ -129,6 +129,11 @@ class OAuthError(AuthError):
         self.code, self.description = code, description
 
 
+class SignInRefused(AuthError):
+    """The remote refused the token a sign-in of this run just brought: another sign-in
+    would only loop (a browser tab each time), so the run ends with this line."""
+
+
 class Refused(UpstreamError):
     """The remote refused with a 4xx that retrying cannot change (not 404/405/408/429)."""
 

@@ -2,8 +2,10 @@
 
 Follows the authorization URL's redirects (loopback only) to the proxy's callback, as a
 user approving the sign-in would. Environment: ``FAKE_BROWSER_LOG`` (a file: one line per
-URL visited), ``FAKE_BROWSER_MODE``: ``follow`` (default), ``wrong-state`` (tamper with
-``state`` on the callback), ``ignore`` (open nothing, as a user who walks away).
+URL visited), ``FAKE_BROWSER_TABS`` (a file: one line per tab the proxy opened, that is per
+run of this script as a browser, whatever the mode: the proxy's pid and the URL),
+``FAKE_BROWSER_MODE``: ``follow`` (default), ``wrong-state`` (tamper with ``state`` on the
+callback), ``ignore`` (open nothing, as a user who walks away).
 """
 
 from __future__ import annotations
@@ -41,6 +43,17 @@ def main(url: str) -> int:
     return 3
 
 
+def count_tab(url: str) -> None:
+    tabs = os.environ.get("FAKE_BROWSER_TABS")
+    if tabs:  # one short write with O_APPEND: lines of browsers started together never mix
+        fd = os.open(tabs, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, f"{os.getppid()} {url}\n".encode())
+        finally:
+            os.close(fd)
+
+
 if __name__ == "__main__":
+    count_tab(sys.argv[1])
     sys.stdin.read(1)  # would steal a byte of the protocol if stdin were not detached
     sys.exit(main(sys.argv[1]))

@@ -24,7 +24,8 @@ BROWSER = f"{sys.executable} {TESTS / 'fake_browser.py'} %s"
 def auth_env(tmp_path, monkeypatch):
     """The cache dir, the fake browser and its log, in os.environ (for SDK drivers) too."""
     env = {"MCP_PROXY_CONFIG_DIR": str(tmp_path / "config"), "BROWSER": BROWSER,
-           "FAKE_BROWSER_LOG": str(tmp_path / "browser.log"), "FAKE_BROWSER_MODE": "follow"}
+           "FAKE_BROWSER_LOG": str(tmp_path / "browser.log"), "FAKE_BROWSER_MODE": "follow",
+           "FAKE_BROWSER_TABS": str(tmp_path / "tabs.log")}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
@@ -50,6 +51,13 @@ def visits(env: dict) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+def tabs(env: dict) -> list[int]:
+    """The process id of the proxy behind each browser tab opened, in order."""
+    path = Path(env["FAKE_BROWSER_TABS"])
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [int(line.split()[0]) for line in lines]
+
+
 def sign_ins(env: dict) -> int:
     return sum("/authorize?" in url for url in visits(env))
 
@@ -59,7 +67,9 @@ def proxy(clients, server, *flags: str, url: str | None = None) -> ClientProcess
 
 
 def tools_of(client: ClientProcess) -> list[str]:
-    client.handshake()
+    # the initialize waits for the whole sign-in: 13 s of a device grant's polling, say
+    assert "result" in client.call(rpc("initialize", 0, **INIT_PARAMS), timeout=40)
+    client.send(rpc("notifications/initialized", None))
     answer = client.call(rpc("tools/list", 1), timeout=30)
     assert "result" in answer, answer
     return [tool["name"] for tool in answer["result"]["tools"]]

@@ -120,19 +120,6 @@ def test_revoked_client_registers_again(auth_env, remote, clients):
     assert "invalid_client" in client.stderr()
 
 
-def test_two_instances_sign_in_once(auth_env, remote, clients):
-    server = remote()
-    pair = [proxy(clients, server), proxy(clients, server)]
-    for client in pair:
-        client.send(rpc("initialize", 0, **INIT_PARAMS))
-    for client in pair:
-        assert client.recv(timeout=40)["result"]["serverInfo"]["name"] == "oauth-scripted"
-        client.send(rpc("notifications/initialized", None))
-        assert client.call(rpc("tools/list", 1))["result"]
-    assert sign_ins(auth_env) == 1 and len(server.registrations) == 1
-    assert any("another mcp-proxy" in client.stderr() for client in pair)
-
-
 def test_wrong_state_is_ignored_until_the_timeout(auth_env, remote, clients, monkeypatch):
     monkeypatch.setenv("FAKE_BROWSER_MODE", "wrong-state")
     server = remote()
@@ -228,18 +215,6 @@ def test_sse_remote_signs_in_on_the_stream_and_steps_up_on_a_message(auth_env, r
     assert answer["result"]["content"][0]["text"] == "admin:{}"  # a 403 on /messages/
     assert sign_ins(auth_env) == 2
     assert client.close() == 0
-
-
-def test_a_fresh_token_refused_is_an_error_not_a_loop(auth_env, remote, clients):
-    server = remote(accept=False)
-    client = proxy(clients, server)
-    assert "401" in init_error(client)  # signed in, resent once, refused again
-    for attempt in range(3):
-        answer = client.call(rpc("ping", 5 + attempt), timeout=30)
-        assert "error" in answer, answer
-    assert "refused the token its sign-in just gave" in client.stderr()
-    assert sign_ins(auth_env) == 1
-    assert not list((Path(auth_env["MCP_PROXY_CONFIG_DIR"]) / "oauth").glob("*/tokens.json"))
 
 
 def test_two_instances_refresh_once(auth_env, remote, clients):

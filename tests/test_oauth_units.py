@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import base64
+import errno
+import json
+import os
+import tempfile
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mcp_proxy.config.settings import ClientSettings
 from mcp_proxy.errors import AuthError
 from mcp_proxy.upstream.oauth import auth
-from mcp_proxy.upstream.oauth.browser import browser_commands, default_port
+from mcp_proxy.upstream.oauth.browser import browser_commands, default_port, port_error
 from mcp_proxy.upstream.oauth.discovery import issuers_match, metadata_urls, resource_covers
+from mcp_proxy.upstream.oauth.store import Store, well_formed
 from mcp_proxy.upstream.oauth.wire import Client, parse_challenges
 
 
@@ -89,3 +96,37 @@ def test_after_a_failed_sign_in_only_a_client_request_tries_again(tmp_path, monk
         AuthError("discovery ran")))
     with pytest.raises(AuthError, match="discovery ran"):
         signer.renew({}, None)  # the client's own request: a new sign-in starts
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+@pytest.mark.parametrize("code", [errno.EADDRINUSE, errno.EACCES])
+def test_a_callback_port_that_cannot_be_had_is_one_line_naming_port_and_flag(explicit, code):
+    text = port_error(4000, explicit, OSError(code, os.strerror(code)))
+    assert ("port 4000" if explicit else "ports 4000-4007") in text
+    assert "--oauth-callback-port" in text and "\n" not in text
+    assert ("in use by another program" in text) == (code == errno.EADDRINUSE)
+    assert code == errno.EADDRINUSE or os.strerror(code) in text
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                    lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+FIELDS = st.sampled_from(["access_token", "refresh_token", "expires_at", "scope", "issuer",
+                          "token_endpoint", "client_id", "resource", "other"])
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.one_of(st.binary(max_size=200), JSON.map(lambda v: json.dumps(v).encode()),
+                 st.dictionaries(FIELDS, JSON, max_size=6).map(
+                     lambda v: json.dumps(v).encode())))
+def test_the_token_cache_reads_anything_without_raising(content):
+    with tempfile.TemporaryDirectory() as config:
+        with pytest.MonkeyPatch.context() as patch:  # the store's root is read when made
+            patch.setenv("MCP_PROXY_CONFIG_DIR", config)
+            cache = Store("https://mcp.example/mcp")
+        cache.path.mkdir(parents=True)
+        (cache.path / "tokens.json").write_bytes(content)
+        record = cache.tokens()
+    assert record is None or well_formed(record)
+    if record is not None:  # fit for a header, as the proxy sends it
+        assert "\n" not in record["access_token"] and record["access_token"].strip()

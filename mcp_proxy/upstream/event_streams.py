@@ -19,7 +19,7 @@ from gevent.event import Event
 from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.greenlets import closing, spawn
 from mcp_proxy.core.jsonrpc import Message
-from mcp_proxy.errors import UpstreamError
+from mcp_proxy.errors import SignInRefused, UpstreamError
 from mcp_proxy.upstream.backoff import backoff
 from mcp_proxy.upstream.http_reading import check_status, events
 
@@ -145,6 +145,9 @@ class GetStream:
                                          timeout=remote.timeout)
             except requests.ConnectionError as exc:  # refused or unreachable: the remote is down
                 remote.lost(f"the remote is unreachable ({exc.__class__.__name__})")
+                return
+            except SignInRefused as exc:  # the run ends: closed from a greenlet of its own,
+                spawn(remote.close, str(exc), name=f"{remote.name}: close")  # as it stops us
                 return
             except (requests.RequestException, UpstreamError) as exc:  # UpstreamError: sign-in
                 logger.info("%s: GET stream failed: %s", remote.name,

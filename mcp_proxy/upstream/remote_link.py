@@ -31,6 +31,7 @@ from mcp_proxy.errors import (
     MessageError,
     Refused,
     SessionLost,
+    SignInRefused,
     TlsError,
     UpstreamError,
 )
@@ -134,7 +135,8 @@ class Upstream(Link):
             self.in_flight.clear()
             raise
         except UpstreamError as exc:
-            self._fail(message, str(exc), AUTH_FAILED if isinstance(exc, AuthError) else None)
+            self._fail(message, str(exc), AUTH_FAILED if isinstance(exc, AuthError) else None,
+                       end=isinstance(exc, SignInRefused))
 
     def _send_now(self, message: Message) -> None:
         try:
@@ -158,7 +160,7 @@ class Upstream(Link):
             if message is self.initialized:
                 self._after_initialized()
         except AuthError as exc:
-            self._fail(message, str(exc), AUTH_FAILED)
+            self._fail(message, str(exc), AUTH_FAILED, end=isinstance(exc, SignInRefused))
         except SessionLost as exc:
             self._fail(message, str(exc))
             self.lost(str(exc))
@@ -169,13 +171,18 @@ class Upstream(Link):
             logger.exception("%s: sending %r failed", self.name, message)
             self._fail(message, f"proxy error: {exc.__class__.__name__}")
 
-    def _fail(self, message: Message, text: str, data: dict | None = None) -> None:
-        """Answer a request we could not post with a JSON-RPC error (never a hang)."""
-        logger.warning("%s: %s failed: %s", self.name, message.method or "message", text)
+    def _fail(self, message: Message, text: str, data: dict | None = None,
+              end: bool = False) -> None:
+        """Answer a request we could not post with a JSON-RPC error (never a hang); ``end``:
+        then close, the run ending with ``text`` as its last line (a sign-in that loops)."""
+        if not end:
+            logger.warning("%s: %s failed: %s", self.name, message.method or "message", text)
         if message.kind == jsonrpc.REQUEST and self.in_flight.pop(id_key(message.id), None) \
                 is not None:
             self._deliver_unless_closed(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR,
                                                               text, data))
+        if end:
+            self.close(text)
 
     # --- remote -> client -----------------------------------------------------------------
 

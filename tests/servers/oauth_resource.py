@@ -17,7 +17,8 @@ class ProtectedMcp:
     def bearer(self) -> dict | None:
         sent = self.headers.get("Authorization", "")
         record = self.s.tokens.get(sent[7:]) if sent.startswith("Bearer ") else None
-        if record is None or record["expires"] < time.time() or not self.s.sw["accept"]:
+        if record is None or record["expires"] < time.time() or not self.s.sw["accept"] \
+                or record.get("refused"):
             return None
         return record
 

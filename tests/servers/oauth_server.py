@@ -38,6 +38,9 @@ DEFAULTS = {
     "iss": False,  # add iss to the authorization response (a string: that wrong value)
     "expires_in": 3600,
     "refresh": True,  # issue refresh tokens (rotated; a replayed one is invalid_grant)
+    "revoke_refresh": False,  # every refresh token was revoked: a refresh is invalid_grant,
+    # and every access token issued before is refused (401)
+    "refuse_fresh": False,  # the MCP server refuses (401) every token issued from now on
     "admin_scope": "admin",  # what the tool "admin" needs (403 insufficient_scope otherwise)
     "stepup_scope_in_challenge": True,
     "grantable": ["mcp", "admin", "offline_access"],  # scopes the AS ever grants
@@ -224,6 +227,10 @@ class Handler(ProtectedMcp, DeviceGrant, http.server.BaseHTTPRequestHandler):
             return self.issue(client_id, record["scope"], form.get("resource"))
         if grant == "refresh_token":
             record = self.s.refresh.pop(form.get("refresh_token"), None)
+            if self.s.sw["revoke_refresh"]:
+                self.s.refused_refreshes += 1
+                return self.reply(400, {"error": "invalid_grant",
+                                        "error_description": "the refresh token was revoked"})
             if record is None or record["client_id"] != client_id:
                 return self.reply(400, {"error": "invalid_grant"})
             self.s.refreshes += 1
@@ -239,7 +246,8 @@ class Handler(ProtectedMcp, DeviceGrant, http.server.BaseHTTPRequestHandler):
         token = "at-" + secrets.token_urlsafe(16)
         lifetime = self.s.sw["expires_in"]
         self.s.tokens[token] = {"scope": scope, "resource": resource,
-                                "expires": time.time() + lifetime, "client_id": client_id}
+                                "expires": time.time() + lifetime, "client_id": client_id,
+                                "refused": self.s.sw["refuse_fresh"]}
         answer = {"access_token": token, "token_type": "bearer", "expires_in": lifetime,
                   "scope": scope}
         if refresh and self.s.sw["refresh"]:
@@ -265,6 +273,7 @@ class OAuthServer(http.server.ThreadingHTTPServer):
         self.sse_sessions: dict = {}
         self.closed = threading.Event()
         self.refreshes = 0
+        self.refused_refreshes = 0  # refresh requests refused by revoke_refresh
         self.device_codes: dict = {}
         self.device_requests: list[dict] = []
         self.device_polls: list[float] = []  # when the device grant was polled (monotonic)
@@ -290,6 +299,11 @@ class OAuthServer(http.server.ThreadingHTTPServer):
         if self.sw["device"]:
             found["device_authorization_endpoint"] = ip + "/device"
         return found
+
+    def revoke_refresh(self) -> None:
+        """The user revoked the grant: refreshes fail, and the tokens held are refused."""
+        self.sw["revoke_refresh"] = True
+        self.tokens.clear()
 
     def revoke_all(self) -> None:
         """Forget every token and refresh token (the clients stay registered)."""

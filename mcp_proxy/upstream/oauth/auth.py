@@ -2,7 +2,10 @@
 
 A 401 refreshes the token if it can, else signs in: in the browser, or with a code when no
 browser opens (``device.py``); one at a time in the process, and across processes through
-the cache's lock (a second instance waits and then uses the tokens the first one got). A 403
+the cache's lock, held around each refresh and each sign-in (a second instance waits, then
+uses the tokens the first one got). A refresh refused with ``invalid_grant`` drops the
+tokens and signs in once; if the remote refuses the token that sign-in just brought, the
+run ends (``SignInRefused``): signing in again would only open tab after tab. A 403
 ``insufficient_scope`` signs in again for the union of the scopes (at most twice per method
 and tool). The request is resent once.
 """
@@ -18,12 +21,12 @@ from collections import defaultdict
 from requests.auth import AuthBase
 
 from mcp_proxy.config.settings import ClientSettings
-from mcp_proxy.errors import AuthError, OAuthError, UpstreamError
+from mcp_proxy.errors import AuthError, OAuthError, SignInRefused, UpstreamError
 from mcp_proxy.upstream.oauth.browser import default_port
 from mcp_proxy.upstream.oauth.device import device_wanted, sign_in_with_code
 from mcp_proxy.upstream.oauth.discovery import Discovery, discover
 from mcp_proxy.upstream.oauth.signin import Registrar, authorize, client_file, token_record
-from mcp_proxy.upstream.oauth.store import Store
+from mcp_proxy.upstream.oauth.store import Store, well_formed
 from mcp_proxy.upstream.oauth.wire import bearer_challenge, plain_session, resend, token_request
 
 logger = logging.getLogger(__name__)
@@ -33,6 +36,8 @@ STEP_UPS = 2  # per (method, tool): the spec asks for a small retry limit
 FAILED_PAUSE = 30.0  # after a failed sign-in, refuse at once this long (no tab storm)
 MAX_SIGN_INS = 5  # browser sign-ins per process in SIGN_IN_WINDOW: more means a loop
 SIGN_IN_WINDOW = 600.0
+LOCK_MARGIN = 30.0  # beyond --oauth-timeout: the lock holder's discovery and token requests
+GIVE_UP_WAIT = 5.0  # for the lock, to forget a refused token before the run ends
 
 
 def scopes(text: str | None) -> list[str]:
@@ -54,12 +59,14 @@ class OAuthSignIn(AuthBase):
         source = settings.oauth_client_id or settings.oauth_client_metadata_url or ""
         self.store = Store(settings.url, source)
         self.http = plain_session(settings)
-        self.tokens = self.store.read("tokens.json")
+        self.tokens = self.store.tokens()
         self.found: Discovery | None = None
         self._lock = threading.RLock()  # monkey-patched: a greenlet lock
         self._step_ups: dict[tuple, int] = defaultdict(int)
         self._failed: tuple[float, AuthError] | None = None
-        self._fresh: str | None = None  # the token our last browser sign-in brought
+        self._fresh: str | None = None  # the token our last sign-in brought, until accepted
+        self._refused: str | None = None  # why the run must end (SignInRefused), once known
+        self._wait = settings.oauth_timeout + LOCK_MARGIN  # for another instance's lock
         self._sign_ins: list[float] = []  # when the browser sign-ins started
 
     # --- attaching the token ---------------------------------------------------------------
@@ -114,22 +121,28 @@ class OAuthSignIn(AuthBase):
             # a GET is a stream we reopen on our own: after a failed sign-in it waits for
             # the client's next request to try again, so no tab opens out of the blue
             self.renew(challenge, sent, background=request.method == "GET")
-        return resend(response, self.tokens["access_token"], **kwargs)
+        token = self.tokens["access_token"]
+        again = resend(response, token, **kwargs)
+        if token == self._fresh:
+            self._fresh = None  # accepted; or refused, and then we stop here
+            if again.status_code == 401:
+                again.close()
+                raise self._give_up(token)
+        return again
 
     def renew(self, challenge: dict, sent: str | None, step_up: bool = False,
               background: bool = False) -> None:
         """Get a token the remote may accept: someone else's, a refreshed one, or a sign-in."""
         with self._lock:
+            if self._refused:
+                raise SignInRefused(self._refused)
             held = self.tokens
             if held and held.get("access_token") != sent and not self._due(held) and (
                     not step_up or set(scopes(challenge.get("scope"))) <= set(
                         scopes(held.get("scope")))):
                 return  # renewed meanwhile by another request
             if not step_up and sent and sent == self._fresh:
-                self._forget_tokens()
-                error = AuthError("the remote refused the token its sign-in just gave")
-                self._failed = (time.monotonic(), error)
-                raise error
+                raise self._give_up(sent)
             if not step_up and held and held.get("refresh_token") and self._refresh():
                 return
             self._sign_in(challenge, sent, step_up, background)
@@ -153,8 +166,8 @@ class OAuthSignIn(AuthBase):
         offered = self.found.metadata.get("scopes_supported") or []
         if wanted and "offline_access" in offered and "offline_access" not in scopes(wanted):
             wanted += " offline_access"
-        with self.store.lock(self.settings.oauth_timeout + 30):
-            disk = self.store.read("tokens.json")
+        with self.store.lock(self._wait):
+            disk = self.store.tokens()
             if disk and disk.get("access_token") not in (sent, held.get("access_token")) \
                     and not self._due(disk) and set(scopes(wanted)) <= set(
                         scopes(disk.get("scope")) + scopes(disk.get("requested_scope"))):
@@ -175,7 +188,7 @@ class OAuthSignIn(AuthBase):
                                        wanted, port or default_port(self.store.key),
                                        port is not None)
             except OAuthError as exc:
-                self._after_error(exc.code, self.found.issuer)
+                self._after_error(exc.code, self.found.issuer, held.get("access_token"))
                 self._failed = (time.monotonic(), exc)
                 raise
             except AuthError as exc:
@@ -187,8 +200,8 @@ class OAuthSignIn(AuthBase):
 
     def _refresh(self) -> bool:
         """Refresh (once across processes: the lock, then a re-read); False if refused."""
-        with self.store.lock(60):
-            disk = self.store.read("tokens.json")
+        with self.store.lock(self._wait):
+            disk = self.store.tokens()
             if disk and self.tokens and disk.get("access_token") != \
                     self.tokens.get("access_token") and not self._due(disk):
                 self.tokens = disk  # another instance refreshed it already
@@ -211,7 +224,7 @@ class OAuthSignIn(AuthBase):
                 answer = token_request(self.http, endpoint, client, form, "token refresh")
             except OAuthError as exc:
                 logger.warning("%s", exc)
-                self._after_error(exc.code, issuer)
+                self._after_error(exc.code, issuer, tokens.get("access_token"))
                 return False
             found = Discovery(tokens.get("resource"), issuer, {"token_endpoint": endpoint})
             self.tokens = token_record(answer, found, tokens.get("requested_scope"), client,
@@ -220,16 +233,34 @@ class OAuthSignIn(AuthBase):
             logger.info("refreshed the access token for %s", self.settings.url)
             return True
 
-    def _after_error(self, code: str, issuer: str | None) -> None:
+    def _after_error(self, code: str, issuer: str | None, token: str | None) -> None:
         """invalid_grant: the tokens are dead; invalid_client: the registration too."""
         if code in ("invalid_grant", "invalid_client", "unauthorized_client"):
-            self._forget_tokens()
+            self._forget_tokens(token)
         if code in ("invalid_client", "unauthorized_client") and issuer:
             self.store.delete(client_file(issuer))
 
-    def _forget_tokens(self) -> None:
+    def _give_up(self, token: str) -> SignInRefused:
+        """The remote refused the token our sign-in just brought: forget it, and end."""
+        with self._lock:
+            self._refused = (f"{self.settings.url} refused the token its sign-in just gave "
+                             f"(HTTP 401): another sign-in would be refused too, so mcp-proxy"
+                             f" stops; check that this account may use the server, then "
+                             f"restart")
+            try:  # not for long: whoever holds the lock is writing newer tokens anyway
+                self._forget_tokens(token, GIVE_UP_WAIT)
+            except AuthError:
+                logger.debug("left the cached tokens to the instance holding their lock")
+            return SignInRefused(self._refused)
+
+    def _forget_tokens(self, token: str | None, wait: float | None = None) -> None:
+        """Drop the tokens of ``token`` here and in the cache (not newer ones another
+        instance wrote there meanwhile)."""
         self.tokens = None
-        self.store.delete("tokens.json")
+        with self.store.lock(self._wait if wait is None else wait):
+            disk = self.store.read("tokens.json")
+            if disk is not None and (not well_formed(disk) or disk["access_token"] == token):
+                self.store.delete("tokens.json")
 
 
 def _step_key(request) -> tuple:

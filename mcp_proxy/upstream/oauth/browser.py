@@ -7,6 +7,7 @@ always printed to stderr first, for headless machines and for when no browser op
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import html
@@ -77,6 +78,16 @@ def open_browser(url: str) -> bool:
     return False
 
 
+def port_error(port: int, explicit: bool, error: OSError) -> str:
+    """Why no callback port could be had, naming the port and the flag that changes it."""
+    ports = f"port {port}" if explicit else f"ports {port}-{port + 7}"
+    if error.errno == errno.EADDRINUSE:
+        return (f"the sign-in callback needs {ports} on 127.0.0.1, in use by another "
+                f"program: stop it, or choose a free port with --oauth-callback-port")
+    return (f"cannot listen for the sign-in callback on 127.0.0.1, {ports}: "
+            f"{error.strerror}; choose another port with --oauth-callback-port")
+
+
 class Callback:
     """The loopback listener that receives the authorization response, once."""
 
@@ -94,9 +105,7 @@ class Callback:
                 self.server = None
                 error = exc
         if self.server is None:
-            hint = "" if explicit else " (or any of the next 7)"
-            raise AuthError(f"cannot listen for the sign-in callback on 127.0.0.1:{port}"
-                            f"{hint}: {error.strerror}; choose --oauth-callback-port")
+            raise AuthError(port_error(port, explicit, error))
         self.port = self.server.server_port
         self.redirect_uri = f"http://127.0.0.1:{self.port}{CALLBACK_PATH}"
 
