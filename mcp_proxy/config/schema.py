@@ -33,6 +33,9 @@ _PATTERNS = {
     "^[^=\\u0000]+$": "an environment variable name is not empty and has no '=' or NUL",
     "^(?!\\.\\.?$)[A-Za-z0-9._-]+$":
         "a server name is ASCII letters, digits, '-', '_' or '.' (and not '.' or '..')",
+    "^[!-~]+$": "an API key is visible ASCII characters without spaces ('!' to '~'), and not "
+                "empty",
+    "^[A-Za-z0-9._@-]{1,64}$": "an id is 1 to 64 ASCII letters, digits, '.', '_', '@' or '-'",
 }
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
