@@ -251,6 +251,9 @@ def test_a_forwarded_request_with_another_key_is_refused(proxy_factory, redis_se
         proxy.expect(r"listening on Redis")
     mine = initialize(a.base, ALPHA)
     theirs = as_other(mine, BETA)
+    monitor = socket.create_connection(("127.0.0.1", redis_server.port), timeout=5)
+    monitor.sendall(b"MONITOR\r\n")
+    assert monitor.recv(5) == b"+OK\r\n"
     for method, body in (("POST", rpc("ping", 1)), ("GET", None), ("DELETE", None)):
         refused = requests.request(method, b.base + "/mcp", json=body, headers=theirs,
                                    timeout=10)
@@ -259,6 +262,16 @@ def test_a_forwarded_request_with_another_key_is_refused(proxy_factory, redis_se
     a.expect(r"refused to key:\w+ from worker:\w+: the session is another caller's")
     ok = requests.post(b.base + "/mcp", json=rpc("ping", 2), headers=mine, timeout=10)
     assert ok.json()["result"] == {} and route(ok) == "forwarded"
+    seen = b""
+    monitor.settimeout(1)
+    try:
+        while True:
+            seen += monitor.recv(65536)
+    except TimeoutError:
+        pass
+    monitor.close()
+    assert f'key:{key_id("alpha-key")}'.encode() in seen  # the caller crosses: its id
+    assert b"alpha-key" not in seen and b"beta-key" not in seen  # never the key
     reader, endpoint = open_sse(a.base, headers=ALPHA)
     on_b = b.base + endpoint[len(a.base):]
     refused = requests.post(on_b, json=rpc("ping", 3), headers=BETA, timeout=10)
