@@ -145,6 +145,7 @@ def test_the_key_file_rotates_while_the_proxy_runs(proxy_factory, tmp_path):
     proxy = proxy_factory("--auth-token-file", str(keys), "--", *RAW_SERVER)
     kept = initialize(proxy.base, {"X-API-Key": "kept-key"})
     old = initialize(proxy.base, {"X-API-Key": "old-key"})
+    reader, _ = open_sse(proxy.base, headers={"X-API-Key": "old-key"})
     assert answers(proxy.base, "new-key") == 401
     write_keys(keys, "kept-key", "new-key")
     started = time.monotonic()
@@ -155,6 +156,12 @@ def test_the_key_file_rotates_while_the_proxy_runs(proxy_factory, tmp_path):
     assert ping.json()["result"] == {}  # a still-valid key's open session is untouched
     assert requests.post(proxy.base + "/mcp", json=rpc("ping", 2), headers=old,
                          timeout=10).status_code == 401
+    with pytest.raises(EOFError):  # a taken key's open stream ends with its sessions
+        reader.next_event()
+    proxy.expect(rf"session ended: its key \(key:{key_id('old-key')}\) was taken out of the "
+                 r"key file")
+    assert len(requests.get(proxy.base + "/status", headers={"X-API-Key": "kept-key"},
+                            timeout=10).json()["session_details"]) == 2  # kept's and new's
     proxy.expect(r"INFO mcp_proxy\.server\.api_keys: read the key file \S+ again "
                  r"\(it changed\): 2 keys")
 

@@ -11,7 +11,8 @@ SHA-256 is compared with every key's (``hmac.compare_digest``, no early exit), s
 the time of a refusal nor its length says which key came close. The key file is looked at
 (one ``stat``) at most once a second, and read again only when its size, time or inode
 changed, or on SIGHUP; a file that became unreadable, empty or wrong keeps the keys it held
-before, with one logged error for each such change.
+before, with one logged error for each such change. A caller whose every key left the file
+loses its open sessions (``on_revoked``): a stream must not outlive the key that opened it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hmac
 import logging
 import os
 import time
+from collections.abc import Callable
 
 from mcp_proxy.config.key_file import read_key_file
 from mcp_proxy.config.settings import ApiKey, ServerSettings
@@ -60,6 +62,8 @@ class KeyRing:
         self.from_file: list[ApiKey] = []
         self._stamp: tuple | None = None
         self._checked = time.monotonic()
+        # told the callers whose every key left the file: their sessions end (app.py)
+        self.on_revoked: Callable[[set[str]], None] | None = None
         if self.path is not None:
             self._stamp = self._stat()
             self.from_file = read_key_file(self.path)
@@ -73,6 +77,10 @@ class KeyRing:
 
     def __len__(self) -> int:
         return len(self.digests)
+
+    def callers(self) -> set[str]:
+        """Whom the keys name: ``key:`` and each key's id."""
+        return {"key:" + key.id for _, key in self.digests}
 
     # -- the key file -------------------------------------------------------------------
 
@@ -103,9 +111,13 @@ class KeyRing:
         except ConfigError as exc:
             logger.error("%s; keeping the %d keys it held", exc, len(self.from_file))
             return
+        before = self.callers()
         self.from_file = keys
         self._index()
         logger.info("read the key file %s again (%s): %d keys", self.path, why, len(keys))
+        revoked = before - self.callers()
+        if revoked and self.on_revoked is not None:
+            self.on_revoked(revoked)
 
     # -- a request ------------------------------------------------------------------------
 

@@ -102,6 +102,7 @@ def create_app(settings: ServerSettings) -> Flask:
     keys = KeyRing(settings) if settings.api_keys or settings.auth_token_file else None
     if keys is not None and keys.path is not None:  # rotate keys without a restart
         gevent.signal_handler(signal.SIGHUP, keys.reload)
+        keys.on_revoked = registry.end_sessions_of
     checks = install_guard(app, settings, registry.touch, keys)
     if settings.redis_url:
         from mcp_proxy.server.scaleout.router import Router  # imports redis: only when asked for

@@ -186,6 +186,12 @@ class Registry:
         if self.sessions.pop(session.id, None) is not None:
             self._per_server[session.server_name] -= 1
 
+    def end_sessions_of(self, callers: set[str]) -> None:
+        """End the sessions of these callers (their keys were taken away)."""
+        for session in list(self.sessions.values()):
+            if session.principal in callers:
+                session.close(f"its key ({session.principal}) was taken out of the key file")
+
     def touch(self) -> None:
         self.last_activity = time.time()
 
