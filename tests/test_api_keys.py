@@ -194,6 +194,13 @@ def test_the_key_file_rotates_while_the_proxy_runs(proxy_factory, tmp_path):
     proxy.proc.send_signal(signal.SIGHUP)
     proxy.expect(r"read the key file \S+ again \(SIGHUP\): 1 keys")
     assert answers(proxy.base, "hup-key-2") == 200 and answers(proxy.base, "hup-key-1") == 401
+    write_keys(keys, "hup-key-3")
+    proxy.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: sum("again (SIGHUP)" in line for line in proxy.lines) == 2)
+    for _ in range(6):  # what SIGHUP read is not read again for the same change
+        assert answers(proxy.base, "hup-key-3") == 200
+        time.sleep(0.25)
+    assert sum(" again (" in line for line in proxy.lines) == 4, proxy.stderr()
     assert proxy.proc.poll() is None
     for secret in ("old-key", "kept-key", "new-key", "hup-key"):
         assert secret not in proxy.stderr()

@@ -97,15 +97,14 @@ class KeyRing:
         if now - self._checked < CHECK_EVERY:
             return
         self._checked = now
-        stamp = self._stat()
-        if stamp != self._stamp:
-            self._stamp = stamp
+        if self._stat() != self._stamp:
             self.reload("it changed")
 
     def reload(self, why: str = "SIGHUP") -> None:
         """Read the key file again; if it cannot be used, keep the keys it held."""
         if self.path is None:
             return
+        self._stamp = self._stat()  # what is read now: not read again for the same change
         try:
             keys = read_key_file(self.path)
         except ConfigError as exc:
