@@ -248,6 +248,8 @@ def test_a_request_state_handle_is_refused_to_another_key(proxy_factory, tmp_pat
                             headers=headers_for(retry, **BETA))
     assert refused.status_code == 400
     assert refused.json()["error"]["message"] == "Invalid or expired requestState"
+    proxy.expect(r"WARNING mcp_proxy\.children\.lane: modern:\d+: refused the requestState of "
+                 rf"request 2 from 127\.0\.0\.1 key:{key_id('beta-key')}: another caller's")
     host, port = proxy.base.rsplit("/", 1)[1].rsplit(":", 1)
     body = json.dumps(retry).encode()
     head = "".join(f"{k}: {v}\r\n" for k, v in headers_for(retry, **ALPHA).items())
