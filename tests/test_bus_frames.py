@@ -170,7 +170,8 @@ def test_a_made_up_owner_costs_one_publish_and_no_grace(proxy_factory, redis_ser
     proxy = proxy_factory("--redis-url", redis_server.url, "--auth-token", "s3cret", "--",
                           *RAW_SERVER, env=ENV)
     proxy.expect(r"listening on Redis")
-    tag = requests.get(proxy.base + "/status", timeout=5).json()["worker"]["id"]
+    tag = requests.get(proxy.base + "/status", timeout=5,  # /status takes a key too
+                       headers={"X-API-Key": "s3cret"}).json()["worker"]["id"]
     made_up = ("zzzzzzzz" if tag != "zzzzzzzz" else "yyyyyyyy") + "0" * 32
     headers = {**STREAM_HEADERS, "Mcp-Session-Id": made_up}
     monitor = Monitor(redis_server.port)

@@ -236,7 +236,9 @@ def test_bearer_token(proxy_factory):
     assert requests.post(endpoint, json=rpc("ping"), timeout=10).status_code == 401
     assert requests.post(endpoint, json=rpc("ping"), timeout=10,
                          headers={"Authorization": "Bearer s3cret"}).status_code == 202
-    assert requests.get(proxy.base + "/status", timeout=10).status_code == 200
+    assert requests.get(proxy.base + "/status", timeout=10).status_code == 401  # a key too
+    assert requests.get(proxy.base + "/status", timeout=10,
+                        headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert "s3cret" not in proxy.stderr()
     reader.close()
 

@@ -240,16 +240,16 @@ def test_a_shared_server_that_dies_mid_call(proxy_factory):
     assert line["name"] == "crash" and line["outcome"] == f"error {code}"
 
 
-def test_text_lines_name_the_token_by_a_digest_prefix(proxy_factory):
+def test_text_lines_name_the_key_by_its_id(proxy_factory):
     token = "t0ken-never-logged"
     proxy = proxy_factory("--log-calls", "--auth-token", token, "--", *RAW_SERVER)
     session = open_session(proxy.base, Authorization=f"Bearer {token}")
     requests.post(proxy.base + "/mcp", json=rpc("tools/call", 3, name="echo",
                                                 arguments={"text": "s3cret arg"}),
                   headers=session, timeout=15)
-    digest = hashlib.sha256(f"Bearer {token}".encode()).hexdigest()[:12]
+    digest = hashlib.sha256(token.encode()).hexdigest()[:12]  # a key's id, unless named
     match = proxy.expect(r"INFO mcp_proxy\.audit: call method=tools/call name=echo outcome=ok "
-                         r"duration_ms=[\d.]+ caller=\"127\.0\.0\.1 token:(\w+)\" ")
+                         r"duration_ms=[\d.]+ caller=\"127\.0\.0\.1 key:(\w+)\" ")
     assert match.group(1) == digest
     assert token not in proxy.stderr() and "s3cret" not in proxy.stderr()
 

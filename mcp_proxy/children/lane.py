@@ -169,6 +169,10 @@ class ModernLane(Multiplexer):
             if handle is not None:
                 ours, state, spent = self._unseal(handle, port.principal)
                 if not ours:
+                    logger.warning("%s: refused the requestState of request %r from %s: "
+                                   "%s", port.name, message.id, port.peer,
+                                   "another caller's" if state is not None else
+                                   "expired, spent, or of another server process")
                     port.deliver_if_open(jsonrpc.error_message(message.id, INVALID_PARAMS,
                                                      "Invalid or expired requestState"))
                     return

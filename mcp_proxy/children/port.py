@@ -62,6 +62,7 @@ class Port(Link):
         self.server_requests: dict[tuple, Any] = {}  # id_key(client-facing id) -> child's id
         self.subscriptions: set[str] = set()
         self.principal = ""  # who the HTTP client is (modern lane: binds its request states)
+        self.peer = "?"  # its address (and key id), as a refusal's log line names it
         self._next_server_id = 0
 
     def send(self, message: Message) -> None:

@@ -46,8 +46,9 @@ def handle_worker(handle: Any) -> str | None:
 def principal(credentials_digest: str) -> str:
     """A short tag for the caller's credentials (empty without any): never the secret itself.
 
-    It is made from a digest of the Authorization header (the scale-out forwarder's
-    ``auth_digest``), which is what crosses the bus when another worker forwards the request.
+    It is made from the scale-out forwarder's ``auth_digest``: the guard's caller (``key:ID``
+    with API keys), else a digest of the Authorization header; that is what crosses the bus
+    when another worker forwards the request.
     """
     if not credentials_digest:
         return ""

@@ -1,11 +1,12 @@
 """The named-server config file (``--named-server-config``): read, expanded, validated.
 
 Claude Desktop's ``{"mcpServers": {NAME: {...}}}`` plus our ``cwd``, ``shared`` and
-``maxSessions``. In order: the JSON is parsed (a name twice in one object and a lone
-surrogate are refused: JSON parsers read them differently, and a surrogate cannot reach a
-child's environment), the enabled servers' strings are expanded (``variables.py``), and the
-result is validated against the shipped schema (``schema.py``). Every problem is reported,
-each as one line ``FILE: $.json.path: what was expected``, in one :class:`ConfigProblems`.
+``maxSessions``, and ``"auth": {"keys": [...]}``: the API keys of server mode. In order: the
+JSON is parsed (a name twice in one object and a lone surrogate are refused: JSON parsers
+read them differently, and a surrogate cannot reach a child's environment), the enabled
+servers' strings and ``auth``'s are expanded (``variables.py``), and the result is validated
+against the shipped schema (``schema.py``). Every problem is reported, each as one line
+``FILE: $.json.path: what was expected``, in one :class:`ConfigProblems`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcp_proxy.config.key_file import key_id
 from mcp_proxy.config.schema import Where, config_schema, json_path, problems
-from mcp_proxy.config.settings import ServerSpec, rules_of
+from mcp_proxy.config.settings import ApiKey, ServerSpec, rules_of
 from mcp_proxy.config.variables import Expansion
 from mcp_proxy.core.strict_json import finite_float, reject_constant
 from mcp_proxy.errors import ConfigError, ConfigProblems
@@ -37,6 +39,8 @@ class ConfigFile:
     specs: dict[str, ServerSpec]  # the enabled servers
     warnings: list[str] = field(default_factory=list)
     secret: set[Where] = field(default_factory=set)  # strings that took a secret variable
+    auth: dict | None = None  # "auth", its strings expanded
+    keys: list[ApiKey] = field(default_factory=list)
 
 
 class _Members(dict):
@@ -118,18 +122,24 @@ def read_config(path: str, pass_environment: bool = False,
     found: list[tuple[Where, str]] = []
     _text_problems(data, (), found)
     entries = data.get("mcpServers") if isinstance(data, dict) else None
+    auth = data.get("auth") if isinstance(data, dict) else None
     expansion = Expansion(os.environ if environ is None else environ)
     servers = entries
     if isinstance(entries, dict):
         servers = {name: entry if _disabled(entry) else expansion.tree(entry, ("mcpServers", name))
                    for name, entry in entries.items()}
-        found += expansion.problems
         data = {**data, "mcpServers": servers}
+    if auth is not None:
+        auth = data["auth"] = expansion.tree(auth, ("auth",))
+    found += expansion.problems
     found += problems(data, config_schema())
+    if not found and auth is not None:
+        found += _unknown_servers(auth, servers)
     if found:
         raise ConfigProblems([f"{path}: {json_path(where)}: {message}"
                               for where, message in found])
-    loaded = ConfigFile(path, servers, {}, secret=expansion.secret)
+    loaded = ConfigFile(path, servers, {}, secret=expansion.secret, auth=auth,
+                        keys=_keys(auth, path))
     known = set(config_schema()["$defs"]["server"]["properties"])
     for name, entry in servers.items():
         unknown = sorted(set(entry) - known)
@@ -153,13 +163,38 @@ def read_config(path: str, pass_environment: bool = False,
     return loaded
 
 
+def _unknown_servers(auth: dict, servers: dict) -> list[tuple[Where, str]]:
+    """A key's ``servers`` must name servers of the file: a typo would lock a team out."""
+    found = []
+    for index, entry in enumerate(auth.get("keys", [])):
+        for at, name in enumerate(entry.get("servers", [])):
+            if name not in servers:
+                found.append((("auth", "keys", index, "servers", at),
+                              f"no server {json.dumps(name)} in mcpServers"))
+    return found
+
+
+def _keys(auth: dict | None, path: str) -> list[ApiKey]:
+    keys, given = [], set()
+    for index, entry in enumerate((auth or {}).get("keys", [])):
+        key = entry["key"]
+        if key in given:  # which of its ids and servers would hold is anyone's guess
+            raise ConfigProblems([f"{path}: $.auth.keys[{index}]: the same key is given twice"])
+        given.add(key)
+        servers = entry.get("servers")
+        keys.append(ApiKey(key, entry.get("id") or key_id(key),
+                           None if servers is None else frozenset(servers),
+                           entry.get("admin", False)))
+    return keys
+
+
 def _disabled(entry: Any) -> bool:
     return isinstance(entry, dict) and entry.get("enabled") is False
 
 
-def load_named_servers(path: str, pass_environment: bool) -> dict[str, ServerSpec]:
-    """The enabled servers of the file, its warnings logged."""
+def load_named_servers(path: str, pass_environment: bool) -> ConfigFile:
+    """The file read (``specs``: its enabled servers; ``keys``), its warnings logged."""
     loaded = read_config(path, pass_environment)
     for warning in loaded.warnings:
         logger.warning("%s", warning)
-    return loaded.specs
+    return loaded

@@ -11,6 +11,7 @@ import os
 import shlex
 
 from mcp_proxy.config.config_file import load_named_servers
+from mcp_proxy.config.key_file import flag_keys, read_key_file
 from mcp_proxy.config.settings import (
     ClientSettings,
     ServerSettings,
@@ -31,13 +32,17 @@ def is_url(text: str | None) -> bool:
 def server_settings(ns: argparse.Namespace) -> ServerSettings:
     """Turn parsed arguments into ServerSettings; raise ConfigError for impossible asks."""
     servers: dict[str, ServerSpec] = {}
+    tokens = ns.auth_token or [t for t in [os.environ.get("MCP_PROXY_AUTH_TOKEN")] if t]
+    keys = flag_keys(tokens)
     if ns.command_or_url:
         servers[""] = ServerSpec(ns.command_or_url, list(ns.args), dict(ns.env), ns.cwd,
                                  ns.pass_environment)
     if ns.named_server_config:
         if ns.named_server:
             logger.warning("--named-server-config given: ignoring --named-server")
-        servers.update(load_named_servers(ns.named_server_config, ns.pass_environment))
+        loaded = load_named_servers(ns.named_server_config, ns.pass_environment)
+        servers.update(loaded.specs)
+        keys += loaded.keys
     else:
         for name, command in ns.named_server:
             check_server_name(name)
@@ -72,12 +77,30 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
         port=ns.port if ns.port is not None else (ns.sse_port or 0),
         allow_origins=ns.allow_origin, allow_hosts=ns.allow_host,
         expose_headers=ns.expose_header or ["Mcp-Session-Id"],
-        auth_token=ns.auth_token or None, keepalive=ns.keepalive,
+        api_keys=_distinct(keys), auth_token_file=_key_file(ns.auth_token_file),
+        keepalive=ns.keepalive,
         max_body=ns.max_body_size, max_frame=ns.max_message_size,
         max_queued=ns.max_queued_size, session_idle_timeout=ns.session_timeout,
         stall_timeout=ns.stall_timeout, write_timeout=ns.write_timeout,
         stop_timeout=ns.stop_timeout, stateless=ns.stateless, max_sessions=max_sessions,
         redis_url=_redis_url(ns.redis_url), log_call_arguments=ns.log_call_arguments)
+
+
+def _distinct(keys: list) -> list:
+    """Each key once: the same key from two places must not name two callers."""
+    seen: dict[str, object] = {}
+    for key in keys:
+        first = seen.setdefault(key.key, key)
+        if first != key:
+            raise ConfigError(f"the same API key is given twice (ids {first.id!r} and "
+                              f"{key.id!r}): give it once")
+    return list(seen.values())
+
+
+def _key_file(path: str | None) -> str | None:
+    if path is not None:
+        read_key_file(path)  # unreadable, or no key: refused now, not at the first request
+    return path
 
 
 def _redis_url(url: str | None) -> str | None:

@@ -163,9 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "proxy), '*' for any; repeatable")
     server.add_argument("--expose-header", action="append", default=None, metavar="HEADER",
                         help="header exposed to browsers via CORS (default Mcp-Session-Id)")
-    server.add_argument("--auth-token", default=os.environ.get("MCP_PROXY_AUTH_TOKEN"),
-                        metavar="TOKEN", help="require 'Authorization: Bearer TOKEN' "
-                        "(default from MCP_PROXY_AUTH_TOKEN; none if unset)")
+    server.add_argument("--auth-token", action="append", default=None, metavar="TOKEN",
+                        help="an API key: require 'Authorization: Bearer TOKEN' or "
+                             "'X-API-Key: TOKEN'; repeatable (default: MCP_PROXY_AUTH_TOKEN; "
+                             "none if unset)")
+    server.add_argument("--auth-token-file", default=None, metavar="FILE",
+                        help="API keys, one a line ('#' comments), re-read when the file "
+                             "changes or on SIGHUP")
     server.add_argument("--keepalive", type=positive, default=15.0, metavar="SECONDS",
                         help="ping comment interval on open event streams (default 15)")
     server.add_argument("--max-body-size", type=size, default=4 * MiB, metavar="BYTES",

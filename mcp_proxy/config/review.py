@@ -53,6 +53,9 @@ def _print(ns: argparse.Namespace) -> int:
     if is_url(ns.command_or_url):  # client mode's stdout carries protocol messages only
         raise ConfigError("--print-config prints server mode's config file: leave out the URL")
     loaded = read_config(ns.named_server_config, ns.pass_environment)
-    shown = masked({"mcpServers": loaded.servers}, loaded.secret)
+    resolved = {"mcpServers": loaded.servers}
+    if loaded.auth is not None:
+        resolved["auth"] = loaded.auth  # each "key" masked: its name looks secret
+    shown = masked(resolved, loaded.secret)
     print(json.dumps(shown, indent=2, ensure_ascii=False))
     return 0

@@ -140,6 +140,16 @@ class ServerSpec:
             raise ConfigError(f"command {self.command!r} not found on PATH")
 
 
+@dataclass(frozen=True)
+class ApiKey:
+    """One API key of server mode: the secret, the caller it names, and what it opens."""
+
+    key: str = field(repr=False)
+    id: str  # the principal is "key:" + this (never the key itself)
+    servers: frozenset[str] | None = None  # the named servers it opens; None: every one
+    admin: bool = False  # opens /status when any key is an admin key
+
+
 @dataclass
 class ServerSettings:
     """Server mode: what to spawn, where to listen, and the limits that protect us."""
@@ -150,7 +160,8 @@ class ServerSettings:
     allow_origins: list[str] = field(default_factory=list)
     allow_hosts: list[str] = field(default_factory=list)
     expose_headers: list[str] = field(default_factory=lambda: ["Mcp-Session-Id"])
-    auth_token: str | None = None
+    api_keys: list[ApiKey] = field(default_factory=list)  # --auth-token, "auth" in the file
+    auth_token_file: str | None = None  # more keys, one a line, re-read when it changes
     keepalive: float = 15.0
     max_body: int = 4 * MiB
     max_frame: int = 64 * MiB
@@ -163,6 +174,11 @@ class ServerSettings:
     max_sessions: int = 100
     redis_url: str | None = None  # the bus between workers and hosts (server/bus.py)
     log_call_arguments: bool = False  # audit lines hold each call's arguments
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether a request needs credentials (then the guard names its caller)."""
+        return bool(self.api_keys or self.auth_token_file)
 
 
 def check_server_name(name: str) -> None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from functools import partial
 
+import gevent
 from flask import Blueprint, Flask
 from flask.sessions import NullSession, SessionInterface
 from werkzeug.routing import Rule
@@ -25,6 +27,7 @@ from mcp_proxy.children.process import StdioChild
 from mcp_proxy.children.supervisor import Supervisor
 from mcp_proxy.config.settings import ServerSettings
 from mcp_proxy.core.log_format import set_worker
+from mcp_proxy.server.api_keys import KeyRing
 from mcp_proxy.server.audit import AuditMeter
 from mcp_proxy.server.guard import install_guard
 from mcp_proxy.server.metrics import server_label
@@ -96,7 +99,11 @@ def create_app(settings: ServerSettings) -> Flask:
             registry.metrics.audited[server_label(name)] = partial(
                 AuditMeter, server=server_label(name), arguments=settings.log_call_arguments)
     app.extensions["mcp_proxy"] = registry
-    checks = install_guard(app, settings, registry.touch)
+    keys = KeyRing(settings) if settings.api_keys or settings.auth_token_file else None
+    if keys is not None and keys.path is not None:  # rotate keys without a restart
+        gevent.signal_handler(signal.SIGHUP, keys.reload)
+        keys.on_revoked = registry.end_sessions_of
+    checks = install_guard(app, settings, registry.touch, keys)
     if settings.redis_url:
         from mcp_proxy.server.scaleout.router import Router  # imports redis: only when asked for
 

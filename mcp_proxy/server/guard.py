@@ -10,11 +10,15 @@ serve gets 404, a method its path does not take 405 naming the ones it does, bef
 token check: the URL layout is public, and a preflight carries no token. The probes
 (/healthz, /readyz, /metrics) pass every check: load balancers and kubelets call them by
 address, without a token. They say nothing a session could use.
+
+With API keys (api_keys.py) every other request needs one: none or an unknown one gets 401
+with ``WWW-Authenticate: Bearer``, a key that does not open the server the path is under (or
+``/status``, when admin keys are set) 403. The request's caller is then
+``environ["mcp_proxy.auth"]``: what sessions belong to and what crosses the bus.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
@@ -23,6 +27,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from mcp_proxy.config.settings import ServerSettings
+from mcp_proxy.server.api_keys import ACCEPTED, UNAUTHORIZED, KeyRing
 from mcp_proxy.server.responses import text_error
 from mcp_proxy.server.url_adapter import allowed_methods
 
@@ -63,6 +68,11 @@ def _allow(methods) -> str:
     return ", ".join(sorted(methods or ()))
 
 
+def served_under(path: str) -> str:
+    """The configured server a path is under: ``/servers/NAME/...``, else "" (the default)."""
+    return path[9:].partition("/")[0] if path.startswith("/servers/") else ""
+
+
 def refuse(error: HTTPException) -> Response:
     """The one answer to a routing error: 404 for a path we do not serve, 405 whose ``Allow``
     names exactly the methods the path takes."""
@@ -79,12 +89,12 @@ class Checks:
         self.where, self.token, self.cors = where, token, cors
 
 
-def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None]) -> Checks:
+def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None],
+                  keys: KeyRing | None = None) -> Checks:
     """Check every request before its view; ``touch`` is called for each one that passes."""
     hosts = allowed_hosts(settings)
     origins = [o.rstrip("/") for o in settings.allow_origins]
     expose = ", ".join(settings.expose_headers)
-    bearer = f"Bearer {settings.auth_token}".encode() if settings.auth_token else None
     checked_hosts: dict[str, bool] = {}  # clients repeat one Host header; bounded below
 
     def host_ok(host: str) -> bool:
@@ -116,12 +126,16 @@ def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None
             return text_error(403, "Invalid Origin header")
         return None
 
-    def token(environ: dict) -> Response | None:
-        if bearer:
-            sent = environ.get("HTTP_AUTHORIZATION", "")
-            if not hmac.compare_digest(sent.encode(), bearer):
+    def token(environ: dict, status: bool = False) -> Response | None:
+        if keys is not None:
+            verdict = keys.check(environ, None if status else
+                                 served_under(environ.get("PATH_INFO", "")))
+            if verdict == UNAUTHORIZED:
                 return text_error(401, "Unauthorized: a valid bearer token is required",
                                   **{"WWW-Authenticate": 'Bearer realm="mcp-proxy"'})
+            if verdict != ACCEPTED:
+                return text_error(403, "Forbidden: this key does not open "
+                                  + ("/status" if status else "this server"))
         touch()
         return None
 
@@ -145,10 +159,7 @@ def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None
                     "HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "*"),
                 "Access-Control-Max-Age": "600",
             })
-        if endpoint == "status":
-            touch()
-            return None
-        return token(environ)
+        return token(environ, status=endpoint == "status")
 
     def cors(environ: dict, response: Response) -> Response:
         origin = environ.get("HTTP_ORIGIN")

@@ -26,6 +26,7 @@ from mcp_proxy.core.jsonrpc import Message, id_key
 from mcp_proxy.core.protocol import VERSION_KEY
 from mcp_proxy.errors import LegacyOnly, LinkClosed, ProxyError, ServerBusy, SpawnError, StreamEnded
 from mcp_proxy.server import era
+from mcp_proxy.server.caller import caller_of
 from mcp_proxy.server.request_port import RequestPort
 from mcp_proxy.server.responses import WholeResponse, event_stream, rpc_error, server_busy
 from mcp_proxy.server.scaleout.frames import auth_digest
@@ -162,6 +163,8 @@ class Relay:
             if refused is not None:
                 return refused
         port = RequestPort(lane, self.registry, message, principal(auth_digest(environ)))
+        port.peer = caller_of(environ, True) if self.registry.settings.auth_required else \
+            environ.get("REMOTE_ADDR") or "?"  # for a refused requestState's log line
         port.meter = meter = self.registry.metrics.relay_meter(self.server_name)
         meter.watch(port, None, self.registry.caller_of(environ))
         meter.client_to_server(message)

@@ -51,6 +51,7 @@ class Session(StreamOwner, Link):
 
     transport = "?"
     caller = "?"  # who opened it (audit.py's caller_of), set by its transport
+    principal = ""  # whose it is (the guard's caller, "" without keys): nobody else finds it
 
     def __init__(self, registry: Registry, server_name: str) -> None:
         self.id = registry.new_session_id()
@@ -132,7 +133,11 @@ class Registry:
         """Who sent this request, as an audit line names them (caller.py)."""
         if not self.metrics.audited:  # nobody asks: no digest to make
             return "?"
-        return caller_of(environ, self.settings.auth_token is not None)
+        return caller_of(environ, self.settings.auth_required)
+
+    def principal_of(self, environ: dict) -> str:
+        """The caller a request names (the guard's ``mcp_proxy.auth``; "" without keys)."""
+        return environ.get("mcp_proxy.auth", "") if self.settings.auth_required else ""
 
     def new_session_id(self) -> str:
         """A new session's id: 32 hex digits, after this worker's tag with --redis-url."""
@@ -160,16 +165,32 @@ class Registry:
         self._per_server[name] += 1
         return session
 
-    def get(self, session_id: str, server_name: str, transport: str) -> Session | None:
+    def get(self, session_id: str, server_name: str, transport: str,
+            environ: dict) -> Session | None:
+        """The live session of that id, server and transport, if it is the caller's own:
+        another caller's is not found, exactly as an unknown one."""
         session = self.sessions.get(session_id)
         if session is None or session.server_name != server_name \
                 or session.transport != transport:
+            return None
+        if session.principal and session.principal != self.principal_of(environ):
+            logger.warning("%s: refused to %s from %s: the session is another caller's",
+                           session.name, self.principal_of(environ) or "no key",
+                           environ.get("REMOTE_ADDR") or
+                           f"worker:{environ.get('mcp_proxy.forwarded', '?')}",
+                           extra=session.context())
             return None
         return session
 
     def forget(self, session: Session) -> None:
         if self.sessions.pop(session.id, None) is not None:
             self._per_server[session.server_name] -= 1
+
+    def end_sessions_of(self, callers: set[str]) -> None:
+        """End the sessions of these callers (their keys were taken away)."""
+        for session in list(self.sessions.values()):
+            if session.principal in callers:
+                session.close(f"its key ({session.principal}) was taken out of the key file")
 
     def touch(self) -> None:
         self.last_activity = time.time()

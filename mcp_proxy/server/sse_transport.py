@@ -61,6 +61,7 @@ def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
         try:
             session = registry.add(SseSession(registry, server_name))
             session.caller = registry.caller_of(request.environ)
+            session.principal = registry.principal_of(request.environ)
         except TooManySessions as exc:
             return too_many_sessions(exc)
         endpoint = f"{url_for('.messages')}?session_id={session.id}".encode()
@@ -94,7 +95,7 @@ def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
                 session_id = uuid.UUID(session_id).hex
             except ValueError:
                 return text_error(400, "Invalid session ID")
-        session = registry.get(session_id, server_name, SseSession.transport)
+        session = registry.get(session_id, server_name, SseSession.transport, environ)
         if session is None:
             return text_error(404, "Could not find session")
         message = read_message(environ, limit)

@@ -61,7 +61,7 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str,
         session_id = environ.get(SESSION_KEY)
         if not session_id:
             return rpc_error(400, jsonrpc.INVALID_REQUEST, "Bad Request: Missing session ID")
-        session = registry.get(session_id, server_name, StreamableSession.transport)
+        session = registry.get(session_id, server_name, StreamableSession.transport, environ)
         if session is None:
             return rpc_error(404, jsonrpc.INVALID_REQUEST, "Session not found")
         return session
@@ -102,6 +102,7 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str,
             try:
                 session = registry.add(StreamableSession(registry, server_name))
                 session.caller = registry.caller_of(environ)
+                session.principal = registry.principal_of(environ)
             except TooManySessions as exc:
                 return too_many_sessions(exc)
         return relay.answer(session, message, {SESSION_HEADER: session.id}, environ,

@@ -23,9 +23,9 @@ import json
 
 # request headers that never cross the bus: credentials, the hop's own, and Origin (checked
 # where the request landed, which also adds the CORS headers to the answer)
-_PRIVATE = {"HTTP_AUTHORIZATION", "HTTP_COOKIE", "HTTP_PROXY_AUTHORIZATION", "HTTP_ORIGIN",
-            "HTTP_CONNECTION", "HTTP_KEEP_ALIVE", "HTTP_TE", "HTTP_TRANSFER_ENCODING",
-            "HTTP_UPGRADE", "HTTP_CONTENT_LENGTH", "HTTP_CONTENT_TYPE"}
+_PRIVATE = {"HTTP_AUTHORIZATION", "HTTP_X_API_KEY", "HTTP_COOKIE", "HTTP_PROXY_AUTHORIZATION",
+            "HTTP_ORIGIN", "HTTP_CONNECTION", "HTTP_KEEP_ALIVE", "HTTP_TE",
+            "HTTP_TRANSFER_ENCODING", "HTTP_UPGRADE", "HTTP_CONTENT_LENGTH", "HTTP_CONTENT_TYPE"}
 _CALL_FIELDS = ("f", "c", "m", "p", "q", "s", "a")  # strings; "h" maps strings to strings
 
 
