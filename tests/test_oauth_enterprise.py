@@ -40,9 +40,10 @@ def company(auth_env, remote, idp, monkeypatch):
 
     def start(idp_switches: dict | None = None, **switches):
         provider = idp(**(idp_switches or {}))
-        server = remote(registration=False, auth_methods=["client_secret_basic"],
-                        clients={"svc": {"secret": SVC_SECRET, "method": "client_secret_basic"}},
-                        idp_key=provider.public_pem.decode(), **switches)
+        server = remote(**{"registration": False, "auth_methods": ["client_secret_basic"],
+                           "clients": {"svc": {"secret": SVC_SECRET,
+                                               "method": "client_secret_basic"}},
+                           "idp_key": provider.public_pem.decode(), **switches})
         if "pairs" not in (idp_switches or {}):
             provider.sw["pairs"] = {server.issuer: server.base + "/mcp"}
         return provider, server
@@ -93,6 +94,67 @@ def test_the_two_steps_with_every_parameter(company, clients, tmp_path, auth_env
     again = proxy(clients, server, *flags(provider, "--id-token", id_token))
     assert tools_of(again) == ["echo", "admin"]
     assert len(provider.exchanges) == 1 and len(server.token_requests) == 1  # the cache
+    assert again.close() == 0
+    logout = clients("--oauth-logout", server.base + "/mcp")
+    assert logout.proc.wait(15) == 0 and not cached.exists()
+
+
+def test_private_key_jwt_at_the_authorization_server(company, clients, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    provider, server = company(auth_methods=["private_key_jwt"], clients={},
+                               client_keys={"svc": public.decode()}, issuer_path="/t1")
+    client = proxy(clients, server, "--client-id", "svc", "--client-key",
+                   str(tmp_path / "key.pem"), "--idp-token-url", provider.token_url,
+                   "--idp-client-id", oauth_idp.CLIENT, "--id-token",
+                   token_file(tmp_path, provider))
+    assert tools_of(client) == ["echo", "admin"]
+    [grant] = server.token_requests
+    assert grant["grant_type"].endswith("jwt-bearer") and grant["assertion"] == \
+        provider.issued[0]
+    assert grant["client_assertion"] != grant["assertion"]  # the client's own, aud checked
+    assert "client_secret" not in grant
+
+
+def test_two_instances_exchange_once(company, clients, tmp_path):
+    provider, server = company()
+    command, _, runs = sso_tool(tmp_path, provider, 2)
+    both = [proxy(clients, server, *flags(provider, "--id-token-command", command))
+            for _ in range(2)]
+    for client in both:
+        assert tools_of(client) == ["echo", "admin"]
+    assert runs.read_text() == "1" and len(provider.exchanges) == 1  # the lock, the cache
+
+
+def test_a_fresh_token_refused_is_an_error_not_a_loop(company, clients, tmp_path):
+    provider, server = company(accept=False)  # the MCP server refuses every token
+    client = proxy(clients, server, *flags(provider, "--id-token",
+                                           token_file(tmp_path, provider)))
+    assert init_error(client) == ("authentication failed: enterprise sign-in: the remote "
+                                  "refused the token the sign-in just gave")
+    assert client.proc.wait(15) == 1  # at start-up: for good
+    assert len(provider.exchanges) == 1 and "Traceback" not in client.stderr()
+
+
+def test_a_token_revoked_later_means_a_new_sign_in(company, clients, tmp_path):
+    provider, server = company()
+    command, _, runs = sso_tool(tmp_path, provider, 2)
+    client = clients("--transport", "streamablehttp", *flags(provider, "--id-token-command",
+                                                            command), server.base + "/mcp",
+                     env={"MCP_PROXY_FRESH_TOKEN": "0.5"})
+    assert tools_of(client) == ["echo", "admin"]
+    threading.Event().wait(0.6)  # the token has been good a while
+    server.revoke_all()
+    answer = client.call({"jsonrpc": "2.0", "id": 7, "method": "tools/list"}, timeout=30)
+    assert "result" in answer, answer
+    assert runs.read_text() == "2" and len(provider.exchanges) == 2
 
 
 def sso_tool(tmp_path: Path, provider, count: int) -> tuple[str, list[str], Path]:

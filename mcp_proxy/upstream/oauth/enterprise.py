@@ -15,6 +15,7 @@ token, else the two steps run again with a fresh ID token.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -35,6 +36,9 @@ ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523
 MARGIN = 10.0  # a cached token with less life left than this is not handed out
 TOKENS = "tokens.json"
+# a token refused this soon after the sign-in that brought it: an error, no new sign-in
+# (MCP_PROXY_FRESH_TOKEN, in seconds, is an internal knob for the tests)
+FRESH = float(os.environ.get("MCP_PROXY_FRESH_TOKEN", "30"))
 
 
 class EnterpriseSignIn:
@@ -52,11 +56,19 @@ class EnterpriseSignIn:
                           secret)
         self._basic_fallback = bool(secret)
         self.store = Store(settings.url, f"id-jag|{settings.idp_token_url}|{client.client_id}")
+        self._fresh: tuple[str, float] | None = None  # our last sign-in's token, and when
 
     def token(self, discovered: Callable[[], tuple[Discovery, str | None]],
               refused: str | None = None) -> dict:
         """A token record with an access token (not ``refused``, which the remote just
         refused): cached, refreshed, or new from the two steps."""
+        if self._fresh and refused == self._fresh[0] \
+                and time.monotonic() - self._fresh[1] < FRESH:
+            # signing in again would bring the same answer: an error, not a token exchange
+            # for every request
+            self.store.delete(TOKENS)
+            raise AuthError("enterprise sign-in: the remote refused the token the sign-in "
+                            "just gave")
         with self.store.lock(self.settings.oauth_timeout + 30):
             held = self.store.read(TOKENS)
             if _usable(held) and held["access_token"] != refused:
@@ -66,6 +78,7 @@ class EnterpriseSignIn:
                 record = self._refresh(held, discovered()[0])
             if record is None:
                 record = self.sign_in(*discovered())
+                self._fresh = (record["access_token"], time.monotonic())
             self.store.write(TOKENS, record)
             return record
 
