@@ -202,11 +202,13 @@ def test_a_refresh_token_is_used_before_the_identity_provider(company, clients, 
 
 def test_basic_at_the_identity_provider_when_it_refuses_the_body(company, clients, tmp_path):
     provider, server = company({"client_method": "client_secret_basic"})
+    command, _, runs = sso_tool(tmp_path, provider, 1)
     client = proxy(clients, server, "--idp-client-secret", oauth_idp.SECRET,
-                   *flags(provider, "--id-token", token_file(tmp_path, provider)))
+                   *flags(provider, "--id-token-command", command))
     assert tools_of(client) == ["echo", "admin"]
     assert [e["authorization"] is not None for e in provider.exchanges] == [False, True]
     assert "client_secret" not in provider.exchanges[1]
+    assert runs.read_text() == "1"  # one ID token for both tries
 
 
 @pytest.mark.parametrize(("idp_switches", "claims", "expected"), [

@@ -98,10 +98,12 @@ class EnterpriseSignIn:
         logger.info("signed in to %s through the identity provider", self.settings.url)
         return self._record(answer, found, granted)
 
-    def exchange(self, found: Discovery, scope: str | None) -> tuple[str, str | None]:
+    def exchange(self, found: Discovery, scope: str | None,
+                 id_token: str | None = None) -> tuple[str, str | None]:
         """RFC 8693 at the identity provider: return the ID-JAG and its scope."""
+        id_token = id_token or self.source.read()
         form = {"grant_type": TOKEN_EXCHANGE, "requested_token_type": ID_JAG,
-                "subject_token": self.source.read(), "subject_token_type": ID_TOKEN,
+                "subject_token": id_token, "subject_token_type": ID_TOKEN,
                 "audience": found.identifier(), "resource": found.resource}
         if scope:
             form["scope"] = scope
@@ -116,7 +118,7 @@ class EnterpriseSignIn:
             self.idp.method = "client_secret_basic"
             logger.info("the identity provider refused the secret in the body; trying HTTP "
                         "Basic")
-            return self.exchange(found, scope)
+            return self.exchange(found, scope, id_token)
         self._basic_fallback = False  # this method works: keep it
         issued = body.get("issued_token_type")
         if issued != ID_JAG:
