@@ -1,8 +1,9 @@
 """Shared pieces of the OAuth tests (a pytest plugin: ``pytest_plugins = ["oauth_kit"]``).
 
 The remote is ``servers/oauth_server.py`` (authorization server and MCP server in one, on
-127.0.0.1); the browser is ``fake_browser.py`` through ``$BROWSER``; the cache lives in a
-temporary ``MCP_PROXY_CONFIG_DIR``.
+127.0.0.1), the company identity provider ``servers/oauth_idp.py``; the browser is
+``fake_browser.py`` through ``$BROWSER``; the cache lives in a temporary
+``MCP_PROXY_CONFIG_DIR``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 from conftest import INIT_PARAMS, TESTS, ClientProcess, rpc
 
 sys.path.insert(0, str(TESTS / "servers"))
+import oauth_idp  # noqa: E402
 import oauth_server  # noqa: E402
 
 BROWSER = f"{sys.executable} {TESTS / 'fake_browser.py'} %s"
@@ -31,19 +33,31 @@ def auth_env(tmp_path, monkeypatch):
     return env
 
 
-@pytest.fixture
-def remote():
+def _serve(start):
+    """A fixture's body: ``start(**switches)`` servers, all shut down at the end."""
     started = []
 
-    def start(**switches) -> oauth_server.OAuthServer:
-        server = oauth_server.start(**switches)
+    def run(**switches):
+        server = start(**switches)
         started.append(server)
         return server
 
-    yield start
+    yield run
     for server in started:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def remote():
+    """``remote(**switches)``: an ``oauth_server.OAuthServer``."""
+    yield from _serve(oauth_server.start)
+
+
+@pytest.fixture
+def idp():
+    """``idp(**switches)``: an ``oauth_idp.IdentityProvider`` (enterprise sign-in)."""
+    yield from _serve(oauth_idp.start)
 
 
 def visits(env: dict) -> list[str]:
@@ -67,8 +81,10 @@ def proxy(clients, server, *flags: str, url: str | None = None) -> ClientProcess
 
 
 def tools_of(client: ClientProcess) -> list[str]:
-    # the initialize waits for the whole sign-in: 13 s of a device grant's polling, say
-    assert "result" in client.call(rpc("initialize", 0, **INIT_PARAMS), timeout=40)
+    # the sign-in happens while initialize waits: a sign-in with a code that is polled at
+    # the server's pace takes 13 s in one test, too near handshake()'s 15 s on a busy machine
+    answer = client.call(rpc("initialize", 0, **INIT_PARAMS), timeout=60)
+    assert "result" in answer, answer
     client.send(rpc("notifications/initialized", None))
     answer = client.call(rpc("tools/list", 1), timeout=30)
     assert "result" in answer, answer

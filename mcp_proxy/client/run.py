@@ -83,7 +83,7 @@ class Redact(logging.Filter):
 def secrets_of(settings: ClientSettings) -> list[str]:
     parts = urlsplit(settings.url)
     found = [*settings.headers.values(), settings.password, settings.client_secret,
-             settings.oauth_client_secret,
+             settings.oauth_client_secret, settings.idp_client_secret,
              os.environ.get("API_ACCESS_TOKEN"), parts.query, parts.password]
     found += [value.split(" ", 1)[1] for value in settings.headers.values() if " " in value]
     return [s for s in found if s]

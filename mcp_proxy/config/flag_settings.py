@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import shlex
+from urllib.parse import urlsplit
 
 from mcp_proxy.config.config_file import load_named_servers
 from mcp_proxy.config.key_file import flag_keys, read_key_file
@@ -23,6 +24,8 @@ from mcp_proxy.config.values import check_headers, check_latin1, check_url
 from mcp_proxy.errors import ConfigError, ConfigProblems
 
 logger = logging.getLogger("mcp_proxy")
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def is_url(text: str | None) -> bool:
@@ -146,7 +149,49 @@ def client_settings(ns: argparse.Namespace) -> ClientSettings:
         oauth_client_id=ns.oauth_client_id, oauth_client_secret=ns.oauth_client_secret,
         oauth_client_metadata_url=ns.oauth_client_metadata_url,
         oauth_callback_port=ns.oauth_callback_port, oauth_no_browser=ns.oauth_no_browser,
-        oauth_timeout=ns.oauth_timeout, oauth_device=ns.oauth_device,
+        oauth_timeout=ns.oauth_timeout, oauth_device=ns.oauth_device, **_enterprise(ns),
         verify=verify, connect_timeout=ns.connect_timeout, read_timeout=ns.read_timeout,
         start_timeout=ns.start_timeout, recovery_timeout=ns.recovery_timeout,
         tools=ToolRules().with_flags(ns.allow_tool, ns.deny_tool))
+
+
+def _enterprise(ns: argparse.Namespace) -> dict:
+    """The enterprise sign-in flags (SEP-990), checked together."""
+    url = ns.idp_token_url
+    if not url:
+        given = [flag for flag, value in (("--id-token", ns.id_token), ("--id-token-command",
+                 ns.id_token_command), ("--idp-client-id", ns.idp_client_id)) if value]
+        if given:
+            raise ConfigError(f"{given[0]} is for enterprise sign-in: give --idp-token-url too")
+        return {}
+    check_url(url)
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "https" and parts.hostname not in LOOPBACK:
+        raise ConfigError("--idp-token-url must be https (http only on this machine): the "
+                          "ID token travels to it")
+    if bool(ns.id_token) == bool(ns.id_token_command):
+        raise ConfigError("--idp-token-url needs the ID token: give --id-token FILE or "
+                          "--id-token-command CMD (one of them)")
+    if not ns.idp_client_id:
+        raise ConfigError("--idp-token-url needs --idp-client-id (and --idp-client-secret, "
+                          "if it has one): mcp-proxy's client at the identity provider")
+    if not ns.client_id:
+        raise ConfigError("--idp-token-url needs --client-id with --client-secret or "
+                          "--client-key: mcp-proxy's client at the MCP server's "
+                          "authorization server")
+    if ns.token_url:
+        raise ConfigError("--token-url does not go with --idp-token-url: the authorization "
+                          "server is discovered (its issuer is the ID-JAG's audience)")
+    command = None
+    if ns.id_token_command:
+        try:
+            command = shlex.split(ns.id_token_command)
+        except ValueError as exc:
+            raise ConfigError(f"--id-token-command: {exc}") from None
+        if not command:
+            raise ConfigError("--id-token-command is empty")
+    elif not os.path.isfile(ns.id_token):
+        raise ConfigError(f"--id-token: no file at {ns.id_token!r}")
+    check_latin1("--idp-client-secret", ns.idp_client_secret)
+    return {"idp_token_url": url, "id_token_file": ns.id_token, "id_token_command": command,
+            "idp_client_id": ns.idp_client_id, "idp_client_secret": ns.idp_client_secret}

@@ -85,6 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--oauth-logout", action="store_true",
                         help="forget the cached sign-in (tokens, registration) for the URL "
                              "and exit")
+    client.add_argument("--idp-token-url", metavar="URL",
+                        help="enterprise sign-in: the company identity provider's token "
+                             "endpoint, where the ID token is exchanged for an ID-JAG "
+                             "(SEP-990); needs --client-id for the server's side")
+    client.add_argument("--id-token", metavar="FILE",
+                        help="file holding the user's ID token from the identity provider "
+                             "(read again whenever a fresh one is needed)")
+    client.add_argument("--id-token-command", metavar="CMD",
+                        help="command whose stdout is the ID token, run whenever a fresh one "
+                             "is needed (within --oauth-timeout)")
+    client.add_argument("--idp-client-id", metavar="ID",
+                        help="mcp-proxy's client id at the identity provider")
+    client.add_argument("--idp-client-secret", metavar="SECRET",
+                        default=os.environ.get("MCP_PROXY_IDP_CLIENT_SECRET") or None,
+                        help="its secret (default from MCP_PROXY_IDP_CLIENT_SECRET)")
     client.add_argument("--username", help="user for basic (or --digest) auth")
     client.add_argument("--password", help="password for basic (or --digest) auth")
     client.add_argument("--digest", action="store_true", help="use digest instead of basic auth")

@@ -212,6 +212,11 @@ class ClientSettings:
     oauth_no_browser: bool = False
     oauth_device: bool | None = None  # sign in with a code (RFC 8628); None: when no browser
     oauth_timeout: float = 300.0
+    idp_token_url: str | None = None  # enterprise sign-in (ID-JAG): the IdP's token endpoint
+    id_token_file: str | None = None
+    id_token_command: list[str] | None = None
+    idp_client_id: str | None = None
+    idp_client_secret: str | None = None
     verify: bool | str = True
     connect_timeout: float = 10.0
     read_timeout: float = 600.0

@@ -22,6 +22,7 @@ from collections import Counter
 from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit
 
 from oauth_device import DEVICE_GRANT, DeviceGrant
+from oauth_jag import JWT_BEARER, JwtBearerGrant
 from oauth_resource import ProtectedMcp
 
 DEFAULTS = {
@@ -57,10 +58,12 @@ DEFAULTS = {
     "device_pending": 2,  # then authorization_pending answers (unless /verify was visited)
     "device_outcome": "approve",  # then: approve | deny | expire
     "device_answer": None,  # replaces the /device answer (a dict or raw bytes)
+    "idp_key": None,  # the identity provider's public PEM: accept its ID-JAGs (oauth_jag.py)
+    "jag_refresh": False,  # a refresh token with the access token an ID-JAG brings
 }
 
 
-class Handler(ProtectedMcp, DeviceGrant, http.server.BaseHTTPRequestHandler):
+class Handler(ProtectedMcp, DeviceGrant, JwtBearerGrant, http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args) -> None:
@@ -237,6 +240,8 @@ class Handler(ProtectedMcp, DeviceGrant, http.server.BaseHTTPRequestHandler):
             return self.issue(client_id, record["scope"], record["resource"])
         if grant == DEVICE_GRANT:
             return self.device_token(form, client_id)
+        if grant == JWT_BEARER and self.s.sw["idp_key"]:
+            return self.jwt_bearer(form, client_id)
         if grant == "client_credentials":
             return self.issue(client_id, form.get("scope", ""), form.get("resource"),
                               refresh=False)
@@ -277,6 +282,8 @@ class OAuthServer(http.server.ThreadingHTTPServer):
         self.device_codes: dict = {}
         self.device_requests: list[dict] = []
         self.device_polls: list[float] = []  # when the device grant was polled (monotonic)
+        self.assertions: list[str] = []  # the jwt-bearer grants' assertions
+        self.jtis: set[str] = set()
 
     def server_close(self) -> None:
         self.closed.set()  # ends the open event streams

@@ -6,6 +6,8 @@ refusal) drives ``discovery.py`` (which authorization server), ``signin.py`` (on
 the client, the authorization request, the code exchange) with ``browser.py`` (the browser
 and the callback on 127.0.0.1), or ``device.py`` (sign-in with a code, RFC 8628, where no
 browser opens), and ``store.py`` (the token cache on disk and its lock);
-``credentials.py`` is the client credentials grant; ``wire.py`` the OAuth wire details both
-use. No token or secret ever reaches a log line.
+``credentials.py`` is the client credentials grant, and the enterprise sign-in
+(``enterprise.py``: the user's ID token, from ``id_token.py``, exchanged for an ID-JAG at the
+company identity provider, then the ``jwt-bearer`` grant) as that client; ``wire.py`` the
+OAuth wire details all use. No token or secret ever reaches a log line.
 """

@@ -1,4 +1,5 @@
-"""The client credentials grant: a token for the proxy itself, with a secret or a key.
+"""The client credentials grant: a token for the proxy itself, with a secret or a key; or,
+with ``--idp-token-url``, the user's enterprise sign-in as that client (``enterprise.py``).
 
 Without ``--token-url`` the token endpoint, the auth method and the resource come from the
 remote's metadata (the same discovery as sign-in). With ``--token-url`` and a secret, the
@@ -18,6 +19,7 @@ from requests.auth import AuthBase
 from mcp_proxy.config.settings import ClientSettings
 from mcp_proxy.errors import AuthError, ConfigError, OAuthError, UpstreamError
 from mcp_proxy.upstream.oauth.discovery import Discovery, discover
+from mcp_proxy.upstream.oauth.enterprise import EnterpriseSignIn
 from mcp_proxy.upstream.oauth.wire import (
     Client,
     bearer_challenge,
@@ -54,11 +56,15 @@ class ClientCredentials(AuthBase):
         self._token: str | None = None
         self._expires = 0.0
         self._lock = threading.Lock()  # monkey-patched: a greenlet lock
+        self.found: Discovery | None = None
+        self.scope: str | None = None  # what the remote's challenge asked for
+        self.enterprise = EnterpriseSignIn(settings, self.http, self.client) \
+            if settings.idp_token_url else None
 
     def token(self, refresh: bool = False) -> str:
         with self._lock:
             if refresh or self._token is None or time.monotonic() > self._expires:
-                self._fetch()
+                self._fetch(self._token if refresh else None)
             return self._token
 
     def _found(self) -> Discovery:
@@ -69,18 +75,25 @@ class ClientCredentials(AuthBase):
             raise UpstreamError(f"cannot connect: {exc.__class__.__name__}") from exc
         probe.close()
         challenge = bearer_challenge(probe) if probe.status_code == 401 else {}
+        self.scope = challenge.get("scope") or self.scope
         return discover(self.http, self.settings.url, challenge)
 
-    def _discover(self) -> None:
-        found = self._found()
+    def _discover(self) -> Discovery:
+        found = self.found = self._found()
         self.token_url, self.resource = found.endpoint("token_endpoint"), found.resource
         # no metadata anywhere: the endpoint is the spec's default, and there is no issuer
         # identifier to name, only a guessed origin: RFC 7523's other audience, the endpoint
-        self.client.audience = self.token_url if found.guessed else _issuer(found)
+        self.client.audience = self.token_url if found.guessed else found.identifier()
         supported = found.metadata.get("token_endpoint_auth_methods_supported")
         self.client.method = choose_method(supported, self.client)
         logger.info("token endpoint %s (client authentication %s)", self.token_url,
                     self.client.method)
+        return found
+
+    def _discovered(self) -> tuple[Discovery, str | None]:
+        """The authorization server (discovered once), and the scope to ask for."""
+        found = self.found or self._discover()
+        return found, self.scope or " ".join(found.scopes_supported or []) or None
 
     def _audience_of_given_endpoint(self) -> None:
         """--token-url with a key: the issuer whose metadata (found from the remote's) names
@@ -92,10 +105,15 @@ class ClientCredentials(AuthBase):
             found = None
         same = found is not None and not found.guessed \
             and found.endpoint("token_endpoint") == self.token_url
-        self.client.audience = _issuer(found) if same else self.token_url
+        self.client.audience = found.identifier() if same else self.token_url
         logger.info("client assertions name %s as their audience", self.client.audience)
 
-    def _fetch(self) -> None:
+    def _fetch(self, refused: str | None = None) -> None:
+        if self.enterprise is not None:
+            record = self.enterprise.token(self._discovered, refused)
+            expires = record.get("expires_at")
+            return self._keep(record["access_token"],
+                              expires - time.time() if expires is not None else None)
         if not self.token_url:
             self._discover()
         elif self.client.key_pem is not None and self.client.audience is None:
@@ -114,8 +132,11 @@ class ClientCredentials(AuthBase):
             logger.info("token endpoint refused the secret in the body; trying HTTP Basic")
             return self._fetch()
         self._basic_fallback = False  # this method works: keep it
-        self._token = body["access_token"]
-        lifetime = float(body.get("expires_in") or 3600)
+        self._keep(body["access_token"], body.get("expires_in"))
+
+    def _keep(self, token: str, lifetime: float | None) -> None:
+        self._token = token
+        lifetime = float(lifetime or 3600)
         self._expires = time.monotonic() + max(lifetime - 30, lifetime / 2)
         logger.info("obtained an OAuth2 access token (valid %.0f s)", lifetime)
 
@@ -129,9 +150,3 @@ class ClientCredentials(AuthBase):
         if response.status_code != 401 or getattr(response.request, "_auth_retried", False):
             return response
         return resend(response, self.token(refresh=True), **kwargs)
-
-
-def _issuer(found: Discovery) -> str:
-    """The issuer identifier exactly as the authorization server's metadata spells it."""
-    issuer = found.metadata.get("issuer")
-    return issuer if isinstance(issuer, str) and issuer else found.issuer

@@ -36,6 +36,11 @@ class Discovery:
         value = self.metadata.get(name)
         return value if isinstance(value, str) and value else None
 
+    def identifier(self) -> str:
+        """The issuer identifier exactly as the authorization server's metadata spells it."""
+        issuer = self.metadata.get("issuer")
+        return issuer if isinstance(issuer, str) and issuer else self.issuer
+
 
 def canonical(url: str) -> str:
     """The MCP URL as a resource indicator: scheme and host lower-cased, no fragment."""

@@ -162,9 +162,15 @@ def load_key(path: str, alg: str | None) -> tuple[bytes, str]:
     return pem, alg
 
 
+def printable(text: object, longest: int) -> str:
+    """A server's text fit for one log line: control characters blanked, cut."""
+    return "".join(c if c.isprintable() else " " for c in str(text)[:longest])
+
+
 def token_request(http: requests.Session, token_url: str, client: Client, form: dict,
-                  what: str) -> dict:
-    """POST a token request; return the token response, or raise OAuthError / UpstreamError."""
+                  what: str, bearer: bool = True) -> dict:
+    """POST a token request; return the token response (``bearer``: one with a bearer
+    access token, else any JSON object), or raise OAuthError / UpstreamError."""
     data, headers = dict(form), {"Accept": "application/json"}
     client.authenticate(token_url, data, headers)
     try:
@@ -174,20 +180,22 @@ def token_request(http: requests.Session, token_url: str, client: Client, form: 
                             f"{exc.__class__.__name__}") from exc
     try:
         body = answer.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
-    if answer.status_code == 200 and isinstance(body, dict) \
-            and isinstance(body.get("access_token"), str) \
-            and str(body.get("token_type", "bearer")).lower() == "bearer":
+    if answer.status_code == 200 and isinstance(body, dict) and (not bearer or (
+            isinstance(body.get("access_token"), str)
+            and str(body.get("token_type", "bearer")).lower() == "bearer")):
         return body
     if answer.status_code >= 500:
         raise UpstreamError(f"{what}: token endpoint answered HTTP {answer.status_code}")
     if isinstance(body, dict) and isinstance(body.get("error"), str):
-        raise OAuthError(what, body["error"], str(body.get("error_description") or "")[:200])
+        raise OAuthError(what, printable(body["error"], 100),
+                         printable(body.get("error_description") or "", 200))
     if answer.status_code in (400, 401, 403):
         raise OAuthError(what, f"HTTP {answer.status_code}")
     if answer.status_code == 200:
-        raise AuthError(f"{what}: the token endpoint answer has no bearer access_token")
+        raise AuthError(f"{what}: the token endpoint answer has no bearer access_token"
+                        if bearer else f"{what}: the token endpoint answered no JSON object")
     raise UpstreamError(f"{what}: token endpoint answered HTTP {answer.status_code}")
 
 
