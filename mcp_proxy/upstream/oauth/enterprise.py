@@ -22,7 +22,7 @@ from collections.abc import Callable
 import requests
 
 from mcp_proxy.config.settings import ClientSettings
-from mcp_proxy.errors import AuthError, OAuthError
+from mcp_proxy.errors import AuthError, OAuthError, SignInRefused
 from mcp_proxy.upstream.oauth.discovery import Discovery
 from mcp_proxy.upstream.oauth.id_token import IdTokenSource, is_jwt
 from mcp_proxy.upstream.oauth.store import Store
@@ -67,8 +67,8 @@ class EnterpriseSignIn:
             # signing in again would bring the same answer: an error, not a token exchange
             # for every request
             self.store.delete(TOKENS)
-            raise AuthError("enterprise sign-in: the remote refused the token the sign-in "
-                            "just gave")
+            raise SignInRefused("enterprise sign-in: the remote refused the token the "
+                                "sign-in just gave")
         with self.store.lock(self.settings.oauth_timeout + 30):
             held = self.store.read(TOKENS)
             if _usable(held) and held["access_token"] != refused:
