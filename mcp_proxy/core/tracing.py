@@ -243,6 +243,14 @@ def current_ids() -> tuple[str, str] | None:
     return format(found.trace_id, "032x"), format(found.span_id, "016x")
 
 
+def current_span() -> Any:
+    """This greenlet's current span, or None (none, or traces off)."""
+    if not on:
+        return None
+    span = _api["current"]()
+    return span if span.get_span_context().is_valid else None
+
+
 def ids_of(span: Any) -> tuple[str, str] | None:
     """``span``'s trace and span ids in hex (None for None)."""
     if span is None:
