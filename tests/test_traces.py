@@ -17,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from span_file import read_spans
 from test_modern import MODERN, headers_for, modern
 from test_shared import recorded
@@ -179,6 +181,39 @@ def test_every_span_ends_with_an_error_when_its_call_does(traced):
     assert (nope["status"], nope["attributes"]["mcp.proxy.outcome"]) == ("error",
                                                                          "error -32601")
     assert crash["status"] == "error" and crash["description"].startswith("no answer")
+
+
+def test_hostile_context_is_ignored_never_an_error(traced):
+    proxy = traced()
+    init = requests.post(proxy.base + "/mcp", headers=STREAM_HEADERS, timeout=10,
+                         json=rpc("initialize", 0, protocolVersion="2025-06-18"))
+    headers = {**STREAM_HEADERS, "Mcp-Session-Id": init.headers["Mcp-Session-Id"]}
+    values = st.one_of(st.text(max_size=60), st.integers(), st.none(), st.booleans(),
+                       st.lists(st.integers(), max_size=2), st.dictionaries(
+                           st.text(max_size=5), st.integers(), max_size=2))
+    numbers = iter(range(1, 10_000))
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @given(header=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60),
+           meta=st.one_of(values, st.dictionaries(st.sampled_from(
+               ["traceparent", "tracestate", "x"]), values, max_size=3)))
+    def post(header, meta):
+        request_id = next(numbers)
+        message = echo(request_id)
+        message["params"]["_meta"] = meta
+        answer = requests.post(proxy.base + "/mcp", json=message, timeout=10,
+                               headers={**headers, "traceparent": header.strip()})
+        assert answer.status_code == 200 and answer.json()["id"] == request_id, answer.text
+        sent = sent_call(proxy.record, request_id)["params"]["_meta"]
+        if isinstance(meta, dict):  # the rest of _meta as it was; the context is ours
+            assert {k: v for k, v in sent.items() if k not in ("traceparent", "tracestate")} \
+                == {k: v for k, v in meta.items() if k not in ("traceparent", "tracestate")}
+            assert sent["traceparent"].startswith("00-")
+        else:
+            assert sent == meta  # not an object: left as the client sent it
+
+    post()
+    assert "Traceback" not in proxy.stderr()
 
 
 def test_modern_request_abandoned_by_its_client(traced):

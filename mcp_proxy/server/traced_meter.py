@@ -93,9 +93,10 @@ class TracedMeter:
         params = message.obj.get("params")
         if params is not None and not isinstance(params, dict):
             return message  # positional params: no _meta to carry it in
-        meta = (params or {}).get("_meta")
-        meta = tracing.inject(span, dict(meta) if isinstance(meta, dict) else {})
-        return jsonrpc.rewritten(message, params={"_meta": meta})
+        meta = (params or {}).get("_meta", {})
+        if not isinstance(meta, dict):
+            return message  # not ours to replace, whatever the server makes of it
+        return jsonrpc.rewritten(message, params={"_meta": tracing.inject(span, dict(meta))})
 
     def wrap_send(self, send: Callable[[Message], None]) -> Callable[[Message], None]:
         """``send`` of the server's link, handing on each request's context (core/link.py)."""
