@@ -24,6 +24,7 @@ from gevent import monkey
 
 from mcp_proxy.config.flag_settings import server_settings
 from mcp_proxy.config.options import build_parser
+from mcp_proxy.core import tracing
 from mcp_proxy.core.log_format import setup_logging
 from mcp_proxy.errors import ConfigError
 from mcp_proxy.gunicorn_conf import redis_configured, too_many_workers
@@ -54,7 +55,9 @@ def _app_from_environment():
         raise ConfigError("MCP_PROXY_ARGS must name the stdio server command, e.g. "
                           "MCP_PROXY_ARGS='-- python3 server.py'")
     setup_logging("DEBUG" if ns.debug else ns.log_level, ns.log_format)
-    app = create_app(server_settings(ns))
+    settings = server_settings(ns)
+    tracing.configure("mcp-proxy")  # in each worker (never --preload): from the OTEL_* variables
+    app = create_app(settings)
     atexit.register(_stop_children, app.extensions["mcp_proxy"])
     return app
 

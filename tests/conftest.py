@@ -102,11 +102,12 @@ class GunicornProcess:
     manager that waits (bounded) until it serves and stops it (SIGTERM) on exit."""
 
     def __init__(self, proxy_args: str, *options: str, env: dict | None = None,
-                 prefix: str = "", workers: int = 1) -> None:
+                 prefix: str = "", workers: int = 1,
+                 command: tuple = (sys.executable, "-m", "gunicorn")) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}{prefix}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers),
+            [*command, "-k", "gevent", "-w", str(workers),
              "--no-control-socket",
              "-b", f"127.0.0.1:{self.port}", *options, "mcp_proxy.wsgi:application"],
             env={**os.environ, "MCP_PROXY_ARGS": proxy_args, **(env or {})},

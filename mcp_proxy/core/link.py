@@ -140,6 +140,12 @@ def _relayer(source: Link, target: Link, sent: dict, answered: dict) -> Callable
     """A sink that moves source -> target; it tracks requests in ``sent``, answers in
     ``answered``, and answers a request the target can no longer take."""
     count = _counter(source, target)
+    send = target.send
+    # with traces on (server/traced_meter.py) the server's meter hands on each request's
+    # trace context in a copy of it; chosen once here, so no message pays when they are off
+    wrap_send = getattr(getattr(target, "meter", None), "wrap_send", None)
+    if wrap_send is not None:
+        send = wrap_send(send)
 
     def relay(message: Message) -> None:
         kind = message.kind
@@ -152,7 +158,7 @@ def _relayer(source: Link, target: Link, sent: dict, answered: dict) -> Callable
         elif message.method == "notifications/cancelled":
             sent.pop(jsonrpc.id_key(message.params.get("requestId")), None)
         try:
-            target.send(message)
+            send(message)
         except ServerBusy:  # the sender answers the client; nothing was sent
             if kind == jsonrpc.REQUEST:
                 sent.pop(jsonrpc.id_key(message.id), None)

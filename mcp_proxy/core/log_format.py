@@ -4,8 +4,10 @@ It owns the formatter and the one call that sets up logging on stderr, for the c
 (cli.py) and for gunicorn (wsgi.py) alike. It never decides what is logged. A JSON line holds
 ``time`` (UTC, ISO 8601), ``level``, ``logger`` and ``message``, then what is known of its
 context: ``session``, ``server`` and ``trace_id`` when the caller passed them (``extra=``),
-``worker`` (the scale-out tag, for every line of a worker that has one), any ``fields`` a
-record carries (the audit line's, server/audit.py), and ``exception`` with the traceback.
+else with traces on the ``trace_id`` and ``span_id`` of the span current where the line was
+logged (core/tracing.py), ``worker`` (the scale-out tag, for every line of a worker that
+has one), any ``fields`` a record carries (the audit line's, server/audit.py), and
+``exception`` with the traceback.
 
 A filter on the handler (client mode's ``Redact``) runs before the formatter, so what it
 blanks in the message and the traceback is blanked in JSON too.
@@ -17,6 +19,8 @@ import json
 import logging
 import sys
 import time
+
+from mcp_proxy.core import tracing
 
 TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FORMATS = ("text", "json")
@@ -39,6 +43,10 @@ class JsonFormatter(logging.Formatter):
         for key in CONTEXT:
             if found.get(key) is not None:
                 entry[key] = found[key]
+        if tracing.on and "trace_id" not in entry:  # the span current where it was logged
+            ids = tracing.current_ids()
+            if ids is not None:
+                entry["trace_id"], entry["span_id"] = ids
         if self.worker is not None:
             entry["worker"] = self.worker
         fields = found.get("fields")

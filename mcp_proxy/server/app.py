@@ -26,10 +26,12 @@ from mcp_proxy.children.multiplexer import Multiplexer
 from mcp_proxy.children.process import StdioChild
 from mcp_proxy.children.supervisor import Supervisor
 from mcp_proxy.config.settings import ServerSettings
+from mcp_proxy.core import tracing
 from mcp_proxy.core.log_format import set_worker
 from mcp_proxy.server.api_keys import KeyRing
 from mcp_proxy.server.audit import AuditMeter
 from mcp_proxy.server.guard import install_guard
+from mcp_proxy.server.http_spans import name_by_route, trace_requests
 from mcp_proxy.server.metrics import server_label
 from mcp_proxy.server.probes import add_health_routes
 from mcp_proxy.server.relay import Relay
@@ -37,6 +39,7 @@ from mcp_proxy.server.sessions import Registry
 from mcp_proxy.server.sse_transport import add_sse_routes
 from mcp_proxy.server.status import add_status_route
 from mcp_proxy.server.streamable_transport import add_streamable_routes
+from mcp_proxy.server.traced_meter import TracedMeter
 from mcp_proxy.server.url_adapter import PathRouting
 
 logger = logging.getLogger(__name__)
@@ -98,6 +101,8 @@ def create_app(settings: ServerSettings) -> Flask:
         if spec.audit:
             registry.metrics.audited[server_label(name)] = partial(
                 AuditMeter, server=server_label(name), arguments=settings.log_call_arguments)
+    if tracing.on:  # configured by the command (cli.py, wsgi.py): off, nothing is wrapped
+        registry.metrics.traced = TracedMeter
     app.extensions["mcp_proxy"] = registry
     keys = KeyRing(settings) if settings.api_keys or settings.auth_token_file else None
     if keys is not None and keys.path is not None:  # rotate keys without a restart
@@ -124,6 +129,9 @@ def create_app(settings: ServerSettings) -> Flask:
         app.wsgi_app = registry.router.wrap(app, checks)
         registry.router.start()
     app.wsgi_app = registry.metrics.count_answers(app.wsgi_app)
+    if tracing.on:  # outermost: a forwarded request has its span where it landed too
+        app.wsgi_app = trace_requests(app.wsgi_app)
+        app.before_request(name_by_route)
     return app
 
 

@@ -113,6 +113,8 @@ class Metrics:
         self.routing: Callable[[], dict] | None = None  # the router's status, with Redis
         # server label -> the meter of its bridges, for a server with an audit (app.py)
         self.audited: dict[str, Callable[..., RelayMeter]] = {}
+        # with traces on, what wraps every meter (app.py: server/traced_meter.py)
+        self.traced: Callable[[RelayMeter, str], RelayMeter] | None = None
         self.registry.register(self)
         ProcessCollector(registry=self.registry)
         self._started = Counter(
@@ -136,7 +138,9 @@ class Metrics:
         server = server_label(server)
         tallies = self._relayed[server]
         meter = self.audited.get(server, RelayMeter)
-        return meter(tallies[DIRECTIONS[0]], tallies[DIRECTIONS[1]], self._latency[server])
+        made = meter(tallies[DIRECTIONS[0]], tallies[DIRECTIONS[1]], self._latency[server])
+        # per bridge, not per message: with traces off, no message pays for them
+        return made if self.traced is None else self.traced(made, server)
 
     def child_started(self, server: str) -> None:
         server = server_label(server)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from flask import Response
 
 from mcp_proxy.children.request_state import principal
-from mcp_proxy.core import jsonrpc
+from mcp_proxy.core import jsonrpc, tracing
 from mcp_proxy.core.jsonrpc import Message, id_key
 from mcp_proxy.core.protocol import VERSION_KEY
 from mcp_proxy.errors import LegacyOnly, LinkClosed, ProxyError, ServerBusy, SpawnError, StreamEnded
@@ -168,8 +168,8 @@ class Relay:
         port.meter = meter = self.registry.metrics.relay_meter(self.server_name)
         meter.watch(port, None, self.registry.caller_of(environ))
         meter.client_to_server(message)
-        try:
-            lane.route(port, message)
+        try:  # with traces on, the copy the server gets names the request's span
+            lane.route(port, meter.hand_on(message) if tracing.on else message)
         except ServerBusy as exc:
             port.close("the server is busy")
             return server_busy(exc, message)

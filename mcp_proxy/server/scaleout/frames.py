@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+from mcp_proxy.core import tracing
+
 # request headers that never cross the bus: credentials, the hop's own, and Origin (checked
 # where the request landed, which also adds the CORS headers to the answer)
 _PRIVATE = {"HTTP_AUTHORIZATION", "HTTP_X_API_KEY", "HTTP_COOKIE", "HTTP_PROXY_AUTHORIZATION",
@@ -56,11 +58,15 @@ def auth_digest(environ: dict) -> str:
 def call_frame(environ: dict, corr: str, sender: str) -> dict:
     """A ``call`` frame's header: call ``corr`` of worker ``sender``, for this request:
     method ``m``, path ``p``, query ``q``, scheme ``s``, its headers minus credentials
-    ``h``, and a digest of its credentials ``a``."""
+    ``h`` (with traces on, its ``traceparent`` names this worker's span), and a digest of
+    its credentials ``a``."""
     headers = {key: value for key, value in environ.items()
                if key.startswith("HTTP_") and key not in _PRIVATE}
     if environ.get("CONTENT_TYPE"):
         headers["CONTENT_TYPE"] = environ["CONTENT_TYPE"]
+    if tracing.on:  # the owner's span is the child of this request's span (owner.py)
+        for key, value in tracing.inject(tracing.current_span(), {}).items():
+            headers[f"HTTP_{key.upper()}"] = value
     return {"k": "call", "c": corr, "f": sender, "m": environ["REQUEST_METHOD"],
             "p": environ.get("PATH_INFO", "/"), "q": environ.get("QUERY_STRING", ""),
             "s": environ.get("wsgi.url_scheme", "http"), "h": headers,

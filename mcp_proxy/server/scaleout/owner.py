@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from flask import Response
 
-from mcp_proxy.core import greenlets, jsonrpc
+from mcp_proxy.core import greenlets, jsonrpc, tracing
 from mcp_proxy.errors import BusError
 from mcp_proxy.server.responses import rpc_error
 from mcp_proxy.server.scaleout.bus import GRACE, Bus
@@ -104,10 +104,17 @@ class Owner:
         sender, corr = header["f"], header["c"]
         served = self.served[sender, corr] = Served(sender, corr)
         self.count += 1
-        response = None
+        response = span = None
         publish = self.bus.publish_back  # again through a Redis blip: the request has run
         try:
-            response = self._run(_environ(header, self.bus.payload(header, payload), served))
+            environ = _environ(header, self.bus.payload(header, payload), served)
+            if tracing.on:  # the child of the receiving worker's span (frames.call_frame)
+                span = self._span(environ)
+            token = tracing.activate(span)
+            try:
+                response = self._run(environ)
+            finally:
+                tracing.deactivate(token)
             headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP]
             status = response.status_code
             if response.mimetype != "text/event-stream":
@@ -134,6 +141,18 @@ class Owner:
             if response is not None:
                 response.close()  # a streaming Body's cleanup
             self.served.pop((sender, corr), None)
+            if span is not None:
+                status = 0 if response is None else response.status_code
+                tracing.end_span(span, None if 0 < status < 500 else f"HTTP {status or 'none'}",
+                                 {"http.response.status_code": status or None})
+
+    def _span(self, environ: dict):
+        method, path = environ["REQUEST_METHOD"], environ["PATH_INFO"][:200]
+        return tracing.start_span(f"forwarded {method} {path}", tracing.context_from_headers(
+            {"traceparent": environ.get("HTTP_TRACEPARENT"),
+             "tracestate": environ.get("HTTP_TRACESTATE")}), "server",
+            {"http.request.method": method, "url.path": path, "mcp.proxy.worker": self.tag,
+             "mcp.proxy.forwarded_by": environ["mcp_proxy.forwarded"]})
 
     def _run(self, environ: dict) -> Response:
         handler = self.handlers.get((environ["PATH_INFO"], environ["REQUEST_METHOD"]))
