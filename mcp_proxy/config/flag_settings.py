@@ -11,6 +11,7 @@ import os
 import shlex
 
 from mcp_proxy.config.config_file import load_named_servers
+from mcp_proxy.config.resource_flags import resource_settings
 from mcp_proxy.config.settings import ClientSettings, ServerSettings, ServerSpec, check_server_name
 from mcp_proxy.config.values import check_headers, check_latin1, check_url
 from mcp_proxy.errors import ConfigError, ConfigProblems
@@ -70,7 +71,8 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
         max_queued=ns.max_queued_size, session_idle_timeout=ns.session_timeout,
         stall_timeout=ns.stall_timeout, write_timeout=ns.write_timeout,
         stop_timeout=ns.stop_timeout, stateless=ns.stateless, max_sessions=max_sessions,
-        redis_url=_redis_url(ns.redis_url), log_call_arguments=ns.log_call_arguments)
+        redis_url=_redis_url(ns.redis_url), log_call_arguments=ns.log_call_arguments,
+        oauth=resource_settings(ns))
 
 
 def _redis_url(url: str | None) -> str | None:

@@ -23,6 +23,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from mcp_proxy.config.settings import ServerSettings
+from mcp_proxy.server.resource_meta import ResourceServer
 from mcp_proxy.server.responses import text_error
 from mcp_proxy.server.url_adapter import allowed_methods
 
@@ -124,6 +125,9 @@ def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None
                                   **{"WWW-Authenticate": 'Bearer realm="mcp-proxy"'})
         touch()
         return None
+
+    if settings.oauth is not None:  # callers sign in with OAuth tokens (resource_meta.py)
+        token = ResourceServer(app, settings, touch).wrap(token)
 
     @app.before_request
     def guard() -> Response | None:

@@ -1,0 +1,259 @@
+"""The proxy as an OAuth 2.1 resource server, against a real authorization server
+(npm oidc-provider, tests/oidc_kit.py): metadata, challenges, good tokens end to end with the
+official SDK client, every refusal, key rotation, introspection, and a token that goes no
+further than the proxy."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import shlex
+import time
+
+import jwt
+import pytest
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from conftest import INIT_PARAMS, RAW_SERVER, STREAM_HEADERS, ProxyProcess, rpc, run_driver
+
+pytest_plugins = ["oidc_kit"]
+
+WELL_KNOWN = "/.well-known/oauth-protected-resource"
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def start(proxy_factory, provider, *flags: str, server=RAW_SERVER) -> ProxyProcess:
+    return proxy_factory("--oauth-issuer", provider.issuer, *flags,
+                         "--named-server", "two", shlex.join(server), "--", *server)
+
+
+def initialize(base: str, token: str | None, path: str = "/mcp") -> requests.Response:
+    headers = dict(STREAM_HEADERS)
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return requests.post(base + path, headers=headers, timeout=15,
+                         json=rpc("initialize", 0, **INIT_PARAMS))
+
+
+def challenge(answer: requests.Response) -> str:
+    return answer.headers.get("WWW-Authenticate", "")
+
+
+def test_metadata_of_every_endpoint_and_the_challenge_without_a_token(oidc, proxy_factory):
+    provider = oidc()
+    proxy = start(proxy_factory, provider, "--oauth-scope", "mcp:tools")
+    for path in ("/mcp", "/sse", "/servers/two/mcp", "/servers/two/sse"):
+        meta = requests.get(proxy.base + WELL_KNOWN + path, timeout=10)
+        assert meta.status_code == 200, (path, meta.text)
+        assert meta.json() == {"resource": proxy.base + path,
+                               "authorization_servers": [provider.issuer],
+                               "scopes_supported": ["mcp:tools"],
+                               "bearer_methods_supported": ["header"],
+                               "resource_name": "mcp-proxy"}
+        assert meta.headers["Access-Control-Allow-Origin"] == "*"
+    assert requests.get(proxy.base + WELL_KNOWN, timeout=10).json()["resource"] \
+        == proxy.base + "/mcp"
+    for path in ("/status", "/servers/three/mcp", "/mcp/x"):
+        assert requests.get(proxy.base + WELL_KNOWN + path, timeout=10).status_code == 404
+    refused = initialize(proxy.base, None)
+    assert refused.status_code == 401
+    assert challenge(refused) == (f'Bearer resource_metadata="{proxy.base}{WELL_KNOWN}/mcp", '
+                                  f'scope="mcp:tools"')
+    posted = requests.post(proxy.base + "/servers/two/messages/?session_id=x", timeout=10,
+                           json=rpc("ping"))
+    assert posted.status_code == 401
+    assert f'{WELL_KNOWN}/servers/two/sse"' in challenge(posted)
+    # the probes stay open
+    assert requests.get(proxy.base + "/healthz", timeout=10).status_code == 200
+    proxy.expect(r"OAuth: refused POST /mcp from 127.0.0.1: no token was sent")
+
+
+def test_a_good_token_works_end_to_end_with_the_sdk_client(oidc, proxy_factory):
+    provider = oidc()
+    proxy = start(proxy_factory, provider, "--oauth-scope", "mcp:tools")
+    for transport, path in (("streamable", "/mcp"), ("sse", "/sse"),
+                            ("streamable", "/servers/two/mcp")):
+        token = provider.token(proxy.base + path, scope="mcp:tools")
+        report = run_driver(transport, proxy.base + path, "tools", "echo",
+                            extra=("--header", "Authorization", f"Bearer {token}"))
+        assert "echo" in report["tools"], report
+        assert "error" not in report["echo"], report
+    # a token for one endpoint is refused at another (RFC 8707: its audience is that one)
+    token = provider.token(proxy.base + "/servers/two/mcp", scope="mcp:tools")
+    refused = initialize(proxy.base, token)
+    assert refused.status_code == 401
+    assert 'error="invalid_token"' in challenge(refused)
+    assert "another resource" in refused.text
+
+
+def forged_variants(provider, audience: str) -> dict[str, str]:
+    """Tokens the proxy must refuse, each for its own reason."""
+    now = int(time.time())
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    claims = {"iss": provider.issuer, "sub": "mallory", "aud": audience, "iat": now,
+              "exp": now + 300, "scope": "mcp:tools mcp:admin"}
+    public_pem = provider.keys["k1"].public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    head = b64(json.dumps({"alg": "HS256", "typ": "at+jwt", "kid": "k1"}).encode())
+    body = b64(json.dumps(claims).encode())
+    mac = hmac.new(public_pem, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    none_head = b64(json.dumps({"alg": "none", "typ": "at+jwt", "kid": "k1"}).encode())
+    return {
+        "another resource": provider.token("https://elsewhere.example/mcp"),
+        "expired": provider.forge({"aud": audience, "iat": now - 900, "exp": now - 600}),
+        "not valid yet": provider.forge({"aud": audience, "nbf": now + 600}),
+        "another key": provider.forge({"aud": audience}, kid="k1", key=stranger),
+        "unknown kid": provider.forge({"aud": audience}, kid="k9", key=stranger),
+        "alg none": f"{none_head}.{body}.",
+        "hmac with the public key": f"{head}.{body}.{b64(mac)}",
+        "another issuer": provider.forge({"aud": audience, "iss": "https://evil.example"}),
+        "no exp": jwt.encode({k: v for k, v in claims.items() if k != "exp"},
+                             provider.keys["k1"], algorithm="RS256", headers={"kid": "k1"}),
+        "no audience": provider.forge({}),
+        "garbage": "not-a-token",
+        "three dots of junk": "a.b.c",
+    }
+
+
+def test_every_bad_token_is_refused_with_invalid_token(oidc, proxy_factory):
+    provider = oidc()
+    proxy = start(proxy_factory, provider)
+    good = provider.token(proxy.base + "/mcp")
+    assert initialize(proxy.base, good).status_code == 200
+    for name, token in forged_variants(provider, proxy.base + "/mcp").items():
+        refused = initialize(proxy.base, token)
+        assert refused.status_code == 401, (name, refused.status_code, refused.text)
+        assert 'error="invalid_token"' in challenge(refused), name
+        assert token not in proxy.stderr(), f"{name}: the token was logged"
+    basic = requests.post(proxy.base + "/mcp", headers={**STREAM_HEADERS,
+                          "Authorization": "Basic dXNlcjpwdw=="}, json=rpc("ping"), timeout=10)
+    assert basic.status_code == 401 and "not a Bearer token" in basic.text
+    assert initialize(proxy.base, good).status_code == 200
+    assert good not in proxy.stderr()
+
+
+def test_a_missing_scope_is_403_then_a_token_with_it_works(oidc, proxy_factory):
+    provider = oidc()
+    proxy = start(proxy_factory, provider, "--oauth-scope", "mcp:tools",
+                  "--oauth-scope", "mcp:admin")
+    narrow = provider.token(proxy.base + "/mcp", scope="mcp:tools")
+    refused = initialize(proxy.base, narrow)
+    assert refused.status_code == 403
+    assert challenge(refused) == (f'Bearer error="insufficient_scope", '
+                                  f'scope="mcp:tools mcp:admin", '
+                                  f'resource_metadata="{proxy.base}{WELL_KNOWN}/mcp"')
+    assert "lacks scope mcp:admin" in refused.text
+    stepped_up = provider.token(proxy.base + "/mcp", scope="mcp:tools mcp:admin")
+    assert initialize(proxy.base, stepped_up).status_code == 200
+
+
+def test_key_rotation_while_sessions_are_open(oidc, proxy_factory):
+    provider = oidc()
+    proxy = start(proxy_factory, provider)
+    old = provider.token(proxy.base + "/mcp")
+    opened = initialize(proxy.base, old)
+    assert opened.status_code == 200
+    session = {**STREAM_HEADERS, "Mcp-Session-Id": opened.headers["Mcp-Session-Id"]}
+    assert provider.rotate() == "k2"
+    new = provider.token(proxy.base + "/mcp")
+    assert jwt.get_unverified_header(new)["kid"] == "k2"
+    second = initialize(proxy.base, new)  # an unknown kid: the JWKS is fetched again
+    assert second.status_code == 200, second.text
+    for token in (old, new):  # the open session goes on with either of its caller's tokens
+        listed = requests.post(proxy.base + "/mcp", json=rpc("tools/list", 2), timeout=10,
+                               headers={**session, "Authorization": f"Bearer {token}"})
+        assert listed.status_code == 200 and "echo" in listed.text, listed.text
+    proxy.expect(r"OAuth: 2 signing key\(s\)")
+    # another unknown kid within the minute: refused without a fetch (forged kids cannot
+    # make the proxy a load on the issuer)
+    unknown = provider.forge({"aud": proxy.base + "/mcp"}, kid="k9", key=provider.keys["k1"])
+    assert initialize(proxy.base, unknown).status_code == 401
+    assert sum("signing key(s)" in line for line in proxy.lines) == 2
+
+
+def test_a_jwks_outage_keeps_the_keys_held_and_an_unreachable_issuer_is_503(
+        oidc, proxy_factory):
+    provider = oidc()
+    proxy = start(proxy_factory, provider)
+    assert initialize(proxy.base, provider.token(proxy.base + "/mcp")).status_code == 200
+    provider.stop()
+    forged_later = provider.forge({"aud": proxy.base + "/mcp", "sub": "later"})
+    assert initialize(proxy.base, forged_later).status_code == 200  # k1, still held
+    unknown = provider.forge({"aud": proxy.base + "/mcp"}, kid="k2")
+    assert initialize(proxy.base, unknown).status_code == 401
+    down = oidc()
+    down.stop()
+    lonely = start(proxy_factory, down)
+    answer = initialize(lonely.base, down.forge({"aud": lonely.base + "/mcp"}))
+    assert answer.status_code == 503 and "authorization server" in answer.text
+    lonely.expect(r"OAuth: cannot check a token")
+
+
+def test_the_callers_token_never_reaches_the_server_process(oidc, proxy_factory, tmp_path):
+    provider = oidc()
+    seen = tmp_path / "seen"
+    child = ["sh", "-c", f'env > {seen}.env; tee {seen}.stdin | exec "$0" "$@"', *RAW_SERVER]
+    proxy = proxy_factory("--oauth-issuer", provider.issuer, "--", *child)
+    token = provider.token(proxy.base + "/mcp")
+    report = run_driver("streamable", proxy.base + "/mcp", "tools", "echo",
+                        extra=("--header", "Authorization", f"Bearer {token}"))
+    assert "echo" in report["tools"], report
+    stdin = (tmp_path / "seen.stdin").read_text()
+    assert "tools/call" in stdin
+    for part in token.split("."):
+        assert part not in stdin and part not in (tmp_path / "seen.env").read_text()
+
+
+def test_opaque_tokens_are_introspected(oidc, proxy_factory):
+    provider = oidc(opaque=True)
+    proxy = start(proxy_factory, provider, "--oauth-scope", "mcp:tools",
+                  "--oauth-introspection-url", provider.issuer + "/token/introspection",
+                  "--oauth-introspection-client-id", "proxy-tests",
+                  "--oauth-introspection-client-secret", "s3cret-for-tests")
+    token = provider.token(proxy.base + "/mcp")
+    assert token.count(".") != 2
+    report = run_driver("streamable", proxy.base + "/mcp", "tools", "echo",
+                        extra=("--header", "Authorization", f"Bearer {token}"))
+    assert "echo" in report["tools"], report
+    refused = initialize(proxy.base, "opaque-and-unknown")
+    assert refused.status_code == 401 and "not active" in refused.text
+    narrow = provider.token(proxy.base + "/mcp", scope="mcp:admin")
+    assert initialize(proxy.base, narrow).status_code == 403
+
+
+@pytest.mark.parametrize(("flags", "said"), [
+    (["--oauth-scope", "x"], "--oauth-scope needs --oauth-issuer"),
+    (["--oauth-issuer", "http://idp.example.com"], "over https"),
+    (["--oauth-issuer", "ftp://idp.example.com"], "expected an https:// URL"),
+    (["--oauth-issuer", "https://idp.example.com/?x=1"], "no query"),
+    (["--oauth-issuer", "https://idp.example.com", "--oauth-scope", 'a"b'], "a scope is"),
+    (["--oauth-issuer", "https://idp.example.com", "--oauth-introspection-url",
+      "https://idp.example.com/introspect"], "needs --oauth-introspection-client-id"),
+])
+def test_impossible_oauth_flags_are_refused_with_one_line(flags, said):
+    done = ProxyProcess(*flags, "--", *RAW_SERVER)
+    assert done.proc.wait(30) == 1
+    done._reader.join(10)
+    errors = [line for line in done.lines if "ERROR" in line]
+    assert len(errors) == 1 and said in errors[0], done.stderr()
+    assert "Traceback" not in done.stderr()
+
+
+def test_without_pyjwt_the_flag_is_refused_with_the_extra_to_install(tmp_path):
+    blocker = tmp_path / "jwt"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    done = ProxyProcess("--oauth-issuer", "https://idp.example.com", "--", *RAW_SERVER,
+                        env={"PYTHONPATH": str(tmp_path)})
+    assert done.proc.wait(30) == 1
+    done._reader.join(10)
+    assert "the 'oauth' extra" in done.stderr() and "Traceback" not in done.stderr()
+
+
