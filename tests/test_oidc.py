@@ -17,6 +17,9 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from jwt.algorithms import RSAAlgorithm
 
 from conftest import INIT_PARAMS, RAW_SERVER, STREAM_HEADERS, ProxyProcess, rpc, run_driver
 
@@ -77,7 +80,7 @@ def test_metadata_of_every_endpoint_and_the_challenge_without_a_token(oidc, prox
 
 def test_a_good_token_works_end_to_end_with_the_sdk_client(oidc, proxy_factory):
     provider = oidc()
-    proxy = start(proxy_factory, provider, "--oauth-scope", "mcp:tools")
+    proxy = start(proxy_factory, provider, "--oauth-scope", "mcp:tools", "--log-calls")
     for transport, path in (("streamable", "/mcp"), ("sse", "/sse"),
                             ("streamable", "/servers/two/mcp")):
         token = provider.token(proxy.base + path, scope="mcp:tools")
@@ -85,6 +88,9 @@ def test_a_good_token_works_end_to_end_with_the_sdk_client(oidc, proxy_factory):
                             extra=("--header", "Authorization", f"Bearer {token}"))
         assert "echo" in report["tools"], report
         assert "error" not in report["echo"], report
+    # the audit line names the caller by its principal: iss and sub, digested
+    principal = hashlib.sha256(f"{provider.issuer}\0proxy-tests".encode()).hexdigest()[:16]
+    proxy.expect(rf'mcp_proxy.audit: .* caller="127\.0\.0\.1 sub:{principal}"')
     # a token for one endpoint is refused at another (RFC 8707: its audience is that one)
     token = provider.token(proxy.base + "/servers/two/mcp", scope="mcp:tools")
     refused = initialize(proxy.base, token)
@@ -257,3 +263,84 @@ def test_without_pyjwt_the_flag_is_refused_with_the_extra_to_install(tmp_path):
     assert "the 'oauth' extra" in done.stderr() and "Traceback" not in done.stderr()
 
 
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=3), max_leaves=8)
+HEADERS = st.fixed_dictionaries(
+    {"alg": st.sampled_from(["none", "None", "HS256", "RS256", "PS256", "ES256", "EdDSA", "",
+                             "RS1"]) | JSON_VALUES},
+    optional={"kid": st.sampled_from(["k1", "k2", "", "../../etc"]) | JSON_VALUES,
+              "typ": st.sampled_from(["at+jwt", "JWT"]), "jku": st.just("http://evil/"),
+              "crit": JSON_VALUES})
+
+
+@st.composite
+def jwt_shaped(draw, issuer: str, audience: str) -> str:
+    claims = draw(st.fixed_dictionaries({}, optional={
+        "iss": st.sampled_from([issuer, issuer + "/"]) | JSON_VALUES,
+        "aud": st.sampled_from([audience, [audience, "x"]]) | JSON_VALUES,
+        "exp": st.integers(0, 2**40) | JSON_VALUES, "nbf": JSON_VALUES,
+        "sub": JSON_VALUES, "scope": JSON_VALUES}))
+    parts = [b64(json.dumps(draw(HEADERS)).encode()), b64(json.dumps(claims).encode()),
+             b64(draw(st.binary(max_size=300)))]
+    if draw(st.booleans()):  # and now and then not quite base64url, or not quite three parts
+        index = draw(st.integers(0, 2))
+        parts[index] = draw(st.sampled_from(["", "=", "%%", "é", parts[index] + "=="]))
+    return ".".join(parts[:draw(st.sampled_from([3, 3, 3, 2, 1]))])
+
+
+HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF,
+                                    blacklist_characters="\x7f"), max_size=200)
+
+
+def test_hostile_authorization_headers_are_refused_never_a_500(oidc, proxy_factory):
+    provider = oidc()
+    proxy = start(proxy_factory, provider, "--oauth-scope", "mcp:tools")
+    audience = proxy.base + "/mcp"
+    http = requests.Session()
+
+    @settings(max_examples=200, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(value=st.one_of(
+        jwt_shaped(provider.issuer, audience).map(lambda token: "Bearer " + token),
+        HEADER_TEXT.map(lambda text: "Bearer " + text), HEADER_TEXT,
+        st.sampled_from(["Bearer", "Bearer ", "bearer  x", "DPoP x", "Bearer a.b.c.d.e"])),
+        where=st.sampled_from([("POST", "/mcp"), ("GET", "/sse"),
+                               ("POST", "/messages/?session_id=x"),
+                               ("POST", "/servers/two/mcp")]))
+    def check(value: str, where: tuple[str, str]) -> None:
+        value = value.strip(" \t")  # a header value's own edges are not part of it
+        try:
+            answer = http.request(where[0], proxy.base + where[1], json=rpc("ping"),
+                                  headers={**STREAM_HEADERS, "Authorization": value},
+                                  timeout=10)
+        except requests.exceptions.InvalidHeader:
+            return  # a value requests itself will not send
+        assert answer.status_code in (400, 401), (value, answer.status_code, answer.text)
+        if answer.status_code == 401:
+            assert answer.headers["WWW-Authenticate"].startswith("Bearer resource_metadata=")
+
+    check()
+
+    @settings(max_examples=100, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(claims=st.dictionaries(st.sampled_from(["iss", "aud", "exp", "nbf", "sub", "scope",
+                                                   "scp", "client_id", "iat"]), JSON_VALUES))
+    def signed(claims: dict) -> None:
+        # claims of every type, signed with the issuer's own key: refused or taken, not a 500
+        head = b64(json.dumps({"alg": "RS256", "kid": "k1"}).encode())
+        signing = f"{head}.{b64(json.dumps(claims).encode())}"  # PyJWT refuses odd claims
+        signature = RSAAlgorithm(RSAAlgorithm.SHA256).sign(signing.encode(),
+                                                           provider.keys["k1"])
+        token = f"{signing}.{b64(signature)}"
+        answer = http.post(audience, json=rpc("initialize", 0, **INIT_PARAMS), timeout=10,
+                           headers={**STREAM_HEADERS, "Authorization": f"Bearer {token}"})
+        assert answer.status_code in (200, 401, 403), (claims, answer.text)
+
+    signed()
+    assert "Traceback" not in proxy.stderr()
+    good = provider.token(audience, scope="mcp:tools")
+    assert initialize(proxy.base, good).status_code == 200

@@ -12,9 +12,12 @@ DIGEST_PREFIX = 12  # hex digits of the credentials' SHA-256 that name a caller
 
 def caller_of(environ: dict, with_token: bool) -> str:
     """The request's client address (a request forwarded by another worker, which carries
-    none, names that worker), and with ``with_token`` a digest prefix of its credentials."""
+    none, names that worker), and with ``with_token`` a digest prefix of its credentials (an
+    OAuth token: its principal, ``sub:`` and 16 hex digits, resource_meta.py)."""
     address = environ.get("REMOTE_ADDR") or ""
     if not address and environ.get("mcp_proxy.forwarded"):
         address = f"worker:{environ['mcp_proxy.forwarded']}"
+    if with_token and environ.get("mcp_proxy.auth", "").startswith("sub:"):
+        return f"{address or '?'} {environ['mcp_proxy.auth']}"  # an OAuth token's principal
     digest = auth_digest(environ) if with_token else ""
     return f"{address or '?'} token:{digest[:DIGEST_PREFIX]}" if digest else address or "?"

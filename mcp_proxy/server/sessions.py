@@ -132,7 +132,8 @@ class Registry:
         """Who sent this request, as an audit line names them (caller.py)."""
         if not self.metrics.audited:  # nobody asks: no digest to make
             return "?"
-        return caller_of(environ, self.settings.auth_token is not None)
+        return caller_of(environ, self.settings.auth_token is not None
+                         or self.settings.oauth is not None)
 
     def new_session_id(self) -> str:
         """A new session's id: 32 hex digits, after this worker's tag with --redis-url."""

@@ -118,7 +118,7 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise TokenRefused("the token is malformed") from None
         alg, kid = header.get("alg"), header.get("kid")
-        if alg not in ALGORITHMS:
+        if not isinstance(alg, str) or alg not in ALGORITHMS:
             raise TokenRefused(f"the token's algorithm is not one taken here "
                                f"({', '.join(sorted(ALGORITHMS))})")
         if kid is not None and not isinstance(kid, str):
@@ -130,8 +130,8 @@ class TokenVerifier:
                 continue
             try:
                 key = algorithm.from_jwk(jwk)
-            except (jwt.PyJWTError, ValueError, TypeError, KeyError):
-                continue  # not a key of this algorithm's type
+            except (jwt.PyJWTError, ValueError, TypeError, KeyError, AttributeError):
+                continue  # not a key of this algorithm's type (or not a key at all)
             if getattr(key, "is_private", False):
                 continue
             tried += 1
@@ -150,7 +150,7 @@ class TokenVerifier:
                 raise TokenRefused("the token is from another issuer") from None
             except jwt.MissingRequiredClaimError as exc:
                 raise TokenRefused(f"the token has no {exc.claim!r} claim") from None
-            except jwt.PyJWTError:
+            except (jwt.PyJWTError, ValueError, TypeError):  # a claim of an odd type, too
                 raise TokenRefused("the token is malformed") from None
         if not tried:
             raise TokenRefused("the token was signed with a key the issuer does not publish")
