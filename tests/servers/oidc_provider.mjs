@@ -29,7 +29,7 @@ function build() {
     features: {
       clientCredentials: { enabled: true },
       introspection: { enabled: true },
-      devInteractions: { enabled: true },
+      devInteractions: { enabled: false },
       registration: { enabled: true },
       resourceIndicators: {
         enabled: true,
@@ -44,11 +44,12 @@ function build() {
         }),
       },
     },
+    interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
     // the tests' fake browser signs in as "user" and approves everything
     loadExistingGrant: async (ctx) => {
       const grant = new ctx.oidc.provider.Grant({
         clientId: ctx.oidc.client.clientId, accountId: ctx.oidc.session.accountId });
-      grant.addOIDCScope('openid offline_access');
+      grant.addOIDCScope(['openid', 'offline_access', ...config.scopes].join(' '));
       for (const resource of [].concat(ctx.oidc.params.resource || [])) {
         grant.addResourceScope(resource, config.scopes.join(' '));
       }
@@ -62,14 +63,42 @@ function build() {
   return provider;
 }
 
-let current = build().callback();
-const server = http.createServer((req, res) => current(req, res));
+// The sign-in page: whoever comes is "user", who approves everything (the tests' fake browser
+// follows the redirects, with its cookies).
+async function interact(provider, req, res) {
+  const details = await provider.interactionDetails(req, res);
+  let result = { login: { accountId: 'user' } };
+  if (details.prompt.name === 'consent') {
+    const grant = new provider.Grant({ clientId: details.params.client_id, accountId: 'user' });
+    grant.addOIDCScope(['openid', 'offline_access', ...config.scopes].join(' '));
+    for (const resource of [].concat(details.params.resource || [])) {
+      grant.addResourceScope(resource, config.scopes.join(' '));
+    }
+    result = { consent: { grantId: await grant.save() } };
+  }
+  await provider.interactionFinished(req, res, result, { mergeWithLastSubmission: true });
+}
+
+let current = build();
+let handle = current.callback();
+const server = http.createServer((req, res) => {
+  if (req.method === 'GET' && req.url.startsWith('/interaction/')) {
+    interact(current, req, res).catch((err) => {
+      console.error('interaction', err);
+      res.statusCode = 500;
+      res.end(String(err));
+    });
+    return;
+  }
+  handle(req, res);
+});
 server.listen(config.port, '127.0.0.1', () => console.log(`listening ${issuer}`));
 
 readline.createInterface({ input: process.stdin }).on('line', (line) => {
   if (line.trim() === 'rotate') {
     keys = [config.keys[keys.length % config.keys.length], ...keys].slice(0, config.keys.length);
-    current = build().callback();
+    current = build();
+    handle = current.callback();
     console.log(`rotated ${keys[0].kid}`);
   }
 }).on('close', () => process.exit(0));
