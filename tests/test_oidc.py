@@ -6,14 +6,17 @@ further than the proxy."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import shlex
+import threading
 import time
 
 import jwt
 import pytest
+import redis
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -344,3 +347,47 @@ def test_hostile_authorization_headers_are_refused_never_a_500(oidc, proxy_facto
     assert "Traceback" not in proxy.stderr()
     good = provider.token(audience, scope="mcp:tools")
     assert initialize(proxy.base, good).status_code == 200
+
+
+def test_a_forwarded_request_is_checked_where_it_arrives_and_carries_no_token(
+        oidc, proxy_factory, redis_server):
+    provider = oidc()
+    audience = "http://mcp.test/mcp"  # one public URL in front of both workers
+    flags = ("--oauth-issuer", provider.issuer, "--oauth-audience", audience,
+             "--redis-url", redis_server.url, "--log-calls", "--", *RAW_SERVER)
+    env = {"MCP_PROXY_ROUTE_HEADER": "1"}
+    a, b = proxy_factory(*flags, env=env), proxy_factory(*flags, env=env)
+    for proxy in (a, b):
+        proxy.expect(r"listening on Redis")
+    token = provider.token(audience)
+    opened = initialize(a.base, token)
+    assert opened.status_code == 200, opened.text
+    session = {**STREAM_HEADERS, "Mcp-Session-Id": opened.headers["Mcp-Session-Id"]}
+    call = rpc("tools/call", 2, name="echo", arguments={"text": "hi"})
+    refused = requests.post(b.base + "/mcp", json=call, headers=session, timeout=15)
+    assert refused.status_code == 401  # B checks before it forwards
+    seen: list[str] = []  # every command Redis runs while the call crosses the bus
+    monitor = redis.Redis.from_url(redis_server.url).monitor()
+    monitor.__enter__()
+
+    def watch() -> None:
+        with contextlib.suppress(ValueError, OSError, redis.RedisError):  # the disconnect
+            for event in monitor.listen():
+                seen.append(str(event["command"]))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    answered = requests.post(b.base + "/mcp", json=call, timeout=15,
+                             headers={**session, "Authorization": f"Bearer {token}"})
+    assert answered.status_code == 200 and "hi" in answered.text, answered.text
+    deadline = time.monotonic() + 10
+    while not any("echo" in command for command in seen) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    monitor.connection.disconnect()  # ends listen() in the watcher
+    watcher.join(10)
+    assert any("echo" in command for command in seen), seen[-20:]
+    assert not [command for command in seen if token.split(".")[2] in command]
+    assert answered.headers["Mcp-Proxy-Route"].split()[1] == "forwarded"
+    principal = hashlib.sha256(f"{provider.issuer}\0proxy-tests".encode()).hexdigest()[:16]
+    # the call ran on A, whose audit line names the session's caller by its principal
+    a.expect(rf'mcp_proxy.audit: .*caller="127\.0\.0\.1 sub:{principal}"')
