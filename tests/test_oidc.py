@@ -391,3 +391,43 @@ def test_a_forwarded_request_is_checked_where_it_arrives_and_carries_no_token(
     principal = hashlib.sha256(f"{provider.issuer}\0proxy-tests".encode()).hexdigest()[:16]
     # the call ran on A, whose audit line names the session's caller by its principal
     a.expect(rf'mcp_proxy.audit: .*caller="127\.0\.0\.1 sub:{principal}"')
+
+
+def test_a_servers_scopes_are_needed_to_use_it(oidc, proxy_factory, tmp_path):
+    provider = oidc()
+    config = tmp_path / "servers.json"
+    command = {"command": RAW_SERVER[0], "args": RAW_SERVER[1:]}
+    config.write_text(json.dumps({"mcpServers": {
+        "open": command, "admin": {**command, "scopes": ["mcp:admin"]}}}))
+    proxy = proxy_factory("--oauth-issuer", provider.issuer, "--oauth-scope", "mcp:tools",
+                          "--named-server-config", str(config))
+    base = proxy.base + "/servers"
+    meta = requests.get(f"{proxy.base}{WELL_KNOWN}/servers/admin/mcp", timeout=10).json()
+    assert meta["scopes_supported"] == ["mcp:tools", "mcp:admin"]
+    assert requests.get(f"{proxy.base}{WELL_KNOWN}/servers/open/sse", timeout=10).json()[
+        "scopes_supported"] == ["mcp:tools"]
+    narrow = provider.token(base + "/admin/mcp", scope="mcp:tools")
+    refused = initialize(base, narrow, "/admin/mcp")
+    assert refused.status_code == 403
+    assert 'scope="mcp:tools mcp:admin"' in challenge(refused)
+    assert initialize(base, narrow, "/admin/mcp/").status_code in (403, 404)  # no way around
+    assert initialize(base, provider.token(base + "/open/mcp", scope="mcp:tools"),
+                      "/open/mcp").status_code == 200
+    assert 'scope="mcp:tools mcp:admin"' in challenge(initialize(base, None, "/admin/mcp"))
+    wide = provider.token(base + "/admin/mcp", scope="mcp:tools mcp:admin")
+    assert initialize(base, wide, "/admin/mcp").status_code == 200
+
+
+@pytest.mark.parametrize(("entry", "said"), [
+    ({"scopes": ["mcp:admin"]}, '"scopes" needs --oauth-issuer'),
+    ({"scopes": ["two words"]}, "an OAuth scope is printable ASCII"),
+    ({"scopes": "mcp:admin"}, "$.mcpServers.one.scopes"),
+])
+def test_a_bad_scopes_entry_is_refused_with_one_line(tmp_path, entry, said):
+    config = tmp_path / "servers.json"
+    config.write_text(json.dumps({"mcpServers": {"one": {
+        "command": RAW_SERVER[0], "args": RAW_SERVER[1:], **entry}}}))
+    done = ProxyProcess("--named-server-config", str(config))
+    assert done.proc.wait(30) == 1
+    done._reader.join(10)
+    assert said in done.stderr() and "Traceback" not in done.stderr(), done.stderr()

@@ -11,7 +11,7 @@ import os
 import shlex
 
 from mcp_proxy.config.config_file import load_named_servers
-from mcp_proxy.config.resource_flags import resource_settings
+from mcp_proxy.config.resource_flags import check_server_scopes, resource_settings
 from mcp_proxy.config.settings import ClientSettings, ServerSettings, ServerSpec, check_server_name
 from mcp_proxy.config.values import check_headers, check_latin1, check_url
 from mcp_proxy.errors import ConfigError, ConfigProblems
@@ -55,6 +55,8 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
         raise ConfigProblems(problems)
     if ns.log_call_arguments and not any(spec.audit for spec in servers.values()):
         logger.warning('--log-call-arguments does nothing without --log-calls or "audit": true')
+    oauth = resource_settings(ns)
+    check_server_scopes(servers, oauth)
     max_sessions = ns.max_sessions
     if max_sessions is None:
         max_sessions = 1000 if all(spec.shared for spec in servers.values()) else 100
@@ -72,7 +74,7 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
         stall_timeout=ns.stall_timeout, write_timeout=ns.write_timeout,
         stop_timeout=ns.stop_timeout, stateless=ns.stateless, max_sessions=max_sessions,
         redis_url=_redis_url(ns.redis_url), log_call_arguments=ns.log_call_arguments,
-        oauth=resource_settings(ns))
+        oauth=oauth)
 
 
 def _redis_url(url: str | None) -> str | None:

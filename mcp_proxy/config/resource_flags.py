@@ -13,7 +13,7 @@ import argparse
 import re
 from urllib.parse import urlsplit
 
-from mcp_proxy.config.settings import ResourceSettings
+from mcp_proxy.config.settings import ResourceSettings, ServerSpec
 from mcp_proxy.errors import ConfigError
 
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
@@ -38,6 +38,15 @@ def _check_endpoint(flag: str, url: str) -> str:
     if parts.query or parts.fragment or "?" in url or "#" in url or parts.username:
         raise ConfigError(f"{flag} {url[:100]!r}: no query, fragment or user in this URL")
     return url
+
+
+def check_server_scopes(servers: dict[str, ServerSpec], oauth: ResourceSettings | None) -> None:
+    """A server's ``"scopes"`` mean something only with tokens to read them from."""
+    if oauth is None:
+        scoped = [name for name, spec in servers.items() if spec.scopes]
+        if scoped:
+            raise ConfigError(f'server {scoped[0]!r}: "scopes" needs --oauth-issuer (the '
+                              f'authorization server whose tokens carry them)')
 
 
 def resource_settings(ns: argparse.Namespace) -> ResourceSettings | None:

@@ -33,6 +33,8 @@ _PATTERNS = {
     "^[^=\\u0000]+$": "an environment variable name is not empty and has no '=' or NUL",
     "^(?!\\.\\.?$)[A-Za-z0-9._-]+$":
         "a server name is ASCII letters, digits, '-', '_' or '.' (and not '.' or '..')",
+    "^[\\x21\\x23-\\x5b\\x5d-\\x7e]+$":
+        "an OAuth scope is printable ASCII without spaces, quotes or backslashes",
 }
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

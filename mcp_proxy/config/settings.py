@@ -43,6 +43,7 @@ class ServerSpec:
     max_sessions: int | None = None  # this server's own cap ("maxSessions" in the config file)
     pass_network: bool = True  # the NETWORK_ENV_KEYS too, when not the whole environment
     audit: bool = False  # an audit line per call (--log-calls, "audit" in the config file)
+    scopes: list[str] = field(default_factory=list)  # OAuth scopes needed to use it at all
 
     def argv(self) -> list[str]:
         return [self.command, *self.args]

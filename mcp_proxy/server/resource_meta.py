@@ -44,10 +44,11 @@ def _origin(environ: dict) -> str:
 
 
 def endpoint_of(path: str) -> str:
-    """The endpoint a request path belongs to: an HTTP+SSE POST (``…/messages/``) is its
-    ``…/sse`` stream's."""
-    base, slash, last = path.rstrip("/").rpartition("/")
-    return f"{base}/sse" if slash and last == "messages" else path
+    """The endpoint a request path belongs to, without a trailing slash: an HTTP+SSE POST
+    (``…/messages/``) is its ``…/sse`` stream's."""
+    trimmed = path.rstrip("/") or "/"  # /mcp/ is /mcp: one resource, one set of scopes
+    base, _, last = trimmed.rpartition("/")
+    return f"{base}/sse" if last == "messages" else trimmed
 
 
 class ResourceServer:
@@ -60,12 +61,15 @@ class ResourceServer:
         self.keys_too = settings.auth_token is not None
         self.touch = touch
         self.verifier = verifier or TokenVerifier(self.oauth)
-        self.required = frozenset(self.oauth.scopes)
-        self.endpoints = {f"{'/servers/' + name if name else ''}/{kind}"
-                          for name in settings.servers for kind in ("mcp", "sse")}
+        # each endpoint's scopes: every --oauth-scope, then its server's "scopes"
+        self.scopes = {f"{'/servers/' + name if name else ''}/{kind}":
+                       list(dict.fromkeys([*self.oauth.scopes, *spec.scopes]))
+                       for name, spec in settings.servers.items() for kind in ("mcp", "sse")}
+        every = [*self.scopes.items(), ("", self.oauth.scopes)]  # "": a path of no endpoint
+        self.required = {path: frozenset(scopes) for path, scopes in every}
+        self._scope_param = {path: f', scope="{" ".join(scopes)}"' if scopes else ""
+                             for path, scopes in every}
         self.root = "/mcp" if "" in settings.servers else ""
-        scope = f', scope="{" ".join(self.oauth.scopes)}"' if self.oauth.scopes else ""
-        self._scope_param = scope
         app.add_url_rule(WELL_KNOWN, "oauth_resource", self.metadata, methods=["GET"],
                          defaults={"path": ""})
         app.add_url_rule(f"{WELL_KNOWN}/<path:path>", "oauth_resource_path",
@@ -80,14 +84,14 @@ class ResourceServer:
     def metadata(self, path: str) -> Response:
         """RFC 9728 metadata of one endpoint (the root form: of ``/mcp``)."""
         path = f"/{path}" if path else self.root
-        if path and path not in self.endpoints:
+        if path and path not in self.scopes:
             return text_error(404, "Not Found")
         origin = _origin(request.environ)
         resource = self.resource(origin, path)
         if "://" not in resource:  # an audience that is no URL: the endpoint names itself
             resource = origin + (path or "/")
         answer = jsonify({"resource": resource, "authorization_servers": [self.oauth.issuer],
-                          "scopes_supported": self.oauth.scopes,
+                          "scopes_supported": self.scopes.get(path, self.oauth.scopes),
                           "bearer_methods_supported": ["header"],
                           "resource_name": "mcp-proxy"})
         answer.headers["Access-Control-Allow-Origin"] = "*"  # public, for browser clients
@@ -132,11 +136,13 @@ class ResourceServer:
             logger.warning("OAuth: cannot check a token for %s: %s", endpoint, exc)
             return text_error(503, "Service Unavailable: the authorization server cannot be "
                                    "reached to check the token", **{"Retry-After": "5"})
-        if not self.required <= grant.scopes:
-            missing = " ".join(sorted(self.required - grant.scopes))
+        # a path no endpoint owns (only a forwarded request can have one): every --oauth-scope
+        required = self.required.get(endpoint, self.required[""])
+        if not required <= grant.scopes:
+            missing = " ".join(sorted(required - grant.scopes))
             logger.info("OAuth: refused %s %s from %s: the token lacks scope %s",
                         environ.get("REQUEST_METHOD"), endpoint, _address(environ), missing)
-            challenge = (f'Bearer error="insufficient_scope"{self._scope_param}, '
+            challenge = (f'Bearer error="insufficient_scope"{self._scope(endpoint)}, '
                          f'resource_metadata="{origin}{WELL_KNOWN}{endpoint}"')
             return text_error(403, f"Forbidden: the token lacks scope {missing}",
                               **{"WWW-Authenticate": challenge})
@@ -144,12 +150,16 @@ class ResourceServer:
         environ["mcp_proxy.scopes"] = grant.scopes
         return None
 
+    def _scope(self, endpoint: str) -> str:
+        """The challenge's ``scope`` parameter for the endpoint (empty when none is needed)."""
+        return self._scope_param.get(endpoint, self._scope_param[""])
+
     def _refuse(self, environ: dict, origin: str, endpoint: str, reason: str,
                 error: str | None) -> Response:
         logger.info("OAuth: refused %s %s from %s: %s", environ.get("REQUEST_METHOD"),
                     endpoint, _address(environ), reason)
         challenge = f'Bearer resource_metadata="{origin}{WELL_KNOWN}{endpoint}"' \
-                    + self._scope_param
+                    + self._scope(endpoint)
         if error:
             challenge += f', error="{error}", error_description="{reason}"'
         return text_error(401, f"Unauthorized: {reason}", **{"WWW-Authenticate": challenge})
