@@ -73,18 +73,9 @@ class IssuerKeys:
         self._keys: dict[str, dict] = {}  # kid -> JWK ("" for the keys that have none)
         self._unnamed: list[dict] = []
         self._fetched = False
-        # monotonic time of the last fetch for an unknown kid (or that failed), good or not
-        self._tried = float("-inf")
+        self._tried = float("-inf")  # monotonic time of the last fetch, good or not
+        self._refreshed = float("-inf")  # ... and of the last one for a kid not held
         self._lock = BoundedSemaphore()
-
-    def metadata(self) -> dict:
-        """The issuer's metadata (fetched once); IssuerUnreachable while it cannot be had."""
-        if self._metadata is not None:
-            return self._metadata
-        with self._lock:
-            if self._metadata is None:
-                self._metadata = self._discover()
-        return self._metadata
 
     def _discover(self) -> dict:
         for url in metadata_urls(self.issuer):
@@ -103,13 +94,19 @@ class IssuerKeys:
         is fetched again for a kid not held, at most once a minute."""
         if kid is not None and kid in self._keys:
             return [self._keys[kid]]
-        wait = REFRESH_INTERVAL if self._fetched else RETRY_INTERVAL
-        if time.monotonic() - self._tried >= wait:
+        if not self._fetched:  # the first fetch, or one in progress: wait for it
             with self._lock:
-                if time.monotonic() - self._tried >= wait:  # else another caller just did
+                if not self._fetched and time.monotonic() - self._tried >= RETRY_INTERVAL:
                     self._refresh()
-        if not self._fetched:
-            raise IssuerUnreachable("the authorization server's keys (JWKS) cannot be fetched")
+            if not self._fetched:
+                raise IssuerUnreachable("the authorization server's keys (JWKS) cannot be "
+                                        "fetched")
+        elif kid is not None and time.monotonic() - self._refreshed >= REFRESH_INTERVAL:
+            with self._lock:
+                if kid not in self._keys \
+                        and time.monotonic() - self._refreshed >= REFRESH_INTERVAL:
+                    self._refreshed = time.monotonic()
+                    self._refresh()
         if kid is None:
             return [*self._keys.values(), *self._unnamed]
         return [self._keys[kid]] if kid in self._keys else []
@@ -117,7 +114,7 @@ class IssuerKeys:
     def _refresh(self) -> None:
         self._tried = time.monotonic()
         try:
-            if self._metadata is None:  # under the lock already: no metadata() here
+            if self._metadata is None:  # found once, then kept
                 self._metadata = self._discover()
             jwks_uri = self._metadata.get("jwks_uri")
             if not isinstance(jwks_uri, str):
@@ -139,7 +136,5 @@ class IssuerKeys:
                 keys[kid] = jwk
             else:
                 unnamed.append(jwk)
-        if not self._fetched:  # the first fetch is no refresh: a kid new then may refresh
-            self._tried = float("-inf")
         self._keys, self._unnamed, self._fetched = keys, unnamed, True
         logger.info("OAuth: %d signing key(s) from %s", len(keys) + len(unnamed), jwks_uri)

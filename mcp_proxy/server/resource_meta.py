@@ -25,6 +25,7 @@ from collections.abc import Callable
 from flask import Flask, Response, jsonify, request
 
 from mcp_proxy.config.settings import ServerSettings
+from mcp_proxy.core.greenlets import spawn
 from mcp_proxy.errors import IssuerUnreachable, TokenRefused
 from mcp_proxy.server.responses import text_error
 from mcp_proxy.server.tokens import TokenVerifier
@@ -70,10 +71,21 @@ class ResourceServer:
         self._scope_param = {path: f', scope="{" ".join(scopes)}"' if scopes else ""
                              for path, scopes in every}
         self.root = "/mcp" if "" in settings.servers else ""
+        logger.info("OAuth: taking access tokens from %s for %s%s", self.oauth.issuer,
+                    self.oauth.audience or "the URL of each endpoint",
+                    f", with scope {' '.join(self.oauth.scopes)}" if self.oauth.scopes else "")
+        # the metadata and keys now, not on the first request (a wrong issuer shows at start)
+        spawn(self._warm, name="oauth-keys")
         app.add_url_rule(WELL_KNOWN, "oauth_resource", self.metadata, methods=["GET"],
                          defaults={"path": ""})
         app.add_url_rule(f"{WELL_KNOWN}/<path:path>", "oauth_resource_path",
                          self.metadata, methods=["GET"])
+
+    def _warm(self) -> None:
+        try:
+            self.verifier.keys.candidates(None)
+        except IssuerUnreachable:
+            pass  # logged by issuer_keys.py; requests get 503 until the keys can be had
 
     def resource(self, origin: str, endpoint: str) -> str:
         audience = self.oauth.audience
