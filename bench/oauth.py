@@ -116,16 +116,18 @@ def oauth_latency(procs: Processes, calls: int, warmup: int, rounds: int = 10) -
 def cached_check_us(issuer: Issuer, checks: int = 20_000) -> float:
     """Microseconds of the proxy's token check (resource_meta.py) of a token already verified,
     in this process: what each request with a known token pays, without the machine's noise."""
-    from mcp_proxy.config.settings import ResourceSettings, ServerSettings
+    from mcp_proxy.config.settings import ResourceSettings, ServerSettings, ServerSpec
     from mcp_proxy.server.resource_meta import ResourceServer
 
     class App:  # what ResourceServer asks of Flask: its routes, unused here
         def add_url_rule(self, *args, **kwargs) -> None:
             pass
 
-    settings = ServerSettings(servers={"": None}, oauth=ResourceSettings(issuer=issuer.url))
+    settings = ServerSettings(servers={"": ServerSpec("raw_server")},
+                              oauth=ResourceSettings(issuer=issuer.url))
     server = ResourceServer(App(), settings, lambda: None)
-    environ = {"wsgi.url_scheme": "http", "HTTP_HOST": "127.0.0.1:1", "PATH_INFO": "/mcp",
+    environ = {"wsgi.url_scheme": "http", "HTTP_HOST": "127.0.0.1:1", "SERVER_PORT": "1",
+               "PATH_INFO": "/mcp",
                "REQUEST_METHOD": "POST",
                "HTTP_AUTHORIZATION": f"Bearer {issuer.token('http://127.0.0.1:1/mcp')}"}
     if server.check(dict(environ)) is not None:

@@ -141,6 +141,12 @@ def test_every_bad_token_is_refused_with_invalid_token(oidc, proxy_factory):
         assert refused.status_code == 401, (name, refused.status_code, refused.text)
         assert 'error="invalid_token"' in challenge(refused), name
         assert token not in proxy.stderr(), f"{name}: the token was logged"
+    # a token minted for another server on this host, replayed with a Host naming its port
+    other = provider.token("http://127.0.0.1:9/mcp")
+    replayed = requests.post(proxy.base + "/mcp", json=rpc("initialize", 0, **INIT_PARAMS),
+                             headers={**STREAM_HEADERS, "Host": "127.0.0.1:9",
+                                      "Authorization": f"Bearer {other}"}, timeout=10)
+    assert replayed.status_code == 401 and "another port" in replayed.text, replayed.text
     basic = requests.post(proxy.base + "/mcp", headers={**STREAM_HEADERS,
                           "Authorization": "Basic dXNlcjpwdw=="}, json=rpc("ping"), timeout=10)
     assert basic.status_code == 401 and "not a Bearer token" in basic.text
@@ -243,6 +249,10 @@ def test_opaque_tokens_are_introspected(oidc, proxy_factory):
     (["--oauth-issuer", "ftp://idp.example.com"], "expected an https:// URL"),
     (["--oauth-issuer", "https://idp.example.com/?x=1"], "no query"),
     (["--oauth-issuer", "https://idp.example.com", "--oauth-scope", 'a"b'], "a scope is"),
+    (["--oauth-issuer", "https://idp.example.com", "--host", "0.0.0.0"],
+     "needs --oauth-audience"),
+    (["--oauth-issuer", "https://idp.example.com", "--allow-host", "*"],
+     "needs --oauth-audience"),
     (["--oauth-issuer", "https://idp.example.com", "--oauth-introspection-url",
       "https://idp.example.com/introspect"], "needs --oauth-introspection-client-id"),
 ])

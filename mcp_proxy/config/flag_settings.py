@@ -11,7 +11,11 @@ import os
 import shlex
 
 from mcp_proxy.config.config_file import load_named_servers
-from mcp_proxy.config.resource_flags import check_server_scopes, resource_settings
+from mcp_proxy.config.resource_flags import (
+    check_audience,
+    check_server_scopes,
+    resource_settings,
+)
 from mcp_proxy.config.settings import ClientSettings, ServerSettings, ServerSpec, check_server_name
 from mcp_proxy.config.values import check_headers, check_latin1, check_url
 from mcp_proxy.errors import ConfigError, ConfigProblems
@@ -62,9 +66,10 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
         max_sessions = 1000 if all(spec.shared for spec in servers.values()) else 100
     elif max_sessions < 1:
         raise ConfigError("--max-sessions must be at least 1")
+    host = ns.host if ns.host is not None else (ns.sse_host or "127.0.0.1")
+    check_audience(oauth, host, ns.allow_host)
     return ServerSettings(
-        servers=servers,
-        host=ns.host if ns.host is not None else (ns.sse_host or "127.0.0.1"),
+        servers=servers, host=host,
         port=ns.port if ns.port is not None else (ns.sse_port or 0),
         allow_origins=ns.allow_origin, allow_hosts=ns.allow_host,
         expose_headers=ns.expose_header or ["Mcp-Session-Id"],

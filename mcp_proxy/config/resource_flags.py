@@ -49,6 +49,18 @@ def check_server_scopes(servers: dict[str, ServerSpec], oauth: ResourceSettings 
                               f'authorization server whose tokens carry them)')
 
 
+def check_audience(oauth: ResourceSettings | None, host: str, allow_hosts: list[str]) -> None:
+    """The default audience is the URL the client reached, read from its Host header: only
+    where Host is checked (a loopback bind, or the names of --allow-host) can it be trusted."""
+    if oauth is not None and oauth.audience is None \
+            and (host in ("0.0.0.0", "::", "") or "*" in allow_hosts):
+        raise ConfigError("--oauth-issuer on a proxy that takes any Host header (--host "
+                          f"{host or repr(host)} or --allow-host '*') needs --oauth-audience, "
+                          "its public URL (e.g. https://mcp.example.com/mcp): an audience "
+                          "read from a Host header anyone can set would take tokens minted "
+                          "for other servers")
+
+
 def resource_settings(ns: argparse.Namespace) -> ResourceSettings | None:
     """The resource server's settings, or None when no ``--oauth-issuer`` was given."""
     given = [flag for flag, value in (

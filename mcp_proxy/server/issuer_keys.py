@@ -5,10 +5,11 @@ This module owns fetching and keeping them; it never decides whether a token is 
 server`` inserted before the issuer's path), then by OpenID discovery (``/.well-known/openid-
 configuration`` after it), and its ``issuer`` must be the one configured (RFC 8414 §3.3).
 
-The JWKS is fetched when first needed (again every 5 s while that fails), then again only
-for a ``kid`` it does not hold, at most once a minute (a stream of forged kids cannot turn the
-proxy into a load on the issuer), and the keys held are kept when a refresh fails: an issuer
-that is down for a while does not lock out callers whose tokens it signed before.
+The JWKS is fetched at start (resource_meta.py asks; a request waits for that fetch, and
+tries again at most every 5 s while it fails), then again only for a ``kid`` it does not
+hold, at most once a minute (a stream of forged kids cannot turn the proxy into a load on the
+issuer), and the keys held are kept when a refresh fails: an issuer that is down for a while
+does not lock out callers whose tokens it signed before.
 """
 
 from __future__ import annotations

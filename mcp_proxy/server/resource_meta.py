@@ -44,6 +44,14 @@ def _origin(environ: dict) -> str:
     return f"{scheme}://{host[:-len(default)] if host.endswith(default) else host}"
 
 
+def _reached_port(environ: dict) -> str:
+    """The port the client's Host header names (the scheme's default when it names none)."""
+    _, colon, port = (environ.get("HTTP_HOST") or "").rpartition(":")
+    if colon and port.isdigit():
+        return port.lstrip("0") or "0"
+    return "443" if environ.get("wsgi.url_scheme") == "https" else "80"
+
+
 def endpoint_of(path: str) -> str:
     """The endpoint a request path belongs to, without a trailing slash: an HTTP+SSE POST
     (``…/messages/``) is its ``…/sse`` stream's."""
@@ -133,6 +141,12 @@ class ResourceServer:
         origin = _origin(environ)
         endpoint = endpoint_of(environ.get("PATH_INFO", ""))
         sent = environ.get("HTTP_AUTHORIZATION")
+        if self.oauth.audience is None and _reached_port(environ) != environ.get("SERVER_PORT"):
+            # the default audience is read from Host: one naming another port could make a
+            # token minted for another server on this host pass as ours
+            return self._refuse(environ, origin, endpoint, "the Host header names another "
+                                "port than the proxy's (behind a reverse proxy, give "
+                                "--oauth-audience)", "invalid_token" if sent else None)
         if sent is None:
             return self._refuse(environ, origin, endpoint, "no token was sent", None)
         kind, _, token = sent.partition(" ")
