@@ -54,7 +54,8 @@ def challenge(answer: requests.Response) -> str:
 
 def test_metadata_of_every_endpoint_and_the_challenge_without_a_token(oidc, proxy_factory):
     provider = oidc()
-    proxy = start(proxy_factory, provider, "--oauth-scope", "mcp:tools")
+    proxy = start(proxy_factory, provider, "--oauth-scope", "mcp:tools", "--allow-origin",
+                  "http://app.example")
     for path in ("/mcp", "/sse", "/servers/two/mcp", "/servers/two/sse"):
         meta = requests.get(proxy.base + WELL_KNOWN + path, timeout=10)
         assert meta.status_code == 200, (path, meta.text)
@@ -68,8 +69,11 @@ def test_metadata_of_every_endpoint_and_the_challenge_without_a_token(oidc, prox
         == proxy.base + "/mcp"
     for path in ("/status", "/servers/three/mcp", "/mcp/x"):
         assert requests.get(proxy.base + WELL_KNOWN + path, timeout=10).status_code == 404
-    refused = initialize(proxy.base, None)
+    refused = requests.post(proxy.base + "/mcp", json=rpc("initialize", 0, **INIT_PARAMS),
+                            headers={**STREAM_HEADERS, "Origin": "http://app.example"},
+                            timeout=10)
     assert refused.status_code == 401
+    assert "WWW-Authenticate" in refused.headers["Access-Control-Expose-Headers"]
     assert challenge(refused) == (f'Bearer resource_metadata="{proxy.base}{WELL_KNOWN}/mcp", '
                                   f'scope="mcp:tools"')
     posted = requests.post(proxy.base + "/servers/two/messages/?session_id=x", timeout=10,

@@ -72,7 +72,9 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
         servers=servers, host=host,
         port=ns.port if ns.port is not None else (ns.sse_port or 0),
         allow_origins=ns.allow_origin, allow_hosts=ns.allow_host,
-        expose_headers=ns.expose_header or ["Mcp-Session-Id"],
+        # a browser client reads the OAuth challenge (resource_metadata, scope) from it
+        expose_headers=ns.expose_header or ["Mcp-Session-Id", *(
+            ["WWW-Authenticate"] if oauth else [])],
         auth_token=ns.auth_token or None, keepalive=ns.keepalive,
         max_body=ns.max_body_size, max_frame=ns.max_message_size,
         max_queued=ns.max_queued_size, session_idle_timeout=ns.session_timeout,

@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="extra Host header value to accept (e.g. behind a reverse "
                              "proxy), '*' for any; repeatable")
     server.add_argument("--expose-header", action="append", default=None, metavar="HEADER",
-                        help="header exposed to browsers via CORS (default Mcp-Session-Id)")
+                        help="header exposed to browsers via CORS (default Mcp-Session-Id, and "
+                             "WWW-Authenticate with --oauth-issuer)")
     server.add_argument("--auth-token", default=os.environ.get("MCP_PROXY_AUTH_TOKEN"),
                         metavar="TOKEN", help="require 'Authorization: Bearer TOKEN' "
                         "(default from MCP_PROXY_AUTH_TOKEN; none if unset)")
