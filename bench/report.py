@@ -292,6 +292,10 @@ def report(results: dict) -> str:
             "CPU during throughput (100% = one core; machine busy: share of all cores):",
             *notes(results),
         ]
+    if results.get("oauth"):
+        from oauth import oauth_lines
+
+        lines += ["", *oauth_lines(results["oauth"])]
     if results.get("scaleout"):
         lines += ["", *scaleout_lines(results["scaleout"])]
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark mcp-proxy against "the floor" (the same stdio server spoken to with no proxy).
 
-    python bench/run.py [--quick] [--only scaleout|client] [--json bench/results.json] [--pin]
+    python bench/run.py [--quick] [--only scaleout|client|oauth] [--json bench/results.json] [--pin]
                         [--profile DIR] [--peers]
 
 Paths measured (all traffic on 127.0.0.1):
@@ -54,6 +54,7 @@ from measure import (
     summary,
     throughput,
 )
+from oauth import oauth_latency
 from peers import run_peers
 from peertable import peer_lines
 from procs import (
@@ -95,6 +96,11 @@ def run(opts, procs: Processes, results: dict) -> None:
     if opts.only == "client":
         run_client_only(opts, procs, results)
         return
+    if opts.only == "oauth" or opts.only is None:
+        results["oauth"] = oauth_latency(procs, results["config"]["calls"],
+                                         results["config"]["warmup"])
+        if opts.only == "oauth":
+            return
     if opts.only != "scaleout":
         run_paths(opts, procs, results)
         if opts.peers:
@@ -270,9 +276,10 @@ def git_revision() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description="Benchmark mcp-proxy against the floor.")
     parser.add_argument("--quick", action="store_true", help="short smoke run (< 1 min)")
-    parser.add_argument("--only", choices=["scaleout", "client"],
+    parser.add_argument("--only", choices=["scaleout", "client", "oauth"],
                         help="run only these phases (scaleout: issue 11, through Redis; "
-                             "client: the echo latency of client mode and of its remote)")
+                             "client: the echo latency of client mode and of its remote; "
+                             "oauth: a call with a validated JWT against no auth)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results.json"),
                         help="where to write the figures (default bench/results.json)")
     parser.add_argument("--pin", action="store_true",

@@ -4,7 +4,8 @@ They come in groups, so a caller catches one class where it means one thing:
 
 - the setup: :class:`ConfigError` (:class:`ConfigProblems`), :class:`SpawnError`;
 - what a peer sent that we refuse: :class:`RefusedInput` (a JSON-RPC message, an HTTP
-  request, ambiguous JSON);
+  request, ambiguous JSON, an OAuth access token: :class:`TokenRefused`);
+- the authorization server that server mode takes tokens from: :class:`IssuerUnreachable`;
 - links and their capacity: :class:`LinkClosed`, :class:`ServerBusy`, :class:`TooManySessions`;
 - the remote side of client mode: :class:`RemoteError` (:class:`UpstreamError` and its kinds,
   a broken response, a request the fall-forward bridge cannot carry);
@@ -85,6 +86,16 @@ class BadHttpRequest(RefusedInput):
 
 
 _REASONS = {400: "Bad Request", 431: "Request Header Fields Too Large"}
+
+
+class TokenRefused(RefusedInput):
+    """A caller's OAuth access token is not one this resource server takes (server/tokens.py);
+    ``str()`` is the short reason, which names no part of the token."""
+
+
+class IssuerUnreachable(ProxyError, ConnectionError):
+    """The authorization server's metadata, keys or introspection endpoint cannot be had, so
+    a token cannot be checked now (the caller is answered 503, not told to sign in again)."""
 
 
 # -- links and capacity -------------------------------------------------------------------

@@ -23,6 +23,7 @@ def main(url: str) -> int:
     print("fake browser: opening", url, flush=True)
     mode = os.environ.get("FAKE_BROWSER_MODE", "follow")
     log = os.environ.get("FAKE_BROWSER_LOG")
+    http = requests.Session()  # keeps an authorization server's cookies across the sign-in
     for _ in range(10):
         if log:
             with open(log, "a", encoding="utf-8") as handle:
@@ -36,7 +37,7 @@ def main(url: str) -> int:
         if mode == "wrong-state" and urlsplit(url).path == "/callback":
             query = dict(parse_qsl(urlsplit(url).query), state="forged")
             url = url.split("?")[0] + "?" + urlencode(query)
-        answer = requests.get(url, allow_redirects=False, timeout=10)
+        answer = http.get(url, allow_redirects=False, timeout=10)
         if answer.status_code not in (301, 302, 303, 307, 308):
             return 0 if answer.status_code < 400 else 2
         url = urljoin(url, answer.headers["Location"])

@@ -3,7 +3,7 @@
 Usage:
   sdk_driver.py --transport stdio|sse|streamable --target <URL | command line>
                 [--header K V ...] [--timeout S] [--mode legacy|auto|2026-07-28]
-                [--big BYTES] [--sdk-env] SCENARIO [SCENARIO ...]
+                [--big BYTES] [--sdk-env] [--oauth] SCENARIO [SCENARIO ...]
 
 Prints ONE JSON object on stdout: ``{"session": {...}, "<scenario>": <observation>, ...}``,
 where a scenario that raised reports ``{"error": "..."}``; exit status 0 whenever it ran.
@@ -202,14 +202,19 @@ def make_transport(opts: argparse.Namespace):
             _sse_within_origin, max_event_size=None)
         return sse_client(opts.target, headers=headers, timeout=opts.timeout,
                           sse_read_timeout=max(opts.timeout, 60.0))
-    return streamable(opts.target, headers, opts.timeout)
+    auth = None
+    if opts.oauth:  # the SDK's own OAuth client provider signs in (sdk_oauth.py)
+        import sdk_oauth
+
+        auth = sdk_oauth.provider(opts.target, opts.visits)
+    return streamable(opts.target, headers, opts.timeout, auth)
 
 
 @contextlib.asynccontextmanager
-async def streamable(url: str, headers: dict, timeout: float):
+async def streamable(url: str, headers: dict, timeout: float, auth=None):
     """streamable_http_client with our headers and no SSE event size limit (default 1 MiB)."""
     http = create_mcp_http_client(headers=headers, timeout=httpx2.Timeout(
-        timeout, read=max(timeout, 60.0)))
+        timeout, read=max(timeout, 60.0)), auth=auth)
     async with http, streamable_http_client(url, http_client=http,
                                             max_sse_event_size=None) as streams:
         yield streams
@@ -257,6 +262,8 @@ async def drive(opts: argparse.Namespace) -> dict:
         report.setdefault(current, {"error": f"timed out after {opts.timeout} s",
                                     "type": "TimeoutError"})
     report["server_requests"] = seen.server_requests
+    if opts.oauth:
+        report["sign_in_visits"] = opts.visits
     return report
 
 
@@ -270,8 +277,12 @@ def main() -> int:
     parser.add_argument("--big", type=int, default=10 << 20, help="bytes for big_in/big_out")
     parser.add_argument("--sdk-env", action="store_true",
                         help="stdio: pass only the SDK's default environment whitelist")
+    parser.add_argument("--oauth", action="store_true",
+                        help="streamable: sign in with the SDK's OAuth client provider "
+                             "(sdk_oauth.py); the report lists the URLs its browser visited")
     parser.add_argument("scenarios", nargs="+", choices=SCENARIOS, metavar="SCENARIO")
     opts = parser.parse_args()
+    opts.visits = []
     report = anyio.run(drive, opts)
     sys.stdout.buffer.write(json.dumps(report, ensure_ascii=False).encode() + b"\n")
     sys.stdout.flush()

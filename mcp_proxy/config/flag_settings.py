@@ -13,6 +13,11 @@ from urllib.parse import urlsplit
 
 from mcp_proxy.config.config_file import load_named_servers
 from mcp_proxy.config.key_file import flag_keys, read_key_file
+from mcp_proxy.config.resource_flags import (
+    check_audience,
+    check_server_scopes,
+    resource_settings,
+)
 from mcp_proxy.config.settings import (
     ClientSettings,
     ServerSettings,
@@ -69,24 +74,30 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
         raise ConfigProblems(problems)
     if ns.log_call_arguments and not any(spec.audit for spec in servers.values()):
         logger.warning('--log-call-arguments does nothing without --log-calls or "audit": true')
+    oauth = resource_settings(ns)
+    check_server_scopes(servers, oauth)
     max_sessions = ns.max_sessions
     if max_sessions is None:
         max_sessions = 1000 if all(spec.shared for spec in servers.values()) else 100
     elif max_sessions < 1:
         raise ConfigError("--max-sessions must be at least 1")
+    host = ns.host if ns.host is not None else (ns.sse_host or "127.0.0.1")
+    check_audience(oauth, host, ns.allow_host)
     return ServerSettings(
-        servers=servers,
-        host=ns.host if ns.host is not None else (ns.sse_host or "127.0.0.1"),
+        servers=servers, host=host,
         port=ns.port if ns.port is not None else (ns.sse_port or 0),
         allow_origins=ns.allow_origin, allow_hosts=ns.allow_host,
-        expose_headers=ns.expose_header or ["Mcp-Session-Id"],
+        # a browser client reads the OAuth challenge (resource_metadata, scope) from it
+        expose_headers=ns.expose_header or ["Mcp-Session-Id", *(
+            ["WWW-Authenticate"] if oauth else [])],
         api_keys=_distinct(keys), auth_token_file=_key_file(ns.auth_token_file),
         keepalive=ns.keepalive,
         max_body=ns.max_body_size, max_frame=ns.max_message_size,
         max_queued=ns.max_queued_size, session_idle_timeout=ns.session_timeout,
         stall_timeout=ns.stall_timeout, write_timeout=ns.write_timeout,
         stop_timeout=ns.stop_timeout, stateless=ns.stateless, max_sessions=max_sessions,
-        redis_url=_redis_url(ns.redis_url), log_call_arguments=ns.log_call_arguments)
+        redis_url=_redis_url(ns.redis_url), log_call_arguments=ns.log_call_arguments,
+        oauth=oauth)
 
 
 def _distinct(keys: list) -> list:

@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="extra Host header value to accept (e.g. behind a reverse "
                              "proxy), '*' for any; repeatable")
     server.add_argument("--expose-header", action="append", default=None, metavar="HEADER",
-                        help="header exposed to browsers via CORS (default Mcp-Session-Id)")
+                        help="header exposed to browsers via CORS (default Mcp-Session-Id, and "
+                             "WWW-Authenticate with --oauth-issuer)")
     server.add_argument("--auth-token", action="append", default=None, metavar="TOKEN",
                         help="an API key: require 'Authorization: Bearer TOKEN' or "
                              "'X-API-Key: TOKEN'; repeatable (default: MCP_PROXY_AUTH_TOKEN; "
@@ -185,6 +186,22 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--auth-token-file", default=None, metavar="FILE",
                         help="API keys, one a line ('#' comments), re-read when the file "
                              "changes or on SIGHUP")
+    server.add_argument("--oauth-issuer", metavar="URL",
+                        help="take OAuth access tokens issued by this authorization server "
+                             "(the proxy as an OAuth 2.1 resource server; needs the 'oauth' "
+                             "extra)")
+    server.add_argument("--oauth-audience", metavar="URI",
+                        help="the audience a token must name (default: the URL of the "
+                             "endpoint called, e.g. https://host/mcp)")
+    server.add_argument("--oauth-scope", action="append", default=[], metavar="SCOPE",
+                        help="a scope every token must hold; repeatable")
+    server.add_argument("--oauth-introspection-url", metavar="URL",
+                        help="RFC 7662 introspection endpoint, for tokens that are not JWTs")
+    server.add_argument("--oauth-introspection-client-id", metavar="ID",
+                        help="our client id at the introspection endpoint")
+    server.add_argument("--oauth-introspection-client-secret", metavar="SECRET",
+                        default=os.environ.get("MCP_PROXY_INTROSPECTION_SECRET"),
+                        help="its secret (default from MCP_PROXY_INTROSPECTION_SECRET)")
     server.add_argument("--keepalive", type=positive, default=15.0, metavar="SECONDS",
                         help="ping comment interval on open event streams (default 15)")
     server.add_argument("--max-body-size", type=size, default=4 * MiB, metavar="BYTES",

@@ -38,6 +38,8 @@ _PATTERNS = {
     "^[!-~]+$": "an API key is visible ASCII characters without spaces ('!' to '~'), and not "
                 "empty",
     "^[A-Za-z0-9._@-]{1,64}$": "an id is 1 to 64 ASCII letters, digits, '.', '_', '@' or '-'",
+    "^[\\x21\\x23-\\x5b\\x5d-\\x7e]+$":
+        "an OAuth scope is printable ASCII without spaces, quotes or backslashes",
 }
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

@@ -105,6 +105,7 @@ class ServerSpec:
     pass_network: bool = True  # the NETWORK_ENV_KEYS too, when not the whole environment
     audit: bool = False  # an audit line per call (--log-calls, "audit" in the config file)
     tools: ToolRules = field(default_factory=ToolRules)  # "tools" in the file, --allow-tool
+    scopes: list[str] = field(default_factory=list)  # OAuth scopes needed to use it at all
 
     def argv(self) -> list[str]:
         return [self.command, *self.args]
@@ -151,6 +152,19 @@ class ApiKey:
 
 
 @dataclass
+class ResourceSettings:
+    """Server mode as an OAuth 2.1 resource server: whose tokens it takes, for what."""
+
+    issuer: str  # the authorization server (its metadata: RFC 8414, then OpenID discovery)
+    audience: str | None = None  # None: the canonical URL of each endpoint (RFC 8707)
+    scopes: list[str] = field(default_factory=list)  # every one required
+    introspection_url: str | None = None  # RFC 7662, for tokens that are not JWTs
+    client_id: str | None = None  # our credentials at the introspection endpoint
+    client_secret: str | None = None
+    leeway: float = 30.0  # seconds of clock skew tolerated on exp and nbf
+
+
+@dataclass
 class ServerSettings:
     """Server mode: what to spawn, where to listen, and the limits that protect us."""
 
@@ -174,11 +188,12 @@ class ServerSettings:
     max_sessions: int = 100
     redis_url: str | None = None  # the bus between workers and hosts (server/bus.py)
     log_call_arguments: bool = False  # audit lines hold each call's arguments
+    oauth: ResourceSettings | None = None  # callers sign in with OAuth tokens (--oauth-issuer)
 
     @property
     def auth_required(self) -> bool:
         """Whether a request needs credentials (then the guard names its caller)."""
-        return bool(self.api_keys or self.auth_token_file)
+        return bool(self.api_keys or self.auth_token_file or self.oauth)
 
 
 def check_server_name(name: str) -> None:

@@ -13,7 +13,8 @@ DIGEST_PREFIX = 12  # hex digits of the credentials' SHA-256 that name a caller
 def caller_of(environ: dict, with_token: bool) -> str:
     """The request's client address (a request forwarded by another worker, which carries
     none, names that worker), and with ``with_token`` its caller: the guard's principal
-    (``key:`` and the key's id), else a digest prefix of its credentials."""
+    (``key:`` and the key's id; an OAuth token's
+    ``sub:`` and 16 hex digits, resource_meta.py), else a digest prefix of its credentials."""
     address = environ.get("REMOTE_ADDR") or ""
     if not address and environ.get("mcp_proxy.forwarded"):
         address = f"worker:{environ['mcp_proxy.forwarded']}"

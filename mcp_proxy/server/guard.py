@@ -28,6 +28,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from mcp_proxy.config.settings import ServerSettings
 from mcp_proxy.server.api_keys import ACCEPTED, UNAUTHORIZED, KeyRing
+from mcp_proxy.server.resource_meta import WELL_KNOWN, ResourceServer
 from mcp_proxy.server.responses import text_error
 from mcp_proxy.server.url_adapter import allowed_methods
 
@@ -126,8 +127,13 @@ def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None
             return text_error(403, "Invalid Origin header")
         return None
 
+    oauth = ResourceServer(app, settings) if settings.oauth is not None else None
+
     def token(environ: dict, status: bool = False) -> Response | None:
-        if keys is not None:
+        if oauth is not None and environ.get("PATH_INFO", "").startswith(WELL_KNOWN):
+            return None  # the metadata is public: it is how a client learns to sign in
+        # with OAuth too, a request that carries no key of ours is the token check's
+        if keys is not None and (oauth is None or keys.match(environ)[0] is not None):
             verdict = keys.check(environ, None if status else
                                  served_under(environ.get("PATH_INFO", "")))
             if verdict == UNAUTHORIZED:
@@ -136,6 +142,10 @@ def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None
             if verdict != ACCEPTED:
                 return text_error(403, "Forbidden: this key does not open "
                                   + ("/status" if status else "this server"))
+        elif oauth is not None:  # callers sign in with OAuth tokens (resource_meta.py)
+            refused = oauth.check(environ)
+            if refused is not None:
+                return refused
         touch()
         return None
 
