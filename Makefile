@@ -54,8 +54,13 @@ lint: install
 	$(BIN)/ruff check mcp_proxy tests
 	$(BIN)/hadolint Dockerfile
 
+# the table, then the same figures drawn into bench/chart.png (matplotlib, from
+# bench/requirements.txt: the bench's own, not installed by `make install`); a failed run still
+# draws what it measured, and make still fails
 bench: install
-	$(BIN)/python bench/run.py $(if $(PEERS),--peers)
+	$(BIN)/pip install --quiet -r bench/requirements.txt
+	$(BIN)/python bench/run.py $(if $(PEERS),--peers); status=$$?; \
+		$(BIN)/python bench/chart.py bench/results.json && exit $$status
 
 docker:
 	docker build -t mcp-proxy .
