@@ -12,7 +12,7 @@ import shlex
 
 from mcp_proxy.config.config_file import load_named_servers
 from mcp_proxy.config.settings import ClientSettings, ServerSettings, ServerSpec, check_server_name
-from mcp_proxy.config.values import check_headers, check_latin1, check_url
+from mcp_proxy.config.values import check_headers, check_latin1, check_url, tls_verify
 from mcp_proxy.errors import ConfigError, ConfigProblems
 
 logger = logging.getLogger("mcp_proxy")
@@ -80,15 +80,7 @@ def _redis_url(url: str | None) -> str | None:
 
 
 def client_settings(ns: argparse.Namespace) -> ClientSettings:
-    verify: bool | str = True
-    if ns.verify_ssl is not None:
-        lowered = ns.verify_ssl.lower()
-        if lowered in ("false", "0", "no", "off"):
-            verify = False
-        elif lowered not in ("true", "1", "yes", "on"):
-            if not os.path.exists(ns.verify_ssl):
-                raise ConfigError(f"--verify-ssl: no CA bundle at {ns.verify_ssl!r}")
-            verify = ns.verify_ssl
+    verify = tls_verify(ns.verify_ssl)
     if ns.args:
         raise ConfigError(f"client mode takes one URL; unexpected: {' '.join(ns.args)}")
     check_url(ns.command_or_url)
@@ -117,5 +109,6 @@ def client_settings(ns: argparse.Namespace) -> ClientSettings:
         oauth_client_metadata_url=ns.oauth_client_metadata_url,
         oauth_callback_port=ns.oauth_callback_port, oauth_no_browser=ns.oauth_no_browser,
         oauth_timeout=ns.oauth_timeout, oauth_device=ns.oauth_device,
-        verify=verify, connect_timeout=ns.connect_timeout, read_timeout=ns.read_timeout,
-        start_timeout=ns.start_timeout, recovery_timeout=ns.recovery_timeout)
+        verify=verify, proxy_env=ns.proxy_env, connect_timeout=ns.connect_timeout,
+        read_timeout=ns.read_timeout, start_timeout=ns.start_timeout,
+        recovery_timeout=ns.recovery_timeout)
