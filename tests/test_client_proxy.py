@@ -36,19 +36,16 @@ def clean_network(monkeypatch):
 
 
 @pytest.fixture
-def plain_remote():
-    """A scripted Streamable HTTP remote without auth (test_client_remote.py's)."""
-    started = []
+def plain_remote(request):
+    """Starts test_client_remote.py's scripted Streamable HTTP remote (no auth)."""
 
     def start(tls=None):
         server, base = serve(tls=tls)
-        started.append(server)
+        request.addfinalizer(server.server_close)  # finalizers run last first: shutdown,
+        request.addfinalizer(server.shutdown)  # then close
         return server, base
 
-    yield start
-    for server in started:
-        server.shutdown()
-        server.server_close()
+    return start
 
 
 def one_error(client) -> str:
