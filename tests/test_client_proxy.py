@@ -231,3 +231,20 @@ def test_a_malformed_proxy_variable_is_one_line(clients, value, why):
     line = one_error(client)
     assert "https_proxy" not in line and "the proxy" not in line and "refused" in line
 
+
+
+def test_check_config_reads_the_network_variables(clients, tmp_path):
+    env = {"HTTPS_PROXY": "socks5://ann:s3cret@127.0.0.1:1080"}
+    client = clients("--check-config", "https://127.0.0.1:9/mcp", env=env)
+    assert client.proc.wait(15) == 1
+    assert client.stderr() == "mcp-proxy: error: HTTPS_PROXY='socks5://ann:***@127.0.0.1:1080'" \
+        ": only http:// and https:// proxies are supported; fix HTTPS_PROXY, or give " \
+        "--no-proxy-env to ignore the proxy variables\n"
+    client = clients("--check-config", "https://127.0.0.1:9/mcp",
+                     env={"REQUESTS_CA_BUNDLE": str(tmp_path / "none.pem")})
+    assert client.proc.wait(15) == 1
+    assert "REQUESTS_CA_BUNDLE: no CA bundle at" in client.stderr()
+    assert len(client.stderr().splitlines()) == 1
+    client = clients("--check-config", "--no-proxy-env", "https://127.0.0.1:9/mcp", env=env)
+    assert client.proc.wait(15) == 0
+    assert "OK: client mode" in client.stderr()

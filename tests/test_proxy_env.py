@@ -12,10 +12,10 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcp_proxy.config.values import tls_verify
+from mcp_proxy.config.network import check_proxy, env_proxies, tls_verify
 from mcp_proxy.errors import ConfigError
 from mcp_proxy.upstream.poster import Poster
-from mcp_proxy.upstream.proxy_env import EnvSession, check_proxy, env_proxies
+from mcp_proxy.upstream.proxy_env import EnvSession
 
 VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "REQUESTS_CA_BUNDLE",
              "CURL_CA_BUNDLE", "SSL_CERT_FILE", "REQUEST_METHOD")
@@ -54,21 +54,21 @@ def clean(monkeypatch):
 def test_the_proxy_of_a_url_is_the_one_requests_picks(clean, env, url, expected):
     for name, value in env.items():
         clean.setenv(name, value)
-    session = EnvSession()
+    session = EnvSession(env_proxies())
     assert session.proxy_for(url) == expected
     reference = requests.Session()  # trust_env: what requests itself would do
     settings_ = reference.merge_environment_settings(url, {}, False, True, None)
     picked = requests.utils.select_proxy(url, settings_["proxies"])
     assert (requests.utils.prepend_scheme_if_needed(picked, "http") if picked else None) \
         == expected
-    assert EnvSession(use_env=False).proxy_for(url) is None
+    assert EnvSession({}).proxy_for(url) is None
 
 
 def test_the_session_reads_nothing_else_of_the_environment(clean, tmp_path):
     clean.setenv("HOME", str(tmp_path))
     (tmp_path / ".netrc").write_text("machine mcp.example login ann password s3cret\n")
     clean.setenv("REQUESTS_CA_BUNDLE", "/no/such/bundle.pem")
-    session = EnvSession()
+    session = EnvSession(env_proxies())
     assert session.trust_env is False
     prepared = session.prepare_request(requests.Request("GET", "https://mcp.example/mcp"))
     assert "Authorization" not in prepared.headers
@@ -79,7 +79,7 @@ def test_the_session_reads_nothing_else_of_the_environment(clean, tmp_path):
 def test_a_redirect_takes_the_proxy_of_its_new_origin(clean):
     clean.setenv("HTTPS_PROXY", PROXY)
     clean.setenv("NO_PROXY", "inside.example")
-    session = EnvSession()
+    session = EnvSession(env_proxies())
     inside = requests.Request("GET", "https://inside.example/x").prepare()
     outside = requests.Request("GET", "https://outside.example/x").prepare()
     assert session.rebuild_proxies(inside, {"https": PROXY}) == {}
@@ -95,7 +95,7 @@ def test_a_redirect_takes_the_proxy_of_its_new_origin(clean):
 def test_the_fast_path_is_handed_over_exactly_when_a_proxy_applies(clean, env, url, fast):
     for name, value in env.items():
         clean.setenv(name, value)
-    assert Poster(EnvSession(), url, (1, 1)).fast is fast
+    assert Poster(EnvSession(env_proxies()), url, (1, 1)).fast is fast
 
 
 @pytest.mark.parametrize("value,why", [

@@ -28,7 +28,6 @@ from mcp_proxy.core.link import Link, bridge
 from mcp_proxy.errors import AuthError, FallbackNeeded, LinkClosed, Refused, TlsError, UpstreamError
 from mcp_proxy.upstream.http_session import make_session
 from mcp_proxy.upstream.oauth.store import logout
-from mcp_proxy.upstream.proxy_env import env_proxies
 from mcp_proxy.upstream.remote_link import Upstream
 from mcp_proxy.upstream.sse_remote import SseUpstream
 from mcp_proxy.upstream.streamable_remote import StreamableUpstream
@@ -87,8 +86,8 @@ def secrets_of(settings: ClientSettings) -> list[str]:
              settings.oauth_client_secret,
              os.environ.get("API_ACCESS_TOKEN"), parts.query, parts.password]
     found += [value.split(" ", 1)[1] for value in settings.headers.values() if " " in value]
-    if settings.proxy_env:  # a proxy's password, should a message ever quote its URL
-        found += [urlsplit(proxy).password for proxy, _ in env_proxies().values()]
+    # a proxy's password, should a message ever quote its URL
+    found += [urlsplit(proxy).password for proxy, _ in settings.proxies.values()]
     return [s for s in found if s]
 
 

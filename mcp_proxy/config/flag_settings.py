@@ -11,8 +11,9 @@ import os
 import shlex
 
 from mcp_proxy.config.config_file import load_named_servers
+from mcp_proxy.config.network import env_proxies, tls_verify
 from mcp_proxy.config.settings import ClientSettings, ServerSettings, ServerSpec, check_server_name
-from mcp_proxy.config.values import check_headers, check_latin1, check_url, tls_verify
+from mcp_proxy.config.values import check_headers, check_latin1, check_url
 from mcp_proxy.errors import ConfigError, ConfigProblems
 
 logger = logging.getLogger("mcp_proxy")
@@ -109,6 +110,7 @@ def client_settings(ns: argparse.Namespace) -> ClientSettings:
         oauth_client_metadata_url=ns.oauth_client_metadata_url,
         oauth_callback_port=ns.oauth_callback_port, oauth_no_browser=ns.oauth_no_browser,
         oauth_timeout=ns.oauth_timeout, oauth_device=ns.oauth_device,
-        verify=verify, proxy_env=ns.proxy_env, connect_timeout=ns.connect_timeout,
+        verify=verify, proxies=env_proxies() if ns.proxy_env else {},
+        connect_timeout=ns.connect_timeout,
         read_timeout=ns.read_timeout, start_timeout=ns.start_timeout,
         recovery_timeout=ns.recovery_timeout)

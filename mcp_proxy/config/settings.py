@@ -135,7 +135,8 @@ class ClientSettings:
     oauth_device: bool | None = None  # sign in with a code (RFC 8628); None: when no browser
     oauth_timeout: float = 300.0
     verify: bool | str = True  # or a CA bundle: --verify-ssl PATH, else the CA variables
-    proxy_env: bool = True  # HTTPS_PROXY, NO_PROXY, ... (--no-proxy-env: ignored)
+    # {scheme: (proxy URL, its variable)} from HTTPS_PROXY, ...; none with --no-proxy-env
+    proxies: dict[str, tuple[str, str]] = field(default_factory=dict)
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
     start_timeout: float = 30.0  # keep retrying an unreachable remote this long at start

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import os
 import re
-import ssl
 import sys
 from urllib.parse import urlsplit
 
@@ -134,38 +132,3 @@ def check_latin1(what: str, value: str | None) -> None:
                           f"(at position {exc.start}; only Latin-1): "
                           f"percent-encode it, or give its ASCII form") from None
 
-
-# read as requests reads the first two (with trust_env) and OpenSSL the third, first set wins
-CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
-
-
-def tls_verify(flag: str | None) -> bool | str:
-    """``verify`` for every request client mode makes: False for ``--verify-ssl false``, a CA
-    bundle for ``--verify-ssl PATH``, else the bundle the first CA variable set names, else
-    True (the certifi bundle)."""
-    if flag is not None:
-        lowered = flag.lower()
-        if lowered in ("false", "0", "no", "off"):
-            return False
-        if lowered not in ("true", "1", "yes", "on"):
-            return check_ca_bundle("--verify-ssl", flag)
-    for name in CA_VARIABLES:
-        value = os.environ.get(name)
-        if value:
-            return check_ca_bundle(name, value, " (fix or unset it, or give --verify-ssl PATH)")
-    return True
-
-
-def check_ca_bundle(name: str, path: str, fix: str = "") -> str:
-    """``path`` if it is a PEM bundle (or a directory of them) that OpenSSL loads."""
-    if not os.path.exists(path):
-        raise ConfigError(f"{name}: no CA bundle at {path!r}{fix}")
-    try:
-        if os.path.isdir(path):
-            ssl.create_default_context(capath=path)
-        else:
-            ssl.create_default_context(cafile=path)
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        raise ConfigError(f"{name}: {path!r} is not a CA bundle OpenSSL can load "
-                          f"({exc.__class__.__name__}){fix}") from None
-    return path

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 def make_session(settings: ClientSettings) -> requests.Session:
     """A requests session carrying the user's headers, auth, TLS choice and proxy."""
-    session = EnvSession(settings.proxy_env)
+    session = EnvSession(settings.proxies)
     session.headers.update(settings.headers)
     token = os.environ.get("API_ACCESS_TOKEN")
     if token and "authorization" not in {k.lower() for k in settings.headers}:

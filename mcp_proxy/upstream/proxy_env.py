@@ -1,13 +1,13 @@
-"""The forward proxy of the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``,
-``NO_PROXY``, lower case first) on every request client mode makes, as requests applies them
-with ``trust_env``, and a refusal by that proxy as one line that names it.
+"""The forward proxy of the environment on every request client mode makes, as requests
+applies it with ``trust_env``, and a refusal by that proxy as one line that names it. The
+proxy variables were read and checked at start (config/network.py: ``settings.proxies``);
+``NO_PROXY`` is read here, per origin.
 
 Why not ``trust_env``: it also reads ``~/.netrc`` for every request without auth (credentials
 nobody asked us to send), and it reads the environment again on every request. ``EnvSession``
-keeps ``trust_env`` off and asks requests' own functions (``getproxies``,
-``should_bypass_proxies``) once per origin: with no proxy variable set, a request costs one
-falsy check more than a plain session's. The CA variables are the config's business
-(``flag_settings.py``: they become ``verify``).
+keeps ``trust_env`` off and asks requests' own ``should_bypass_proxies`` once per origin: with
+no proxy variable set, a request costs one falsy check more than a plain session's. The CA
+variables are the config's too (they become ``settings.verify``).
 
 A proxy URL is shown with its password masked, and never logged whole.
 """
@@ -15,88 +15,30 @@ A proxy URL is shown with its password masked, and never logged whole.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from urllib.parse import urlsplit
 
 import requests
-from requests.utils import getproxies, prepend_scheme_if_needed, select_proxy, should_bypass_proxies
-from urllib3.exceptions import LocationParseError
-from urllib3.util import parse_url
+from requests.utils import select_proxy, should_bypass_proxies
 
-from mcp_proxy.errors import ConfigError, ProxyRefused
+from mcp_proxy.config.network import shown
+from mcp_proxy.errors import ProxyRefused
 
 logger = logging.getLogger(__name__)
 
-SCHEMES = ("http", "https")
 _TUNNEL = re.compile(r"Tunnel connection failed: (\d{3})\b ?([^'\"\\)]*)")
 
 
-def env_proxies() -> dict[str, tuple[str, str]]:
-    """``{scheme: (proxy URL, the variable it came from)}`` for http and https, as requests
-    would pick them (``<scheme>_proxy``, else ``all_proxy``); ConfigError if one that would be
-    used is not an http:// or https:// proxy URL."""
-    found = getproxies()
-    chosen = {}
-    for scheme in SCHEMES:
-        for key in (scheme, "all"):
-            if found.get(key):
-                name = variable_of(key, found[key])
-                chosen[scheme] = (check_proxy(name, found[key]), name)
-                break
-    return chosen
-
-
-def variable_of(key: str, value: str) -> str:
-    for name in (f"{key}_proxy", f"{key.upper()}_PROXY"):
-        if os.environ.get(name) == value:
-            return name
-    return f"{key.upper()}_PROXY"
-
-
-def shown(proxy: str) -> str:
-    """``proxy`` with the password of its user part (up to the last ``@``) masked."""
-    scheme, sep, rest = proxy.partition("://")
-    if not sep:
-        scheme, rest = "", proxy
-    userinfo, at, host = rest.rpartition("@")
-    if not at or ":" not in userinfo:
-        return proxy
-    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
-
-
-def check_proxy(name: str, value: str) -> str:
-    """``value`` with its scheme (http:// if none, as requests adds), or ConfigError."""
-    masked = shown(value)
-    hint = f"; fix {name}, or give --no-proxy-env to ignore the proxy variables"
-    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise ConfigError(f"{name}={masked!r} is not a proxy URL (it holds whitespace or a "
-                          f"control character){hint}")
-    try:
-        url = prepend_scheme_if_needed(value, "http")
-        parts = parse_url(url)
-        port = parts.port
-    except (LocationParseError, ValueError, TypeError) as exc:
-        raise ConfigError(f"{name}={masked!r} is not a proxy URL ({exc.__class__.__name__})"
-                          f"{hint}") from None
-    if (parts.scheme or "").lower() not in SCHEMES:
-        raise ConfigError(f"{name}={masked!r}: only http:// and https:// proxies are supported"
-                          f"{hint}")
-    if not parts.host or (port is not None and not 0 < port < 65536):
-        raise ConfigError(f"{name}={masked!r} is not a proxy URL (no host, or a bad port)"
-                          f"{hint}")
-    return url
-
-
 class EnvSession(requests.Session):
-    """A requests session that takes the proxy variables (``use_env``) and nothing else from
-    the environment, and reports a proxy's refusal as ``requests.exceptions.ProxyError``
-    whose text names the proxy (``proxy_status``: the proxy's HTTP status, if it gave one)."""
+    """A requests session that takes ``proxies`` (``{scheme: (proxy URL, its variable)}``,
+    ``settings.proxies``) and ``NO_PROXY`` and nothing else from the environment, and reports
+    a proxy's refusal as ``requests.exceptions.ProxyError`` whose text names the proxy
+    (``proxy_status``: the proxy's HTTP status, if it gave one)."""
 
-    def __init__(self, use_env: bool = True) -> None:
+    def __init__(self, proxies: dict[str, tuple[str, str]]) -> None:
         super().__init__()
         self.trust_env = False  # no netrc, no CA variables behind the config's back
-        self.env_proxies = env_proxies() if use_env else {}
+        self.env_proxies = proxies
         self._routes: dict[tuple[str, str], str | None] = {}
 
     def proxy_for(self, url: str) -> str | None:
@@ -174,8 +116,9 @@ class EnvSession(requests.Session):
                 why = f"{named} did not answer in time"
             elif "resolve" in text.lower() or "name or service" in text.lower():
                 why = f"{named}: its host name does not resolve"
-            else:
-                cause = exc.__context__ if exc is not None else None
+            else:  # requests' ProxyError(MaxRetryError(reason=urllib3's ProxyError(text, cause)))
+                reason = getattr(exc.args[0], "reason", None) if exc and exc.args else None
+                cause = reason.args[-1] if reason is not None and reason.args else reason
                 why = f"cannot reach {named} ({(cause or exc).__class__.__name__})"
         error = requests.exceptions.ProxyError(why, request=request)
         error.proxy_status = status
@@ -202,7 +145,7 @@ def refused_for_good(exc: Exception) -> ProxyRefused | None:
 def plain_session(settings) -> EnvSession:
     """A session for the authorization server: no user headers, no auth, bounded waits; the
     TLS choice and the proxy of the remote's session."""
-    http = EnvSession(settings.proxy_env)
+    http = EnvSession(settings.proxies)
     http.verify = settings.verify
     send, timeout = http.request, (settings.connect_timeout, 30)
 
