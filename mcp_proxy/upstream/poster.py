@@ -7,7 +7,8 @@ and parses the response's head with ``email.parser``: together ~1.2 ms of CPU pe
 the bench machine, most of what client mode cost per call; urllib3's ``urlopen`` alone still
 cost ~0.5 ms. So where requests would add nothing we cannot add ourselves (no auth, Basic
 auth, or a bearer token asked of the auth object per POST; no cookie in the jar; no proxy
-for the URL) we write the request head ourselves, computed once per header set, on a connection the
+for the URL: docs/client-mode.md measures why a proxied POST is left to requests) we write
+the request head ourselves, computed once per header set, on a connection the
 session's own urllib3 pool made (TLS with the session's verify settings), and read the
 response with ``raw_response.RawResponse``. Everything else goes through ``session.post``,
 and so does a POST whose fast response is a redirect, or a 401/403 under an auth that reacts
