@@ -53,7 +53,7 @@ class EnvSession(requests.Session):
             chosen = self.env_proxies.get(key[0])
             proxy = chosen[0] if chosen and not should_bypass_proxies(url, None) else None
             self._routes[key] = proxy
-            logger.debug("%s://%s: %s", key[0], key[1],
+            logger.debug("%s://%s: %s", key[0], key[1].rpartition("@")[2],  # no user part
                          f"through the proxy {shown(proxy)}" if proxy else "direct")
         return self._routes[key]
 
