@@ -153,6 +153,11 @@ class TlsError(UpstreamError):
     """The remote's TLS certificate failed verification; retrying will not help."""
 
 
+class ProxyRefused(UpstreamError):
+    """The forward proxy of the environment refused with a 4xx (it wants credentials, or will
+    not tunnel to the remote's port): retrying will not help."""
+
+
 class SessionLost(UpstreamError):
     """The remote session is gone (stream dropped, 404, restart): reconnect and replay."""
 

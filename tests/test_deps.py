@@ -18,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 DEPS = ROOT / ".ci" / "deps"
-PRESENT = ("bash", "dirname", "python3", "make", "openssl", "npm", "redis-server", "nginx")
+PRESENT = ("bash", "dirname", "python3", "make", "openssl", "npm", "redis-server", "nginx",
+           "tinyproxy")
 INSTALL = "apt-get update && apt-get install -y --no-install-recommends redis-server nginx"
 
 
@@ -117,7 +118,7 @@ def test_every_tool_the_suite_needs_is_checked(tmp_path):
     machine = Machine(tmp_path, ("bash", "dirname", "python3"))
     done = machine.run(str(DEPS), "--dry-run")
     assert done.stdout == ("apt-get update && apt-get install -y --no-install-recommends "
-                           "make openssl npm redis-server nginx\n")
+                           "make openssl npm redis-server nginx tinyproxy\n")
 
 
 def test_a_python_older_than_3_10_is_named_with_the_fix(tmp_path):

@@ -86,6 +86,8 @@ def secrets_of(settings: ClientSettings) -> list[str]:
              settings.oauth_client_secret, settings.idp_client_secret,
              os.environ.get("API_ACCESS_TOKEN"), parts.query, parts.password]
     found += [value.split(" ", 1)[1] for value in settings.headers.values() if " " in value]
+    # a proxy's password, should a message ever quote its URL
+    found += [urlsplit(proxy).password for proxy, _ in settings.proxies.values()]
     return [s for s in found if s]
 
 

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from mcp_proxy.config.config_file import load_named_servers
 from mcp_proxy.config.key_file import flag_keys, read_key_file
+from mcp_proxy.config.network import env_proxies, tls_verify
 from mcp_proxy.config.resource_flags import (
     check_audience,
     check_server_scopes,
@@ -124,15 +125,7 @@ def _redis_url(url: str | None) -> str | None:
 
 
 def client_settings(ns: argparse.Namespace) -> ClientSettings:
-    verify: bool | str = True
-    if ns.verify_ssl is not None:
-        lowered = ns.verify_ssl.lower()
-        if lowered in ("false", "0", "no", "off"):
-            verify = False
-        elif lowered not in ("true", "1", "yes", "on"):
-            if not os.path.exists(ns.verify_ssl):
-                raise ConfigError(f"--verify-ssl: no CA bundle at {ns.verify_ssl!r}")
-            verify = ns.verify_ssl
+    verify = tls_verify(ns.verify_ssl)
     if ns.args:
         raise ConfigError(f"client mode takes one URL; unexpected: {' '.join(ns.args)}")
     check_url(ns.command_or_url)
@@ -161,7 +154,8 @@ def client_settings(ns: argparse.Namespace) -> ClientSettings:
         oauth_client_metadata_url=ns.oauth_client_metadata_url,
         oauth_callback_port=ns.oauth_callback_port, oauth_no_browser=ns.oauth_no_browser,
         oauth_timeout=ns.oauth_timeout, oauth_device=ns.oauth_device, **_enterprise(ns),
-        verify=verify, connect_timeout=ns.connect_timeout, read_timeout=ns.read_timeout,
+        verify=verify, proxies=env_proxies() if ns.proxy_env else {},
+        connect_timeout=ns.connect_timeout, read_timeout=ns.read_timeout,
         start_timeout=ns.start_timeout, recovery_timeout=ns.recovery_timeout,
         tools=ToolRules().with_flags(ns.allow_tool, ns.deny_tool))
 

@@ -104,9 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--password", help="password for basic (or --digest) auth")
     client.add_argument("--digest", action="store_true", help="use digest instead of basic auth")
     client.add_argument("--verify-ssl", nargs="?", const="true", default=None, metavar="VALUE",
-                        help="verify TLS (default); 'false' disables; or a CA bundle path")
+                        help="verify TLS (default); 'false' disables; or a CA bundle path "
+                             "(default: REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE or SSL_CERT_FILE if "
+                             "set)")
     client.add_argument("--no-verify-ssl", dest="verify_ssl", action="store_const",
                         const="false", help="do not verify TLS (same as --verify-ssl false)")
+    client.add_argument("--no-proxy-env", dest="proxy_env", action="store_false",
+                        help="ignore HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY: connect "
+                             "directly (they are honoured by default, as requests does)")
     client.add_argument("--connect-timeout", type=positive, default=10.0, metavar="SECONDS",
                         help="connect timeout to the remote (default 10)")
     client.add_argument("--read-timeout", type=positive, default=600.0, metavar="SECONDS",

@@ -232,7 +232,9 @@ class ClientSettings:
     id_token_command: list[str] | None = None
     idp_client_id: str | None = None
     idp_client_secret: str | None = None
-    verify: bool | str = True
+    verify: bool | str = True  # or a CA bundle: --verify-ssl PATH, else the CA variables
+    # {scheme: (proxy URL, its variable)} from HTTPS_PROXY, ...; none with --no-proxy-env
+    proxies: dict[str, tuple[str, str]] = field(default_factory=dict)
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
     start_timeout: float = 30.0  # keep retrying an unreachable remote this long at start

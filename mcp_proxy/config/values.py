@@ -131,3 +131,4 @@ def check_latin1(what: str, value: str | None) -> None:
         raise ConfigError(f"{what} has a character an HTTP header cannot carry "
                           f"(at position {exc.start}; only Latin-1): "
                           f"percent-encode it, or give its ASCII form") from None
+

@@ -22,6 +22,7 @@ from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.errors import SignInRefused, UpstreamError
 from mcp_proxy.upstream.backoff import backoff
 from mcp_proxy.upstream.http_reading import check_status, events
+from mcp_proxy.upstream.proxy_env import describe
 
 if TYPE_CHECKING:
     from mcp_proxy.config.settings import ClientSettings
@@ -92,7 +93,7 @@ def resume(remote: StreamSource, last_event_id: str) -> requests.Response:
         response = remote.http.get(remote.settings.url, headers=headers, stream=True,
                                    timeout=remote.timeout)
     except requests.RequestException as exc:
-        raise UpstreamError(f"resume failed: {exc.__class__.__name__}") from exc
+        raise UpstreamError(f"resume failed: {describe(exc)}") from exc
     if response.status_code >= 300:
         response.close()
         check_status(response, "GET (resume)")
@@ -144,14 +145,14 @@ class GetStream:
                 stream = remote.http.get(remote.settings.url, headers=headers, stream=True,
                                          timeout=remote.timeout)
             except requests.ConnectionError as exc:  # refused or unreachable: the remote is down
-                remote.lost(f"the remote is unreachable ({exc.__class__.__name__})")
+                remote.lost(f"the remote is unreachable ({describe(exc)})")
                 return
             except SignInRefused as exc:  # the run ends: closed from a greenlet of its own,
                 spawn(remote.close, str(exc), name=f"{remote.name}: close")  # as it stops us
                 return
             except (requests.RequestException, UpstreamError) as exc:  # UpstreamError: sign-in
                 logger.info("%s: GET stream failed: %s", remote.name,
-                            exc if isinstance(exc, UpstreamError) else exc.__class__.__name__)
+                            exc if isinstance(exc, UpstreamError) else describe(exc))
                 stream = None
             self.listening.set()  # answered (or failed): the messages held back may go
             if stream is not None:

@@ -1,6 +1,7 @@
 """The requests session every request to the remote goes through: the user's headers, its
-auth (Basic, Digest, a bearer token, the client credentials grant or the OAuth sign-in) and
-its TLS choice. What the remote's responses mean is http_reading.py's.
+auth (Basic, Digest, a bearer token, the client credentials grant or the OAuth sign-in), its
+TLS choice and the proxy of the environment (proxy_env.py). What the remote's responses
+mean is http_reading.py's.
 
 Never logs a header value: tokens and passwords stay out of every log line.
 """
@@ -17,13 +18,14 @@ from mcp_proxy.config.settings import ClientSettings
 from mcp_proxy.errors import ConfigError
 from mcp_proxy.upstream.oauth.auth import OAuthSignIn
 from mcp_proxy.upstream.oauth.credentials import ClientCredentials
+from mcp_proxy.upstream.proxy_env import EnvSession
 
 logger = logging.getLogger(__name__)
 
 
 def make_session(settings: ClientSettings) -> requests.Session:
-    """A requests session carrying the user's headers, auth and TLS choice."""
-    session = requests.Session()
+    """A requests session carrying the user's headers, auth, TLS choice and proxy."""
+    session = EnvSession(settings.proxies)
     session.headers.update(settings.headers)
     token = os.environ.get("API_ACCESS_TOKEN")
     if token and "authorization" not in {k.lower() for k in settings.headers}:
@@ -42,5 +44,4 @@ def make_session(settings: ClientSettings) -> requests.Session:
     elif settings.oauth and not static:
         session.auth = OAuthSignIn(settings)
     session.verify = settings.verify
-    session.trust_env = False  # no proxies or netrc from the environment behind our back
     return session

@@ -6,8 +6,9 @@ adapter lookup, a ``Response`` with cookie extraction) and urllib3 then checks e
 and parses the response's head with ``email.parser``: together ~1.2 ms of CPU per message on
 the bench machine, most of what client mode cost per call; urllib3's ``urlopen`` alone still
 cost ~0.5 ms. So where requests would add nothing we cannot add ourselves (no auth, Basic
-auth, or a bearer token asked of the auth object per POST; no cookie in the jar; no proxy)
-we write the request head ourselves, computed once per header set, on a connection the
+auth, or a bearer token asked of the auth object per POST; no cookie in the jar; no proxy
+for the URL: docs/client-mode.md measures why a proxied POST is left to requests) we write
+the request head ourselves, computed once per header set, on a connection the
 session's own urllib3 pool made (TLS with the session's verify settings), and read the
 response with ``raw_response.RawResponse``. Everything else goes through ``session.post``,
 and so does a POST whose fast response is a redirect, or a 401/403 under an auth that reacts
@@ -40,6 +41,7 @@ from mcp_proxy.errors import BrokenResponse, UpstreamError
 from mcp_proxy.upstream.cookie_jar import is_empty, keep
 from mcp_proxy.upstream.oauth.auth import OAuthSignIn
 from mcp_proxy.upstream.oauth.credentials import ClientCredentials
+from mcp_proxy.upstream.proxy_env import EnvSession, describe
 from mcp_proxy.upstream.raw_response import RawResponse
 from mcp_proxy.upstream.urllib3_conn import new_connection, pool_for
 
@@ -83,8 +85,12 @@ class Poster:
         self.host = host[:-len(default)] if default and host.endswith(default) else host
         # a user and password in the URL are Basic auth to requests when the session has none
         self.fast = eligible(session) and parts.username is None and parts.password is None
-        logger.debug("POSTs take %s", "the fast path" if self.fast else
-                     f"requests (auth {session.auth.__class__.__name__})")
+        # through a proxy, requests (urllib3) speaks to it: CONNECT, its credentials, its
+        # refusals (docs/client-mode.md measures why the fast path does not tunnel itself)
+        proxied = isinstance(session, EnvSession) and session.proxy_for(url) is not None
+        self.fast = self.fast and not proxied
+        logger.debug("POSTs take %s", "the fast path" if self.fast else "requests (a proxy)"
+                     if proxied else f"requests (auth {session.auth.__class__.__name__})")
         self._bearer = bearer_of(session.auth)
         self._token: tuple[str, bytes] | None = None  # the last bearer token, its header
         self._prepared = requests.Request("POST", url).prepare()
@@ -124,7 +130,7 @@ class Poster:
             return self.session.post(self.url, data=body, headers=headers, stream=stream,
                                      timeout=self.timeout)
         except requests.RequestException as exc:
-            raise UpstreamError(f"POST failed: {exc.__class__.__name__}") from exc
+            raise UpstreamError(f"POST failed: {describe(exc)}") from exc
 
     def _head(self, headers: dict) -> bytes | None:
         """The request head for these headers, up to the Content-Length (cached); None if

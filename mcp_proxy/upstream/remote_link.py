@@ -29,6 +29,7 @@ from mcp_proxy.errors import (
     FallbackNeeded,
     LinkClosed,
     MessageError,
+    ProxyRefused,
     Refused,
     SessionLost,
     SignInRefused,
@@ -75,7 +76,7 @@ class Upstream(Link):
                 self._open()
                 self.ready.set()
                 return
-            except (AuthError, TlsError):
+            except (AuthError, TlsError, ProxyRefused):
                 raise  # retrying will not help
             except Refused as exc:
                 raise Refused(f"{exc}: retrying cannot help; check the URL (the server's "
@@ -244,7 +245,7 @@ class Upstream(Link):
                 self._failures = 0
                 self.ready.set()
                 return
-            except (AuthError, TlsError) as exc:
+            except (AuthError, TlsError, ProxyRefused) as exc:
                 self.close(f"cannot reconnect: {exc}")
                 return
             except UpstreamError as exc:  # Refused too: the remote worked until now, and a

@@ -21,6 +21,7 @@ from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.errors import MessageError, Refused, SessionLost, TlsError, UpstreamError
 from mcp_proxy.upstream.http_reading import check_status, events, same_origin
 from mcp_proxy.upstream.poster import Poster
+from mcp_proxy.upstream.proxy_env import refused_for_good
 from mcp_proxy.upstream.remote_link import Upstream
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ class SseUpstream(Upstream):
         except requests.exceptions.SSLError as exc:
             raise TlsError(f"GET {url}: TLS verification failed: {exc}") from exc
         except requests.RequestException as exc:
-            raise UpstreamError(f"GET {url} failed: {exc.__class__.__name__}: {exc}") from exc
+            raise refused_for_good(exc) or UpstreamError(
+                f"GET {url} failed: {exc.__class__.__name__}: {exc}") from exc
         kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
         try:
             check_status(response, f"GET {url}", self.http)

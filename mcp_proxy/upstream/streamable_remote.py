@@ -26,6 +26,7 @@ from mcp_proxy.errors import FallbackNeeded, MessageError, SessionLost, TlsError
 from mcp_proxy.upstream.event_streams import GetStream, read_answer_stream
 from mcp_proxy.upstream.http_reading import check_status
 from mcp_proxy.upstream.poster import Poster
+from mcp_proxy.upstream.proxy_env import refused_for_good
 from mcp_proxy.upstream.remote_link import Upstream
 
 logger = logging.getLogger(__name__)
@@ -71,12 +72,14 @@ class StreamableUpstream(Upstream):
         except requests.exceptions.SSLError as exc:
             raise TlsError(f"TLS verification failed: {exc}") from exc
         except requests.RequestException as exc:
-            raise UpstreamError(f"cannot connect: {exc.__class__.__name__}: {exc}") from exc
+            raise refused_for_good(exc) or UpstreamError(
+                f"cannot connect: {exc.__class__.__name__}: {exc}") from exc
         probe.close()
         if probe.status_code in (401, 403) and not (passive and probe.status_code == 401):
             check_status(probe, f"GET {self.settings.url}", self.http)
         if probe.status_code >= 500:
-            raise UpstreamError(f"GET {self.settings.url}: HTTP {probe.status_code}")
+            raise UpstreamError(f"GET {self.settings.url}: HTTP {probe.status_code} "
+                                f"{probe.reason}")
 
     def send(self, message: Message) -> None:
         if message.method == "initialize":

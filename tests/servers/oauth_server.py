@@ -1,6 +1,6 @@
 """A scripted OAuth authorization server and a protected MCP server, in one.
 
-``start(**switches)`` runs it on 127.0.0.1 in a thread of the test process and returns the
+``start(tls=None, **switches)`` runs it on 127.0.0.1 in a thread of the test process and returns the
 server; its attributes count what happened (``hits``, ``tokens``, ``codes``...). The MCP
 endpoints are ``/mcp`` (Streamable HTTP) and ``/sse`` (HTTP+SSE); ``/authorize`` approves at
 once (a 302 to the redirect URI), so a scripted browser that follows redirects completes the
@@ -16,6 +16,7 @@ import hashlib
 import http.server
 import json
 import secrets
+import ssl
 import threading
 import time
 from collections import Counter
@@ -68,6 +69,12 @@ class Handler(ProtectedMcp, DeviceGrant, JwtBearerGrant, http.server.BaseHTTPReq
 
     def log_message(self, *args) -> None:
         pass
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        if parsed:  # who sent what: a forward proxy's outgoing address tells its requests
+            self.s.peers.append((self.client_address[0], self.command, self.path.split("?")[0]))
+        return parsed
 
     @property
     def s(self):
@@ -265,10 +272,17 @@ class Handler(ProtectedMcp, DeviceGrant, JwtBearerGrant, http.server.BaseHTTPReq
 class OAuthServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, **switches) -> None:
+    def __init__(self, tls: tuple | None = None, **switches) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.sw = {**DEFAULTS, **switches}
-        self.base = f"http://127.0.0.1:{self.server_address[1]}"
+        scheme = "http"
+        if tls:  # (certificate, key): served over TLS
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.socket = context.wrap_socket(self.socket, server_side=True)
+            scheme = "https"
+        self.base = f"{scheme}://127.0.0.1:{self.server_address[1]}"
+        self.peers: list[tuple[str, str, str]] = []  # (client address, method, path)
         self.issuer = self.base + self.sw["issuer_path"]
         self.audience = self.sw["audience"] or self.issuer
         self.hits: Counter = Counter()

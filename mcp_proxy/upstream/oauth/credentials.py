@@ -25,10 +25,10 @@ from mcp_proxy.upstream.oauth.wire import (
     bearer_challenge,
     choose_method,
     load_key,
-    plain_session,
     resend,
     token_request,
 )
+from mcp_proxy.upstream.proxy_env import plain_session
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class ClientCredentials(AuthBase):
             probe = self.http.get(self.settings.url, stream=True,
                                   headers={"Accept": "text/event-stream"})
         except requests.RequestException as exc:
-            raise UpstreamError(f"cannot connect: {exc.__class__.__name__}") from exc
+            raise UpstreamError(f"cannot connect: {self.http.describe(exc)}") from exc
         probe.close()
         challenge = bearer_challenge(probe) if probe.status_code == 401 else {}
         self.scope = challenge.get("scope") or self.scope

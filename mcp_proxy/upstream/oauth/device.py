@@ -130,7 +130,7 @@ def request_code(http: requests.Session, endpoint: str, client: Client,
         answer = http.post(endpoint, data=data, headers=headers, allow_redirects=False)
     except requests.RequestException as exc:
         raise UpstreamError(f"device authorization: {endpoint} unreachable: "
-                            f"{exc.__class__.__name__}") from exc
+                            f"{http.describe(exc)}") from exc
     body = _json(answer)
     if answer.status_code >= 500:
         raise UpstreamError(f"device authorization: {endpoint} answered HTTP "

@@ -66,7 +66,7 @@ def _get_json(http: requests.Session, url: str) -> tuple[int, dict | None]:
     try:
         answer = http.get(url, headers=HEADERS, allow_redirects=False)
     except requests.RequestException as exc:
-        raise UpstreamError(f"discovery: GET {url} failed: {exc.__class__.__name__}") from exc
+        raise UpstreamError(f"discovery: GET {url} failed: {http.describe(exc)}") from exc
     with answer:
         if answer.status_code != 200:
             return answer.status_code, None

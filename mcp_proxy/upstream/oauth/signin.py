@@ -119,7 +119,7 @@ class Registrar:
         try:
             answer = self.http.post(endpoint, json=body, headers={"Accept": "application/json"})
         except requests.RequestException as exc:
-            raise UpstreamError(f"client registration failed: {exc.__class__.__name__}") \
+            raise UpstreamError(f"client registration failed: {self.http.describe(exc)}") \
                 from exc
         try:
             record = answer.json()

@@ -63,21 +63,6 @@ def parse_challenges(header: str) -> dict[str, dict[str, str]]:
     return challenges
 
 
-def plain_session(settings) -> requests.Session:
-    """A session for the authorization server: no user headers, no auth, bounded waits."""
-    http = requests.Session()
-    http.verify = settings.verify
-    http.trust_env = False
-    send, timeout = http.request, (settings.connect_timeout, 30)
-
-    def request(*args, **kwargs):
-        kwargs.setdefault("timeout", timeout)
-        return send(*args, **kwargs)
-
-    http.request = request
-    return http
-
-
 def resend(response: requests.Response, token: str, **kwargs) -> requests.Response:
     """Send a refused request again, once, with a new bearer token (from a response hook)."""
     response.content  # noqa: B018  (drain, so the connection can be reused)
@@ -176,8 +161,7 @@ def token_request(http: requests.Session, token_url: str, client: Client, form: 
     try:
         answer = http.post(token_url, data=data, headers=headers)
     except requests.RequestException as exc:
-        raise UpstreamError(f"{what}: token endpoint unreachable: "
-                            f"{exc.__class__.__name__}") from exc
+        raise UpstreamError(f"{what}: token endpoint unreachable: {http.describe(exc)}") from exc
     try:
         body = answer.json()
     except (ValueError, RecursionError):
