@@ -4,9 +4,9 @@ This module owns the assembly: the registry, the guard, each server's routes and
 probes and ``/status``, and with ``--redis-url`` the router and the worker's exit when its
 inbox fails. It handles no request itself; cli.py and wsgi.py call it.
 
-Each stdio server gets the same URL layout: the default one at the root (``/sse``,
-``/messages/``, ``/mcp``), each named one under ``/servers/<name>/``. ``/status`` and the
-probes (``/healthz``, ``/readyz``, ``/metrics``) are global.
+Each server, stdio or remote (``"url"``), gets the same URL layout: the default one at the
+root (``/sse``, ``/messages/``, ``/mcp``), each named one under ``/servers/<name>/``.
+``/status`` and the probes (``/healthz``, ``/readyz``, ``/metrics``) are global.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from mcp_proxy.server.sse_transport import add_sse_routes
 from mcp_proxy.server.status import add_status_route
 from mcp_proxy.server.streamable_transport import add_streamable_routes
 from mcp_proxy.server.url_adapter import PathRouting
+from mcp_proxy.upstream.remote_server import RemoteServer
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,11 @@ def create_app(settings: ServerSettings) -> Flask:
     registry = Registry(settings)
     # the composition root: the supervisor is told which classes it starts
     registry.supervisor = Supervisor(settings, registry.metrics, StdioChild, Multiplexer,
-                                     ModernLane)
+                                     ModernLane, RemoteServer)
+    registry.supervisor.probe_remotes()  # a remote that can never work refuses the start
+    remotes = registry.supervisor.remotes
+    if remotes:
+        registry.metrics.remotes = lambda: {name: r.status() for name, r in remotes.items()}
     for name, spec in settings.servers.items():  # only their bridges pay for an audit
         if spec.audit:
             registry.metrics.audited[server_label(name)] = partial(

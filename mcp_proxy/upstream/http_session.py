@@ -21,11 +21,12 @@ from mcp_proxy.upstream.oauth.credentials import ClientCredentials
 logger = logging.getLogger(__name__)
 
 
-def make_session(settings: ClientSettings) -> requests.Session:
-    """A requests session carrying the user's headers, auth and TLS choice."""
+def make_session(settings: ClientSettings, environ_token: bool = True) -> requests.Session:
+    """A requests session carrying the user's headers, auth and TLS choice (and, with
+    ``environ_token``, ``API_ACCESS_TOKEN`` as a bearer token when no header gives one)."""
     session = requests.Session()
     session.headers.update(settings.headers)
-    token = os.environ.get("API_ACCESS_TOKEN")
+    token = os.environ.get("API_ACCESS_TOKEN") if environ_token else None
     if token and "authorization" not in {k.lower() for k in settings.headers}:
         session.headers["Authorization"] = f"Bearer {token}"
     static = "authorization" in {k.lower() for k in session.headers}

@@ -1,0 +1,30 @@
+"""A remote server entry of the config file (``"url"`` instead of ``"command"``) as the
+:class:`ClientSettings` its sessions reach it with.
+
+The fields are named like client mode's flags (``clientId`` for ``--client-id``). What a
+server cannot do is off: the browser and device sign-ins (nobody is there to sign in; the
+remote's 401 is reported at start-up, server/remotes), ``API_ACCESS_TOKEN`` from our
+environment (one variable must not reach every remote). A session waits a few seconds for an
+unreachable remote, not client mode's half minute: an HTTP client is waiting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcp_proxy.config.settings import ClientSettings
+
+START_TIMEOUT = 5.0  # a new session retries an unreachable remote this long
+RECOVERY_TIMEOUT = 60.0  # a lost remote is reconnected this long, unless "recoveryTimeout"
+
+
+def remote_settings(entry: dict[str, Any]) -> ClientSettings:
+    """The settings of one remote entry (already checked against the schema)."""
+    return ClientSettings(
+        url=entry["url"], transport=entry.get("transport", "auto"),
+        headers=dict(entry.get("headers", {})), verify=entry.get("verifySsl", True),
+        client_id=entry.get("clientId"), client_secret=entry.get("clientSecret"),
+        token_url=entry.get("tokenUrl"), client_key=entry.get("clientKey"),
+        client_key_alg=entry.get("clientKeyAlg"), oauth=False, oauth_device=False,
+        start_timeout=START_TIMEOUT,
+        recovery_timeout=float(entry.get("recoveryTimeout", RECOVERY_TIMEOUT)))
