@@ -2,8 +2,8 @@
 
 A filter stands where the proxy meets the server's side of the conversation: on a stdio
 server process's pipes in server mode (``children/process.py``: every session of a shared
-process and the 2026-07-28 lane pass there too), on our own stdio in client mode
-(``client/stdio.py``). It rewrites two things and answers one:
+process and the 2026-07-28 lane pass there too), on a remote server's link in server mode
+(``upstream/remote_link.py``), on our own stdio in client mode (``client/stdio.py``). It rewrites two things and answers one:
 
 * a ``tools/list`` answer loses the hidden tools, and the others get their new names and
   descriptions (every page alike: the server's cursors pass untouched);
