@@ -103,12 +103,10 @@ class Upstream(Link):
     def send(self, message: Message) -> None:
         if self.closed.is_set():
             raise LinkClosed(f"{self.name} is closed: {self.close_reason}")
-        if self.tool_filter is not None and message.kind == jsonrpc.REQUEST:
-            passed = self.tool_filter.request(message)
-            if passed is None:  # a hidden tool: answered as the server answers an unknown one
-                self.deliver(self.tool_filter.refusal(message))
+        if self.tool_filter is not None:
+            message = self.tool_filter.admit(message, self.deliver)
+            if message is None:  # a hidden tool: answered as the server answers an unknown one
                 return
-            message = passed
         if message.method == "initialize":
             self.initialize = message
         elif message.method == "notifications/initialized":
