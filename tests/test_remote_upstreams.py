@@ -86,7 +86,8 @@ def test_both_transports_both_ways(proxy_factory, tmp_path, remote):
     servers = {
         "far": {"url": f"http://127.0.0.1:{port}/mcp", "headers": AUTH,
                 "tools": {"deny": ["crash"], "rename": {"echo": "say"}}},
-        "farsse": {"url": f"http://127.0.0.1:{port}/sse", "headers": AUTH},  # auto: learns SSE
+        # auto: learns SSE; the query's secret stays out of the log
+        "farsse": {"url": f"http://127.0.0.1:{port}/sse?key=q-secret-value", "headers": AUTH},
     }
     front = _front(proxy_factory, tmp_path, servers)
     front.expect(r"remote server 'farsse' speaks sse")
@@ -125,7 +126,8 @@ def test_both_transports_both_ways(proxy_factory, tmp_path, remote):
     assert 'mcp_proxy_messages_relayed_total{direction="client_to_server",kind="request",' \
            'server="far"}' in metrics
     assert requests.get(front.base + "/readyz", timeout=10).status_code == 200
-    assert TOKEN not in front.stderr()
+    assert TOKEN not in front.stderr() and "q-secret-value" not in front.stderr()
+    assert "q-secret-value" not in json.dumps(status)
 
 
 def test_remote_restarted_is_recovered(proxy_factory, tmp_path, remote):
@@ -272,6 +274,12 @@ def test_check_and_print_config_of_a_good_entry(tmp_path):
     assert shown["clientSecret"] == "***" and shown["clientId"] == "me"
     for secret in ("pw", "k1", "t0ken-value", "k2-value", "s3cret-value"):
         assert secret not in printed.stdout.replace('"transport"', ""), secret
+    mixed = _check(tmp_path, {**good, "far": {**good["far"], "args": ["x"]},
+                              "near": {"command": sys.executable, "headers": {"X-A": "b"}}},
+                   "--check-config")
+    assert mixed.returncode == 0, mixed.stderr
+    assert "$.mcpServers.far: ignoring 'args' (a remote server has no command)" in mixed.stderr
+    assert "$.mcpServers.near: ignoring 'headers'" in mixed.stderr
     stateless = _check(tmp_path, good, "--stateless", "--check-config")
     assert stateless.returncode == 1 and "--stateless needs a shared local server" in \
         stateless.stderr

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcp_proxy.config.key_file import key_id
-from mcp_proxy.config.remote_entry import remote_settings
+from mcp_proxy.config.remote_entry import misplaced, remote_settings
 from mcp_proxy.config.schema import Where, config_schema, json_path, problems
 from mcp_proxy.config.settings import ApiKey, ServerSpec, rules_of
 from mcp_proxy.config.variables import Expansion
@@ -149,6 +149,9 @@ def read_config(path: str, pass_environment: bool = False,
             loaded.warnings.append(f"{path}: {json_path(('mcpServers', name))}: ignoring "
                                    f"{', '.join(map(repr, unknown))} (known: "
                                    f"{', '.join(sorted(known))})")
+        if not _disabled(entry) and misplaced(entry):
+            loaded.warnings.append(f"{path}: {json_path(('mcpServers', name))}: "
+                                   f"{misplaced(entry)}")
         if not _disabled(entry):
             limit = entry.get("maxSessions")
             loaded.specs[name] = ServerSpec(

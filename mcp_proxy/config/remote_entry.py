@@ -16,6 +16,9 @@ from mcp_proxy.config.settings import ClientSettings
 
 START_TIMEOUT = 5.0  # a new session retries an unreachable remote this long
 RECOVERY_TIMEOUT = 60.0  # a lost remote is reconnected this long, unless "recoveryTimeout"
+LOCAL_FIELDS = ("args", "env", "cwd")
+REMOTE_FIELDS = ("transport", "headers", "verifySsl", "clientId", "clientSecret", "tokenUrl",
+                 "clientKey", "clientKeyAlg", "recoveryTimeout")
 
 
 def remote_settings(entry: dict[str, Any]) -> ClientSettings:
@@ -28,3 +31,12 @@ def remote_settings(entry: dict[str, Any]) -> ClientSettings:
         client_key_alg=entry.get("clientKeyAlg"), oauth=False, oauth_device=False,
         start_timeout=START_TIMEOUT,
         recovery_timeout=float(entry.get("recoveryTimeout", RECOVERY_TIMEOUT)))
+
+
+def misplaced(entry: dict[str, Any]) -> str | None:
+    """What a warning says of fields that do nothing in this kind of entry, if any."""
+    if "url" in entry:
+        fields, why = [f for f in LOCAL_FIELDS if f in entry], "a remote server has no command"
+    else:
+        fields, why = [f for f in REMOTE_FIELDS if f in entry], "they are for a \"url\" entry"
+    return f"ignoring {', '.join(map(repr, fields))} ({why})" if fields else None

@@ -27,6 +27,7 @@ from mcp_proxy.children.process import StdioChild
 from mcp_proxy.children.supervisor import Supervisor
 from mcp_proxy.config.settings import ServerSettings
 from mcp_proxy.core.log_format import set_worker
+from mcp_proxy.core.redact import Redact
 from mcp_proxy.server.api_keys import KeyRing
 from mcp_proxy.server.audit import AuditMeter
 from mcp_proxy.server.guard import install_guard
@@ -38,6 +39,7 @@ from mcp_proxy.server.sse_transport import add_sse_routes
 from mcp_proxy.server.status import add_status_route
 from mcp_proxy.server.streamable_transport import add_streamable_routes
 from mcp_proxy.server.url_adapter import PathRouting
+from mcp_proxy.upstream.http_session import secrets_of
 from mcp_proxy.upstream.remote_server import RemoteServer
 
 logger = logging.getLogger(__name__)
@@ -95,10 +97,14 @@ def create_app(settings: ServerSettings) -> Flask:
     # the composition root: the supervisor is told which classes it starts
     registry.supervisor = Supervisor(settings, registry.metrics, StdioChild, Multiplexer,
                                      ModernLane, RemoteServer)
-    registry.supervisor.probe_remotes()  # a remote that can never work refuses the start
     remotes = registry.supervisor.remotes
-    if remotes:
+    if remotes:  # their headers, secrets and URL queries stay out of every log line
+        redact = Redact([secret for spec in settings.servers.values() if spec.remote
+                         for secret in secrets_of(spec.remote)])
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(redact)
         registry.metrics.remotes = lambda: {name: r.status() for name, r in remotes.items()}
+    registry.supervisor.probe_remotes()  # a remote that can never work refuses the start
     for name, spec in settings.servers.items():  # only their bridges pay for an audit
         if spec.audit:
             registry.metrics.audited[server_label(name)] = partial(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from urllib.parse import urlsplit
 
 import requests
 from requests.auth import HTTPBasicAuth, HTTPDigestAuth
@@ -45,3 +46,13 @@ def make_session(settings: ClientSettings, environ_token: bool = True) -> reques
     session.verify = settings.verify
     session.trust_env = False  # no proxies or netrc from the environment behind our back
     return session
+
+
+def secrets_of(settings: ClientSettings) -> list[str]:
+    """What must never appear in a log line about this remote (for ``core.redact.Redact``)."""
+    parts = urlsplit(settings.url)
+    found = [*settings.headers.values(), settings.password, settings.client_secret,
+             settings.oauth_client_secret, settings.idp_client_secret,
+             os.environ.get("API_ACCESS_TOKEN"), parts.query, parts.password]
+    found += [value.split(" ", 1)[1] for value in settings.headers.values() if " " in value]
+    return [s for s in found if s]
