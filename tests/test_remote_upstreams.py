@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from conftest import (
     INIT_PARAMS,
     SDK_SERVER,
+    SERVERS,
     STREAM_HEADERS,
     ProxyProcess,
     free_port,
@@ -214,6 +215,43 @@ def test_sign_in_remote_refused_at_start(proxy_factory, tmp_path, remote):
         wait=False)
     assert wrong.proc.wait(30) == 1
     wrong.expect(r"server 'far': .* authentication failed")
+
+
+@pytest.fixture
+def oauth_remote():
+    """An OAuth-protected MCP server (servers/oauth_server.py) that knows client ``svc``."""
+    sys.path.insert(0, str(SERVERS))
+    import oauth_server
+
+    server = oauth_server.start(registration=False, clients={
+        "svc": {"secret": "svc-secret-1", "method": "client_secret_basic"}})
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_client_credentials(proxy_factory, tmp_path, oauth_remote):
+    front = _front(proxy_factory, tmp_path, {"svc": {
+        "url": oauth_remote.base + "/mcp", "transport": "streamablehttp", "clientId": "svc",
+        "clientSecret": "${SVC_SECRET:-svc-secret-1}"}})
+    for transport, path in (("streamable", "/mcp"), ("sse", "/sse")):
+        seen = run_driver(transport, f"{front.base}/servers/svc{path}", "tools")
+        assert seen["tools"] == ["echo", "admin"], seen
+    grants = {request["grant_type"] for request in oauth_remote.token_requests}
+    assert grants == {"client_credentials"}
+    assert "svc-secret-1" not in front.stderr()
+    assert not any(token in front.stderr() for token in oauth_remote.tokens)
+
+
+def test_oauth_sign_in_refused_at_start(proxy_factory, tmp_path, oauth_remote):
+    """The remote's 401 asks for an OAuth sign-in (its Bearer challenge names its metadata):
+    a server cannot open a browser, and says what to configure instead."""
+    front = _front(proxy_factory, tmp_path, {"web": {"url": oauth_remote.base + "/mcp"}},
+                   wait=False)
+    assert front.proc.wait(30) == 1
+    line = front.expect(r"server 'web': .* asks for a sign-in").string
+    assert "cannot run in a server" in line and "clientId" in line, line
+    assert not oauth_remote.authorize_params  # nobody was sent to sign in
 
 
 def _check(tmp_path, servers: dict, *args: str) -> subprocess.CompletedProcess:
