@@ -38,8 +38,6 @@ from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from mcp_proxy.errors import BrokenResponse, UpstreamError
 from mcp_proxy.upstream.cookie_jar import is_empty, keep
-from mcp_proxy.upstream.oauth.auth import OAuthSignIn
-from mcp_proxy.upstream.oauth.credentials import ClientCredentials
 from mcp_proxy.upstream.raw_response import RawResponse
 from mcp_proxy.upstream.urllib3_conn import new_connection, pool_for
 
@@ -52,12 +50,11 @@ _poll = get_original("select", "poll")  # a zero-timeout check needs no greenlet
 
 def bearer_of(auth) -> Callable[[], str | None] | None:
     """What gives the bearer token of an auth that sends one (refreshed when due), for auths
-    whose hooks react only to a refusal, which the fast path hands to requests."""
-    if isinstance(auth, OAuthSignIn):
-        return auth.bearer
-    if isinstance(auth, ClientCredentials):
-        return auth.token
-    return None
+    whose hooks react only to a refusal, which the fast path hands to requests: our OAuth
+    auths' ``bearer`` (oauth/auth.py, oauth/credentials.py; asked by name, not by class, so
+    this module stays below the sign-in's)."""
+    bearer = getattr(auth, "bearer", None)
+    return bearer if callable(bearer) else None
 
 
 def eligible(session: requests.Session) -> bool:

@@ -61,6 +61,10 @@ class ClientCredentials(AuthBase):
                 self._fetch()
             return self._token
 
+    def bearer(self) -> str:
+        """The token for the next request (the fast POSTs ask for it: poster.py)."""
+        return self.token()
+
     def _found(self) -> Discovery:
         try:
             probe = self.http.get(self.settings.url, stream=True,
