@@ -26,6 +26,7 @@ import logging
 import os
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from mcp_proxy.errors import ConfigError
 
@@ -257,3 +258,15 @@ def ids_of(span: Any) -> tuple[str, str] | None:
         return None
     found = span.get_span_context()
     return format(found.trace_id, "032x"), format(found.span_id, "016x")
+
+
+def bare_url(url: str) -> str:
+    """``url`` without what may hold a secret: its user and password, query and fragment."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        return "(not a URL)"
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit((parts.scheme, host + port, parts.path, "", ""))

@@ -1,0 +1,241 @@
+"""Traces in client mode, end to end: the real ``mcp-proxy URL`` with its spans written to a
+file (tests/span_file.py), in front of a real server-mode mcp-proxy, itself traced the same
+way, whose raw_server records what it was sent. A call from the desktop client must stay in
+the desktop client's trace all the way: our span's parent is the client's ``_meta`` context,
+the server-mode proxy's HTTP span is the child of our POST's ``traceparent`` header, its
+request span the child of our ``_meta`` context, and the server process gets a ``_meta``
+context of that same trace. A recovery makes its span.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from span_file import read_spans
+from test_shared import recorded
+
+from conftest import RAW_SERVER, TESTS, ProxyProcess, rpc
+from mcp_proxy.core import tracing
+from mcp_proxy.upstream.sse_remote import SseUpstream
+from mcp_proxy.upstream.streamable_remote import StreamableUpstream
+from mcp_proxy.upstream.traced_remote import remote_class
+
+pytest.importorskip("opentelemetry.sdk.trace")
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE}-{CLIENT_SPAN}-01"
+LAUNCHER = (sys.executable, str(TESTS / "span_file.py"))
+NO_OTEL = {key: "" for key in os.environ if key.startswith("OTEL_")}
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A traced server-mode mcp-proxy in front of raw_server, which records what it gets."""
+    proxy = ProxyProcess("--port", "0", "--", *RAW_SERVER, "--record",
+                         str(tmp_path / "sent.jsonl"), env=NO_OTEL,
+                         command=(*LAUNCHER, str(tmp_path / "server-spans.jsonl"), "cli"))
+    proxy.spans, proxy.record = tmp_path / "server-spans.jsonl", tmp_path / "sent.jsonl"
+    yield proxy.started()
+    proxy.stop()
+
+
+@pytest.fixture
+def client(clients, tmp_path):
+    """``client(*args)``: the real ``mcp-proxy URL`` with its spans to a file (``spans``)."""
+
+    def start(*args: str, env: dict | None = None):
+        spans = tmp_path / "client-spans.jsonl"
+        proxy = clients(*args, env={**NO_OTEL, **(env or {})},
+                        command=(*LAUNCHER, str(spans), "cli"))
+        proxy.spans = spans
+        return proxy
+
+    return start
+
+
+def named(spans: list[dict], name: str) -> list[dict]:
+    return [span for span in spans if span["name"] == name]
+
+
+def wait_for(path, name: str, count: int = 1) -> list[dict]:
+    spans = read_spans(path, lambda found: len(named(found, name)) >= count)
+    assert len(named(spans, name)) >= count, (name, spans)
+    return spans
+
+
+def echo(request_id=1, text="hi", **meta) -> dict:
+    message = rpc("tools/call", request_id, name="echo", arguments={"text": text})
+    if meta:
+        message["params"]["_meta"] = meta
+    return message
+
+
+def sent_call(record, request_id) -> dict:
+    return next(m for m in recorded(record) if m.get("method") == "tools/call"
+                and m["id"] == request_id)
+
+
+def test_a_call_stays_in_the_desktop_clients_trace_to_the_server_process(server, client):
+    proxy = client("--transport", "streamablehttp", server.base + "/mcp?key=secret")
+    proxy.handshake()
+    meta = {"traceparent": TRACEPARENT, "tracestate": "vendor=1", "progressToken": "p1"}
+    answer = proxy.call(echo(7, **meta))
+    assert answer["id"] == 7 and "result" in answer
+    (ours,) = named(wait_for(proxy.spans, "tools/call echo"), "tools/call echo")
+    assert (ours["kind"], ours["trace_id"], ours["parent_id"]) == ("client", TRACE, CLIENT_SPAN)
+    assert ours["service"] == "mcp-proxy-client" and ours["status"] == "unset"
+    attributes = ours["attributes"]
+    assert attributes["url.full"] == server.base + "/mcp"  # never the query
+    assert "secret" not in json.dumps(attributes)
+    assert {key: attributes[key] for key in (
+        "mcp.method.name", "gen_ai.tool.name", "jsonrpc.request.id", "mcp.proxy.transport",
+        "mcp.proxy.era", "mcp.proxy.outcome", "server.address")} == {
+        "mcp.method.name": "tools/call", "gen_ai.tool.name": "echo", "jsonrpc.request.id": "7",
+        "mcp.proxy.transport": "streamable", "mcp.proxy.era": "legacy",
+        "mcp.proxy.outcome": "ok", "server.address": "127.0.0.1"}
+    assert attributes["mcp.session.id"] and attributes["mcp.proxy.response.bytes"] > 0
+    # the server-mode proxy: its HTTP span is our header's child, its call span our _meta's
+    theirs = wait_for(server.spans, "tools/call echo")
+    (call,) = named(theirs, "tools/call echo")
+    http = next(span for span in theirs if span["span_id"] == call["parent_id"] or
+                span["parent_id"] == ours["span_id"] and span["name"] == "POST /mcp")
+    assert http["parent_id"] == ours["span_id"] and http["trace_id"] == TRACE
+    assert (call["trace_id"], call["parent_id"]) == (TRACE, ours["span_id"])
+    sent = sent_call(server.record, 7)["params"]["_meta"]
+    assert sent["traceparent"] == f"00-{TRACE}-{call['span_id']}-01"
+    assert sent["progressToken"] == "p1" and sent["tracestate"] == "vendor=1"
+
+
+def test_over_sse_the_header_and_meta_name_our_span(server, client):
+    proxy = client("--transport", "sse", server.base + "/sse")
+    proxy.handshake()
+    assert proxy.call(echo("s", traceparent=TRACEPARENT))["id"] == "s"
+    (ours,) = named(wait_for(proxy.spans, "tools/call echo"), "tools/call echo")
+    assert ours["attributes"]["mcp.proxy.transport"] == "sse"
+    assert ours["attributes"]["url.full"] == server.base + "/sse"
+    assert (ours["trace_id"], ours["parent_id"]) == (TRACE, CLIENT_SPAN)
+    theirs = wait_for(server.spans, "tools/call echo")
+    posts = [span for span in theirs if span["name"].startswith("POST /messages")
+             and span["parent_id"] == ours["span_id"]]
+    assert len(posts) == 1 and posts[0]["trace_id"] == TRACE  # the header
+    (call,) = named(theirs, "tools/call echo")
+    assert call["parent_id"] == ours["span_id"]  # the _meta
+    assert sent_call(server.record, "s")["params"]["_meta"]["traceparent"].startswith(
+        f"00-{TRACE}-")
+
+
+def test_no_context_from_the_client_a_trace_of_our_own(server, client):
+    proxy = client("--transport", "streamablehttp", server.base + "/mcp")
+    proxy.handshake()
+    message = rpc("tools/list", 3)
+    assert "result" in proxy.call(message)
+    spans = wait_for(proxy.spans, "tools/list")
+    (ours,) = named(spans, "tools/list")
+    assert ours["parent_id"] is None and ours["trace_id"] != TRACE
+    (init,) = named(spans, "initialize")
+    assert init["attributes"]["mcp.proxy.outcome"] == "ok"
+    (theirs,) = named(wait_for(server.spans, "tools/list"), "tools/list")
+    assert (theirs["trace_id"], theirs["parent_id"]) == (ours["trace_id"], ours["span_id"])
+
+
+def test_errors_end_their_spans_with_an_error(server, client):
+    proxy = client("--transport", "streamablehttp", server.base + "/mcp")
+    proxy.handshake()
+    assert proxy.call(rpc("nope", 2))["error"]["code"] == -32601
+    (nope,) = named(wait_for(proxy.spans, "nope"), "nope")
+    assert (nope["status"], nope["attributes"]["mcp.proxy.outcome"],
+            nope["attributes"]["rpc.jsonrpc.error_code"]) == ("error", "error -32601", -32601)
+    proxy.send(rpc("tools/call", 4, name="hold", arguments={}))
+    proxy.send(rpc("notifications/cancelled", None, requestId=4))
+    (cancelled,) = named(wait_for(proxy.spans, "tools/call hold"), "tools/call hold")
+    assert (cancelled["status"], cancelled["description"]) == ("error", "cancelled by the client")
+    assert cancelled["attributes"]["mcp.proxy.outcome"] == "cancelled"
+    proxy.send(rpc("tools/call", 5, name="hold", arguments={}))
+    assert proxy.close() == 0  # stdin closed: the held call never had an answer
+    held = named(wait_for(proxy.spans, "tools/call hold", 2), "tools/call hold")[1]
+    assert held["attributes"]["jsonrpc.request.id"] == "5"
+    assert held["status"] == "error", held  # the POST cut short, or never answered
+    assert held["attributes"]["mcp.proxy.outcome"] in ("no answer", "error -32603"), held
+
+
+def test_a_recovery_makes_its_span(server, client):
+    proxy = client("--transport", "streamablehttp", server.base + "/mcp")
+    proxy.handshake()
+    assert "result" in proxy.call(echo(1))
+    (first,) = named(wait_for(proxy.spans, "tools/call echo"), "tools/call echo")
+    session = first["attributes"]["mcp.session.id"]
+    gone = requests.delete(server.base + "/mcp", headers={"Mcp-Session-Id": session}, timeout=5)
+    assert gone.status_code in (200, 204)
+    proxy.wait_stderr("reconnected and re-initialized", timeout=30)
+    assert "result" in proxy.call(echo(2), timeout=30)
+    spans = wait_for(proxy.spans, "mcp-proxy recovery")
+    (recovery,) = named(spans, "mcp-proxy recovery")
+    assert recovery["status"] == "unset"
+    assert recovery["attributes"]["mcp.proxy.recovery.attempts"] >= 1
+    assert recovery["attributes"]["mcp.proxy.outcome"] == "ok"
+    assert recovery["attributes"]["mcp.proxy.recovery.reason"] == \
+        "the remote no longer knows our session (404)"  # the GET stream's or a POST's
+    # the replayed initialize has no span of its own: it is the recovery's
+    assert len(named(spans, "initialize")) == 1
+
+
+def test_console_exporter_writes_to_stderr_never_stdout(server, clients):
+    proxy = clients("--transport", "streamablehttp", server.base + "/mcp",
+                    env={**NO_OTEL, "OTEL_TRACES_EXPORTER": "console"})
+    proxy.handshake()
+    assert proxy.call(echo(1))["id"] == 1  # recv() asserts every stdout line is JSON-RPC
+    assert proxy.close() == 0
+    assert '"name": "tools/call echo"' in proxy.stderr()
+    assert proxy.out.get(timeout=5) is None  # nothing else came on stdout
+
+
+def test_hostile_meta_is_handed_on_untouched_never_an_error(server, client):
+    proxy = client("--transport", "streamablehttp", server.base + "/mcp")
+    proxy.handshake()
+    values = st.one_of(st.text(max_size=60), st.integers(), st.none(), st.booleans(),
+                       st.lists(st.integers(), max_size=2), st.dictionaries(
+                           st.text(max_size=5), st.integers(), max_size=2))
+    numbers = iter(range(100, 10_000))
+
+    @settings(max_examples=40, deadline=None, database=None)
+    @given(meta=st.one_of(values, st.dictionaries(st.sampled_from(
+        ["traceparent", "tracestate", "x"]), values, max_size=3)))
+    def call(meta):
+        request_id = next(numbers)
+        message = echo(request_id)
+        message["params"]["_meta"] = meta
+        answer = proxy.call(message)
+        assert answer["id"] == request_id and "result" in answer, answer
+        sent = sent_call(server.record, request_id)["params"]["_meta"]
+        if isinstance(meta, dict):  # the rest of _meta as it was; the context is ours
+            assert {k: v for k, v in sent.items() if k not in ("traceparent", "tracestate")} \
+                == {k: v for k, v in meta.items() if k not in ("traceparent", "tracestate")}
+            assert sent["traceparent"].startswith("00-")
+        else:
+            assert sent == meta  # not an object: left as the client sent it
+
+    call()
+    assert "Traceback" not in proxy.stderr()
+
+
+@pytest.mark.parametrize(("url", "bare"), [
+    ("https://user:pw@example.com:8443/mcp?key=secret#top", "https://example.com:8443/mcp"),
+    ("http://[::1]:9/sse?x=1", "http://[::1]:9/sse"),
+    ("https://example.com", "https://example.com"),
+    ("http://example.com:99999/x", "(not a URL)"),
+])
+def test_a_url_on_a_span_holds_no_secret(url, bare):
+    assert tracing.bare_url(url) == bare
+
+
+def test_off_the_links_are_the_plain_ones():
+    assert not tracing.on
+    assert remote_class("sse") is SseUpstream
+    assert remote_class("auto") is remote_class("streamablehttp") is StreamableUpstream
