@@ -4,7 +4,7 @@ way, whose raw_server records what it was sent. A call from the desktop client m
 the desktop client's trace all the way: our span's parent is the client's ``_meta`` context,
 the server-mode proxy's HTTP span is the child of our POST's ``traceparent`` header, its
 request span the child of our ``_meta`` context, and the server process gets a ``_meta``
-context of that same trace. A recovery makes its span.
+context of that same trace. A sign-in (tests/oauth_kit.py) and a recovery make their spans.
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ from hypothesis import strategies as st
 from span_file import read_spans
 from test_shared import recorded
 
-from conftest import RAW_SERVER, TESTS, ProxyProcess, rpc
+from conftest import INIT_PARAMS, RAW_SERVER, TESTS, ProxyProcess, rpc
 from mcp_proxy.core import tracing
+from mcp_proxy.upstream.oauth.traced_step import traced
 from mcp_proxy.upstream.sse_remote import SseUpstream
 from mcp_proxy.upstream.streamable_remote import StreamableUpstream
 from mcp_proxy.upstream.traced_remote import remote_class
 
 pytest.importorskip("opentelemetry.sdk.trace")
+pytest_plugins = ["oauth_kit"]  # auth_env, remote
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -186,6 +188,31 @@ def test_a_recovery_makes_its_span(server, client):
     assert len(named(spans, "initialize")) == 1
 
 
+def test_a_sign_in_makes_its_spans(auth_env, remote, client):
+    server = remote()
+    proxy = client("--transport", "streamablehttp", server.base + "/mcp",
+                   env=auth_env)
+    answer = proxy.call(rpc("initialize", 0, **INIT_PARAMS), timeout=30)
+    assert "result" in answer, answer
+    spans = wait_for(proxy.spans, "initialize")
+    by_id = {span["span_id"]: span for span in spans}
+    (sign_in,) = named(spans, "oauth sign-in")
+    (init,) = named(spans, "initialize")
+    assert sign_in["parent_id"] == init["span_id"]  # the request whose POST met the 401
+    assert sign_in["status"] == "unset"
+    steps = {span["name"]: span for span in spans if span["parent_id"] == sign_in["span_id"]}
+    assert {"oauth discovery", "oauth browser sign-in"} <= set(steps)
+    assert steps["oauth discovery"]["attributes"]["oauth.issuer"]
+    inner = [span for span in spans
+             if by_id.get(span["parent_id"], {}).get("name") == "oauth browser sign-in"]
+    token = next(span for span in inner if span["name"] == "oauth token")
+    assert token["attributes"]["oauth.step"] == "code exchange"
+    assert token["attributes"]["oauth.grant_type"] == "authorization_code"
+    assert "oauth registration" in {span["name"] for span in inner}
+    text = json.dumps(spans)
+    assert "access_token" not in text and "code_verifier" not in text
+
+
 def test_console_exporter_writes_to_stderr_never_stdout(server, clients):
     proxy = clients("--transport", "streamablehttp", server.base + "/mcp",
                     env={**NO_OTEL, "OTEL_TRACES_EXPORTER": "console"})
@@ -235,7 +262,8 @@ def test_a_url_on_a_span_holds_no_secret(url, bare):
     assert tracing.bare_url(url) == bare
 
 
-def test_off_the_links_are_the_plain_ones():
+def test_off_the_links_and_the_steps_are_the_plain_ones():
     assert not tracing.on
     assert remote_class("sse") is SseUpstream
     assert remote_class("auto") is remote_class("streamablehttp") is StreamableUpstream
+    assert traced("x", before=lambda: 1 / 0)(lambda: 42)() == 42  # nothing asked of it

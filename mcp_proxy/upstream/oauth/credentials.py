@@ -18,6 +18,7 @@ from requests.auth import AuthBase
 from mcp_proxy.config.settings import ClientSettings
 from mcp_proxy.errors import AuthError, ConfigError, OAuthError, UpstreamError
 from mcp_proxy.upstream.oauth.discovery import Discovery, discover
+from mcp_proxy.upstream.oauth.traced_step import traced
 from mcp_proxy.upstream.oauth.wire import (
     Client,
     bearer_challenge,
@@ -99,6 +100,7 @@ class ClientCredentials(AuthBase):
         self.client.audience = _issuer(found) if same else self.token_url
         logger.info("client assertions name %s as their audience", self.client.audience)
 
+    @traced("oauth client credentials")
     def _fetch(self) -> None:
         if not self.token_url:
             self._discover()

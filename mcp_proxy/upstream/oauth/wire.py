@@ -16,6 +16,7 @@ from urllib.parse import quote_plus
 import requests
 
 from mcp_proxy.errors import AuthError, ConfigError, OAuthError, UpstreamError
+from mcp_proxy.upstream.oauth.traced_step import token_attributes, traced
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ def load_key(path: str, alg: str | None) -> tuple[bytes, str]:
     return pem, alg
 
 
+@traced("oauth token", before=token_attributes)
 def token_request(http: requests.Session, token_url: str, client: Client, form: dict,
                   what: str) -> dict:
     """POST a token request; return the token response, or raise OAuthError / UpstreamError."""
