@@ -10,8 +10,6 @@ context of that same trace. A sign-in (tests/oauth_kit.py) and a recovery make t
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import pytest
 import requests
@@ -19,8 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from span_file import read_spans
 from test_shared import recorded
+from test_traces import CLIENT_SPAN, LAUNCHER, NO_OTEL, TRACE, TRACEPARENT, echo, named
 
-from conftest import INIT_PARAMS, RAW_SERVER, TESTS, ProxyProcess, rpc
+from conftest import INIT_PARAMS, RAW_SERVER, ProxyProcess, rpc
 from mcp_proxy.core import tracing
 from mcp_proxy.upstream.oauth.traced_step import traced
 from mcp_proxy.upstream.sse_remote import SseUpstream
@@ -30,11 +29,6 @@ from mcp_proxy.upstream.traced_remote import remote_class
 pytest.importorskip("opentelemetry.sdk.trace")
 pytest_plugins = ["oauth_kit"]  # auth_env, remote
 
-TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
-CLIENT_SPAN = "00f067aa0ba902b7"
-TRACEPARENT = f"00-{TRACE}-{CLIENT_SPAN}-01"
-LAUNCHER = (sys.executable, str(TESTS / "span_file.py"))
-NO_OTEL = {key: "" for key in os.environ if key.startswith("OTEL_")}
 
 
 @pytest.fixture
@@ -62,21 +56,10 @@ def client(clients, tmp_path):
     return start
 
 
-def named(spans: list[dict], name: str) -> list[dict]:
-    return [span for span in spans if span["name"] == name]
-
-
 def wait_for(path, name: str, count: int = 1) -> list[dict]:
     spans = read_spans(path, lambda found: len(named(found, name)) >= count)
     assert len(named(spans, name)) >= count, (name, spans)
     return spans
-
-
-def echo(request_id=1, text="hi", **meta) -> dict:
-    message = rpc("tools/call", request_id, name="echo", arguments={"text": text})
-    if meta:
-        message["params"]["_meta"] = meta
-    return message
 
 
 def sent_call(record, request_id) -> dict:
@@ -223,30 +206,34 @@ def test_console_exporter_writes_to_stderr_never_stdout(server, clients):
     assert proxy.out.get(timeout=5) is None  # nothing else came on stdout
 
 
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+                    lambda inner: st.lists(inner, max_size=2)
+                    | st.dictionaries(st.text(max_size=5), inner, max_size=2), max_leaves=4)
+META = JSON | st.dictionaries(st.sampled_from([*tracing.FIELDS, "x"]), JSON, max_size=3)
+
+
+def without_context(meta: dict) -> dict:
+    return {key: value for key, value in meta.items() if key not in tracing.FIELDS}
+
+
 def test_hostile_meta_is_handed_on_untouched_never_an_error(server, client):
     proxy = client("--transport", "streamablehttp", server.base + "/mcp")
     proxy.handshake()
-    values = st.one_of(st.text(max_size=60), st.integers(), st.none(), st.booleans(),
-                       st.lists(st.integers(), max_size=2), st.dictionaries(
-                           st.text(max_size=5), st.integers(), max_size=2))
-    numbers = iter(range(100, 10_000))
+    ids = iter(range(100, 10_000))
 
     @settings(max_examples=40, deadline=None, database=None)
-    @given(meta=st.one_of(values, st.dictionaries(st.sampled_from(
-        ["traceparent", "tracestate", "x"]), values, max_size=3)))
+    @given(meta=META)
     def call(meta):
-        request_id = next(numbers)
-        message = echo(request_id)
+        message = echo(next(ids))
         message["params"]["_meta"] = meta
         answer = proxy.call(message)
-        assert answer["id"] == request_id and "result" in answer, answer
-        sent = sent_call(server.record, request_id)["params"]["_meta"]
-        if isinstance(meta, dict):  # the rest of _meta as it was; the context is ours
-            assert {k: v for k, v in sent.items() if k not in ("traceparent", "tracestate")} \
-                == {k: v for k, v in meta.items() if k not in ("traceparent", "tracestate")}
-            assert sent["traceparent"].startswith("00-")
-        else:
-            assert sent == meta  # not an object: left as the client sent it
+        assert answer["id"] == message["id"] and "result" in answer, answer
+        sent = sent_call(server.record, message["id"])["params"]["_meta"]
+        if not isinstance(meta, dict):
+            assert sent == meta  # not an object: as the client sent it, for the server to judge
+            return
+        assert without_context(sent) == without_context(meta)
+        assert sent["traceparent"].startswith("00-")  # a context, ours or the remote proxy's
 
     call()
     assert "Traceback" not in proxy.stderr()
