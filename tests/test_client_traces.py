@@ -16,6 +16,7 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from span_file import read_spans
+from test_lifecycle import wait_until
 from test_shared import recorded
 from test_traces import CLIENT_SPAN, LAUNCHER, NO_OTEL, TRACE, TRACEPARENT, echo, named
 
@@ -128,6 +129,31 @@ def test_no_context_from_the_client_a_trace_of_our_own(server, client):
     assert init["attributes"]["mcp.proxy.outcome"] == "ok"
     (theirs,) = named(wait_for(server.spans, "tools/list"), "tools/list")
     assert (theirs["trace_id"], theirs["parent_id"]) == (ours["trace_id"], ours["span_id"])
+
+
+def test_a_bridged_call_each_round_in_the_clients_trace(server, client):
+    proxy = client("--transport", "streamablehttp", "--protocol-era", "modern",
+                   server.base + "/mcp")
+    assert proxy.handshake()["result"]["serverInfo"]
+    answer = proxy.call(echo(8, traceparent=TRACEPARENT))
+    assert answer["result"]["content"][0]["text"] == "hi"
+    spans = wait_for(proxy.spans, "tools/call echo")
+    (ours,) = named(spans, "tools/call echo")
+    assert (ours["trace_id"], ours["parent_id"]) == (TRACE, CLIENT_SPAN)
+    assert ours["attributes"]["mcp.proxy.era"] == "modern"
+    assert ours["attributes"]["jsonrpc.request.id"].startswith("mcp-proxy-leg-")
+    (probe,) = named(spans, "server/discover")  # the bridge's own: a trace of its own
+    assert probe["parent_id"] is None and probe["attributes"]["mcp.proxy.outcome"] == "ok"
+    (theirs,) = named(wait_for(server.spans, "tools/call echo"), "tools/call echo")
+    assert (theirs["trace_id"], theirs["parent_id"]) == (TRACE, ours["span_id"])
+    sent = next(m for m in recorded(server.record) if m.get("method") == "tools/call")
+    assert sent["params"]["_meta"]["traceparent"] == f"00-{TRACE}-{theirs['span_id']}-01"
+    proxy.send(rpc("tools/call", 9, name="hold", arguments={}))
+    wait_until(lambda: any(m.get("params", {}).get("name") == "hold"
+                           for m in recorded(server.record)))
+    proxy.send(rpc("notifications/cancelled", None, requestId=9))  # closes the leg's stream
+    (hold,) = named(wait_for(proxy.spans, "tools/call hold"), "tools/call hold")
+    assert hold["attributes"]["mcp.proxy.outcome"] == "cancelled"
 
 
 def test_errors_end_their_spans_with_an_error(server, client):
