@@ -144,6 +144,19 @@ def test_shared_child_each_client_in_its_own_trace(traced):
         assert sent[who]["params"]["_meta"]["traceparent"] == f"00-{trace}-{span['span_id']}-01"
 
 
+def test_a_shared_child_that_dies_mid_call_ends_the_span_with_an_error(traced):
+    proxy = traced("--shared-child")
+    init = requests.post(proxy.base + "/mcp", headers=STREAM_HEADERS, timeout=10,
+                         json=rpc("initialize", 0, protocolVersion="2025-06-18"))
+    headers = {**STREAM_HEADERS, "Mcp-Session-Id": init.headers["Mcp-Session-Id"]}
+    answer = requests.post(proxy.base + "/mcp", headers=headers, timeout=10,
+                           json=rpc("tools/call", 4, name="crash", arguments={}))
+    assert "error" in answer.text, answer.text
+    (span,) = named(wait_for(proxy, "tools/call crash"), "tools/call crash")
+    assert span["status"] == "error"
+    assert span["attributes"]["rpc.jsonrpc.error_code"] < 0
+
+
 def test_modern_lane(traced):
     proxy = traced()
     message = modern("tools/call", 3, name="echo", arguments={"text": "m"},

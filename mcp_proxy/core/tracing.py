@@ -159,10 +159,9 @@ def start_span(name: str, parent: Any = None, kind: str = "internal",
     """
     if not on:
         return None
-    span = _tracer.start_span(name, context=parent, kind=_kinds[kind])
-    if attributes:
-        set_attributes(span, attributes)
-    return span
+    return _tracer.start_span(name, context=parent, kind=_kinds[kind], attributes={
+        key: value for key, value in attributes.items() if value is not None}
+        if attributes else None)
 
 
 def set_attributes(span: Any, attributes: Mapping[str, Any]) -> None:

@@ -141,9 +141,10 @@ class Owner:
             if response is not None:
                 response.close()  # a streaming Body's cleanup
             self.served.pop((sender, corr), None)
-            status = 0 if response is None else response.status_code
-            tracing.end_span(span, None if 0 < status < 500 else f"HTTP {status or 'none'}",
-                             {"http.response.status_code": status or None})
+            if span is not None:
+                status = 0 if response is None else response.status_code
+                tracing.end_span(span, None if 0 < status < 500 else f"HTTP {status or 'none'}",
+                                 {"http.response.status_code": status or None})
 
     def _span(self, environ: dict):
         method, path = environ["REQUEST_METHOD"], environ["PATH_INFO"][:200]
