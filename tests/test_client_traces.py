@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from span_file import read_spans
 from test_lifecycle import wait_until
+from test_modern import modern
 from test_shared import recorded
 from test_traces import CLIENT_SPAN, LAUNCHER, NO_OTEL, TRACE, TRACEPARENT, echo, named
 
@@ -154,6 +155,18 @@ def test_a_bridged_call_each_round_in_the_clients_trace(server, client):
     proxy.send(rpc("notifications/cancelled", None, requestId=9))  # closes the leg's stream
     (hold,) = named(wait_for(proxy.spans, "tools/call hold"), "tools/call hold")
     assert hold["attributes"]["mcp.proxy.outcome"] == "cancelled"
+
+
+def test_a_modern_clients_round_is_input_required(server, client):
+    proxy = client("--transport", "streamablehttp", server.base + "/mcp")
+    answer = proxy.call(modern("tools/call", 3, name="mrtr", arguments={},
+                               _meta={"traceparent": TRACEPARENT}))
+    assert answer["result"]["resultType"] == "input_required"
+    (ours,) = named(wait_for(proxy.spans, "tools/call mrtr"), "tools/call mrtr")
+    assert (ours["trace_id"], ours["parent_id"]) == (TRACE, CLIENT_SPAN)
+    assert (ours["attributes"]["mcp.proxy.era"], ours["attributes"]["mcp.proxy.outcome"]) == (
+        "modern", "input required")
+    assert "mcp.session.id" not in ours["attributes"]  # the era has no session
 
 
 def test_errors_end_their_spans_with_an_error(server, client):

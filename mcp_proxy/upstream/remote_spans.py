@@ -31,13 +31,16 @@ NAMED = {"tools/call": ("name", "gen_ai.tool.name"), "prompts/get": ("name", "ge
 
 
 def outcome(answer: Message) -> tuple[str, int | None, str | None]:
-    """The outcome of an answer (``ok``, ``tool error`` or ``error CODE``), its JSON-RPC
-    error code and the error text for the span's status."""
+    """The outcome of an answer (``ok``, ``tool error``, ``input required``: a 2026-07-28
+    round that asks the client first, or ``error CODE``), its JSON-RPC error code and the
+    error text for the span's status."""
     error = answer.error
     if error is not None:
         code = error.get("code")
         return (f"error {code}", code if isinstance(code, int) else None,
                 str(error.get("message"))[:200])
+    if answer.request_state is not None:
+        return "input required", None, None
     result = answer.obj.get("result") if len(answer.raw) <= jsonrpc.SLIM_ABOVE else None
     if isinstance(result, dict) and result.get("isError") is True:
         return "tool error", None, None
