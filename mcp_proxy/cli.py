@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_client(ns)
         settings = server_settings(ns)
-        from mcp_proxy.core import tracing
+        from mcp_proxy.core import trace_setup
 
-        tracing.configure("mcp-proxy")  # from the OTEL_* variables; off unless they ask
+        trace_setup.configure("mcp-proxy")  # from the OTEL_* variables; off unless they ask
         from mcp_proxy.server.app import create_app
         from mcp_proxy.server.wsgi_server import serve
 

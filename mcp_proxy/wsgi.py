@@ -24,7 +24,7 @@ from gevent import monkey
 
 from mcp_proxy.config.flag_settings import server_settings
 from mcp_proxy.config.options import build_parser
-from mcp_proxy.core import tracing
+from mcp_proxy.core import trace_setup
 from mcp_proxy.core.log_format import setup_logging
 from mcp_proxy.errors import ConfigError
 from mcp_proxy.gunicorn_conf import redis_configured, too_many_workers
@@ -56,7 +56,7 @@ def _app_from_environment():
                           "MCP_PROXY_ARGS='-- python3 server.py'")
     setup_logging("DEBUG" if ns.debug else ns.log_level, ns.log_format)
     settings = server_settings(ns)
-    tracing.configure("mcp-proxy")  # in each worker (never --preload): from the OTEL_* variables
+    trace_setup.configure("mcp-proxy")  # in each worker (never --preload): OTEL_* variables
     app = create_app(settings)
     atexit.register(_stop_children, app.extensions["mcp_proxy"])
     return app

@@ -264,9 +264,10 @@ def pids_alive(pids) -> list[int]:
 class ClientProcess:
     """``mcp-proxy URL`` in a subprocess: write JSON lines to it, read JSON lines back."""
 
-    def __init__(self, *args: str, env: dict | None = None) -> None:
+    def __init__(self, *args: str, env: dict | None = None,
+                 command: tuple = (sys.executable, "-m", "mcp_proxy")) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mcp_proxy", *args], stdin=subprocess.PIPE,
+            [*command, *args], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
         self.out: queue.Queue = queue.Queue()
         self.err: list[str] = []
@@ -327,8 +328,8 @@ class ClientProcess:
 def clients():
     started: list[ClientProcess] = []
 
-    def start(*args: str, env: dict | None = None) -> ClientProcess:
-        client = ClientProcess(*args, env=env)
+    def start(*args: str, env: dict | None = None, **kwargs) -> ClientProcess:
+        client = ClientProcess(*args, env=env, **kwargs)
         started.append(client)
         return client
 

@@ -2,7 +2,7 @@
 
 ``python tests/span_file.py SPANS cli ARGS...`` runs the command's ``main``;
 ``python tests/span_file.py SPANS gunicorn ARGS...`` runs gunicorn. Before that it replaces
-``core.tracing.configure`` with one that hands the SDK an exporter writing one JSON line per
+``core.trace_setup.configure`` with one that hands the SDK an exporter writing one JSON line per
 span to ``SPANS`` (each process appends with one write per span: gunicorn's workers share
 it). The product's code runs unchanged; only the exporter differs, where the SDK's in-memory
 exporter would lose what a killed worker held.
@@ -53,22 +53,23 @@ def as_dict(span) -> dict:
 
 
 def install(path: str) -> None:
-    from mcp_proxy.core import tracing
+    from mcp_proxy.core import trace_setup
 
-    original = tracing.configure
+    original = trace_setup.configure
 
     def configure(service_name: str = "mcp-proxy", environ=os.environ, exporter=None):
         return original(service_name, environ, exporter or FileExporter(path))
 
-    tracing.configure = configure
+    trace_setup.configure = configure
 
 
 def read_spans(path: Path, until=lambda spans: True, timeout: float = 15.0) -> list[dict]:
     """The spans in ``path`` once ``until(spans)`` holds (bounded wait)."""
     deadline = time.monotonic() + timeout
     while True:
-        spans = [json.loads(line) for line in path.read_text().splitlines()] \
-            if path.exists() else []
+        text = path.read_text() if path.exists() else ""
+        # a line still being written (no newline yet) is read on the next round
+        spans = [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
         if until(spans) or time.monotonic() > deadline:
             return spans
         time.sleep(0.05)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcp_proxy.core import tracing
+from mcp_proxy.core import trace_setup, tracing
 from mcp_proxy.errors import ConfigError
 
 sdk = pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_exporter")
@@ -23,7 +23,7 @@ PARENT = f"00-{TRACE}-b7ad6b7169203331-01"
 @pytest.fixture
 def spans():
     exporter = sdk.InMemorySpanExporter()
-    assert tracing.configure("test", environ={}, exporter=exporter)
+    assert trace_setup.configure("test", environ={}, exporter=exporter)
     yield exporter
     tracing.shutdown()
 
@@ -41,11 +41,11 @@ def spans():
     ({"OTEL_SDK_DISABLED": "false", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://h"}, True),
 ])
 def test_wanted(environ, expected):
-    assert tracing.wanted(environ) is expected
+    assert trace_setup.wanted(environ) is expected
 
 
 def test_off_everything_is_a_no_op():
-    assert not tracing.configure("test", environ={})
+    assert not trace_setup.configure("test", environ={})
     assert tracing.on is False
     assert tracing.start_span("x") is None
     tracing.end_span(None, error="e")
@@ -63,7 +63,7 @@ def test_off_everything_is_a_no_op():
 ])
 def test_settings_it_cannot_honour_are_one_line_errors(environ, says):
     with pytest.raises(ConfigError, match=says) as caught:
-        tracing.configure("test", environ=environ)
+        trace_setup.configure("test", environ=environ)
     assert "\n" not in str(caught.value)
     assert tracing.on is False
 
@@ -122,7 +122,7 @@ def test_malformed_context_is_no_context(spans, bad):
 @given(traceparent=st.text(max_size=80), tracestate=st.text(max_size=80))
 def test_hostile_context_never_raises(traceparent, tracestate):
     exporter = sdk.InMemorySpanExporter()
-    tracing.configure("test", environ={}, exporter=exporter)
+    trace_setup.configure("test", environ={}, exporter=exporter)
     try:
         for found in (tracing.context_from_headers({"traceparent": traceparent,
                                                      "tracestate": tracestate}),

@@ -5,7 +5,8 @@ credential fails at once, and answers the client's first request with the reason
 relays until stdin closes (exit 0, after the remote session is closed) or the remote is lost
 for good (exit 1). Nothing but protocol goes to stdout. It owns start-up, the choice of
 transport (``--transport auto``), which secrets the log blanks (``core.redact.Redact``),
-``--oauth-logout`` and the exit status; the relaying is ``core.link.bridge``'s.
+``--oauth-logout``, turning traces on (core/trace_setup.py: the remote link is then the traced
+one, upstream/traced_remote.py) and the exit status; the relaying is ``core.link.bridge``'s.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import sys
 
 import gevent
 
@@ -20,7 +22,7 @@ from mcp_proxy.client.fallforward import FallForward
 from mcp_proxy.client.stdio import StdioDownstream
 from mcp_proxy.config.flag_settings import client_settings
 from mcp_proxy.config.settings import ClientSettings
-from mcp_proxy.core import jsonrpc
+from mcp_proxy.core import jsonrpc, trace_setup
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.core.link import Link, bridge
 from mcp_proxy.core.redact import Redact
@@ -28,17 +30,20 @@ from mcp_proxy.errors import AuthError, FallbackNeeded, LinkClosed, Refused, Tls
 from mcp_proxy.upstream.http_session import make_session, secrets_of
 from mcp_proxy.upstream.oauth.store import logout
 from mcp_proxy.upstream.remote_link import Upstream
-from mcp_proxy.upstream.sse_remote import SseUpstream
 from mcp_proxy.upstream.streamable_remote import StreamableUpstream
+from mcp_proxy.upstream.traced_remote import remote_class
 
 logger = logging.getLogger(__name__)
 
+SERVICE_NAME = "mcp-proxy-client"  # the traces' service.name, unless OTEL_SERVICE_NAME says
+
 
 def connect(settings: ClientSettings, http, transport: str) -> Upstream:
+    kind = remote_class(transport)  # with traces on, the link that makes spans
     if transport == "sse":
-        upstream: Upstream = SseUpstream(settings, http)
+        upstream: Upstream = kind(settings, http)
     else:
-        upstream = StreamableUpstream(settings, http, allow_fallback=transport == "auto")
+        upstream = kind(settings, http, allow_fallback=transport == "auto")
     upstream.start()
     return upstream
 
@@ -111,6 +116,9 @@ def run_client(ns: argparse.Namespace) -> int:
         logger.info("forgot %s for %s", f"{count} cached sign-in(s)" if count
                     else "nothing (no cached sign-in)", settings.url)
         return 0
+    # stdout (fd 1) is the protocol's: a print, or OTEL_TRACES_EXPORTER=console, goes to stderr
+    sys.stdout = sys.stderr
+    trace_setup.configure(SERVICE_NAME)  # from the OTEL_* variables; off unless they ask
     redact = Redact(secrets_of(settings))
     for handler in logging.getLogger().handlers:
         handler.addFilter(redact)

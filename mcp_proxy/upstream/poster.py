@@ -37,10 +37,9 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
+from mcp_proxy.core import tracing
 from mcp_proxy.errors import BrokenResponse, UpstreamError
 from mcp_proxy.upstream.cookie_jar import is_empty, keep
-from mcp_proxy.upstream.oauth.auth import OAuthSignIn
-from mcp_proxy.upstream.oauth.credentials import ClientCredentials
 from mcp_proxy.upstream.proxy_env import EnvSession, describe
 from mcp_proxy.upstream.raw_response import RawResponse
 from mcp_proxy.upstream.urllib3_conn import new_connection, pool_for
@@ -54,12 +53,11 @@ _poll = get_original("select", "poll")  # a zero-timeout check needs no greenlet
 
 def bearer_of(auth) -> Callable[[], str | None] | None:
     """What gives the bearer token of an auth that sends one (refreshed when due), for auths
-    whose hooks react only to a refusal, which the fast path hands to requests."""
-    if isinstance(auth, OAuthSignIn):
-        return auth.bearer
-    if isinstance(auth, ClientCredentials):
-        return auth.token
-    return None
+    whose hooks react only to a refusal, which the fast path hands to requests: our OAuth
+    auths' ``bearer`` (oauth/auth.py, oauth/credentials.py; asked by name, not by class, so
+    this module stays below the sign-in's)."""
+    bearer = getattr(auth, "bearer", None)
+    return bearer if callable(bearer) else None
 
 
 def eligible(session: requests.Session) -> bool:
@@ -100,11 +98,14 @@ class Poster:
 
     def post(self, body: bytes, headers: dict, stream: bool = False, fast: bool = True):
         """The response (a ``RawResponse`` or a ``requests.Response``) to ``body`` POSTed with
-        ``headers``; UpstreamError if none came. ``fast=False``: through requests."""
+        ``headers``; UpstreamError if none came. ``fast=False``: through requests. With
+        traces on, the span current in this greenlet (a request's) goes as ``traceparent``."""
         head = self._head(headers) if fast and self.fast and is_empty(self.session.cookies) \
             else None
         if head is not None and self._bearer is not None:
             head = self._with_token(head)
+        if tracing.on:
+            head, headers = _traced(head, headers)
         if head is None:
             return self._slow(body, headers, stream)
         response = self._exchange(head, body)
@@ -231,6 +232,18 @@ class Poster:
             return RawResponse(sock, release)  # it releases the connection if it fails
         except Exception as exc:
             raise _failed(exc, False) from exc
+
+
+def _traced(head: bytes | None, headers: dict) -> tuple[bytes | None, dict]:
+    """The head and the headers with the current span's trace context (one-off header
+    lines: the cached heads stay as they were)."""
+    trace = tracing.inject(tracing.current_span(), {})
+    if not trace:
+        return head, headers
+    if head is not None:
+        head += "".join(f"{name}: {value}\r\n" for name, value in trace.items()
+                        if value.isascii() and value.isprintable()).encode("ascii")
+    return head, {**headers, **trace}
 
 
 def _send(sock, data: bytes) -> None:

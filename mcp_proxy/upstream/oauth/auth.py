@@ -27,6 +27,7 @@ from mcp_proxy.upstream.oauth.device import device_wanted, sign_in_with_code
 from mcp_proxy.upstream.oauth.discovery import Discovery, discover
 from mcp_proxy.upstream.oauth.signin import Registrar, authorize, client_file, token_record
 from mcp_proxy.upstream.oauth.store import Store, well_formed
+from mcp_proxy.upstream.oauth.traced_step import traced
 from mcp_proxy.upstream.oauth.wire import bearer_challenge, resend, token_request
 from mcp_proxy.upstream.proxy_env import plain_session
 
@@ -148,6 +149,8 @@ class OAuthSignIn(AuthBase):
                 return
             self._sign_in(challenge, sent, step_up, background)
 
+    @traced("oauth sign-in", before=lambda self, challenge, sent, step_up, *rest: {
+        "oauth.step_up": step_up})
     def _sign_in(self, challenge: dict, sent: str | None, step_up: bool,
                  background: bool = False) -> None:
         now = time.monotonic()
@@ -199,6 +202,7 @@ class OAuthSignIn(AuthBase):
             self.tokens, self._fresh = record, record["access_token"]
             self.store.write("tokens.json", record)
 
+    @traced("oauth refresh", after=lambda refreshed: {"oauth.refreshed": refreshed})
     def _refresh(self) -> bool:
         """Refresh (once across processes: the lock, then a re-read); False if refused."""
         with self.store.lock(self._wait):

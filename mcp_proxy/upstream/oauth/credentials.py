@@ -20,6 +20,7 @@ from mcp_proxy.config.settings import ClientSettings
 from mcp_proxy.errors import AuthError, ConfigError, OAuthError, UpstreamError
 from mcp_proxy.upstream.oauth.discovery import Discovery, discover
 from mcp_proxy.upstream.oauth.enterprise import EnterpriseSignIn
+from mcp_proxy.upstream.oauth.traced_step import traced
 from mcp_proxy.upstream.oauth.wire import (
     Client,
     bearer_challenge,
@@ -67,6 +68,10 @@ class ClientCredentials(AuthBase):
                 self._fetch(self._token if refresh else None)
             return self._token
 
+    def bearer(self) -> str:
+        """The token for the next request (the fast POSTs ask for it: poster.py)."""
+        return self.token()
+
     def _found(self) -> Discovery:
         try:
             probe = self.http.get(self.settings.url, stream=True,
@@ -108,6 +113,7 @@ class ClientCredentials(AuthBase):
         self.client.audience = found.identifier() if same else self.token_url
         logger.info("client assertions name %s as their audience", self.client.audience)
 
+    @traced("oauth client credentials")
     def _fetch(self, refused: str | None = None) -> None:
         if self.enterprise is not None:
             record = self.enterprise.token(self._discovered, refused)

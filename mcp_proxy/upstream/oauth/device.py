@@ -23,9 +23,11 @@ import gevent
 import requests
 
 from mcp_proxy.config.settings import ClientSettings
+from mcp_proxy.core import tracing
 from mcp_proxy.errors import AuthError, OAuthError, UpstreamError
 from mcp_proxy.upstream.oauth.browser import can_open_browser, open_browser
 from mcp_proxy.upstream.oauth.discovery import Discovery
+from mcp_proxy.upstream.oauth.traced_step import traced
 from mcp_proxy.upstream.oauth.wire import DEVICE_GRANT, Client, token_request
 
 logger = logging.getLogger(__name__)
@@ -121,6 +123,8 @@ def _json(answer: requests.Response) -> object:
         return None
 
 
+@traced("oauth device authorization", before=lambda http, endpoint, *rest: {
+    "url.full": tracing.bare_url(endpoint)})
 def request_code(http: requests.Session, endpoint: str, client: Client,
                  form: dict) -> DeviceCode:
     """POST the device authorization request (with the client's authentication, §3.1)."""
@@ -143,6 +147,7 @@ def request_code(http: requests.Session, endpoint: str, client: Client,
     return DeviceCode.parse(body, endpoint)
 
 
+@traced("oauth device sign-in")
 def sign_in_with_code(settings: ClientSettings, http: requests.Session, found: Discovery,
                       client: Client, scope: str | None) -> dict:
     """The whole device sign-in as ``client``; return the token response."""

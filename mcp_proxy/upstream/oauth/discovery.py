@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from mcp_proxy.errors import AuthError, UpstreamError
+from mcp_proxy.upstream.oauth.traced_step import traced
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ def server_metadata(http: requests.Session, issuer: str) -> dict | None:
     return None
 
 
+@traced("oauth discovery", after=lambda found: {"oauth.issuer": found.issuer,
+                                              "oauth.legacy": found.legacy})
 def discover(http: requests.Session, url: str, challenge: dict) -> Discovery:
     """Everything sign-in needs, or AuthError / UpstreamError saying what is missing."""
     prm = resource_metadata(http, url, challenge)

@@ -18,10 +18,12 @@ from urllib.parse import urlencode, urlsplit
 import requests
 
 from mcp_proxy.config.settings import ClientSettings
+from mcp_proxy.core import tracing
 from mcp_proxy.errors import NO_TOKEN, AuthError, UpstreamError
 from mcp_proxy.upstream.oauth.browser import Callback, open_browser
 from mcp_proxy.upstream.oauth.discovery import Discovery, check_pkce
 from mcp_proxy.upstream.oauth.store import Store
+from mcp_proxy.upstream.oauth.traced_step import traced
 from mcp_proxy.upstream.oauth.wire import DEVICE_GRANT, Client, choose_method, token_request
 
 logger = logging.getLogger(__name__)
@@ -100,6 +102,8 @@ class Registrar:
                             f"--oauth-client-secret) of a client registered there")
         return self.register(found, endpoint, redirect_uri, scope)
 
+    @traced("oauth registration", before=lambda self, found, endpoint, *rest: {
+        "url.full": tracing.bare_url(endpoint)})
     def register(self, found: Discovery, endpoint: str, redirect_uri: str | None,
                  scope: str | None) -> Client:
         supported = found.metadata.get("token_endpoint_auth_methods_supported")
@@ -145,6 +149,7 @@ class Registrar:
         return Client(record["client_id"], method, record.get("client_secret"))
 
 
+@traced("oauth browser sign-in")
 def authorize(settings: ClientSettings, http: requests.Session, store: Store,
               found: Discovery, scope: str | None, port: int, explicit_port: bool) -> dict:
     """Run the browser step and the code exchange; return the token record to keep."""

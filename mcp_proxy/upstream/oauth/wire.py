@@ -16,6 +16,7 @@ from urllib.parse import quote_plus
 import requests
 
 from mcp_proxy.errors import AuthError, ConfigError, OAuthError, UpstreamError
+from mcp_proxy.upstream.oauth.traced_step import token_attributes, traced
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ def printable(text: object, longest: int) -> str:
     return "".join(c if c.isprintable() else " " for c in str(text)[:longest])
 
 
+@traced("oauth token", before=token_attributes)
 def token_request(http: requests.Session, token_url: str, client: Client, form: dict,
                   what: str, bearer: bool = True) -> dict:
     """POST a token request; return the token response (``bearer``: one with a bearer
