@@ -1,13 +1,13 @@
 """The named-server config file (``--named-server-config``): read, expanded, validated.
 
 Claude Desktop's ``{"mcpServers": {NAME: {...}}}`` plus our ``cwd``, ``shared``,
-``maxSessions``, ``audit``, ``tools`` and ``scopes``, and ``"auth": {"keys": [...]}``: the API
-keys of server mode. In order: the JSON is parsed (a name twice in one object and a lone
-surrogate are refused: JSON parsers read them differently, and a surrogate cannot reach a
-child's environment), the enabled servers' strings and ``auth``'s are expanded
-(``variables.py``), and the result is validated against the shipped schema
-(``schema.py``). Every problem is reported, each as one line ``FILE: $.json.path: what was
-expected``, in one :class:`ConfigProblems`.
+``maxSessions``, ``audit``, ``tools``, ``scopes`` and ``toolScopes``, and ``"auth": {"keys":
+[...]}``: the API keys of server mode. In order: the JSON is parsed (a name twice in one
+object and a lone surrogate are refused: JSON parsers read them differently, and a surrogate
+cannot reach a child's environment), the enabled servers' strings and ``auth``'s are
+expanded (``variables.py``), and the result is validated against the shipped schema
+(``schema.py``). Every problem is reported, each as one line ``FILE: $.json.path: what
+was expected``, in one :class:`ConfigProblems`.
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ def read_config(path: str, pass_environment: bool = False,
                 entry["command"], list(entry.get("args", [])), dict(entry.get("env", {})),
                 entry.get("cwd"), pass_environment, entry.get("shared", False),
                 None if limit is None else int(limit), audit=entry.get("audit", False),
-                scopes=list(dict.fromkeys(entry.get("scopes", []))))
+                scopes=list(dict.fromkeys(entry.get("scopes", []))),
+                tool_scopes=dict(entry.get("toolScopes", {})))
             try:
                 loaded.specs[name].tools = rules_of(entry.get("tools"))
             except ConfigError as exc:
