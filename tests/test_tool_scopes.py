@@ -299,3 +299,21 @@ def test_the_gate_filters_each_callers_list_and_what_crosses_the_bus():
     assert well_formed(frame) and "sc" not in call_frame({"REQUEST_METHOD": "GET"}, "c", "w")
     for odd in ("a b", [1], {"a": "b"}, None):
         assert not well_formed({**frame, "sc": odd})
+
+
+def test_stateless_requests_and_renamed_tools_pass_the_gate_by_the_name_clients_see(
+        oidc, proxy_factory, tmp_path):
+    provider = oidc()
+    proxy = start(proxy_factory, provider, tmp_path, RAW_SERVER, "--stateless",
+                  tools={"rename": {"nested": "deep"}}, toolScopes={"deep": "mcp:admin"})
+    url = proxy.base + "/servers/s/mcp"
+    narrow = {**STREAM_HEADERS, **bearer(provider.token(url, scope=NARROW))}
+    listed = requests.post(url, json=rpc("tools/list", 1), headers=narrow, timeout=15)
+    assert listed.status_code == 200, listed.text
+    assert "deep" not in tool_names(listed) and "echo" in tool_names(listed)
+    refused = requests.post(url, json=rpc("tools/call", 2, name="deep", arguments={}),
+                            headers=narrow, timeout=15)
+    assert refused.status_code == 403, refused.text
+    wide = {**STREAM_HEADERS, **bearer(provider.token(url, scope=WIDE))}
+    assert "deep" in tool_names(requests.post(url, json=rpc("tools/list", 3), headers=wide,
+                                              timeout=15))
