@@ -168,7 +168,10 @@ def test_status_needs_a_token_with_the_admin_scope(oidc, proxy_factory):
     proxy = proxy_factory("--oauth-issuer", provider.issuer, "--oauth-scope", "mcp:tools",
                           "--oauth-admin-scope", "mcp:admin", "--", *RAW_SERVER)
     status = proxy.base + "/status"
-    assert requests.get(status, timeout=10).status_code == 401
+    unsigned = requests.get(status, timeout=10)
+    assert unsigned.status_code == 401 and unsigned.headers["WWW-Authenticate"] == (
+        f'Bearer resource_metadata="{proxy.base}{WELL_KNOWN}", scope="mcp:admin"')
+    assert requests.get(proxy.base + WELL_KNOWN, timeout=10).status_code == 200
     for probe in ("/healthz", "/readyz", "/metrics"):
         assert requests.get(proxy.base + probe, timeout=10).status_code == 200, probe
     # a token for the proxy's /mcp (or for /status itself) is one for /status too

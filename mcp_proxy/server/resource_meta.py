@@ -142,7 +142,7 @@ class ResourceServer:
             logger.info("OAuth: refused %s %s from %s: the token lacks scope %s",
                         environ.get("REQUEST_METHOD"), endpoint, _address(environ), missing)
             challenge = (f'Bearer error="insufficient_scope"{self._scope(endpoint)}, '
-                         f'resource_metadata="{origin}{WELL_KNOWN}{endpoint}"')
+                         f'resource_metadata="{self._metadata_url(origin, endpoint)}"')
             return text_error(403, f"Forbidden: the token lacks scope {missing}",
                               **{"WWW-Authenticate": challenge})
         environ["mcp_proxy.auth"] = grant.principal
@@ -156,6 +156,12 @@ class ResourceServer:
             return [self.resource(origin, endpoint)]
         return [self.resource(origin, STATUS), *(origin + path for path in self.scopes)]
 
+    @staticmethod
+    def _metadata_url(origin: str, endpoint: str) -> str:
+        """Where a client learns to sign in for an endpoint; for /status, which has no
+        metadata of its own (a token for any endpoint served opens it), the root form."""
+        return f"{origin}{WELL_KNOWN}{'' if endpoint == STATUS else endpoint}"
+
     def _scope(self, endpoint: str) -> str:
         """The challenge's ``scope`` parameter for the endpoint (empty when none is needed)."""
         return self._scope_param.get(endpoint, self._scope_param[""])
@@ -164,7 +170,7 @@ class ResourceServer:
                 error: str | None) -> Response:
         logger.info("OAuth: refused %s %s from %s: %s", environ.get("REQUEST_METHOD"),
                     endpoint, _address(environ), reason)
-        challenge = f'Bearer resource_metadata="{origin}{WELL_KNOWN}{endpoint}"' \
+        challenge = f'Bearer resource_metadata="{self._metadata_url(origin, endpoint)}"' \
                     + self._scope(endpoint)
         if error:
             challenge += f', error="{error}", error_description="{reason}"'
