@@ -49,6 +49,10 @@ class LegacyOnly(SpawnError):
     """The server did not answer ``server/discover``: it speaks only the 2025 era."""
 
 
+class RemoteUnreachable(SpawnError):
+    """A remote server (a ``"url"`` entry) could not give a new session its remote session."""
+
+
 # -- what a peer sent ---------------------------------------------------------------------
 
 

@@ -89,12 +89,10 @@ class StdioChild(Link):
     def send(self, message: jsonrpc.Message) -> None:
         """Write one frame, in order; raise :class:`ServerBusy` if the server takes nothing
         for ``write_timeout`` while its queue is full."""
-        if self.tool_filter is not None and message.kind == jsonrpc.REQUEST:
-            passed = self.tool_filter.request(message)
-            if passed is None:  # a hidden tool: answered as the server answers an unknown one
-                self.deliver(self.tool_filter.refusal(message))
+        if self.tool_filter is not None:
+            message = self.tool_filter.admit(message, self.deliver)
+            if message is None:  # a hidden tool: answered as the server answers an unknown one
                 return
-            message = passed
         if self._unstarted and message.method == "initialize" \
                 and message.kind == jsonrpc.REQUEST and not self.closed.is_set():
             self._unstarted = False

@@ -6,6 +6,8 @@ link: its own child (per-session mode, the default) or a port of the server's sh
 starts the children (recording spawn failures, starts and exits for ``/readyz`` and
 ``/metrics``), knows which run and for whom (``/status``), and stops them all at shutdown;
 the multiplexer restarts a shared child through it, with backoff and a crash-loop bound.
+A remote server (``"url"``) gives each session a remote session of its own instead, and
+its state joins ``/readyz``.
 
 It builds nothing it imports: the app (``server/app.py``, the composition root) hands it the
 classes to start (the child process, the multiplexer, the 2026-07-28 lane) and the metrics to
@@ -23,7 +25,7 @@ import gevent
 
 from mcp_proxy.children.health import ServerHealth
 from mcp_proxy.config.settings import ServerSettings
-from mcp_proxy.errors import SpawnError
+from mcp_proxy.errors import ConfigProblems, SpawnError
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +71,31 @@ class Shared(Protocol):
     def close(self, reason: str) -> None: ...
 
 
+class Remote(Protocol):
+    """What the supervisor needs of a remote server (``upstream.remote_server.RemoteServer``)."""
+
+    links: set
+
+    def probe(self) -> str | None: ...
+
+    def link(self, label: str) -> Any: ...
+
+    def ensure_started(self) -> None: ...
+
+    def problem(self) -> str | None: ...
+
+    def close_all(self, reason: str) -> None: ...
+
+
 class Supervisor:
     """Every child of one app: started here, watched here, stopped here."""
 
     def __init__(self, settings: ServerSettings, metrics: ChildMetrics, child: type,
-                 multiplexer: type, lane: type) -> None:
+                 multiplexer: type, lane: type, remote: type | None = None) -> None:
         """``child``, ``multiplexer`` and ``lane`` are the classes to start (the app's
         ``StdioChild``, ``Multiplexer`` and ``ModernLane``): classes, not any callables, since
-        ``describe`` tells a child and a shared child's port apart by them."""
+        ``describe`` tells a child and a shared child's port apart by them; ``remote`` makes
+        a remote server (``"url"`` entries) of its name, settings and tool rules."""
         self.settings = settings
         self.metrics = metrics
         self._child, self._multiplexer, self._lane = child, multiplexer, lane
@@ -86,6 +105,9 @@ class Supervisor:
         self.shared = {name: self._shared(name)
                        for name, spec in settings.servers.items() if spec.shared}
         self.lanes: dict[str, Shared] = {}
+        self.remotes: dict[str, Remote] = {
+            name: remote(name, spec.remote, spec.tools)
+            for name, spec in settings.servers.items() if spec.remote is not None}
 
     def _shared(self, server_name: str) -> Shared:
         label = f"shared:{server_name or 'default'}"
@@ -93,6 +115,15 @@ class Supervisor:
 
     def upstream(self, server_name: str, session_name: str) -> Any:
         """The link a new session of ``server_name`` relays to; raises SpawnError."""
+        remote = self.remotes.get(server_name)
+        if remote is not None:
+            try:
+                link = remote.link(session_name)
+            except SpawnError:
+                self.metrics.spawn_failed(server_name)
+                raise
+            link.meter = self.metrics.relay_meter(server_name)
+            return link
         mux = self.shared.get(server_name)
         if mux is None:
             return self.spawn(server_name, session_name)
@@ -103,6 +134,8 @@ class Supervisor:
 
     def modern(self, server_name: str) -> Shared:
         """The server's 2026-07-28 lane, made on first use (its child starts on first need)."""
+        if server_name in self.remotes:  # its ensure_started says: the 2025 era only
+            return self.remotes[server_name]
         lane = self.lanes.get(server_name)
         if lane is None:
             label = f"modern:{server_name or 'default'}"
@@ -139,16 +172,33 @@ class Supervisor:
     def problems(self, server_name: str, now: float) -> list[str]:
         """Why a new session of ``server_name`` would not get a working server now."""
         found = self.health[server_name].problems(now)
+        remote = self.remotes.get(server_name)
+        if remote is not None and remote.problem() is not None:
+            found.append(remote.problem())
         for mux in (self.shared.get(server_name), self.lanes.get(server_name)):
             if mux is not None and mux.state == "crash loop":
                 found.append(f"{mux.name} in a crash loop, not restarted: {mux.failure}")
         return found
 
     def mode(self, server_name: str) -> str:
+        if server_name in self.remotes:
+            return "remote"
         return "shared" if server_name in self.shared else "per-session"
 
     def running(self, server_name: str) -> int:
+        """The server's processes, or a remote server's open remote sessions."""
+        if server_name in self.remotes:
+            return len(self.remotes[server_name].links)
         return sum(1 for name in self.children.values() if name == server_name)
+
+    def probe_remotes(self) -> None:
+        """Contact each remote server once, together; raise ConfigProblems for those that
+        can never work (a sign-in a server cannot do, a refused credential or certificate)."""
+        probes = [gevent.spawn(remote.probe) for remote in self.remotes.values()]
+        gevent.joinall(probes)
+        problems = [probe.value for probe in probes if probe.value]
+        if problems:
+            raise ConfigProblems(problems)
 
     def describe(self, upstream: Any) -> dict | None:
         """What /status shows of a session's upstream: its process, and whether it is shared."""
@@ -156,17 +206,22 @@ class Supervisor:
         shared = isinstance(getattr(upstream, "mux", None), self._multiplexer)
         child = upstream.mux.child if shared else upstream
         if not isinstance(child, self._child):
-            return None
+            if getattr(upstream, "recovering", None) is None:
+                return None
+            return {"pid": None, "state": "recovering" if upstream.recovering else
+                    "connected", "shared": False, "remote": True}
         return {"pid": child.pid, "state": child.state, "shared": shared}
 
     def stop_all(self, reason: str, timeout: float) -> None:
         """Stop every child, waiting (bounded) for each; kill what outlives the deadline."""
         for mux in (*self.shared.values(), *self.lanes.values()):
             mux.close(reason)
+        closing = [gevent.spawn(remote.close_all, reason) for remote in self.remotes.values()]
         children = list(self.children)
         for child in children:
             child.close(reason)
-        gevent.joinall([gevent.spawn(c.stopped.wait) for c in children], timeout=timeout)
+        gevent.joinall([*closing, *(gevent.spawn(c.stopped.wait) for c in children)],
+                       timeout=timeout)
         for child in children:  # past the deadline: no orphans, whatever they ignore
             if not child.stopped.is_set():
                 child.kill_now()

@@ -4,7 +4,7 @@ Start-up connects first (retrying an unreachable remote for a bounded time; a re
 credential fails at once, and answers the client's first request with the reason), then
 relays until stdin closes (exit 0, after the remote session is closed) or the remote is lost
 for good (exit 1). Nothing but protocol goes to stdout. It owns start-up, the choice of
-transport (``--transport auto``), the log filter that blanks secrets (``Redact``),
+transport (``--transport auto``), which secrets the log blanks (``core.redact.Redact``),
 ``--oauth-logout`` and the exit status; the relaying is ``core.link.bridge``'s.
 """
 
@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
-from urllib.parse import urlsplit
 
 import gevent
 
@@ -25,8 +23,9 @@ from mcp_proxy.config.settings import ClientSettings
 from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.core.link import Link, bridge
+from mcp_proxy.core.redact import Redact
 from mcp_proxy.errors import AuthError, FallbackNeeded, LinkClosed, Refused, TlsError, UpstreamError
-from mcp_proxy.upstream.http_session import make_session
+from mcp_proxy.upstream.http_session import make_session, secrets_of
 from mcp_proxy.upstream.oauth.store import logout
 from mcp_proxy.upstream.remote_link import Upstream
 from mcp_proxy.upstream.sse_remote import SseUpstream
@@ -50,45 +49,6 @@ def era_link(settings: ClientSettings, upstream: Upstream) -> Link:
     if isinstance(upstream, StreamableUpstream) and settings.protocol_era != "legacy":
         return FallForward(upstream, settings.protocol_era)
     return upstream
-
-
-class Redact(logging.Filter):
-    """Blank every secret out of log records, tracebacks included: header values, passwords,
-    URL query strings."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
-
-    def _redact(self, text: str) -> str | None:
-        """``text`` with its secrets blanked, or None if it has none."""
-        if not any(secret in text for secret in self.secrets):
-            return None
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = self._redact(record.getMessage())
-        if text is not None:
-            record.msg, record.args = text, None
-        if record.exc_info and not record.exc_text:
-            # formatted here, once, so the handler prints this text rather than its own
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self._redact(record.exc_text) or record.exc_text
-        return True
-
-
-def secrets_of(settings: ClientSettings) -> list[str]:
-    parts = urlsplit(settings.url)
-    found = [*settings.headers.values(), settings.password, settings.client_secret,
-             settings.oauth_client_secret, settings.idp_client_secret,
-             os.environ.get("API_ACCESS_TOKEN"), parts.query, parts.password]
-    found += [value.split(" ", 1)[1] for value in settings.headers.values() if " " in value]
-    # a proxy's password, should a message ever quote its URL
-    found += [urlsplit(proxy).password for proxy, _ in settings.proxies.values()]
-    return [s for s in found if s]
 
 
 def failure(exc: UpstreamError, what: str = "") -> str:

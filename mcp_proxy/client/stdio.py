@@ -70,12 +70,10 @@ class StdioDownstream(Link):
                     logger.warning("stdin: %s: %.200r", exc.message, line)
                     self._reject(exc.code, exc.message)
                     continue
-                if self.tool_filter is not None and message.kind == jsonrpc.REQUEST:
-                    passed = self.tool_filter.request(message)
-                    if passed is None:  # a hidden tool: the remote never hears of it
-                        self.send(self.tool_filter.refusal(message))
+                if self.tool_filter is not None:
+                    message = self.tool_filter.admit(message, self.send)
+                    if message is None:  # a hidden tool: the remote never hears of it
                         continue
-                    message = passed
                 self.deliver(message)
         except (OSError, ValueError) as exc:
             logger.debug("stdin read ended: %s", exc)

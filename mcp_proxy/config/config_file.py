@@ -1,13 +1,13 @@
 """The named-server config file (``--named-server-config``): read, expanded, validated.
 
 Claude Desktop's ``{"mcpServers": {NAME: {...}}}`` plus our ``cwd``, ``shared``,
-``maxSessions``, ``audit``, ``tools``, ``scopes`` and ``toolScopes``, and ``"auth": {"keys":
-[...]}``: the API keys of server mode. In order: the JSON is parsed (a name twice in one
-object and a lone surrogate are refused: JSON parsers read them differently, and a surrogate
-cannot reach a child's environment), the enabled servers' strings and ``auth``'s are
-expanded (``variables.py``), and the result is validated against the shipped schema
-(``schema.py``). Every problem is reported, each as one line ``FILE: $.json.path: what
-was expected``, in one :class:`ConfigProblems`.
+``maxSessions``, ``audit``, ``tools``, ``scopes`` and ``toolScopes``, remote servers
+(``"url"``: remote_entry.py), and ``"auth": {"keys": [...]}``: the API keys of server mode.
+In order: the JSON is parsed (a name twice in one object and a lone surrogate are refused:
+JSON parsers read them differently, and a surrogate cannot reach a child's environment), the
+enabled servers' strings and ``auth``'s are expanded (``variables.py``), and the result is
+validated against the shipped schema (``schema.py``). Every problem is reported, each as one
+line ``FILE: $.json.path: what was expected``, in one :class:`ConfigProblems`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcp_proxy.config.key_file import key_id
+from mcp_proxy.config.remote_entry import misplaced, remote_settings
 from mcp_proxy.config.schema import Where, config_schema, json_path, problems
 from mcp_proxy.config.settings import ApiKey, ServerSpec, rules_of
 from mcp_proxy.config.variables import Expansion
@@ -148,14 +149,19 @@ def read_config(path: str, pass_environment: bool = False,
             loaded.warnings.append(f"{path}: {json_path(('mcpServers', name))}: ignoring "
                                    f"{', '.join(map(repr, unknown))} (known: "
                                    f"{', '.join(sorted(known))})")
+        if not _disabled(entry) and misplaced(entry):
+            loaded.warnings.append(f"{path}: {json_path(('mcpServers', name))}: "
+                                   f"{misplaced(entry)}")
         if not _disabled(entry):
             limit = entry.get("maxSessions")
             loaded.specs[name] = ServerSpec(
-                entry["command"], list(entry.get("args", [])), dict(entry.get("env", {})),
-                entry.get("cwd"), pass_environment, entry.get("shared", False),
-                None if limit is None else int(limit), audit=entry.get("audit", False),
+                entry.get("command", ""), list(entry.get("args", [])),
+                dict(entry.get("env", {})), entry.get("cwd"), pass_environment,
+                entry.get("shared", False), None if limit is None else int(limit),
+                audit=entry.get("audit", False),
                 scopes=list(dict.fromkeys(entry.get("scopes", []))),
-                tool_scopes=dict(entry.get("toolScopes", {})))
+                tool_scopes=dict(entry.get("toolScopes", {})),
+                remote=remote_settings(entry) if "url" in entry else None)
             try:
                 loaded.specs[name].tools = rules_of(entry.get("tools"))
             except ConfigError as exc:

@@ -44,7 +44,9 @@ def _check(ns: argparse.Namespace) -> str:
     if named:
         parts.append(f"{len(named)} named ({', '.join(named)})")
     source = f" from {ns.named_server_config}" if ns.named_server_config else ""
-    return f"OK: {' and '.join(parts)}{source}; every command found"
+    remote = sum(1 for spec in servers.values() if spec.remote is not None)
+    found = "every command found" + (f", {remote} remote URL(s) well-formed" if remote else "")
+    return f"OK: {' and '.join(parts)}{source}; {found}"
 
 
 def _print(ns: argparse.Namespace) -> int:

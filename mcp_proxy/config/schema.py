@@ -23,7 +23,8 @@ Where = tuple  # a place in the file: the member names and list indexes from its
 # keywords with no effect on validity, and the ones _check implements
 _ANNOTATIONS = {"$schema", "$id", "$defs", "title", "description", "$comment"}
 _KEYWORDS = {"type", "required", "properties", "additionalProperties", "propertyNames",
-             "items", "minLength", "minimum", "pattern", "const", "if", "then", "else", "$ref"}
+             "items", "minLength", "minimum", "pattern", "const", "if", "then", "else", "not",
+             "$ref"}
 _TYPES = {"object": "an object", "array": "a list", "string": "a string",
           "boolean": "true or false", "integer": "a whole number", "number": "a number",
           "null": "null"}
@@ -40,6 +41,9 @@ _PATTERNS = {
     "^[A-Za-z0-9._@-]{1,64}$": "an id is 1 to 64 ASCII letters, digits, '.', '_', '@' or '-'",
     "^[\\x21\\x23-\\x5b\\x5d-\\x7e]+$":
         "an OAuth scope is printable ASCII without spaces, quotes or backslashes",
+    "^(auto|sse|streamablehttp)$": 'must be "auto", "sse" or "streamablehttp"',
+    "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$": "a header name is ASCII letters, digits and !#$%&'*+.^_`|~-",
+    "^[^\\r\\n\\u0000]*$": "a header value must not contain a line break or NUL",
 }
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -113,8 +117,10 @@ def _check(value: Any, schema: dict, root: dict, path: Where, found: list) -> No
         name = schema["$ref"].removeprefix("#/$defs/")
         _check(value, root["$defs"][name], root, path, found)
     kind = schema.get("type")
-    if kind is not None and not _is(value, kind):
-        found.append((path, f"expected {_TYPES[kind]}, got {_TYPES[_type_of(value)]}"))
+    kinds = kind if isinstance(kind, list) else [kind]
+    if kind is not None and not any(_is(value, each) for each in kinds):
+        expected = " or ".join(_TYPES[each] for each in kinds)
+        found.append((path, f"expected {expected}, got {_TYPES[_type_of(value)]}"))
         return
     if "const" in schema and not _same(value, schema["const"]):
         found.append((path, f"must be {json.dumps(schema['const'])}"))
@@ -125,6 +131,11 @@ def _check(value: Any, schema: dict, root: dict, path: Where, found: list) -> No
         branch = schema.get("then" if holds else "else")
         if branch is not None:
             _check(value, branch, root, path, found)
+    if "not" in schema:
+        scratch = []
+        _check(value, schema["not"], root, path, scratch)
+        if not scratch:  # the schema's own words: "not" has no natural message
+            found.append((path, schema["not"].get("description", "is not allowed here")))
     if isinstance(value, str):
         _check_string(value, schema, path, found)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from mcp_proxy.errors import ConfigError
 
@@ -106,6 +107,7 @@ class ServerSpec:
     audit: bool = False  # an audit line per call (--log-calls, "audit" in the config file)
     tools: ToolRules = field(default_factory=ToolRules)  # "tools" in the file, --allow-tool
     scopes: list[str] = field(default_factory=list)  # OAuth scopes needed to use it at all
+    remote: ClientSettings | None = None  # "url" in the file: a remote server, no command
     # tool name glob (the name clients see) -> the OAuth scope needed to see and call it
     tool_scopes: dict[str, str] = field(default_factory=dict)
 
@@ -113,6 +115,8 @@ class ServerSpec:
         return [self.command, *self.args]
 
     def display(self) -> str:
+        if self.remote is not None:
+            return self.remote.url
         return shlex.join(self.argv())
 
     def child_env(self) -> dict[str, str]:
@@ -125,7 +129,11 @@ class ServerSpec:
         return env
 
     def check(self) -> None:
-        """Fail now, with a clear message, if the command cannot be started later."""
+        """Fail now, with a clear message, if the command cannot be started later (or the
+        remote server cannot be reached as configured)."""
+        if self.remote is not None:
+            check_remote(self.remote, self.shared)
+            return
         for name, value in self.env.items():  # else the spawn fails, for each session
             if not name or "=" in name or "\0" in name or "\0" in value:
                 raise ConfigError(f"environment variable {name!r}: a name is not empty and "
@@ -204,6 +212,39 @@ def check_server_name(name: str) -> None:
     if not _SERVER_NAME.fullmatch(name) or name in (".", ".."):
         raise ConfigError(f"server name {name!r} must be ASCII letters, digits, '-', '_' or "
                           f"'.' (and not '.' or '..')")
+
+
+def check_remote(remote: ClientSettings, shared: bool = False) -> None:
+    """What a remote server entry (``"url"``) needs before a session can reach it."""
+    try:
+        parts = urlsplit(remote.url)
+        parts.port  # noqa: B018 (a port out of range raises here)
+    except ValueError as exc:
+        raise ConfigError(f"url is not a URL: {exc} (a bad port, or a bad [IPv6] host)") \
+            from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"url {scrub_url(remote.url)!r} is not an http:// or https:// URL "
+                          f"with a host")
+    if shared:
+        raise ConfigError('"shared" is for local servers: each session of a remote server '
+                          'has its own remote session')
+    if isinstance(remote.verify, str) and not os.path.isfile(remote.verify):
+        raise ConfigError(f"verifySsl: no CA bundle file at {remote.verify!r}")
+    if remote.client_key is not None and not os.path.isfile(remote.client_key):
+        raise ConfigError(f"clientKey: no PEM file at {remote.client_key!r}")
+    if (remote.client_secret or remote.client_key or remote.token_url) \
+            and not remote.client_id:
+        raise ConfigError("the client credentials grant (clientSecret, clientKey, tokenUrl) "
+                          "needs clientId")
+    if remote.client_secret and remote.client_key:
+        raise ConfigError("give clientSecret or clientKey, not both")
+
+
+def scrub_url(url: str) -> str:
+    """``url`` without its password and query, for an error message."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 @dataclass

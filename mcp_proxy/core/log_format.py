@@ -9,7 +9,7 @@ logged (core/tracing.py), ``worker`` (the scale-out tag, for every line of a wor
 has one), any ``fields`` a record carries (the audit line's, server/audit.py), and
 ``exception`` with the traceback.
 
-A filter on the handler (client mode's ``Redact``) runs before the formatter, so what it
+A filter on the handler (``core/redact.py``'s ``Redact``) runs before the formatter, so what it
 blanks in the message and the traceback is blanked in JSON too.
 """
 

@@ -2,8 +2,10 @@
 
 A filter stands where the proxy meets the server's side of the conversation: on a stdio
 server process's pipes in server mode (``children/process.py``: every session of a shared
-process and the 2026-07-28 lane pass there too), on our own stdio in client mode
-(``client/stdio.py``). It rewrites two things and answers one:
+process and the 2026-07-28 lane pass there too), on a remote server's link in server mode
+(``upstream/remote_link.py``), on our own stdio in client mode (``client/stdio.py``); each
+calls :meth:`ToolFilter.admit` and :meth:`ToolFilter.answer`. It rewrites two things and
+answers one:
 
 * a ``tools/list`` answer loses the hidden tools, and the others get their new names and
   descriptions (every page alike: the server's cursors pass untouched);
@@ -19,7 +21,7 @@ hidden too (a call by that name reaches the renamed tool, so the other could not
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from mcp_proxy.core import jsonrpc
@@ -76,6 +78,17 @@ class ToolFilter:
         if original is None:
             return None
         return message if original == name else jsonrpc.rewritten(message, {"name": original})
+
+    def admit(self, message: Message, answer: Callable[[Message], None]) -> Message | None:
+        """The hook of every place a filter stands: what goes on to the server for a message
+        from the client (itself, or a call renamed), or None once ``answer`` was given the
+        refusal of a hidden tool's call (the server never hears of it)."""
+        if message.kind != jsonrpc.REQUEST:
+            return message
+        passed = self.request(message)
+        if passed is None:
+            answer(self.refusal(message))
+        return passed
 
     @staticmethod
     def refusal(message: Message) -> Message:

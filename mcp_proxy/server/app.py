@@ -4,9 +4,9 @@ This module owns the assembly: the registry, the guard, each server's routes and
 probes and ``/status``, and with ``--redis-url`` the router and the worker's exit when its
 inbox fails. It handles no request itself; cli.py and wsgi.py call it.
 
-Each stdio server gets the same URL layout: the default one at the root (``/sse``,
-``/messages/``, ``/mcp``), each named one under ``/servers/<name>/``. ``/status`` and the
-probes (``/healthz``, ``/readyz``, ``/metrics``) are global.
+Each server, stdio or remote (``"url"``), gets the same URL layout: the default one at the
+root (``/sse``, ``/messages/``, ``/mcp``), each named one under ``/servers/<name>/``.
+``/status`` and the probes (``/healthz``, ``/readyz``, ``/metrics``) are global.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from mcp_proxy.children.supervisor import Supervisor
 from mcp_proxy.config.settings import ServerSettings
 from mcp_proxy.core import tracing
 from mcp_proxy.core.log_format import set_worker
+from mcp_proxy.core.redact import Redact
 from mcp_proxy.server.api_keys import KeyRing
 from mcp_proxy.server.audit import AuditMeter
 from mcp_proxy.server.guard import install_guard
@@ -41,6 +42,8 @@ from mcp_proxy.server.status import add_status_route
 from mcp_proxy.server.streamable_transport import add_streamable_routes
 from mcp_proxy.server.traced_meter import TracedMeter
 from mcp_proxy.server.url_adapter import PathRouting
+from mcp_proxy.upstream.http_session import secrets_of
+from mcp_proxy.upstream.remote_server import RemoteServer
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +99,15 @@ def create_app(settings: ServerSettings) -> Flask:
     registry = Registry(settings)
     # the composition root: the supervisor is told which classes it starts
     registry.supervisor = Supervisor(settings, registry.metrics, StdioChild, Multiplexer,
-                                     ModernLane)
+                                     ModernLane, RemoteServer)
+    remotes = registry.supervisor.remotes
+    if remotes:  # their headers, secrets and URL queries stay out of every log line
+        redact = Redact([secret for spec in settings.servers.values() if spec.remote
+                         for secret in secrets_of(spec.remote)])
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(redact)
+        registry.metrics.remotes = lambda: {name: r.status() for name, r in remotes.items()}
+    registry.supervisor.probe_remotes()  # a remote that can never work refuses the start
     for name, spec in settings.servers.items():  # only their bridges pay for an audit
         if spec.audit:
             registry.metrics.audited[server_label(name)] = partial(

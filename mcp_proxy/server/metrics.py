@@ -111,6 +111,7 @@ class Metrics:
         self._running = dict.fromkeys(self._servers, 0)
         self._answers: dict[str, int] = {}
         self.routing: Callable[[], dict] | None = None  # the router's status, with Redis
+        self.remotes: Callable[[], dict] | None = None  # remote servers' status, if any
         # server label -> the meter of its bridges, for a server with an audit (app.py)
         self.audited: dict[str, Callable[..., RelayMeter]] = {}
         # with traces on, what wraps every meter (app.py: server/traced_meter.py)
@@ -124,7 +125,8 @@ class Metrics:
             "mcp_proxy_server_processes_exited", "Server processes reaped, by exit code "
             "(negative: killed by that signal)", ["server", "code"], registry=self.registry)
         self._spawn_failures = Counter(
-            "mcp_proxy_spawn_failures", "Server processes that could not be started",
+            "mcp_proxy_spawn_failures", "Server processes (or remote sessions) that could "
+            "not be started",
             ["server"], registry=self.registry)
         self._disconnects = Counter(
             "mcp_proxy_client_disconnects", "Clients found gone while their session was open",
@@ -225,8 +227,25 @@ class Metrics:
         for server, histogram in self._latency.items():
             latency.add_metric([server], histogram.buckets(), histogram.total)
         yield latency
+        if self.remotes is not None:
+            yield from _remote_samples(self.remotes())
         if self.routing is not None:
             yield from _routing_samples(self.routing())
+
+
+def _remote_samples(remotes: dict[str, dict]) -> Iterator:
+    """Per remote server (a ``"url"`` entry): whether it answers, and its remote sessions."""
+    up = GaugeMetricFamily("mcp_proxy_remote_up", "1 when the remote server's last contact "
+                           "worked and no session of it is reconnecting", labels=["server"])
+    open_ = GaugeMetricFamily("mcp_proxy_remote_sessions", "Remote sessions open, by state",
+                              labels=["server", "state"])
+    for name, status in sorted(remotes.items()):
+        up.add_metric([server_label(name)], 1 if status["state"] == "connected" else 0)
+        recovering = status["recovering"]
+        open_.add_metric([server_label(name), "connected"], status["remote_sessions"] - recovering)
+        open_.add_metric([server_label(name), "recovering"], recovering)
+    yield up
+    yield open_
 
 
 def _routing_samples(status: dict) -> Iterator:

@@ -28,7 +28,8 @@ def add_status_route(app: Flask, registry: Registry) -> None:
         ready = readiness(registry)
         instances = {
             name or "default": {
-                "command": spec.command,
+                **({"command": spec.command} if spec.remote is None else
+                   {"remote": supervisor.remotes[name].status()}),
                 "mode": supervisor.mode(name),
                 "sessions": sum(1 for s in sessions if s.server_name == name),
                 "children": supervisor.running(name),

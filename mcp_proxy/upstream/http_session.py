@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from urllib.parse import urlsplit
 
 import requests
 from requests.auth import HTTPBasicAuth, HTTPDigestAuth
@@ -23,11 +24,12 @@ from mcp_proxy.upstream.proxy_env import EnvSession
 logger = logging.getLogger(__name__)
 
 
-def make_session(settings: ClientSettings) -> requests.Session:
-    """A requests session carrying the user's headers, auth, TLS choice and proxy."""
+def make_session(settings: ClientSettings, environ_token: bool = True) -> requests.Session:
+    """A requests session carrying the user's headers, auth, TLS choice and proxy (and, with
+    ``environ_token``, ``API_ACCESS_TOKEN`` as a bearer token when no header gives one)."""
     session = EnvSession(settings.proxies)
     session.headers.update(settings.headers)
-    token = os.environ.get("API_ACCESS_TOKEN")
+    token = os.environ.get("API_ACCESS_TOKEN") if environ_token else None
     if token and "authorization" not in {k.lower() for k in settings.headers}:
         session.headers["Authorization"] = f"Bearer {token}"
     static = "authorization" in {k.lower() for k in session.headers}
@@ -45,3 +47,15 @@ def make_session(settings: ClientSettings) -> requests.Session:
         session.auth = OAuthSignIn(settings)
     session.verify = settings.verify
     return session
+
+
+def secrets_of(settings: ClientSettings) -> list[str]:
+    """What must never appear in a log line about this remote (for ``core.redact.Redact``)."""
+    parts = urlsplit(settings.url)
+    found = [*settings.headers.values(), settings.password, settings.client_secret,
+             settings.oauth_client_secret, settings.idp_client_secret,
+             os.environ.get("API_ACCESS_TOKEN"), parts.query, parts.password]
+    found += [value.split(" ", 1)[1] for value in settings.headers.values() if " " in value]
+    # a proxy's password, should a message ever quote its URL
+    found += [urlsplit(proxy).password for proxy, _ in settings.proxies.values()]
+    return [s for s in found if s]

@@ -7,8 +7,9 @@ backoff and replay the client's own ``initialize`` (under an id of ours, whose a
 keep to ourselves) and ``notifications/initialized``. Messages sent meanwhile wait, bounded,
 for the link to be ready again. Subclasses provide the transport: ``_open``, ``_post``,
 ``_initialized_by``, ``_after_initialized``, ``_reset`` and ``_teardown``; they hand what they
-read from the remote to ``deliver_remote`` (or ``deliver_refused``). It owns no socket and
-never reads the wire itself.
+read from the remote to ``deliver_remote`` (or ``deliver_refused``). A remote server of
+server mode filters its tools here (``tool_filter``, as a child does on its pipes). It owns
+no socket and never reads the wire itself.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.greenlets import closing, spawn
 from mcp_proxy.core.jsonrpc import Message, id_key
 from mcp_proxy.core.link import Link
+from mcp_proxy.core.tool_filter import ToolFilter
 from mcp_proxy.errors import (
     AuthError,
     FallbackNeeded,
@@ -48,6 +50,7 @@ class Upstream(Link):
     """Base of the remote links: bookkeeping, error answers and the recovery loop."""
 
     concurrent_requests = False  # True: each request is posted in its own greenlet
+    tool_filter: ToolFilter | None = None  # server mode's "tools" of a remote server entry
 
     def __init__(self, settings: ClientSettings, http: requests.Session, name: str) -> None:
         super().__init__(name)
@@ -58,10 +61,9 @@ class Upstream(Link):
         self.initialize: Message | None = None
         self.initialized: Message | None = None
         self.in_flight: dict[tuple, object] = {}
-        # request -> (the greenlet posting it, the request)
-        self.tasks: dict[tuple, tuple[gevent.Greenlet, Message]] = {}
+        self.tasks: dict[tuple, tuple[gevent.Greenlet, Message]] = {}  # id -> (poster, request)
         self._replay: AsyncResult | None = None
-        self._recovering = False
+        self.recovering = False  # lost, and reconnecting (or failed to)
         self._failures = 0
 
     # --- start and stop -------------------------------------------------------------------
@@ -98,9 +100,14 @@ class Upstream(Link):
 
     # --- client -> remote -----------------------------------------------------------------
 
+
     def send(self, message: Message) -> None:
         if self.closed.is_set():
             raise LinkClosed(f"{self.name} is closed: {self.close_reason}")
+        if self.tool_filter is not None:
+            message = self.tool_filter.admit(message, self.deliver)
+            if message is None:  # a hidden tool: answered as the server answers an unknown one
+                return
         if message.method == "initialize":
             self.initialize = message
         elif message.method == "notifications/initialized":
@@ -113,16 +120,6 @@ class Upstream(Link):
                 self.tasks[id_key(message.id)] = (task, message)
                 return
         self._send_now(message)
-
-    def stop_request(self, request_id) -> bool:
-        """Stop posting a request: kill its greenlet, which closes its HTTP response (the
-        2026-07-28 era's cancellation). Its answer, if any still comes, is not delivered."""
-        carried = self.tasks.pop(id_key(request_id), None)
-        self.in_flight.pop(id_key(request_id), None)
-        if carried is None:
-            return False
-        carried[0].kill(block=False)
-        return True
 
     def send_first(self, message: Message) -> None:
         """Post the client's first message now, letting FallbackNeeded through (auto)."""
@@ -200,6 +197,8 @@ class Upstream(Link):
     def deliver_remote(self, message: Message) -> None:
         """Deliver what the remote sent, but keep the replayed initialize's answer here and drop
         an answer that comes after its request was already answered with an error."""
+        if self.tool_filter is not None:
+            message = self.tool_filter.answer(message)
         if message.kind == jsonrpc.RESPONSE:
             if message.id == REPLAY_ID and self._replay is not None:
                 self._replay.set(message)
@@ -221,10 +220,10 @@ class Upstream(Link):
 
     def lost(self, reason: str) -> None:
         """The remote session is gone: fail what is in flight, then reconnect in the background."""
-        if self.closed.is_set() or self._recovering:
+        if self.closed.is_set() or self.recovering:
             return
         logger.warning("%s: lost the remote session (%s); reconnecting", self.name, reason)
-        self._recovering = True
+        self.recovering = True
         self.ready.clear()
         for request_id in list(self.in_flight.values()):
             self.in_flight.pop(id_key(request_id), None)
@@ -241,7 +240,7 @@ class Upstream(Link):
                 self._open()
                 self._replay_handshake()
                 logger.info("%s: reconnected and re-initialized", self.name)
-                self._recovering = False
+                self.recovering = False
                 self._failures = 0
                 self.ready.set()
                 return

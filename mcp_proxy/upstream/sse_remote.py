@@ -87,6 +87,9 @@ class SseUpstream(Upstream):
                         self.deliver_refused(event.data, exc)
         except UpstreamError as exc:
             reason = str(exc)
+        except Exception:
+            if not self.closed.is_set():
+                raise  # a bug; but a read that our own close cut short ends quietly
         finally:
             response.close()
             if not endpoint.ready():  # on a crash too: _open must not wait for it in vain

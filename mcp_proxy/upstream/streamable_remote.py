@@ -88,6 +88,16 @@ class StreamableUpstream(Upstream):
             return
         super().send(message)
 
+    def stop_request(self, request_id) -> bool:
+        """Stop posting a request: kill its greenlet, which closes its HTTP response (the
+        2026-07-28 era's cancellation). Its answer, if any still comes, is not delivered."""
+        carried = self.tasks.pop(jsonrpc.id_key(request_id), None)
+        self.in_flight.pop(jsonrpc.id_key(request_id), None)
+        if carried is None:
+            return False
+        carried[0].kill(block=False)
+        return True
+
     def _cancel(self, message: Message) -> bool:
         """A 2026-07-28 request is cancelled by closing its response, not by a POST (which a
         modern server acknowledges and ignores)."""
@@ -138,7 +148,7 @@ class StreamableUpstream(Upstream):
         if response.status_code == 202:
             return
         if self.allow_fallback and response.status_code in (400, 404, 405) \
-                and not _json_rpc_error(response):
+                and not json_rpc_error(response):
             self.refused = response.status_code  # a dual-era client's initialize will tell
         if response.status_code < 300:
             self._read_body(message, response, False)
@@ -151,7 +161,7 @@ class StreamableUpstream(Upstream):
     def _handle_response(self, message: Message, response: requests.Response, is_init: bool):
         status = response.status_code
         if is_init and self.allow_fallback and status in (400, 404, 405) \
-                and not _json_rpc_error(response):
+                and not json_rpc_error(response):
             raise FallbackNeeded(f"initialize answered {status}")
         if status == 404 and self.session_id and not is_init:
             raise SessionLost("the remote no longer knows our session (404)")
@@ -162,7 +172,7 @@ class StreamableUpstream(Upstream):
         if is_init and status == 200:
             self.session_id = response.headers.get("Mcp-Session-Id") or self.session_id
         if status >= 300:
-            error = _json_rpc_error(response)
+            error = json_rpc_error(response)
             if error is not None and message.kind == jsonrpc.REQUEST:
                 error["id"] = message.id
                 self.deliver_remote(Message(error))
@@ -226,7 +236,7 @@ class StreamableUpstream(Upstream):
                 logger.debug("%s: DELETE of the session failed", self.name)
 
 
-def _json_rpc_error(response: requests.Response) -> dict | None:
+def json_rpc_error(response: requests.Response) -> dict | None:
     """The JSON-RPC error object in an HTTP error body, if there is one."""
     try:
         body = response.json()

@@ -1,0 +1,37 @@
+"""Secrets blanked out of log records (``Redact``): client mode's remote, and server mode's
+remote servers, put theirs (header values, passwords, URL query strings) on every handler.
+
+It knows only strings: which ones are secret is its caller's to say.
+"""
+
+from __future__ import annotations
+
+import logging
+
+
+class Redact(logging.Filter):
+    """Blank every secret out of log records, tracebacks included: header values, passwords,
+    URL query strings."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def _redact(self, text: str) -> str | None:
+        """``text`` with its secrets blanked, or None if it has none."""
+        if not any(secret in text for secret in self.secrets):
+            return None
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = self._redact(record.getMessage())
+        if text is not None:
+            record.msg, record.args = text, None
+        if record.exc_info and not record.exc_text:
+            # formatted here, once, so the handler prints this text rather than its own
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._redact(record.exc_text) or record.exc_text
+        return True
