@@ -37,6 +37,8 @@ CLIENT = {"client_id": "proxy-tests", "client_secret": "s3cret-for-tests",
           "response_types": ["code"], "token_endpoint_auth_method": "client_secret_post",
           "redirect_uris": ["http://127.0.0.1:33418/callback"],
           "scope": " ".join(["openid", "offline_access", *SCOPES])}
+OTHER = {**CLIENT, "client_id": "other-client", "client_secret": "other-s3cret",
+         "redirect_uris": ["http://127.0.0.1:33419/callback"]}  # a second subject
 OFFLINE = re.compile(r"ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH")
 
 
@@ -112,11 +114,13 @@ class Provider:
         self.signing = self.expect("rotated ").split()[1]
         return self.signing
 
-    def token(self, resource: str, scope: str = " ".join(SCOPES), **extra) -> str:
-        """An access token for ``resource`` by the client credentials grant."""
+    def token(self, resource: str, scope: str = " ".join(SCOPES), client: dict = CLIENT,
+              **extra) -> str:
+        """An access token for ``resource`` by the client credentials grant (of ``client``,
+        whose id is the token's subject)."""
         answer = requests.post(f"{self.issuer}/token", timeout=10, data={
-            "grant_type": "client_credentials", "client_id": CLIENT["client_id"],
-            "client_secret": CLIENT["client_secret"], "resource": resource, "scope": scope,
+            "grant_type": "client_credentials", "client_id": client["client_id"],
+            "client_secret": client["client_secret"], "resource": resource, "scope": scope,
             **extra})
         assert answer.status_code == 200, answer.text
         return answer.json()["access_token"]

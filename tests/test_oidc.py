@@ -436,6 +436,11 @@ def test_a_servers_scopes_are_needed_to_use_it(oidc, proxy_factory, tmp_path):
     ({"scopes": ["mcp:admin"]}, '"scopes" needs --oauth-issuer'),
     ({"scopes": ["two words"]}, "an OAuth scope is printable ASCII"),
     ({"scopes": "mcp:admin"}, "$.mcpServers.one.scopes"),
+    ({"toolScopes": {"echo": "mcp:admin"}}, '"toolScopes" needs --oauth-issuer'),
+    ({"toolScopes": {"echo": "two words"}},
+     "$.mcpServers.one.toolScopes.echo: an OAuth scope is printable"),
+    ({"toolScopes": {"": "x"}}, "$.mcpServers.one.toolScopes[\"\"]: must not be empty"),
+    ({"toolScopes": ["echo"]}, "$.mcpServers.one.toolScopes: expected an object"),
 ])
 def test_a_bad_scopes_entry_is_refused_with_one_line(tmp_path, entry, said):
     config = tmp_path / "servers.json"

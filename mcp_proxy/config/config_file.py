@@ -1,10 +1,10 @@
 """The named-server config file (``--named-server-config``): read, expanded, validated.
 
 Claude Desktop's ``{"mcpServers": {NAME: {...}}}`` plus our ``cwd``, ``shared``,
-``maxSessions``, ``audit``, ``tools`` and ``scopes``, remote servers (``"url"``:
-remote_entry.py), and ``"auth": {"keys": [...]}``: the API keys of server mode. In order:
-the JSON is parsed (a name twice in one object and a lone surrogate are refused: JSON
-parsers read them differently, and a surrogate cannot reach a child's environment), the
+``maxSessions``, ``audit``, ``tools``, ``scopes`` and ``toolScopes``, remote servers
+(``"url"``: remote_entry.py), and ``"auth": {"keys": [...]}``: the API keys of server mode.
+In order: the JSON is parsed (a name twice in one object and a lone surrogate are refused:
+JSON parsers read them differently, and a surrogate cannot reach a child's environment), the
 enabled servers' strings and ``auth``'s are expanded (``variables.py``), and the result is
 validated against the shipped schema (``schema.py``). Every problem is reported, each as one
 line ``FILE: $.json.path: what was expected``, in one :class:`ConfigProblems`.
@@ -160,6 +160,7 @@ def read_config(path: str, pass_environment: bool = False,
                 entry.get("shared", False), None if limit is None else int(limit),
                 audit=entry.get("audit", False),
                 scopes=list(dict.fromkeys(entry.get("scopes", []))),
+                tool_scopes=dict(entry.get("toolScopes", {})),
                 remote=remote_settings(entry) if "url" in entry else None)
             try:
                 loaded.specs[name].tools = rules_of(entry.get("tools"))

@@ -200,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "endpoint called, e.g. https://host/mcp)")
     server.add_argument("--oauth-scope", action="append", default=[], metavar="SCOPE",
                         help="a scope every token must hold; repeatable")
+    server.add_argument("--oauth-admin-scope", metavar="SCOPE",
+                        help="the scope a token needs for /status (default: any good token)")
     server.add_argument("--oauth-introspection-url", metavar="URL",
                         help="RFC 7662 introspection endpoint, for tokens that are not JWTs")
     server.add_argument("--oauth-introspection-client-id", metavar="ID",

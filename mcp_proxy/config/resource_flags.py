@@ -41,12 +41,14 @@ def _check_endpoint(flag: str, url: str) -> str:
 
 
 def check_server_scopes(servers: dict[str, ServerSpec], oauth: ResourceSettings | None) -> None:
-    """A server's ``"scopes"`` mean something only with tokens to read them from."""
+    """A server's ``"scopes"`` and ``"toolScopes"`` mean something only with tokens to read
+    them from."""
     if oauth is None:
-        scoped = [name for name, spec in servers.items() if spec.scopes]
-        if scoped:
-            raise ConfigError(f'server {scoped[0]!r}: "scopes" needs --oauth-issuer (the '
-                              f'authorization server whose tokens carry them)')
+        for name, spec in servers.items():
+            field = "scopes" if spec.scopes else "toolScopes" if spec.tool_scopes else None
+            if field is not None:
+                raise ConfigError(f'server {name!r}: "{field}" needs --oauth-issuer (the '
+                                  f'authorization server whose tokens carry them)')
 
 
 def check_audience(oauth: ResourceSettings | None, host: str, allow_hosts: list[str]) -> None:
@@ -65,6 +67,7 @@ def resource_settings(ns: argparse.Namespace) -> ResourceSettings | None:
     """The resource server's settings, or None when no ``--oauth-issuer`` was given."""
     given = [flag for flag, value in (
         ("--oauth-audience", ns.oauth_audience), ("--oauth-scope", ns.oauth_scope),
+        ("--oauth-admin-scope", ns.oauth_admin_scope),
         ("--oauth-introspection-url", ns.oauth_introspection_url),
         ("--oauth-introspection-client-id", ns.oauth_introspection_client_id)) if value]
     if not ns.oauth_issuer:
@@ -81,6 +84,10 @@ def resource_settings(ns: argparse.Namespace) -> ResourceSettings | None:
         if not _TOKEN.fullmatch(scope):
             raise ConfigError(f"--oauth-scope {scope[:100]!r}: a scope is printable ASCII "
                               f"without spaces, quotes or backslashes")
+    admin = ns.oauth_admin_scope
+    if admin is not None and not _TOKEN.fullmatch(admin):
+        raise ConfigError(f"--oauth-admin-scope {admin[:100]!r}: a scope is printable ASCII "
+                          f"without spaces, quotes or backslashes")
     if ns.oauth_audience is not None and not _TOKEN.fullmatch(ns.oauth_audience):
         raise ConfigError(f"--oauth-audience {ns.oauth_audience[:100]!r}: an audience is "
                           f"printable ASCII without spaces, quotes or backslashes")
@@ -96,4 +103,5 @@ def resource_settings(ns: argparse.Namespace) -> ResourceSettings | None:
         audience=ns.oauth_audience, scopes=list(dict.fromkeys(ns.oauth_scope)),
         introspection_url=introspection or None,
         client_id=ns.oauth_introspection_client_id if introspection else None,
-        client_secret=ns.oauth_introspection_client_secret if introspection else None)
+        client_secret=ns.oauth_introspection_client_secret if introspection else None,
+        admin_scope=admin)

@@ -108,6 +108,8 @@ class ServerSpec:
     tools: ToolRules = field(default_factory=ToolRules)  # "tools" in the file, --allow-tool
     scopes: list[str] = field(default_factory=list)  # OAuth scopes needed to use it at all
     remote: ClientSettings | None = None  # "url" in the file: a remote server, no command
+    # tool name glob (the name clients see) -> the OAuth scope needed to see and call it
+    tool_scopes: dict[str, str] = field(default_factory=dict)
 
     def argv(self) -> list[str]:
         return [self.command, *self.args]
@@ -170,6 +172,7 @@ class ResourceSettings:
     client_id: str | None = None  # our credentials at the introspection endpoint
     client_secret: str | None = None
     leeway: float = 30.0  # seconds of clock skew tolerated on exp and nbf
+    admin_scope: str | None = None  # what a token needs for /status (None: any good token)
 
 
 @dataclass

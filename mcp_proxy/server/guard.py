@@ -28,7 +28,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from mcp_proxy.config.settings import ServerSettings
 from mcp_proxy.server.api_keys import ACCEPTED, UNAUTHORIZED, KeyRing
-from mcp_proxy.server.resource_meta import WELL_KNOWN, ResourceServer
+from mcp_proxy.server.resource_meta import ResourceServer
+from mcp_proxy.server.resource_urls import WELL_KNOWN
 from mcp_proxy.server.responses import text_error
 from mcp_proxy.server.url_adapter import allowed_methods
 

@@ -31,6 +31,7 @@ from mcp_proxy.server.request_port import RequestPort
 from mcp_proxy.server.responses import WholeResponse, event_stream, rpc_error, server_busy
 from mcp_proxy.server.scaleout.frames import auth_digest
 from mcp_proxy.server.streams import PING, Body, Stream, sse_event
+from mcp_proxy.server.tool_scopes import INSUFFICIENT_SCOPE, ScopeGate, ToolScopes
 
 if TYPE_CHECKING:
     from mcp_proxy.server.sessions import Registry
@@ -79,6 +80,11 @@ class Relay:
     def answer(self, session: StreamableSession, message: Message, headers: dict,
                environ: dict, ephemeral: bool) -> Response:
         """Hand the message to the session; the answer: 202, JSON, or an event stream."""
+        gate = session.gate
+        if gate is not None:
+            missing = gate.check(message, environ.get("mcp_proxy.scopes"))
+            if missing:  # refused here: the server never sees it
+                return _forbidden(gate.rules, environ, message, missing)
         stream = None
         if message.kind == jsonrpc.REQUEST:
             stream = session.open_request(message)
@@ -136,6 +142,13 @@ class Relay:
         refused = era.check_headers(environ, message)
         if refused is not None:
             return refused
+        rules = self.registry.tool_scopes.get(self.server_name)
+        gate = None
+        if rules is not None:
+            gate = ScopeGate(rules)
+            missing = gate.check(message, environ.get("mcp_proxy.scopes"))
+            if missing:
+                return _forbidden(rules, environ, message, missing)
         router = self.registry.router
         if router is not None and b'"requestState"' in message.raw:
             owner = router.owner_of_handle(message.params.get("requestState"), environ)
@@ -163,6 +176,8 @@ class Relay:
             if refused is not None:
                 return refused
         port = RequestPort(lane, self.registry, message, principal(auth_digest(environ)))
+        if gate is not None:
+            port.deliver = gate.gated(port.deliver)
         port.peer = caller_of(environ, True) if self.registry.settings.auth_required else \
             environ.get("REMOTE_ADDR") or "?"  # for a refused requestState's log line
         port.meter = meter = self.registry.metrics.relay_meter(self.server_name)
@@ -189,3 +204,11 @@ class Relay:
         if response.mimetype != "text/event-stream":
             port.close("request done")
         return response
+
+
+def _forbidden(rules: ToolScopes, environ: dict, message: Message,
+               missing: frozenset[str]) -> Response:
+    """403 for a tools/call whose tool needs a scope the caller's token lacks."""
+    text, challenge = rules.challenge(environ, message, missing)
+    return rpc_error(403, INSUFFICIENT_SCOPE, text, message.id,
+                     **{"WWW-Authenticate": challenge})

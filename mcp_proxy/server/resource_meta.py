@@ -26,20 +26,13 @@ from flask import Flask, Response, jsonify, request
 from mcp_proxy.config.settings import ServerSettings
 from mcp_proxy.core.greenlets import spawn
 from mcp_proxy.errors import IssuerUnreachable, TokenRefused
+from mcp_proxy.server.resource_urls import WELL_KNOWN, endpoint_of, origin_of
 from mcp_proxy.server.responses import text_error
 from mcp_proxy.server.tokens import TokenVerifier
 
 logger = logging.getLogger(__name__)
 
-WELL_KNOWN = "/.well-known/oauth-protected-resource"
-
-
-def _origin(environ: dict) -> str:
-    """``scheme://host[:port]`` as the client reached us, without the scheme's default port."""
-    scheme = environ.get("wsgi.url_scheme", "http")
-    host = (environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "").lower()
-    default = ":443" if scheme == "https" else ":80"
-    return f"{scheme}://{host[:-len(default)] if host.endswith(default) else host}"
+STATUS = "/status"
 
 
 def _reached_port(environ: dict) -> str:
@@ -48,14 +41,6 @@ def _reached_port(environ: dict) -> str:
     if colon and port.isdigit():
         return port.lstrip("0") or "0"
     return "443" if environ.get("wsgi.url_scheme") == "https" else "80"
-
-
-def endpoint_of(path: str) -> str:
-    """The endpoint a request path belongs to, without a trailing slash: an HTTP+SSE POST
-    (``…/messages/``) is its ``…/sse`` stream's."""
-    trimmed = path.rstrip("/") or "/"  # /mcp/ is /mcp: one resource, one set of scopes
-    base, _, last = trimmed.rpartition("/")
-    return f"{base}/sse" if last == "messages" else trimmed
 
 
 class ResourceServer:
@@ -67,11 +52,19 @@ class ResourceServer:
         assert settings.oauth is not None
         self.oauth = settings.oauth
         self.verifier = verifier or TokenVerifier(self.oauth)
-        # each endpoint's scopes: every --oauth-scope, then its server's "scopes"
-        self.scopes = {f"{'/servers/' + name if name else ''}/{kind}":
-                       list(dict.fromkeys([*self.oauth.scopes, *spec.scopes]))
-                       for name, spec in settings.servers.items() for kind in ("mcp", "sse")}
-        every = [*self.scopes.items(), ("", self.oauth.scopes)]  # "": a path of no endpoint
+        # each endpoint's scopes: every --oauth-scope, then its server's "scopes"; what a
+        # token may also be for is listed (not required): its tools' "toolScopes"
+        self.scopes: dict[str, list[str]] = {}
+        self.supported: dict[str, list[str]] = {}
+        for name, spec in settings.servers.items():
+            for kind in ("mcp", "sse"):
+                path = f"{'/servers/' + name if name else ''}/{kind}"
+                self.scopes[path] = list(dict.fromkeys([*self.oauth.scopes, *spec.scopes]))
+                self.supported[path] = list(dict.fromkeys([*self.scopes[path],
+                                                           *spec.tool_scopes.values()]))
+        # /status: the admin scope, else any good token ("": a path of no endpoint)
+        admin = [self.oauth.admin_scope] if self.oauth.admin_scope else []
+        every = [*self.scopes.items(), (STATUS, admin), ("", self.oauth.scopes)]
         self.required = {path: frozenset(scopes) for path, scopes in every}
         self._scope_param = {path: f', scope="{" ".join(scopes)}"' if scopes else ""
                              for path, scopes in every}
@@ -103,12 +96,12 @@ class ResourceServer:
         path = f"/{path}" if path else self.root
         if path and path not in self.scopes:
             return text_error(404, "Not Found")
-        origin = _origin(request.environ)
+        origin = origin_of(request.environ)
         resource = self.resource(origin, path)
         if "://" not in resource:  # an audience that is no URL: the endpoint names itself
             resource = origin + (path or "/")
         answer = jsonify({"resource": resource, "authorization_servers": [self.oauth.issuer],
-                          "scopes_supported": self.scopes.get(path, self.oauth.scopes),
+                          "scopes_supported": self.supported.get(path, self.oauth.scopes),
                           "bearer_methods_supported": ["header"],
                           "resource_name": "mcp-proxy"})
         answer.headers["Access-Control-Allow-Origin"] = "*"  # public, for browser clients
@@ -118,7 +111,7 @@ class ResourceServer:
     def check(self, environ: dict) -> Response | None:
         """None when the request's token is good here (its caller put in the environ), else
         the answer that refuses it."""
-        origin = _origin(environ)
+        origin = origin_of(environ)
         endpoint = endpoint_of(environ.get("PATH_INFO", ""))
         sent = environ.get("HTTP_AUTHORIZATION")
         if self.oauth.audience is None and _reached_port(environ) != environ.get("SERVER_PORT"):
@@ -135,7 +128,7 @@ class ResourceServer:
             return self._refuse(environ, origin, endpoint, "the Authorization header is not a "
                                 "Bearer token", "invalid_token")
         try:
-            grant = self.verifier.verify(token, self.resource(origin, endpoint))
+            grant = self.verifier.verify(token, *self._audiences(origin, endpoint))
         except TokenRefused as exc:
             return self._refuse(environ, origin, endpoint, str(exc), "invalid_token")
         except IssuerUnreachable as exc:
@@ -149,12 +142,25 @@ class ResourceServer:
             logger.info("OAuth: refused %s %s from %s: the token lacks scope %s",
                         environ.get("REQUEST_METHOD"), endpoint, _address(environ), missing)
             challenge = (f'Bearer error="insufficient_scope"{self._scope(endpoint)}, '
-                         f'resource_metadata="{origin}{WELL_KNOWN}{endpoint}"')
+                         f'resource_metadata="{self._metadata_url(origin, endpoint)}"')
             return text_error(403, f"Forbidden: the token lacks scope {missing}",
                               **{"WWW-Authenticate": challenge})
         environ["mcp_proxy.auth"] = grant.principal
         environ["mcp_proxy.scopes"] = grant.scopes
         return None
+
+    def _audiences(self, origin: str, endpoint: str) -> list[str]:
+        """What a token for this endpoint may name: its resource; for /status, which is no
+        MCP endpoint a client signs in for, that of any endpoint served here too."""
+        if endpoint != STATUS or self.oauth.audience is not None:
+            return [self.resource(origin, endpoint)]
+        return [self.resource(origin, STATUS), *(origin + path for path in self.scopes)]
+
+    @staticmethod
+    def _metadata_url(origin: str, endpoint: str) -> str:
+        """Where a client learns to sign in for an endpoint; for /status, which has no
+        metadata of its own (a token for any endpoint served opens it), the root form."""
+        return f"{origin}{WELL_KNOWN}{'' if endpoint == STATUS else endpoint}"
 
     def _scope(self, endpoint: str) -> str:
         """The challenge's ``scope`` parameter for the endpoint (empty when none is needed)."""
@@ -164,7 +170,7 @@ class ResourceServer:
                 error: str | None) -> Response:
         logger.info("OAuth: refused %s %s from %s: %s", environ.get("REQUEST_METHOD"),
                     endpoint, _address(environ), reason)
-        challenge = f'Bearer resource_metadata="{origin}{WELL_KNOWN}{endpoint}"' \
+        challenge = f'Bearer resource_metadata="{self._metadata_url(origin, endpoint)}"' \
                     + self._scope(endpoint)
         if error:
             challenge += f', error="{error}", error_description="{reason}"'

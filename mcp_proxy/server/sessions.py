@@ -35,6 +35,7 @@ from mcp_proxy.errors import TooManySessions
 from mcp_proxy.server.caller import caller_of
 from mcp_proxy.server.metrics import Metrics
 from mcp_proxy.server.streams import Stream, StreamOwner
+from mcp_proxy.server.tool_scopes import ScopeGate, ToolScopes
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class Session(StreamOwner, Link):
     transport = "?"
     caller = "?"  # who opened it (audit.py's caller_of), set by its transport
     principal = ""  # whose it is (the guard's caller, "" without keys): nobody else finds it
+    gate: ScopeGate | None = None  # with "toolScopes": which tools its caller sees and calls
 
     def __init__(self, registry: Registry, server_name: str) -> None:
         self.id = registry.new_session_id()
@@ -69,6 +71,10 @@ class Session(StreamOwner, Link):
         self.draining: set[Stream] = set()  # streams an HTTP response is writing out
         self.ready = Event()
         self.ready.set()
+        rules = registry.tool_scopes.get(server_name)
+        if rules is not None:  # "toolScopes": this caller's answers pass its gate
+            self.gate = ScopeGate(rules)
+            self.send = self.gate.gated(self.send)
 
     def press(self, delta: int) -> None:
         """Move the bytes on their way to a reading client; flip ``ready`` at the marks."""
@@ -128,6 +134,10 @@ class Registry:
         self.router = None  # with --redis-url: which worker serves what (scaleout/router.py)
         # (path, method) -> the handler of a session request, for forwarded ones
         self.handlers: dict[tuple[str, str], Callable[[dict], Any]] = {}
+        # the servers with "toolScopes" (they need OAuth tokens: flag_settings.py checked)
+        self.tool_scopes = {name: ToolScopes(spec, settings.oauth)
+                            for name, spec in settings.servers.items()
+                            if spec.tool_scopes and settings.oauth is not None}
 
     def caller_of(self, environ: dict) -> str:
         """Who sent this request, as an audit line names them (caller.py)."""

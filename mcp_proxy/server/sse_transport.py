@@ -101,8 +101,13 @@ def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
         message = read_message(environ, limit)
         if isinstance(message, Response):
             return message
+        gate = session.gate
+        missing = None if gate is None else gate.check(message, environ.get("mcp_proxy.scopes"))
         try:
-            session.deliver(message)
+            if missing:  # refused here, on the stream the answer would have taken
+                session.send(gate.rules.refusal(environ, message, missing))
+            else:
+                session.deliver(message)
         except SpawnError as exc:
             session.close(str(exc))
             return rpc_error(502, jsonrpc.INTERNAL_ERROR, f"Could not start the MCP server: {exc}",

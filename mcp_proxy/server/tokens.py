@@ -80,7 +80,8 @@ class TokenVerifier:
             Introspection(settings) if settings.introspection_url else None)
         self._cache: dict[str, Grant] = {}
 
-    def verify(self, token: str, audience: str) -> Grant:
+    def verify(self, token: str, audience: str, *others: str) -> Grant:
+        """The token's grant, if it is good and for ``audience`` (or one of ``others``)."""
         grant = self._cache.get(token)
         if grant is None:
             grant = self._check(token)
@@ -88,7 +89,8 @@ class TokenVerifier:
         elif grant.expires <= time.time():
             del self._cache[token]
             raise TokenRefused("the token has expired")
-        if audience not in grant.audiences:
+        if audience not in grant.audiences and not any(
+                other in grant.audiences for other in others):
             raise TokenRefused("the token was issued for another resource")
         return grant
 

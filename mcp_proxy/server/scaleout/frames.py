@@ -58,8 +58,8 @@ def auth_digest(environ: dict) -> str:
 def call_frame(environ: dict, corr: str, sender: str) -> dict:
     """A ``call`` frame's header: call ``corr`` of worker ``sender``, for this request:
     method ``m``, path ``p``, query ``q``, scheme ``s``, its headers minus credentials
-    ``h`` (with traces on, its ``traceparent`` names this worker's span), and a digest of
-    its credentials ``a``."""
+    ``h`` (with traces on, its ``traceparent`` names this worker's span), a digest of its
+    credentials ``a``, and the scopes its token holds ``sc`` (a list; absent: every one)."""
     headers = {key: value for key, value in environ.items()
                if key.startswith("HTTP_") and key not in _PRIVATE}
     if environ.get("CONTENT_TYPE"):
@@ -67,15 +67,20 @@ def call_frame(environ: dict, corr: str, sender: str) -> dict:
     if tracing.on:  # the owner's span is the child of this request's span (owner.py)
         for key, value in tracing.inject(tracing.current_span(), {}).items():
             headers[f"HTTP_{key.upper()}"] = value
-    return {"k": "call", "c": corr, "f": sender, "m": environ["REQUEST_METHOD"],
-            "p": environ.get("PATH_INFO", "/"), "q": environ.get("QUERY_STRING", ""),
-            "s": environ.get("wsgi.url_scheme", "http"), "h": headers,
-            "a": auth_digest(environ)}
+    frame = {"k": "call", "c": corr, "f": sender, "m": environ["REQUEST_METHOD"],
+             "p": environ.get("PATH_INFO", "/"), "q": environ.get("QUERY_STRING", ""),
+             "s": environ.get("wsgi.url_scheme", "http"), "h": headers,
+             "a": auth_digest(environ)}
+    scopes = environ.get("mcp_proxy.scopes")
+    if scopes is not None:  # a token's scopes (tool_scopes.py); none: it holds every one
+        frame["sc"] = sorted(scopes)
+    return frame
 
 
 def well_formed(header: dict) -> bool:
     """Whether a ``call`` frame has every field the owner reads, each of its type."""
-    headers = header.get("h")
+    headers, scopes = header.get("h"), header.get("sc", [])
     return all(type(header.get(key)) is str for key in _CALL_FIELDS) \
+        and type(scopes) is list and all(type(scope) is str for scope in scopes) \
         and type(headers) is dict \
         and all(type(k) is str and type(v) is str for k, v in headers.items())

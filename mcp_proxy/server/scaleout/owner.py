@@ -198,4 +198,6 @@ def _environ(header: dict, body: bytes, served: Served) -> dict:
         "mcp_proxy.on_gone": served,
     }
     environ.update(header["h"])
+    if "sc" in header:  # the token's scopes, as checked where the request landed
+        environ["mcp_proxy.scopes"] = frozenset(header["sc"])
     return environ
