@@ -41,6 +41,9 @@ class EraProbe(LegacyFace):
         """The peer's era was found out: ``legacy`` or ``modern``."""
 
     def send(self, message: Message) -> None:
+        if self.era == "legacy":  # found out: a relay, at the cost of this one check
+            self.send_peer(message)
+            return
         if self.closed.is_set():
             raise LinkClosed(f"{self.name} is closed: {self.close_reason}")
         if message.method != "initialize" or self.bridging:
@@ -64,6 +67,8 @@ class EraProbe(LegacyFace):
     def decide(self, message: Message) -> bool:
         """Take what the peer sent if it is the bridge's, or the answer that decides the
         era (True); False: it is for the client."""
+        if self.era == "legacy":  # found out: nothing is the bridge's
+            return False
         if self.consumes(message):
             return True
         pending = self._pending_init
