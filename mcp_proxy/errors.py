@@ -109,6 +109,10 @@ class LinkClosed(ProxyError, ConnectionError):
     """A message was sent to a link that has already closed."""
 
 
+class ErrorAnswer(ProxyError):
+    """A server answered one of the proxy's own requests with a JSON-RPC error."""
+
+
 class ServerBusy(ProxyError):
     """The server took none of its input for the write timeout: the client may retry later."""
 

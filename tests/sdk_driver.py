@@ -16,9 +16,12 @@ handshake (protocol 2025-11-25); ``auto`` first probes ``server/discover`` (2026
 falls back to ``initialize``; ``2026-07-28`` adopts the modern era without any probe.
 
 Scenarios: tools echo unicode progress log sample elicit roots fail big_in big_out ping
-unknown_method concurrent tagged set_level crash (``tagged`` calls the tool whose argument is
-also an ``Mcp-Param-Region`` header, with a non-ASCII value; ``set_level`` sends the 2025
-era's ``logging/setLevel`` debug)
+unknown_method concurrent tagged set_level subscribe cancel crash (``tagged`` calls the tool
+whose argument is also an ``Mcp-Param-Region`` header, with a non-ASCII value; ``set_level``
+sends the 2025 era's ``logging/setLevel`` debug; ``subscribe`` subscribes to memo://greeting,
+has the ``touch`` tool change it and reports the ``resources/updated`` URIs seen; ``cancel``
+gives up on a 30 s ``slow`` call after 1 s (the SDK sends ``notifications/cancelled``), then
+reports an echo's text)
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from mcp.shared.exceptions import MCPError
 
 SCENARIOS = ["tools", "echo", "unicode", "progress", "log", "sample", "elicit", "roots", "fail",
              "big_in", "big_out", "ping", "unknown_method", "concurrent", "tagged", "set_level",
-             "resources", "prompts", "crash"]
+             "resources", "prompts", "subscribe", "cancel", "crash"]
 UNICODE = "héllo ✓ 日本"
 ROOTS = ["file:///tmp/root-a", "file:///tmp/root-b"]
 
@@ -64,6 +67,11 @@ class Observed:
     def __init__(self) -> None:
         self.logs: list[dict] = []
         self.server_requests: list[str] = []
+        self.updated: list[str] = []
+
+    async def message(self, message) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            self.updated.append(str(message.params.uri))
 
     async def sampling(self, context, params: types.CreateMessageRequestParams):
         self.server_requests.append("sampling/createMessage")
@@ -171,6 +179,16 @@ async def run_scenario(name: str, client: Client, seen: Observed, big: int) -> A
     if name == "set_level":
         result = await client.set_logging_level("debug")
         return result.model_dump(by_alias=True, exclude_none=True)
+    if name == "subscribe":
+        await client.subscribe_resource("memo://greeting")
+        checked(await client.call_tool("touch", {"uri": "memo://greeting"}))
+        await wait_for(lambda: seen.updated, 5.0)
+        return seen.updated
+    if name == "cancel":
+        with anyio.move_on_after(1.0):
+            result = await client.call_tool("slow", {"seconds": 30})
+            return {"unexpected": "slow answered", "text": text_of(result)}
+        return checked(await client.call_tool("echo", {"text": "after cancel"}))
     if name == "crash":
         result = await client.call_tool("crash", {})
         return {"unexpected": "crash answered", "text": text_of(result)}
@@ -227,7 +245,7 @@ async def drive(opts: argparse.Namespace) -> dict:
                     client_info=types.Implementation(name="sdk-driver", version="1.0"),
                     read_timeout_seconds=opts.timeout, sampling_callback=seen.sampling,
                     elicitation_callback=seen.elicitation, list_roots_callback=seen.list_roots,
-                    logging_callback=seen.logging)
+                    logging_callback=seen.logging, message_handler=seen.message)
     started = time.monotonic()
     current = "session"  # what a session-level failure is reported under
     # One scope around the whole session (anyio scopes must nest): its deadline bounds the

@@ -30,7 +30,7 @@ from mcp_proxy.core.tool_filter import UNKNOWN_TOOL, ToolFilter
 from mcp_proxy.errors import ConfigError
 
 SDK_TOOLS = {"echo", "size", "large", "fail", "progress", "log", "sample", "elicit", "roots",
-             "roots_standalone", "slow", "tagged", "change", "crash", "env", "cwd"}
+             "roots_standalone", "slow", "tagged", "change", "touch", "crash", "env", "cwd"}
 # shown: echo as "say" (described anew), the rest but crash/env/cwd/large/fail
 TOOLS = {"deny": ["crash", "env*"], "rename": {"echo": "say"},
          "describe": {"echo": "Says it back."}}

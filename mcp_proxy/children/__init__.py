@@ -5,7 +5,8 @@ From the bottom: ``health`` and ``request_state`` (no imports of the package), `
 and ``framing`` (a starting child's stderr and watch; its stdout's frames), ``sharing`` (what
 the sessions on a shared child hold of it), ``process`` (``StdioChild``), ``port`` (a
 session's link to a shared child), ``fanin``/``fanout`` (the multiplexer's routing, as
-mixins), ``multiplexer``, ``lane`` (``ModernLane``, a multiplexer), and ``supervisor``, which
+mixins), ``multiplexer``, ``lane`` (``ModernLane``, a multiplexer), ``modern_child`` (the era bridge
+in front of a 2026-07-28-only child or lane port), and ``supervisor``, which
 imports none of the classes it starts: the app hands them to it.
 
 Knows nothing of HTTP: the server's edge hands it sessions as links.

@@ -162,7 +162,11 @@ class ModernLane(Multiplexer):
 
     def route(self, port: Port, message: Message) -> None:
         if message.kind != jsonrpc.REQUEST:
-            return  # the edge answers modern notifications 202 and drops them
+            # the edge answers modern notifications 202 and drops them; a cancel comes only
+            # from a 2025-era session's era bridge (modern_child.py), for its own requests
+            if message.method == "notifications/cancelled":
+                super().route(port, message)
+            return
         params, spent = None, None
         if message.method in MRTR_METHODS:
             handle = message.request_state

@@ -44,7 +44,7 @@ from mcp_proxy.children.sharing import Sharing
 from mcp_proxy.core import greenlets, jsonrpc
 from mcp_proxy.core.jsonrpc import Message, id_key
 from mcp_proxy.core.link import Link
-from mcp_proxy.errors import LinkClosed, ProxyError, SpawnError
+from mcp_proxy.errors import ErrorAnswer, LinkClosed, ProxyError, SpawnError
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class Multiplexer(FanIn, FanOut):
         self.init_result: dict | None = None
         self.state = "idle"  # idle, starting, running, restarting, crash loop, stopped
         self.failure = ""
+        self.refused = False  # the last start's handshake had an error answer
         self.starts: deque[float] = deque()
         self.level: str | None = None
         self._starting = Semaphore()
@@ -111,6 +112,7 @@ class Multiplexer(FanIn, FanOut):
             child.close(self.failure)
             raise
         except (ProxyError, gevent.Timeout) as exc:
+            self.refused = isinstance(exc, ErrorAnswer)  # e.g. a 2026-07-28-only server's
             self._failed(f"{self.opening} failed: {exc}")
             child.close(self.failure)
             raise SpawnError(f"{self.name}: {self.failure}") from None
@@ -237,7 +239,7 @@ class Multiplexer(FanIn, FanOut):
         finally:
             self.sharing.close_call(cid)  # answered, failed to send, or given up on
         if "error" in answer.obj:
-            raise ProxyError(f"{method}: {answer.obj['error'].get('message')}")
+            raise ErrorAnswer(f"{method}: {answer.obj['error'].get('message')}")
         return answer.obj.get("result") or {}
 
     def background(self, method: str, params: dict) -> None:

@@ -10,8 +10,16 @@ A remote server (``"url"``) gives each session a remote session of its own inste
 its state joins ``/readyz``.
 
 It builds nothing it imports: the app (``server/app.py``, the composition root) hands it the
-classes to start (the child process, the multiplexer, the 2026-07-28 lane) and the metrics to
-count into, so the supervisor stays a small module low in the layout. It never relays.
+classes to start (the child process, the multiplexer, the 2026-07-28 lane, the era bridge)
+and the metrics to count into, so the supervisor stays a small module low in the layout. It
+never relays.
+
+It keeps each server's era once a session found it out (``eras``): a server that speaks only
+2026-07-28 has every 2025-era session bridged to it (``children/modern_child.py``, over its
+own child or a port of the lane when shared); a 2025-era server's sessions get the child
+itself. While it is unknown, a per-session child is wrapped by a bridge that relays until the
+child refuses ``initialize``; a shared child that refuses the proxy's ``initialize`` has its
+era asked by the lane (``server/discover`` on a child of its own).
 """
 
 from __future__ import annotations
@@ -91,11 +99,14 @@ class Supervisor:
     """Every child of one app: started here, watched here, stopped here."""
 
     def __init__(self, settings: ServerSettings, metrics: ChildMetrics, child: type,
-                 multiplexer: type, lane: type, remote: type | None = None) -> None:
+                 multiplexer: type, lane: type, remote: type | None = None, *,
+                 face: type | None = None) -> None:
         """``child``, ``multiplexer`` and ``lane`` are the classes to start (the app's
         ``StdioChild``, ``Multiplexer`` and ``ModernLane``): classes, not any callables, since
         ``describe`` tells a child and a shared child's port apart by them; ``remote`` makes
-        a remote server (``"url"`` entries) of its name, settings and tool rules."""
+        a remote server (``"url"`` entries) of its name, settings and tool rules. ``face`` is
+        the era bridge a 2025-era session gets in front of a 2026-07-28-only server
+        (``ModernChildAsLegacy``; None: never bridged)."""
         self.settings = settings
         self.metrics = metrics
         self._child, self._multiplexer, self._lane = child, multiplexer, lane
@@ -108,6 +119,8 @@ class Supervisor:
         self.remotes: dict[str, Remote] = {
             name: remote(name, spec.remote, spec.tools)
             for name, spec in settings.servers.items() if spec.remote is not None}
+        self._face = face
+        self.eras: dict[str, str] = {}  # server -> "legacy" or "modern", once found out
 
     def _shared(self, server_name: str) -> Shared:
         label = f"shared:{server_name or 'default'}"
@@ -125,12 +138,51 @@ class Supervisor:
             link.meter = self.metrics.relay_meter(server_name)
             return link
         mux = self.shared.get(server_name)
+        era = self.eras.get(server_name)
         if mux is None:
-            return self.spawn(server_name, session_name)
-        mux.ensure_started()
-        port = mux.port(session_name)
+            child = self.spawn(server_name, session_name)
+            if era == "legacy" or self._face is None:
+                return child
+            return self._bridge(server_name, child, era or "auto")
+        if era != "modern":
+            try:
+                mux.ensure_started()
+            except SpawnError:
+                if not self._refused_as_modern(server_name, mux):
+                    raise
+            else:
+                self.learned(server_name, "legacy")
+                port = mux.port(session_name)
+                port.meter = self.metrics.relay_meter(server_name)
+                return port
+        port = self.modern(server_name).port(session_name)
         port.meter = self.metrics.relay_meter(server_name)
-        return port
+        port.peer = session_name
+        return self._bridge(server_name, port, "modern")
+
+    def _bridge(self, server_name: str, upstream: Any, era: str) -> Any:
+        return self._face(upstream, era, lambda found: self.learned(server_name, found),
+                          self.settings.session_idle_timeout)
+
+    def _refused_as_modern(self, server_name: str, mux: Shared) -> bool:
+        """The shared child answered the proxy's ``initialize`` with an error: whether the
+        server speaks 2026-07-28 (the lane asks a child of its own ``server/discover``)."""
+        if self._face is None or not getattr(mux, "refused", False):
+            return False
+        try:
+            self.modern(server_name).ensure_started()
+        except SpawnError:
+            return False
+        self.learned(server_name, "modern")
+        return True
+
+    def learned(self, server_name: str, era: str) -> None:
+        """A session found out the server's era: kept for every later session."""
+        if self.eras.get(server_name) != era:
+            self.eras[server_name] = era
+            if era == "modern":
+                logger.info("server %r speaks only 2026-07-28: its 2025-era sessions are "
+                            "bridged to it", server_name or "default")
 
     def modern(self, server_name: str) -> Shared:
         """The server's 2026-07-28 lane, made on first use (its child starts on first need)."""
@@ -202,6 +254,9 @@ class Supervisor:
 
     def describe(self, upstream: Any) -> dict | None:
         """What /status shows of a session's upstream: its process, and whether it is shared."""
+        bridged = self._face is not None and isinstance(upstream, self._face)
+        if bridged:  # an era bridge in front of its child or lane port
+            bridged, upstream = upstream.bridging, upstream.inner
         # a port of a shared child knows its multiplexer; a remote upstream is no process
         shared = isinstance(getattr(upstream, "mux", None), self._multiplexer)
         child = upstream.mux.child if shared else upstream
@@ -210,7 +265,8 @@ class Supervisor:
                 return None
             return {"pid": None, "state": "recovering" if upstream.recovering else
                     "connected", "shared": False, "remote": True}
-        return {"pid": child.pid, "state": child.state, "shared": shared}
+        return {"pid": child.pid, "state": child.state, "shared": shared,
+                **({"bridge": "2025 client -> 2026-07-28 server"} if bridged else {})}
 
     def stop_all(self, reason: str, timeout: float) -> None:
         """Stop every child, waiting (bounded) for each; kill what outlives the deadline."""

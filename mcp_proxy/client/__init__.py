@@ -2,6 +2,6 @@
 
 ``run.py`` starts it (connect, choose the transport, bridge, exit status); ``stdio.py`` is
 our stdin and stdout as a link; ``fallforward.py`` bridges a 2025-era desktop client to a
-remote that speaks only 2026-07-28, with ``rounds.py`` (a request's ``input_required``
-rounds) and ``listener.py`` (its change notifications). Nothing here speaks HTTP itself.
+remote that speaks only 2026-07-28, on the era bridge server mode shares (``bridging/``).
+Nothing here speaks HTTP itself.
 """

@@ -1,7 +1,7 @@
 """The wait between two tries at the remote: exponential, capped, jittered.
 
 Used by the recovery loop (remote_link.py), the event streams (event_streams.py) and the
-fall-forward bridge's listen (client/listener.py); it never sleeps itself.
+era bridges' listen (bridging/listener.py); it never sleeps itself.
 """
 
 from __future__ import annotations

@@ -156,6 +156,13 @@ async def change(ctx: Context) -> str:
 
 
 @server.tool()
+async def touch(uri: str, ctx: Context) -> str:
+    """Tell the subscribers of ``uri`` it changed (resources/updated); return "touched"."""
+    await ctx.notify_resource_updated(uri)
+    return "touched"
+
+
+@server.tool()
 def crash() -> str:
     """Kill the process at once, without answering."""
     os._exit(3)

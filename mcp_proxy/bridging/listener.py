@@ -1,11 +1,12 @@
-"""The one ``subscriptions/listen`` the fall-forward bridge holds for its 2025-era client.
+"""The one ``subscriptions/listen`` an era bridge holds for its 2025-era client.
 
-The filter is what the remote's capabilities offer (tools, prompts and resources
+The filter is what the 2026-07-28 peer's capabilities offer (tools, prompts and resources
 ``listChanged``) plus the resources the client subscribed to. The listen is reopened when the
-filter changes, and with backoff when it drops; after five streams in a row that each lived
-under 30 s it gives up (logged), as mcp-remote does. Its acknowledgement is consumed (the
-types not granted are logged); the change notifications reach the client without the
-``subscriptionId`` the 2025 era does not know.
+filter changes (``listening`` is set again once the new one is acknowledged), and with
+backoff when it drops; after five streams in a row that each lived under 30 s it gives up
+(logged), as mcp-remote does. Its acknowledgement is consumed (the types not granted are
+logged); the change notifications reach the client without the ``subscriptionId`` the 2025
+era does not know.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ class Listener:
         self.listen_id: str | None = None
         self.asked: dict = {}
         self.changed = Event()
+        self.listening = Event()  # set once the listen of the current filter is acknowledged
         self._loop: gevent.Greenlet | None = None
 
     def filter(self) -> dict:
-        capabilities = self.bridge.discovered.get("capabilities") or {}
+        capabilities = self.bridge.discovered.get("capabilities")
+        capabilities = capabilities if isinstance(capabilities, dict) else {}
         wanted = {key: True for kind, key in LISTED
                   if isinstance(capabilities.get(kind), dict)
                   and capabilities[kind].get("listChanged")}
@@ -49,19 +52,22 @@ class Listener:
 
     def start(self) -> None:
         if self._loop is None:
-            self._loop = spawn(self._hold, name="fall-forward: listen",
+            self._loop = spawn(self._hold, name=f"{self.bridge.name}: listen",
                                on_error=closing(self.bridge))
 
     def stop(self) -> None:
         if self._loop is not None:
             self._loop.kill(block=False)
 
-    def refilter(self) -> None:
-        """The filter may have changed: reopen the listen with the new one."""
-        if self.asked != self.filter():
-            self.changed.set()
-            if self.listen_id is not None:
-                self.bridge.stop_leg(self.listen_id)
+    def refilter(self) -> bool:
+        """The filter may have changed: reopen the listen with the new one (True)."""
+        if self.asked == self.filter():
+            return False
+        self.listening.clear()
+        self.changed.set()
+        if self.listen_id is not None:
+            self.bridge.stop_leg(self.listen_id)
+        return True
 
     def _hold(self) -> None:
         short = 0
@@ -83,10 +89,11 @@ class Listener:
             short = short + 1 if clock.now() - opened < SHORT_LIVED else 0
             why = (answer.error or {}).get("message") if answer is not None else "stopped"
             if short >= GIVE_UP_AFTER:
-                logger.warning("the remote's listen stream keeps ending (%s); no more change "
-                               "notifications for this session", why or "ended")
+                logger.warning("the %s's listen stream keeps ending (%s); no more change "
+                               "notifications for this session", self.bridge.peer, why or "ended")
                 return
-            logger.info("the remote's listen stream ended (%s); reopening", why or "ended")
+            logger.info("the %s's listen stream ended (%s); reopening", self.bridge.peer,
+                        why or "ended")
             self.changed.wait(backoff(short + 2, cap=30.0))
 
     def consume(self, message: Message) -> bool:
@@ -100,10 +107,13 @@ class Listener:
             return True
         params = dict(message.obj.get("params") or {})
         if message.method == "notifications/subscriptions/acknowledged":
-            granted = params.get("notifications") or {}
+            granted = params.get("notifications")
+            granted = granted if isinstance(granted, dict) else {}
             missing = [key for key in self.asked if key not in granted]
-            logger.info("listening to the remote for %s%s", ", ".join(sorted(granted)) or
-                        "nothing", f" (not granted: {', '.join(missing)})" if missing else "")
+            logger.info("listening to the %s for %s%s", self.bridge.peer,
+                        ", ".join(sorted(granted)) or "nothing",
+                        f" (not granted: {', '.join(missing)})" if missing else "")
+            self.listening.set()
             return True
         rest = {key: value for key, value in params["_meta"].items() if key != SUBSCRIPTION_KEY}
         if rest:
