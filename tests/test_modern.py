@@ -241,26 +241,29 @@ def test_a_call_whose_headers_cannot_be_checked_is_refused(raw, proxy_factory, t
     assert "tools/call" not in methods(raw.record)
 
 
-def test_a_legacy_only_child_steers_clients_to_initialize(proxy_factory, tmp_path):
+def test_a_legacy_only_child_is_bridged_and_still_serves_initialize(proxy_factory, tmp_path):
     record = tmp_path / "sent.jsonl"
     proxy = proxy_factory("--", *RAW_SERVER, "--legacy-only", "--record", str(record))
-    refused = post(proxy.base, modern("tools/list", 1))
-    assert refused.status_code == 400
-    error = refused.json()["error"]
-    assert error["code"] == -32022 and error["data"]["requested"] == MODERN
-    assert set(error["data"]["supported"]) == {"2025-11-25", "2025-06-18", "2025-03-26",
-                                               "2024-11-05"}
-    assert methods(record) == ["server/discover"]  # the probe, and no modern frame after it
+    listed = post(proxy.base, modern("tools/list", 1))
+    assert listed.status_code == 200, listed.text
+    result = listed.json()["result"]
+    assert result["resultType"] == "complete" and result["tools"][0]["name"] == "echo"
+    sent = recorded(record)
+    assert [m.get("method") for m in sent][:3] == ["server/discover", "initialize",
+                                                   "notifications/initialized"]
+    # the probe is the only modern frame: the bridged child gets 2025-era requests
+    assert not any("io.modelcontextprotocol/protocolVersion" in json.dumps(m)
+                   for m in sent[1:])
     init = requests.post(proxy.base + "/mcp", headers=STREAM_HEADERS, timeout=10,
                          json=rpc("initialize", 1, **INIT_PARAMS))
     assert init.status_code == 200 and "Mcp-Session-Id" in init.headers
 
 
-def test_a_dual_era_sdk_client_falls_back_to_initialize(proxy_factory):
+def test_a_dual_era_sdk_client_is_served_by_the_bridge(proxy_factory):
     proxy = proxy_factory("--", *RAW_SERVER, "--legacy-only")
     report = run_driver("streamable", proxy.base + "/mcp", "echo", extra=("--mode", "auto"))
     assert report["echo"] == "hello"
-    assert report["session"]["protocolVersion"] != MODERN
+    assert report["session"]["protocolVersion"] == MODERN  # server/discover answered
 
 
 def test_a_large_input_required_round_keeps_its_request_state(raw):

@@ -73,19 +73,22 @@ class Supervisor:
     """Every child of one app: started here, watched here, stopped here."""
 
     def __init__(self, settings: ServerSettings, metrics: ChildMetrics, child: type,
-                 multiplexer: type, lane: type) -> None:
+                 multiplexer: type, lane: type, bridge: Any = None) -> None:
         """``child``, ``multiplexer`` and ``lane`` are the classes to start (the app's
         ``StdioChild``, ``Multiplexer`` and ``ModernLane``): classes, not any callables, since
-        ``describe`` tells a child and a shared child's port apart by them."""
+        ``describe`` tells a child and a shared child's port apart by them; ``bridge`` makes
+        the modern->legacy bridge of a legacy-only server (the app's ``LegacyBridge``)."""
         self.settings = settings
         self.metrics = metrics
         self._child, self._multiplexer, self._lane = child, multiplexer, lane
+        self._bridge = bridge
         self.health = {name: ServerHealth() for name in settings.servers}
         self.children: dict[Child, str] = {}  # running child -> its server's name
         self.spawned = 0
         self.shared = {name: self._shared(name)
                        for name, spec in settings.servers.items() if spec.shared}
         self.lanes: dict[str, Shared] = {}
+        self.bridges: dict[str, Any] = {}  # server -> its modern->legacy bridge, if it needs one
 
     def _shared(self, server_name: str) -> Shared:
         label = f"shared:{server_name or 'default'}"
@@ -109,6 +112,16 @@ class Supervisor:
             lane = self.lanes[server_name] = self._lane(label,
                                                         lambda: self.spawn(server_name, label))
         return lane
+
+    def bridge(self, server_name: str) -> Any:
+        """The modern->legacy bridge of a legacy-only server, made on first use."""
+        bridge = self.bridges.get(server_name)
+        if bridge is None:
+            label = f"bridge:{server_name or 'default'}"
+            bridge = self.bridges[server_name] = self._bridge(
+                label, lambda child_label: self.spawn(server_name, child_label),
+                server_name in self.shared)
+        return bridge
 
     def spawn(self, server_name: str, label: str) -> Child:
         """Start a child of ``server_name``; record how it starts and ends."""
@@ -161,7 +174,7 @@ class Supervisor:
 
     def stop_all(self, reason: str, timeout: float) -> None:
         """Stop every child, waiting (bounded) for each; kill what outlives the deadline."""
-        for mux in (*self.shared.values(), *self.lanes.values()):
+        for mux in (*self.shared.values(), *self.lanes.values(), *self.bridges.values()):
             mux.close(reason)
         children = list(self.children)
         for child in children:

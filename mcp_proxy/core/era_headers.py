@@ -117,6 +117,15 @@ def header_paths(schema: Any) -> dict[tuple, str] | None:
     return found
 
 
+def header_params(tools: Any) -> dict[str, dict[tuple, str] | None]:
+    """Tool name -> {argument path: header name} from a tools/list result, as client mode
+    reads them (None: its ``x-mcp-header`` annotations are invalid); the server's
+    2026-07-28 lane and bridge check ``Mcp-Param-*`` headers with it."""
+    return {tool["name"]: header_paths(tool.get("inputSchema"))
+            for tool in (tools if isinstance(tools, list) else ())
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str)}
+
+
 def usable_tools(answer: Message, params_of: dict) -> Message:
     """A ``tools/list`` answer without the tools whose ``x-mcp-header`` annotations are
     invalid (the client's MUST); the header paths of the rest are added to ``params_of``."""

@@ -20,6 +20,8 @@ from flask.sessions import NullSession, SessionInterface
 from werkzeug.routing import Rule
 
 from mcp_proxy.children.lane import ModernLane
+from mcp_proxy.children.legacy_adapter import LegacySession
+from mcp_proxy.children.legacy_bridge import LegacyBridge
 from mcp_proxy.children.multiplexer import Multiplexer
 from mcp_proxy.children.process import StdioChild
 from mcp_proxy.children.supervisor import Supervisor
@@ -90,7 +92,7 @@ def create_app(settings: ServerSettings) -> Flask:
     registry = Registry(settings)
     # the composition root: the supervisor is told which classes it starts
     registry.supervisor = Supervisor(settings, registry.metrics, StdioChild, Multiplexer,
-                                     ModernLane)
+                                     ModernLane, partial(LegacyBridge, session=LegacySession))
     for name, spec in settings.servers.items():  # only their bridges pay for an audit
         if spec.audit:
             registry.metrics.audited[server_label(name)] = partial(

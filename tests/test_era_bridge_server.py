@@ -1,0 +1,191 @@
+"""Server mode, a 2026-07-28 client in front of a 2025-era server process (issue 25).
+
+The legacy-only fixture is the official SDK's stdio server behind ``legacy_only.py`` (which
+refuses every 2026-07-28 frame, as a server of the 2025 era does), or raw_server with
+``--legacy-only --record`` where the test must see what reached the child.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+
+import mcp_types._v2026_07_28 as schema
+import pytest
+import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_lifecycle import wait_until
+from test_modern import MODERN, events, headers_for, modern, post
+from test_shared import methods, recorded
+
+from conftest import RAW_SERVER, SDK_SERVER, SERVERS, run_driver
+
+LEGACY_SDK = [sys.executable, str(SERVERS / "legacy_only.py"), *SDK_SERVER]
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per-session", "shared"])
+def test_the_sdk_in_the_modern_era_through_the_bridge(proxy_factory, shared):
+    proxy = proxy_factory(*(["--shared-child"] if shared else []), "--", *LEGACY_SDK)
+    report = run_driver("streamable", proxy.base + "/mcp", "tools", "echo", "unicode",
+                        "progress", "fail", "unknown_method", "concurrent",
+                        extra=("--mode", MODERN))
+    assert report["session"]["protocolVersion"] == MODERN, report
+    assert report["echo"] == "hello" and report["unicode"] == "héllo ✓ 日本"
+    assert report["progress"]["values"] == [1, 2, 3]
+    assert report["fail"]["isError"] is True
+    assert report["unknown_method"]["code"] == -32601
+    assert report["concurrent"] == [f"msg-{i}" for i in range(10)]
+    assert "echo" in report["tools"]
+    status = requests.get(proxy.base + "/status", timeout=5).json()
+    lane = status["server_instances"]["default"]["modern_lane"]
+    assert lane["legacy_only"] is True and lane["bridge"] == "modern->legacy"
+    assert lane["bridged_children"] == 1
+    assert sum("bridge modern->legacy" in line for line in proxy.lines) == 1
+
+
+@pytest.fixture
+def legacy(proxy_factory, tmp_path):
+    """A proxy in front of raw_server --legacy-only, which records what it was sent."""
+    record = tmp_path / "sent.jsonl"
+    proxy = proxy_factory("--keepalive", "60", "--", *RAW_SERVER, "--legacy-only", "--record",
+                          str(record))
+    proxy.record = record
+    return proxy
+
+
+def after_probe(record) -> list[dict]:
+    sent = recorded(record)
+    assert sent[0]["method"] == "server/discover"  # the era probe's child, stopped since
+    return sent[1:]
+
+
+def test_discover_and_answers_match_the_2026_schema(legacy):
+    meta = {"io.modelcontextprotocol/clientCapabilities": {
+        "sampling": {}, "elicitation": {}, "roots": {}, "experimental": {"x": {}}},
+        "io.modelcontextprotocol/clientInfo": {"name": "schema-test", "version": "9"}}
+    found = post(legacy.base, modern("server/discover", 1, _meta=meta))
+    assert found.status_code == 200, found.text
+    discover = found.json()["result"]
+    schema.DiscoverResult.model_validate(discover)
+    assert discover["supportedVersions"] == [MODERN]
+    assert discover["capabilities"] == {"tools": {}, "logging": {}}
+    assert discover["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "raw_server"
+    listed = post(legacy.base, modern("tools/list", 2, _meta=meta)).json()["result"]
+    schema.ListToolsResult.model_validate(listed)
+    assert listed["cacheScope"] == "private" and listed["ttlMs"] == 0
+    called = post(legacy.base, modern("tools/call", 3, name="echo", arguments={"text": "hi"},
+                                      _meta=meta)).json()["result"]
+    schema.CallToolResult.model_validate(called)
+    assert called["content"][0]["text"] == "hi"
+    init, initialized, *rest = after_probe(legacy.record)
+    assert init["method"] == "initialize" and init["params"]["protocolVersion"] == "2025-11-25"
+    # the client's identity; not the capabilities whose requests the bridge cannot carry
+    assert init["params"]["clientInfo"] == {"name": "schema-test", "version": "9"}
+    assert init["params"]["capabilities"] == {"experimental": {"x": {}}}
+    assert initialized["method"] == "notifications/initialized"
+    assert [m["method"] for m in rest] == ["tools/list", "tools/call"]  # discover: from cache
+
+
+def test_meta_is_applied_progress_kept_and_the_envelope_stripped(legacy):
+    message = modern("tools/call", 7, name="progress", arguments={"steps": 2},
+                     _meta={"progressToken": "tok", "traceparent": "00-abc-def-01",
+                            "io.modelcontextprotocol/logLevel": "debug"})
+    got = events(post(legacy.base, message))
+    assert [m["params"] for m in got[:-1]] == [{"progressToken": "tok", "progress": 1},
+                                               {"progressToken": "tok", "progress": 2}]
+    assert got[-1]["id"] == 7 and got[-1]["result"]["resultType"] == "complete"
+    sent = after_probe(legacy.record)
+    level = next(m for m in sent if m.get("method") == "logging/setLevel")
+    assert level["params"] == {"level": "debug"}
+    call = next(m for m in sent if m.get("method") == "tools/call")
+    assert set(call["params"]["_meta"]) == {"progressToken", "traceparent"}
+    assert call["params"]["_meta"]["traceparent"] == "00-abc-def-01"
+
+
+def test_a_closed_stream_cancels_the_bridged_call(legacy):
+    message = modern("tools/call", 5, name="hold", arguments={})
+    host, port = legacy.base.rsplit("/", 1)[1].rsplit(":", 1)
+    body = json.dumps(message).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers_for(message).items())
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\n{head}"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        wait_until(lambda: "tools/call" in methods(legacy.record))
+    wait_until(lambda: "notifications/cancelled" in methods(legacy.record), timeout=5)
+    sent = recorded(legacy.record)
+    call = next(m for m in sent if m.get("method") == "tools/call")
+    cancel = next(m for m in sent if m.get("method") == "notifications/cancelled")
+    assert cancel["params"]["requestId"] == call["id"]
+
+
+def test_a_server_request_during_a_call_gets_a_clear_error(legacy):
+    message = modern("tools/call", 2, name="ask", arguments={})
+    answer = post(legacy.base, message).json()
+    text = answer["result"]["content"][0]["text"]
+    assert "sampling/createMessage is not available" in text, text
+    assert "not carried to a 2026-07-28 client" in "\n".join(legacy.lines)
+
+
+def children(proxy) -> int:
+    status = requests.get(proxy.base + "/status", timeout=5).json()
+    return status["server_instances"]["default"]["modern_lane"]["bridged_children"]
+
+
+def test_one_child_per_principal_and_fingerprint_reaped_when_idle(proxy_factory, tmp_path):
+    record = tmp_path / "sent.jsonl"
+    proxy = proxy_factory("--", *RAW_SERVER, "--legacy-only", "--record", str(record),
+                          env={"MCP_PROXY_BRIDGE_IDLE": "2"})
+    plain = modern("tools/list", 1)
+    other_caps = modern("tools/list", 1, _meta={
+        "io.modelcontextprotocol/clientCapabilities": {"experimental": {"y": {}}}})
+    for message, auth in ((plain, None), (plain, None), (plain, "Bearer alice"),
+                          (plain, "Bearer bob"), (other_caps, "Bearer bob"),
+                          (other_caps, "Bearer bob")):
+        extra = {"Authorization": auth} if auth else {}
+        assert post(proxy.base, message, **extra).status_code == 200
+    assert children(proxy) == 4  # anonymous, alice, bob, bob with other capabilities
+    assert methods(record).count("initialize") == 4
+    wait_until(lambda: children(proxy) == 0, timeout=10)
+    assert sum("stopped, unused for" in line for line in proxy.lines) == 4
+    assert post(proxy.base, plain).status_code == 200  # started again when needed
+    assert children(proxy) == 1
+
+
+def test_a_shared_server_has_one_bridged_child_for_every_caller(proxy_factory, tmp_path):
+    record = tmp_path / "sent.jsonl"
+    proxy = proxy_factory("--stateless", "--", *RAW_SERVER, "--legacy-only", "--record",
+                          str(record))
+    for auth in ("Bearer alice", "Bearer bob"):
+        message = modern("tools/list", 1, _meta={
+            "io.modelcontextprotocol/clientCapabilities": {"experimental": {auth: {}}}})
+        assert post(proxy.base, message, Authorization=auth).status_code == 200
+    assert children(proxy) == 1 and methods(record).count("initialize") == 1
+
+
+JUNK = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+
+
+def test_hostile_meta_gets_answers_never_a_traceback(proxy_factory):
+    proxy = proxy_factory("--stateless", "--", *RAW_SERVER, "--legacy-only")
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @given(caps=JUNK, info=JUNK, level=JUNK, token=JUNK,
+           method=st.sampled_from(["tools/list", "server/discover", "tools/call", "ping"]))
+    def check(caps, info, level, token, method):
+        meta = {"io.modelcontextprotocol/clientCapabilities": caps,
+                "io.modelcontextprotocol/clientInfo": info,
+                "io.modelcontextprotocol/logLevel": level}
+        if token is not None:
+            meta["progressToken"] = token
+        extra = {"name": "echo", "arguments": {"text": "x"}} if method == "tools/call" else {}
+        answer = post(proxy.base, modern(method, 1, _meta=meta, **extra))
+        assert answer.status_code in (200, 400), answer.text
+        body = answer.json() if "json" in answer.headers["Content-Type"] else events(answer)[-1]
+        assert ("result" in body) != ("error" in body)
+
+    check()
+    assert not [line for line in proxy.lines if "Traceback" in line or " ERROR " in line]
