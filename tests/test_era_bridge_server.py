@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_lifecycle import wait_until
 from test_modern import MODERN, events, headers_for, modern, post
+from test_scaleout import Pair
 from test_shared import methods, recorded
 
 from conftest import RAW_SERVER, SDK_SERVER, SERVERS, run_driver
@@ -28,8 +29,9 @@ LEGACY_SDK = [sys.executable, str(SERVERS / "legacy_only.py"), *SDK_SERVER]
 @pytest.mark.parametrize("shared", [False, True], ids=["per-session", "shared"])
 def test_the_sdk_in_the_modern_era_through_the_bridge(proxy_factory, shared):
     proxy = proxy_factory(*(["--shared-child"] if shared else []), "--", *LEGACY_SDK)
+    rounds = () if shared else ("sample", "elicit", "roots")
     report = run_driver("streamable", proxy.base + "/mcp", "tools", "echo", "unicode",
-                        "progress", "fail", "unknown_method", "concurrent",
+                        "progress", "fail", "unknown_method", "concurrent", *rounds,
                         extra=("--mode", MODERN))
     assert report["session"]["protocolVersion"] == MODERN, report
     assert report["echo"] == "hello" and report["unicode"] == "héllo ✓ 日本"
@@ -38,10 +40,14 @@ def test_the_sdk_in_the_modern_era_through_the_bridge(proxy_factory, shared):
     assert report["unknown_method"]["code"] == -32601
     assert report["concurrent"] == [f"msg-{i}" for i in range(10)]
     assert "echo" in report["tools"]
+    if not shared:  # input_required, answered, retried on the same legacy request
+        assert report["sample"] == "sampled:hi there"
+        assert report["elicit"] == "accept:octocat"
+        assert report["roots"] == "file:///tmp/root-a,file:///tmp/root-b"
     status = requests.get(proxy.base + "/status", timeout=5).json()
     lane = status["server_instances"]["default"]["modern_lane"]
     assert lane["legacy_only"] is True and lane["bridge"] == "modern->legacy"
-    assert lane["bridged_children"] == 1
+    assert lane["bridged_children"] >= 1  # more while rounds of concurrent calls are out
     assert sum("bridge modern->legacy" in line for line in proxy.lines) == 1
 
 
@@ -81,9 +87,9 @@ def test_discover_and_answers_match_the_2026_schema(legacy):
     assert called["content"][0]["text"] == "hi"
     init, initialized, *rest = after_probe(legacy.record)
     assert init["method"] == "initialize" and init["params"]["protocolVersion"] == "2025-11-25"
-    # the client's identity; not the capabilities whose requests the bridge cannot carry
+    # the client's identity and capabilities (a per-session server's child is its own)
     assert init["params"]["clientInfo"] == {"name": "schema-test", "version": "9"}
-    assert init["params"]["capabilities"] == {"experimental": {"x": {}}}
+    assert init["params"]["capabilities"] == meta["io.modelcontextprotocol/clientCapabilities"]
     assert initialized["method"] == "notifications/initialized"
     assert [m["method"] for m in rest] == ["tools/list", "tools/call"]  # discover: from cache
 
@@ -120,12 +126,12 @@ def test_a_closed_stream_cancels_the_bridged_call(legacy):
     assert cancel["params"]["requestId"] == call["id"]
 
 
-def test_a_server_request_during_a_call_gets_a_clear_error(legacy):
+def test_a_server_request_the_client_did_not_declare_gets_a_clear_error(legacy):
     message = modern("tools/call", 2, name="ask", arguments={})
     answer = post(legacy.base, message).json()
     text = answer["result"]["content"][0]["text"]
-    assert "sampling/createMessage is not available" in text, text
-    assert "not carried to a 2026-07-28 client" in "\n".join(legacy.lines)
+    assert ("sampling/createMessage cannot be put to the 2026-07-28 client: the client did "
+            "not declare sampling, elicitation or roots") in text, text
 
 
 def children(proxy) -> int:
@@ -189,3 +195,105 @@ def test_hostile_meta_gets_answers_never_a_traceback(proxy_factory):
 
     check()
     assert not [line for line in proxy.lines if "Traceback" in line or " ERROR " in line]
+
+
+ASKER = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
+
+
+def ask(base: str, who: str, request_id: int = 1, prompt: str = "hi", **params) -> dict:
+    message = modern("tools/call", request_id, name="ask", arguments={"prompt": prompt},
+                     _meta=dict(ASKER), **params)
+    answer = post(base, message, Authorization=f"Bearer {who}")
+    return answer.json() if "json" in answer.headers["Content-Type"] else events(answer)[-1]
+
+
+def retry(base: str, who: str, state, responses, request_id: int = 2) -> dict:
+    return ask(base, who, request_id, requestState=state, inputResponses=responses)
+
+
+def test_rounds_are_bound_to_their_caller_and_resume_the_same_call(legacy):
+    alice = ask(legacy.base, "alice", prompt="alice's question")["result"]
+    bob = ask(legacy.base, "bob", prompt="bob's question")["result"]
+    schema.InputRequiredResult.model_validate(alice)
+    for result, prompt in ((alice, "alice's question"), (bob, "bob's question")):
+        (request,) = result["inputRequests"].values()
+        assert request["method"] == "sampling/createMessage"
+        assert request["params"]["messages"][0]["content"]["text"] == prompt
+    key = next(iter(alice["inputRequests"]))
+    sampled = {key: {"role": "assistant", "model": "m",
+                     "content": {"type": "text", "text": "for alice"}}}
+    for who, state, responses in (("bob", alice["requestState"], sampled),  # not bob's
+                                  ("alice", "mcp-proxy:forged.sig", sampled),
+                                  ("alice", alice["requestState"], {"other": {}}),
+                                  ("alice", alice["requestState"], {key: "text"})):
+        refused = retry(legacy.base, who, state, responses)
+        assert refused["error"]["code"] == -32602, refused
+    done = retry(legacy.base, "alice", alice["requestState"], sampled)  # still parked
+    assert json.loads(done["result"]["content"][0]["text"])["content"]["text"] == "for alice"
+    assert done["id"] == 2 and done["result"]["resultType"] == "complete"
+    again = retry(legacy.base, "alice", alice["requestState"], sampled, request_id=3)
+    assert again["error"] == {"code": -32602, "message": "Invalid or expired requestState"}
+    calls = [m for m in recorded(legacy.record) if m.get("method") == "tools/call"]
+    assert len(calls) == 2  # one per caller: each retry resumed its call, never a new one
+    assert children(legacy) == 2  # alice's and bob's
+
+
+def test_a_caller_with_a_round_out_gets_another_child_meanwhile(legacy):
+    first = ask(legacy.base, "carol")["result"]
+    assert first["resultType"] == "input_required"
+    other = post(legacy.base, modern("tools/call", 5, name="echo", arguments={"text": "x"},
+                                     _meta=dict(ASKER)), Authorization="Bearer carol")
+    assert other.json()["result"]["content"][0]["text"] == "x"
+    assert children(legacy) == 2  # the first is leased to the round that is out
+    assert methods(legacy.record).count("initialize") == 2
+
+
+def test_a_round_not_taken_up_is_cancelled(proxy_factory, tmp_path):
+    record = tmp_path / "sent.jsonl"
+    proxy = proxy_factory("--", *RAW_SERVER, "--legacy-only", "--record", str(record),
+                          env={"MCP_PROXY_BRIDGE_PARK_TTL": "1"})
+    first = ask(proxy.base, "dave")["result"]
+    wait_until(lambda: "notifications/cancelled" in methods(record), timeout=10)
+    sent = recorded(record)
+    answered = next(m for m in sent if m.get("id") == "srv-1" and "method" not in m)
+    assert "did not answer within 1 s" in answered["error"]["message"]
+    key = next(iter(first["inputRequests"]))
+    late = retry(proxy.base, "dave", first["requestState"], {key: {}})
+    assert late["error"]["message"] == "Invalid or expired requestState"
+
+
+def test_hostile_retries_get_clear_errors(legacy):
+    first = ask(legacy.base, "erin")["result"]
+    state = first["requestState"]
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @given(forged=st.one_of(JUNK, st.just(state[:-2] + "AA"), st.just(state + "x")),
+           responses=JUNK)
+    def check(forged, responses):
+        if forged is None:
+            return
+        answer = retry(legacy.base, "erin", forged, responses)
+        assert answer["error"]["code"] == -32602, answer
+
+    check()
+    key = next(iter(first["inputRequests"]))
+    done = retry(legacy.base, "erin", state, {key: {"role": "assistant", "model": "m",
+                                                    "content": {"type": "text", "text": "ok"}}})
+    assert done["result"]["resultType"] == "complete"
+    assert not [line for line in legacy.lines if "Traceback" in line or " ERROR " in line]
+
+
+def test_a_bridged_round_is_resumed_through_another_worker(proxy_factory, redis_server):
+    pair = Pair(proxy_factory, redis_server, *LEGACY_SDK)
+    meta = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
+    call = modern("tools/call", 1, name="sample", arguments={"prompt": "hi"}, _meta=meta)
+    first = post(pair.a.base, call).json()["result"]
+    assert first["requestState"].startswith("mcp-proxy:" + pair.status(pair.a)["worker"]["id"])
+    (key,) = first["inputRequests"]
+    call["params"].update(requestState=first["requestState"], inputResponses={key: {
+        "role": "assistant", "content": {"type": "text", "text": "sampled:hi"},
+        "model": "m", "stopReason": "endTurn"}})
+    call["id"] = 2
+    retried = post(pair.b.base, call)
+    assert retried.headers["Mcp-Proxy-Route"].split()[1] == "forwarded"
+    assert retried.json()["result"]["content"][0]["text"] == "sampled:hi"

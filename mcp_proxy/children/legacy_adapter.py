@@ -16,9 +16,9 @@ requests are carried on a legacy session with such a child instead of refused wi
   requests in flight that asked for log lines and whose level admits it; ``ping`` is
   answered here; other notifications (``list_changed``, ``resources/updated``) are dropped,
   since a request stream is not where they belong and listen streams are not bridged yet;
-- a request of the child's own (sampling, elicitation, roots) gets an error: the bridge does
-  not carry them yet, and the child is never told the client could answer them
-  (``legacy_bridge.NOT_CARRIED``), so servers that gate tools on them do not offer those tools.
+- a request of the child's own (sampling, elicitation, roots) during a call becomes an
+  ``input_required`` round for its caller, when it can be attributed (``parking.py``);
+  otherwise the child gets an error that says why.
 
 Cancellation (the caller closed its stream) is the multiplexer's: ``notifications/cancelled``
 for every request of the closed port. Which child serves a request is ``legacy_bridge.py``'s.
@@ -33,16 +33,19 @@ from typing import Any
 
 from gevent.lock import Semaphore
 
-from mcp_proxy.children.legacy_bridge import carried_capabilities
+from mcp_proxy.children.legacy_bridge import ROUND_CAPABILITIES
 from mcp_proxy.children.multiplexer import Multiplexer
+from mcp_proxy.children.parking import Parking
 from mcp_proxy.children.port import Port, admits
 from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.era_headers import header_params
 from mcp_proxy.core.jsonrpc import Message, result_message
 from mcp_proxy.core.protocol import (
+    CAPABILITIES_KEY,
     LEGACY_VERSIONS,
     LOG_LEVEL_KEY,
     MODERN_VERSION,
+    NAMED_BY,
     SERVER_INFO_KEY,
 )
 from mcp_proxy.errors import LinkClosed, ProxyError, SpawnError
@@ -108,13 +111,18 @@ def modern_answer(message: Message, method: str | None) -> Message:
     return Message({**message.obj, "result": {**added, **result}})
 
 
-class LegacySession(Multiplexer):
+class LegacySession(Multiplexer, Parking):
     """A 2025-era child initialized by the proxy for 2026-07-28 callers (module docstring)."""
 
     restarts = False  # started again when the next request needs it
 
     def __init__(self, name: str, spawn, capabilities: dict, client_info: Any) -> None:
-        super().__init__(name, spawn, carried_capabilities(capabilities))
+        """``capabilities``: the client capabilities to initialize the child with (those
+        the bridge carries); with sampling, elicitation or roots among them the child is
+        leased to one caller's request at a time (``exclusive``)."""
+        super().__init__(name, spawn, capabilities)
+        self._init_parking()
+        self.exclusive = any(key in capabilities for key in ROUND_CAPABILITIES)
         self.client_info = client_info if isinstance(client_info, dict) else {}
         self.last_used = time.monotonic()
         self.tools: dict[str, dict[tuple, str] | None] = {}  # see header_params
@@ -132,13 +140,25 @@ class LegacySession(Multiplexer):
         self.tools.clear()
         self.listed_at = float("-inf")
 
+    def admit(self, port: Port) -> Port:
+        self.reserved_until = 0.0  # the bridge reserved this child for this request
+        return super().admit(port)
+
     def release(self, port: Port) -> None:
         self.last_used = time.monotonic()
         super().release(port)
 
+    def reserve(self) -> None:
+        """Hold an exclusive child for the request it was picked for, until it is admitted."""
+        self.reserved_until = time.monotonic() + START_TIMEOUT
+
     def idle_since(self) -> float | None:
-        """Since when nobody uses this child (None: a request is in flight)."""
-        return None if self.sharing.ports else self.last_used
+        """Since when nobody uses this child (None: a request or a round is out)."""
+        return None if self.sharing.ports or self.parked else self.last_used
+
+    def close(self, reason: str) -> None:
+        self.end_parking()
+        super().close(reason)
 
     # -- the edge's Mcp-Param-* checks ----------------------------------------------------
 
@@ -181,6 +201,11 @@ class LegacySession(Multiplexer):
             port.deliver_if_open(result_message(message.id, discover_result(self.init_result)))
             return
         meta = message.params.get("_meta")
+        capabilities = meta.get(CAPABILITIES_KEY) if isinstance(meta, dict) else None
+        port.capabilities = capabilities if isinstance(capabilities, dict) else {}
+        if message.method in NAMED_BY and message.request_state is not None:
+            self.resume(port, message)  # an input_required round's retry
+            return
         level = meta.get(LOG_LEVEL_KEY) if isinstance(meta, dict) else None
         port.level = level if isinstance(level, str) else None
         if port.level is not None:
@@ -212,12 +237,12 @@ class LegacySession(Multiplexer):
             if message.method == "ping":
                 self.answer_server(result_message(message.id, {}))
                 return
-            logger.info("%s: refused the server's %s: not carried to a 2026-07-28 client",
-                        self.name, message.method)
-            self.answer_server(jsonrpc.error_message(
-                message.id, jsonrpc.INTERNAL_ERROR, f"{message.method} is not available: the "
-                "client speaks the 2026-07-28 era, and the proxy's bridge does not carry "
-                "server requests yet"))
+            why = self.park(message)
+            if why is not None:
+                logger.info("%s: refused the server's %s: %s", self.name, message.method, why)
+                self.answer_server(jsonrpc.error_message(
+                    message.id, jsonrpc.INTERNAL_ERROR, f"{message.method} cannot be put to "
+                    f"the 2026-07-28 client: {why}"))
         elif message.method == "notifications/progress":
             self.route_notification(message)
         elif message.method == "notifications/message":

@@ -8,9 +8,14 @@ Owns the bridged children of one configured server (``legacy_adapter.py``'s
 - a **per-session** server has one legacy child per (caller, capability fingerprint): the
   caller is the principal of its credentials (``request_state.principal``), the fingerprint
   a digest of the capabilities and client name the child is initialized with, since servers
-  gate what they offer on them. A child nobody has used for ``IDLE`` seconds is stopped;
-  at most ``MAX_CHILDREN`` run at once (the idle ones are stopped first to make room, else
-  the request is refused as busy).
+  gate what they offer on them. When those capabilities include sampling, elicitation or
+  roots, a child is **leased** to one request and its ``input_required`` rounds at a time
+  (``parking.py``), so a caller's concurrent requests get a small pool of such children;
+  a retry goes to the child that made its ``requestState``. A child nobody has used for
+  ``IDLE`` seconds is stopped; at most ``MAX_CHILDREN`` run at once (the idle ones are
+  stopped first to make room, else the request is refused as busy).
+
+A shared child is never told of sampling, elicitation or roots: it cannot be leased.
 """
 
 from __future__ import annotations
@@ -35,24 +40,24 @@ logger = logging.getLogger(__name__)
 # it); five minutes keep a conversation's child warm between a person's turns
 IDLE = float(os.environ.get("MCP_PROXY_BRIDGE_IDLE", "300"))
 MAX_CHILDREN = 32  # per configured server
-# client capabilities the bridge cannot carry yet: their server requests would need
-# input_required rounds; the child is not told of them
-NOT_CARRIED = ("sampling", "elicitation", "roots")
+# client capabilities whose server requests become input_required rounds: a child told of
+# them is leased to one request at a time, which a shared child cannot be; it is not told
+ROUND_CAPABILITIES = ("sampling", "elicitation", "roots")
 
 
-def carried_capabilities(capabilities: Any) -> dict:
-    """The client capabilities a child is initialized with: all but :data:`NOT_CARRIED`."""
+def carried_capabilities(capabilities: Any, shared: bool) -> dict:
+    """The client capabilities a child is initialized with: a shared one gets none of
+    :data:`ROUND_CAPABILITIES`."""
     if not isinstance(capabilities, dict):
         return {}
-    return {key: value for key, value in capabilities.items() if key not in NOT_CARRIED}
+    return {key: value for key, value in capabilities.items()
+            if not shared or key not in ROUND_CAPABILITIES}
 
 
-def fingerprint(meta: Any) -> str:
+def fingerprint(carried: dict, meta: dict) -> str:
     """A digest of what a child is initialized with for this request's ``_meta``."""
-    meta = meta if isinstance(meta, dict) else {}
     info = meta.get(CLIENT_INFO_KEY)
     name = info.get("name") if isinstance(info, dict) else None
-    carried = carried_capabilities(meta.get(CAPABILITIES_KEY))
     text = json.dumps([carried, name], sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -66,38 +71,50 @@ class LegacyBridge:
         self._spawn = spawn
         self._session = session
         self.shared = shared
-        self.sessions: dict[tuple[str, str], Any] = {}
+        self.sessions: dict[tuple[str, str], list] = {}
         self._reaper: gevent.Greenlet | None = None
         self._numbers = itertools.count(1)
         self.closed = False
 
-    def session_for(self, principal: str, meta: Any) -> Any:
-        """The child this caller's request goes to (made, not started, if new)."""
-        key = ("", "") if self.shared else (principal, fingerprint(meta))
-        session = self.sessions.get(key)
-        if session is None or session.state in ("stopped", "crash loop"):
-            if len(self.sessions) >= MAX_CHILDREN:
+    def session_for(self, principal: str, meta: Any, handle: Any = None) -> Any:
+        """The child this caller's request goes to (made, not started, if new): the one
+        that made ``handle``, else one not leased to another request."""
+        meta = meta if isinstance(meta, dict) else {}
+        carried = carried_capabilities(meta.get(CAPABILITIES_KEY), self.shared)
+        key = ("", "") if self.shared else (principal, fingerprint(carried, meta))
+        pool = self.sessions.setdefault(key, [])
+        pool[:] = [s for s in pool if s.state not in ("stopped", "crash loop")]
+        if handle is not None:  # a retry: to its child, which refuses a handle not its own
+            owner = next((s for s in pool if s.owns(handle)), pool[0] if pool else None)
+            if owner is not None:
+                return owner
+        session = next((s for s in pool if not s.leased()), None)
+        if session is None:
+            if self.running() >= MAX_CHILDREN:
                 self.reap(float("-inf"))
-            if len(self.sessions) >= MAX_CHILDREN:
+            if self.running() >= MAX_CHILDREN:
                 raise ServerBusy(f"{self.name}: {MAX_CHILDREN} bridged servers are busy")
-            meta = meta if isinstance(meta, dict) else {}
             label = self.name if self.shared else f"{self.name}#{next(self._numbers)}"
-            session = self.sessions[key] = self._session(
-                label, lambda: self._spawn(label), meta.get(CAPABILITIES_KEY) or {},
-                meta.get(CLIENT_INFO_KEY))
+            session = self._session(label, lambda: self._spawn(label), carried,
+                                    meta.get(CLIENT_INFO_KEY))
+            pool.append(session)
             if not self.shared and self._reaper is None:
                 self._reaper = greenlets.spawn(self._reap_loop, name=f"{self.name} reaper")
+        session.reserve()
         return session
 
     def reap(self, older_than: float) -> None:
         """Stop the children nobody has used since ``older_than`` (a monotonic time)."""
-        for key, session in list(self.sessions.items()):
-            since = session.idle_since()
-            if since is not None and since <= older_than:
+        for key, pool in list(self.sessions.items()):
+            for session in list(pool):
+                since = session.idle_since()
+                if since is not None and since <= older_than:
+                    pool.remove(session)
+                    logger.info("%s: stopped, unused for %.0f s", session.name,
+                                time.monotonic() - since)
+                    session.close("unused")
+            if not pool:
                 del self.sessions[key]
-                logger.info("%s: stopped, unused for %.0f s", session.name,
-                            time.monotonic() - since)
-                session.close("unused")
 
     def _reap_loop(self) -> None:
         while not self.closed:
@@ -105,12 +122,14 @@ class LegacyBridge:
             self.reap(time.monotonic() - IDLE)
 
     def running(self) -> int:
-        return sum(1 for session in self.sessions.values() if session.child is not None)
+        """How many bridged children there are (started, or about to be)."""
+        return sum(len(pool) for pool in self.sessions.values())
 
     def close(self, reason: str) -> None:
         self.closed = True
-        for session in list(self.sessions.values()):
-            session.close(reason)
+        for pool in list(self.sessions.values()):
+            for session in pool:
+                session.close(reason)
         self.sessions.clear()
         if self._reaper is not None:
             self._reaper.kill(block=False)

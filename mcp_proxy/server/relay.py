@@ -150,7 +150,7 @@ class Relay:
                 lane.ensure_started()
             except LegacyOnly:  # carried on a 2025-era session of the proxy's own
                 lane = supervisor.bridge(self.server_name).session_for(
-                    caller, message.params.get("_meta"))
+                    caller, message.params.get("_meta"), message.request_state)
                 lane.ensure_started()
         except SpawnError as exc:
             return rpc_error(502, jsonrpc.INTERNAL_ERROR,
