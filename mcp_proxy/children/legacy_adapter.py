@@ -14,8 +14,8 @@ requests are carried on a legacy session with such a child instead of refused wi
   and the request's own filter for log lines;
 - an answer gets ``resultType: "complete"``; progress goes to its request; a log line to the
   requests in flight that asked for log lines and whose level admits it; ``ping`` is
-  answered here; other notifications (``list_changed``, ``resources/updated``) are dropped,
-  since a request stream is not where they belong and listen streams are not bridged yet;
+  answered here; ``subscriptions/listen`` is served here, and ``list_changed`` and
+  ``resources/updated`` go to the listens that asked for them (``listening.py``);
 - a request of the child's own (sampling, elicitation, roots) during a call becomes an
   ``input_required`` round for its caller, when it can be attributed (``parking.py``);
   otherwise the child gets an error that says why.
@@ -34,6 +34,7 @@ from typing import Any
 from gevent.lock import Semaphore
 
 from mcp_proxy.children.legacy_bridge import ROUND_CAPABILITIES
+from mcp_proxy.children.listening import LISTEN_METHOD, LISTENED, Listening
 from mcp_proxy.children.multiplexer import Multiplexer
 from mcp_proxy.children.parking import Parking
 from mcp_proxy.children.port import Port, admits
@@ -53,9 +54,6 @@ from mcp_proxy.errors import LinkClosed, ProxyError, SpawnError
 logger = logging.getLogger(__name__)
 
 ENVELOPE_PREFIX = "io.modelcontextprotocol/"
-# server capabilities a modern client would use through subscriptions/listen, not bridged yet
-_LISTEN_ONLY = {"tools": ("listChanged",), "prompts": ("listChanged",),
-                "resources": ("listChanged", "subscribe")}
 SUPPORTED_VERSIONS = [MODERN_VERSION]
 START_TIMEOUT = 60.0  # spawn to initialize answered (a uvx or npx server may download first)
 REQUEST_TIMEOUT = 10.0  # the proxy's own tools/list and logging/setLevel
@@ -71,10 +69,6 @@ def discover_result(init_result: dict) -> dict:
     capabilities = copy.deepcopy(init_result.get("capabilities"))
     if not isinstance(capabilities, dict):
         capabilities = {}
-    for feature, keys in _LISTEN_ONLY.items():
-        if isinstance(capabilities.get(feature), dict):
-            for key in keys:
-                capabilities[feature].pop(key, None)
     result: dict = {"supportedVersions": list(SUPPORTED_VERSIONS),
                     "capabilities": capabilities, "resultType": "complete",
                     "ttlMs": 0, "cacheScope": "private"}
@@ -111,7 +105,7 @@ def modern_answer(message: Message, method: str | None) -> Message:
     return Message({**message.obj, "result": {**added, **result}})
 
 
-class LegacySession(Multiplexer, Parking):
+class LegacySession(Multiplexer, Parking, Listening):
     """A 2025-era child initialized by the proxy for 2026-07-28 callers (module docstring)."""
 
     restarts = False  # started again when the next request needs it
@@ -136,13 +130,11 @@ class LegacySession(Multiplexer, Parking):
             "protocolVersion": LEGACY_VERSIONS[0], "capabilities": self.capabilities,
             "clientInfo": {**self.client_info, **info}}, START_TIMEOUT)
         child.send(Message({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        for uri in self.sharing.subscribed:  # a restarted child: the listens still hold them
+            self._request("resources/subscribe", {"uri": uri}, REQUEST_TIMEOUT)
         self.level = None
         self.tools.clear()
         self.listed_at = float("-inf")
-
-    def admit(self, port: Port) -> Port:
-        self.reserved_until = 0.0  # the bridge reserved this child for this request
-        return super().admit(port)
 
     def release(self, port: Port) -> None:
         self.last_used = time.monotonic()
@@ -191,6 +183,12 @@ class LegacySession(Multiplexer, Parking):
         if message.kind != jsonrpc.REQUEST:
             return  # the edge answers modern notifications 202 and drops them
         self.last_used = time.monotonic()
+        try:
+            self._route(port, message)
+        finally:
+            self.reserved_until = 0.0  # the request the bridge reserved this child for is in
+
+    def _route(self, port: Port, message: Message) -> None:
         if message.method == "server/discover":
             try:
                 self.ensure_started()
@@ -199,6 +197,9 @@ class LegacySession(Multiplexer, Parking):
                                                            str(exc)))
                 return
             port.deliver_if_open(result_message(message.id, discover_result(self.init_result)))
+            return
+        if message.method == LISTEN_METHOD:
+            self.listen(port, message)
             return
         meta = message.params.get("_meta")
         capabilities = meta.get(CAPABILITIES_KEY) if isinstance(meta, dict) else None
@@ -245,6 +246,8 @@ class LegacySession(Multiplexer, Parking):
                     f"the 2026-07-28 client: {why}"))
         elif message.method == "notifications/progress":
             self.route_notification(message)
+        elif message.method in LISTENED:
+            self.route_listened(message)
         elif message.method == "notifications/message":
             level = message.params.get("level")
             for port in list(self.sharing.ports):

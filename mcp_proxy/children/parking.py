@@ -80,9 +80,10 @@ class Parking:
         self.reserved_until = 0.0
 
     def leased(self) -> bool:
-        """Whether an exclusive child is taken (a request, a parked round, or reserved)."""
-        return self.exclusive and bool(self.sharing.ports or self.parked
-                                       or self.reserved_until > time.monotonic())
+        """Whether an exclusive child is taken (a request in flight, a parked round, or
+        reserved for a request on its way); a listen does not take it."""
+        return self.exclusive and bool(any(port.inflight for port in self.sharing.ports)
+                                       or self.parked or self.reserved_until > time.monotonic())
 
     def owns(self, handle: Any) -> bool:
         return unwrap_state(handle, self.serial) is not None
