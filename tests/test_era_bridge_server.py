@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import sys
 
 import mcp_types._v2026_07_28 as schema
@@ -16,6 +17,7 @@ import pytest
 import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_inspector import CACHE, OFFLINE, inspector_cli, run_inspector  # noqa: F401 (a fixture)
 from test_lifecycle import wait_until
 from test_modern import MODERN, events, headers_for, modern, post
 from test_scaleout import Pair
@@ -348,3 +350,39 @@ def test_listen_streams_get_changes_and_subscriptions_are_counted(proxy_factory,
     assert unsubscribed == ["memo://b"]
     assert "subscriptions/listen" not in methods(record)  # served by the proxy
     listens[1][0].close()
+
+
+EVERYTHING = "@modelcontextprotocol/server-everything"
+
+
+@pytest.fixture(scope="module")
+def everything(inspector_cli) -> list[str]:  # noqa: F811
+    """server-everything (2025-era only) run by the Inspector's Node, installed on first use."""
+    script = CACHE / "node_modules" / EVERYTHING / "dist" / "index.js"
+    if not script.exists():
+        done = subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(CACHE), EVERYTHING],
+            capture_output=True, text=True, timeout=400)
+        if done.returncode != 0 and OFFLINE.search(done.stderr):
+            pytest.skip("the npm registry is unreachable: " + done.stderr.strip()[-300:])
+        assert done.returncode == 0, done.stderr[-3000:]
+    return [inspector_cli[0], str(script), "stdio"]
+
+
+def test_the_inspector_in_the_modern_era_against_server_everything(
+        inspector_cli, everything, proxy_factory, tmp_path):  # noqa: F811
+    proxy = proxy_factory("--", *everything)
+    modern_cli = ("--transport", "http", "--protocol-era", "modern")
+    listed = run_inspector(inspector_cli, tmp_path, proxy.base + "/mcp", *modern_cli,
+                           "--method", "tools/list")
+    assert "echo" in [tool["name"] for tool in listed["tools"]]
+    called = run_inspector(inspector_cli, tmp_path, proxy.base + "/mcp", *modern_cli,
+                           "--method", "tools/call", "--tool-name", "echo",
+                           "--tool-arg", "message=hi")
+    assert called["content"][0]["text"] == "Echo: hi"
+    uri = "demo://resource/static/document/architecture.md"
+    read = run_inspector(inspector_cli, tmp_path, proxy.base + "/mcp", *modern_cli,
+                         "--method", "resources/read", "--uri", uri)
+    assert read["contents"][0]["uri"] == uri
+    status = requests.get(proxy.base + "/status", timeout=5).json()
+    assert status["server_instances"]["default"]["modern_lane"]["bridge"] == "modern->legacy"
