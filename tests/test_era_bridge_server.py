@@ -8,7 +8,6 @@ refuses every 2026-07-28 frame, as a server of the 2025 era does), or raw_server
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
@@ -19,11 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_inspector import CACHE, OFFLINE, inspector_cli, run_inspector  # noqa: F401 (a fixture)
 from test_lifecycle import wait_until
-from test_modern import MODERN, events, headers_for, modern, post
-from test_scaleout import Pair
+from test_modern import MODERN, events, leave_a_held_call, modern, post
 from test_shared import methods, recorded
 
-from conftest import RAW_SERVER, SDK_SERVER, SERVERS, SseReader, run_driver
+from conftest import RAW_SERVER, SDK_SERVER, SERVERS, run_driver
 
 LEGACY_SDK = [sys.executable, str(SERVERS / "legacy_only.py"), *SDK_SERVER]
 
@@ -113,19 +111,7 @@ def test_meta_is_applied_progress_kept_and_the_envelope_stripped(legacy):
 
 
 def test_a_closed_stream_cancels_the_bridged_call(legacy):
-    message = modern("tools/call", 5, name="hold", arguments={})
-    host, port = legacy.base.rsplit("/", 1)[1].rsplit(":", 1)
-    body = json.dumps(message).encode()
-    head = "".join(f"{k}: {v}\r\n" for k, v in headers_for(message).items())
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\n{head}"
-                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        wait_until(lambda: "tools/call" in methods(legacy.record))
-    wait_until(lambda: "notifications/cancelled" in methods(legacy.record), timeout=5)
-    sent = recorded(legacy.record)
-    call = next(m for m in sent if m.get("method") == "tools/call")
-    cancel = next(m for m in sent if m.get("method") == "notifications/cancelled")
-    assert cancel["params"]["requestId"] == call["id"]
+    leave_a_held_call(legacy)
 
 
 def test_a_server_request_the_client_did_not_declare_gets_a_clear_error(legacy):
@@ -283,73 +269,6 @@ def test_hostile_retries_get_clear_errors(legacy):
                                                     "content": {"type": "text", "text": "ok"}}})
     assert done["result"]["resultType"] == "complete"
     assert not [line for line in legacy.lines if "Traceback" in line or " ERROR " in line]
-
-
-def test_a_bridged_round_is_resumed_through_another_worker(proxy_factory, redis_server):
-    pair = Pair(proxy_factory, redis_server, *LEGACY_SDK)
-    meta = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
-    call = modern("tools/call", 1, name="sample", arguments={"prompt": "hi"}, _meta=meta)
-    first = post(pair.a.base, call).json()["result"]
-    assert first["requestState"].startswith("mcp-proxy:" + pair.status(pair.a)["worker"]["id"])
-    (key,) = first["inputRequests"]
-    call["params"].update(requestState=first["requestState"], inputResponses={key: {
-        "role": "assistant", "content": {"type": "text", "text": "sampled:hi"},
-        "model": "m", "stopReason": "endTurn"}})
-    call["id"] = 2
-    retried = post(pair.b.base, call)
-    assert retried.headers["Mcp-Proxy-Route"].split()[1] == "forwarded"
-    assert retried.json()["result"]["content"][0]["text"] == "sampled:hi"
-
-
-def test_listen_streams_get_changes_and_subscriptions_are_counted(proxy_factory, tmp_path):
-    record = tmp_path / "sent.jsonl"
-    proxy = proxy_factory("--keepalive", "60", "--", *RAW_SERVER, "--legacy-only", "--changes",
-                          "--record", str(record))
-    discover = post(proxy.base, modern("server/discover", 1)).json()["result"]
-    assert discover["capabilities"]["tools"] == {"listChanged": True}
-    listens = []
-    for listen_id, uris in (("L1", ["memo://a", "memo://b"]), (7, ["memo://a"])):
-        message = modern("subscriptions/listen", listen_id, notifications={
-            "toolsListChanged": listen_id == "L1", "promptsListChanged": True,
-            "resourceSubscriptions": uris})
-        response = requests.post(proxy.base + "/mcp", json=message, stream=True, timeout=10,
-                                 headers=headers_for(message))
-        reader = SseReader(response)
-        ack = json.loads(reader.next_event()[1])
-        schema.SubscriptionsAcknowledgedNotification.model_validate(ack)
-        assert ack["params"] == {"notifications": {"toolsListChanged": True,
-                                                   "resourceSubscriptions": uris}
-                                 if listen_id == "L1" else {"resourceSubscriptions": uris},
-                                 "_meta": {"io.modelcontextprotocol/subscriptionId": listen_id}}
-        listens.append((response, reader))
-    # memo://a is held twice, subscribed once (the proxy's own requests, sent meanwhile)
-    wait_until(lambda: methods(record).count("resources/subscribe") == 2, timeout=5)
-    subscribed = [m["params"]["uri"] for m in recorded(record)
-                  if m.get("method") == "resources/subscribe"]
-    assert sorted(subscribed) == ["memo://a", "memo://b"]
-    for name, arguments in (("change", {}), ("update", {"uri": "memo://a"}),
-                            ("update", {"uri": "memo://b"})):
-        call = modern("tools/call", 2, name=name, arguments=arguments)
-        assert post(proxy.base, call).status_code == 200
-    got = {listen_id: [] for listen_id in ("L1", 7)}
-    for (_, reader), listen_id, count in zip(listens, ("L1", 7), (3, 1), strict=True):
-        for _ in range(count):
-            got[listen_id].append(json.loads(reader.next_event()[1]))
-    assert [(m["method"], m["params"].get("uri")) for m in got["L1"]] == [
-        ("notifications/tools/list_changed", None),
-        ("notifications/resources/updated", "memo://a"),
-        ("notifications/resources/updated", "memo://b")]
-    assert [(m["method"], m["params"]["uri"]) for m in got[7]] == [
-        ("notifications/resources/updated", "memo://a")]
-    assert all(m["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == listen_id
-               for listen_id, messages in got.items() for m in messages)
-    listens[0][0].close()  # the last holder of memo://b lets go; memo://a is still held
-    wait_until(lambda: "resources/unsubscribe" in methods(record), timeout=5)
-    unsubscribed = [m["params"]["uri"] for m in recorded(record)
-                    if m.get("method") == "resources/unsubscribe"]
-    assert unsubscribed == ["memo://b"]
-    assert "subscriptions/listen" not in methods(record)  # served by the proxy
-    listens[1][0].close()
 
 
 EVERYTHING = "@modelcontextprotocol/server-everything"

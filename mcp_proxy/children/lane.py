@@ -38,7 +38,7 @@ from mcp_proxy.children.multiplexer import Multiplexer
 from mcp_proxy.children.port import Port, admits
 from mcp_proxy.children.request_state import unwrap_state, wrap_state
 from mcp_proxy.core import jsonrpc
-from mcp_proxy.core.era_headers import header_params
+from mcp_proxy.core.era_headers import header_params, list_header_params
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.core.link import Link
 from mcp_proxy.core.protocol import (
@@ -62,7 +62,6 @@ MAX_UNSPENT = 100_000  # anonymous handles not yet redeemed, per child (a few MB
 # hears only on a caller's listen): made-up names must not cost a listing each
 LISTING_TTL = 60.0
 LISTING_RETRY = 5.0  # after a failed listing, calls that need one get its error this long
-MAX_PAGES = 10
 
 
 class ModernLane(Multiplexer):
@@ -137,17 +136,7 @@ class ModernLane(Multiplexer):
         return self.tools.get(name, {})
 
     def _list_tools(self, meta: dict) -> None:
-        cursor = None
-        for _ in range(MAX_PAGES):
-            params: dict = {"_meta": meta, **({"cursor": cursor} if cursor else {})}
-            try:
-                result = self._request("tools/list", params, DISCOVER_TIMEOUT)
-            except ProxyError as exc:
-                raise ProxyError(f"tools/list failed: {exc}") from None
-            self.tools.update(header_params(result.get("tools")))
-            cursor = result.get("nextCursor")
-            if not cursor:
-                break
+        self.tools.update(list_header_params(self._request, {"_meta": meta}, DISCOVER_TIMEOUT))
         self.listed_at = time.monotonic()
 
     # -- the two directions --------------------------------------------------------------

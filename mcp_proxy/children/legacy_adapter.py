@@ -39,7 +39,7 @@ from mcp_proxy.children.multiplexer import Multiplexer
 from mcp_proxy.children.parking import Parking
 from mcp_proxy.children.port import Port, admits
 from mcp_proxy.core import jsonrpc
-from mcp_proxy.core.era_headers import header_params
+from mcp_proxy.core.era_headers import header_params, list_header_params
 from mcp_proxy.core.jsonrpc import Message, result_message
 from mcp_proxy.core.protocol import (
     CAPABILITIES_KEY,
@@ -49,7 +49,7 @@ from mcp_proxy.core.protocol import (
     NAMED_BY,
     SERVER_INFO_KEY,
 )
-from mcp_proxy.errors import LinkClosed, ProxyError, SpawnError
+from mcp_proxy.errors import LinkClosed, ProxyError
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,6 @@ SUPPORTED_VERSIONS = [MODERN_VERSION]
 START_TIMEOUT = 60.0  # spawn to initialize answered (a uvx or npx server may download first)
 REQUEST_TIMEOUT = 10.0  # the proxy's own tools/list and logging/setLevel
 LISTING_TTL = 60.0  # as the lane's: an unknown tool name is listed again after this long
-MAX_PAGES = 10
 # the results the 2026-07-28 schema gives a cache lifetime (ttlMs) and scope (cacheScope)
 CACHEABLE = ("tools/list", "prompts/list", "resources/list", "resources/templates/list",
              "resources/read")
@@ -164,17 +163,7 @@ class LegacySession(Multiplexer, Parking, Listening):
         return self.tools.get(name, {})
 
     def _list_tools(self) -> None:
-        cursor = None
-        for _ in range(MAX_PAGES):
-            try:
-                result = self._request("tools/list", {"cursor": cursor} if cursor else {},
-                                       REQUEST_TIMEOUT)
-            except ProxyError as exc:
-                raise ProxyError(f"tools/list failed: {exc}") from None
-            self.tools.update(header_params(result.get("tools")))
-            cursor = result.get("nextCursor")
-            if not cursor:
-                break
+        self.tools.update(list_header_params(self._request, {}, REQUEST_TIMEOUT))
         self.listed_at = time.monotonic()
 
     # -- the two directions --------------------------------------------------------------
@@ -190,13 +179,9 @@ class LegacySession(Multiplexer, Parking, Listening):
 
     def _route(self, port: Port, message: Message) -> None:
         if message.method == "server/discover":
-            try:
-                self.ensure_started()
-            except SpawnError as exc:
-                port.deliver_if_open(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR,
-                                                           str(exc)))
-                return
-            port.deliver_if_open(result_message(message.id, discover_result(self.init_result)))
+            if self.started_for(port, message):
+                port.deliver_if_open(result_message(message.id,
+                                                    discover_result(self.init_result)))
             return
         if message.method == LISTEN_METHOD:
             self.listen(port, message)
