@@ -154,9 +154,11 @@ class LegacySession(Multiplexer, Parking, Listening):
     # -- the edge's Mcp-Param-* checks ----------------------------------------------------
 
     def tool_headers(self, name: str, meta: dict) -> dict[tuple, str] | None:
-        """As ``ModernLane.tool_headers``: tool ``name``'s ``x-mcp-header`` arguments."""
+        """As ``ModernLane.tool_headers``: tool ``name``'s ``x-mcp-header`` arguments. Not
+        listed while a round is out: the child may be waiting for it, answering nothing."""
         self.ensure_started()
-        if name not in self.tools and time.monotonic() - self.listed_at > LISTING_TTL:
+        if (name not in self.tools and not self.parked
+                and time.monotonic() - self.listed_at > LISTING_TTL):
             with self._listing:
                 if name not in self.tools and time.monotonic() - self.listed_at > LISTING_TTL:
                     self._list_tools()
