@@ -114,20 +114,26 @@ def test_two_callers_with_the_same_ids_and_tokens(raw):
     assert "server/discover" == recorded(raw.record)[0]["method"]  # the child's first frame
 
 
-def test_a_closed_stream_cancels_the_call_on_the_child(raw):
+def leave_a_held_call(proxy) -> None:
+    """POST a call the server never answers, close the connection before the first byte of
+    the answer (the proxy pings only every 60 s), and see the call cancelled on the child."""
     message = modern("tools/call", 5, name="hold", arguments={})
-    host, port = raw.base.rsplit("/", 1)[1].rsplit(":", 1)
+    host, port = proxy.base.rsplit("/", 1)[1].rsplit(":", 1)
     body = json.dumps(message).encode()
     head = "".join(f"{k}: {v}\r\n" for k, v in headers_for(message).items())
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\n{head}"
                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        wait_until(lambda: "tools/call" in methods(raw.record))
-    # closed before the first byte of the answer; the proxy pings only every 60 s
-    wait_until(lambda: "notifications/cancelled" in methods(raw.record), timeout=5)
-    call = next(m for m in recorded(raw.record) if m.get("method") == "tools/call")
-    cancel = next(m for m in recorded(raw.record) if m.get("method") == "notifications/cancelled")
+        wait_until(lambda: "tools/call" in methods(proxy.record))
+    wait_until(lambda: "notifications/cancelled" in methods(proxy.record), timeout=5)
+    call = next(m for m in recorded(proxy.record) if m.get("method") == "tools/call")
+    cancel = next(m for m in recorded(proxy.record)
+                  if m.get("method") == "notifications/cancelled")
     assert cancel["params"]["requestId"] == call["id"]
+
+
+def test_a_closed_stream_cancels_the_call_on_the_child(raw):
+    leave_a_held_call(raw)
 
 
 def test_listen_streams_get_list_changed_with_their_own_id(raw):
@@ -241,26 +247,29 @@ def test_a_call_whose_headers_cannot_be_checked_is_refused(raw, proxy_factory, t
     assert "tools/call" not in methods(raw.record)
 
 
-def test_a_legacy_only_child_steers_clients_to_initialize(proxy_factory, tmp_path):
+def test_a_legacy_only_child_is_bridged_and_still_serves_initialize(proxy_factory, tmp_path):
     record = tmp_path / "sent.jsonl"
     proxy = proxy_factory("--", *RAW_SERVER, "--legacy-only", "--record", str(record))
-    refused = post(proxy.base, modern("tools/list", 1))
-    assert refused.status_code == 400
-    error = refused.json()["error"]
-    assert error["code"] == -32022 and error["data"]["requested"] == MODERN
-    assert set(error["data"]["supported"]) == {"2025-11-25", "2025-06-18", "2025-03-26",
-                                               "2024-11-05"}
-    assert methods(record) == ["server/discover"]  # the probe, and no modern frame after it
+    listed = post(proxy.base, modern("tools/list", 1))
+    assert listed.status_code == 200, listed.text
+    result = listed.json()["result"]
+    assert result["resultType"] == "complete" and result["tools"][0]["name"] == "echo"
+    sent = recorded(record)
+    assert [m.get("method") for m in sent][:3] == ["server/discover", "initialize",
+                                                   "notifications/initialized"]
+    # the probe is the only modern frame: the bridged child gets 2025-era requests
+    assert not any("io.modelcontextprotocol/protocolVersion" in json.dumps(m)
+                   for m in sent[1:])
     init = requests.post(proxy.base + "/mcp", headers=STREAM_HEADERS, timeout=10,
                          json=rpc("initialize", 1, **INIT_PARAMS))
     assert init.status_code == 200 and "Mcp-Session-Id" in init.headers
 
 
-def test_a_dual_era_sdk_client_falls_back_to_initialize(proxy_factory):
+def test_a_dual_era_sdk_client_is_served_by_the_bridge(proxy_factory):
     proxy = proxy_factory("--", *RAW_SERVER, "--legacy-only")
     report = run_driver("streamable", proxy.base + "/mcp", "echo", extra=("--mode", "auto"))
     assert report["echo"] == "hello"
-    assert report["session"]["protocolVersion"] != MODERN
+    assert report["session"]["protocolVersion"] == MODERN  # server/discover answered
 
 
 def test_a_large_input_required_round_keeps_its_request_state(raw):

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import requests
 from test_lifecycle import wait_until
 from test_modern import META, MODERN
 
-from conftest import RAW_SERVER, SDK_SERVER, STREAM_HEADERS, open_sse, pids_alive, rpc
+from conftest import RAW_SERVER, SDK_SERVER, SERVERS, STREAM_HEADERS, open_sse, pids_alive, rpc
 
 PING = 0.3  # the owners' heartbeat interval in these tests (MCP_PROXY_BUS_PING)
 ENV = {"MCP_PROXY_ROUTE_HEADER": "1", "MCP_PROXY_BUS_PING": str(PING)}
@@ -233,9 +234,14 @@ def test_a_redis_outage_is_503_for_remote_sessions_only_and_heals(pair):
     stream.close()
 
 
+# the SDK server, and behind legacy_only.py: the retry resumes a call the modern->legacy
+# bridge parked (issue 25)
+@pytest.mark.parametrize("command", [
+    SDK_SERVER, [sys.executable, str(SERVERS / "legacy_only.py"), *SDK_SERVER]],
+    ids=["modern", "bridged"])
 def test_a_modern_retry_goes_back_to_the_child_that_sealed_its_handle(proxy_factory,
-                                                                      redis_server):
-    pair = Pair(proxy_factory, redis_server, *SDK_SERVER)
+                                                                      redis_server, command):
+    pair = Pair(proxy_factory, redis_server, *command)
     meta = {**META, "io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
     headers = {**STREAM_HEADERS, "MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/call",
                "Mcp-Name": "sample"}

@@ -83,12 +83,19 @@ class FanIn:
         else:
             self.route_request(port, message)
 
-    def _answer_initialize(self, port: Member, message: Message) -> None:
+    def started_for(self, port: Member, message: Message) -> bool:
+        """Start the child if it is not running; if it cannot be, the client's request gets
+        the error. Whether it runs."""
         try:
             self.ensure_started()
         except SpawnError as exc:
             port.deliver_if_open(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR,
                                                        str(exc)))
+            return False
+        return True
+
+    def _answer_initialize(self, port: Member, message: Message) -> None:
+        if not self.started_for(port, message):
             return
         port.capabilities = message.params.get("capabilities") or {}
         port.version = asked = message.params.get("protocolVersion")
@@ -110,11 +117,7 @@ class FanIn:
                 message.id, jsonrpc.INVALID_REQUEST,
                 f"Invalid Request: {message.method} takes no id"))
             return False
-        try:
-            self.ensure_started()
-        except SpawnError as exc:
-            port.deliver_if_open(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR,
-                                                       str(exc)))
+        if not self.started_for(port, message):
             return False
         meta = message.params.get("_meta")
         token = meta.get("progressToken") if isinstance(meta, dict) else None

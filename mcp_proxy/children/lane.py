@@ -7,7 +7,7 @@ rest is specific to the era (SESSIONS.md §A.3):
 
 - the child's first frame is ``server/discover``; a child that does not answer it with a
   result is **legacy-only**, remembered for the life of the proxy, and never gets a modern
-  frame (the edge steers modern clients to ``initialize`` instead);
+  frame (the edge carries modern requests on legacy sessions instead: ``legacy_adapter.py``);
 - an ``input_required`` result's ``requestState`` is wrapped in a signed handle naming this
   child (its generation), the caller and an expiry (``STATE_TTL``); any other retry gets
   -32602 as the child itself would answer. A caller without credentials is a nonce, spent
@@ -38,7 +38,7 @@ from mcp_proxy.children.multiplexer import Multiplexer
 from mcp_proxy.children.port import Port, admits
 from mcp_proxy.children.request_state import unwrap_state, wrap_state
 from mcp_proxy.core import jsonrpc
-from mcp_proxy.core.era_headers import header_paths
+from mcp_proxy.core.era_headers import header_params, list_header_params
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.core.link import Link
 from mcp_proxy.core.protocol import (
@@ -62,15 +62,6 @@ MAX_UNSPENT = 100_000  # anonymous handles not yet redeemed, per child (a few MB
 # hears only on a caller's listen): made-up names must not cost a listing each
 LISTING_TTL = 60.0
 LISTING_RETRY = 5.0  # after a failed listing, calls that need one get its error this long
-MAX_PAGES = 10
-
-
-def header_params(tools: Any) -> dict[str, dict[tuple, str] | None]:
-    """Tool name -> {argument path: header name} from a tools/list result, as client mode
-    reads them (None: its ``x-mcp-header`` annotations are invalid)."""
-    return {tool["name"]: header_paths(tool.get("inputSchema"))
-            for tool in (tools if isinstance(tools, list) else ())
-            if isinstance(tool, dict) and isinstance(tool.get("name"), str)}
 
 
 class ModernLane(Multiplexer):
@@ -110,8 +101,8 @@ class ModernLane(Multiplexer):
             raise  # it died: a broken server, not an old one
         except ProxyError as exc:  # an error answer, or none in time
             self.legacy_only = True
-            logger.info("%s: the server is legacy-only (%s); modern clients are steered to "
-                        "initialize", self.name, exc)
+            logger.info("%s: the server is legacy-only (%s); 2026-07-28 requests are carried "
+                        "on 2025-era sessions (bridge modern->legacy)", self.name, exc)
             raise LegacyOnly(f"{self.name}: legacy-only server ({exc})") from None
         self.generation += 1
         self.tools.clear()
@@ -145,17 +136,7 @@ class ModernLane(Multiplexer):
         return self.tools.get(name, {})
 
     def _list_tools(self, meta: dict) -> None:
-        cursor = None
-        for _ in range(MAX_PAGES):
-            params: dict = {"_meta": meta, **({"cursor": cursor} if cursor else {})}
-            try:
-                result = self._request("tools/list", params, DISCOVER_TIMEOUT)
-            except ProxyError as exc:
-                raise ProxyError(f"tools/list failed: {exc}") from None
-            self.tools.update(header_params(result.get("tools")))
-            cursor = result.get("nextCursor")
-            if not cursor:
-                break
+        self.tools.update(list_header_params(self._request, {"_meta": meta}, DISCOVER_TIMEOUT))
         self.listed_at = time.monotonic()
 
     # -- the two directions --------------------------------------------------------------

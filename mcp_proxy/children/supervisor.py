@@ -10,9 +10,8 @@ A remote server (``"url"``) gives each session a remote session of its own inste
 its state joins ``/readyz``.
 
 It builds nothing it imports: the app (``server/app.py``, the composition root) hands it the
-classes to start (the child process, the multiplexer, the 2026-07-28 lane, the era bridge)
-and the metrics to count into, so the supervisor stays a small module low in the layout. It
-never relays.
+classes to start (the child process, the multiplexer, the lane, the era bridges) and the
+metrics to count into, so it stays a small module low in the layout. It never relays.
 
 It keeps each server's era once a session found it out (``eras``): a server that speaks only
 2026-07-28 has every 2025-era session bridged to it (``children/modern_child.py``, over its
@@ -100,16 +99,18 @@ class Supervisor:
 
     def __init__(self, settings: ServerSettings, metrics: ChildMetrics, child: type,
                  multiplexer: type, lane: type, remote: type | None = None, *,
-                 face: type | None = None) -> None:
+                 face: type | None = None, bridge: Any = None) -> None:
         """``child``, ``multiplexer`` and ``lane`` are the classes to start (the app's
         ``StdioChild``, ``Multiplexer`` and ``ModernLane``): classes, not any callables, since
         ``describe`` tells a child and a shared child's port apart by them; ``remote`` makes
         a remote server (``"url"`` entries) of its name, settings and tool rules. ``face`` is
         the era bridge a 2025-era session gets in front of a 2026-07-28-only server
-        (``ModernChildAsLegacy``; None: never bridged)."""
+        (``ModernChildAsLegacy``; None: never bridged); ``bridge`` makes the modern->legacy
+        bridge of a legacy-only server (the app's ``LegacyBridge``)."""
         self.settings = settings
         self.metrics = metrics
         self._child, self._multiplexer, self._lane = child, multiplexer, lane
+        self._make_bridge = bridge
         self.health = {name: ServerHealth() for name in settings.servers}
         self.children: dict[Child, str] = {}  # running child -> its server's name
         self.spawned = 0
@@ -121,6 +122,7 @@ class Supervisor:
             for name, spec in settings.servers.items() if spec.remote is not None}
         self._face = face
         self.eras: dict[str, str] = {}  # server -> "legacy" or "modern", once found out
+        self.bridges: dict[str, Any] = {}  # server -> its modern->legacy bridge, if it needs one
 
     def _shared(self, server_name: str) -> Shared:
         label = f"shared:{server_name or 'default'}"
@@ -194,6 +196,16 @@ class Supervisor:
             lane = self.lanes[server_name] = self._lane(label,
                                                         lambda: self.spawn(server_name, label))
         return lane
+
+    def bridge(self, server_name: str) -> Any:
+        """The modern->legacy bridge of a legacy-only server, made on first use."""
+        bridge = self.bridges.get(server_name)
+        if bridge is None:
+            label = f"bridge:{server_name or 'default'}"
+            bridge = self.bridges[server_name] = self._make_bridge(
+                label, lambda child_label: self.spawn(server_name, child_label),
+                server_name in self.shared)
+        return bridge
 
     def spawn(self, server_name: str, label: str) -> Child:
         """Start a child of ``server_name``; record how it starts and ends."""
@@ -270,7 +282,7 @@ class Supervisor:
 
     def stop_all(self, reason: str, timeout: float) -> None:
         """Stop every child, waiting (bounded) for each; kill what outlives the deadline."""
-        for mux in (*self.shared.values(), *self.lanes.values()):
+        for mux in (*self.shared.values(), *self.lanes.values(), *self.bridges.values()):
             mux.close(reason)
         closing = [gevent.spawn(remote.close_all, reason) for remote in self.remotes.values()]
         children = list(self.children)

@@ -12,16 +12,19 @@ from __future__ import annotations
 import base64
 import logging
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.core.protocol import LEGACY_VERSIONS, MODERN_VERSION, NAMED_BY, VERSION_KEY
+from mcp_proxy.errors import ProxyError
 
 if TYPE_CHECKING:
     import requests
 
 logger = logging.getLogger(__name__)
+MAX_PAGES = 10  # of a tools/list the proxy makes itself
 
 HEADER_KEY = "x-mcp-header"
 _SAFE = re.compile(r"[\x20-\x7e]*")  # printable ASCII: survives an HTTP field as is
@@ -114,6 +117,34 @@ def header_paths(schema: Any) -> dict[tuple, str] | None:
                 stack += [(None, sub) for sub in value]
             elif keyword in _NAMED and isinstance(value, dict):
                 stack += [(None, sub) for sub in value.values()]
+    return found
+
+
+def header_params(tools: Any) -> dict[str, dict[tuple, str] | None]:
+    """Tool name -> {argument path: header name} from a tools/list result, as client mode
+    reads them (None: its ``x-mcp-header`` annotations are invalid); the server's
+    2026-07-28 lane and bridge check ``Mcp-Param-*`` headers with it."""
+    return {tool["name"]: header_paths(tool.get("inputSchema"))
+            for tool in (tools if isinstance(tools, list) else ())
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str)}
+
+
+def list_header_params(request: Callable[[str, dict, float], dict], params: dict,
+                       timeout: float) -> dict[str, dict[tuple, str] | None]:
+    """Every tool's :func:`header_params`, listed with ``request(method, params, timeout)``
+    (at most ``MAX_PAGES`` pages); raises ProxyError if the listing fails."""
+    found: dict[str, dict[tuple, str] | None] = {}
+    cursor = None
+    for _ in range(MAX_PAGES):
+        try:
+            result = request("tools/list", {**params, **({"cursor": cursor} if cursor else {})},
+                             timeout)
+        except ProxyError as exc:
+            raise ProxyError(f"tools/list failed: {exc}") from None
+        found.update(header_params(result.get("tools")))
+        cursor = result.get("nextCursor")
+        if not cursor:
+            break
     return found
 
 

@@ -22,6 +22,8 @@ from flask.sessions import NullSession, SessionInterface
 from werkzeug.routing import Rule
 
 from mcp_proxy.children.lane import ModernLane
+from mcp_proxy.children.legacy_adapter import LegacySession
+from mcp_proxy.children.legacy_bridge import LegacyBridge
 from mcp_proxy.children.modern_child import ModernChildAsLegacy
 from mcp_proxy.children.multiplexer import Multiplexer
 from mcp_proxy.children.process import StdioChild
@@ -100,7 +102,8 @@ def create_app(settings: ServerSettings) -> Flask:
     registry = Registry(settings)
     # the composition root: the supervisor is told which classes it starts
     registry.supervisor = Supervisor(settings, registry.metrics, StdioChild, Multiplexer,
-                                     ModernLane, RemoteServer, face=ModernChildAsLegacy)
+                                     ModernLane, RemoteServer, face=ModernChildAsLegacy,
+                                     bridge=partial(LegacyBridge, session=LegacySession))
     remotes = registry.supervisor.remotes
     if remotes:  # their headers, secrets and URL queries stay out of every log line
         redact = Redact([secret for spec in settings.servers.values() if spec.remote

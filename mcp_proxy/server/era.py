@@ -1,7 +1,7 @@
 """The protocol era of a POST to ``/mcp``, and the checks a 2026-07-28 request must pass here.
 
-This module owns those decisions and the answers they make (400 with -32020, -32022's steer
-back to ``initialize``, 405 for GET and DELETE); it never relays a message.
+This module owns those decisions and the answers they make (400 with -32020, 405 for GET
+and DELETE); it never relays a message.
 
 Classification, first match wins (SESSIONS.md §A.2): an ``Mcp-Session-Id`` or an
 ``initialize`` body is the 2025 era; an ``MCP-Protocol-Version`` that is not a 2025-era
@@ -130,16 +130,6 @@ def check_params(environ: dict, message: Message,
             return _mismatch(message, f"Mcp-Param-{name} does not match argument "
                                       f"{'.'.join(path)!r}")
     return None
-
-
-def legacy_only(message: Message, version: Any) -> Response:
-    """Steer a modern client back to ``initialize``: the server speaks only the 2025 era."""
-    return Response(jsonrpc.encode(jsonrpc.error_obj(
-        message.id, UNSUPPORTED_VERSION,
-        "Unsupported protocol version: the MCP server behind this proxy speaks only the "
-        "2025 protocol era (open a session with initialize)",
-        {"supported": list(LEGACY_VERSIONS), "requested": version})),
-        status=400, mimetype="application/json")
 
 
 def no_modern_streams() -> Response:

@@ -8,9 +8,10 @@ It never routes a message between streams (streamable_session.py does) and never
 JSON when its response is the first thing the server sends for it, else as an event stream
 (a request's own stream, ended after its response). :meth:`Relay.modern` is the 2026-07-28
 entry: the request is checked against its headers, then relayed through a port of its own
-(request_port.py) to the server's modern lane, and answered the same way; closing its stream
-(or leaving before the first byte) closes that port, which cancels the request on the child
-at once.
+(request_port.py) to the server's modern lane (or, when the server is legacy-only, to the
+legacy session its bridge picks: children/legacy_bridge.py), and answered the same way;
+closing its stream (or leaving before the first byte) closes that port, which cancels the
+request on the child at once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from flask import Response
 from mcp_proxy.children.request_state import principal
 from mcp_proxy.core import jsonrpc, tracing
 from mcp_proxy.core.jsonrpc import Message, id_key
-from mcp_proxy.core.protocol import VERSION_KEY
 from mcp_proxy.errors import LegacyOnly, LinkClosed, ProxyError, ServerBusy, SpawnError, StreamEnded
 from mcp_proxy.server import era
 from mcp_proxy.server.caller import caller_of
@@ -156,14 +156,21 @@ class Relay:
                 response = router.forwarder.forward(environ, owner, 0, body=message.raw)
                 if response is not None:
                     return response
-        lane = self.registry.supervisor.modern(self.server_name)
+        caller = principal(auth_digest(environ))
+        supervisor = self.registry.supervisor
+        lane = supervisor.modern(self.server_name)
         try:
-            lane.ensure_started()
-        except LegacyOnly:
-            return era.legacy_only(message, message.params["_meta"][VERSION_KEY])
+            try:
+                lane.ensure_started()
+            except LegacyOnly:  # carried on a 2025-era session of the proxy's own
+                lane = supervisor.bridge(self.server_name).session_for(
+                    caller, message.params.get("_meta"), message.request_state)
+                lane.ensure_started()
         except SpawnError as exc:
             return rpc_error(502, jsonrpc.INTERNAL_ERROR,
                              f"Could not start the MCP server: {exc}", message.id)
+        except ServerBusy as exc:
+            return server_busy(exc, message)
         if message.method == "tools/call":
             name = message.params.get("name")
             meta = message.params.get("_meta")
@@ -175,7 +182,7 @@ class Relay:
             refused = era.check_params(environ, message, headers)
             if refused is not None:
                 return refused
-        port = RequestPort(lane, self.registry, message, principal(auth_digest(environ)))
+        port = RequestPort(lane, self.registry, message, caller)
         if gate is not None:
             port.deliver = gate.gated(port.deliver)
         port.peer = caller_of(environ, True) if self.registry.settings.auth_required else \

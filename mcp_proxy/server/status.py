@@ -20,6 +20,17 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
 
 
+def _lane(supervisor, name: str) -> dict:
+    """The 2026-07-28 lane of a server: its state, and the bridge a legacy-only one uses."""
+    lane = supervisor.lanes[name]
+    shown = {"state": lane.state, "legacy_only": lane.legacy_only}
+    if lane.legacy_only:
+        bridge = supervisor.bridges.get(name)
+        shown["bridge"] = "modern->legacy"
+        shown["bridged_children"] = bridge.running() if bridge is not None else 0
+    return shown
+
+
 def add_status_route(app: Flask, registry: Registry) -> None:
     @app.get("/status")
     def status():
@@ -35,9 +46,7 @@ def add_status_route(app: Flask, registry: Registry) -> None:
                 "children": supervisor.running(name),
                 "era": supervisor.eras.get(name, "unknown"),  # learned by the first session
                 **({"shared_state": supervisor.shared[name].state} if spec.shared else {}),
-                **({"modern_lane": {"state": supervisor.lanes[name].state,
-                                    "legacy_only": supervisor.lanes[name].legacy_only}}
-                   if name in supervisor.lanes else {}),
+                **({"modern_lane": _lane(supervisor, name)} if name in supervisor.lanes else {}),
                 **ready[name or "default"],
             }
             for name, spec in registry.settings.servers.items()

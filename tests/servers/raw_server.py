@@ -32,6 +32,8 @@ Options (for exercising a proxy's failure handling):
   --ignore-stdin-eof   keep running after stdin closes, and ignore SIGTERM
   --record FILE        append every line read from stdin to FILE (what the server was sent)
   --legacy-only        answer server/discover with -32601, as a server of the 2025 era does
+  --changes            offer tools listChanged and resources subscribe in initialize; then
+                       ``tools/call change`` also sends a plain tools/list_changed (2025 era)
   --fail-list          answer tools/list with -32603
   --announce           write notifications/tools/list_changed right after the initialize
                        answer, in the same write (a server message that belongs to no request)
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument("--announce", action="store_true")
     parser.add_argument("--record", default=None)
     parser.add_argument("--legacy-only", action="store_true")
+    parser.add_argument("--changes", action="store_true")
     parser.add_argument("--fail-list", action="store_true")
     parser.add_argument("--stuck", type=int, default=None)
     opts = parser.parse_args()
@@ -185,7 +188,9 @@ def main() -> None:
         if method == "initialize":
             reply["result"] = {
                 "protocolVersion": params.get("protocolVersion", "2025-06-18"),
-                "capabilities": {"tools": {}, "logging": {}},
+                "capabilities": {"tools": {"listChanged": True}, "logging": {},
+                                 "resources": {"subscribe": True}} if opts.changes else
+                {"tools": {}, "logging": {}},
                 "serverInfo": {"name": "raw_server", "version": "1.0.0"},
             }
         elif method in ("ping", "resources/subscribe", "resources/unsubscribe",
@@ -255,6 +260,8 @@ def main() -> None:
                 reply["result"] = {"content": [{"type": "text", "text": json.dumps(args)}]}
             elif name == "change":
                 respond({**reply, "result": {"content": []}})
+                if opts.changes:
+                    send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
                 for listen in listens:
                     send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
                           "params": {"_meta": {SUBSCRIPTION: json.loads(listen)}}})
