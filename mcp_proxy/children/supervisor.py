@@ -23,7 +23,7 @@ import gevent
 
 from mcp_proxy.children.health import ServerHealth
 from mcp_proxy.config.settings import ServerSettings
-from mcp_proxy.errors import SpawnError
+from mcp_proxy.errors import LegacyOnly, SpawnError
 
 logger = logging.getLogger(__name__)
 
@@ -73,18 +73,22 @@ class Supervisor:
     """Every child of one app: started here, watched here, stopped here."""
 
     def __init__(self, settings: ServerSettings, metrics: ChildMetrics, child: type,
-                 multiplexer: type, lane: type) -> None:
+                 multiplexer: type, lane: type, combiner: type | None = None) -> None:
         """``child``, ``multiplexer`` and ``lane`` are the classes to start (the app's
         ``StdioChild``, ``Multiplexer`` and ``ModernLane``): classes, not any callables, since
-        ``describe`` tells a child and a shared child's port apart by them."""
+        ``describe`` tells a child and a shared child's port apart by them. ``combiner``
+        (``Combiner``) is what a session of a combined server gets, in front of its members'
+        links."""
         self.settings = settings
         self.metrics = metrics
         self._child, self._multiplexer, self._lane = child, multiplexer, lane
+        self._combiner = combiner
         self.health = {name: ServerHealth() for name in settings.servers}
         self.children: dict[Child, str] = {}  # running child -> its server's name
         self.spawned = 0
         self.shared = {name: self._shared(name)
-                       for name, spec in settings.servers.items() if spec.shared}
+                       for name, spec in settings.servers.items()
+                       if spec.shared and not spec.members}
         self.lanes: dict[str, Shared] = {}
 
     def _shared(self, server_name: str) -> Shared:
@@ -93,6 +97,11 @@ class Supervisor:
 
     def upstream(self, server_name: str, session_name: str) -> Any:
         """The link a new session of ``server_name`` relays to; raises SpawnError."""
+        spec = self.settings.servers[server_name]
+        if spec.members:  # each member's link is what a session of that member gets
+            if self._combiner is None:
+                raise SpawnError(f"{server_name}: combined servers are not served here")
+            return self._combiner(server_name, spec, self.upstream, session_name)
         mux = self.shared.get(server_name)
         if mux is None:
             return self.spawn(server_name, session_name)
@@ -103,6 +112,9 @@ class Supervisor:
 
     def modern(self, server_name: str) -> Shared:
         """The server's 2026-07-28 lane, made on first use (its child starts on first need)."""
+        if self.settings.servers[server_name].members:
+            # a combined server is not served in the 2026-07-28 era (docs/server-mode.md)
+            raise LegacyOnly(f"{server_name}: a combined server speaks the 2025 era only")
         lane = self.lanes.get(server_name)
         if lane is None:
             label = f"modern:{server_name or 'default'}"
@@ -145,6 +157,8 @@ class Supervisor:
         return found
 
     def mode(self, server_name: str) -> str:
+        if self.settings.servers[server_name].members:
+            return "combined"
         return "shared" if server_name in self.shared else "per-session"
 
     def running(self, server_name: str) -> int:

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcp_proxy.config.combined_entry import combined_problems
 from mcp_proxy.config.key_file import key_id
 from mcp_proxy.config.schema import Where, config_schema, json_path, problems
 from mcp_proxy.config.settings import ApiKey, ServerSpec, rules_of
@@ -150,14 +151,18 @@ def read_config(path: str, pass_environment: bool = False,
         if not _disabled(entry):
             limit = entry.get("maxSessions")
             loaded.specs[name] = ServerSpec(
-                entry["command"], list(entry.get("args", [])), dict(entry.get("env", {})),
+                entry.get("command", ""), list(entry.get("args", [])), dict(entry.get("env", {})),
                 entry.get("cwd"), pass_environment, entry.get("shared", False),
-                None if limit is None else int(limit), audit=entry.get("audit", False))
+                None if limit is None else int(limit), audit=entry.get("audit", False),
+                members=tuple(entry.get("servers", ())), prefixes=dict(entry.get("prefix", {})))
             try:
                 loaded.specs[name].tools = rules_of(entry.get("tools"))
             except ConfigError as exc:
                 found.append((("mcpServers", name, "tools"), str(exc)))
-    if found:  # what the schema cannot say: two tools renamed to one name
+    for name, entry in servers.items():
+        if not _disabled(entry) and "servers" in entry:
+            found += combined_problems(name, entry, servers)
+    if found:  # what the schema cannot say: two tools renamed to one name, combined members
         raise ConfigProblems([f"{path}: {json_path(where)}: {message}"
                               for where, message in found])
     return loaded

@@ -105,11 +105,20 @@ class ServerSpec:
     pass_network: bool = True  # the NETWORK_ENV_KEYS too, when not the whole environment
     audit: bool = False  # an audit line per call (--log-calls, "audit" in the config file)
     tools: ToolRules = field(default_factory=ToolRules)  # "tools" in the file, --allow-tool
+    # a combined server ("servers" in the file): its members in order, and their prefixes
+    members: tuple[str, ...] = ()
+    prefixes: dict[str, str] = field(default_factory=dict)
+
+    def prefix(self, member: str) -> str:
+        """What a combined server puts before a member's tool and prompt names."""
+        return self.prefixes.get(member, f"{member}__")
 
     def argv(self) -> list[str]:
         return [self.command, *self.args]
 
     def display(self) -> str:
+        if self.members:
+            return f"combined: {', '.join(self.members)}"
         return shlex.join(self.argv())
 
     def child_env(self) -> dict[str, str]:
@@ -123,6 +132,8 @@ class ServerSpec:
 
     def check(self) -> None:
         """Fail now, with a clear message, if the command cannot be started later."""
+        if self.members:
+            return  # a combined server starts nothing of its own
         for name, value in self.env.items():  # else the spawn fails, for each session
             if not name or "=" in name or "\0" in name or "\0" in value:
                 raise ConfigError(f"environment variable {name!r}: a name is not empty and "

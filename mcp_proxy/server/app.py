@@ -21,6 +21,7 @@ from flask import Blueprint, Flask
 from flask.sessions import NullSession, SessionInterface
 from werkzeug.routing import Rule
 
+from mcp_proxy.children.combined import Combiner
 from mcp_proxy.children.lane import ModernLane
 from mcp_proxy.children.multiplexer import Multiplexer
 from mcp_proxy.children.process import StdioChild
@@ -96,7 +97,7 @@ def create_app(settings: ServerSettings) -> Flask:
     registry = Registry(settings)
     # the composition root: the supervisor is told which classes it starts
     registry.supervisor = Supervisor(settings, registry.metrics, StdioChild, Multiplexer,
-                                     ModernLane)
+                                     ModernLane, Combiner)
     for name, spec in settings.servers.items():  # only their bridges pay for an audit
         if spec.audit:
             registry.metrics.audited[server_label(name)] = partial(

@@ -143,8 +143,8 @@ class Relay:
                 response = router.forwarder.forward(environ, owner, 0, body=message.raw)
                 if response is not None:
                     return response
-        lane = self.registry.supervisor.modern(self.server_name)
         try:
+            lane = self.registry.supervisor.modern(self.server_name)
             lane.ensure_started()
         except LegacyOnly:
             return era.legacy_only(message, message.params["_meta"][VERSION_KEY])
