@@ -16,9 +16,13 @@ handshake (protocol 2025-11-25); ``auto`` first probes ``server/discover`` (2026
 falls back to ``initialize``; ``2026-07-28`` adopts the modern era without any probe.
 
 Scenarios: tools echo unicode progress log sample elicit roots fail big_in big_out ping
-unknown_method concurrent tagged set_level crash (``tagged`` calls the tool whose argument is
-also an ``Mcp-Param-Region`` header, with a non-ASCII value; ``set_level`` sends the 2025
-era's ``logging/setLevel`` debug)
+unknown_method concurrent tagged set_level script crash (``tagged`` calls the tool whose
+argument is also an ``Mcp-Param-Region`` header, with a non-ASCII value; ``set_level`` sends
+the 2025 era's ``logging/setLevel`` debug; ``script`` runs the steps of ``--script FILE``, a
+JSON list, and reports each step's observation: ``{"op": "list", "what": "tools"}`` (every
+page), ``{"op": "page", "what": "tools", "cursor": C}``, ``{"op": "call", "name": N, "args":
+{...}}``, ``{"op": "read", "uri": U}``, ``{"op": "prompt", "name": N, "args": {...}}``,
+``{"op": "changed", "seen": K}`` (waits until K ``tools/list_changed`` have come))
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from mcp.shared.exceptions import MCPError
 
 SCENARIOS = ["tools", "echo", "unicode", "progress", "log", "sample", "elicit", "roots", "fail",
              "big_in", "big_out", "ping", "unknown_method", "concurrent", "tagged", "set_level",
-             "resources", "prompts", "crash"]
+             "resources", "prompts", "script", "crash"]
 UNICODE = "héllo ✓ 日本"
 ROOTS = ["file:///tmp/root-a", "file:///tmp/root-b"]
 
@@ -64,6 +68,12 @@ class Observed:
     def __init__(self) -> None:
         self.logs: list[dict] = []
         self.server_requests: list[str] = []
+        self.notifications: list[str] = []
+
+    async def message(self, message) -> None:
+        method = getattr(getattr(message, "root", message), "method", None)
+        if isinstance(method, str):
+            self.notifications.append(method)
 
     async def sampling(self, context, params: types.CreateMessageRequestParams):
         self.server_requests.append("sampling/createMessage")
@@ -171,10 +181,50 @@ async def run_scenario(name: str, client: Client, seen: Observed, big: int) -> A
     if name == "set_level":
         result = await client.set_logging_level("debug")
         return result.model_dump(by_alias=True, exclude_none=True)
+    if name == "script":
+        return [await script_step(step, client, seen) for step in SCRIPT]
     if name == "crash":
         result = await client.call_tool("crash", {})
         return {"unexpected": "crash answered", "text": text_of(result)}
     raise ValueError(f"unknown scenario {name!r}")
+
+
+SCRIPT: list = []  # --script's steps
+_LISTS = {"tools": ("list_tools", "tools", "name"), "prompts": ("list_prompts", "prompts", "name"),
+          "resources": ("list_resources", "resources", "uri"),
+          "templates": ("list_resource_templates", "resource_templates", "uri_template")}
+
+
+async def script_step(step: dict, client: Client, seen: Observed) -> Any:
+    """One step of ``--script``: its observation (an error as ``describe`` reports it)."""
+    try:
+        op = step["op"]
+        if op in ("list", "page"):
+            method, key, field = _LISTS[step["what"]]
+            names, pages, cursor = [], 0, step.get("cursor")
+            while True:
+                result = await getattr(client, method)(cursor=cursor, cache_mode="bypass")
+                pages += 1
+                names += [str(getattr(item, field)) for item in getattr(result, key)]
+                cursor = result.next_cursor
+                if op == "page" or not cursor or pages > 100:
+                    return {"names": names, "pages": pages, "next": cursor}
+        if op == "call":
+            result = await client.call_tool(step["name"], step.get("args", {}))
+            return {"text": text_of(result), "isError": bool(result.is_error)}
+        if op == "read":
+            read = await client.read_resource(step["uri"])
+            return {"text": getattr(read.contents[0], "text", None)}
+        if op == "prompt":
+            got = await client.get_prompt(step["name"], step.get("args") or None)
+            return {"text": got.messages[0].content.text}
+        if op == "changed":
+            changed = "notifications/tools/list_changed"
+            await wait_for(lambda: seen.notifications.count(changed) >= step["seen"], 20.0)
+            return seen.notifications.count(changed)
+        raise ValueError(f"unknown step {op!r}")
+    except Exception as exc:  # noqa: BLE001 - the report is the point
+        return describe(exc)
 
 
 def describe(exc: BaseException) -> dict:
@@ -222,7 +272,7 @@ async def drive(opts: argparse.Namespace) -> dict:
                     client_info=types.Implementation(name="sdk-driver", version="1.0"),
                     read_timeout_seconds=opts.timeout, sampling_callback=seen.sampling,
                     elicitation_callback=seen.elicitation, list_roots_callback=seen.list_roots,
-                    logging_callback=seen.logging)
+                    logging_callback=seen.logging, message_handler=seen.message)
     started = time.monotonic()
     current = "session"  # what a session-level failure is reported under
     # One scope around the whole session (anyio scopes must nest): its deadline bounds the
@@ -270,8 +320,12 @@ def main() -> int:
     parser.add_argument("--big", type=int, default=10 << 20, help="bytes for big_in/big_out")
     parser.add_argument("--sdk-env", action="store_true",
                         help="stdio: pass only the SDK's default environment whitelist")
+    parser.add_argument("--script", help="the steps of the script scenario (a JSON file)")
     parser.add_argument("scenarios", nargs="+", choices=SCENARIOS, metavar="SCENARIO")
     opts = parser.parse_args()
+    if opts.script:
+        with open(opts.script, encoding="utf-8") as handle:
+            SCRIPT.extend(json.load(handle))
     report = anyio.run(drive, opts)
     sys.stdout.buffer.write(json.dumps(report, ensure_ascii=False).encode() + b"\n")
     sys.stdout.flush()
