@@ -165,9 +165,9 @@ def test_a_collision_stops_the_start(proxy_factory, tmp_path):
     assert "tool 'kit__echo' of kit2 collides with kit's 'echo'" in proxy.stderr()
 
 
-def test_modern_era_refused_and_stateless_served(proxy_factory, tmp_path, everything):
-    proxy = proxy_factory("--stateless", "--named-server-config",
-                          _config(tmp_path, everything))
+def test_modern_era_refused_stateless_served_and_filtered(proxy_factory, tmp_path, everything):
+    proxy = proxy_factory("--stateless", "--named-server-config", _config(
+        tmp_path, everything, tools={"deny": ["kit__crash"], "rename": {"ev_add": "plus"}}))
     url = proxy.base + "/servers/both/mcp"
     modern = requests.post(url, timeout=30, json={
         "jsonrpc": "2.0", "id": 1, "method": "tools/list",
@@ -181,6 +181,13 @@ def test_modern_era_refused_and_stateless_served(proxy_factory, tmp_path, everyt
                                    timeout=60))
     names = [tool["name"] for tool in listed["result"]["tools"]]
     assert "kit__echo" in names and "ev_echo" in names, names
+    assert "kit__crash" not in names and "plus" in names and "ev_add" not in names, names
+    refused = _answer(requests.post(url, headers=STREAM_HEADERS, timeout=60, json=rpc(
+        "tools/call", 4, name="kit__crash", arguments={})))
+    assert refused["error"]["code"] == -32602, refused
+    plus = _answer(requests.post(url, headers=STREAM_HEADERS, timeout=60, json=rpc(
+        "tools/call", 5, name="plus", arguments={"a": 2, "b": 3})))
+    assert "5" in plus["result"]["content"][0]["text"], plus
     called = _answer(requests.post(url, headers=STREAM_HEADERS, timeout=60, json=rpc(
         "tools/call", 3, name="kit__echo", arguments={"text": "alone"})))
     assert called["result"]["content"][0]["text"] == "alone", called

@@ -60,7 +60,8 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
     for name, spec in servers.items():
         spec.shared, spec.audit = spec.shared or shared, spec.audit or ns.log_calls
         spec.pass_network = ns.pass_network
-        spec.tools = spec.tools.with_flags(ns.allow_tool, ns.deny_tool)
+        if not spec.members:  # a combined server's members are filtered already
+            spec.tools = spec.tools.with_flags(ns.allow_tool, ns.deny_tool)
         try:
             spec.check()
         except ConfigError as exc:
