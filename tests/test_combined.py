@@ -5,8 +5,9 @@ The real CLI with two real members, the SDK fixture server (``kit``, prefix ``ki
 resources by 10), driven by the official SDK client over both transports: merged lists,
 calls, reads and prompts routed, pagination across members, a sampling round trip from a
 member, a member that crashes and comes back while the other answers; ``--check-config`` and
-the start on collisions and bad entries; the 2026-07-28 era refused; ``--stateless``; the
-name tables and cursors under Hypothesis.
+the start on collisions and bad entries; the 2026-07-28 era refused; ``--stateless``; Redis
+scale-out (the owner holds the combined session); the name tables and cursors under
+Hypothesis.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import SDK_SERVER, STREAM_HEADERS, npm_install, rpc, run_driver
+from conftest import RAW_SERVER, SDK_SERVER, STREAM_HEADERS, npm_install, rpc, run_driver
 from mcp_proxy.children.combined_names import SAFE_NAME, Names, seal, unseal
 
 EVERYTHING = "@modelcontextprotocol/server-everything@2025.9.25"
@@ -227,3 +228,34 @@ def test_forged_cursors_are_refused(pages, forged, flip):
     changed = list(cursor)
     changed[flip % len(changed)] = "A" if changed[flip % len(changed)] != "A" else "B"
     assert unseal("tools/list", "".join(changed)) is None
+
+
+def test_scale_out_forwards_to_the_owner_of_the_combined_session(proxy_factory, redis_server,
+                                                                 tmp_path):
+    raw = {"command": RAW_SERVER[0], "args": RAW_SERVER[1:]}
+    path = tmp_path / "servers.json"
+    path.write_text(json.dumps({"mcpServers": {
+        "raw": raw, "raw2": raw, "both": {"servers": ["raw", "raw2"], "prefix": {"raw": "a_"}}}}))
+    args = ("--redis-url", redis_server.url, "--named-server-config", str(path))
+    env = {"MCP_PROXY_ROUTE_HEADER": "1", "MCP_PROXY_BUS_PING": "0.3"}
+    owner, other = proxy_factory(*args, env=env), proxy_factory(*args, env=env)
+    for proxy in (owner, other):
+        proxy.expect(r"listening on Redis")
+    init = requests.post(owner.base + "/servers/both/mcp", headers=STREAM_HEADERS, timeout=30,
+                         json=rpc("initialize", 0, protocolVersion="2025-06-18",
+                                  capabilities={}, clientInfo={"name": "t", "version": "0"}))
+    assert init.json()["result"]["serverInfo"]["name"] == "both", init.text
+    headers = {**STREAM_HEADERS, "Mcp-Session-Id": init.headers["Mcp-Session-Id"],
+               "Mcp-Protocol-Version": "2025-06-18"}
+    url = other.base + "/servers/both/mcp"
+    listed = requests.post(url, json=rpc("tools/list", 1), headers=headers, timeout=30)
+    assert listed.headers["Mcp-Proxy-Route"].split()[1] == "forwarded"
+    names = [t["name"] for t in _answer(listed)["result"]["tools"]]
+    assert {"a_echo", "raw2__echo"} <= set(names), names
+    for number, name in enumerate(("a_echo", "raw2__echo"), start=2):
+        called = requests.post(url, headers=headers, timeout=30, json=rpc(
+            "tools/call", number, name=name, arguments={"text": name}))
+        assert called.headers["Mcp-Proxy-Route"].split()[1] == "forwarded"
+        assert _answer(called)["result"]["content"][0]["text"] == name
+    status = requests.get(owner.base + "/status", timeout=5).json()
+    assert status["server_instances"]["both"]["mode"] == "combined", status

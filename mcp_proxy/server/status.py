@@ -32,7 +32,8 @@ def add_status_route(app: Flask, registry: Registry) -> None:
                 "mode": supervisor.mode(name),
                 "sessions": sum(1 for s in sessions if s.server_name == name),
                 "children": supervisor.running(name),
-                **({"shared_state": supervisor.shared[name].state} if spec.shared else {}),
+                **({"shared_state": supervisor.shared[name].state}
+                   if name in supervisor.shared else {}),
                 **({"modern_lane": {"state": supervisor.lanes[name].state,
                                     "legacy_only": supervisor.lanes[name].legacy_only}}
                    if name in supervisor.lanes else {}),
