@@ -21,8 +21,9 @@ argument is also an ``Mcp-Param-Region`` header, with a non-ASCII value; ``set_l
 the 2025 era's ``logging/setLevel`` debug; ``script`` runs the steps of ``--script FILE``, a
 JSON list, and reports each step's observation: ``{"op": "list", "what": "tools"}`` (every
 page), ``{"op": "page", "what": "tools", "cursor": C}``, ``{"op": "call", "name": N, "args":
-{...}}``, ``{"op": "read", "uri": U}``, ``{"op": "prompt", "name": N, "args": {...}}``,
-``{"op": "changed", "seen": K}`` (waits until K ``tools/list_changed`` have come))
+{...}}``, ``{"op": "read", "uri": U}``, ``{"op": "subscribe", "uri": U}``, ``{"op":
+"prompt", "name": N, "args": {...}}``, ``{"op": "changed", "seen": K}`` (waits until K
+``tools/list_changed`` have come))
 """
 
 from __future__ import annotations
@@ -215,6 +216,9 @@ async def script_step(step: dict, client: Client, seen: Observed) -> Any:
         if op == "read":
             read = await client.read_resource(step["uri"])
             return {"text": getattr(read.contents[0], "text", None)}
+        if op == "subscribe":
+            await client.subscribe_resource(step["uri"])
+            return "subscribed"
         if op == "prompt":
             got = await client.get_prompt(step["name"], step.get("args") or None)
             return {"text": got.messages[0].content.text}

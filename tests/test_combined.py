@@ -60,6 +60,7 @@ STEPS = [
     {"op": "page", "what": "tools", "cursor": "forged.cursor"},
     {"op": "call", "name": "nobody__echo", "args": {}},
     {"op": "call", "name": "ev_sampleLLM", "args": {"prompt": "from every", "maxTokens": 10}},
+    {"op": "subscribe", "uri": "test://static/resource/2"},  # every asks for sampling then
 ]
 
 
@@ -72,7 +73,7 @@ def test_lists_calls_reads_and_sampling(proxy_factory, tmp_path, everything, sha
                         extra=_script(tmp_path, STEPS))
     assert report["session"]["serverInfo"]["name"] == "both", report["session"]
     (tools, kit_echo, ev_echo, resources, memo, static, greet, prompts, sample, forged,
-     nobody, ev_sample) = report["script"]
+     nobody, ev_sample, subscribed) = report["script"]
     assert {"kit__echo", "kit__sample", "ev_echo", "ev_add", "ev_sampleLLM"} <= \
         set(tools["names"]), tools
     assert all(name.startswith(("kit__", "ev_")) for name in tools["names"]), tools
@@ -93,6 +94,7 @@ def test_lists_calls_reads_and_sampling(proxy_factory, tmp_path, everything, sha
         assert sample["code"] == -32021, sample
     else:
         assert sample["text"] == "sampled:hi there", sample
+    assert subscribed == "subscribed", subscribed
     # every asks for the client's roots once initialized: a member's own request, answered
     assert {"roots/list", "sampling/createMessage"} == set(report["server_requests"]), report
     assert forged["code"] == -32602, forged
@@ -195,12 +197,12 @@ def test_modern_era_refused_stateless_served_and_filtered(proxy_factory, tmp_pat
 
 
 def _answer(response: requests.Response) -> dict:
-    """The answer in a POST's response: its JSON, or the event stream's last message."""
+    """The answer in a POST's response: its JSON, or the event stream's answer."""
     if response.headers["Content-Type"].startswith("application/json"):
         return response.json()
-    events = [line[5:].strip() for line in response.text.splitlines()
+    events = [json.loads(line[5:]) for line in response.text.splitlines()
               if line.startswith("data:")]
-    return json.loads(events[-1])
+    return [event for event in events if "id" in event][-1]
 
 
 # -- the name tables and cursors, on their own -----------------------------------------------
@@ -259,3 +261,39 @@ def test_scale_out_forwards_to_the_owner_of_the_combined_session(proxy_factory, 
         assert _answer(called)["result"]["content"][0]["text"] == name
     status = requests.get(owner.base + "/status", timeout=5).json()
     assert status["server_instances"]["both"]["mode"] == "combined", status
+
+
+def test_completions_subscriptions_and_odd_requests(proxy_factory, tmp_path, everything):
+    proxy = proxy_factory("--named-server-config", _config(tmp_path, everything))
+    url = proxy.base + "/servers/both/mcp"
+    init = requests.post(url, headers=STREAM_HEADERS, timeout=60, json=rpc(
+        "initialize", 0, protocolVersion="2025-06-18", capabilities={},
+        clientInfo={"name": "t", "version": "0"}))
+    result = _answer(init)["result"]
+    assert result["serverInfo"]["name"] == "both"
+    assert {"tools", "prompts", "resources", "logging", "completions"} <= set(
+        result["capabilities"]), result
+    assert result["capabilities"]["resources"]["subscribe"] is True  # every's, in the union
+    assert "## every" in result["instructions"], result
+    headers = {**STREAM_HEADERS, "Mcp-Session-Id": init.headers["Mcp-Session-Id"]}
+
+    def ask(number: int, method: str, **params) -> dict:
+        response = requests.post(url, json=rpc(method, number, **params), headers=headers,
+                                 timeout=30)
+        return _answer(response)
+
+    style = ask(1, "completion/complete", ref={"type": "ref/prompt", "name": "ev_complex_prompt"},
+                argument={"name": "style", "value": "c"})
+    assert style["result"]["completion"]["values"] == ["casual"], style
+    template = ask(2, "completion/complete", argument={"name": "id", "value": "1"},
+                   ref={"type": "ref/resource", "uri": "test://static/resource/{id}"})
+    assert "1" in template["result"]["completion"]["values"], template
+    assert ask(4, "logging/setLevel", level="error")["result"] == {}
+    assert ask(5, "ping")["result"] == {}
+    assert ask(6, "foo/bar")["error"]["code"] == -32601
+    assert ask(7, "tools/call", name=["x"], arguments={})["error"]["code"] == -32602
+    assert ask(8, "prompts/get", name="nobody")["error"]["code"] == -32602
+    assert ask(9, "resources/read", uri="nope://x")["error"]["code"] < 0
+    assert ask(10, "resources/read", uri=7)["error"]["code"] == -32602
+    assert ask(11, "tools/list", cursor=7)["error"]["code"] == -32602
+    assert "Traceback" not in proxy.stderr()
