@@ -151,8 +151,7 @@ class Combiner(Members, Link):
 
     def _gather(self, message: Message, members: list[str], done: Callable[[Gather], None],
                 params_of: Callable[[str], dict] | None = None) -> None:
-        gather = Gather(message.id, message.method, [], done) if not members \
-            else Gather(message.id, message.method, members, done)
+        gather = Gather(message.id, message.method, members, done)
         for member in members:
             cid = self.new_id()
             self.calls[cid] = Call(member, message.id, gather=gather)

@@ -101,7 +101,9 @@ class Supervisor:
         if spec.members:  # each member's link is what a session of that member gets
             if self._combiner is None:
                 raise SpawnError(f"{server_name}: combined servers are not served here")
-            return self._combiner(server_name, spec, self.upstream, session_name)
+            combiner = self._combiner(server_name, spec, self.upstream, session_name)
+            combiner.meter = self.metrics.relay_meter(server_name)  # counted as its own
+            return combiner
         mux = self.shared.get(server_name)
         if mux is None:
             return self.spawn(server_name, session_name)
