@@ -34,7 +34,7 @@ from mcp_proxy.children.combined_lists import LISTS, Gather, initialize_result, 
 from mcp_proxy.children.combined_members import Call, Members
 from mcp_proxy.children.combined_names import Names, unseal
 from mcp_proxy.config.settings import ServerSpec
-from mcp_proxy.core import jsonrpc
+from mcp_proxy.core import greenlets, jsonrpc
 from mcp_proxy.core.jsonrpc import Message, id_key, result_message, rewritten, with_id
 from mcp_proxy.core.link import Link
 from mcp_proxy.core.tool_filter import UNKNOWN_TOOL, ToolFilter
@@ -89,8 +89,9 @@ class Combiner(Members, Link):
                 return
             message = passed
         method, params = message.method, message.params
-        if method == "initialize":
-            self.initialize(message)
+        if method == "initialize":  # members may take a minute to start (npx): not in the
+            # deliverer's greenlet, which an HTTP+SSE POST waits on for its 202
+            greenlets.spawn(self.initialize, message, name=f"{self.name} initialize")
         elif method in LISTS:
             self._list(message)
         elif method in _BROADCAST:
