@@ -297,3 +297,35 @@ def test_completions_subscriptions_and_odd_requests(proxy_factory, tmp_path, eve
     assert ask(10, "resources/read", uri=7)["error"]["code"] == -32602
     assert ask(11, "tools/list", cursor=7)["error"]["code"] == -32602
     assert "Traceback" not in proxy.stderr()
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per-session", "shared"])
+def test_ids_cancellations_and_server_requests_are_mapped(proxy_factory, tmp_path, shared):
+    from test_lifecycle import wait_until
+    from test_shared import Client, recorded, tool
+
+    record = tmp_path / "sent.jsonl"
+    raw = {"command": RAW_SERVER[0], "args": [*RAW_SERVER[1:], "--record", str(record)],
+           "shared": shared}
+    path = tmp_path / "servers.json"
+    path.write_text(json.dumps({"mcpServers": {
+        "raw": raw, "raw2": {"command": RAW_SERVER[0], "args": RAW_SERVER[1:]},
+        "both": {"servers": ["raw", "raw2"], "prefix": {"raw": ""}}}}))
+    proxy = proxy_factory("--named-server-config", str(path))
+    record.unlink(missing_ok=True)  # what the start-up check sent
+    a = Client(proxy.base + "/servers/both", {"sampling": {}})
+    a.post(tool("ask", "mine", prompt="hold"))  # raw asks this client for sampling
+    request = a.next()
+    assert request["method"] == "sampling/createMessage", request
+    a.post(rpc("notifications/cancelled", None, requestId="mine"))
+    wait_until(lambda: any(m.get("method") == "notifications/cancelled"
+                           for m in recorded(record)))
+    a.post({"jsonrpc": "2.0", "id": request["id"], "result": {}})  # back to raw, its own id
+    assert a.call(tool("echo", 8, text="after"))["result"]["content"][0]["text"] == "after"
+    sent = recorded(record)
+    ask = next(m for m in sent if m.get("method") == "tools/call"
+               and m["params"]["name"] == "ask")
+    cancel = next(m for m in sent if m.get("method") == "notifications/cancelled")
+    assert ask["id"] != "mine" and cancel["params"]["requestId"] == ask["id"], (ask, cancel)
+    assert any("result" in m and "method" not in m for m in sent), sent  # the sampling answer
+    a.close()
