@@ -53,3 +53,19 @@ def test_inspector_cli_in_the_modern_era_through_the_proxy(inspector_cli, proxy_
                            "--protocol-era", "modern", "--method", "tools/call",
                            "--tool-name", "echo", "--tool-arg", "text=modern")
     assert called["content"][0]["text"] == "modern"
+
+
+def test_inspector_cli_through_a_combined_server(inspector_cli, proxy_factory, tmp_path):
+    kit = {"command": SDK_SERVER[0], "args": SDK_SERVER[1:]}
+    config = tmp_path / "servers.json"
+    config.write_text(json.dumps({"mcpServers": {
+        "kit": kit, "kit2": kit, "both": {"servers": ["kit", "kit2"]}}}))
+    proxy = proxy_factory("--named-server-config", str(config))
+    base = proxy.base + "/servers/both"
+    listed = run_inspector(inspector_cli, tmp_path, base + "/mcp", "--transport", "http",
+                           "--method", "tools/list")
+    assert {"kit__echo", "kit2__echo"} <= {tool["name"] for tool in listed["tools"]}
+    called = run_inspector(inspector_cli, tmp_path, base + "/sse", "--transport", "sse",
+                           "--method", "tools/call", "--tool-name", "kit2__echo",
+                           "--tool-arg", "text=combined")
+    assert called["content"] == [{"type": "text", "text": "combined"}]
