@@ -133,6 +133,12 @@ def build_rows(results: dict) -> list[dict]:
             add("calls/s, 20 sessions, --shared-child", path, tp["calls_per_s"],
                 own["calls_per_s"], ">= a process per session",
                 "PASS" if tp["calls_per_s"] >= own["calls_per_s"] else "FAIL", 0)
+    combined = p["server/streamable"].get("combined")
+    if combined:  # issue 21: the member's own path is the "floor" of this row
+        add("echo p50 through a combined server of 2 (ms)", "server/streamable",
+            combined["combined"]["p50_ms"], combined["member"]["p50_ms"],
+            f"added <= {combined['target_ms']:g} ms",
+            f"{'PASS' if combined['passed'] else 'FAIL'} ({combined['extra_p50_ms']:+.3f})", 3)
     slow = p["server/sse"].get("slow_reader")
     if slow:
         add(f"RSS growth, a client reading none of {slow['asked_bytes'] / MiB:.0f} MiB (MiB)",

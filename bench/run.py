@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 from clients import KEEPALIVE, ModernSession, Proxy, SseSession, StdioSession, StreamableSession
+from combined import combined_latency
 from issue13 import target_lines
 from measure import (
     latency,
@@ -194,6 +195,11 @@ def run_paths(opts, procs: Processes, results: dict) -> None:
     log("server mode: throughput, 20 sessions on one shared process")
     for path, figures in shared_throughput(procs, 20, cfg["duration"], cfg["warm"]).items():
         paths[path]["throughput_20_shared"] = figures
+
+    # ---------------------------------------------------------------- combined server
+    log("server/streamable: a call through a combined server vs the member's own path")
+    paths["server/streamable"]["combined"] = combined_latency(procs, cfg["calls"], 5,
+                                                              cfg["warmup"])
 
     # ---------------------------------------------------------------- disconnects
     log("server mode: a client closes its stream -> its server is gone")

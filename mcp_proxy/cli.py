@@ -48,7 +48,7 @@ import logging
 from mcp_proxy.config.flag_settings import is_url, server_settings
 from mcp_proxy.config.options import build_parser
 from mcp_proxy.core.log_format import setup_logging
-from mcp_proxy.errors import ConfigError
+from mcp_proxy.errors import ConfigError, ConfigProblems
 
 logger = logging.getLogger("mcp_proxy")
 
@@ -68,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a URL (client mode) or a server command (server mode)")
     setup_logging("DEBUG" if ns.debug else ns.log_level, ns.log_format)
     if ns.check_config or ns.print_config:
+        from mcp_proxy.children.combined_check import combined_problems
         from mcp_proxy.config.review import review
 
-        return review(ns)
+        return review(ns, combined_problems)
     try:
         if is_url(ns.command_or_url):
             _release_signals()
@@ -78,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_client(ns)
         settings = server_settings(ns)
+        if any(spec.members for spec in settings.servers.values()):
+            from mcp_proxy.children.combined_check import combined_problems
+
+            problems = combined_problems(settings)  # names that collide stop the start
+            if problems:
+                raise ConfigProblems(problems)
         from mcp_proxy.core import trace_setup
 
         trace_setup.configure("mcp-proxy")  # from the OTEL_* variables; off unless they ask

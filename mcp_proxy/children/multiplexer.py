@@ -118,6 +118,7 @@ class Multiplexer(FanIn, FanOut):
             raise SpawnError(f"{self.name}: {self.failure}") from None
         self.state = "running"
         logger.info("%s: shared server ready (%d client(s))", self.name, len(self.sharing.ports))
+        self._tell_ports(True, "")
 
     def _failed(self, failure: str) -> None:
         """A start failed: the next need may try again, unless the proxy is stopping."""
@@ -155,12 +156,20 @@ class Multiplexer(FanIn, FanOut):
         ports = self.sharing.ports
         for port in ports:
             port.server_requests.clear()
+        self._tell_ports(False, reason)
         if self.state == "stopped":
             return
         self.state = "restarting" if ports and self.restarts else "idle"
         logger.warning("%s: shared server ended (%s)", self.name, reason)
         if self.state == "restarting":
             greenlets.spawn(self._restart, name=f"{self.name} restart")
+
+    def _tell_ports(self, running: bool, reason: str) -> None:
+        """The ports that asked to know (a combined server's members) learn the child's state."""
+        for port in list(self.sharing.ports):
+            told = getattr(port, "on_child", None)  # the lane's request ports never ask
+            if told is not None:
+                told(running, reason)
 
     def _restart(self) -> None:
         """Start the child again for the sessions still here, with backoff; give up in a loop."""

@@ -63,6 +63,9 @@ class Port(Link):
         self.subscriptions: set[str] = set()
         self.principal = ""  # who the HTTP client is (modern lane: binds its request states)
         self.peer = "?"  # its address (and key id), as a refusal's log line names it
+        # told (running, why) when the child dies and when it is back: a combined server's
+        # member (combined_members.py) hides its tools meanwhile
+        self.on_child: Any = None
         self._next_server_id = 0
 
     def send(self, message: Message) -> None:

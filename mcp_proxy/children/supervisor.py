@@ -26,72 +26,16 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import gevent
 
 from mcp_proxy.children.health import ServerHealth
+from mcp_proxy.children.supervised import Child, ChildMetrics, Remote, Shared
 from mcp_proxy.config.settings import ServerSettings
-from mcp_proxy.errors import ConfigProblems, SpawnError
+from mcp_proxy.errors import ConfigProblems, LegacyOnly, SpawnError
 
 logger = logging.getLogger(__name__)
-
-
-class ChildMetrics(Protocol):
-    """What the supervisor counts (``server.metrics.Metrics`` is one)."""
-
-    def spawn_failed(self, server: str) -> None: ...
-
-    def child_started(self, server: str) -> None: ...
-
-    def child_exited(self, server: str, code: int | None) -> None: ...
-
-    def relay_meter(self, server: str) -> Any: ...
-
-
-class Child(Protocol):
-    """What the supervisor needs of a child process (``process.StdioChild`` is one)."""
-
-    pid: int
-    state: str
-    process: Any
-    stopped: Any  # gevent Event: set once the process is reaped
-    meter: Any
-
-    def close(self, reason: str = ...) -> None: ...
-
-    def kill_now(self, sig: signal.Signals = ...) -> None: ...
-
-
-class Shared(Protocol):
-    """What the supervisor needs of a shared child (``multiplexer.Multiplexer`` is one)."""
-
-    name: str
-    state: str
-    failure: str
-    child: Any
-
-    def ensure_started(self) -> None: ...
-
-    def port(self, name: str) -> Any: ...
-
-    def close(self, reason: str) -> None: ...
-
-
-class Remote(Protocol):
-    """What the supervisor needs of a remote server (``upstream.remote_server.RemoteServer``)."""
-
-    links: set
-
-    def probe(self) -> str | None: ...
-
-    def link(self, label: str) -> Any: ...
-
-    def ensure_started(self) -> None: ...
-
-    def problem(self) -> str | None: ...
-
-    def close_all(self, reason: str) -> None: ...
 
 
 class Supervisor:
@@ -99,23 +43,27 @@ class Supervisor:
 
     def __init__(self, settings: ServerSettings, metrics: ChildMetrics, child: type,
                  multiplexer: type, lane: type, remote: type | None = None, *,
-                 face: type | None = None, bridge: Any = None) -> None:
+                 face: type | None = None, bridge: Any = None,
+                 combiner: type | None = None) -> None:
         """``child``, ``multiplexer`` and ``lane`` are the classes to start (the app's
         ``StdioChild``, ``Multiplexer`` and ``ModernLane``): classes, not any callables, since
         ``describe`` tells a child and a shared child's port apart by them; ``remote`` makes
         a remote server (``"url"`` entries) of its name, settings and tool rules. ``face`` is
         the era bridge a 2025-era session gets in front of a 2026-07-28-only server
         (``ModernChildAsLegacy``; None: never bridged); ``bridge`` makes the modern->legacy
-        bridge of a legacy-only server (the app's ``LegacyBridge``)."""
+        bridge of a legacy-only server (the app's ``LegacyBridge``); ``combiner``
+        (``Combiner``) is what a session of a combined server gets, in front of its
+        members' links."""
         self.settings = settings
         self.metrics = metrics
         self._child, self._multiplexer, self._lane = child, multiplexer, lane
-        self._make_bridge = bridge
+        self._make_bridge, self._combiner = bridge, combiner
         self.health = {name: ServerHealth() for name in settings.servers}
         self.children: dict[Child, str] = {}  # running child -> its server's name
         self.spawned = 0
         self.shared = {name: self._shared(name)
-                       for name, spec in settings.servers.items() if spec.shared}
+                       for name, spec in settings.servers.items()
+                       if spec.shared and not spec.members}
         self.lanes: dict[str, Shared] = {}
         self.remotes: dict[str, Remote] = {
             name: remote(name, spec.remote, spec.tools)
@@ -130,6 +78,13 @@ class Supervisor:
 
     def upstream(self, server_name: str, session_name: str) -> Any:
         """The link a new session of ``server_name`` relays to; raises SpawnError."""
+        spec = self.settings.servers[server_name]
+        if spec.members:  # each member's link is what a session of that member gets
+            if self._combiner is None:
+                raise SpawnError(f"{server_name}: combined servers are not served here")
+            combiner = self._combiner(server_name, spec, self.upstream, session_name)
+            combiner.meter = self.metrics.relay_meter(server_name)  # counted as its own
+            return combiner
         remote = self.remotes.get(server_name)
         if remote is not None:
             try:
@@ -188,6 +143,9 @@ class Supervisor:
 
     def modern(self, server_name: str) -> Shared:
         """The server's 2026-07-28 lane, made on first use (its child starts on first need)."""
+        if self.settings.servers[server_name].members:
+            # a combined server is not served in the 2026-07-28 era (docs/server-mode.md)
+            raise LegacyOnly(f"{server_name}: a combined server speaks the 2025 era only")
         if server_name in self.remotes:  # its ensure_started says: the 2025 era only
             return self.remotes[server_name]
         lane = self.lanes.get(server_name)
@@ -196,6 +154,12 @@ class Supervisor:
             lane = self.lanes[server_name] = self._lane(label,
                                                         lambda: self.spawn(server_name, label))
         return lane
+
+    def bridgeable(self, server_name: str) -> bool:
+        """Whether a legacy-only server can be bridged for 2026-07-28 requests (a process of
+        its own: not a combined or a remote server)."""
+        spec = self.settings.servers[server_name]
+        return not spec.members and spec.remote is None
 
     def bridge(self, server_name: str) -> Any:
         """The modern->legacy bridge of a legacy-only server, made on first use."""
@@ -247,6 +211,8 @@ class Supervisor:
     def mode(self, server_name: str) -> str:
         if server_name in self.remotes:
             return "remote"
+        if self.settings.servers[server_name].members:
+            return "combined"
         return "shared" if server_name in self.shared else "per-session"
 
     def running(self, server_name: str) -> int:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcp_proxy.config.combined_entry import combined_problems
 from mcp_proxy.config.key_file import key_id
 from mcp_proxy.config.remote_entry import misplaced, remote_settings
 from mcp_proxy.config.schema import Where, config_schema, json_path, problems
@@ -161,12 +162,16 @@ def read_config(path: str, pass_environment: bool = False,
                 audit=entry.get("audit", False),
                 scopes=list(dict.fromkeys(entry.get("scopes", []))),
                 tool_scopes=dict(entry.get("toolScopes", {})),
-                remote=remote_settings(entry) if "url" in entry else None)
+                remote=remote_settings(entry) if "url" in entry else None,
+                members=tuple(entry.get("servers", ())), prefixes=dict(entry.get("prefix", {})))
             try:
                 loaded.specs[name].tools = rules_of(entry.get("tools"))
             except ConfigError as exc:
                 found.append((("mcpServers", name, "tools"), str(exc)))
-    if found:  # what the schema cannot say: two tools renamed to one name
+    for name, entry in servers.items():
+        if not _disabled(entry) and "servers" in entry:
+            found += combined_problems(name, entry, servers)
+    if found:  # what the schema cannot say: two tools renamed to one name, combined members
         raise ConfigProblems([f"{path}: {json_path(where)}: {message}"
                               for where, message in found])
     return loaded

@@ -70,7 +70,8 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
         local = spec.remote is None  # a remote server's sessions are its own, never shared
         spec.shared, spec.audit = spec.shared or (shared and local), spec.audit or ns.log_calls
         spec.pass_network = ns.pass_network
-        spec.tools = spec.tools.with_flags(ns.allow_tool, ns.deny_tool)
+        if not spec.members:  # a combined server's members are filtered already
+            spec.tools = spec.tools.with_flags(ns.allow_tool, ns.deny_tool)
         try:
             spec.check()
         except ConfigError as exc:

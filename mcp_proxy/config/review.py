@@ -14,19 +14,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from mcp_proxy.config.config_file import read_config
 from mcp_proxy.config.flag_settings import client_settings, is_url, server_settings
 from mcp_proxy.config.masking import masked, scrub
-from mcp_proxy.errors import ConfigError
+from mcp_proxy.errors import ConfigError, ConfigProblems
 
 
-def review(ns: argparse.Namespace) -> int:
-    """Run ``--check-config`` or ``--print-config``; the exit status."""
+def review(ns: argparse.Namespace, deeper: Callable[[Any], list[str]] | None = None) -> int:
+    """Run ``--check-config`` or ``--print-config``; the exit status. ``deeper`` checks what
+    only running the servers can tell (``children/combined_check.py``: combined servers'
+    names), given the server settings; it returns the problems."""
     try:
         if ns.print_config:
             return _print(ns)
-        print(_check(ns), file=sys.stderr if is_url(ns.command_or_url) else sys.stdout)
+        print(_check(ns, deeper), file=sys.stderr if is_url(ns.command_or_url) else sys.stdout)
     except ConfigError as exc:
         for line in getattr(exc, "problems", None) or [str(exc)]:
             print(f"mcp-proxy: error: {line}", file=sys.stderr)
@@ -34,11 +38,17 @@ def review(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _check(ns: argparse.Namespace) -> str:
+def _check(ns: argparse.Namespace, deeper: Callable[[Any], list[str]] | None) -> str:
     if is_url(ns.command_or_url):
         settings = client_settings(ns)
         return f"OK: client mode, remote {scrub(settings.url)} ({settings.transport})"
-    servers = server_settings(ns).servers
+    settings = server_settings(ns)
+    servers = settings.servers
+    combined = any(spec.members for spec in servers.values())
+    if combined and deeper is not None:
+        problems = deeper(settings)
+        if problems:
+            raise ConfigProblems(problems)
     named = sorted(name for name in servers if name)
     parts = ["the default server"] if "" in servers else []
     if named:
@@ -46,7 +56,8 @@ def _check(ns: argparse.Namespace) -> str:
     source = f" from {ns.named_server_config}" if ns.named_server_config else ""
     remote = sum(1 for spec in servers.values() if spec.remote is not None)
     found = "every command found" + (f", {remote} remote URL(s) well-formed" if remote else "")
-    return f"OK: {' and '.join(parts)}{source}; {found}"
+    names = "; combined servers' names checked" if combined and deeper is not None else ""
+    return f"OK: {' and '.join(parts)}{source}; {found}{names}"
 
 
 def _print(ns: argparse.Namespace) -> int:

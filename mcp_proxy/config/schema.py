@@ -36,6 +36,8 @@ _PATTERNS = {
         "a server name is ASCII letters, digits, '-', '_' or '.' (and not '.' or '..')",
     "^[A-Za-z0-9_.-]{1,128}$":
         "a tool name clients accept is 1 to 128 ASCII letters, digits, '_', '-' or '.'",
+    "^[A-Za-z0-9_-]{0,32}$": "a prefix is at most 32 ASCII letters, digits, '_' or '-' (\"\" "
+                             "for none)",
     "^[!-~]+$": "an API key is visible ASCII characters without spaces ('!' to '~'), and not "
                 "empty",
     "^[A-Za-z0-9._@-]{1,64}$": "an id is 1 to 64 ASCII letters, digits, '.', '_', '@' or '-'",

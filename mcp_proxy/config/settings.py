@@ -110,6 +110,13 @@ class ServerSpec:
     remote: ClientSettings | None = None  # "url" in the file: a remote server, no command
     # tool name glob (the name clients see) -> the OAuth scope needed to see and call it
     tool_scopes: dict[str, str] = field(default_factory=dict)
+    # a combined server ("servers" in the file): its members in order, and their prefixes
+    members: tuple[str, ...] = ()
+    prefixes: dict[str, str] = field(default_factory=dict)
+
+    def prefix(self, member: str) -> str:
+        """What a combined server puts before a member's tool and prompt names."""
+        return self.prefixes.get(member, f"{member}__")
 
     def argv(self) -> list[str]:
         return [self.command, *self.args]
@@ -117,6 +124,8 @@ class ServerSpec:
     def display(self) -> str:
         if self.remote is not None:
             return self.remote.url
+        if self.members:
+            return f"combined: {', '.join(self.members)}"
         return shlex.join(self.argv())
 
     def child_env(self) -> dict[str, str]:
@@ -131,6 +140,8 @@ class ServerSpec:
     def check(self) -> None:
         """Fail now, with a clear message, if the command cannot be started later (or the
         remote server cannot be reached as configured)."""
+        if self.members:
+            return  # a combined server starts nothing of its own
         if self.remote is not None:
             check_remote(self.remote, self.shared)
             return

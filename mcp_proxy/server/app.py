@@ -21,6 +21,7 @@ from flask import Blueprint, Flask
 from flask.sessions import NullSession, SessionInterface
 from werkzeug.routing import Rule
 
+from mcp_proxy.children.combined import Combiner
 from mcp_proxy.children.lane import ModernLane
 from mcp_proxy.children.legacy_adapter import LegacySession
 from mcp_proxy.children.legacy_bridge import LegacyBridge
@@ -103,7 +104,8 @@ def create_app(settings: ServerSettings) -> Flask:
     # the composition root: the supervisor is told which classes it starts
     registry.supervisor = Supervisor(settings, registry.metrics, StdioChild, Multiplexer,
                                      ModernLane, RemoteServer, face=ModernChildAsLegacy,
-                                     bridge=partial(LegacyBridge, session=LegacySession))
+                                     bridge=partial(LegacyBridge, session=LegacySession),
+                                     combiner=Combiner)
     remotes = registry.supervisor.remotes
     if remotes:  # their headers, secrets and URL queries stay out of every log line
         redact = Redact([secret for spec in settings.servers.values() if spec.remote

@@ -132,6 +132,17 @@ def check_params(environ: dict, message: Message,
     return None
 
 
+def legacy_only(message: Message, version: Any) -> Response:
+    """Steer a modern client back to ``initialize``: a server the proxy cannot bridge to the
+    2026-07-28 era (a combined server, a remote one) is served in the 2025 era only."""
+    return Response(jsonrpc.encode(jsonrpc.error_obj(
+        message.id, UNSUPPORTED_VERSION,
+        "Unsupported protocol version: this MCP server is served in the 2025 protocol era "
+        "only (open a session with initialize)",
+        {"supported": list(LEGACY_VERSIONS), "requested": version})),
+        status=400, mimetype="application/json")
+
+
 def no_modern_streams() -> Response:
     return rpc_error(405, jsonrpc.INVALID_REQUEST, "Method Not Allowed: the 2026-07-28 era "
                      "has no GET stream and no session to delete", Allow="POST")

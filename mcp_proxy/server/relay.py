@@ -24,6 +24,7 @@ from flask import Response
 from mcp_proxy.children.request_state import principal
 from mcp_proxy.core import jsonrpc, tracing
 from mcp_proxy.core.jsonrpc import Message, id_key
+from mcp_proxy.core.protocol import VERSION_KEY
 from mcp_proxy.errors import LegacyOnly, LinkClosed, ProxyError, ServerBusy, SpawnError, StreamEnded
 from mcp_proxy.server import era
 from mcp_proxy.server.caller import caller_of
@@ -158,11 +159,13 @@ class Relay:
                     return response
         caller = principal(auth_digest(environ))
         supervisor = self.registry.supervisor
-        lane = supervisor.modern(self.server_name)
         try:
             try:
+                lane = supervisor.modern(self.server_name)
                 lane.ensure_started()
             except LegacyOnly:  # carried on a 2025-era session of the proxy's own
+                if not supervisor.bridgeable(self.server_name):  # combined, or remote
+                    return era.legacy_only(message, message.params["_meta"][VERSION_KEY])
                 lane = supervisor.bridge(self.server_name).session_for(
                     caller, message.params.get("_meta"), message.request_state)
                 lane.ensure_started()

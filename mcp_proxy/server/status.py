@@ -45,7 +45,8 @@ def add_status_route(app: Flask, registry: Registry) -> None:
                 "sessions": sum(1 for s in sessions if s.server_name == name),
                 "children": supervisor.running(name),
                 "era": supervisor.eras.get(name, "unknown"),  # learned by the first session
-                **({"shared_state": supervisor.shared[name].state} if spec.shared else {}),
+                **({"shared_state": supervisor.shared[name].state}
+                   if name in supervisor.shared else {}),
                 **({"modern_lane": _lane(supervisor, name)} if name in supervisor.lanes else {}),
                 **ready[name or "default"],
             }
