@@ -70,7 +70,10 @@ def tool(name: str, request_id=1, meta: dict | None = None, **arguments) -> dict
 def recorded(path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    # a line still being written (no newline yet) is read on a later call
+    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()
+            if line.strip()]
 
 
 def methods(path) -> list[str]:

@@ -272,8 +272,13 @@ def test_forwarded_through_redis_one_trace_across_workers(tmp_path, redis_server
                 break
         else:
             pytest.fail("no request landed on the worker that does not own the session")
-        found = read_spans(spans, lambda s: any(x["attributes"].get("jsonrpc.request.id")
-                                                == str(n) for x in s))
+
+        def call_and_its_parent(found: list[dict]) -> bool:
+            calls = [x for x in found if x["attributes"].get("jsonrpc.request.id") == str(n)]
+            return bool(calls) and any(x["span_id"] == calls[0]["parent_id"] for x in found)
+
+        # the owner's span ends after the call's (it lasts as long as its answer)
+        found = read_spans(spans, call_and_its_parent)
     call = next(s for s in found if s["attributes"].get("jsonrpc.request.id") == str(n))
     owner = next(s for s in found if s["span_id"] == call["parent_id"])
     landed = next(s for s in found if s["span_id"] == owner["parent_id"])
