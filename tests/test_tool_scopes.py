@@ -320,3 +320,27 @@ def test_stateless_requests_and_renamed_tools_pass_the_gate_by_the_name_clients_
     wide = {**STREAM_HEADERS, **bearer(provider.token(url, scope=WIDE))}
     assert "deep" in tool_names(requests.post(url, json=rpc("tools/list", 3), headers=wide,
                                               timeout=15))
+
+
+def test_a_combined_server_gates_its_prefixed_tools(oidc, proxy_factory, tmp_path):
+    provider = oidc()
+    path = tmp_path / "combined.json"
+    member = {"command": RAW_SERVER[0], "args": RAW_SERVER[1:]}
+    path.write_text(json.dumps({"mcpServers": {
+        "a": member, "b": member,
+        "both": {"servers": ["a", "b"], "toolScopes": {"a__echo": "mcp:admin"}}}}))
+    proxy = proxy_factory("--oauth-issuer", provider.issuer, "--oauth-scope", "mcp:tools",
+                          "--named-server-config", str(path))
+    url = proxy.base + "/servers/both/mcp"
+    narrow = initialize(url, provider.token(url, scope=NARROW))
+    requests.post(url, json=rpc("notifications/initialized", None), headers=narrow, timeout=15)
+    listed = tool_names(requests.post(url, json=rpc("tools/list", 1), headers=narrow,
+                                      timeout=15))
+    assert "a__echo" not in listed and "b__echo" in listed, listed
+    call = rpc("tools/call", 2, name="a__echo", arguments={"text": "x"})
+    assert requests.post(url, json=call, headers=narrow, timeout=15).status_code == 403
+    other = rpc("tools/call", 3, name="b__echo", arguments={"text": "y"})
+    assert '"y"' in requests.post(url, json=other, headers=narrow, timeout=15).text
+    wide = {**narrow, **bearer(provider.token(url, scope=WIDE))}
+    called = requests.post(url, json=call, headers=wide, timeout=15)
+    assert called.status_code == 200 and '"x"' in called.text, called.text
