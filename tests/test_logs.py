@@ -33,10 +33,11 @@ from conftest import (
     run_driver,
 )
 from mcp_proxy.client.run import Redact
+from mcp_proxy.core.call_spans import outcome_of
 from mcp_proxy.core.jsonrpc import Message, error_message
 from mcp_proxy.core.link import Link
 from mcp_proxy.core.log_format import JsonFormatter
-from mcp_proxy.server.audit import AuditMeter, as_text, outcome_of
+from mcp_proxy.server.audit import AuditMeter, as_text
 from mcp_proxy.server.metrics import Latency
 
 ODD = st.text(st.characters(codec="utf-8") | st.sampled_from("\n\r\u2028\u2029\x00\udc80\"\\{}%"))

@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from mcp_proxy.core import jsonrpc
+from mcp_proxy.core.call_spans import outcome_of
 from mcp_proxy.core.jsonrpc import Message, id_key
 from mcp_proxy.server.metrics import Latency, RelayMeter
 
@@ -44,21 +45,6 @@ def as_text(value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     return json.dumps(value, default=str)
-
-
-def outcome_of(answer: Message) -> str:
-    """``ok``, ``tool error`` (a result with ``isError``), ``input required`` (a 2026-07-28
-    round that asks the client first) or ``error CODE``."""
-    error = answer.error
-    if error is not None:
-        return f"error {error.get('code')}"
-    if answer.request_state is not None:
-        return "input required"
-    if len(answer.raw) <= jsonrpc.SLIM_ABOVE:  # whole in memory: no parse to look
-        result = answer.obj.get("result")
-        if isinstance(result, dict) and result.get("isError") is True:
-            return "tool error"
-    return "ok"
 
 
 class AuditMeter(RelayMeter):

@@ -20,15 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from mcp_proxy.core import jsonrpc, tracing
+from mcp_proxy.core.call_spans import error_of, handed_on, named, outcome_of
 from mcp_proxy.core.jsonrpc import Message, id_key
-from mcp_proxy.server.audit import outcome_of
-
-# the name attribute of each method that names something, as OpenTelemetry's MCP
-# semantic conventions call it
-NAMED = {"tools/call": ("name", "gen_ai.tool.name"), "prompts/get": ("name", "gen_ai.prompt.name"),
-         "resources/read": ("uri", "mcp.resource.uri"),
-         "resources/subscribe": ("uri", "mcp.resource.uri"),
-         "resources/unsubscribe": ("uri", "mcp.resource.uri")}
 
 
 class TracedMeter:
@@ -69,13 +62,8 @@ class TracedMeter:
                       "mcp.session.id": self.session, "mcp.proxy.server": self.server,
                       "mcp.proxy.transport": self.transport, "mcp.proxy.era": self.era,
                       "mcp.proxy.request.bytes": len(message.raw)}
-        name = method
-        named = NAMED.get(method)
-        if named is not None:
-            target = params.get(named[0])
-            if isinstance(target, str):
-                attributes[named[1]] = target
-                name = f"{method} {target}"[:200]
+        name, target = named(method, params)
+        attributes.update(target)
         key = id_key(message.id)
         earlier = self._open.pop(key, None)
         if earlier is not None:  # one answer cannot tell which of the two it ends
@@ -88,15 +76,7 @@ class TracedMeter:
         if message.kind != jsonrpc.REQUEST:
             return message
         span = self._open.get(id_key(message.id))
-        if span is None:
-            return message
-        params = message.obj.get("params")
-        if params is not None and not isinstance(params, dict):
-            return message  # positional params: no _meta to carry it in
-        meta = (params or {}).get("_meta", {})
-        if not isinstance(meta, dict):
-            return message  # not ours to replace, whatever the server makes of it
-        return jsonrpc.rewritten(message, params={"_meta": tracing.inject(span, dict(meta))})
+        return message if span is None else handed_on(message, span)
 
     def wrap_send(self, send: Callable[[Message], None]) -> Callable[[Message], None]:
         """``send`` of the server's link, handing on each request's context (core/link.py)."""
@@ -113,17 +93,15 @@ class TracedMeter:
         finally:
             tracing.deactivate(token)
         if span is not None:
-            error = message.error
-            self._end(id_key(message.id), outcome_of(message),
-                      None if error is None else error.get("code"), len(message.raw),
-                      None if error is None else str(error.get("message"))[:200])
+            code, error = error_of(message)
+            self._end(id_key(message.id), outcome_of(message), code, len(message.raw), error)
 
     def _end(self, key, outcome: str, code: Any, bytes_out: int, error: str | None) -> None:
         span = self._open.pop(key, None)
         if span is not None:
             tracing.end_span(span, error, {
                 "mcp.proxy.outcome": outcome, "mcp.proxy.response.bytes": bytes_out,
-                "rpc.jsonrpc.error_code": code if isinstance(code, int) else None})
+                "rpc.jsonrpc.error_code": code})
 
     def unanswered(self, reason: str) -> None:
         """The link ended: every request still open had no answer."""

@@ -20,31 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mcp_proxy.core import era_headers, jsonrpc, tracing
+from mcp_proxy.core.call_spans import error_of, handed_on, named, outcome_of
 from mcp_proxy.core.jsonrpc import Message, id_key
-
-# the name attribute of each method that names something, as OpenTelemetry's MCP semantic
-# conventions call it
-NAMED = {"tools/call": ("name", "gen_ai.tool.name"), "prompts/get": ("name", "gen_ai.prompt.name"),
-         "resources/read": ("uri", "mcp.resource.uri"),
-         "resources/subscribe": ("uri", "mcp.resource.uri"),
-         "resources/unsubscribe": ("uri", "mcp.resource.uri")}
-
-
-def outcome(answer: Message) -> tuple[str, int | None, str | None]:
-    """The outcome of an answer (``ok``, ``tool error``, ``input required``: a 2026-07-28
-    round that asks the client first, or ``error CODE``), its JSON-RPC error code and the
-    error text for the span's status."""
-    error = answer.error
-    if error is not None:
-        code = error.get("code")
-        return (f"error {code}", code if isinstance(code, int) else None,
-                str(error.get("message"))[:200])
-    if answer.request_state is not None:
-        return "input required", None, None
-    result = answer.obj.get("result") if len(answer.raw) <= jsonrpc.SLIM_ABOVE else None
-    if isinstance(result, dict) and result.get("isError") is True:
-        return "tool error", None, None
-    return "ok", None, None
 
 
 class RemoteSpans:
@@ -73,24 +50,15 @@ class RemoteSpans:
                       "mcp.proxy.era": "modern" if era_headers.is_modern_version(
                           era_headers.version_of(message)) else "legacy",
                       "mcp.proxy.request.bytes": len(message.raw)}
-        name = method
-        named = NAMED.get(method)
-        if named is not None and isinstance(params.get(named[0]), str):
-            attributes[named[1]] = params[named[0]]
-            name = f"{method} {params[named[0]]}"[:200]
+        name, target = named(method, params)
+        attributes.update(target)
         key = id_key(message.id)
         earlier = self.open.pop(key, None)
         if earlier is not None:  # one answer cannot tell which of the two it ends
             tracing.end_span(earlier, "no answer: the client sent another request with its id")
         span = self.open[key] = tracing.start_span(
             name, tracing.context_from_meta(params), "client", attributes)
-        raw_params = message.obj.get("params")
-        if raw_params is not None and not isinstance(raw_params, dict):
-            return message  # positional params: no _meta to carry it in (the header still does)
-        meta = params.get("_meta", {})
-        if not isinstance(meta, dict):
-            return message  # not ours to replace, whatever the remote makes of it
-        return jsonrpc.rewritten(message, params={"_meta": tracing.inject(span, dict(meta))})
+        return handed_on(message, span)  # positional params: the header still carries it
 
     def span_of(self, message: Message) -> Any:
         """The open span of a request (None for anything else)."""
@@ -103,8 +71,9 @@ class RemoteSpans:
         span = self.open.pop(id_key(answer.id), None)
         if span is None:
             return
-        said, code, error = outcome(answer)
-        tracing.end_span(span, error, {"mcp.proxy.outcome": said, "rpc.jsonrpc.error_code": code,
+        code, error = error_of(answer)
+        tracing.end_span(span, error, {"mcp.proxy.outcome": outcome_of(answer),
+                                       "rpc.jsonrpc.error_code": code,
                                        "mcp.proxy.response.bytes": len(answer.raw),
                                        "mcp.session.id": session})
 
