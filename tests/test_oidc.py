@@ -450,3 +450,28 @@ def test_a_bad_scopes_entry_is_refused_with_one_line(tmp_path, entry, said):
     assert done.proc.wait(30) == 1
     done._reader.join(10)
     assert said in done.stderr() and "Traceback" not in done.stderr(), done.stderr()
+
+
+def test_keys_and_tokens_together_each_checked_by_its_own_rules(oidc, proxy_factory):
+    provider = oidc()
+    key = "team-key-0123456789"
+    proxy = start(proxy_factory, provider, "--auth-token", key)
+    token = provider.token(proxy.base + "/mcp")
+    # a key of ours passes in either header; a good token passes too
+    assert initialize(proxy.base, key).status_code == 200
+    keyed = requests.post(proxy.base + "/mcp", json=rpc("initialize", 0, **INIT_PARAMS),
+                          headers={**STREAM_HEADERS, "X-API-Key": key}, timeout=15)
+    assert keyed.status_code == 200, keyed.text
+    assert initialize(proxy.base, token).status_code == 200
+    # anything else is the token check's: OAuth's challenge, never the key ring's refusal
+    for sent in (None, "not-a-key-nor-a-token"):
+        refused = initialize(proxy.base, sent)
+        assert refused.status_code == 401
+        assert "resource_metadata=" in challenge(refused), challenge(refused)
+    assert not [line for line in proxy.lines if "unknown key" in line or "no key" in line]
+    # each caller's session is its own: the token's subject cannot use the key's session
+    session = initialize(proxy.base, key).headers["Mcp-Session-Id"]
+    other = requests.post(proxy.base + "/mcp", json=rpc("tools/list", 1), timeout=15,
+                          headers={**STREAM_HEADERS, "Mcp-Session-Id": session,
+                                   "Authorization": f"Bearer {token}"})
+    assert other.status_code == 404, other.text

@@ -135,10 +135,12 @@ class KeyRing:
             shown = f"an unknown key (SHA-256 {digest.hex()[:_SHOWN]}...)"
         return found, shown
 
-    def check(self, environ: dict, server: str | None) -> int:
+    def check(self, environ: dict, server: str | None,
+              matched: tuple[ApiKey | None, str] | None = None) -> int:
         """ACCEPTED (the caller named in the environ), UNAUTHORIZED or FORBIDDEN, for a
-        request to ``server`` ("" the default one; None for /status)."""
-        key, shown = self.match(environ)
+        request to ``server`` ("" the default one; None for /status); ``matched`` is what
+        :meth:`match` found, when the caller asked it first."""
+        key, shown = matched or self.match(environ)
         if key is None:
             self._refused(environ, shown)
             return UNAUTHORIZED

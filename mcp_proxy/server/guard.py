@@ -134,9 +134,10 @@ def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None
         if oauth is not None and environ.get("PATH_INFO", "").startswith(WELL_KNOWN):
             return None  # the metadata is public: it is how a client learns to sign in
         # with OAuth too, a request that carries no key of ours is the token check's
-        if keys is not None and (oauth is None or keys.match(environ)[0] is not None):
+        matched = None if keys is None or oauth is None else keys.match(environ)
+        if keys is not None and (matched is None or matched[0] is not None):
             verdict = keys.check(environ, None if status else
-                                 served_under(environ.get("PATH_INFO", "")))
+                                 served_under(environ.get("PATH_INFO", "")), matched)
             if verdict == UNAUTHORIZED:
                 return text_error(401, "Unauthorized: a valid bearer token is required",
                                   **{"WWW-Authenticate": 'Bearer realm="mcp-proxy"'})
