@@ -29,7 +29,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from mcp_proxy.config.settings import ServerSettings
 from mcp_proxy.server.api_keys import ACCEPTED, UNAUTHORIZED, KeyRing
 from mcp_proxy.server.resource_meta import ResourceServer
-from mcp_proxy.server.resource_urls import WELL_KNOWN
+from mcp_proxy.server.resource_urls import WELL_KNOWN, request_host
 from mcp_proxy.server.responses import text_error
 from mcp_proxy.server.url_adapter import allowed_methods
 
@@ -57,13 +57,6 @@ def allowed_hosts(settings: ServerSettings) -> list[str]:
 
 def _matches(value: str, patterns: list[str]) -> bool:
     return any(fnmatchcase(value, pattern) for pattern in patterns)
-
-
-def _request_host(environ: dict) -> str:
-    """The Host the client asked for, lower-cased, without the scheme's default port."""
-    host = (environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "").lower()
-    default = ":443" if environ.get("wsgi.url_scheme") == "https" else ":80"
-    return host[: -len(default)] if host.endswith(default) else host
 
 
 def _allow(methods) -> str:
@@ -120,7 +113,7 @@ def install_guard(app: Flask, settings: ServerSettings, touch: Callable[[], None
     app.register_error_handler(405, refuse)
 
     def where(environ: dict) -> Response | None:
-        host = _request_host(environ)
+        host = request_host(environ)
         if not host_ok(host):
             return text_error(421, "Invalid Host header")
         origin = environ.get("HTTP_ORIGIN")

@@ -10,12 +10,17 @@ from __future__ import annotations
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
 
+def request_host(environ: dict) -> str:
+    """The Host the client asked for, lower-cased, without the scheme's default port (the
+    guard's Host check reads it too)."""
+    host = (environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "").lower()
+    default = ":443" if environ.get("wsgi.url_scheme") == "https" else ":80"
+    return host[: -len(default)] if host.endswith(default) else host
+
+
 def origin_of(environ: dict) -> str:
     """``scheme://host[:port]`` as the client reached us, without the scheme's default port."""
-    scheme = environ.get("wsgi.url_scheme", "http")
-    host = (environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "").lower()
-    default = ":443" if scheme == "https" else ":80"
-    return f"{scheme}://{host[:-len(default)] if host.endswith(default) else host}"
+    return f"{environ.get('wsgi.url_scheme', 'http')}://{request_host(environ)}"
 
 
 def endpoint_of(path: str) -> str:
