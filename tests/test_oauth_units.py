@@ -130,3 +130,23 @@ def test_the_token_cache_reads_anything_without_raising(content):
     assert record is None or well_formed(record)
     if record is not None:  # fit for a header, as the proxy sends it
         assert "\n" not in record["access_token"] and record["access_token"].strip()
+
+
+def test_a_token_record_takes_only_a_sane_lifetime_and_text_scope():
+    from types import SimpleNamespace
+
+    from mcp_proxy.upstream.oauth.store import token_record, well_formed
+
+    found = SimpleNamespace(issuer="https://as", resource="https://rs/mcp",
+                            endpoint=lambda name: "https://as/token")
+    client = SimpleNamespace(client_id="c", method="none")
+    for lifetime in (True, -5, 0, float("inf"), float("nan"), 10**12, "3600", None):
+        record = token_record({"access_token": "t", "expires_in": lifetime, "scope": ["x"]},
+                              found, "asked", client, {"scope": "kept", "refresh_token": "r"})
+        assert record["expires_at"] is None, lifetime
+        assert record["scope"] == "kept" and record["refresh_token"] == "r"
+        assert well_formed(record)  # what a sign-in stores, the cache reads back
+    record = token_record({"access_token": "t", "expires_in": 60, "scope": "granted"},
+                          found, "asked", client)
+    assert 50 < record["expires_at"] - time.time() <= 60
+    assert record["scope"] == "granted" and record["requested_scope"] == "asked"

@@ -25,8 +25,8 @@ from mcp_proxy.errors import AuthError, OAuthError, SignInRefused, UpstreamError
 from mcp_proxy.upstream.oauth.browser import default_port
 from mcp_proxy.upstream.oauth.device import device_wanted, sign_in_with_code
 from mcp_proxy.upstream.oauth.discovery import Discovery, discover
-from mcp_proxy.upstream.oauth.signin import Registrar, authorize, client_file, token_record
-from mcp_proxy.upstream.oauth.store import Store, well_formed
+from mcp_proxy.upstream.oauth.signin import Registrar, authorize, client_file
+from mcp_proxy.upstream.oauth.store import Store, token_record, well_formed
 from mcp_proxy.upstream.oauth.traced_step import traced
 from mcp_proxy.upstream.oauth.wire import bearer_challenge, resend, token_request
 from mcp_proxy.upstream.proxy_env import plain_session

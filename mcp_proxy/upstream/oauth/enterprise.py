@@ -25,7 +25,7 @@ from mcp_proxy.config.settings import ClientSettings
 from mcp_proxy.errors import AuthError, OAuthError, SignInRefused
 from mcp_proxy.upstream.oauth.discovery import Discovery
 from mcp_proxy.upstream.oauth.id_token import IdTokenSource, is_jwt
-from mcp_proxy.upstream.oauth.store import Store
+from mcp_proxy.upstream.oauth.store import Store, token_record
 from mcp_proxy.upstream.oauth.wire import Client, printable, token_request
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class EnterpriseSignIn:
                                "enterprise sign-in: the ID-JAG grant at the authorization "
                                "server")
         logger.info("signed in to %s through the identity provider", self.settings.url)
-        return self._record(answer, found, granted)
+        return token_record(answer, found, granted, self.client)
 
     def exchange(self, found: Discovery, scope: str | None,
                  id_token: str | None = None) -> tuple[str, str | None]:
@@ -149,23 +149,7 @@ class EnterpriseSignIn:
             logger.info("%s: signing in through the identity provider again", exc)
             return None
         logger.info("refreshed the access token for %s", self.settings.url)
-        return self._record(answer, found, held.get("scope"), held)
-
-    def _record(self, answer: dict, found: Discovery, scope: str | None,
-                held: dict | None = None) -> dict:
-        """What we keep of a token response (an omitted refresh token stays as was)."""
-        lifetime = answer.get("expires_in")
-        if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) \
-                or not 0 < lifetime < 10**9:
-            lifetime = None
-        granted = answer.get("scope")
-        return {"access_token": answer["access_token"],
-                "refresh_token": answer.get("refresh_token") or (held or {}).get(
-                    "refresh_token"),
-                "expires_at": time.time() + lifetime if lifetime else None,
-                "scope": granted if isinstance(granted, str) else scope,
-                "issuer": found.issuer, "resource": found.resource,
-                "client_id": self.client.client_id}
+        return token_record(answer, found, held.get("scope"), self.client, held)
 
 
 def _usable(record: dict | None) -> bool:

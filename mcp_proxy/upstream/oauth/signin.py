@@ -22,7 +22,7 @@ from mcp_proxy.core import tracing
 from mcp_proxy.errors import NO_TOKEN, AuthError, UpstreamError
 from mcp_proxy.upstream.oauth.browser import Callback, open_browser
 from mcp_proxy.upstream.oauth.discovery import Discovery, check_pkce
-from mcp_proxy.upstream.oauth.store import Store
+from mcp_proxy.upstream.oauth.store import Store, token_record
 from mcp_proxy.upstream.oauth.traced_step import traced
 from mcp_proxy.upstream.oauth.wire import DEVICE_GRANT, Client, choose_method, token_request
 
@@ -37,23 +37,6 @@ def pkce_pair() -> tuple[str, str]:
     verifier = secrets.token_urlsafe(48)
     digest = hashlib.sha256(verifier.encode("ascii")).digest()
     return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
-def token_record(answer: dict, found: Discovery, requested: str | None,
-                 client: Client, old: dict | None = None) -> dict:
-    """What we keep of a token response (an omitted refresh token or scope stays as was)."""
-    old = old or {}
-    lifetime = answer.get("expires_in")
-    return {
-        "access_token": answer["access_token"],
-        "refresh_token": answer.get("refresh_token") or old.get("refresh_token"),
-        "expires_at": time.time() + float(lifetime) if isinstance(lifetime, (int, float))
-        else None,
-        "scope": answer.get("scope") or old.get("scope") or requested,
-        "requested_scope": requested, "issuer": found.issuer, "resource": found.resource,
-        "token_endpoint": found.endpoint("token_endpoint"), "client_id": client.client_id,
-        "client_method": client.method,
-    }
 
 
 class Registrar:

@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import gevent
 
@@ -55,6 +56,29 @@ def well_formed(record: dict) -> bool:
         isinstance(record.get(name), (str, type(None))) for name in TEXT_FIELDS) and (
         expires is None or (isinstance(expires, (int, float)) and not isinstance(expires, bool)
                             and math.isfinite(expires)))
+
+
+def token_record(answer: dict, found: Any, requested: str | None, client: Any,
+                 old: dict | None = None) -> dict:
+    """What we keep of a token response, from any sign-in (``found``: its discovery, ``client``:
+    its wire.Client): an omitted refresh token or scope stays as was; an ``expires_in`` that
+    is not a positive number of seconds (under 10^9) is no expiry known."""
+    old = old or {}
+    lifetime = answer.get("expires_in")
+    if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) \
+            or not 0 < lifetime < 10**9:
+        lifetime = None
+    granted = answer.get("scope")
+    return {
+        "access_token": answer["access_token"],
+        "refresh_token": answer.get("refresh_token") or old.get("refresh_token"),
+        "expires_at": time.time() + lifetime if lifetime else None,
+        "scope": granted if isinstance(granted, str) and granted
+        else old.get("scope") or requested,
+        "requested_scope": requested, "issuer": found.issuer, "resource": found.resource,
+        "token_endpoint": found.endpoint("token_endpoint"), "client_id": client.client_id,
+        "client_method": client.method,
+    }
 
 
 def server_key(url: str, client_source: str = "") -> str:
