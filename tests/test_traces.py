@@ -273,12 +273,15 @@ def test_forwarded_through_redis_one_trace_across_workers(tmp_path, redis_server
         else:
             pytest.fail("no request landed on the worker that does not own the session")
 
-        def call_and_its_parent(found: list[dict]) -> bool:
+        def the_whole_chain(found: list[dict]) -> bool:
+            by_id = {x["span_id"]: x for x in found}
             calls = [x for x in found if x["attributes"].get("jsonrpc.request.id") == str(n)]
-            return bool(calls) and any(x["span_id"] == calls[0]["parent_id"] for x in found)
+            owner = by_id.get(calls[0]["parent_id"]) if calls else None
+            return owner is not None and owner["parent_id"] in by_id
 
-        # the owner's span ends after the call's (it lasts as long as its answer)
-        found = read_spans(spans, call_and_its_parent)
+        # each span ends after its child's (it lasts as long as its answer): the call's, then
+        # the owner's, then the HTTP span of the worker the request landed on
+        found = read_spans(spans, the_whole_chain)
     call = next(s for s in found if s["attributes"].get("jsonrpc.request.id") == str(n))
     owner = next(s for s in found if s["span_id"] == call["parent_id"])
     landed = next(s for s in found if s["span_id"] == owner["parent_id"])
