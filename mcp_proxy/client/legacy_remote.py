@@ -55,7 +55,9 @@ from mcp_proxy.upstream.streamable_remote import StreamableUpstream
 
 logger = logging.getLogger(__name__)
 
+INVALID_PARAMS = -32602
 PROBE_ID = "mcp-proxy-discover"  # the proxy's own server/discover, once per run
+BRIDGED = "bridge modern->legacy: a 2026-07-28 desktop client in front of a 2025-era remote (%s)"
 # the _meta keys whose values the era types: (key, type, what it must be)
 _TYPED = ((VERSION_KEY, str, "a string"), (CAPABILITIES_KEY, dict, "an object"),
           (CLIENT_INFO_KEY, dict, "an object"))
@@ -79,10 +81,7 @@ def meta_problem(message: Message) -> str | None:
             return f"_meta[{key!r}] must be {what}"
     if LOG_LEVEL_KEY in meta and meta[LOG_LEVEL_KEY] not in LEVELS:
         return f"_meta[{LOG_LEVEL_KEY!r}] must be one of {', '.join(LEVELS)}"
-    token = meta.get("progressToken")
-    if token is not None and (isinstance(token, bool) or not isinstance(token, (str, int))):
-        return "_meta['progressToken'] must be a string or an integer"
-    return None
+    return None  # a progressToken's type is checked as stdin is read (core/jsonrpc.py)
 
 
 class StdioRequestPort(Port):
@@ -150,18 +149,27 @@ class LegacyRemoteAsModern(Link):
                          f"{message.id!r} is already used by a request in flight")
             return
         if problem is not None:
-            self._refuse(message, jsonrpc.INVALID_PARAMS, f"Invalid params: {problem}")
+            self._refuse(message, INVALID_PARAMS, f"Invalid params: {problem}")
             return
+        self._open_session(message)
+        port = StdioRequestPort(self, self.session, f"stdio:{next(self._numbers)}",
+                                message.id)
+        self.session.admit(port)
+        self.requests[key] = port
+        if self.session.started_for(port, message):  # as server mode's edge: a listen's
+            self.session.route(port, message)  # grant needs the remote's capabilities
+
+    def _open_session(self, message: Message) -> None:
         if self.session is None:  # initialized from the first request's _meta
             meta = message.params.get("_meta") or {}
             self.session = self._session_class(
                 "remote", self._spawn, carried_capabilities(meta.get(CAPABILITIES_KEY), False),
                 meta.get(CLIENT_INFO_KEY))
-        port = StdioRequestPort(self, self.session, f"stdio:{next(self._numbers)}",
-                                message.id)
-        self.session.admit(port)
-        self.requests[key] = port
-        self.session.route(port, message)
+
+    def start(self, first: Message) -> None:
+        """Initialize the remote session now, for ``first``; SpawnError if it cannot be."""
+        self._open_session(first)
+        self.session.ensure_started()
 
     def _refuse(self, message: Message, code: int, text: str) -> None:
         logger.warning("%s: refused %s %r: %s", self.name, message.method, message.id, text)
@@ -203,8 +211,9 @@ def open_modern(settings: ClientSettings, upstream: Upstream, first: Message,
     remote speaks the 2025 era; over Streamable HTTP ``--protocol-era modern`` says so, or
     with ``auto`` a ``server/discover`` of the proxy's own asks (``legacy`` never bridges:
     run.py relays as is, and a dual-era client falls back by itself). With
-    ``--transport auto``, an endpoint that refuses that POST outright (400, 404 or 405 and
-    no JSON-RPC body) is taken for an SSE one (``sse()`` connects it). One line says which.
+    ``--transport auto`` the bridge's ``initialize`` goes first over Streamable HTTP; when
+    it fails, the remote is taken for an SSE one (``sse()`` connects it), as for a 2025-era
+    client. One line says which.
     UpstreamError: that SSE endpoint cannot be reached.
     """
     era = settings.protocol_era
@@ -216,12 +225,18 @@ def open_modern(settings: ClientSettings, upstream: Upstream, first: Message,
             logger.info("a 2026-07-28 desktop client and a 2026-07-28 remote: relayed")
             return upstream
         upstream.modern_version = None  # the probe's: the session's notifications are 2025's
-        if upstream.allow_fallback and upstream.refused is not None:
-            logger.info("remote refused server/discover with HTTP %s; using SSE",
-                        upstream.refused)
-            upstream.close("falling back to SSE")
-            upstream, over = sse(), "SSE"
+        if upstream.allow_fallback:  # the 2025 era's rule: initialize refused, try SSE
+            front = LegacyRemoteAsModern(upstream, session)
+            try:
+                front.start(first)
+                upstream.allow_fallback = False
+                logger.info(BRIDGED, over)
+                return front
+            except SpawnError as exc:
+                logger.info("remote refused initialize over Streamable HTTP (%s); using SSE",
+                            exc)
+                front.close("falling back to SSE")
+                upstream, over = sse(), "SSE"
         upstream.allow_fallback = False
-    logger.info("bridge modern->legacy: a 2026-07-28 desktop client in front of a 2025-era "
-                "remote (%s)", over)
+    logger.info(BRIDGED, over)
     return LegacyRemoteAsModern(upstream, session)
