@@ -49,6 +49,14 @@ def test_the_sdk_in_the_modern_era_through_the_client_bridge(sdk_remote, transpo
     assert report["cancel"] == "after cancel"
 
 
+def test_a_modern_remote_is_relayed_and_said_so(sdk_remote, clients):  # noqa: F811
+    client = clients(sdk_remote("modern"))
+    listed = client.call(modern("tools/list", 1))
+    assert listed["result"]["resultType"] == "complete" and listed["result"]["tools"]
+    client.wait_stderr("a 2026-07-28 remote: relayed")
+    assert BRIDGED not in client.stderr()
+
+
 @pytest.fixture
 def bridged(served, clients):  # noqa: F811
     """A raw stdio client through the bridge to server mode's /sse (the 2025 era's own

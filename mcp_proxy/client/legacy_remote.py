@@ -197,7 +197,7 @@ def speaks_modern(upstream: StreamableUpstream, first: Message) -> bool:
                     lambda: answer.set(None))  # the bridge takes the link over later
     upstream.send(Message({"jsonrpc": "2.0", "id": PROBE_ID, "method": "server/discover",
                            "params": {"_meta": {VERSION_KEY: MODERN_VERSION, **envelope}}}))
-    got = answer.get(timeout=upstream.settings.read_timeout + 5)  # the POST's own bound
+    got = answer.wait(upstream.settings.read_timeout + 5)  # the POST bounds it; None: not
     result = got.obj.get("result") if got is not None else None
     return isinstance(result, dict) and isinstance(result.get("supportedVersions"), list)
 
