@@ -24,7 +24,7 @@ from conftest import RAW_SERVER, ProxyProcess, run_driver
 PROXY = shlex.join([sys.executable, "-m", "mcp_proxy"])
 FEATURES = ("tools", "echo", "unicode", "progress", "log", "sample", "elicit", "roots",
             "fail", "unknown_method", "concurrent", "cancel")
-BRIDGED = "bridge modern->legacy"
+BRIDGED = "bridge modern->legacy: a 2026-07-28 desktop client in front of a 2025-era remote (%s)"
 ASKING = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}},
           "io.modelcontextprotocol/clientInfo": {"name": "bridge-test", "version": "7"}}
 
@@ -54,7 +54,7 @@ def test_a_modern_remote_is_relayed_and_said_so(sdk_remote, clients):  # noqa: F
     listed = client.call(modern("tools/list", 1))
     assert listed["result"]["resultType"] == "complete" and listed["result"]["tools"]
     client.wait_stderr("a 2026-07-28 remote: relayed")
-    assert BRIDGED not in client.stderr()
+    assert "bridge modern->legacy" not in client.stderr()
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_discover_initializes_the_remote_from_meta_and_one_line_says_so(bridged)
     assert init["params"]["clientInfo"] == {"name": "bridge-test", "version": "7"}
     assert init["params"]["capabilities"] == {"sampling": {}}
     assert "server/discover" not in methods(bridged.remote.record)  # SSE: never probed
-    assert bridged.stderr().count(BRIDGED) == 1
+    assert bridged.stderr().count(BRIDGED % "SSE") == 1
 
 
 def test_a_stdio_cancel_reaches_the_remote(bridged):
