@@ -19,7 +19,10 @@ from test_client_modern import MODERN, SUBSCRIPTION, modern, sdk_remote, served 
 from test_lifecycle import wait_until
 from test_shared import methods, recorded
 
-from conftest import RAW_SERVER, ProxyProcess, run_driver
+from conftest import RAW_SERVER, ProxyProcess, rpc, run_driver
+from mcp_proxy.client.legacy_remote import is_modern, meta_problem
+from mcp_proxy.core.jsonrpc import Message
+from mcp_proxy.core.link import Link
 
 PROXY = shlex.join([sys.executable, "-m", "mcp_proxy"])
 FEATURES = ("tools", "echo", "unicode", "progress", "log", "sample", "elicit", "roots",
@@ -27,6 +30,33 @@ FEATURES = ("tools", "echo", "unicode", "progress", "log", "sample", "elicit", "
 BRIDGED = "bridge modern->legacy: a 2026-07-28 desktop client in front of a 2025-era remote (%s)"
 ASKING = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}},
           "io.modelcontextprotocol/clientInfo": {"name": "bridge-test", "version": "7"}}
+
+
+def test_peek_leaves_the_first_message_for_the_bridge():
+    link = Link("peeked")
+    message = Message(modern("tools/list", 1))
+    link.deliver(message)
+    assert link.peek() is message and link.peek() is message
+    assert is_modern(message) and not is_modern(Message(rpc("tools/list", 1)))
+    got = []
+    link.attach(got.append, lambda: None)
+    assert got == [message]
+    closed = Link("closed")
+    closed.close("gone")
+    assert closed.peek() is None
+
+
+@pytest.mark.parametrize("meta, problem", [
+    ({}, None), ({"progressToken": "t", "other": [1]}, None),
+    ([], "_meta must be an object"),
+    ({"io.modelcontextprotocol/protocolVersion": 1}, "must be a string"),
+    ({"io.modelcontextprotocol/clientInfo": "me"}, "must be an object"),
+    ({"io.modelcontextprotocol/logLevel": "DEBUG"}, "must be one of"),
+])
+def test_meta_problems(meta, problem):
+    found = meta_problem(Message({"jsonrpc": "2.0", "id": 1, "method": "tools/list",
+                                  "params": {"_meta": meta}}))
+    assert found == problem if problem is None else problem in found
 
 
 @pytest.mark.parametrize("transport", ["streamable-http", "sse"])
