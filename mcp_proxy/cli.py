@@ -75,9 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if is_url(ns.command_or_url):
             _release_signals()
+            from mcp_proxy.children.legacy_adapter import LegacySession
             from mcp_proxy.client.run import run_client  # lazy: client mode never imports Flask
 
-            return run_client(ns)
+            # the modern->legacy bridge's session, handed in: client/ stays shallow
+            return run_client(ns, LegacySession)
         settings = server_settings(ns)
         if any(spec.members for spec in settings.servers.values()):
             from mcp_proxy.children.combined_check import combined_problems

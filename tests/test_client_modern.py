@@ -89,10 +89,14 @@ def test_a_dual_era_client_discovers_a_dual_era_remote(sdk_remote):
         "hello", "sampled:hi there", " Zürich")
 
 
-def test_a_dual_era_client_falls_back_to_a_2025_remote(sdk_remote):
-    report = run_driver("stdio", f"{PROXY} {sdk_remote('legacy')}", "echo", "progress",
-                        "sample", "elicit", "roots", "log", extra=("--mode", "auto"))
-    assert report["session"]["protocolVersion"] != MODERN
+@pytest.mark.parametrize("era", ["auto", "legacy"])
+def test_a_dual_era_client_and_a_2025_remote(sdk_remote, era):
+    """Bridged by default (its first request is a 2026-07-28 one: test_client_bridge.py);
+    with --protocol-era legacy relayed as is, and it falls back to initialize by itself."""
+    report = run_driver("stdio", f"{PROXY} --protocol-era {era} {sdk_remote('legacy')}",
+                        "echo", "progress", "sample", "elicit", "roots", "log",
+                        extra=("--mode", "auto"))
+    assert (report["session"]["protocolVersion"] != MODERN) is (era == "legacy")
     assert report["echo"] == "hello" and report["progress"]["values"] == [1, 2, 3]
     assert report["sample"] == "sampled:hi there" and report["elicit"] == "accept:octocat"
     assert report["roots"] == "file:///tmp/root-a,file:///tmp/root-b"

@@ -15,10 +15,13 @@ import argparse
 import contextlib
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 
 from mcp_proxy.client.fallforward import FallForward
+from mcp_proxy.client.legacy_remote import is_modern, open_modern
 from mcp_proxy.client.stdio import StdioDownstream
 from mcp_proxy.config.flag_settings import client_settings
 from mcp_proxy.config.settings import ClientSettings
@@ -109,7 +112,10 @@ def choose_transport(settings: ClientSettings, http, down: StdioDownstream,
     return None
 
 
-def run_client(ns: argparse.Namespace) -> int:
+def run_client(ns: argparse.Namespace, legacy_session: Callable[..., Any] | None = None) -> int:
+    """Client mode's run; ``legacy_session``: the class of server mode's modern->legacy
+    bridge session (cli.py hands in ``LegacySession``), for a 2026-07-28 desktop client in
+    front of a 2025-era remote (legacy_remote.py)."""
     settings = client_settings(ns)
     if ns.oauth_logout:
         count = logout(settings.url)
@@ -131,14 +137,24 @@ def run_client(ns: argparse.Namespace) -> int:
         refuse(StdioDownstream(max_frame=settings.max_frame), failure(exc) + hint)
         return 1
     down = StdioDownstream(max_frame=settings.max_frame, tools=settings.tools)
-    link: Link | None = era_link(settings, upstream)
-    if settings.transport == "auto":
+    first = down.peek()  # left for the bridge: the client's era picks the link
+    if first is not None and is_modern(first) and legacy_session is not None \
+            and settings.protocol_era != "legacy":  # legacy: never probe, never bridge
         try:
-            link = choose_transport(settings, http, down, upstream, link)
-        except UpstreamError:
+            link: Link | None = open_modern(settings, upstream, first, legacy_session,
+                                            lambda: connect(settings, http, "sse"))
+        except UpstreamError as exc:
+            refuse(down, failure(exc, f"{settings.url}: "), first)
             return 1
-        if link is None:
-            return 0
+    else:
+        link = era_link(settings, upstream)
+        if settings.transport == "auto":
+            try:
+                link = choose_transport(settings, http, down, upstream, link)
+            except UpstreamError:
+                return 1
+            if link is None:
+                return 0
     bridge(down, link)
     down.ended.wait()
     link.ended.wait()

@@ -49,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "remote refuses initialize with 400, 404 or 405; sse: only SSE, "
                              "the default of 0.13)")
     client.add_argument("--protocol-era", choices=["auto", "legacy", "modern"], default="auto",
-                        help="the remote's protocol era, for a 2025-era client over Streamable "
-                        "HTTP (default auto: initialize first, and bridge to a remote that "
-                        "speaks only 2026-07-28; legacy: never probe; modern: bridge at once)")
+                        help="the remote's protocol era (default auto: found out, and the "
+                        "client bridged when the eras differ; legacy: never probe, never "
+                        "bridge; modern: a 2026-07-28 remote, a 2025-era client bridged at once)")
     client.add_argument("--client-id", help="OAuth2 client id (client credentials grant)")
     client.add_argument("--client-secret", help="OAuth2 client secret")
     client.add_argument("--client-key", metavar="PEM_FILE",

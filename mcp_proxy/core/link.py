@@ -76,6 +76,12 @@ class Link:
                 return
             yield item
 
+    def peek(self) -> Message | None:
+        """The first message the peer sent, left where it is for whoever takes the link
+        (None: it closed first); waits for it. Client mode picks its bridge on it."""
+        item = self._queue().peek()
+        return None if item is _END else item
+
     def attach(self, sink: Callable[[Message], None], on_end: Callable[[], None]) -> None:
         """From now on pass each message to ``sink`` in the deliverer's greenlet, and call
         ``on_end`` when the link closes. Whatever already waits in the inbox goes first."""
