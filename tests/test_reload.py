@@ -23,6 +23,7 @@ from conftest import (
     RAW_SERVER,
     SDK_SERVER,
     STREAM_HEADERS,
+    GunicornProcess,
     open_sse,
     open_streamable,
     pids_alive,
@@ -280,6 +281,26 @@ def test_a_combined_server_restarts_when_a_member_changes(proxy_factory, tmp_pat
         proxy.base + "/servers/both/mcp", headers=fresh, timeout=10,
         json=rpc("tools/list", 4)).json()["result"]["tools"]}
     assert "m1__said" in names and "m1__echo" not in names
+
+
+def test_under_gunicorn_sighup_is_the_arbiters(tmp_path):
+    """The arbiter restarts its workers on SIGHUP; each new one reads the file afresh. A worker
+    installs no reload of its own (its /status has no config block)."""
+    pytest.importorskip("gunicorn")
+    config = tmp_path / "servers.json"
+    write(config, {"a": RAW})
+    with GunicornProcess(f"--named-server-config {config}",
+                         "-c", "python:mcp_proxy.gunicorn_conf") as server:
+        before = requests.get(server.base + "/status", timeout=10).json()
+        assert "config" not in before and set(before["server_instances"]) == {"a"}
+        write(config, {"a": RAW, "b": RAW})
+        server.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "b" in requests.get(server.base + "/status", timeout=10).json()[
+            "server_instances"], 30, 0.2)
+        assert requests.post(server.base + "/servers/b/mcp", headers=STREAM_HEADERS, timeout=10,
+                             json=rpc("initialize", 0, protocolVersion="2025-06-18")
+                             ).status_code == 200
+        assert server.proc.poll() is None
 
 
 # -- random edits: each one is applied or refused, and the proxy keeps answering -----------
