@@ -127,10 +127,10 @@ def test_add_remove_change_and_keep(proxy_factory, tmp_path):
 
 def test_a_removed_servers_sse_stream_ends(proxy_factory, tmp_path):
     config = tmp_path / "servers.json"
-    write(config, {"one": RAW, "two": {**RAW, "shared": True}})
-    proxy = proxy_factory("--named-server-config", str(config))
+    write(config, {"v1.0": RAW, "two": {**RAW, "shared": True}})  # a dot: as Flask never
+    proxy = proxy_factory("--named-server-config", str(config))  # names a Blueprint
     streams = {}
-    for name in ("one", "two"):
+    for name in ("v1.0", "two"):
         reader, endpoint = open_sse(proxy.base, f"/servers/{name}/sse")
         assert requests.post(endpoint, json=rpc("initialize", 0, protocolVersion="2024-11-05"),
                              timeout=10).status_code == 202
@@ -301,6 +301,35 @@ def test_under_gunicorn_sighup_is_the_arbiters(tmp_path):
                              json=rpc("initialize", 0, protocolVersion="2025-06-18")
                              ).status_code == 200
         assert server.proc.poll() is None
+
+
+def test_remote_servers_added_refused_and_changed(proxy_factory, tmp_path):
+    """A remote server (another mcp-proxy) added by a reload is probed first, as at start: one
+    that can never work (no credentials, wrong ones) is refused; its token stays out of the
+    log; a changed URL restarts it."""
+    token = "reload-remote-token-1234"
+    remotes = [proxy_factory("--auth-token", token, "--", *SDK_SERVER) for _ in range(2)]
+    config = tmp_path / "servers.json"
+    write(config, {"local": RAW})
+    proxy = proxy_factory("--named-server-config", str(config))
+    entry = {"url": remotes[0].base + "/mcp", "headers": {"Authorization": f"Bearer {token}"}}
+    for bad, says in (({"url": entry["url"]}, r"asks for a sign-in"),
+                      ({**entry, "headers": {"Authorization": "Bearer wrong-one"}},
+                       r"authentication failed")):
+        write(config, {"local": RAW, "far": bad})
+        assert hangup(proxy)["last_reload"]["outcome"] == "refused"
+        proxy.expect(r"config reload refused, the running config keeps serving: .*far.*" + says)
+    write(config, {"local": RAW, "far": entry})
+    assert hangup(proxy)["last_reload"]["added"] == ["far"]
+    report = run_driver("streamable", proxy.base + "/servers/far/mcp", "echo")
+    assert "error" not in report["echo"], report
+    write(config, {"local": RAW, "far": {**entry, "url": remotes[1].base + "/mcp"}})
+    assert hangup(proxy)["last_reload"]["restarted"] == ["far"]
+    far = status(proxy)["server_instances"]["far"]["remote"]
+    assert far["url"] == remotes[1].base + "/mcp", far
+    report = run_driver("sse", proxy.base + "/servers/far/sse", "echo")
+    assert "error" not in report["echo"], report
+    assert token not in proxy.stderr()
 
 
 # -- random edits: each one is applied or refused, and the proxy keeps answering -----------

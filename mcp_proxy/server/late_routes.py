@@ -24,9 +24,8 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from mcp_proxy.core import jsonrpc
 from mcp_proxy.errors import ServerRemoved
-from mcp_proxy.server.responses import rpc_error
+from mcp_proxy.server.responses import server_removed
 from mcp_proxy.server.sessions import Registry
 
 # Flask's add_url_rule without the check that refuses it after the first request (above)
@@ -53,11 +52,6 @@ class RouteBook:
         return lambda view: self.add_url_rule(rule, view.__name__, view, ["POST"]) or view
 
 
-def removed_answer(exc: ServerRemoved):
-    """The answer to a request for a server a reload took out (or that raced that reload)."""
-    return rpc_error(404, jsonrpc.INVALID_REQUEST, f"Not Found: {exc}")
-
-
 class ServedPaths:
     """The server paths of one app; ``add_routes(book, name)`` declares a server's routes."""
 
@@ -67,7 +61,7 @@ class ServedPaths:
         self.views: dict[str, dict[str, Callable]] = {}  # server -> its endpoints' views
         self.handlers: dict[str, dict[tuple[str, str], Callable]] = {}  # forwarded ones
         self.withdrawn: set[str] = set()
-        app.register_error_handler(ServerRemoved, removed_answer)
+        app.register_error_handler(ServerRemoved, server_removed)
 
     def serve(self, name: str) -> None:
         """Serve server ``name``'s paths: its routes added, or given back after a removal."""
@@ -95,7 +89,7 @@ class ServedPaths:
         gone = ServerRemoved(f"server {name!r} was taken out of the config (reloaded)")
 
         def view():
-            return removed_answer(gone)
+            return server_removed(gone)
 
         for endpoint in self.views.get(name, {}):
             self.app.view_functions[endpoint] = view

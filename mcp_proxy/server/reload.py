@@ -86,6 +86,7 @@ class Reloader:
         self.last: dict | None = None  # the last reload: when, its outcome, what it did
         self.reloads = 0  # done, applied or refused
         self._running: gevent.Greenlet | None = None
+        self._redacted: set[str] = set()  # remote servers' secrets put on the log handlers
         self._again = False
         self.counted = Counter("mcp_proxy_config_reloads", "Reloads of the named-server "
                                "config file (SIGHUP), by outcome", ["outcome"],
@@ -157,10 +158,11 @@ class Reloader:
         for name in fresh:
             spec = change.specs[name]
             if spec.remote is not None:
-                secrets = secrets_of(spec.remote)
+                secrets = set(secrets_of(spec.remote)) - self._redacted
                 if secrets:  # kept out of every log line, the probe's first
+                    self._redacted |= secrets
                     for handler in logging.getLogger().handlers:
-                        handler.addFilter(Redact(secrets))
+                        handler.addFilter(Redact(sorted(secrets)))
                 change.remotes[name] = self.remote(name, spec.remote, spec.tools)
         probes = [gevent.spawn(remote.probe) for remote in change.remotes.values()]
         gevent.joinall(probes)
