@@ -157,6 +157,9 @@ BAD = {  # each kind of unusable file, and what its one logged line says
         "rename": {"echo": "same", "tagged": "same"}}}}}), r"\$\.mcpServers\.a\.tools"),
     "no command": ('{"mcpServers": {"a": {"command": "no-such-command-for-reload"}}}',
                    r"\$\.mcpServers\.a: command 'no-such-command-for-reload' not found on PATH"),
+    "combined names collide": (json.dumps({"mcpServers": {"a": RAW, "m": RAW, "both": {
+        "servers": ["a", "m"], "prefix": {"a": "", "m": ""}}}}),
+        r"\$\.mcpServers\.both: combined server 'both': tool 'echo' of m collides with a's"),
     "unknown member": (json.dumps({"mcpServers": {"a": RAW, "both": {"servers": ["a", "z"]}}}),
                        r"\$\.mcpServers\.both\.servers"),
 }
@@ -323,6 +326,8 @@ def test_remote_servers_added_refused_and_changed(proxy_factory, tmp_path):
     assert hangup(proxy)["last_reload"]["added"] == ["far"]
     report = run_driver("streamable", proxy.base + "/servers/far/mcp", "echo")
     assert "error" not in report["echo"], report
+    assert 'mcp_proxy_remote_up{server="far"} 1.0' in requests.get(proxy.base + "/metrics",
+                                                                  timeout=10).text
     write(config, {"local": RAW, "far": {**entry, "url": remotes[1].base + "/mcp"}})
     assert hangup(proxy)["last_reload"]["restarted"] == ["far"]
     far = status(proxy)["server_instances"]["far"]["remote"]

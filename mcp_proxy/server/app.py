@@ -147,7 +147,7 @@ def create_app(settings: ServerSettings, reload_on_hangup: bool = True) -> Flask
                                     RemoteServer, partial(_instrument, registry))
         hangup.append(registry.reloads.hangup)
     if hangup:
-        gevent.signal_handler(signal.SIGHUP, lambda: [then() for then in hangup])
+        gevent.signal_handler(signal.SIGHUP, _each, hangup)
     add_status_route(app, registry)
     add_health_routes(app, registry)
     if registry.router is not None:  # inside the metrics: a forwarded answer counts once
@@ -158,6 +158,11 @@ def create_app(settings: ServerSettings, reload_on_hangup: bool = True) -> Flask
         app.wsgi_app = trace_requests(app.wsgi_app)
         app.before_request(name_by_route)
     return app
+
+
+def _each(actions: list) -> None:
+    for action in actions:
+        action()
 
 
 def _add_routes(registry: Registry, book: RouteBook, name: str) -> None:

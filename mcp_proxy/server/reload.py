@@ -36,6 +36,7 @@ import gevent
 from prometheus_client import Counter
 
 from mcp_proxy.children.server_swap import Retired, attach, detach
+from mcp_proxy.config.schema import json_path
 from mcp_proxy.config.settings import ServerSpec
 from mcp_proxy.core import greenlets
 from mcp_proxy.core.redact import Redact
@@ -145,7 +146,8 @@ class Reloader:
         """The file read and compared; new remote servers probed, new combined servers'
         names checked. Raises ConfigError: nothing is applied."""
         settings = self.registry.settings
-        change = plan(settings.servers, self.reread().specs)
+        loaded = self.reread()
+        change = plan(settings.servers, loaded.specs)
         fresh = [*change.added, *change.changed]
         if settings.oauth is not None:  # the OAuth metadata and scopes are made at start
             moved = [name for name in change.added] + [
@@ -167,12 +169,13 @@ class Reloader:
         probes = [gevent.spawn(remote.probe) for remote in change.remotes.values()]
         gevent.joinall(probes)
         problems = [probe.value for probe in probes if probe.value]
-        combined = {name for name in fresh if change.specs[name].members}
-        if combined and not problems:
-            merged = {**settings.servers, **change.specs}
-            problems = self.check_combined(replace(settings, servers={
-                name: spec for name, spec in merged.items()
-                if not spec.members or name in combined}))
+        merged = {**settings.servers, **change.specs}
+        members = {name: spec for name, spec in merged.items() if not spec.members}
+        for name in fresh if not problems else ():  # each new combined server's names
+            if change.specs[name].members:
+                problems += [f"{loaded.path}: {json_path(('mcpServers', name))}: {problem}"
+                             for problem in self.check_combined(replace(settings, servers={
+                                 **members, name: change.specs[name]}))]
         if problems:
             raise ConfigProblems(problems)
         return change
@@ -196,6 +199,9 @@ class Reloader:
             self.instrument(name, spec)
         for name in change.added:
             paths.serve(name)
+        if change.remotes and registry.metrics.remotes is None:  # the first remote server
+            registry.metrics.remotes = lambda: {
+                name: remote.status() for name, remote in supervisor.remotes.items()}
         removed = set(change.removed)
         for session in sessions:
             how = "taken out of" if session.server_name in removed else "changed in"
