@@ -337,6 +337,41 @@ def test_remote_servers_added_refused_and_changed(proxy_factory, tmp_path):
     assert token not in proxy.stderr()
 
 
+def test_with_redis_each_process_reloads_and_a_new_servers_requests_cross(proxy_factory,
+                                                                         redis_server,
+                                                                         tmp_path):
+    """Two proxies on one Redis, each reloaded by its own SIGHUP: a session of a server added
+    by the reload, opened on one, is reached through the other (the router learnt its path)."""
+    config = tmp_path / "servers.json"
+    write(config, {"a": RAW})
+    proxies = [proxy_factory("--redis-url", redis_server.url, "--named-server-config",
+                             str(config)) for _ in range(2)]
+    write(config, {"a": RAW, "b": RAW})
+    for proxy in proxies:
+        assert hangup(proxy)["last_reload"]["added"] == ["b"]
+    headers = open_streamable(proxies[0].base, "/servers/b/mcp")
+    answer = call(proxies[1].base + "/servers/b/mcp", headers, "crossed")
+    assert answer.json()["result"]["content"][0]["text"] == "crossed"
+    write(config, {"a": RAW})
+    for proxy in proxies:
+        assert hangup(proxy)["last_reload"]["removed"] == ["b"]
+    gone = call(proxies[1].base + "/servers/b/mcp", headers, "x")
+    assert gone.status_code == 404, gone.text
+
+
+def test_the_plan_of_a_reload():
+    from mcp_proxy.config.settings import ServerSpec
+    from mcp_proxy.server.reload import plan
+
+    served = {"": ServerSpec("default"), "a": ServerSpec("x"), "b": ServerSpec("y"),
+              "c": ServerSpec("z"), "both": ServerSpec("", members=("a", "c"))}
+    read = {"a": ServerSpec("x", ["changed"]), "c": ServerSpec("z"), "d": ServerSpec("w"),
+            "both": ServerSpec("", members=("a", "c"))}
+    change = plan(served, read)
+    assert (change.added, change.removed, change.changed) == (["d"], ["b"], ["a", "both"])
+    assert plan(served, {**read, "a": ServerSpec("x")}).changed == []  # the default stays
+
+
 # -- random edits: each one is applied or refused, and the proxy keeps answering -----------
 
 GOOD = st.one_of(
