@@ -53,6 +53,10 @@ class RemoteUnreachable(SpawnError):
     """A remote server (a ``"url"`` entry) could not give a new session its remote session."""
 
 
+class ServerRemoved(SpawnError):
+    """A request for a named server that a config reload (SIGHUP) took out of the file."""
+
+
 # -- what a peer sent ---------------------------------------------------------------------
 
 

@@ -57,7 +57,7 @@ def _app_from_environment():
     setup_logging("DEBUG" if ns.debug else ns.log_level, ns.log_format)
     settings = server_settings(ns)
     trace_setup.configure("mcp-proxy")  # in each worker (never --preload): OTEL_* variables
-    app = create_app(settings)
+    app = create_app(settings, reload_on_hangup=False)  # SIGHUP is the arbiter's: it restarts us
     atexit.register(_stop_children, app.extensions["mcp_proxy"])
     return app
 

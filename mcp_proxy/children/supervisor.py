@@ -32,8 +32,8 @@ import gevent
 
 from mcp_proxy.children.health import ServerHealth
 from mcp_proxy.children.supervised import Child, ChildMetrics, Remote, Shared
-from mcp_proxy.config.settings import ServerSettings
-from mcp_proxy.errors import ConfigProblems, LegacyOnly, SpawnError
+from mcp_proxy.config.settings import ServerSettings, ServerSpec
+from mcp_proxy.errors import ConfigProblems, LegacyOnly, ServerRemoved, SpawnError
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Supervisor:
         self.health = {name: ServerHealth() for name in settings.servers}
         self.children: dict[Child, str] = {}  # running child -> its server's name
         self.spawned = 0
-        self.shared = {name: self._shared(name)
+        self.shared = {name: self.shared_child(name)
                        for name, spec in settings.servers.items()
                        if spec.shared and not spec.members}
         self.lanes: dict[str, Shared] = {}
@@ -72,13 +72,14 @@ class Supervisor:
         self.eras: dict[str, str] = {}  # server -> "legacy" or "modern", once found out
         self.bridges: dict[str, Any] = {}  # server -> its modern->legacy bridge, if it needs one
 
-    def _shared(self, server_name: str) -> Shared:
+    def shared_child(self, server_name: str) -> Shared:
+        """A new shared child of ``server_name`` (started on first need)."""
         label = f"shared:{server_name or 'default'}"
         return self._multiplexer(label, lambda: self.spawn(server_name, label))
 
     def upstream(self, server_name: str, session_name: str) -> Any:
         """The link a new session of ``server_name`` relays to; raises SpawnError."""
-        spec = self.settings.servers[server_name]
+        spec = self.spec(server_name)
         if spec.members:  # each member's link is what a session of that member gets
             if self._combiner is None:
                 raise SpawnError(f"{server_name}: combined servers are not served here")
@@ -117,6 +118,13 @@ class Supervisor:
         port.peer = session_name
         return self._bridge(server_name, port, "modern")
 
+    def spec(self, server_name: str) -> ServerSpec:
+        """The server's entry; ServerRemoved once a config reload took it away."""
+        spec = self.settings.servers.get(server_name)
+        if spec is None:
+            raise ServerRemoved(f"server {server_name!r} was taken out of the config")
+        return spec
+
     def _bridge(self, server_name: str, upstream: Any, era: str) -> Any:
         return self._face(upstream, era, lambda found: self.learned(server_name, found),
                           self.settings.session_idle_timeout)
@@ -143,7 +151,7 @@ class Supervisor:
 
     def modern(self, server_name: str) -> Shared:
         """The server's 2026-07-28 lane, made on first use (its child starts on first need)."""
-        if self.settings.servers[server_name].members:
+        if self.spec(server_name).members:
             # a combined server is not served in the 2026-07-28 era (docs/server-mode.md)
             raise LegacyOnly(f"{server_name}: a combined server speaks the 2025 era only")
         if server_name in self.remotes:  # its ensure_started says: the 2025 era only
@@ -158,7 +166,7 @@ class Supervisor:
     def bridgeable(self, server_name: str) -> bool:
         """Whether a legacy-only server can be bridged for 2026-07-28 requests (a process of
         its own: not a combined or a remote server)."""
-        spec = self.settings.servers[server_name]
+        spec = self.spec(server_name)
         return not spec.members and spec.remote is None
 
     def bridge(self, server_name: str) -> Any:
@@ -175,7 +183,7 @@ class Supervisor:
         """Start a child of ``server_name``; record how it starts and ends."""
         settings = self.settings
         try:
-            child = self._child(settings.servers[server_name], label, settings.max_frame,
+            child = self._child(self.spec(server_name), label, settings.max_frame,
                                 stop_grace=settings.stop_timeout / 3,
                                 write_timeout=settings.write_timeout)
         except SpawnError as exc:

@@ -9,9 +9,11 @@ import argparse
 import logging
 import os
 import shlex
+from collections.abc import Callable
+from functools import partial
 from urllib.parse import urlsplit
 
-from mcp_proxy.config.config_file import load_named_servers
+from mcp_proxy.config.config_file import ConfigFile, load_named_servers
 from mcp_proxy.config.key_file import flag_keys, read_key_file
 from mcp_proxy.config.network import env_proxies, tls_verify
 from mcp_proxy.config.resource_flags import (
@@ -19,6 +21,7 @@ from mcp_proxy.config.resource_flags import (
     check_server_scopes,
     resource_settings,
 )
+from mcp_proxy.config.schema import json_path
 from mcp_proxy.config.settings import (
     ClientSettings,
     ServerSettings,
@@ -62,22 +65,7 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
     for old, new in (("--sse-port", "--port"), ("--sse-host", "--host")):
         if getattr(ns, old[2:].replace("-", "_")) is not None:
             logger.warning("%s is deprecated and will go: use %s", old, new)
-    shared, problems = ns.stateless or ns.shared_child, []
-    for name, spec in servers.items():
-        if spec.remote is not None and ns.stateless:
-            problems.append(f"server {name!r}: --stateless needs a shared local server; a "
-                            f"remote one (url) has a remote session per client session")
-        local = spec.remote is None  # a remote server's sessions are its own, never shared
-        spec.shared, spec.audit = spec.shared or (shared and local), spec.audit or ns.log_calls
-        spec.pass_network = ns.pass_network
-        if not spec.members:  # a combined server's members are filtered already
-            spec.tools = spec.tools.with_flags(ns.allow_tool, ns.deny_tool)
-        try:
-            spec.check()
-        except ConfigError as exc:
-            problems.append(f"server {name!r}: {exc}" if name else str(exc))
-    if problems:
-        raise ConfigProblems(problems)
+    _fit(servers, ns)
     if ns.log_call_arguments and not any(spec.audit for spec in servers.values()):
         logger.warning('--log-call-arguments does nothing without --log-calls or "audit": true')
     oauth = resource_settings(ns)
@@ -103,7 +91,38 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
         stall_timeout=ns.stall_timeout, write_timeout=ns.write_timeout,
         stop_timeout=ns.stop_timeout, stateless=ns.stateless, max_sessions=max_sessions,
         redis_url=_redis_url(ns.redis_url), log_call_arguments=ns.log_call_arguments,
-        oauth=oauth)
+        oauth=oauth, reread=partial(reread, ns) if ns.named_server_config else None)
+
+
+def _fit(servers: dict[str, ServerSpec], ns: argparse.Namespace,
+         where: Callable[[str], str] = lambda name: f"server {name!r}: ") -> None:
+    """What the flags add to each server (shared, audit, tool filters); each one checked,
+    a problem named by ``where(name)``."""
+    shared, problems = ns.stateless or ns.shared_child, []
+    for name, spec in servers.items():
+        if spec.remote is not None and ns.stateless:
+            problems.append(f"{where(name)}--stateless needs a shared local server; a "
+                            f"remote one (url) has a remote session per client session")
+        local = spec.remote is None  # a remote server's sessions are its own, never shared
+        spec.shared, spec.audit = spec.shared or (shared and local), spec.audit or ns.log_calls
+        spec.pass_network = ns.pass_network
+        if not spec.members:  # a combined server's members are filtered already
+            spec.tools = spec.tools.with_flags(ns.allow_tool, ns.deny_tool)
+        try:
+            spec.check()
+        except ConfigError as exc:
+            problems.append(f"{where(name)}{exc}" if name else str(exc))
+    if problems:
+        raise ConfigProblems(problems)
+
+
+def reread(ns: argparse.Namespace) -> ConfigFile:
+    """``--named-server-config`` read again (SIGHUP, server/reload.py): expanded, validated and
+    fitted to the flags as at start; raises ConfigError naming each problem."""
+    path = ns.named_server_config
+    loaded = load_named_servers(path, ns.pass_environment)
+    _fit(loaded.specs, ns, lambda name: f"{path}: {json_path(('mcpServers', name))}: ")
+    return loaded
 
 
 def _distinct(keys: list) -> list:

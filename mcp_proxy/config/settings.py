@@ -9,7 +9,7 @@ import os
 import re
 import shlex
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
@@ -211,6 +211,7 @@ class ServerSettings:
     redis_url: str | None = None  # the bus between workers and hosts (server/bus.py)
     log_call_arguments: bool = False  # audit lines hold each call's arguments
     oauth: ResourceSettings | None = None  # callers sign in with OAuth tokens (--oauth-issuer)
+    reread: Callable[[], Any] | None = field(default=None, repr=False, compare=False)  # SIGHUP
 
     @property
     def auth_required(self) -> bool:

@@ -17,11 +17,12 @@ import signal
 from functools import partial
 
 import gevent
-from flask import Blueprint, Flask
+from flask import Flask
 from flask.sessions import NullSession, SessionInterface
 from werkzeug.routing import Rule
 
 from mcp_proxy.children.combined import Combiner
+from mcp_proxy.children.combined_check import combined_problems
 from mcp_proxy.children.lane import ModernLane
 from mcp_proxy.children.legacy_adapter import LegacySession
 from mcp_proxy.children.legacy_bridge import LegacyBridge
@@ -29,7 +30,7 @@ from mcp_proxy.children.modern_child import ModernChildAsLegacy
 from mcp_proxy.children.multiplexer import Multiplexer
 from mcp_proxy.children.process import StdioChild
 from mcp_proxy.children.supervisor import Supervisor
-from mcp_proxy.config.settings import ServerSettings
+from mcp_proxy.config.settings import ServerSettings, ServerSpec
 from mcp_proxy.core import tracing
 from mcp_proxy.core.log_format import set_worker
 from mcp_proxy.core.redact import Redact
@@ -37,13 +38,16 @@ from mcp_proxy.server.api_keys import KeyRing
 from mcp_proxy.server.audit import AuditMeter
 from mcp_proxy.server.guard import install_guard
 from mcp_proxy.server.http_spans import name_by_route, trace_requests
+from mcp_proxy.server.late_routes import RouteBook, ServedPaths
 from mcp_proxy.server.metrics import server_label
 from mcp_proxy.server.probes import add_health_routes
 from mcp_proxy.server.relay import Relay
+from mcp_proxy.server.reload import Reloader
 from mcp_proxy.server.sessions import Registry
 from mcp_proxy.server.sse_transport import add_sse_routes
 from mcp_proxy.server.status import add_status_route
 from mcp_proxy.server.streamable_transport import add_streamable_routes
+from mcp_proxy.server.tool_scopes import ToolScopes
 from mcp_proxy.server.traced_meter import TracedMeter
 from mcp_proxy.server.url_adapter import PathRouting
 from mcp_proxy.upstream.http_session import secrets_of
@@ -97,8 +101,10 @@ class ProxyFlask(PathRouting, Flask):
         return func
 
 
-def create_app(settings: ServerSettings) -> Flask:
-    """Build the WSGI app; its session registry is ``app.extensions["mcp_proxy"]``."""
+def create_app(settings: ServerSettings, reload_on_hangup: bool = True) -> Flask:
+    """Build the WSGI app; its session registry is ``app.extensions["mcp_proxy"]``. With
+    ``reload_on_hangup`` (not under gunicorn, whose arbiter owns SIGHUP) and a config file,
+    SIGHUP reloads the file (reload.py)."""
     app = ProxyFlask("mcp_proxy")
     registry = Registry(settings)
     # the composition root: the supervisor is told which classes it starts
@@ -115,15 +121,14 @@ def create_app(settings: ServerSettings) -> Flask:
         registry.metrics.remotes = lambda: {name: r.status() for name, r in remotes.items()}
     registry.supervisor.probe_remotes()  # a remote that can never work refuses the start
     for name, spec in settings.servers.items():  # only their bridges pay for an audit
-        if spec.audit:
-            registry.metrics.audited[server_label(name)] = partial(
-                AuditMeter, server=server_label(name), arguments=settings.log_call_arguments)
+        _instrument(registry, name, spec)
     if tracing.on:  # configured by the command (cli.py, wsgi.py): off, nothing is wrapped
         registry.metrics.traced = TracedMeter
     app.extensions["mcp_proxy"] = registry
     keys = KeyRing(settings) if settings.api_keys or settings.auth_token_file else None
+    hangup = []  # what SIGHUP does: one handler for both
     if keys is not None and keys.path is not None:  # rotate keys without a restart
-        gevent.signal_handler(signal.SIGHUP, keys.reload)
+        hangup.append(keys.reload)
         keys.on_revoked = registry.end_sessions_of
     checks = install_guard(app, settings, registry.touch, keys)
     if settings.redis_url:
@@ -134,12 +139,15 @@ def create_app(settings: ServerSettings) -> Flask:
         registry.metrics.routing = registry.router.status
         set_worker(registry.router.tag)
 
+    paths = ServedPaths(app, registry, partial(_add_routes, registry))
     for name in settings.servers:
-        prefix = f"/servers/{name}" if name else ""
-        bp = Blueprint(f"server_{name or 'default'}", __name__, url_prefix=prefix or None)
-        add_sse_routes(bp, registry, name)
-        add_streamable_routes(bp, registry, name, Relay(registry, name, settings.keepalive))
-        app.register_blueprint(bp)
+        paths.serve(name)
+    if reload_on_hangup and settings.reread is not None:
+        registry.reloads = Reloader(registry, paths, settings.reread, combined_problems,
+                                    RemoteServer, partial(_instrument, registry))
+        hangup.append(registry.reloads.hangup)
+    if hangup:
+        gevent.signal_handler(signal.SIGHUP, _each, hangup)
     add_status_route(app, registry)
     add_health_routes(app, registry)
     if registry.router is not None:  # inside the metrics: a forwarded answer counts once
@@ -150,6 +158,29 @@ def create_app(settings: ServerSettings) -> Flask:
         app.wsgi_app = trace_requests(app.wsgi_app)
         app.before_request(name_by_route)
     return app
+
+
+def _each(actions: list) -> None:
+    for action in actions:
+        action()
+
+
+def _add_routes(registry: Registry, book: RouteBook, name: str) -> None:
+    """The routes of one server: HTTP+SSE and Streamable HTTP."""
+    add_sse_routes(book, registry, name)
+    add_streamable_routes(book, registry, name, Relay(registry, name, registry.settings.keepalive))
+
+
+def _instrument(registry: Registry, name: str, spec: ServerSpec) -> None:
+    """A server's audit (only its bridges pay for it) and its tool scopes."""
+    label, settings = server_label(name), registry.settings
+    registry.metrics.audited.pop(label, None)
+    if spec.audit:
+        registry.metrics.audited[label] = partial(AuditMeter, server=label,
+                                                  arguments=settings.log_call_arguments)
+    registry.tool_scopes.pop(name, None)
+    if spec.tool_scopes and settings.oauth is not None:
+        registry.tool_scopes[name] = ToolScopes(spec, settings.oauth)
 
 
 def _exit_worker(registry: Registry, exc: BaseException) -> None:

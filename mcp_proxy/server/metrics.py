@@ -131,8 +131,20 @@ class Metrics:
         self._disconnects = Counter(
             "mcp_proxy_client_disconnects", "Clients found gone while their session was open",
             ["transport"], registry=self.registry)
-        self._latency = {server: Latency() for server in self._servers}
-        for server in self._servers:  # every series exists from the start, at zero
+        self._latency: dict[str, Latency] = {}
+        for server in list(self._servers):  # every series exists from the start, at zero
+            self.add_server(server)
+
+    def add_server(self, name: str) -> None:
+        """Count for a server (at start, or added by a config reload), every series at zero;
+        a server taken out keeps its series."""
+        server = server_label(name)
+        if server not in self._latency:
+            if server not in self._servers:
+                self._servers.append(server)
+            self._relayed.setdefault(server, {d: _tally() for d in DIRECTIONS})
+            self._running.setdefault(server, 0)
+            self._latency[server] = Latency()
             self._started.labels(server)
             self._spawn_failures.labels(server)
 

@@ -80,6 +80,11 @@ def too_many_sessions(exc: Exception) -> Response:
                      **{"Retry-After": RETRY_AFTER})
 
 
+def server_removed(exc: Exception) -> Response:
+    """404 for a server a config reload took out (or a request that raced that reload)."""
+    return rpc_error(404, jsonrpc.INVALID_REQUEST, f"Not Found: {exc}")
+
+
 def event_stream(chunks: Iterable[bytes], **headers: str) -> Response:
     response = Response(chunks, mimetype="text/event-stream", headers={**SSE_HEADERS, **headers})
     response.direct_passthrough = True  # Flask must not buffer or re-encode the chunks

@@ -31,7 +31,7 @@ from mcp_proxy.config.settings import ServerSettings
 from mcp_proxy.core import greenlets
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.core.link import Link, bridge
-from mcp_proxy.errors import TooManySessions
+from mcp_proxy.errors import ServerRemoved, TooManySessions
 from mcp_proxy.server.caller import caller_of
 from mcp_proxy.server.metrics import Metrics
 from mcp_proxy.server.streams import Stream, StreamOwner
@@ -131,6 +131,7 @@ class Registry:
         self.supervisor: Supervisor | None = None
         self._per_server: dict[str, int] = dict.fromkeys(settings.servers, 0)
         self._reaper = self._start_reaper()
+        self.reloads = None  # with --named-server-config: what SIGHUP did (server/reload.py)
         self.router = None  # with --redis-url: which worker serves what (scaleout/router.py)
         # (path, method) -> the handler of a session request, for forwarded ones
         self.handlers: dict[tuple[str, str], Callable[[dict], Any]] = {}
@@ -164,7 +165,10 @@ class Registry:
         """Register a new session; raise TooManySessions past ``--max-sessions`` (or the
         server's own ``maxSessions``)."""
         name = session.server_name
-        limit = self.settings.servers[name].max_sessions
+        spec = self.settings.servers.get(name)
+        if spec is None:  # a request that raced the reload which took its server out
+            raise ServerRemoved(f"server {name!r} was taken out of the config")
+        limit = spec.max_sessions
         if len(self.sessions) >= self.settings.max_sessions:
             raise TooManySessions(f"this proxy holds its limit of {self.settings.max_sessions} "
                                   f"sessions (--max-sessions)")
@@ -172,7 +176,7 @@ class Registry:
             raise TooManySessions(f"server {name or 'default'!r} holds its limit of {limit} "
                                   f"sessions (maxSessions)")
         self.sessions[session.id] = session
-        self._per_server[name] += 1
+        self._per_server[name] = self._per_server.get(name, 0) + 1
         return session
 
     def get(self, session_id: str, server_name: str, transport: str,

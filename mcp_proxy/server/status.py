@@ -61,6 +61,7 @@ def add_status_route(app: Flask, registry: Registry) -> None:
             "children_started": supervisor.spawned,
             "max_sessions": registry.settings.max_sessions,
             "stateless": registry.settings.stateless,
+            **({"config": registry.reloads.status()} if registry.reloads is not None else {}),
             "worker": registry.router.status() if registry.router is not None else
             {"pid": os.getpid(), "redis": "off", "routing": "local-only"},
             "session_details": [{

@@ -29,8 +29,8 @@ from collections.abc import Callable
 from flask import Response
 
 from mcp_proxy.core import greenlets, jsonrpc, tracing
-from mcp_proxy.errors import BusError
-from mcp_proxy.server.responses import rpc_error
+from mcp_proxy.errors import BusError, ServerRemoved
+from mcp_proxy.server.responses import rpc_error, server_removed
 from mcp_proxy.server.scaleout.bus import GRACE, Bus
 from mcp_proxy.server.scaleout.frames import well_formed
 
@@ -161,6 +161,8 @@ class Owner:
         self.touch()
         try:
             return handler(environ)
+        except ServerRemoved as exc:  # it raced the config reload that took its server out
+            return server_removed(exc)
         except Exception:  # as Flask would: a 500, and the traceback in the log
             logger.exception("worker %s: a forwarded %s %s failed", self.tag,
                              environ["REQUEST_METHOD"], environ["PATH_INFO"])

@@ -67,6 +67,7 @@ class Router:
         self.forwarder = Forwarder(settings, self.bus, self.ping)  # our requests at others
         self.owner = Owner(self.bus, handlers, touch, self.ping)  # others' requests here
         self.local = 0  # requests for sessions of this worker
+        self.paths: dict[str, tuple[str, ...]] = {}  # session request paths -> their methods
         self.route_header = os.environ.get("MCP_PROXY_ROUTE_HEADER", "") not in ("", "0")
         request_state.set_worker_tag(self.tag)  # a requestState handle names its sealing worker
 
@@ -124,6 +125,12 @@ class Router:
 
     # -- the receiving side -------------------------------------------------------------
 
+    def route_paths(self, name: str) -> None:
+        """Route the session requests of server ``name`` (at start, or added by a reload)."""
+        prefix = f"/servers/{name}" if name else ""
+        self.paths[prefix + "/messages/"] = ("POST",)
+        self.paths[prefix + "/mcp"] = self.paths[prefix + "/mcp/"] = ("POST", "GET", "DELETE")
+
     def wrap(self, app: Flask, checks: Checks) -> Callable:
         """The app's WSGI callable, forwarding what is not ours before Flask sees it.
 
@@ -135,11 +142,9 @@ class Router:
         self.forwarder.reaped = app.extensions["mcp_proxy"].requests
         forward = self.forwarder.forward
         limit = self.settings.max_body
-        paths: dict[str, tuple[str, ...]] = {}
+        paths = self.paths
         for name in self.settings.servers:
-            prefix = f"/servers/{name}" if name else ""
-            paths[prefix + "/messages/"] = ("POST",)
-            paths[prefix + "/mcp"] = paths[prefix + "/mcp/"] = ("POST", "GET", "DELETE")
+            self.route_paths(name)
         route_header = self.route_header
 
         def routing_app(environ: dict, start_response):
