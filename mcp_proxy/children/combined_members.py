@@ -3,7 +3,7 @@
 :class:`Members` is the member half of the :class:`~mcp_proxy.children.combined.Combiner` (a
 mixin it inherits; it never imports the combiner). A member is a link: whatever the supervisor
 hands a session of that server (its own :class:`StdioChild`, or a :class:`Port` of its shared
-child; a remote upstream is one more link with the same ``send``/``attach``/``close``). A
+child, or a remote session of a ``"url"`` member: the same ``send``/``attach``/``close``). A
 member is opened when the client's ``initialize`` comes (each member gets that ``initialize``;
 a stateless request that comes without one opens the members it needs with the proxy's own),
 and is given ``notifications/initialized`` itself.
@@ -11,7 +11,9 @@ and is given ``notifications/initialized`` itself.
 When a member's link ends, the combiner answers its calls and forgets its names
 (``Combiner.lost``), the client gets ``list_changed``, and the member is opened again with
 backoff; once it is back, ``list_changed`` again. A shared member's port outlives its child:
-the multiplexer tells it (``Port.on_child``) when the child dies and when it is back.
+the multiplexer tells it (``Port.on_child``) when the child dies and when it is back; a remote
+member's session outlives a loss of the remote the same way, and says so (``on_state``,
+``upstream/watched_remote.py``): its tools are hidden while it reconnects.
 """
 
 from __future__ import annotations
@@ -136,8 +138,9 @@ class Members:
         except SpawnError as exc:
             slot.failure = str(exc)
             return
-        if hasattr(link, "on_child"):  # a port of a shared child: told when it dies
-            link.on_child = partial(self._child_state, member)
+        for hook in ("on_child", "on_state"):  # a shared child's port, a remote session:
+            if hasattr(link, hook):  # told when their server goes and when it is back
+                setattr(link, hook, partial(self._child_state, member))
         link.attach(partial(self.from_member, member), partial(self._ended, member, link))
         try:
             slot.result = self._own_request(member, link, "initialize", self.init_params)
@@ -203,7 +206,8 @@ class Members:
             return
         logger.warning("%s: member %s ended (%s)", self.name, member, slot.failure)
         self.lost(member, slot.failure)
-        self.changed(member)
+        if not slot.down:  # else the client was told when it went down
+            self.changed(member)
         if not slot.restarting:
             slot.restarting = True
             greenlets.spawn(self._restart, member, name=f"{self.name} restart {member}")
@@ -225,7 +229,8 @@ class Members:
             slot.restarting = False
 
     def _child_state(self, member: str, running: bool, reason: str = "") -> None:
-        """A shared member's child died (``running`` false) or is back."""
+        """A shared member's child died (``running`` false) or is back; or a remote
+        member's session was lost, or is back."""
         slot = self.slots[member]
         if slot.link is None or slot.down == (not running):
             return

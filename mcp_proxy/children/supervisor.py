@@ -30,6 +30,7 @@ from typing import Any
 
 import gevent
 
+from mcp_proxy.children.combined_status import CombinedWatch
 from mcp_proxy.children.health import ServerHealth
 from mcp_proxy.children.supervised import Child, ChildMetrics, Remote, Shared
 from mcp_proxy.config.settings import ServerSettings
@@ -71,6 +72,7 @@ class Supervisor:
         self._face = face
         self.eras: dict[str, str] = {}  # server -> "legacy" or "modern", once found out
         self.bridges: dict[str, Any] = {}  # server -> its modern->legacy bridge, if it needs one
+        self.combined = CombinedWatch(self)  # combined servers' sessions, for their members' state
 
     def _shared(self, server_name: str) -> Shared:
         label = f"shared:{server_name or 'default'}"
@@ -84,6 +86,7 @@ class Supervisor:
                 raise SpawnError(f"{server_name}: combined servers are not served here")
             combiner = self._combiner(server_name, spec, self.upstream, session_name)
             combiner.meter = self.metrics.relay_meter(server_name)  # counted as its own
+            self.combined.track(server_name, combiner)
             return combiner
         remote = self.remotes.get(server_name)
         if remote is not None:
@@ -206,6 +209,8 @@ class Supervisor:
         for mux in (self.shared.get(server_name), self.lanes.get(server_name)):
             if mux is not None and mux.state == "crash loop":
                 found.append(f"{mux.name} in a crash loop, not restarted: {mux.failure}")
+        if self.settings.servers[server_name].members:
+            found += self.combined.problems(server_name, now)
         return found
 
     def mode(self, server_name: str) -> str:

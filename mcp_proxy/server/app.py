@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from functools import partial
 
 import gevent
@@ -113,6 +114,10 @@ def create_app(settings: ServerSettings) -> Flask:
         for handler in logging.getLogger().handlers:
             handler.addFilter(redact)
         registry.metrics.remotes = lambda: {name: r.status() for name, r in remotes.items()}
+    combined = [name for name, spec in settings.servers.items() if spec.members]
+    if combined:  # each member's state (children/combined_status.py)
+        registry.metrics.members = lambda: {server_label(name): registry.supervisor.combined
+                                            .members(name, time.monotonic()) for name in combined}
     registry.supervisor.probe_remotes()  # a remote that can never work refuses the start
     for name, spec in settings.servers.items():  # only their bridges pay for an audit
         if spec.audit:
