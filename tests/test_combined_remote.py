@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,6 +27,8 @@ import pytest
 import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_combined import _answer
+from test_health import wait_for
 
 from conftest import (
     SDK_SERVER,
@@ -108,25 +109,6 @@ def _report(driver: subprocess.Popen) -> dict:
     out, err = driver.communicate(timeout=200)
     assert driver.returncode == 0, err.decode(errors="replace")[-4000:]
     return json.loads(out)
-
-
-def _answer(response: requests.Response) -> dict:
-    if response.headers["Content-Type"].startswith("application/json"):
-        return response.json()
-    events = [json.loads(line[5:]) for line in response.text.splitlines()
-              if line.startswith("data:")]
-    return [event for event in events if "id" in event][-1]
-
-
-def _until(check, seconds: float = 30.0, every: float = 0.2):
-    """``check()``'s first true value within ``seconds`` (else the test fails)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {seconds} s"
-        time.sleep(every)
 
 
 STEPS = [
@@ -233,15 +215,17 @@ def test_a_remote_member_goes_and_comes_back(proxy_factory, tmp_path, shims, rem
     def status() -> dict:
         return requests.get(front.base + "/status", timeout=10).json()["server_instances"]
 
-    _until(lambda: (marks / "stop").exists(), 90)
+    wait_for(lambda: (marks / "stop").exists(), "the driver's stop mark", 90)
     remote.stop()
-    _until(lambda: status()["assistant"]["members"]["search"]["state"] == "down")
-    _until(lambda: status()["solo"]["members"]["search"]["state"] == "down")
+    wait_for(lambda: status()["assistant"]["members"]["search"]["state"] == "down",
+             "search down in assistant", 30)
+    wait_for(lambda: status()["solo"]["members"]["search"]["state"] == "down",
+             "search down in solo", 30)
     down = status()
     ready = requests.get(front.base + "/readyz", timeout=10)
     metrics = requests.get(front.base + "/metrics", timeout=10).text
     (marks / "stopped").write_text("x")
-    _until(lambda: (marks / "restart").exists(), 90)
+    wait_for(lambda: (marks / "restart").exists(), "the driver's restart mark", 90)
     remote.restart()
     (marks / "restarted").write_text("x")
     report = _report(driver)
@@ -271,7 +255,8 @@ def test_a_remote_member_goes_and_comes_back(proxy_factory, tmp_path, shims, rem
     assert 'mcp_proxy_combined_member_up{member="notes",server="assistant"} 1.0' in metrics
     assert 'mcp_proxy_combined_member_tools{member="notes",server="assistant"}' in metrics
 
-    _until(lambda: status()["solo"]["members"]["search"]["state"] == "up", 60)
+    wait_for(lambda: status()["solo"]["members"]["search"]["state"] == "up", "search back",
+             60)
     assert requests.get(front.base + "/readyz", timeout=10).status_code == 200
     assert "Traceback" not in front.stderr()
 
@@ -302,6 +287,13 @@ def test_check_config_with_a_remote_member(tmp_path, remote):
     assert done.returncode == 0, done.stderr
     assert "the names of its remote member far are not checked now" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_docs_show_the_example_the_tests_serve():
+    text = (TESTS.parent / "docs" / "server-mode.md").read_text()
+    section = text[text.index("## Combined servers\n"):]
+    block = section.split("```json\n", 1)[1].split("```", 1)[0]
+    assert json.loads(block) == json.loads(EXAMPLE.read_text())
 
 
 # -- the members' state, on its own ----------------------------------------------------------

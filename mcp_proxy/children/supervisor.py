@@ -6,8 +6,9 @@ link: its own child (per-session mode, the default) or a port of the server's sh
 starts the children (recording spawn failures, starts and exits for ``/readyz`` and
 ``/metrics``), knows which run and for whom (``/status``), and stops them all at shutdown;
 the multiplexer restarts a shared child through it, with backoff and a crash-loop bound.
-A remote server (``"url"``) gives each session a remote session of its own instead, and
-its state joins ``/readyz``.
+A remote server (``"url"``) gives each session a remote session of its own instead (or, when
+shared, a port of one remote session: ``children/shared_remote.py``), and its state joins
+``/readyz``.
 
 It builds nothing it imports: the app (``server/app.py``, the composition root) hands it the
 classes to start (the child process, the multiplexer, the lane, the era bridges) and the
@@ -45,7 +46,7 @@ class Supervisor:
     def __init__(self, settings: ServerSettings, metrics: ChildMetrics, child: type,
                  multiplexer: type, lane: type, remote: type | None = None, *,
                  face: type | None = None, bridge: Any = None,
-                 combiner: type | None = None) -> None:
+                 combiner: type | None = None, shared_remote: type | None = None) -> None:
         """``child``, ``multiplexer`` and ``lane`` are the classes to start (the app's
         ``StdioChild``, ``Multiplexer`` and ``ModernLane``): classes, not any callables, since
         ``describe`` tells a child and a shared child's port apart by them; ``remote`` makes
@@ -54,21 +55,23 @@ class Supervisor:
         (``ModernChildAsLegacy``; None: never bridged); ``bridge`` makes the modern->legacy
         bridge of a legacy-only server (the app's ``LegacyBridge``); ``combiner``
         (``Combiner``) is what a session of a combined server gets, in front of its
-        members' links."""
+        members' links; ``shared_remote`` (``SharedRemote``) shares one remote session of a
+        shared remote server."""
         self.settings = settings
         self.metrics = metrics
         self._child, self._multiplexer, self._lane = child, multiplexer, lane
         self._make_bridge, self._combiner = bridge, combiner
+        self._shared_remote = shared_remote or multiplexer
         self.health = {name: ServerHealth() for name in settings.servers}
         self.children: dict[Child, str] = {}  # running child -> its server's name
         self.spawned = 0
+        self.remotes: dict[str, Remote] = {
+            name: remote(name, spec.remote, spec.tools)
+            for name, spec in settings.servers.items() if spec.remote is not None}
         self.shared = {name: self._shared(name)
                        for name, spec in settings.servers.items()
                        if spec.shared and not spec.members}
         self.lanes: dict[str, Shared] = {}
-        self.remotes: dict[str, Remote] = {
-            name: remote(name, spec.remote, spec.tools)
-            for name, spec in settings.servers.items() if spec.remote is not None}
         self._face = face
         self.eras: dict[str, str] = {}  # server -> "legacy" or "modern", once found out
         self.bridges: dict[str, Any] = {}  # server -> its modern->legacy bridge, if it needs one
@@ -76,6 +79,9 @@ class Supervisor:
 
     def _shared(self, server_name: str) -> Shared:
         label = f"shared:{server_name or 'default'}"
+        remote = self.remotes.get(server_name)
+        if remote is not None:  # one remote session for every session
+            return self._shared_remote(label, lambda: remote.link(label))
         return self._multiplexer(label, lambda: self.spawn(server_name, label))
 
     def upstream(self, server_name: str, session_name: str) -> Any:
@@ -89,7 +95,7 @@ class Supervisor:
             self.combined.track(server_name, combiner)
             return combiner
         remote = self.remotes.get(server_name)
-        if remote is not None:
+        if remote is not None and server_name not in self.shared:
             try:
                 link = remote.link(session_name)
             except SpawnError:
@@ -215,7 +221,7 @@ class Supervisor:
 
     def mode(self, server_name: str) -> str:
         if server_name in self.remotes:
-            return "remote"
+            return "shared remote" if server_name in self.shared else "remote"
         if self.settings.servers[server_name].members:
             return "combined"
         return "shared" if server_name in self.shared else "per-session"
@@ -244,10 +250,11 @@ class Supervisor:
         shared = isinstance(getattr(upstream, "mux", None), self._multiplexer)
         child = upstream.mux.child if shared else upstream
         if not isinstance(child, self._child):
-            if getattr(upstream, "recovering", None) is None:
+            link = child if shared else upstream  # a remote session, shared or its own
+            if getattr(link, "recovering", None) is None:
                 return None
-            return {"pid": None, "state": "recovering" if upstream.recovering else
-                    "connected", "shared": False, "remote": True}
+            return {"pid": None, "state": "recovering" if link.recovering else
+                    "connected", "shared": shared, "remote": True}
         return {"pid": child.pid, "state": child.state, "shared": shared,
                 **({"bridge": "2025 client -> 2026-07-28 server"} if bridged else {})}
 

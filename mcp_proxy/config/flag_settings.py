@@ -64,11 +64,7 @@ def server_settings(ns: argparse.Namespace) -> ServerSettings:
             logger.warning("%s is deprecated and will go: use %s", old, new)
     shared, problems = ns.stateless or ns.shared_child, []
     for name, spec in servers.items():
-        if spec.remote is not None and ns.stateless:
-            problems.append(f"server {name!r}: --stateless needs a shared local server; a "
-                            f"remote one (url) has a remote session per client session")
-        local = spec.remote is None  # a remote server's sessions are its own, never shared
-        spec.shared, spec.audit = spec.shared or (shared and local), spec.audit or ns.log_calls
+        spec.shared, spec.audit = spec.shared or shared, spec.audit or ns.log_calls
         spec.pass_network = ns.pass_network
         if not spec.members:  # a combined server's members are filtered already
             spec.tools = spec.tools.with_flags(ns.allow_tool, ns.deny_tool)

@@ -29,6 +29,7 @@ from mcp_proxy.children.legacy_bridge import LegacyBridge
 from mcp_proxy.children.modern_child import ModernChildAsLegacy
 from mcp_proxy.children.multiplexer import Multiplexer
 from mcp_proxy.children.process import StdioChild
+from mcp_proxy.children.shared_remote import SharedRemote
 from mcp_proxy.children.supervisor import Supervisor
 from mcp_proxy.config.settings import ServerSettings
 from mcp_proxy.core import tracing
@@ -106,7 +107,7 @@ def create_app(settings: ServerSettings) -> Flask:
     registry.supervisor = Supervisor(settings, registry.metrics, StdioChild, Multiplexer,
                                      ModernLane, RemoteServer, face=ModernChildAsLegacy,
                                      bridge=partial(LegacyBridge, session=LegacySession),
-                                     combiner=Combiner)
+                                     combiner=Combiner, shared_remote=SharedRemote)
     remotes = registry.supervisor.remotes
     if remotes:  # their headers, secrets and URL queries stay out of every log line
         redact = Redact([secret for spec in settings.servers.values() if spec.remote
