@@ -245,7 +245,8 @@ async def script_step(step: dict, client: Client, seen: Observed) -> Any:
             return os.path.exists(step["path"])
         if op == "changed":
             changed = "notifications/tools/list_changed"
-            await wait_for(lambda: seen.notifications.count(changed) >= step["seen"], 20.0)
+            await wait_for(lambda: seen.notifications.count(changed) >= step["seen"],
+                           step.get("seconds", 20.0))
             return seen.notifications.count(changed)
         raise ValueError(f"unknown step {op!r}")
     except Exception as exc:  # noqa: BLE001 - the report is the point

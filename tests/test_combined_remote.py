@@ -6,12 +6,13 @@ fixture server (``notes``: ``python3`` on PATH runs this venv's Python) and
 npm installed on first use), and a remote member (``search``) that is ANOTHER mcp-proxy in
 server mode, in front of the SDK server, asking for the key the entry's header carries.
 Driven by the official SDK client over both transports: merged lists with prefixes, calls,
-reads and prompts routed, resources paged across members, the member's and the combined
-entry's filters and renames, a hidden tool's call refused (-32602); the remote stopped
-(its tools go with ``list_changed``, its calls get a clear error, the local members keep
-answering, ``/status``, ``/readyz`` and ``/metrics`` say so) and restarted on its port (its
-tools come back). ``--check-config`` with a remote member; the members' state under
-Hypothesis.
+reads and prompts routed, resources paged across members (the remote member reached over
+Streamable HTTP, then over HTTP+SSE), the member's and the combined entry's filters and
+renames, a hidden tool's call refused (-32602); the remote stopped (its tools go with
+``list_changed``, its calls get a clear error, the local members keep answering, ``/status``,
+``/readyz`` and ``/metrics`` say so) and restarted on its port (its tools come back); the
+remote down when the session starts, and coming later. ``--check-config`` with a remote
+member; the members' state under Hypothesis.
 """
 
 from __future__ import annotations
@@ -87,9 +88,10 @@ def remote():
         proxy.stop()
 
 
-def _front(proxy_factory, shims: Path, remote: Remote, path: Path = EXAMPLE):
+def _front(proxy_factory, shims: Path, remote: Remote, path: Path = EXAMPLE,
+           url: str | None = None):
     env = {"PATH": f"{shims}{os.pathsep}{os.environ['PATH']}", "NOTES_SERVER": SDK_SERVER[1],
-           "SEARCH_URL": remote.url, "SEARCH_TOKEN": TOKEN}
+           "SEARCH_URL": url or remote.url, "SEARCH_TOKEN": TOKEN}
     front = proxy_factory("--named-server-config", str(path), env=env, wait=False)
     # the start-up check opens every member first (npm's node, the SDK's Python): not 15 s
     front.base = front.expect(r"Status at (http://\S+)/status", timeout=120).group(1)
@@ -131,7 +133,10 @@ STEPS = [
 @pytest.mark.parametrize("transport,path", [("streamable", "/mcp"), ("sse", "/sse")])
 def test_the_documented_example_serves_its_members(proxy_factory, tmp_path, shims, remote,
                                                    transport, path):
-    front = _front(proxy_factory, shims, remote)
+    # the client's transport, and the remote member's: an SSE client meets the remote's SSE
+    speaks = "streamablehttp" if transport == "streamable" else "sse"
+    front = _front(proxy_factory, shims, remote, url=remote.url.replace(
+        "/mcp", "/mcp" if transport == "streamable" else "/sse"))
     url = front.base + "/servers/assistant" + path
     report = _report(_driver(tmp_path, transport, url, STEPS))
     assert report["session"]["serverInfo"]["name"] == "assistant", report["session"]
@@ -175,7 +180,7 @@ def test_the_documented_example_serves_its_members(proxy_factory, tmp_path, shim
     members = status["assistant"]["members"]
     assert set(members) == {"notes", "everything", "search"}, members
     assert members["search"]["kind"] == "remote" and members["search"]["state"] == "up"
-    assert members["search"]["transport"] == "streamablehttp"
+    assert members["search"]["transport"] == speaks, members
     assert members["notes"]["kind"] == "per-session"
     assert members["search"]["tools"] >= 15 and members["everything"]["tools"] >= 5, members
     assert TOKEN not in front.stderr()
@@ -259,6 +264,34 @@ def test_a_remote_member_goes_and_comes_back(proxy_factory, tmp_path, shims, rem
              60)
     assert requests.get(front.base + "/readyz", timeout=10).status_code == 200
     assert "Traceback" not in front.stderr()
+
+
+def test_a_remote_member_down_at_the_start_comes_later(proxy_factory, tmp_path, shims, remote):
+    remote.stop()
+    front = _front(proxy_factory, shims, remote)
+    front.expect(r"the names of its remote member search are not checked now")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    steps = [
+        {"op": "list", "what": "tools"},
+        {"op": "call", "name": "search__echo", "args": {"text": "too early"}},
+        {"op": "mark", "path": str(marks / "listed")},
+        {"op": "await", "path": str(marks / "started")},
+        {"op": "changed", "seen": 1, "seconds": 90},  # tried again meanwhile: it came
+        {"op": "list", "what": "tools"},
+        {"op": "call", "name": "search__echo", "args": {"text": "in time"}},
+    ]
+    driver = _driver(tmp_path, "streamable", front.base + "/servers/assistant/mcp", steps)
+    wait_for(lambda: (marks / "listed").exists(), "the driver's first list", 90)
+    remote.restart()
+    (marks / "started").write_text("x")
+    before, early, _, _, changed, after, called = _report(driver)["script"]
+    assert "echo" in before["names"], before
+    assert not any(name.startswith("search__") for name in before["names"]), before
+    assert early.get("code") == -32603 and "member unavailable: search" in early["error"]
+    assert changed >= 1, changed
+    assert "search__echo" in after["names"], after
+    assert called == {"text": "in time", "isError": False}, called
 
 
 def _check(path: Path, env: dict) -> subprocess.CompletedProcess:

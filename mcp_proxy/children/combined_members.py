@@ -10,7 +10,9 @@ and is given ``notifications/initialized`` itself.
 
 When a member's link ends, the combiner answers its calls and forgets its names
 (``Combiner.lost``), the client gets ``list_changed``, and the member is opened again with
-backoff; once it is back, ``list_changed`` again. A shared member's port outlives its child:
+backoff (so is one that did not open with the client's ``initialize``: a remote that is
+down); once it is back, ``list_changed`` again. Meanwhile a request does not wait for it: its
+calls get an error at once. A shared member's port outlives its child:
 the multiplexer tells it (``Port.on_child``) when the child dies and when it is back; a remote
 member's session outlives a loss of the remote the same way, and says so (``on_state``,
 ``upstream/watched_remote.py``): its tools are hidden while it reconnects.
@@ -121,12 +123,18 @@ class Members:
             return
         self.answer_initialize(message, results)
         self.initialized = True
+        for member in self.order:  # one that did not start (a remote down) is tried again
+            if self.slots[member].link is None:  # meanwhile, and told with list_changed
+                self._retry(member)
 
-    def ensure(self, member: str) -> bool:
-        """Whether ``member`` is up, opening it now if it is not open; never raises."""
+    def ensure(self, member: str, retrying: bool = False) -> bool:
+        """Whether ``member`` is up, opening it now if it is not open (unless it is being
+        opened again in the background: a request does not wait for that); never raises."""
         slot = self.slots[member]
         if slot.link is not None or self.closed.is_set():
             return not slot.down and slot.link is not None
+        if slot.restarting and not retrying:
+            return False
         with slot.lock:
             if slot.link is None and not self.closed.is_set():
                 self._open_now(member, slot)
@@ -208,7 +216,12 @@ class Members:
         self.lost(member, slot.failure)
         if not slot.down:  # else the client was told when it went down
             self.changed(member)
-        if not slot.restarting:
+        self._retry(member)
+
+    def _retry(self, member: str) -> None:
+        """Open ``member`` again in the background, with backoff, unless that runs already."""
+        slot = self.slots[member]
+        if not slot.restarting and not self.closed.is_set():
             slot.restarting = True
             greenlets.spawn(self._restart, member, name=f"{self.name} restart {member}")
 
@@ -219,7 +232,7 @@ class Members:
                 gevent.sleep(delay)
                 if self.closed.is_set() or slot.link is not None:
                     return
-                if self.ensure(member):
+                if self.ensure(member, retrying=True):
                     logger.info("%s: member %s is back", self.name, member)
                     self.changed(member)
                     return
