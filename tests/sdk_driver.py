@@ -22,7 +22,9 @@ sends the 2025 era's ``logging/setLevel`` debug; ``subscribe`` subscribes to mem
 has the ``touch`` tool change it and reports the ``resources/updated`` URIs seen; ``cancel``
 gives up on a 30 s ``slow`` call after 1 s (the SDK sends ``notifications/cancelled``), then
 reports an echo's text)
-``script`` runs the steps of ``--script FILE`` (a JSON list) and reports each one's outcome.
+``script`` runs the steps of ``--script FILE`` (a JSON list) and reports each one's outcome
+(``mark`` writes a file the test waits for, ``await`` waits for one the test writes: a test
+changes its servers between steps that way).
 """
 
 from __future__ import annotations
@@ -234,9 +236,17 @@ async def script_step(step: dict, client: Client, seen: Observed) -> Any:
         if op == "prompt":
             got = await client.get_prompt(step["name"], step.get("args") or None)
             return {"text": got.messages[0].content.text}
+        if op == "mark":  # tell the test (it waits for the file), e.g. to stop a server
+            with open(step["path"], "w", encoding="utf-8") as handle:
+                handle.write("mark")
+            return "marked"
+        if op == "await":  # wait (bounded) for the test's file: what it did is done
+            await wait_for(lambda: os.path.exists(step["path"]), step.get("seconds", 60.0))
+            return os.path.exists(step["path"])
         if op == "changed":
             changed = "notifications/tools/list_changed"
-            await wait_for(lambda: seen.notifications.count(changed) >= step["seen"], 20.0)
+            await wait_for(lambda: seen.notifications.count(changed) >= step["seen"],
+                           step.get("seconds", 20.0))
             return seen.notifications.count(changed)
         raise ValueError(f"unknown step {op!r}")
     except Exception as exc:  # noqa: BLE001 - the report is the point

@@ -270,7 +270,6 @@ def test_check_config_broken_entries(tmp_path):
         "port": {"url": "http://example.com:99999/mcp"},
         "bundle": {"url": "https://example.com/mcp", "verifySsl": str(tmp_path / "none.pem")},
         "secret": {"url": "https://example.com/mcp", "clientSecret": "s3cret-value"},
-        "shared": {"url": "https://example.com/mcp", "shared": True},
     }
     done = _check(tmp_path, broken, "--check-config")
     assert done.returncode == 1, done
@@ -286,7 +285,7 @@ def test_check_config_broken_entries(tmp_path):
     for name, words in (("scheme", "not an http:// or https:// URL"),
                         ("nohost", "not an http:// or https:// URL"),
                         ("port", "a bad port"), ("bundle", "no CA bundle file"),
-                        ("secret", "needs clientId"), ("shared", '"shared" is for local')):
+                        ("secret", "needs clientId")):
         assert f"server {name!r}: " in text and words in text, (name, text)
     assert "s3cret-value" not in text
     bad = _check(tmp_path, {"t": {"url": "https://example.com/mcp", "transport": "ws",
@@ -318,9 +317,9 @@ def test_check_and_print_config_of_a_good_entry(tmp_path):
     assert mixed.returncode == 0, mixed.stderr
     assert "$.mcpServers.far: ignoring 'args' (a remote server has no command)" in mixed.stderr
     assert "$.mcpServers.near: ignoring 'headers'" in mixed.stderr
-    stateless = _check(tmp_path, good, "--stateless", "--check-config")
-    assert stateless.returncode == 1 and "--stateless needs a shared local server" in \
-        stateless.stderr
+    stateless = _check(tmp_path, {"far": {**good["far"], "shared": True}}, "--stateless",
+                       "--check-config")  # one remote session for every client: shared_remote
+    assert stateless.returncode == 0, stateless.stderr
 
 
 @settings(max_examples=150, deadline=None, database=None,

@@ -4,8 +4,11 @@ Names that collide once prefixed can only be known from the members themselves, 
 the proxy serves (and on ``--check-config``) each combined server is opened once as a client
 would open it: every member started, ``initialize``, then every page of ``tools/list`` and
 ``prompts/list`` through a :class:`~mcp_proxy.children.combined.Combiner`, whose name tables
-report each collision, naming both members. A member that does not start is a problem too.
-The members are stopped again; the sessions start their own.
+report each collision, naming both members. A local member that does not start is a problem
+too; a remote member (``"url"``) that cannot be reached now is only a warning, as a remote
+server is at start (its names are checked by the sessions, which hide a colliding one with an
+error logged; what can never work, a refused credential, is refused by the app's probe). The
+members are stopped again; the sessions start their own.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from mcp_proxy.children.process import StdioChild
 from mcp_proxy.config.settings import ServerSettings
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.core.link import Link
+from mcp_proxy.upstream.remote_server import RemoteServer
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +45,10 @@ def _check(settings: ServerSettings, name: str) -> list[str]:
     spec = settings.servers[name]
 
     def open_member(member: str, label: str) -> Link:
-        return StdioChild(settings.servers[member], label, settings.max_frame,
+        spec = settings.servers[member]
+        if spec.remote is not None:
+            return RemoteServer(member, spec.remote, spec.tools).link(label)
+        return StdioChild(spec, label, settings.max_frame,
                           stop_grace=1.0, write_timeout=settings.write_timeout)
 
     combiner = Combiner(name, spec, open_member, f"check:{name}")
@@ -63,10 +70,19 @@ def _check(settings: ServerSettings, name: str) -> list[str]:
 
     try:
         init = ask(0, "initialize", _INIT)
-        failed = [f"member {member} did not start: {slot.failure}"
-                  for member, slot in combiner.slots.items() if slot.link is None]
+        failed, unreached = [], []
+        for member, slot in combiner.slots.items():
+            if slot.link is not None:
+                continue
+            if settings.servers[member].remote is None:
+                failed.append(f"member {member} did not start: {slot.failure}")
+            else:
+                unreached.append(member)
+                logger.warning("combined server %r: the names of its remote member %s are not "
+                               "checked now: %s", name, member, slot.failure)
         if "error" in init:
-            return failed or [init["error"].get("message", "initialize failed")]
+            return failed or ([] if unreached else
+                              [init["error"].get("message", "initialize failed")])
         for number, method in enumerate(("tools/list", "prompts/list"), start=1):
             params: dict = {}
             for _ in range(_MAX_PAGES):

@@ -3,15 +3,19 @@
 :class:`Members` is the member half of the :class:`~mcp_proxy.children.combined.Combiner` (a
 mixin it inherits; it never imports the combiner). A member is a link: whatever the supervisor
 hands a session of that server (its own :class:`StdioChild`, or a :class:`Port` of its shared
-child; a remote upstream is one more link with the same ``send``/``attach``/``close``). A
+child, or a remote session of a ``"url"`` member: the same ``send``/``attach``/``close``). A
 member is opened when the client's ``initialize`` comes (each member gets that ``initialize``;
 a stateless request that comes without one opens the members it needs with the proxy's own),
 and is given ``notifications/initialized`` itself.
 
 When a member's link ends, the combiner answers its calls and forgets its names
 (``Combiner.lost``), the client gets ``list_changed``, and the member is opened again with
-backoff; once it is back, ``list_changed`` again. A shared member's port outlives its child:
-the multiplexer tells it (``Port.on_child``) when the child dies and when it is back.
+backoff (so is one that did not open with the client's ``initialize``: a remote that is
+down); once it is back, ``list_changed`` again. Meanwhile a request does not wait for it: its
+calls get an error at once. A shared member's port outlives its child:
+the multiplexer tells it (``Port.on_child``) when the child dies and when it is back; a remote
+member's session outlives a loss of the remote the same way, and says so (``on_state``,
+``upstream/watched_remote.py``): its tools are hidden while it reconnects.
 """
 
 from __future__ import annotations
@@ -119,12 +123,18 @@ class Members:
             return
         self.answer_initialize(message, results)
         self.initialized = True
+        for member in self.order:  # one that did not start (a remote down) is tried again
+            if self.slots[member].link is None:  # meanwhile, and told with list_changed
+                self._retry(member)
 
-    def ensure(self, member: str) -> bool:
-        """Whether ``member`` is up, opening it now if it is not open; never raises."""
+    def ensure(self, member: str, retrying: bool = False) -> bool:
+        """Whether ``member`` is up, opening it now if it is not open (unless it is being
+        opened again in the background: a request does not wait for that); never raises."""
         slot = self.slots[member]
         if slot.link is not None or self.closed.is_set():
             return not slot.down and slot.link is not None
+        if slot.restarting and not retrying:
+            return False
         with slot.lock:
             if slot.link is None and not self.closed.is_set():
                 self._open_now(member, slot)
@@ -136,8 +146,9 @@ class Members:
         except SpawnError as exc:
             slot.failure = str(exc)
             return
-        if hasattr(link, "on_child"):  # a port of a shared child: told when it dies
-            link.on_child = partial(self._child_state, member)
+        for hook in ("on_child", "on_state"):  # a shared child's port, a remote session:
+            if hasattr(link, hook):  # told when their server goes and when it is back
+                setattr(link, hook, partial(self._child_state, member))
         link.attach(partial(self.from_member, member), partial(self._ended, member, link))
         try:
             slot.result = self._own_request(member, link, "initialize", self.init_params)
@@ -203,8 +214,14 @@ class Members:
             return
         logger.warning("%s: member %s ended (%s)", self.name, member, slot.failure)
         self.lost(member, slot.failure)
-        self.changed(member)
-        if not slot.restarting:
+        if not slot.down:  # else the client was told when it went down
+            self.changed(member)
+        self._retry(member)
+
+    def _retry(self, member: str) -> None:
+        """Open ``member`` again in the background, with backoff, unless that runs already."""
+        slot = self.slots[member]
+        if not slot.restarting and not self.closed.is_set():
             slot.restarting = True
             greenlets.spawn(self._restart, member, name=f"{self.name} restart {member}")
 
@@ -215,7 +232,7 @@ class Members:
                 gevent.sleep(delay)
                 if self.closed.is_set() or slot.link is not None:
                     return
-                if self.ensure(member):
+                if self.ensure(member, retrying=True):
                     logger.info("%s: member %s is back", self.name, member)
                     self.changed(member)
                     return
@@ -225,7 +242,8 @@ class Members:
             slot.restarting = False
 
     def _child_state(self, member: str, running: bool, reason: str = "") -> None:
-        """A shared member's child died (``running`` false) or is back."""
+        """A shared member's child died (``running`` false) or is back; or a remote
+        member's session was lost, or is back."""
         slot = self.slots[member]
         if slot.link is None or slot.down == (not running):
             return

@@ -6,8 +6,9 @@ link: its own child (per-session mode, the default) or a port of the server's sh
 starts the children (recording spawn failures, starts and exits for ``/readyz`` and
 ``/metrics``), knows which run and for whom (``/status``), and stops them all at shutdown;
 the multiplexer restarts a shared child through it, with backoff and a crash-loop bound.
-A remote server (``"url"``) gives each session a remote session of its own instead, and
-its state joins ``/readyz``.
+A remote server (``"url"``) gives each session a remote session of its own instead (or, when
+shared, a port of one remote session: ``children/shared_remote.py``), and its state joins
+``/readyz``.
 
 It builds nothing it imports: the app (``server/app.py``, the composition root) hands it the
 classes to start (the child process, the multiplexer, the lane, the era bridges) and the
@@ -30,6 +31,7 @@ from typing import Any
 
 import gevent
 
+from mcp_proxy.children.combined_status import CombinedWatch
 from mcp_proxy.children.health import ServerHealth
 from mcp_proxy.children.supervised import Child, ChildMetrics, Remote, Shared
 from mcp_proxy.config.settings import ServerSettings, ServerSpec
@@ -44,7 +46,7 @@ class Supervisor:
     def __init__(self, settings: ServerSettings, metrics: ChildMetrics, child: type,
                  multiplexer: type, lane: type, remote: type | None = None, *,
                  face: type | None = None, bridge: Any = None,
-                 combiner: type | None = None) -> None:
+                 combiner: type | None = None, shared_remote: type | None = None) -> None:
         """``child``, ``multiplexer`` and ``lane`` are the classes to start (the app's
         ``StdioChild``, ``Multiplexer`` and ``ModernLane``): classes, not any callables, since
         ``describe`` tells a child and a shared child's port apart by them; ``remote`` makes
@@ -53,28 +55,34 @@ class Supervisor:
         (``ModernChildAsLegacy``; None: never bridged); ``bridge`` makes the modern->legacy
         bridge of a legacy-only server (the app's ``LegacyBridge``); ``combiner``
         (``Combiner``) is what a session of a combined server gets, in front of its
-        members' links."""
+        members' links; ``shared_remote`` (``SharedRemote``) shares one remote session of a
+        shared remote server."""
         self.settings = settings
         self.metrics = metrics
         self._child, self._multiplexer, self._lane = child, multiplexer, lane
         self._make_bridge, self._combiner = bridge, combiner
+        self._shared_remote = shared_remote or multiplexer
         self.health = {name: ServerHealth() for name in settings.servers}
         self.children: dict[Child, str] = {}  # running child -> its server's name
         self.spawned = 0
+        self.remotes: dict[str, Remote] = {
+            name: remote(name, spec.remote, spec.tools)
+            for name, spec in settings.servers.items() if spec.remote is not None}
         self.shared = {name: self.shared_child(name)
                        for name, spec in settings.servers.items()
                        if spec.shared and not spec.members}
         self.lanes: dict[str, Shared] = {}
-        self.remotes: dict[str, Remote] = {
-            name: remote(name, spec.remote, spec.tools)
-            for name, spec in settings.servers.items() if spec.remote is not None}
         self._face = face
         self.eras: dict[str, str] = {}  # server -> "legacy" or "modern", once found out
         self.bridges: dict[str, Any] = {}  # server -> its modern->legacy bridge, if it needs one
+        self.combined = CombinedWatch(self)  # combined servers' sessions, for their members' state
 
     def shared_child(self, server_name: str) -> Shared:
         """A new shared child of ``server_name`` (started on first need)."""
         label = f"shared:{server_name or 'default'}"
+        remote = self.remotes.get(server_name)
+        if remote is not None:  # one remote session for every session
+            return self._shared_remote(label, lambda: remote.link(label))
         return self._multiplexer(label, lambda: self.spawn(server_name, label))
 
     def upstream(self, server_name: str, session_name: str) -> Any:
@@ -85,9 +93,10 @@ class Supervisor:
                 raise SpawnError(f"{server_name}: combined servers are not served here")
             combiner = self._combiner(server_name, spec, self.upstream, session_name)
             combiner.meter = self.metrics.relay_meter(server_name)  # counted as its own
+            self.combined.track(server_name, combiner)
             return combiner
         remote = self.remotes.get(server_name)
-        if remote is not None:
+        if remote is not None and server_name not in self.shared:
             try:
                 link = remote.link(session_name)
             except SpawnError:
@@ -214,11 +223,13 @@ class Supervisor:
         for mux in (self.shared.get(server_name), self.lanes.get(server_name)):
             if mux is not None and mux.state == "crash loop":
                 found.append(f"{mux.name} in a crash loop, not restarted: {mux.failure}")
+        if self.settings.servers[server_name].members:
+            found += self.combined.problems(server_name, now)
         return found
 
     def mode(self, server_name: str) -> str:
         if server_name in self.remotes:
-            return "remote"
+            return "shared remote" if server_name in self.shared else "remote"
         if self.settings.servers[server_name].members:
             return "combined"
         return "shared" if server_name in self.shared else "per-session"
@@ -247,10 +258,11 @@ class Supervisor:
         shared = isinstance(getattr(upstream, "mux", None), self._multiplexer)
         child = upstream.mux.child if shared else upstream
         if not isinstance(child, self._child):
-            if getattr(upstream, "recovering", None) is None:
+            link = child if shared else upstream  # a remote session, shared or its own
+            if getattr(link, "recovering", None) is None:
                 return None
-            return {"pid": None, "state": "recovering" if upstream.recovering else
-                    "connected", "shared": False, "remote": True}
+            return {"pid": None, "state": "recovering" if link.recovering else
+                    "connected", "shared": shared, "remote": True}
         return {"pid": child.pid, "state": child.state, "shared": shared,
                 **({"bridge": "2025 client -> 2026-07-28 server"} if bridged else {})}
 

@@ -1,10 +1,11 @@
 """A combined server's entry (``{"servers": [...], "prefix": {...}}``): what the schema cannot say.
 
-Its members must be enabled stdio servers of the same file, each named once; a combined
-server cannot be a member: its names are already prefixed and its members already shared out,
-so nesting would only stack prefixes and hide which process owns a tool (and a circle of
-combined servers would never start). Each member's prefix (``MEMBER__`` unless ``"prefix"``
-says otherwise) must make names clients accept: ``[A-Za-z0-9_-]``. Tool names that collide
+Its members must be enabled servers of the same file, local (``"command"``) or remote
+(``"url"``), each named once; a combined server cannot be a member: its names are already
+prefixed and its members already shared out, so nesting would only stack prefixes and hide
+which process owns a tool (and a circle of combined servers would never start). Each
+member's prefix (``MEMBER__`` unless ``"prefix"`` says otherwise) must make names clients
+accept: ``[A-Za-z0-9_-]``. Tool names that collide
 once prefixed can only be known from the members' lists: the server checks them at start
 (``children/combined_check.py``), and so does ``--check-config``.
 """

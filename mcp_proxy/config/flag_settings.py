@@ -100,11 +100,7 @@ def _fit(servers: dict[str, ServerSpec], ns: argparse.Namespace,
     a problem named by ``where(name)``."""
     shared, problems = ns.stateless or ns.shared_child, []
     for name, spec in servers.items():
-        if spec.remote is not None and ns.stateless:
-            problems.append(f"{where(name)}--stateless needs a shared local server; a "
-                            f"remote one (url) has a remote session per client session")
-        local = spec.remote is None  # a remote server's sessions are its own, never shared
-        spec.shared, spec.audit = spec.shared or (shared and local), spec.audit or ns.log_calls
+        spec.shared, spec.audit = spec.shared or shared, spec.audit or ns.log_calls
         spec.pass_network = ns.pass_network
         if not spec.members:  # a combined server's members are filtered already
             spec.tools = spec.tools.with_flags(ns.allow_tool, ns.deny_tool)

@@ -143,7 +143,7 @@ class ServerSpec:
         if self.members:
             return  # a combined server starts nothing of its own
         if self.remote is not None:
-            check_remote(self.remote, self.shared)
+            check_remote(self.remote)
             return
         for name, value in self.env.items():  # else the spawn fails, for each session
             if not name or "=" in name or "\0" in name or "\0" in value:
@@ -226,7 +226,7 @@ def check_server_name(name: str) -> None:
                           f"'.' (and not '.' or '..')")
 
 
-def check_remote(remote: ClientSettings, shared: bool = False) -> None:
+def check_remote(remote: ClientSettings) -> None:
     """What a remote server entry (``"url"``) needs before a session can reach it."""
     try:
         parts = urlsplit(remote.url)
@@ -237,9 +237,6 @@ def check_remote(remote: ClientSettings, shared: bool = False) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"url {scrub_url(remote.url)!r} is not an http:// or https:// URL "
                           f"with a host")
-    if shared:
-        raise ConfigError('"shared" is for local servers: each session of a remote server '
-                          'has its own remote session')
     if isinstance(remote.verify, str) and not os.path.isfile(remote.verify):
         raise ConfigError(f"verifySsl: no CA bundle file at {remote.verify!r}")
     if remote.client_key is not None and not os.path.isfile(remote.client_key):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from functools import partial
 
 import gevent
@@ -29,6 +30,7 @@ from mcp_proxy.children.legacy_bridge import LegacyBridge
 from mcp_proxy.children.modern_child import ModernChildAsLegacy
 from mcp_proxy.children.multiplexer import Multiplexer
 from mcp_proxy.children.process import StdioChild
+from mcp_proxy.children.shared_remote import SharedRemote
 from mcp_proxy.children.supervisor import Supervisor
 from mcp_proxy.config.settings import ServerSettings, ServerSpec
 from mcp_proxy.core import tracing
@@ -111,7 +113,7 @@ def create_app(settings: ServerSettings, reload_on_hangup: bool = True) -> Flask
     registry.supervisor = Supervisor(settings, registry.metrics, StdioChild, Multiplexer,
                                      ModernLane, RemoteServer, face=ModernChildAsLegacy,
                                      bridge=partial(LegacyBridge, session=LegacySession),
-                                     combiner=Combiner)
+                                     combiner=Combiner, shared_remote=SharedRemote)
     remotes = registry.supervisor.remotes
     if remotes:  # their headers, secrets and URL queries stay out of every log line
         redact = Redact([secret for spec in settings.servers.values() if spec.remote
@@ -119,6 +121,10 @@ def create_app(settings: ServerSettings, reload_on_hangup: bool = True) -> Flask
         for handler in logging.getLogger().handlers:
             handler.addFilter(redact)
         registry.metrics.remotes = lambda: {name: r.status() for name, r in remotes.items()}
+    combined = [name for name, spec in settings.servers.items() if spec.members]
+    if combined:  # each member's state (children/combined_status.py)
+        registry.metrics.members = lambda: {server_label(name): registry.supervisor.combined
+                                            .members(name, time.monotonic()) for name in combined}
     registry.supervisor.probe_remotes()  # a remote that can never work refuses the start
     for name, spec in settings.servers.items():  # only their bridges pay for an audit
         _instrument(registry, name, spec)

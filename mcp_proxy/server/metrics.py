@@ -22,6 +22,7 @@ from prometheus_client.utils import floatToGoString
 
 from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.jsonrpc import Message
+from mcp_proxy.server.member_metrics import member_samples
 
 KINDS = (jsonrpc.REQUEST, jsonrpc.NOTIFICATION, jsonrpc.RESPONSE)
 DIRECTIONS = ("client_to_server", "server_to_client")
@@ -112,6 +113,7 @@ class Metrics:
         self._answers: dict[str, int] = {}
         self.routing: Callable[[], dict] | None = None  # the router's status, with Redis
         self.remotes: Callable[[], dict] | None = None  # remote servers' status, if any
+        self.members: Callable[[], dict] | None = None  # combined servers' members, if any
         # server label -> the meter of its bridges, for a server with an audit (app.py)
         self.audited: dict[str, Callable[..., RelayMeter]] = {}
         # with traces on, what wraps every meter (app.py: server/traced_meter.py)
@@ -241,6 +243,8 @@ class Metrics:
         yield latency
         if self.remotes is not None:
             yield from _remote_samples(self.remotes())
+        if self.members is not None:
+            yield from member_samples(self.members())
         if self.routing is not None:
             yield from _routing_samples(self.routing())
 

@@ -7,6 +7,7 @@ readiness, and changes nothing (it only counts as API activity, in the guard).
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime, timezone
 
 from flask import Flask, jsonify
@@ -48,6 +49,8 @@ def add_status_route(app: Flask, registry: Registry) -> None:
                 **({"shared_state": supervisor.shared[name].state}
                    if name in supervisor.shared else {}),
                 **({"modern_lane": _lane(supervisor, name)} if name in supervisor.lanes else {}),
+                **({"members": supervisor.combined.members(name, time.monotonic())}
+                   if spec.members else {}),  # children/combined_status.py
                 **ready[name or "default"],
             }
             for name, spec in registry.settings.servers.items()

@@ -1,5 +1,6 @@
 """A remote server of server mode (a config entry with ``"url"``): a remote session per client
-session, reached with client mode's links (sse_remote.py, streamable_remote.py).
+session, reached with client mode's links (sse_remote.py, streamable_remote.py), which tell
+whoever holds them when the remote is lost and when it is back (watched_remote.py).
 
 ``probe()`` runs once at start-up: it learns the transport (``"auto"``: a POST of an
 ``initialize``, as client mode's first message does; 400, 404 or 405 without a JSON-RPC error
@@ -37,6 +38,7 @@ from mcp_proxy.upstream.http_session import make_session
 from mcp_proxy.upstream.remote_link import Upstream
 from mcp_proxy.upstream.sse_remote import STREAM_HEADERS, SseUpstream
 from mcp_proxy.upstream.streamable_remote import POST_HEADERS, StreamableUpstream, json_rpc_error
+from mcp_proxy.upstream.watched_remote import StateHook
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,14 @@ PROBE = json.dumps({"jsonrpc": "2.0", "id": "mcp-proxy-probe", "method": "initia
     "clientInfo": {"name": "mcp-proxy", "version": __version__}}}).encode()
 PROBE_READ = 10.0  # seconds for the probe's answer head
 HOLD = 30.0  # a failed contact makes the server not ready this long (or until one succeeds)
+
+
+class WatchedSse(StateHook, SseUpstream):
+    """A remote HTTP+SSE session of server mode, which tells its loss and return."""
+
+
+class WatchedStreamable(StateHook, StreamableUpstream):
+    """A remote Streamable HTTP session of server mode, which tells its loss and return."""
 
 
 class RemoteServer:
@@ -146,8 +156,8 @@ class RemoteServer:
         try:
             http = self._http()
             transport = self._reach(http)
-            link: Upstream = SseUpstream(self.settings, http) if transport == "sse" else \
-                StreamableUpstream(self.settings, http)
+            link: Upstream = WatchedSse(self.settings, http) if transport == "sse" else \
+                WatchedStreamable(self.settings, http)
             link.name = f"{label}>{self.name}"
             if self.tools:
                 link.tool_filter = ToolFilter(self.tools)
