@@ -44,6 +44,7 @@ _patch_all()
 
 # ruff: noqa: E402  (imports must follow the monkey-patch)
 import logging
+from functools import partial
 
 from mcp_proxy.config.flag_settings import is_url, server_settings
 from mcp_proxy.config.options import build_parser
@@ -70,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     if ns.check_config or ns.print_config:
         from mcp_proxy.children.combined_check import combined_problems
         from mcp_proxy.config.review import review
+        from mcp_proxy.upstream.remote_server import RemoteServer
 
-        return review(ns, combined_problems)
+        return review(ns, partial(combined_problems, remote=RemoteServer))
     try:
         if is_url(ns.command_or_url):
             _release_signals()
@@ -83,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = server_settings(ns)
         if any(spec.members for spec in settings.servers.values()):
             from mcp_proxy.children.combined_check import combined_problems
+            from mcp_proxy.upstream.remote_server import RemoteServer
 
-            problems = combined_problems(settings)  # names that collide stop the start
+            # names that collide stop the start
+            problems = combined_problems(settings, RemoteServer)
             if problems:
                 raise ConfigProblems(problems)
         from mcp_proxy.core import trace_setup

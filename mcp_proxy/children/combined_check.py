@@ -14,6 +14,7 @@ members are stopped again; the sessions start their own.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from gevent.queue import Empty, Queue
 
@@ -23,7 +24,6 @@ from mcp_proxy.children.process import StdioChild
 from mcp_proxy.config.settings import ServerSettings
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.core.link import Link
-from mcp_proxy.upstream.remote_server import RemoteServer
 
 logger = logging.getLogger(__name__)
 
@@ -32,22 +32,25 @@ _INIT = {"protocolVersion": "2025-11-25", "capabilities": {},
 _MAX_PAGES = 100
 
 
-def combined_problems(settings: ServerSettings) -> list[str]:
-    """Each problem of each combined server, one line each (empty when all is well)."""
+def combined_problems(settings: ServerSettings, remote: Callable) -> list[str]:
+    """Each problem of each combined server, one line each (empty when all is well).
+    ``remote`` makes a remote member's server (``RemoteServer``, handed in: children/ does not
+    import upstream/)."""
     found: list[str] = []
     for name, spec in settings.servers.items():
         if spec.members:
-            found += [f"combined server {name!r}: {problem}" for problem in _check(settings, name)]
+            found += [f"combined server {name!r}: {problem}"
+                      for problem in _check(settings, name, remote)]
     return found
 
 
-def _check(settings: ServerSettings, name: str) -> list[str]:
+def _check(settings: ServerSettings, name: str, remote: Callable) -> list[str]:
     spec = settings.servers[name]
 
     def open_member(member: str, label: str) -> Link:
         spec = settings.servers[member]
         if spec.remote is not None:
-            return RemoteServer(member, spec.remote, spec.tools).link(label)
+            return remote(member, spec.remote, spec.tools).link(label)
         return StdioChild(spec, label, settings.max_frame,
                           stop_grace=1.0, write_timeout=settings.write_timeout)
 

@@ -149,7 +149,8 @@ def create_app(settings: ServerSettings, reload_on_hangup: bool = True) -> Flask
     for name in settings.servers:
         paths.serve(name)
     if reload_on_hangup and settings.reread is not None:
-        registry.reloads = Reloader(registry, paths, settings.reread, combined_problems,
+        registry.reloads = Reloader(registry, paths, settings.reread,
+                                    partial(combined_problems, remote=RemoteServer),
                                     RemoteServer, partial(_instrument, registry))
         hangup.append(registry.reloads.hangup)
     if hangup:
