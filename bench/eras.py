@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -44,7 +45,7 @@ from clients import (
     StreamableSession,
 )
 from measure import latency_samples, summary
-from procs import PY, RAW_SERVER, Processes, log
+from procs import PY, RAW_SERVER, BenchError, Processes, log
 from report import era_lines
 
 TARGET_MS = 0.1
@@ -152,9 +153,17 @@ def main() -> int:
     if opts.calls < opts.rounds or opts.rounds < 1 or opts.warmup < 0:
         parser.error("--calls must be at least --rounds, --rounds at least 1, --warmup >= 0")
     procs = Processes(Path(tempfile.mkdtemp(prefix="mcp-proxy-bench-")), False)
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)  # so that every process it started is stopped
     try:
         result = era_bridges(procs, opts.calls, opts.rounds, opts.warmup,
                              tuple(opts.only or PAIRS))
+    except (BenchError, OSError, KeyboardInterrupt) as exc:
+        log(f"era bridges aborted: {exc!r}; process logs in {procs.logdir}")
+        return 1
     finally:
         procs.stop_all()
     print(json.dumps(result, indent=2))

@@ -5,8 +5,10 @@ bench reports, and a bad command line refused in one line."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,27 @@ def test_a_bad_command_line_is_refused_in_one_line(args):
     assert done.returncode == 2 and done.stdout == ""
     said = done.stderr.strip().splitlines()
     assert "Traceback" not in done.stderr and said[-1].startswith("eras.py: error: ")
+
+
+def test_a_stopped_run_stops_what_it_started():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from procs import descendants
+
+    run = subprocess.Popen([sys.executable, str(ERAS), "--calls", "100000", "--only", "client"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        started: list[int] = []
+        while len(started) < 4 and time.monotonic() < deadline:  # the proxy, its child, ...
+            time.sleep(0.2)
+            started = descendants(run.pid)
+        assert len(started) >= 4, "the run did not start its processes within 60 s"
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 1
+    assert "era bridges aborted: KeyboardInterrupt('signal 15')" in err
+    assert "Traceback" not in err
+    assert not [pid for pid in started if Path(f"/proc/{pid}").exists()
+                and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]
