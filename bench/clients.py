@@ -4,8 +4,10 @@ The load-client sessions speak MCP with no SDK, one blocking session per thread:
 ``StreamableSession`` (Streamable HTTP: one keep-alive connection, POST /mcp per message),
 ``SseSession`` (HTTP+SSE: the GET /sse stream plus a connection for the POSTs) and
 ``StdioSession`` (JSON lines over the pipes of a process: raw_server itself, the floor, or
-mcp-proxy in client mode); each has ``initialize``, ``call`` and ``close``. ``Proxy``
-starts mcp-proxy in server mode over raw_server on a random port and reads its /status.
+mcp-proxy in client mode); ``ModernSession`` and ``ModernStdioSession`` are the
+2026-07-28 era's (no session, the ``_meta`` envelope on each request); each has
+``initialize``, ``call`` and ``close``. ``Proxy`` starts mcp-proxy in server mode over
+raw_server on a random port and reads its /status.
 """
 
 from __future__ import annotations
@@ -35,18 +37,20 @@ INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
 
 
 class StreamableSession:
-    """A Streamable HTTP session: one keep-alive connection, POST /mcp per message."""
+    """A Streamable HTTP session: one keep-alive connection, a POST to ``path`` (default
+    /mcp; a named server's is /servers/NAME/mcp) per message."""
 
     HEADERS = {"Accept": "application/json, text/event-stream",
                "Content-Type": "application/json"}
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, path: str = "/mcp") -> None:
         self.conn = HttpConn(port)
+        self.path = path
         self.sid: str | None = None
         self.headers = dict(self.HEADERS)
 
     def _post(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        self.conn.send_request("POST", "/mcp", self.headers, body)
+        self.conn.send_request("POST", self.path, self.headers, body)
         return self.conn.read_response()
 
     def initialize(self) -> None:
@@ -63,7 +67,7 @@ class StreamableSession:
     def call(self, body: bytes) -> bytes:
         status, headers, answer = self._post(body)
         if status != 200:
-            raise BenchError(f"POST /mcp: HTTP {status} {bytes(answer[:200])!r}")
+            raise BenchError(f"POST {self.path}: HTTP {status} {bytes(answer[:200])!r}")
         if headers.get("content-type", "").startswith("text/event-stream"):
             # not expected from raw_server's echo, but handle it: the last message event
             events = [parse_event(b, len(b)) for b in bytes(answer).split(b"\n\n") if b.strip()]
@@ -73,7 +77,7 @@ class StreamableSession:
     def close(self) -> None:
         if self.sid:
             try:
-                self.conn.send_request("DELETE", "/mcp", {"Mcp-Session-Id": self.sid})
+                self.conn.send_request("DELETE", self.path, {"Mcp-Session-Id": self.sid})
                 self.conn.read_response()
             except (OSError, BenchError):
                 pass
@@ -88,22 +92,30 @@ _ENVELOPE = json.dumps({"io.modelcontextprotocol/protocolVersion": MODERN,
                        separators=(",", ":")).encode()
 
 
+DISCOVER = (b'{"jsonrpc":"2.0","id":0,"method":"server/discover","params":{"_meta":'
+            + _ENVELOPE + b'}}')
+
+
+def with_envelope(body: bytes) -> bytes:
+    """An echo call's body with the 2026-07-28 envelope: the body ends with its params and
+    itself, so the envelope goes just before."""
+    return body[:-2] + b',"_meta":' + _ENVELOPE + b"}}"
+
+
 class ModernSession(StreamableSession):
     """2026-07-28 requests on one keep-alive connection: no session, an envelope on each."""
 
     def initialize(self) -> None:
         self.headers = {**self.HEADERS, "MCP-Protocol-Version": MODERN,
                         "Mcp-Method": "server/discover"}
-        status, _, body = self._post(b'{"jsonrpc":"2.0","id":0,"method":"server/discover",'
-                                     b'"params":{"_meta":' + _ENVELOPE + b'}}')
+        status, _, body = self._post(DISCOVER)
         if status != 200:
             raise BenchError(f"server/discover: HTTP {status} {bytes(body[:200])!r}")
         self.headers = {**self.HEADERS, "MCP-Protocol-Version": MODERN,
                         "Mcp-Method": "tools/call", "Mcp-Name": "echo"}
 
     def call(self, body: bytes) -> bytes:
-        # an echo call's body ends with its params and itself: put the envelope in the params
-        return super().call(body[:-2] + b',"_meta":' + _ENVELOPE + b"}}")
+        return super().call(with_envelope(body))
 
 
 class SseSession:
@@ -197,6 +209,20 @@ class StdioSession:
         except OSError:
             pass
         return self.procs.stop(self.proc)
+
+
+class ModernStdioSession(StdioSession):
+    """A 2026-07-28 desktop client on a stdio process (mcp-proxy in client mode): no
+    ``initialize``, ``server/discover`` first, an envelope on each request."""
+
+    def initialize(self) -> None:
+        self.write(DISCOVER + b"\n")
+        answer = json.loads(self.readline())
+        if "result" not in answer:
+            raise BenchError(f"server/discover failed: {answer}")
+
+    def call(self, body: bytes) -> bytes:
+        return super().call(with_envelope(body))
 
 
 def get_status(port: int) -> dict:

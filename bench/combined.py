@@ -25,18 +25,6 @@ from procs import PY, RAW_SERVER, Processes, log
 TARGET_MS = 0.1
 
 
-class PathSession(StreamableSession):
-    """A Streamable HTTP session on a named server's path."""
-
-    def __init__(self, port: int, path: str) -> None:
-        super().__init__(port)
-        self.path = path
-
-    def _post(self, body: bytes):
-        self.conn.send_request("POST", self.path, self.headers, body)
-        return self.conn.read_response()
-
-
 def combined_latency(procs: Processes, calls: int, rounds: int, warmup: int) -> dict:
     """p50 of echo calls on the member's own path and through the combined server."""
     raw = {"command": PY, "args": [str(RAW_SERVER)]}
@@ -44,8 +32,8 @@ def combined_latency(procs: Processes, calls: int, rounds: int, warmup: int) -> 
     config.write_text(json.dumps({"mcpServers": {
         "raw": raw, "raw2": raw, "both": {"servers": ["raw", "raw2"], "prefix": {"raw": ""}}}}))
     proxy = Proxy(procs, "proxy-combined", ("--named-server-config", str(config)))
-    sessions = {"member": PathSession(proxy.port, "/servers/raw/mcp"),
-                "combined": PathSession(proxy.port, "/servers/both/mcp")}
+    sessions = {"member": StreamableSession(proxy.port, "/servers/raw/mcp"),
+                "combined": StreamableSession(proxy.port, "/servers/both/mcp")}
     samples: dict[str, list[float]] = {name: [] for name in sessions}
     try:
         for session in sessions.values():

@@ -6,7 +6,7 @@ PASS/FAIL/info verdict); ``render_table`` lays the rows out as a Markdown table;
 describes CPU and RSS during the throughput runs; ``report`` puts the header lines, the
 table, the legend and the notes together into the text printed and saved as
 ``table_text``. ``scaleout_lines`` lays out the two tables of the scale-out phases
-(scaleout.py), and ``markdown`` any table.
+(scaleout.py), ``era_lines`` the era bridges' (eras.py), and ``markdown`` any table.
 """
 
 from __future__ import annotations
@@ -246,6 +246,42 @@ def scaleout_lines(so: dict) -> list[str]:
     return out
 
 
+def era_lines(results: dict) -> list[str]:
+    """The table of every pair measured (issue 25), with a line on what each compares."""
+    body = []
+
+    def row(label: str, base: dict, bridged: dict, bound: float) -> None:
+        extra = bridged["p50_ms"] - base["p50_ms"]
+        body.append([label, f"{base['p50_ms']:.3f} / {base['p99_ms']:.2f}",
+                     f"{bridged['p50_ms']:.3f} / {bridged['p99_ms']:.2f}",
+                     f"{base['calls_per_s']:,.0f} / {bridged['calls_per_s']:,.0f}",
+                     f"{extra:+.3f}", f"<= +{bound:g} ms",
+                     "PASS" if extra <= bound else "FAIL: over the bound"])
+
+    calls = rounds = 0
+    for result in results.values():
+        if not isinstance(result, dict) or "bridged" not in result:
+            continue
+        calls, rounds = result["bridged"]["calls"], result["rounds"]
+        row(result["title"], result["same_era"], result["bridged"], result["target_ms"])
+        if "modern_relayed" in result:
+            row("  the bridge alone: vs a 2026-07-28 client relayed", result["modern_relayed"],
+                result["bridged"], result["target_ms"])
+    if not body:
+        return []
+    return [f"Era bridges (issue 25): echo p50 of a bridged call vs the same call where both "
+            f"ends speak one era; {calls} calls per session in {rounds} alternating rounds, "
+            f"one sequential session each (calls/s of it)",
+            markdown(["bridge", "same era p50 / p99 (ms)", "bridged p50 / p99 (ms)",
+                      "calls/s same / bridged", "bridge adds (p50)", "bound", "result"], body,
+                     {1, 2, 3, 4}),
+            "same era: server-a a 2026-07-28 client to a dual-era child (the lane), server-b "
+            "and client mode a 2025 client to a dual-era child or remote (relayed); client "
+            "mode's remote is mcp-proxy over the dual-era raw_server, which serves a "
+            "2026-07-28 request on its lane: the bridge-alone row has the remote do the same "
+            "work on both sides"]
+
+
 def notes(results: dict) -> list[str]:
     p = results["paths"]
     out = []
@@ -302,6 +338,8 @@ def report(results: dict) -> str:
         from oauth import oauth_lines
 
         lines += ["", *oauth_lines(results["oauth"])]
+    if results.get("eras"):
+        lines += ["", *era_lines(results["eras"])]
     if results.get("scaleout"):
         lines += ["", *scaleout_lines(results["scaleout"])]
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark mcp-proxy against "the floor" (the same stdio server spoken to with no proxy).
 
-    python bench/run.py [--quick] [--only scaleout|client|oauth] [--json bench/results.json] [--pin]
+    python bench/run.py [--quick] [--only scaleout|client|oauth|eras] [--json bench/results.json]
+                        [--pin]
                         [--profile DIR] [--peers]
 
 Paths measured (all traffic on 127.0.0.1):
@@ -12,6 +13,8 @@ Paths measured (all traffic on 127.0.0.1):
   client/sse         stdio -> mcp-proxy URL/sse (client mode) -> mcp-proxy (server) -> raw_server
   client/streamable  stdio -> mcp-proxy --transport streamablehttp URL/mcp -> ... -> raw_server
   floor              stdio -> raw_server directly
+  era bridges        a call bridged between protocol eras (server mode both ways, client
+                     mode) vs the same call where both ends speak one era (eras.py)
   scale-out          sessions across processes through a Redis of the bench's own (issue 11):
                      a call forwarded from one proxy to another, gunicorn -w 1 and -w 2
   peers (--peers)    mcp-proxy 0.13 and supergateway 4 in the same server and client roles
@@ -21,8 +24,8 @@ writes the JSON and prints the table. The rest lives beside it, imported as sibl
 modules (this script's directory is on sys.path): procs.py (processes, /proc readings,
 profiling), wire.py (the HTTP/1.1 and SSE client), clients.py (the MCP sessions and the
 proxy under test), measure.py (the measurements), report.py (the tables), and the phases
-of their own: shared.py, slow.py, scaleout.py (with farm.py: redis-server, gunicorn),
-peers.py (with peertable.py). The
+of their own: shared.py, slow.py, combined.py, oauth.py, eras.py, scaleout.py (with
+farm.py: redis-server, gunicorn), peers.py (with peertable.py). The
 load client is raw sockets with a hand-rolled HTTP/1.1 keep-alive client (Content-Length and chunked
 bodies, SSE events), one blocking thread per session. No MCP SDK, no requests. Every
 process started here is stopped here (SIGTERM, bounded wait, SIGKILL), also on errors and
@@ -45,6 +48,7 @@ from pathlib import Path
 
 from clients import KEEPALIVE, ModernSession, Proxy, SseSession, StdioSession, StreamableSession
 from combined import combined_latency
+from eras import era_bridges
 from issue13 import target_lines
 from measure import (
     latency,
@@ -96,6 +100,10 @@ def configure(quick: bool) -> dict:
 def run(opts, procs: Processes, results: dict) -> None:
     if opts.only == "client":
         run_client_only(opts, procs, results)
+        return
+    if opts.only == "eras":
+        results["eras"] = era_bridges(procs, 2 * results["config"]["calls"], 10,
+                                      results["config"]["warmup"])
         return
     if opts.only == "oauth" or opts.only is None:
         results["oauth"] = oauth_latency(procs, results["config"]["calls"],
@@ -201,6 +209,9 @@ def run_paths(opts, procs: Processes, results: dict) -> None:
     paths["server/streamable"]["combined"] = combined_latency(procs, cfg["calls"], 5,
                                                               cfg["warmup"])
 
+    # ---------------------------------------------------------------- era bridges
+    results["eras"] = era_bridges(procs, 2 * cfg["calls"], 10, cfg["warmup"])
+
     # ---------------------------------------------------------------- disconnects
     log("server mode: a client closes its stream -> its server is gone")
     gone = disconnect_to_stop(procs, cfg["startup_runs"])
@@ -282,10 +293,11 @@ def git_revision() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description="Benchmark mcp-proxy against the floor.")
     parser.add_argument("--quick", action="store_true", help="short smoke run (< 1 min)")
-    parser.add_argument("--only", choices=["scaleout", "client", "oauth"],
+    parser.add_argument("--only", choices=["scaleout", "client", "oauth", "eras"],
                         help="run only these phases (scaleout: issue 11, through Redis; "
                              "client: the echo latency of client mode and of its remote; "
-                             "oauth: a call with a validated JWT against no auth)")
+                             "oauth: a call with a validated JWT against no auth; eras: a "
+                             "call bridged between protocol eras against one era)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results.json"),
                         help="where to write the figures (default bench/results.json)")
     parser.add_argument("--pin", action="store_true",

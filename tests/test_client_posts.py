@@ -16,7 +16,11 @@ import time
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from requests.auth import HTTPBasicAuth, HTTPDigestAuth
+from requests.structures import CaseInsensitiveDict
+from requests.utils import get_encoding_from_headers
 
 from conftest import Scripted, rpc
 from mcp_proxy.errors import BrokenResponse
@@ -188,6 +192,26 @@ def test_every_framing_of_an_answer(remote, clients):
     assert "POST answered 307: sent again through requests" in client.stderr()
 
 
+def test_2026_requests_take_the_fast_path_too(remote, clients):
+    """A 2026-07-28 client's requests (and so the bridge's) are POSTed as a session's are:
+    every framing read, a redirect handed to requests, one kept-alive connection."""
+    server, url = remote
+    client = clients("--debug", "--transport", "streamablehttp", url)
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "tests", "version": "0"}}
+    for n, tool in enumerate(["plain", "chunked", "continue", "plain", "redirect"], start=1):
+        answer = client.call(rpc("tools/call", n, name=tool, arguments={}, _meta=meta))
+        path = "/moved" if tool == "redirect" else "/mcp"
+        assert answer == {"jsonrpc": "2.0", "id": n, "result": {"tool": tool, "path": path}}
+    assert client.close() == 0
+    assert "POST answered 307: sent again through requests" in client.stderr()
+    posts = [(headers, port) for method, headers, port in server.posts if method == "tools/call"]
+    assert all(h["MCP-Protocol-Version"] == "2026-07-28" and "Mcp-Session-Id" not in h
+               for h, _ in posts)
+    assert len({port for _, port in posts[:4]}) == 1  # kept alive until the redirect
+
+
 @pytest.mark.parametrize("tool, error", [
     ("ambiguous", "the remote's answer could not be relayed: it is not a JSON-RPC answer"),
     ("ambiguous-event", "the server's answer was refused: Invalid Request: duplicate member"),
@@ -278,6 +302,36 @@ def test_broken_answers():
     answer, released = answer_to(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
     with pytest.raises(BrokenResponse):
         answer.content  # noqa: B018
+
+
+def requests_text(content_type: str | None, body: bytes) -> str:
+    """What ``requests.Response.text`` reads of this body (its adapter sets the encoding)."""
+    response = requests.Response()
+    response._content, response.status_code = body, 200
+    response.headers = CaseInsensitiveDict({"Content-Type": content_type} if content_type else {})
+    response.encoding = get_encoding_from_headers(response.headers)
+    return response.text
+
+
+CONTENT_TYPES = [None, "text/plain", "text/plain; charset=utf-8", "application/json",
+                 "text/html; charset=latin-1", "text/plain; charset=no-such-codec",
+                 'text/plain; charset="utf-16"', "application/problem+json"]
+
+
+@settings(max_examples=120, deadline=None, database=None)
+@given(content_type=st.sampled_from(CONTENT_TYPES),
+       body=st.one_of(st.binary(max_size=200),
+                      st.text(max_size=100).map(lambda t: t.encode("utf-8")),
+                      st.text(max_size=100).map(lambda t: t.encode("utf-16"))))
+def test_answer_text_is_what_requests_reads(content_type, body):
+    head = b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: %d\r\n" % len(body)
+    if content_type:
+        head += b"Content-Type: " + content_type.encode() + b"\r\n"
+    answer, _ = answer_to(head + b"\r\n" + body)
+    try:
+        assert answer.text == requests_text(content_type, body)
+    finally:
+        answer.close()
 
 
 def test_refused_connection_is_a_connection_error(remote, clients):

@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mcp_proxy.core import jsonrpc, strict_json
 from mcp_proxy.errors import MessageError
@@ -142,3 +144,26 @@ def test_a_large_message_keeps_its_big_integers_exact():
     cancel = jsonrpc.parse(_large(b'{"jsonrpc":"2.0","method":"notifications/cancelled",'
                                   b'"params":{"requestId":18446744073709551617}}'))
     assert cancel.params["requestId"] == 18446744073709551617
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(JSON_VALUES)
+def test_encode_is_compact_json_dumps(value):
+    """The one encoder made at import writes what json.dumps with the same options does."""
+    assert jsonrpc.encode(value) == json.dumps(
+        value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def test_encode_refuses_what_json_cannot_carry():
+    with pytest.raises(TypeError):
+        jsonrpc.encode({"x": object()})
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="Circular reference"):
+        jsonrpc.encode(loop)

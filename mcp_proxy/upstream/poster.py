@@ -96,12 +96,11 @@ class Poster:
         self._idle: list = []  # open connections between POSTs, the last used on top
         self._heads: dict[tuple, bytes | None] = {}
 
-    def post(self, body: bytes, headers: dict, stream: bool = False, fast: bool = True):
+    def post(self, body: bytes, headers: dict, stream: bool = False):
         """The response (a ``RawResponse`` or a ``requests.Response``) to ``body`` POSTed with
-        ``headers``; UpstreamError if none came. ``fast=False``: through requests. With
-        traces on, the span current in this greenlet (a request's) goes as ``traceparent``."""
-        head = self._head(headers) if fast and self.fast and is_empty(self.session.cookies) \
-            else None
+        ``headers``; UpstreamError if none came. With traces on, the span current in this
+        greenlet (a request's) goes as ``traceparent``."""
+        head = self._head(headers) if self.fast and is_empty(self.session.cookies) else None
         if head is not None and self._bearer is not None:
             head = self._with_token(head)
         if tracing.on:

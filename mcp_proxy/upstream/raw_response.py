@@ -4,7 +4,7 @@ POSTs.
 It reads the head at once (skipping 1xx) and the body on demand, framed by chunked
 Transfer-Encoding, Content-Length or the end of the connection (RFC 9112 section 6.3), and
 looks like the part of ``requests.Response`` the upstreams use: ``status_code``, ``reason``,
-``headers``, ``content``, ``json()``, ``raw.read1`` and ``close``. When the body
+``headers``, ``content``, ``text``, ``json()``, ``raw.read1`` and ``close``. When the body
 was read whole from a connection that stays open, ``close`` hands the connection back for
 the next POST; otherwise it is closed. It never decodes a Content-Encoding: the fast path
 asks for ``identity`` where it reads a body.
@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from requests.compat import chardet
 from requests.structures import CaseInsensitiveDict
+from requests.utils import get_encoding_from_headers
 
 from mcp_proxy.core.http1 import FIELD_NAME
 from mcp_proxy.errors import BrokenResponse
@@ -166,6 +168,21 @@ class RawResponse:
                 parts.append(chunk)
             self._content = b"".join(parts)
         return self._content
+
+    @property
+    def text(self) -> str:
+        """The body decoded as ``requests.Response.text`` decodes it: the Content-Type's
+        charset, else the one charset detection guesses."""
+        content = self.content
+        if not content:
+            return ""
+        encoding = get_encoding_from_headers(self.headers)
+        if encoding is None:
+            encoding = chardet.detect(content)["encoding"] if chardet is not None else "utf-8"
+        try:
+            return str(content, encoding or "utf-8", errors="replace")
+        except (LookupError, TypeError):
+            return str(content, errors="replace")
 
     def json(self):
         return json.loads(self.content)

@@ -115,8 +115,7 @@ class StreamableUpstream(Upstream):
         if era_headers.is_modern_version(version):
             self.modern_version = version
             headers = {**POST_HEADERS, **era_headers.headers_for(message, version, self.params_of)}
-            # fast=False: a 2026-07-28 answer's error text is read as requests decodes it
-            response = self.poster.post(message.raw, headers, stream=True, fast=False)
+            response = self.poster.post(message.raw, headers, stream=True)
             with response:
                 self._handle_modern(message, response)
             return

@@ -32,6 +32,8 @@ Options (for exercising a proxy's failure handling):
   --ignore-stdin-eof   keep running after stdin closes, and ignore SIGTERM
   --record FILE        append every line read from stdin to FILE (what the server was sent)
   --legacy-only        answer server/discover with -32601, as a server of the 2025 era does
+  --modern-only        refuse initialize with -32022 naming only 2026-07-28, as a server of
+                       that era alone does (everything else is served as usual)
   --changes            offer tools listChanged and resources subscribe in initialize; then
                        ``tools/call change`` also sends a plain tools/list_changed (2025 era)
   --fail-list          answer tools/list with -32603
@@ -87,6 +89,7 @@ def main() -> None:
     parser.add_argument("--announce", action="store_true")
     parser.add_argument("--record", default=None)
     parser.add_argument("--legacy-only", action="store_true")
+    parser.add_argument("--modern-only", action="store_true")
     parser.add_argument("--changes", action="store_true")
     parser.add_argument("--fail-list", action="store_true")
     parser.add_argument("--stuck", type=int, default=None)
@@ -185,7 +188,12 @@ def main() -> None:
             sys.exit(5)
         params = message.get("params") or {}
         reply: dict = {"jsonrpc": "2.0", "id": message["id"]}
-        if method == "initialize":
+        if method == "initialize" and opts.modern_only:
+            reply["error"] = {"code": -32022, "message": "Unsupported protocol version: this "
+                              "server speaks only 2026-07-28", "data": {
+                                  "supported": ["2026-07-28"],
+                                  "requested": params.get("protocolVersion")}}
+        elif method == "initialize":
             reply["result"] = {
                 "protocolVersion": params.get("protocolVersion", "2025-06-18"),
                 "capabilities": {"tools": {"listChanged": True}, "logging": {},
