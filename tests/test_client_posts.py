@@ -195,8 +195,8 @@ def test_every_framing_of_an_answer(remote, clients):
 def test_2026_requests_take_the_fast_path_too(remote, clients):
     """A 2026-07-28 client's requests (and so the bridge's) are POSTed as a session's are:
     every framing read, a redirect handed to requests, one kept-alive connection."""
-    server, url = remote
-    client = clients("--debug", "--transport", "streamablehttp", url)
+    server, url = remote  # the remote speaks 2026-07-28 (said, so no server/discover probe)
+    client = clients("--debug", "--transport", "streamablehttp", "--protocol-era", "modern", url)
     meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
             "io.modelcontextprotocol/clientCapabilities": {},
             "io.modelcontextprotocol/clientInfo": {"name": "tests", "version": "0"}}
