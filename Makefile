@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?= --port 8080 -- $(BIN)/python tests/servers/sdk_server.py
-# two test processes, each taking whole files (fixtures that install or start things once per
-# file stay in one process): the tests mostly wait on processes and sockets; -n 0 runs serially
-WORKERS ?= 2
+# three test processes, each taking whole files (fixtures that install or start things once per
+# file stay in one process): the tests mostly wait on processes and sockets (at -n 2 a run used
+# about two thirds of a 2-core machine); -n 0 runs serially
+WORKERS ?= 3
 
 .PHONY: install deps run test test-latest docs lint bench docker clean
 

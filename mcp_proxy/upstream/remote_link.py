@@ -15,6 +15,7 @@ no socket and never reads the wire itself.
 from __future__ import annotations
 
 import logging
+import time
 
 import gevent
 import requests
@@ -71,7 +72,7 @@ class Upstream(Link):
     def start(self) -> None:
         """Connect, retrying with backoff up to ``start_timeout``; what retrying cannot
         change (a refused credential, a bad certificate, a 4xx such as 400) fails at once."""
-        deadline = gevent.get_hub().loop.now() + self.settings.start_timeout
+        deadline = time.monotonic() + self.settings.start_timeout
         attempt = 0
         while True:
             try:
@@ -84,7 +85,7 @@ class Upstream(Link):
                 raise Refused(f"{exc}: retrying cannot help; check the URL (the server's "
                               f"Streamable HTTP or SSE endpoint) and the -H headers") from exc
             except UpstreamError as exc:
-                left = deadline - gevent.get_hub().loop.now()
+                left = deadline - time.monotonic()
                 if left <= 0:
                     raise UpstreamError(f"cannot reach {self.settings.url}: {exc}") from exc
                 logger.warning("%s: %s; retrying", self.name, exc)
@@ -232,7 +233,7 @@ class Upstream(Link):
         spawn(self._recover, name=f"{self.name}: recovery", on_error=closing(self))
 
     def _recover(self) -> None:
-        deadline = gevent.get_hub().loop.now() + self.settings.recovery_timeout
+        deadline = time.monotonic() + self.settings.recovery_timeout
         attempt = 0
         while not self.closed.is_set():
             try:
@@ -249,7 +250,7 @@ class Upstream(Link):
                 return
             except UpstreamError as exc:  # Refused too: the remote worked until now, and a
                 # deploy may show a page that is not MCP for a while (--recovery-timeout)
-                if gevent.get_hub().loop.now() > deadline:
+                if time.monotonic() > deadline:
                     self.close(f"could not reconnect within {self.settings.recovery_timeout:g}"
                                f" s: {exc}")
                     return
