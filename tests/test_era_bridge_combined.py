@@ -16,14 +16,11 @@ from __future__ import annotations
 import json
 import sys
 
-import pytest
 import requests
-from test_client_modern import sdk_remote  # noqa: F401 (a fixture)
 from test_inspector import inspector_cli, run_inspector  # noqa: F401 (a fixture)
-from test_lifecycle import wait_until
 from test_modern import MODERN, events, headers_for, modern
 
-from conftest import RAW_SERVER, SDK_SERVER, SERVERS, ProxyProcess, free_port, run_driver
+from conftest import RAW_SERVER, SDK_SERVER, SERVERS, run_driver
 
 LEGACY_SDK = [sys.executable, str(SERVERS / "legacy_only.py"), *SDK_SERVER]
 SCENARIOS = ("tools", "echo", "progress", "sample", "elicit", "listen", "cancel")
