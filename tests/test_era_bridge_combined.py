@@ -125,3 +125,21 @@ def test_rounds_of_a_combined_server_are_bound_to_it(proxy_factory, tmp_path):
     again = answer(post(both, retried, Authorization="Bearer alice"))  # spent
     assert again["error"] == {"code": -32602, "message": "Invalid or expired requestState"}
     assert not [line for line in proxy.lines if "Traceback" in line]
+
+
+def test_the_inspector_in_each_era_against_a_combined_server(
+        inspector_cli, proxy_factory, tmp_path):  # noqa: F811 (a fixture)
+    proxy = proxy_factory("--named-server-config", _config(tmp_path, COMBINED))
+    url = proxy.base + "/servers/both/mcp"
+    for era in ("legacy", "auto", "modern"):
+        cli = ("--transport", "http", "--protocol-era", era)
+        listed = run_inspector(inspector_cli, tmp_path, url, *cli, "--method", "tools/list")
+        assert {"echo", "old__echo", "raw__echo"} <= {t["name"] for t in listed["tools"]}, era
+        called = run_inspector(inspector_cli, tmp_path, url, *cli, "--method", "tools/call",
+                               "--tool-name", "old__echo", "--tool-arg", f"text={era}")
+        assert called["content"][0]["text"] == era, called
+        read = run_inspector(inspector_cli, tmp_path, url, *cli, "--method", "resources/read",
+                             "--uri", "memo://greeting")
+        assert read["contents"][0]["uri"] == "memo://greeting", read
+    both = status(proxy)["server_instances"]["both"]
+    assert both["modern_lane"]["bridge"] == "modern->legacy", both
