@@ -17,6 +17,8 @@ import json
 import sys
 
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_inspector import inspector_cli, run_inspector  # noqa: F401 (a fixture)
 from test_modern import MODERN, events, headers_for, modern
 
@@ -143,3 +145,34 @@ def test_the_inspector_in_each_era_against_a_combined_server(
         assert read["contents"][0]["uri"] == "memo://greeting", read
     both = status(proxy)["server_instances"]["both"]
     assert both["modern_lane"]["bridge"] == "modern->legacy", both
+
+
+JUNK = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+
+
+def test_hostile_modern_requests_to_a_combined_server(proxy_factory, tmp_path):
+    proxy = proxy_factory("--named-server-config", _config(tmp_path, COMBINED))
+    url = proxy.base + "/servers/both/mcp"
+
+    @settings(max_examples=50, deadline=None, database=None)
+    @given(caps=JUNK, state=JUNK, responses=JUNK, name=st.sampled_from(
+        ["echo", "old__echo", "raw__echo", "nobody__echo", "old__sample"]),
+        method=st.sampled_from(["tools/call", "tools/list", "server/discover",
+                                "resources/read"]))
+    def check(caps, state, responses, name, method):
+        params = {"_meta": {"io.modelcontextprotocol/clientCapabilities": caps}}
+        if method == "tools/call":
+            params.update(name=name, arguments={"text": "x", "prompt": "x"})
+            if state is not None:
+                params.update(requestState=state, inputResponses=responses)
+        elif method == "resources/read":
+            params["uri"] = name
+        got = post(url, modern(method, 1, **params), Authorization="Bearer mallory")
+        assert got.status_code in (200, 400, 404), got.text
+        body = answer(got)
+        assert ("result" in body) != ("error" in body), body
+
+    check()
+    assert not [line for line in proxy.lines if "Traceback" in line or " ERROR " in line]

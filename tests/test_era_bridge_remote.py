@@ -12,6 +12,7 @@ is the official SDK (tests/sdk_driver.py) in its ``modern`` and ``legacy`` modes
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 import requests
@@ -20,7 +21,7 @@ from test_modern import MODERN, modern
 from test_remote_upstreams import _session
 from test_sdk_e2e import start_remote
 
-from conftest import ProxyProcess, free_port, run_driver
+from conftest import SDK_SERVER, ProxyProcess, free_port, run_driver
 
 SCENARIOS = ("tools", "echo", "progress", "sample", "elicit", "cancel")
 
@@ -130,3 +131,25 @@ def test_a_remote_round_is_bound_to_its_server_and_caller(proxy_factory, tmp_pat
     done = answer(post(far0, retried, Authorization="Bearer alice"))
     assert done["result"]["content"][0]["text"] == "for alice", done
     assert not [line for line in front.lines if "Traceback" in line]
+
+
+def test_a_remote_away_at_start_has_its_era_found_by_its_first_session(proxy_factory,
+                                                                       tmp_path):
+    port = free_port()
+    front = _front(proxy_factory, tmp_path, f"http://127.0.0.1:{port}/mcp")
+    assert instances(front)["far0"]["remote"]["initialize"] == "unknown"
+    remote = subprocess.Popen([*SDK_SERVER, "streamable-http", "--era", "modern", "--port",
+                               str(port)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              text=True)
+    try:
+        assert any("LISTENING" in line for line in remote.stderr)  # it is up
+        report = run_driver("streamable", front.base + "/servers/far0/mcp", "echo", "sample")
+        assert (report["echo"], report["sample"]) == ("hello", "sampled:hi there"), report
+        modern_report = run_driver("streamable", front.base + "/servers/far0/mcp", "echo",
+                                   extra=("--mode", MODERN))
+        assert modern_report["echo"] == "hello", modern_report
+        far = instances(front)["far0"]
+        assert far["remote"]["initialize"] == "refused" and far["era"] == "modern", far
+    finally:
+        remote.terminate()
+        remote.wait(10)
