@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_inspector import inspector_cli, run_inspector  # noqa: F401 (a fixture)
 from test_modern import MODERN, events, headers_for, modern
+from test_remote_upstreams import _session
 
 from conftest import RAW_SERVER, SDK_SERVER, SERVERS, run_driver
 
@@ -89,9 +90,11 @@ def test_a_modern_client_of_a_combined_server(proxy_factory, tmp_path):
     assert both["modern_lane"]["bridged_children"] >= 1, both
     assert sum("bridge modern->legacy" in line for line in proxy.lines) == 1
     # a 2025-era session of the same server: its members, each as /status shows it
-    legacy = run_driver("streamable", proxy.base + "/servers/both/mcp", "echo",
-                        extra=("--mode", "legacy"))
-    assert legacy["echo"] == "hello", legacy
+    _session(proxy.base + "/servers/both")
+    (held,) = status(proxy)["session_details"]
+    assert sorted(held["child"]["members"]) == ["kit", "old", "raw"], held
+    assert all(member["pid"] > 0 and member["state"] == "running"
+               for member in held["child"]["members"].values()), held
 
 
 def _script(tmp_path) -> str:
