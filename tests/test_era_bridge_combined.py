@@ -105,28 +105,36 @@ def _script(tmp_path) -> str:
     return str(path)
 
 
-def test_rounds_of_a_combined_server_are_bound_to_it(proxy_factory, tmp_path):
-    servers = {**COMBINED, "other": {"servers": ["kit", "old"], "prefix": {"kit": "k_"}}}
-    proxy = proxy_factory("--named-server-config", _config(tmp_path, servers))
-    both, other = proxy.base + "/servers/both/mcp", proxy.base + "/servers/other/mcp"
-    call = modern("tools/call", 1, name="old__sample", arguments={"prompt": "q"},
-                  _meta=dict(ASKER))
-    first = answer(post(both, call, Authorization="Bearer alice"))["result"]
+def a_bound_round(mine: str, other: str, tool: str) -> dict:
+    """alice's call of ``tool`` on ``mine`` that asks for sampling: its input_required
+    round, whose requestState is refused on ``other`` (another server), to bob, forged or
+    junk; alice's retry, answered."""
+    call = modern("tools/call", 1, name=tool, arguments={"prompt": "q"}, _meta=dict(ASKER))
+    first = answer(post(mine, call, Authorization="Bearer alice"))["result"]
     assert first["resultType"] == "input_required", first
+    assert first["requestState"].startswith("mcp-proxy:"), first  # the proxy's own handle
     (key,) = first["inputRequests"]
     sampled = {key: {"role": "assistant", "model": "m",
                      "content": {"type": "text", "text": "for alice"}}}
     retried = {**call, "id": 2, "params": {**call["params"], "requestState":
                                            first["requestState"], "inputResponses": sampled}}
-    # replayed to another server, forged, or by another caller: refused, the round kept
     for url, who, state in ((other, "alice", first["requestState"]),
-                            (both, "bob", first["requestState"]),
-                            (both, "alice", first["requestState"][:-3] + "xyz")):
+                            (mine, "bob", first["requestState"]),
+                            (mine, "alice", first["requestState"][:-3] + "xyz"),
+                            (mine, "alice", ["not", "a", "handle"])):
         forged = {**retried, "params": {**retried["params"], "requestState": state}}
         refused = answer(post(url, forged, Authorization=f"Bearer {who}"))
-        assert refused["error"]["code"] == -32602, refused
-    done = answer(post(both, retried, Authorization="Bearer alice"))
+        assert refused["error"]["code"] == -32602, refused  # and the round is kept
+    done = answer(post(mine, retried, Authorization="Bearer alice"))
     assert done["result"]["content"][0]["text"] == "for alice", done
+    return retried
+
+
+def test_rounds_of_a_combined_server_are_bound_to_it(proxy_factory, tmp_path):
+    servers = {**COMBINED, "other": {"servers": ["kit", "old"], "prefix": {"kit": "k_"}}}
+    proxy = proxy_factory("--named-server-config", _config(tmp_path, servers))
+    both, other = proxy.base + "/servers/both/mcp", proxy.base + "/servers/other/mcp"
+    retried = a_bound_round(both, other, "old__sample")
     again = answer(post(both, retried, Authorization="Bearer alice"))  # spent
     assert again["error"] == {"code": -32602, "message": "Invalid or expired requestState"}
     assert not [line for line in proxy.lines if "Traceback" in line]

@@ -14,32 +14,15 @@ from __future__ import annotations
 import json
 import subprocess
 
-import pytest
 import requests
-from test_era_bridge_combined import ASKER, LEGACY_SDK, answer, check, post
-from test_modern import MODERN, modern
+from test_client_modern import sdk_remote  # noqa: F401 (a fixture)
+from test_era_bridge_combined import LEGACY_SDK, a_bound_round, check
+from test_modern import MODERN
 from test_remote_upstreams import _session
-from test_sdk_e2e import start_remote
 
 from conftest import SDK_SERVER, ProxyProcess, free_port, run_driver
 
 SCENARIOS = ("tools", "echo", "progress", "sample", "elicit", "cancel")
-
-
-@pytest.fixture
-def sdk_remote():
-    """``sdk_remote(era)``: the URL of the SDK fixture server on /mcp serving that era."""
-    started = []
-
-    def start(era: str) -> str:
-        remote, port = start_remote("streamable-http", "--era", era)
-        started.append(remote)
-        return f"http://127.0.0.1:{port}/mcp"
-
-    yield start
-    for remote in started:
-        remote.terminate()
-        remote.wait(10)
 
 
 def _front(proxy_factory, tmp_path, *urls: str):
@@ -54,7 +37,8 @@ def instances(proxy) -> dict:
     return requests.get(proxy.base + "/status", timeout=10).json()["server_instances"]
 
 
-def test_a_modern_client_is_relayed_to_a_modern_remote(proxy_factory, tmp_path, sdk_remote):
+def test_a_modern_client_is_relayed_to_a_modern_remote(
+        proxy_factory, tmp_path, sdk_remote):  # noqa: F811 (a fixture)
     front = _front(proxy_factory, tmp_path, sdk_remote("modern"))
     url = front.base + "/servers/far0/mcp"
     check(run_driver("streamable", url, *SCENARIOS, "listen", extra=("--mode", MODERN)))
@@ -64,7 +48,8 @@ def test_a_modern_client_is_relayed_to_a_modern_remote(proxy_factory, tmp_path, 
     assert not [line for line in front.lines if "bridge" in line]
 
 
-def test_a_modern_client_of_a_2025_remote_is_bridged(proxy_factory, tmp_path, sdk_remote):
+def test_a_modern_client_of_a_2025_remote_is_bridged(
+        proxy_factory, tmp_path, sdk_remote):  # noqa: F811 (a fixture)
     front = _front(proxy_factory, tmp_path, sdk_remote("legacy"))
     url = front.base + "/servers/far0/mcp"
     check(run_driver("streamable", url, *SCENARIOS, extra=("--mode", MODERN)))
@@ -78,7 +63,8 @@ def test_a_modern_client_of_a_2025_remote_is_bridged(proxy_factory, tmp_path, sd
     assert (report["echo"], report["sample"]) == ("hello", "sampled:hi there"), report
 
 
-def test_a_2025_client_of_a_modern_remote_is_bridged(proxy_factory, tmp_path, sdk_remote):
+def test_a_2025_client_of_a_modern_remote_is_bridged(
+        proxy_factory, tmp_path, sdk_remote):  # noqa: F811 (a fixture)
     front = _front(proxy_factory, tmp_path, sdk_remote("modern"))
     for path, transport in (("/mcp", "streamable"), ("/sse", "sse")):
         report = run_driver(transport, front.base + "/servers/far0" + path, *SCENARIOS,
@@ -108,28 +94,11 @@ def test_a_chain_of_proxies_in_the_modern_era(proxy_factory, tmp_path):
         remote.stop()
 
 
-def test_a_remote_round_is_bound_to_its_server_and_caller(proxy_factory, tmp_path, sdk_remote):
+def test_a_remote_round_is_bound_to_its_server_and_caller(
+        proxy_factory, tmp_path, sdk_remote):  # noqa: F811 (a fixture)
     url = sdk_remote("modern")
     front = _front(proxy_factory, tmp_path, url, url)  # far0 and far1: the same remote
-    far0, far1 = front.base + "/servers/far0/mcp", front.base + "/servers/far1/mcp"
-    call = modern("tools/call", 1, name="sample", arguments={"prompt": "q"}, _meta=dict(ASKER))
-    first = answer(post(far0, call, Authorization="Bearer alice"))["result"]
-    assert first["resultType"] == "input_required", first
-    assert first["requestState"].startswith("mcp-proxy:"), first  # ours, not the remote's
-    (key,) = first["inputRequests"]
-    sampled = {key: {"role": "assistant", "model": "m",
-                     "content": {"type": "text", "text": "for alice"}}}
-    retried = {**call, "id": 2, "params": {**call["params"], "requestState":
-                                           first["requestState"], "inputResponses": sampled}}
-    for target, who, state in ((far1, "alice", first["requestState"]),
-                               (far0, "bob", first["requestState"]),
-                               (far0, "alice", first["requestState"][:-3] + "xyz"),
-                               (far0, "alice", ["not", "a", "handle"])):
-        forged = {**retried, "params": {**retried["params"], "requestState": state}}
-        refused = answer(post(target, forged, Authorization=f"Bearer {who}"))
-        assert refused["error"]["code"] == -32602, refused
-    done = answer(post(far0, retried, Authorization="Bearer alice"))
-    assert done["result"]["content"][0]["text"] == "for alice", done
+    a_bound_round(front.base + "/servers/far0/mcp", front.base + "/servers/far1/mcp", "sample")
     assert not [line for line in front.lines if "Traceback" in line]
 
 
