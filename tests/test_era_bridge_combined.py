@@ -19,6 +19,7 @@ import sys
 import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_era_bridge_server import JUNK
 from test_inspector import inspector_cli, run_inspector  # noqa: F401 (a fixture)
 from test_modern import MODERN, events, headers_for, modern
 from test_remote_upstreams import _session
@@ -156,11 +157,6 @@ def test_the_inspector_in_each_era_against_a_combined_server(
         assert read["contents"][0]["uri"] == "memo://greeting", read
     both = status(proxy)["server_instances"]["both"]
     assert both["modern_lane"]["bridge"] == "modern->legacy", both
-
-
-JUNK = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=3)
-                    | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
 
 
 def test_hostile_modern_requests_to_a_combined_server(proxy_factory, tmp_path):
