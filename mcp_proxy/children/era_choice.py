@@ -128,7 +128,7 @@ class EraChoice:
             spec = self.settings.servers[server_name]
             remote = self.remotes.get(server_name)
             if spec.members:
-                spawn = lambda child_label: self.combined(server_name, child_label)  # noqa: E731
+                spawn = lambda child_label: self.combiner_for(server_name, child_label)  # noqa: E731
             elif remote is not None:
                 spawn = lambda child_label: remote.link(child_label)  # noqa: E731
             else:
@@ -140,7 +140,7 @@ class EraChoice:
                             "sessions (bridge %s)", server_name or "default", TO_LEGACY)
         return bridge
 
-    def combined(self, server_name: str, session_name: str) -> Any:
+    def combiner_for(self, server_name: str, session_name: str) -> Any:
         """A session's link to a combined server: a Combiner in front of its members."""
         if self._combiner is None:
             raise SpawnError(f"{server_name}: combined servers are not served here")

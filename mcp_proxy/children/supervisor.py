@@ -80,7 +80,7 @@ class Supervisor(EraChoice):
         """The link a new session of ``server_name`` relays to; raises SpawnError."""
         spec = self.settings.servers[server_name]
         if spec.members:  # each member's link is what a session of that member gets
-            return self.combined(server_name, session_name)
+            return self.combiner_for(server_name, session_name)
         remote = self.remotes.get(server_name)
         if remote is not None:
             return self.remote_session(server_name, remote, session_name)
