@@ -52,7 +52,7 @@ from mcp.shared.exceptions import MCPError
 
 SCENARIOS = ["tools", "echo", "unicode", "progress", "log", "sample", "elicit", "roots", "fail",
              "big_in", "big_out", "ping", "unknown_method", "concurrent", "tagged", "set_level",
-             "resources", "prompts", "subscribe", "cancel", "script", "crash"]
+             "resources", "prompts", "subscribe", "listen", "cancel", "script", "crash"]
 UNICODE = "héllo ✓ 日本"
 ROOTS = ["file:///tmp/root-a", "file:///tmp/root-b"]
 
@@ -191,6 +191,15 @@ async def run_scenario(name: str, client: Client, seen: Observed, big: int) -> A
         checked(await client.call_tool("touch", {"uri": "memo://greeting"}))
         await wait_for(lambda: seen.updated, 5.0)
         return seen.updated
+    if name == "listen":  # the 2026-07-28 era's subscriptions: one listen stream
+        async with client.listen(tools_list_changed=True,
+                                 resource_subscriptions=["memo://greeting"]) as sub:
+            touch, change = LISTEN_TOOLS
+            await client.call_tool(touch, {"uri": "memo://greeting"})
+            await client.call_tool(change, {})
+            got = [await sub.__anext__(), await sub.__anext__()]
+            return {"honored": sub.honored.model_dump(by_alias=True, exclude_none=True),
+                    "events": sorted(type(event).__name__ for event in got)}
     if name == "cancel":
         with anyio.move_on_after(1.0):
             result = await client.call_tool("slow", {"seconds": 30})
@@ -205,6 +214,7 @@ async def run_scenario(name: str, client: Client, seen: Observed, big: int) -> A
 
 
 SCRIPT: list = []  # --script's steps
+LISTEN_TOOLS = ["touch", "change"]  # --listen-tools
 _LISTS = {"tools": ("list_tools", "tools", "name"), "prompts": ("list_prompts", "prompts", "name"),
           "resources": ("list_resources", "resources", "uri"),
           "templates": ("list_resource_templates", "resource_templates", "uri_template")}
@@ -357,9 +367,14 @@ def main() -> int:
                         help="streamable: sign in with the SDK's OAuth client provider "
                              "(sdk_oauth.py); the report lists the URLs its browser visited")
     parser.add_argument("--script", help="the steps of the script scenario (a JSON file)")
+    parser.add_argument("--listen-tools", nargs=2, metavar=("TOUCH", "CHANGE"),
+                        help="listen: the tools that send resources/updated (of its uri "
+                             "argument) and tools/list_changed")
     parser.add_argument("scenarios", nargs="+", choices=SCENARIOS, metavar="SCENARIO")
     opts = parser.parse_args()
     opts.visits = []
+    if opts.listen_tools:
+        LISTEN_TOOLS[:] = opts.listen_tools
     if opts.script:
         with open(opts.script, encoding="utf-8") as handle:
             SCRIPT.extend(json.load(handle))

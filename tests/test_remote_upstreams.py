@@ -102,9 +102,11 @@ def test_both_transports_both_ways(proxy_factory, tmp_path, remote):
             assert seen["elicit"] == "accept:octocat", seen
             assert ("say" in seen["tools"]) == (server == "far"), seen["tools"]
             assert ("crash" in seen["tools"]) == (server == "farsse"), seen["tools"]
-    # a dual-era client is told the 2025 era is served, and uses it
+    # a dual-era client finds the 2026-07-28 era (the remote mcp-proxy serves it too), and
+    # is relayed to the remote through the remote's lane: one more remote session, the lane's
     dual = run_driver("streamable", f"{front.base}/servers/far/mcp", "tools",
                       extra=("--mode", "auto"))
+    assert dual["session"]["protocolVersion"] == "2026-07-28", dual
     assert "say" in dual["tools"], dual
 
     _, post = _session(front.base + "/servers/far")
@@ -118,12 +120,13 @@ def test_both_transports_both_ways(proxy_factory, tmp_path, remote):
     assert status["far"]["mode"] == "remote"
     assert status["far"]["remote"]["transport"] == "streamablehttp"
     assert status["farsse"]["remote"]["transport"] == "sse"
-    assert status["far"]["remote"]["remote_sessions"] == 1
+    assert status["far"]["remote"]["remote_sessions"] == 2  # _session's and the lane's
+    assert status["far"]["modern_lane"] == {"state": "running", "legacy_only": False}
     assert status["far"]["remote"]["state"] == "connected"
     assert TOKEN not in json.dumps(status)
     metrics = requests.get(front.base + "/metrics", timeout=10).text
     assert 'mcp_proxy_remote_up{server="far"} 1.0' in metrics
-    assert 'mcp_proxy_remote_sessions{server="far",state="connected"} 1.0' in metrics
+    assert 'mcp_proxy_remote_sessions{server="far",state="connected"} 2.0' in metrics
     assert 'mcp_proxy_messages_relayed_total{direction="client_to_server",kind="request",' \
            'server="far"}' in metrics
     assert requests.get(front.base + "/readyz", timeout=10).status_code == 200

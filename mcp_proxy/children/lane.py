@@ -104,7 +104,7 @@ class ModernLane(Multiplexer):
             logger.info("%s: the server is legacy-only (%s); 2026-07-28 requests are carried "
                         "on 2025-era sessions (bridge modern->legacy)", self.name, exc)
             raise LegacyOnly(f"{self.name}: legacy-only server ({exc})") from None
-        self.generation += 1
+        self.generation = request_state.new_maker()  # unique in the process: see there
         self.tools.clear()
         self.unspent.clear()
         self.listed_at, self.listing_failed = float("-inf"), None

@@ -15,7 +15,10 @@ Owns the bridged children of one configured server (``legacy_adapter.py``'s
   ``IDLE`` seconds is stopped; at most ``MAX_CHILDREN`` run at once (the idle ones are
   stopped first to make room, else the request is refused as busy).
 
-A shared child is never told of sampling, elicitation or roots: it cannot be leased.
+A shared child is never told of sampling, elicitation or roots: it cannot be leased. What
+the bridge calls a child is whatever ``spawn`` makes (``era_choice.py`` picks it): a child
+process, a remote session of a remote server, or a ``Combiner`` in front of a combined
+server's members.
 """
 
 from __future__ import annotations

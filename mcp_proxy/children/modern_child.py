@@ -3,11 +3,13 @@
 
 The session's upstream, wrapped: its own child (per-session mode) or a port of the server's
 2026-07-28 lane (a shared child, where the lane rewrites ids, tokens and listens and seals
-``requestState``). It is client mode's fall-forward bridge facing a child instead of a
-remote: the same :class:`LegacyFace` (bridging/legacy_face.py) answers ``initialize`` from
-``server/discover``, stamps each request with the session's ``_meta``, puts
+``requestState``), or a remote server's session (a ``"url"`` entry whose remote refused the
+start-up probe's ``initialize``). It is client mode's fall-forward bridge facing a child
+instead of a remote: the same :class:`LegacyFace` (bridging/legacy_face.py) answers
+``initialize`` from ``server/discover``, stamps each request with the session's ``_meta``, puts
 ``input_required`` rounds to the client as real sampling, elicitation and roots requests, and
-holds one ``subscriptions/listen``. On stdio, a stopped leg is a ``notifications/cancelled``.
+holds one ``subscriptions/listen``. A stopped leg is a ``notifications/cancelled`` (which a
+remote link turns into closing the leg's response).
 
 The child's era is learned once per server (the supervisor keeps it): while it is unknown,
 the client's ``initialize`` goes to the child as is; when the child refuses it and then

@@ -22,7 +22,6 @@ put to its 2026-07-28 caller as an ``input_required`` round (SESSIONS.md §A.4).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import time
@@ -31,7 +30,7 @@ from typing import Any
 
 import gevent
 
-from mcp_proxy.children.request_state import unwrap_state, wrap_state
+from mcp_proxy.children.request_state import new_maker, unwrap_state, wrap_state
 from mcp_proxy.children.sharing import Sharing
 from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.jsonrpc import Message, id_key, result_message, with_id
@@ -43,7 +42,6 @@ logger = logging.getLogger(__name__)
 PARK_TTL = float(os.environ.get("MCP_PROXY_BRIDGE_PARK_TTL", "300"))
 KEY = "input-1"  # the one entry of inputRequests (a legacy child asks one thing at a time)
 INVALID_STATE = "Invalid or expired requestState"
-_serials = itertools.count(1)
 
 
 class Parked:
@@ -75,7 +73,7 @@ class Parking:
     _notify: Callable[[str, dict], None]
 
     def _init_parking(self) -> None:
-        self.serial = next(_serials)  # what a handle names this child by
+        self.serial = new_maker()  # what a handle names this child by
         self.parked: dict[str, Parked] = {}
         self.reserved_until = 0.0
 

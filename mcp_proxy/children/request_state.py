@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import time
@@ -26,6 +27,14 @@ _SECRET = os.urandom(32)  # handles are only good in the process that made them
 # (an elicitation form, a sampling approval), and a longer-lived handle would only outlive
 # the server's own state; shorter bounds how long a leaked handle is any use
 STATE_TTL = 600.0
+# what a handle names its maker by: one count for the whole process, so that a handle made
+# by one server's lane or bridged session opens nowhere else (another server's included)
+_makers = itertools.count(1)
+
+
+def new_maker() -> int:
+    """A number no other lane generation or bridged session of this process has."""
+    return next(_makers)
 
 
 def set_worker_tag(tag: str) -> None:

@@ -74,7 +74,7 @@ def attach(supervisor: Supervisor, name: str, spec: ServerSpec, remote: Any = No
     """Give the supervisor a new entry's server (``remote``: its remote server, made and
     probed by the caller); its health starts clean."""
     supervisor.health[name] = ServerHealth()
+    if remote is not None:  # first: a shared remote server's child is a session of it
+        supervisor.remotes[name] = remote
     if spec.shared and not spec.members:
         supervisor.shared[name] = supervisor.shared_child(name)
-    if remote is not None:
-        supervisor.remotes[name] = remote

@@ -55,12 +55,12 @@ class Remote(Protocol):
     """What the supervisor needs of a remote server (``upstream.remote_server.RemoteServer``)."""
 
     links: set
+    transport: str | None  # "sse" or "streamablehttp" once learnt
+    era: str | None  # "legacy" or "modern": whether the start-up probe's initialize was taken
 
     def probe(self) -> str | None: ...
 
     def link(self, label: str) -> Any: ...
-
-    def ensure_started(self) -> None: ...
 
     def problem(self) -> str | None: ...
 

@@ -14,12 +14,11 @@ It builds nothing it imports: the app (``server/app.py``, the composition root) 
 classes to start (the child process, the multiplexer, the lane, the era bridges) and the
 metrics to count into, so it stays a small module low in the layout. It never relays.
 
-It keeps each server's era once a session found it out (``eras``): a server that speaks only
-2026-07-28 has every 2025-era session bridged to it (``children/modern_child.py``, over its
-own child or a port of the lane when shared); a 2025-era server's sessions get the child
-itself. While it is unknown, a per-session child is wrapped by a bridge that relays until the
-child refuses ``initialize``; a shared child that refuses the proxy's ``initialize`` has its
-era asked by the lane (``server/discover`` on a child of its own).
+It keeps each server's era once a session found it out (``eras``); which era bridge a
+session or a 2026-07-28 request gets is ``era_choice.py``'s (a mixin of this class). While a
+local server's era is unknown, a per-session child is wrapped by a bridge that relays until
+the child refuses ``initialize``; a shared child that refuses the proxy's ``initialize`` has
+its era asked by the lane (``server/discover`` on a child of its own).
 """
 
 from __future__ import annotations
@@ -32,15 +31,16 @@ from typing import Any
 import gevent
 
 from mcp_proxy.children.combined_status import CombinedWatch
+from mcp_proxy.children.era_choice import TO_MODERN, EraChoice
 from mcp_proxy.children.health import ServerHealth
 from mcp_proxy.children.supervised import Child, ChildMetrics, Remote, Shared
 from mcp_proxy.config.settings import ServerSettings, ServerSpec
-from mcp_proxy.errors import ConfigProblems, LegacyOnly, ServerRemoved, SpawnError
+from mcp_proxy.errors import ConfigProblems, ServerRemoved, SpawnError
 
 logger = logging.getLogger(__name__)
 
 
-class Supervisor:
+class Supervisor(EraChoice):
     """Every child of one app: started here, watched here, stopped here."""
 
     def __init__(self, settings: ServerSettings, metrics: ChildMetrics, child: type,
@@ -89,21 +89,10 @@ class Supervisor:
         """The link a new session of ``server_name`` relays to; raises SpawnError."""
         spec = self.spec(server_name)
         if spec.members:  # each member's link is what a session of that member gets
-            if self._combiner is None:
-                raise SpawnError(f"{server_name}: combined servers are not served here")
-            combiner = self._combiner(server_name, spec, self.upstream, session_name)
-            combiner.meter = self.metrics.relay_meter(server_name)  # counted as its own
-            self.combined.track(server_name, combiner)
-            return combiner
+            return self.combiner_for(server_name, session_name)
         remote = self.remotes.get(server_name)
         if remote is not None and server_name not in self.shared:
-            try:
-                link = remote.link(session_name)
-            except SpawnError:
-                self.metrics.spawn_failed(server_name)
-                raise
-            link.meter = self.metrics.relay_meter(server_name)
-            return link
+            return self.remote_session(server_name, remote, session_name)
         mux = self.shared.get(server_name)
         era = self.eras.get(server_name)
         if mux is None:
@@ -133,60 +122,6 @@ class Supervisor:
         if spec is None:
             raise ServerRemoved(f"server {server_name!r} was taken out of the config")
         return spec
-
-    def _bridge(self, server_name: str, upstream: Any, era: str) -> Any:
-        return self._face(upstream, era, lambda found: self.learned(server_name, found),
-                          self.settings.session_idle_timeout)
-
-    def _refused_as_modern(self, server_name: str, mux: Shared) -> bool:
-        """The shared child answered the proxy's ``initialize`` with an error: whether the
-        server speaks 2026-07-28 (the lane asks a child of its own ``server/discover``)."""
-        if self._face is None or not getattr(mux, "refused", False):
-            return False
-        try:
-            self.modern(server_name).ensure_started()
-        except SpawnError:
-            return False
-        self.learned(server_name, "modern")
-        return True
-
-    def learned(self, server_name: str, era: str) -> None:
-        """A session found out the server's era: kept for every later session."""
-        if self.eras.get(server_name) != era:
-            self.eras[server_name] = era
-            if era == "modern":
-                logger.info("server %r speaks only 2026-07-28: its 2025-era sessions are "
-                            "bridged to it", server_name or "default")
-
-    def modern(self, server_name: str) -> Shared:
-        """The server's 2026-07-28 lane, made on first use (its child starts on first need)."""
-        if self.spec(server_name).members:
-            # a combined server is not served in the 2026-07-28 era (docs/server-mode.md)
-            raise LegacyOnly(f"{server_name}: a combined server speaks the 2025 era only")
-        if server_name in self.remotes:  # its ensure_started says: the 2025 era only
-            return self.remotes[server_name]
-        lane = self.lanes.get(server_name)
-        if lane is None:
-            label = f"modern:{server_name or 'default'}"
-            lane = self.lanes[server_name] = self._lane(label,
-                                                        lambda: self.spawn(server_name, label))
-        return lane
-
-    def bridgeable(self, server_name: str) -> bool:
-        """Whether a legacy-only server can be bridged for 2026-07-28 requests (a process of
-        its own: not a combined or a remote server)."""
-        spec = self.spec(server_name)
-        return not spec.members and spec.remote is None
-
-    def bridge(self, server_name: str) -> Any:
-        """The modern->legacy bridge of a legacy-only server, made on first use."""
-        bridge = self.bridges.get(server_name)
-        if bridge is None:
-            label = f"bridge:{server_name or 'default'}"
-            bridge = self.bridges[server_name] = self._make_bridge(
-                label, lambda child_label: self.spawn(server_name, child_label),
-                server_name in self.shared)
-        return bridge
 
     def spawn(self, server_name: str, label: str) -> Child:
         """Start a child of ``server_name``; record how it starts and ends."""
@@ -250,7 +185,11 @@ class Supervisor:
             raise ConfigProblems(problems)
 
     def describe(self, upstream: Any) -> dict | None:
-        """What /status shows of a session's upstream: its process, and whether it is shared."""
+        """What /status shows of a session's upstream: its process, whether it is shared,
+        the era bridge it uses; a combined server's session, each member's."""
+        if self._combiner is not None and isinstance(upstream, self._combiner):
+            return {"pid": None, "state": "open", "shared": False, "members": {
+                member: self.describe(slot.link) for member, slot in upstream.slots.items()}}
         bridged = self._face is not None and isinstance(upstream, self._face)
         if bridged:  # an era bridge in front of its child or lane port
             bridged, upstream = upstream.bridging, upstream.inner
@@ -262,9 +201,10 @@ class Supervisor:
             if getattr(link, "recovering", None) is None:
                 return None
             return {"pid": None, "state": "recovering" if link.recovering else
-                    "connected", "shared": shared, "remote": True}
+                    "connected", "shared": shared, "remote": True,
+                    **({"bridge": TO_MODERN} if bridged else {})}
         return {"pid": child.pid, "state": child.state, "shared": shared,
-                **({"bridge": "2025 client -> 2026-07-28 server"} if bridged else {})}
+                **({"bridge": TO_MODERN} if bridged else {})}
 
     def stop_all(self, reason: str, timeout: float) -> None:
         """Stop every child, waiting (bounded) for each; kill what outlives the deadline."""

@@ -22,10 +22,12 @@ def _iso(timestamp: float) -> str:
 
 
 def _lane(supervisor, name: str) -> dict:
-    """The 2026-07-28 lane of a server: its state, and the bridge a legacy-only one uses."""
-    lane = supervisor.lanes[name]
-    shown = {"state": lane.state, "legacy_only": lane.legacy_only}
-    if lane.legacy_only:
+    """The 2026-07-28 lane of a server: its state, and the bridge a legacy-only one uses (a
+    combined server, or a remote over HTTP+SSE, has the bridge and no lane)."""
+    lane = supervisor.lanes.get(name)
+    shown = {"state": "none", "legacy_only": True} if lane is None else \
+        {"state": lane.state, "legacy_only": lane.legacy_only}
+    if shown["legacy_only"]:
         bridge = supervisor.bridges.get(name)
         shown["bridge"] = "modern->legacy"
         shown["bridged_children"] = bridge.running() if bridge is not None else 0
@@ -48,7 +50,8 @@ def add_status_route(app: Flask, registry: Registry) -> None:
                 "era": supervisor.eras.get(name, "unknown"),  # learned by the first session
                 **({"shared_state": supervisor.shared[name].state}
                    if name in supervisor.shared else {}),
-                **({"modern_lane": _lane(supervisor, name)} if name in supervisor.lanes else {}),
+                **({"modern_lane": _lane(supervisor, name)}
+                   if name in supervisor.lanes or name in supervisor.bridges else {}),
                 **({"members": supervisor.combined.members(name, time.monotonic())}
                    if spec.members else {}),  # children/combined_status.py
                 **ready[name or "default"],

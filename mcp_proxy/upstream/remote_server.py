@@ -4,7 +4,8 @@ whoever holds them when the remote is lost and when it is back (watched_remote.p
 
 ``probe()`` runs once at start-up: it learns the transport (``"auto"``: a POST of an
 ``initialize``, as client mode's first message does; 400, 404 or 405 without a JSON-RPC error
-means HTTP+SSE) and refuses what cannot heal: a 401 with no credentials configured (a browser
+means HTTP+SSE; refused with a JSON-RPC error, the remote speaks only 2026-07-28: ``era``)
+and refuses what cannot heal: a 401 with no credentials configured (a browser
 or device sign-in cannot run in a server; the error says what to configure instead), refused
 credentials, a certificate that fails. An unreachable remote is only logged: the transport is
 learnt on the first session then, and remembered. ``link()`` opens one client session's
@@ -28,7 +29,6 @@ from mcp_proxy.core.tool_filter import ToolFilter
 from mcp_proxy.errors import (
     AuthError,
     ConfigError,
-    LegacyOnly,
     RemoteUnreachable,
     TlsError,
     UpstreamError,
@@ -65,6 +65,8 @@ class RemoteServer:
         self.settings = settings
         self.tools = tools
         self.transport = None if settings.transport == "auto" else settings.transport
+        # the probe's initialize: "legacy" accepted, "modern" refused with a JSON-RPC error
+        self.era: str | None = None
         self.state = "not contacted"
         self.last_error: str | None = None
         self.last_error_at: float | None = None
@@ -124,10 +126,14 @@ class RemoteServer:
         try:
             with http.post(url, data=PROBE, headers=POST_HEADERS, stream=True,
                            timeout=(self.settings.connect_timeout, PROBE_READ)) as response:
-                if response.status_code in (400, 404, 405) and self.transport is None \
-                        and json_rpc_error(response) is None:
+                refusal = json_rpc_error(response) if response.status_code in (400, 404, 405) \
+                    else None
+                if refusal is None and response.status_code in (400, 404, 405) \
+                        and self.transport is None:
                     return "sse"
-                check_status(response, f"POST {url}", http)
+                if refusal is None:
+                    check_status(response, f"POST {url}", http)
+                self.era = "legacy" if refusal is None else "modern"
                 session = response.headers.get("Mcp-Session-Id")
             if session:  # the probe's session is not anyone's: end it
                 http.delete(url, headers={"Mcp-Session-Id": session},
@@ -194,15 +200,12 @@ class RemoteServer:
         return f"remote unreachable {time.time() - self.last_error_at:.0f} s ago: " \
                f"{self.last_error}"
 
-    def ensure_started(self) -> None:
-        """As the 2026-07-28 lane's: the era is not bridged to a remote server (yet), so a
-        dual-era client is told to use ``initialize``, which is."""
-        raise LegacyOnly(f"remote server {self.name!r} is served in the 2025 era only")
-
     def status(self) -> dict:
         """What ``/status`` shows of it."""
         recovering = sum(1 for link in self.links if link.recovering)
         return {"url": scrub(self.settings.url), "transport": self.transport or "auto",
+                "initialize": {"legacy": "accepted", "modern": "refused"}.get(self.era,
+                                                                             "unknown"),
                 "state": "recovering" if recovering else self.state,
                 "remote_sessions": len(self.links), "recovering": recovering,
                 "last_error": self.last_error, "last_error_at": self.last_error_at}

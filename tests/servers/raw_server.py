@@ -35,7 +35,8 @@ Options (for exercising a proxy's failure handling):
   --modern-only        refuse initialize with -32022 naming only 2026-07-28, as a server of
                        that era alone does (everything else is served as usual)
   --changes            offer tools listChanged and resources subscribe in initialize; then
-                       ``tools/call change`` also sends a plain tools/list_changed (2025 era)
+                       ``tools/call change`` also sends a plain tools/list_changed (2025 era),
+                       and tools/list names ``update`` and ``change`` too
   --fail-list          answer tools/list with -32603
   --announce           write notifications/tools/list_changed right after the initialize
                        answer, in the same write (a server message that belongs to no request)
@@ -76,6 +77,9 @@ ECHO_TOOL = {
     "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}},
                     "required": ["text"]},
 }
+
+CHANGE_TOOLS = [{"name": "update", "inputSchema": {"type": "object", "properties": {
+    "uri": {"type": "string"}}}}, {"name": "change", "inputSchema": {"type": "object"}}]
 
 
 def main() -> None:
@@ -207,7 +211,8 @@ def main() -> None:
         elif method == "tools/list" and opts.fail_list:
             reply["error"] = {"code": -32603, "message": "listing failed"}
         elif method == "tools/list":
-            reply["result"] = {"tools": [ECHO_TOOL, TAGGED_TOOL, NESTED_TOOL, MISCAST_TOOL]}
+            reply["result"] = {"tools": [ECHO_TOOL, TAGGED_TOOL, NESTED_TOOL, MISCAST_TOOL,
+                                         *(CHANGE_TOOLS if opts.changes else ())]}
         elif method == "server/discover" and not opts.legacy_only:
             reply["result"] = {"supportedVersions": ["2026-07-28"], "resultType": "complete",
                                "capabilities": {"tools": {"listChanged": True}},
