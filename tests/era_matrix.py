@@ -1,0 +1,122 @@
+"""The era matrix's parts: its clients, its servers, its cells and how one cell runs.
+
+A cell is a client of one era in front of a server of one era through one of the proxy's
+paths. Its client is ``era_driver.py`` in a subprocess, under the official SDK of that era:
+``mcp`` 1.x (the 2025 era; installed on first use into ``.venv-mcp1/``, git-ignored, under a
+lock so that two xdist workers do not race) or the test venv's ``mcp`` 2.x in its ``legacy``,
+``auto`` and ``2026-07-28`` modes. Its server is the SDK fixture server (``sdk_server.py``,
+which speaks both eras on stdio) alone, behind ``legacy_only.py`` (2025 only) or behind
+``modern_only.py`` (2026-07-28 only). The README's matrix and docs/eras.md repeat what
+``EXPECTED``, ``IMPOSSIBLE`` and ``BUILDING`` say here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import OFFLINE, SDK_SERVER, SERVERS, TESTS, ProxyProcess
+
+ROOT = TESTS.parent
+MCP1 = ROOT / ".venv-mcp1"
+MCP1_PIN = "mcp>=1.30,<2"  # the newest 1.x: the SDK most 2025-era clients run
+LEGACY, MODERN = "2025-11-25", "2026-07-28"
+
+CLIENTS = {"mcp1": None, "legacy": "legacy", "auto": "auto", "modern": MODERN}
+SERVER_COMMANDS = {
+    "2025": [sys.executable, str(SERVERS / "legacy_only.py"), *SDK_SERVER],
+    "dual": SDK_SERVER,
+    "2026": [sys.executable, str(SERVERS / "modern_only.py")],
+}
+DIRECT_ERA = {"2025": "legacy", "dual": "both", "2026": "modern"}  # sdk_server.py --era
+STEPS = ("tools", "progress", "sample", "elicit", "subscribe", "cancel")
+
+SSE_ONLY_2025 = ("impossible: a 2026-07-28 client speaks Streamable HTTP only, and HTTP+SSE "
+                 "has no 2026-07-28 era")
+BUILDING = "client mode 2026->2025 bridge: branch clientB"
+
+
+def mcp1_python() -> str:
+    """The Python of ``.venv-mcp1`` (SDK 1.x), made on first use; skipped when the package
+    index cannot be reached."""
+    python = MCP1 / "bin" / "python"
+    MCP1.parent.joinpath(".cache").mkdir(exist_ok=True)
+    with open(ROOT / ".cache" / "venv-mcp1.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one xdist worker builds it, the other waits
+        if not (MCP1 / "ready").exists():
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(MCP1)], check=True,
+                           capture_output=True, timeout=120)
+            done = subprocess.run([str(python), "-m", "pip", "install", "-q", MCP1_PIN],
+                                  capture_output=True, text=True, timeout=400)
+            if done.returncode != 0 and (OFFLINE.search(done.stderr)
+                                         or "No matching distribution" in done.stderr):
+                pytest.skip(f"the package index is unreachable: {done.stderr.strip()[-300:]}")
+            assert done.returncode == 0, done.stderr[-3000:]
+            (MCP1 / "ready").write_text(MCP1_PIN + "\n")
+    return str(python)
+
+
+def client_python(client: str) -> list[str]:
+    python = mcp1_python() if client == "mcp1" else sys.executable
+    mode = CLIENTS[client]
+    return [python, str(TESTS / "era_driver.py"), *(["--mode", mode] if mode else [])]
+
+
+def run_cell(client: str, transport: str, target: str, mark: Path) -> dict:
+    """Run one cell's client: its report, one entry per step (and ``session``)."""
+    done = subprocess.run([*client_python(client), "--transport", transport, "--target",
+                           target, "--mark", str(mark), "--timeout", "20"],
+                          capture_output=True, text=True, timeout=150)
+    report = {}
+    for line in done.stdout.splitlines():
+        entry = json.loads(line)
+        report.setdefault(entry.pop("step"), entry)
+    assert "session" in report and "error" not in report["session"], (
+        report, done.stderr[-3000:])
+    return report
+
+
+def check_cell(report: dict, era: str) -> None:
+    """Every step of a cell did what it must, and the client spoke ``era``."""
+    failed = {step: report.get(step) for step in STEPS
+              if step not in report or "error" in report[step]}
+    assert not failed, failed
+    assert report["session"]["protocolVersion"] == era, report["session"]
+    assert {"progress", "sample", "elicit", "touch", "slow"} <= set(report["tools"]["tools"])
+    assert report["progress"]["values"] == [1, 2, 3] and report["progress"]["result"] == "done"
+    assert report["sample"]["result"] == "sampled:hi"
+    assert report["sample"]["asked"] == ["sampling/createMessage"]
+    assert report["elicit"]["result"] == "accept:octocat"
+    assert report["subscribe"]["updated"] == ["memo://greeting"]
+    assert report["cancel"]["cancelled"] == "cancelled", report["cancel"]  # the server's handler
+    assert report["cancel"]["after"] == "after"
+
+
+def client_era(client: str, modern_reachable: bool) -> str:
+    """The era a client ends up speaking: ``auto`` takes 2026-07-28 where its path offers it."""
+    if client == "modern" or (client == "auto" and modern_reachable):
+        return MODERN
+    return LEGACY
+
+
+def start_proxy(*args: str) -> ProxyProcess:
+    return ProxyProcess(*args).started()
+
+
+def start_direct(server: str) -> ProxyProcess:
+    """The fixture server itself over Streamable HTTP, narrowed to the server's era."""
+    process = ProxyProcess("streamable-http", "--era", DIRECT_ERA[server],
+                           command=tuple(SDK_SERVER))
+    port = process.expect(r"LISTENING (\d+)", timeout=60).group(1)
+    process.base = f"http://127.0.0.1:{port}"
+    return process
+
+
+def cell_id(*parts: str) -> str:
+    return "-".join(re.sub(r"\W+", "", part) for part in parts)
