@@ -2,6 +2,10 @@
 
 Usage: era_driver.py --transport stdio|sse|streamable --target <URL | command line>
                      [--mode legacy|auto|2026-07-28] [--timeout S] --mark FILE
+       era_driver.py --cells FILE [--mode ...] [--timeout S]
+
+``--cells`` runs several cells in turn in one process (each on its own event loop, its
+lines carrying ``"cell"``), which spares the matrix an SDK import per cell.
 
 Runs under whichever ``mcp`` its interpreter has: 1.x (a 2025-era client: ``ClientSession``,
 the ``initialize`` handshake) or 2.x (``Client`` in ``--mode``). Prints one JSON line per
@@ -169,7 +173,12 @@ def transport(opts: argparse.Namespace):
     return streamable_http_client(opts.target)
 
 
+CELL: str | None = None  # with --cells, the cell running: each line names it
+
+
 def emit(report: dict) -> None:
+    if CELL is not None:
+        report = {"cell": CELL, **report}
     sys.stdout.write(json.dumps(report, ensure_ascii=False) + "\n")
     sys.stdout.flush()
 
@@ -227,17 +236,29 @@ async def drive(opts: argparse.Namespace) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--transport", required=True, choices=["stdio", "sse", "streamable"])
-    parser.add_argument("--target", required=True)
+    parser.add_argument("--transport", choices=["stdio", "sse", "streamable"])
+    parser.add_argument("--target")
     parser.add_argument("--mode", default="legacy", help="SDK 2.x: legacy | auto | 2026-07-28")
     parser.add_argument("--timeout", type=float, default=15.0)
-    parser.add_argument("--mark", required=True, help="the file the slow call's cancel writes")
+    parser.add_argument("--mark", help="the file the slow call's cancel writes")
+    parser.add_argument("--cells", help="a JSON list of {cell, transport, target, mark}: "
+                        "each run in turn, its lines tagged with its cell")
     parser.add_argument("steps", nargs="*", default=STEPS)
     opts = parser.parse_args()
-    try:
-        anyio.run(drive, opts)
-    except Exception as exc:  # noqa: BLE001 - a session that failed is an observation too
-        emit({"step": "session", "error": describe(exc)})
+    if opts.cells:
+        with open(opts.cells, encoding="utf-8") as handle:
+            cells = json.load(handle)
+    elif opts.transport and opts.target and opts.mark:
+        cells = [{"transport": opts.transport, "target": opts.target, "mark": opts.mark}]
+    else:
+        parser.error("give --cells, or --transport, --target and --mark")
+    for cell in cells:  # one event loop each: a cell that breaks leaves the next one whole
+        global CELL
+        CELL = cell.get("cell")
+        try:
+            anyio.run(drive, argparse.Namespace(**{**vars(opts), **cell}))
+        except Exception as exc:  # noqa: BLE001 - a session that failed is an observation too
+            emit({"step": "session", "error": describe(exc)})
     return 0
 
 

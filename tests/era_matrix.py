@@ -68,25 +68,33 @@ def client_python(client: str) -> list[str]:
     return [python, str(TESTS / "era_driver.py"), *(["--mode", mode] if mode else [])]
 
 
-def run_cell(client: str, transport: str, target: str, mark: Path) -> dict:
-    """Run one cell's client: its report, one entry per step (and ``session``)."""
-    done = subprocess.run([*client_python(client), "--transport", transport, "--target",
-                           target, "--mark", str(mark), "--timeout", "20"],
-                          capture_output=True, text=True, timeout=150)
-    report = {}
+def run_cells(client: str, cells: dict, folder: Path) -> dict:
+    """Run cells of one client, ``{id: (transport, target)}``, in one driver process (an SDK
+    import per cell is most of a cell's cost): ``{id: report}``, a report having one entry
+    per step (and ``session``)."""
+    listed = [{"cell": cell, "transport": transport, "target": target,
+               "mark": str(folder / f"{cell}.cancelled")}
+              for cell, (transport, target) in cells.items()]
+    (folder / "cells.json").write_text(json.dumps(listed))
+    done = subprocess.run([*client_python(client), "--cells", str(folder / "cells.json"),
+                           "--timeout", "20"],
+                          capture_output=True, text=True, timeout=90 + 60 * len(cells))
+    reports: dict = {cell: {} for cell in cells}
     for line in done.stdout.splitlines():
         entry = json.loads(line)
-        report.setdefault(entry.pop("step"), entry)
-    assert "session" in report and "error" not in report["session"], (
-        report, done.stderr[-3000:])
-    return report
+        reports[entry.pop("cell")].setdefault(entry.pop("step"), entry)
+    for report in reports.values():
+        report["stderr"] = done.stderr[-3000:]
+    return reports
 
 
 def check_cell(report: dict, era: str) -> None:
     """Every step of a cell did what it must, and the client spoke ``era``."""
+    session = report.get("session", {"error": "no session"})
+    assert "error" not in session, (report, report["stderr"])
     failed = {step: report.get(step) for step in STEPS
               if step not in report or "error" in report[step]}
-    assert not failed, failed
+    assert not failed, (failed, report["stderr"])
     assert report["session"]["protocolVersion"] == era, report["session"]
     assert {"progress", "sample", "elicit", "touch", "slow"} <= set(report["tools"]["tools"])
     assert report["progress"]["values"] == [1, 2, 3] and report["progress"]["result"] == "done"

@@ -18,12 +18,13 @@ from era_matrix import (
     cell_id,
     check_cell,
     client_era,
-    run_cell,
+    run_cells,
     start_proxy,
 )
 
 from conftest import RAW_SERVER, open_sse, rpc
 
+TRANSPORTS = {"/mcp": "streamable", "/sse": "sse"}
 CELLS = [(client, server, path) for server in SERVER_COMMANDS for client in CLIENTS
          for path in ("/mcp", "/sse")]
 
@@ -43,15 +44,34 @@ def proxies():
         process.stop()
 
 
+@pytest.fixture(scope="module")
+def reports(proxies, tmp_path_factory):
+    """The reports of a client's cells, all run by one driver process on first use."""
+    done: dict = {}
+
+    def report(client: str, server: str, path: str) -> dict:
+        if client not in done:
+            done[client] = run_cells(client, {
+                cell_id(*cell): (TRANSPORTS[cell[2]], proxies(cell[1]).base + cell[2])
+                for cell in CELLS if cell[0] == client and not impossible(*cell)},
+                tmp_path_factory.mktemp(client))
+        return done[client][cell_id(client, server, path)]
+
+    return report
+
+
+def impossible(client: str, server: str, path: str) -> bool:
+    return client == "modern" and path == "/sse"
+
+
 @pytest.mark.parametrize(("client", "server", "path"), CELLS,
                          ids=[cell_id(*cell) for cell in CELLS])
-def test_cell(proxies, tmp_path, client, server, path):
-    if client == "modern" and path == "/sse":
+def test_cell(reports, client, server, path):
+    if impossible(client, server, path):
         pytest.skip(SSE_ONLY_2025)
-    report = run_cell(client, "streamable" if path == "/mcp" else "sse",
-                      proxies(server).base + path, tmp_path / "cancelled")
     # on /sse the proxy refuses server/discover, as a 2025-era server does: auto falls back
-    check_cell(report, client_era(client, path == "/mcp") if path == "/mcp" else LEGACY)
+    check_cell(reports(client, server, path),
+               client_era(client, True) if path == "/mcp" else LEGACY)
 
 
 def test_sse_refuses_server_discover_as_a_2025_server_does(proxy_factory):
