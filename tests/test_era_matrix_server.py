@@ -13,6 +13,7 @@ import requests
 from era_matrix import (
     CLIENTS,
     LEGACY,
+    ROOT,
     SERVER_COMMANDS,
     SSE_ONLY_2025,
     cell_id,
@@ -91,3 +92,8 @@ def test_sse_refuses_server_discover_as_a_2025_server_does(proxy_factory):
     posted = requests.post(endpoint, json=rpc("ping", 7), timeout=10)
     assert reader.next_message() == {"jsonrpc": "2.0", "id": 7, "result": {}}
     reader.close()
+
+
+def test_the_docs_give_the_reason_a_cell_cannot_exist():
+    text = " ".join((ROOT / "docs" / "eras.md").read_text().split())
+    assert SSE_ONLY_2025.removeprefix("impossible: ") in text
