@@ -15,15 +15,12 @@ import pytest
 import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_inspector import inspector_cli, run_inspector  # noqa: F401 (a fixture)
+from test_inspector import everything, inspector_cli, run_inspector  # noqa: F401 (fixtures)
 from test_lifecycle import wait_until
 from test_modern import MODERN, events, leave_a_held_call, modern, post
 from test_shared import methods, recorded
 
-from conftest import RAW_SERVER, SDK_SERVER, SERVERS, npm_install, run_driver
-
-# the newest: its resources are what the test reads (test_combined.py pins an older one)
-EVERYTHING = "@modelcontextprotocol/server-everything@latest"
+from conftest import RAW_SERVER, SDK_SERVER, SERVERS, run_driver
 
 LEGACY_SDK = [sys.executable, str(SERVERS / "legacy_only.py"), *SDK_SERVER]
 
@@ -271,12 +268,6 @@ def test_hostile_retries_get_clear_errors(legacy):
                                                     "content": {"type": "text", "text": "ok"}}})
     assert done["result"]["resultType"] == "complete"
     assert not [line for line in legacy.lines if "Traceback" in line or " ERROR " in line]
-
-
-@pytest.fixture(scope="module")
-def everything() -> list[str]:
-    """server-everything (2025-era only), installed on first use."""
-    return [*npm_install("everything-latest", EVERYTHING, "dist/index.js"), "stdio"]
 
 
 def test_the_inspector_in_the_modern_era_against_server_everything(

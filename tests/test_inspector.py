@@ -12,16 +12,25 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import requests
 
 from conftest import SDK_SERVER, npm_install
 
 INSPECTOR = "@modelcontextprotocol/inspector@2.12.0"
+# the newest: its resources are what the tests read (test_combined.py pins an older one)
+EVERYTHING = "@modelcontextprotocol/server-everything@latest"
 
 
 @pytest.fixture(scope="module")
 def inspector_cli() -> list[str]:
     """The command that runs the Inspector, installed on first use."""
     return [*npm_install("inspector", INSPECTOR, "clients/launcher/build/index.js"), "--cli"]
+
+
+@pytest.fixture(scope="module")
+def everything() -> list[str]:
+    """server-everything (2025-era only), installed on first use."""
+    return [*npm_install("everything-latest", EVERYTHING, "dist/index.js"), "stdio"]
 
 
 def run_inspector(cli: list[str], home: Path, *args: str) -> dict:
@@ -69,3 +78,27 @@ def test_inspector_cli_through_a_combined_server(inspector_cli, proxy_factory, t
                            "--method", "tools/call", "--tool-name", "kit2__echo",
                            "--tool-arg", "text=combined")
     assert called["content"] == [{"type": "text", "text": "combined"}]
+
+
+@pytest.mark.parametrize(("era", "path"), [("legacy", "/mcp"), ("legacy", "/sse"),
+                                           ("auto", "/mcp")])
+def test_the_inspector_in_each_era_against_server_everything(inspector_cli, everything,
+                                                             proxy_factory, tmp_path, era, path):
+    """The 2025 era relayed (``legacy``), and ``auto``, which probes ``server/discover`` and
+    takes the 2026-07-28 era the proxy offers in front of this 2025-only server (the
+    ``modern`` era: test_era_bridge_server.py)."""
+    proxy = proxy_factory("--", *everything)
+    cli = ("--transport", "http" if path == "/mcp" else "sse", "--protocol-era", era)
+    listed = run_inspector(inspector_cli, tmp_path, proxy.base + path, *cli,
+                           "--method", "tools/list")
+    assert "echo" in [tool["name"] for tool in listed["tools"]]
+    called = run_inspector(inspector_cli, tmp_path, proxy.base + path, *cli,
+                           "--method", "tools/call", "--tool-name", "echo",
+                           "--tool-arg", "message=hi")
+    assert called["content"][0]["text"] == "Echo: hi"
+    server = requests.get(proxy.base + "/status", timeout=5).json()["server_instances"][
+        "default"]
+    if era == "auto":  # it asked server/discover, and got the bridge's
+        assert server["modern_lane"]["bridge"] == "modern->legacy", server
+    else:  # the 2025 era: sessions, each with its own process; no 2026-07-28 request at all
+        assert "modern_lane" not in server, server

@@ -32,6 +32,10 @@ from mcp_proxy.server.responses import (
 from mcp_proxy.server.sessions import TAGGED_ID, Registry, Session
 from mcp_proxy.server.streams import Body, Stream, sse_event
 
+DISCOVER = "server/discover"
+SSE_IS_2025 = ("Method not found: HTTP+SSE carries the 2025 era only; the 2026-07-28 era is "
+               "served on Streamable HTTP (/mcp)")
+
 
 class SseSession(Session):
     """A session whose every outgoing message goes down its one event stream."""
@@ -104,7 +108,11 @@ def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:
         gate = session.gate
         missing = None if gate is None else gate.check(message, environ.get("mcp_proxy.scopes"))
         try:
-            if missing:  # refused here, on the stream the answer would have taken
+            if message.method == DISCOVER and message.kind == jsonrpc.REQUEST:
+                # the 2026-07-28 era lives on Streamable HTTP only: an SDK in "auto" mode
+                # probes, hears what a 2025-era server says, and falls back to initialize
+                session.send(jsonrpc.error_message(message.id, -32601, SSE_IS_2025))
+            elif missing:  # refused here, on the stream the answer would have taken
                 session.send(gate.rules.refusal(environ, message, missing))
             else:
                 session.deliver(message)

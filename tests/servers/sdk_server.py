@@ -30,8 +30,10 @@ import os
 import socket
 import sys
 import warnings
+from pathlib import Path
 from typing import Annotated
 
+from mcp import types
 from mcp.server.mcpserver import (
     Context,
     Elicit,
@@ -136,9 +138,15 @@ async def roots_standalone(ctx: Context) -> str:
 
 
 @server.tool()
-async def slow(seconds: float) -> str:
-    """Sleep, then return "slept"."""
-    await asyncio.sleep(seconds)
+async def slow(seconds: float, mark: str = "") -> str:
+    """Sleep, then return "slept"; when cancelled first, write "cancelled" to the file
+    ``mark`` names (if any), so a test sees the cancellation reach the server."""
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        if mark:
+            Path(mark).write_text("cancelled")
+        raise
     return "slept"
 
 
@@ -155,10 +163,33 @@ async def change(ctx: Context) -> str:
     return "changed"
 
 
+SUBSCRIBED: set[str] = set()  # the URIs a 2025-era session subscribed to
+
+
+async def subscribe(ctx, params: types.SubscribeRequestParams) -> types.EmptyResult:
+    """The 2025 era's resources/subscribe (the SDK serves only subscriptions/listen)."""
+    SUBSCRIBED.add(str(params.uri))
+    return types.EmptyResult()
+
+
+async def unsubscribe(ctx, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+    SUBSCRIBED.discard(str(params.uri))
+    return types.EmptyResult()
+
+
+server._lowlevel_server.add_request_handler(  # noqa: SLF001 - no public door to it
+    "resources/subscribe", types.SubscribeRequestParams, subscribe)
+server._lowlevel_server.add_request_handler(  # noqa: SLF001
+    "resources/unsubscribe", types.UnsubscribeRequestParams, unsubscribe)
+
+
 @server.tool()
 async def touch(uri: str, ctx: Context) -> str:
-    """Tell the subscribers of ``uri`` it changed (resources/updated); return "touched"."""
+    """Tell the subscribers of ``uri`` it changed (resources/updated): on
+    subscriptions/listen, and to a 2025-era session that subscribed; return "touched"."""
     await ctx.notify_resource_updated(uri)
+    if uri in SUBSCRIBED:
+        await ctx.session.send_resource_updated(uri)
     return "touched"
 
 
