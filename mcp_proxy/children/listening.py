@@ -9,7 +9,9 @@ listen request never reaches the child:
   ``resourceSubscriptions``), and its stream stays open until the client closes it;
 - each URI of ``resourceSubscriptions`` is held by the port; the child gets
   ``resources/subscribe`` only for its first holder and ``resources/unsubscribe`` when the
-  last one lets go (the multiplexer's reference counting, as for 2025-era sessions);
+  last one lets go (the multiplexer's reference counting, as for 2025-era sessions); the
+  acknowledgement waits for those subscribes to be answered, so that a change the client
+  makes once acknowledged is heard (a remote's POSTs are not ordered as a pipe's writes are);
 - the child's ``notifications/{tools,prompts,resources}/list_changed`` go to the listens
   that asked for them, ``notifications/resources/updated`` to those holding its URI, each
   with ``_meta.subscriptionId`` = the listen's own request id.
@@ -17,12 +19,15 @@ listen request never reaches the child:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from mcp_proxy.children.sharing import Sharing
+from mcp_proxy.core import greenlets
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.core.protocol import SUBSCRIPTION_KEY
+from mcp_proxy.errors import LinkClosed, ProxyError
 
 LISTEN_METHOD = "subscriptions/listen"
 # filter key -> (the child's capability, its flag, the notification it admits)
@@ -33,6 +38,9 @@ _LISTS = {"toolsListChanged": ("tools", "listChanged", "notifications/tools/list
 LISTENED = frozenset(method for _, _, method in _LISTS.values()) | {
     "notifications/resources/updated"}
 MAX_URIS = 1000  # resourceSubscriptions of one listen
+SUBSCRIBE_TIMEOUT = 30.0  # a first holder's resources/subscribe, answered before the ack
+
+logger = logging.getLogger(__name__)
 
 
 class Listening:
@@ -42,7 +50,9 @@ class Listening:
     name: str
     sharing: Sharing
     init_result: dict | None
+    state: str
     background: Callable[[str, dict], None]
+    _request: Callable[[str, dict, float], dict]
 
     def _offers(self, feature: str, flag: str) -> bool:
         capability = ((self.init_result or {}).get("capabilities") or {}).get(feature)
@@ -55,18 +65,34 @@ class Listening:
         granted: dict = {key: True for key, (feature, flag, _) in _LISTS.items()
                          if asked.get(key) is True and self._offers(feature, flag)}
         uris = asked.get("resourceSubscriptions")
+        first: list[str] = []  # the URIs this listen is the first to hold
         if isinstance(uris, list) and self._offers("resources", "subscribe"):
             held = [uri for uri in dict.fromkeys(uris) if isinstance(uri, str)][:MAX_URIS]
             for uri in held:
                 if uri not in port.subscriptions:
                     port.subscriptions.add(uri)
-                    if not self.sharing.subscribe(uri):  # its first holder
-                        self.background("resources/subscribe", {"uri": uri})
+                    if not self.sharing.subscribe(uri):
+                        first.append(uri)
             granted["resourceSubscriptions"] = held
         port.listening = (message.id, {_LISTS[key][2] for key in granted if key in _LISTS})
-        port.deliver_if_open(Message({
+        acknowledged = Message({
             "jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
-            "params": {"notifications": granted, "_meta": {SUBSCRIPTION_KEY: message.id}}}))
+            "params": {"notifications": granted, "_meta": {SUBSCRIPTION_KEY: message.id}}})
+        if not first or self.state != "running":  # not running: replayed when it starts
+            for uri in first:
+                self.background("resources/subscribe", {"uri": uri})
+            port.deliver_if_open(acknowledged)
+            return
+
+        def subscribe_then_acknowledge() -> None:
+            for uri in first:
+                try:
+                    self._request("resources/subscribe", {"uri": uri}, SUBSCRIBE_TIMEOUT)
+                except (ProxyError, LinkClosed) as exc:
+                    logger.warning("%s: resources/subscribe failed: %s", self.name, exc)
+            port.deliver_if_open(acknowledged)
+
+        greenlets.spawn(subscribe_then_acknowledge, name=f"{self.name} listen")
 
     def route_listened(self, message: Message) -> None:
         """A change notification of the child, to the listens that asked for it."""
