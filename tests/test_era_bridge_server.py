@@ -7,6 +7,7 @@ refuses every 2026-07-28 frame, as a server of the 2025 era does), or raw_server
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 
@@ -21,6 +22,7 @@ from test_modern import MODERN, events, leave_a_held_call, modern, post
 from test_shared import methods, recorded
 
 from conftest import RAW_SERVER, SDK_SERVER, SERVERS, run_driver
+from mcp_proxy.children import legacy_bridge
 
 LEGACY_SDK = [sys.executable, str(SERVERS / "legacy_only.py"), *SDK_SERVER]
 
@@ -287,3 +289,32 @@ def test_the_inspector_in_the_modern_era_against_server_everything(
     assert read["contents"][0]["uri"] == uri
     status = requests.get(proxy.base + "/status", timeout=5).json()
     assert status["server_instances"]["default"]["modern_lane"]["bridge"] == "modern->legacy"
+
+
+def test_fingerprints_are_remembered_the_same_and_bounded():
+    """The digest a bridged child is picked by is made once per capabilities (issue 25):
+    the remembered one is the digest itself, whatever the order of their keys, and a caller
+    that makes up new capabilities on every request cannot grow what is remembered."""
+    def digest(carried, name) -> str:
+        text = json.dumps([carried, name], sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    values = JUNK | st.floats(allow_nan=False)
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(carried=st.dictionaries(st.text(max_size=8), values, max_size=4), name=values)
+    def check(carried, name):
+        meta = {"io.modelcontextprotocol/clientInfo": {"name": name}}
+        expected = digest(carried, name)
+        assert legacy_bridge.fingerprint(carried, meta) == expected
+        assert legacy_bridge.fingerprint(carried, meta) == expected  # remembered
+        backwards = dict(reversed(list(carried.items())))
+        assert legacy_bridge.fingerprint(backwards, meta) == expected
+        assert len(legacy_bridge._fingerprints) <= legacy_bridge.FINGERPRINTS_KEPT
+
+    check()
+    for number in range(2 * legacy_bridge.FINGERPRINTS_KEPT):
+        legacy_bridge.fingerprint({"experimental": {str(number): {}}}, {})
+    assert len(legacy_bridge._fingerprints) == legacy_bridge.FINGERPRINTS_KEPT
+    assert legacy_bridge.fingerprint({}, {"io.modelcontextprotocol/clientInfo": "junk"}) \
+        == digest({}, None)

@@ -167,3 +167,54 @@ def test_encode_refuses_what_json_cannot_carry():
     loop.append(loop)
     with pytest.raises(ValueError, match="Circular reference"):
         jsonrpc.encode(loop)
+
+
+def _routed_refusal(params: dict) -> str | None:
+    """What the routed params of a request are refused for, as the first check (before
+    the cheaper one of issue 25) read them: every key in order, whatever else was there."""
+    for key in ("requestId", "progressToken", "uri"):
+        if isinstance(params.get(key), (dict, list)):
+            return f"Invalid Request: params.{key} must be a string or a number"
+    meta = params.get("_meta")
+    if type(meta) is dict:
+        for key in ("progressToken", "io.modelcontextprotocol/subscriptionId"):
+            if isinstance(meta.get(key), (dict, list)):
+                return f"Invalid Request: params._meta.{key} must be a string or a number"
+    return None
+
+
+ROUTED_VALUES = st.one_of(st.none(), st.integers(), st.text(max_size=3),
+                          st.just({}), st.just([1]), st.just({"a": 1}))
+META_KEYS = st.sampled_from(["progressToken", "io.modelcontextprotocol/subscriptionId",
+                             "io.modelcontextprotocol/protocolVersion", "other"])
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(params=st.dictionaries(st.sampled_from(["requestId", "progressToken", "uri", "name"]),
+                              ROUTED_VALUES, max_size=3),
+       meta=st.one_of(st.none(), st.just([]), st.dictionaries(META_KEYS, ROUTED_VALUES,
+                                                              max_size=3)))
+def test_routed_params_are_refused_as_before(params, meta):
+    if meta is not None:
+        params = {**params, "_meta": meta}
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "m", "params": params}).encode()
+    try:
+        jsonrpc.parse(body)
+        refused = None
+    except MessageError as exc:
+        assert exc.code == jsonrpc.INVALID_REQUEST
+        refused = exc.message
+    assert refused == _routed_refusal(params)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(old=st.one_of(st.integers(-10**6, 10**6), st.text(max_size=4)),
+       new=st.one_of(st.integers(-10**6, 10**6), st.text(max_size=4)),
+       last=st.booleans())
+def test_with_id_splices_any_id_exactly(old, new, last):
+    body = {"jsonrpc": "2.0", "id": old, "result": {"id": old, "x": [old]}}
+    if last:  # as SDK clients write it
+        body = {"method": "m", "params": {"id": old}, "jsonrpc": "2.0", "id": old}
+    raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    moved = jsonrpc.with_id(jsonrpc.parse(raw), new)
+    assert json.loads(moved.raw) == {**body, "id": new} and moved.id == new

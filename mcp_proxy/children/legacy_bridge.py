@@ -46,6 +46,8 @@ MAX_CHILDREN = 32  # per configured server
 # client capabilities whose server requests become input_required rounds: a child told of
 # them is leased to one request at a time, which a shared child cannot be; it is not told
 ROUND_CAPABILITIES = ("sampling", "elicitation", "roots")
+FINGERPRINTS_KEPT = 256  # digests remembered, by the repr of what they digest
+_fingerprints: dict[str, str] = {}
 
 
 def carried_capabilities(capabilities: Any, shared: bool) -> dict:
@@ -61,8 +63,17 @@ def fingerprint(carried: dict, meta: dict) -> str:
     """A digest of what a child is initialized with for this request's ``_meta``."""
     info = meta.get(CLIENT_INFO_KEY)
     name = info.get("name") if isinstance(info, dict) else None
-    text = json.dumps([carried, name], sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    # a caller sends the same capabilities on every request: their repr (exact for parsed
+    # JSON, cheap) finds the digest made once, not a sorted dumps and a sha256 per request
+    key = repr((carried, name))
+    found = _fingerprints.get(key)
+    if found is None:
+        text = json.dumps([carried, name], sort_keys=True, separators=(",", ":"), default=str)
+        found = hashlib.sha256(text.encode()).hexdigest()[:16]
+        if len(_fingerprints) >= FINGERPRINTS_KEPT:  # made-up capabilities: the oldest go
+            del _fingerprints[next(iter(_fingerprints))]
+        _fingerprints[key] = found
+    return found
 
 
 class LegacyBridge:

@@ -165,14 +165,16 @@ _ROUTED_NAMES = frozenset((*_ROUTED, "_meta"))
 
 
 def _check_routed(params: dict) -> None:
-    if params.keys().isdisjoint(_ROUTED_NAMES):  # most messages: one look, per message
+    keys = params.keys()
+    if keys.isdisjoint(_ROUTED_NAMES):  # most messages: one look, per message
         return
-    for key in _ROUTED:
-        if isinstance(params.get(key), (dict, list)):
-            raise MessageError(INVALID_REQUEST, f"Invalid Request: params.{key} must be a "
-                               "string or a number")
+    if not keys.isdisjoint(_ROUTED):  # a 2026-07-28 request has only its _meta
+        for key in _ROUTED:
+            if isinstance(params.get(key), (dict, list)):
+                raise MessageError(INVALID_REQUEST, f"Invalid Request: params.{key} must be "
+                                   "a string or a number")
     meta = params.get("_meta")
-    if type(meta) is dict:
+    if type(meta) is dict and not meta.keys().isdisjoint(_META_ROUTED):
         for key in _META_ROUTED:
             if isinstance(meta.get(key), (dict, list)):
                 raise MessageError(INVALID_REQUEST, f"Invalid Request: params._meta.{key} "
@@ -238,6 +240,7 @@ def result_message(request_id: Any, result: Any) -> Message:
 
 
 _HEAD = b'{"jsonrpc":"2.0","id":'
+_AFTER_HEAD = len(_HEAD)
 
 
 def _id_bytes(value: Any) -> bytes:
@@ -248,9 +251,9 @@ def with_id(message: Message, new_id: Any) -> Message:
     """``message`` under another id. Where the id stands first (after ``jsonrpc``) or last in
     the compact bytes, as the SDKs write it, the bytes are spliced, not parsed and encoded
     again (a 1 MiB answer then costs one copy, no parse)."""
-    old, new, raw = _id_bytes(message.id), _id_bytes(new_id), message.raw
-    if raw.startswith(_HEAD) and raw[len(_HEAD):len(_HEAD) + len(old) + 1] == old + b",":
-        spliced = b"".join((_HEAD, new, memoryview(raw)[len(_HEAD) + len(old):]))
+    old, new, raw = _id_bytes(message._obj.get("id")), _id_bytes(new_id), message.raw
+    if raw.startswith(_HEAD) and raw.startswith(old + b",", _AFTER_HEAD):
+        spliced = b"".join((_HEAD, new, memoryview(raw)[_AFTER_HEAD + len(old):]))
     elif raw.endswith(b',"id":' + old + b"}"):
         spliced = b"".join((memoryview(raw)[:-len(old) - 1], new, b"}"))
     else:

@@ -62,7 +62,8 @@ def _mismatch(message: Message, text: str) -> Response:
 
 def check_headers(environ: dict, message: Message) -> Response | None:
     """The 400 a modern request earns for its envelope or headers, or None if they agree."""
-    meta = message.params.get("_meta")
+    params, method = message.params, message.method
+    meta = params.get("_meta")
     version = meta.get(VERSION_KEY) if isinstance(meta, dict) else None
     if version is None:
         return rpc_error(400, -32602, f"Invalid params: a 2026-07-28 request needs "
@@ -71,13 +72,13 @@ def check_headers(environ: dict, message: Message) -> Response | None:
     if header != version:
         return _mismatch(message, f"MCP-Protocol-Version {header!r} is not the body's "
                                   f"{version!r}")
-    if environ.get("HTTP_MCP_METHOD") != message.method:
+    if environ.get("HTTP_MCP_METHOD") != method:
         return _mismatch(message, f"Mcp-Method {environ.get('HTTP_MCP_METHOD')!r} is not the "
-                                  f"body's {message.method!r}")
-    key = NAMED_BY.get(message.method or "")
+                                  f"body's {method!r}")
+    key = NAMED_BY.get(method or "")
     if key is not None:
         name = decoded(environ.get("HTTP_MCP_NAME"))
-        value = message.params.get(key)
+        value = params.get(key)
         if value is None:  # a long name is not in a large message's routing view
             value = _whole_params(message).get(key)
         if name is None or name != value:

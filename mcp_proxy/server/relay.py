@@ -175,8 +175,8 @@ class Relay:
         except ServerBusy as exc:
             return server_busy(exc, message)
         if message.method == "tools/call":
-            name = message.params.get("name")
-            meta = message.params.get("_meta")
+            params = message.params
+            name, meta = params.get("name"), params.get("_meta")
             try:
                 headers = lane.tool_headers(name, meta)
             except ProxyError as exc:  # unchecked, it must not reach the child
