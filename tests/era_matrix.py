@@ -17,6 +17,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,23 @@ def run_cells(client: str, cells: dict, folder: Path) -> dict:
     for report in reports.values():
         report["stderr"] = done.stderr[-3000:]
     return reports
+
+
+def reports_by_client(cells: list, target, folders) -> Callable[..., dict]:
+    """The report of a cell: a client's cells (of ``cells``) all run in one driver process,
+    on the first use of any of them. ``target(cell)`` is what the cell's client reaches
+    (transport, URL or command); ``folders`` is pytest's ``tmp_path_factory``."""
+    done: dict = {}
+
+    def report(*cell: str) -> dict:
+        client = cell[0]
+        if client not in done:
+            done[client] = run_cells(client, {cell_id(*each): target(each)
+                                              for each in cells if each[0] == client},
+                                     folders.mktemp(client))
+        return done[client][cell_id(*cell)]
+
+    return report
 
 
 def check_cell(report: dict, era: str) -> None:

@@ -22,7 +22,7 @@ from era_matrix import (
     SERVER_COMMANDS,
     cell_id,
     check_cell,
-    run_cells,
+    reports_by_client,
     start_direct,
     start_proxy,
 )
@@ -52,19 +52,8 @@ def remotes():
 
 @pytest.fixture(scope="module")
 def reports(remotes, tmp_path_factory):
-    """The report of a cell: a client's cells run in one driver process on first use."""
-    done: dict = {}
-
-    def report(client: str, server: str, remote: str) -> dict:
-        if client not in done:
-            cells = [cell for cell in CELLS if cell[0] == client]
-            done[client] = run_cells(client, {cell_id(*cell): ("stdio",
-                                                               desktop(remotes(*cell[1:])))
-                                              for cell in cells},
-                                     tmp_path_factory.mktemp(client))
-        return done[client][cell_id(client, server, remote)]
-
-    return report
+    return reports_by_client(CELLS, lambda cell: ("stdio", desktop(remotes(*cell[1:]))),
+                             tmp_path_factory)
 
 
 def desktop(url: str) -> str:

@@ -19,7 +19,7 @@ from era_matrix import (
     cell_id,
     check_cell,
     client_era,
-    run_cells,
+    reports_by_client,
     start_proxy,
 )
 
@@ -47,18 +47,10 @@ def proxies():
 
 @pytest.fixture(scope="module")
 def reports(proxies, tmp_path_factory):
-    """The reports of a client's cells, all run by one driver process on first use."""
-    done: dict = {}
-
-    def report(client: str, server: str, path: str) -> dict:
-        if client not in done:
-            done[client] = run_cells(client, {
-                cell_id(*cell): (TRANSPORTS[cell[2]], proxies(cell[1]).base + cell[2])
-                for cell in CELLS if cell[0] == client and not impossible(*cell)},
-                tmp_path_factory.mktemp(client))
-        return done[client][cell_id(client, server, path)]
-
-    return report
+    possible = [cell for cell in CELLS if not impossible(*cell)]
+    return reports_by_client(possible, lambda cell: (TRANSPORTS[cell[2]],
+                                                     proxies(cell[1]).base + cell[2]),
+                             tmp_path_factory)
 
 
 def impossible(client: str, server: str, path: str) -> bool:
