@@ -334,6 +334,13 @@ def test_remote_servers_added_refused_and_changed(proxy_factory, tmp_path):
     assert far["url"] == remotes[1].base + "/mcp", far
     report = run_driver("sse", proxy.base + "/servers/far/sse", "echo")
     assert "error" not in report["echo"], report
+    # made shared: its one remote session is a session of the remote, not a local process
+    write(config, {"local": RAW, "far": {**entry, "url": remotes[1].base + "/mcp",
+                                         "shared": True}})
+    assert hangup(proxy)["last_reload"]["restarted"] == ["far"]
+    assert status(proxy)["server_instances"]["far"]["mode"] == "shared remote"
+    report = run_driver("streamable", proxy.base + "/servers/far/mcp", "echo")
+    assert "error" not in report["echo"], report
     assert token not in proxy.stderr()
 
 
