@@ -286,6 +286,31 @@ def test_a_combined_server_restarts_when_a_member_changes(proxy_factory, tmp_pat
     assert "m1__said" in names and "m1__echo" not in names
 
 
+def test_metrics_follow_combined_servers_in_and_out(proxy_factory, tmp_path):
+    """/metrics reads what serves now: a combined server added by a reload shows its members,
+    and one taken out is gone from it (its scrape answered 500 while the list was the
+    start's)."""
+    config = tmp_path / "servers.json"
+    combined = {"m1": RAW, "m2": RAW, "both": {"servers": ["m1", "m2"]}}
+    write(config, combined)
+    proxy = proxy_factory("--named-server-config", str(config))
+
+    def members() -> set:
+        scrape = requests.get(proxy.base + "/metrics", timeout=10)
+        assert scrape.status_code == 200, scrape.text
+        return {line.split("{")[1].split("}")[0] for line in scrape.text.splitlines()
+                if line.startswith("mcp_proxy_combined_member_up{")}
+
+    both = {'member="m1",server="both"', 'member="m2",server="both"'}
+    assert members() == both
+    write(config, {"m1": RAW, "m2": RAW})
+    assert hangup(proxy)["last_reload"]["removed"] == ["both"]
+    assert members() == set()
+    write(config, {**combined, "again": {"servers": ["m2"]}})
+    assert sorted(hangup(proxy)["last_reload"]["added"]) == ["again", "both"]
+    assert members() == both | {'member="m2",server="again"'}
+
+
 def test_under_gunicorn_sighup_is_the_arbiters(tmp_path):
     """The arbiter restarts its workers on SIGHUP; each new one reads the file afresh. A worker
     installs no reload of its own (its /status has no config block)."""

@@ -120,11 +120,9 @@ def create_app(settings: ServerSettings, reload_on_hangup: bool = True) -> Flask
                          for secret in secrets_of(spec.remote)])
         for handler in logging.getLogger().handlers:
             handler.addFilter(redact)
-        registry.metrics.remotes = lambda: {name: r.status() for name, r in remotes.items()}
-    combined = [name for name, spec in settings.servers.items() if spec.members]
-    if combined:  # each member's state (children/combined_status.py)
-        registry.metrics.members = lambda: {server_label(name): registry.supervisor.combined
-                                            .members(name, time.monotonic()) for name in combined}
+    # read at each scrape, from what serves now (a config reload adds and removes servers)
+    registry.metrics.remotes = lambda: {name: r.status() for name, r in list(remotes.items())}
+    registry.metrics.members = partial(_members, registry.supervisor)
     registry.supervisor.probe_remotes()  # a remote that can never work refuses the start
     for name, spec in settings.servers.items():  # only their bridges pay for an audit
         _instrument(registry, name, spec)
@@ -165,6 +163,13 @@ def create_app(settings: ServerSettings, reload_on_hangup: bool = True) -> Flask
         app.wsgi_app = trace_requests(app.wsgi_app)
         app.before_request(name_by_route)
     return app
+
+
+def _members(supervisor: Supervisor) -> dict:
+    """Each combined server's members, as /metrics shows them (children/combined_status.py)."""
+    now = time.monotonic()
+    return {server_label(name): supervisor.combined.members(name, now)
+            for name, spec in list(supervisor.settings.servers.items()) if spec.members}
 
 
 def _each(actions: list) -> None:

@@ -241,10 +241,12 @@ class Metrics:
         for server, histogram in self._latency.items():
             latency.add_metric([server], histogram.buckets(), histogram.total)
         yield latency
-        if self.remotes is not None:
-            yield from _remote_samples(self.remotes())
-        if self.members is not None:
-            yield from member_samples(self.members())
+        remotes = self.remotes() if self.remotes is not None else None
+        if remotes:  # read at each scrape: a config reload adds and removes servers
+            yield from _remote_samples(remotes)
+        members = self.members() if self.members is not None else None
+        if members:
+            yield from member_samples(members)
         if self.routing is not None:
             yield from _routing_samples(self.routing())
 
