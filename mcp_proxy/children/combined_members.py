@@ -146,9 +146,11 @@ class Members:
         except SpawnError as exc:
             slot.failure = str(exc)
             return
-        for hook in ("on_child", "on_state"):  # a shared child's port, a remote session:
-            if hasattr(link, hook):  # told when their server goes and when it is back
-                setattr(link, hook, partial(self._child_state, member))
+        inner = getattr(link, "inner", None)  # behind an era bridge (modern_child.py)
+        for held in (link,) if inner is None else (link, inner):
+            for hook in ("on_child", "on_state"):  # a shared child's port, a remote session:
+                if hasattr(held, hook):  # told when their server goes and when it is back
+                    setattr(held, hook, partial(self._child_state, member))
         link.attach(partial(self.from_member, member), partial(self._ended, member, link))
         try:
             slot.result = self._own_request(member, link, "initialize", self.init_params)
@@ -161,6 +163,9 @@ class Members:
             return
         if link.closed.is_set():
             slot.failure = link.close_reason
+            return
+        if self.closed.is_set():  # the session ended while the member started: nobody holds it
+            link.close(self.close_reason or "the combined session ended")
             return
         slot.link, slot.down, slot.failure = link, False, ""
 
