@@ -318,3 +318,7 @@ def test_fingerprints_are_remembered_the_same_and_bounded():
     assert len(legacy_bridge._fingerprints) == legacy_bridge.FINGERPRINTS_KEPT
     assert legacy_bridge.fingerprint({}, {"io.modelcontextprotocol/clientInfo": "junk"}) \
         == digest({}, None)
+    huge = {"experimental": {"x": "y" * 100_000}}  # digested, never kept
+    assert legacy_bridge.fingerprint(huge, {}) == digest(huge, None)
+    kept = legacy_bridge.FINGERPRINT_KEY_KEPT
+    assert all(len(key) <= kept for key in legacy_bridge._fingerprints)

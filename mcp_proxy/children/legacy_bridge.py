@@ -47,6 +47,7 @@ MAX_CHILDREN = 32  # per configured server
 # them is leased to one request at a time, which a shared child cannot be; it is not told
 ROUND_CAPABILITIES = ("sampling", "elicitation", "roots")
 FINGERPRINTS_KEPT = 256  # digests remembered, by the repr of what they digest
+FINGERPRINT_KEY_KEPT = 4096  # a longer capabilities repr is digested each time
 _fingerprints: dict[str, str] = {}
 
 
@@ -70,6 +71,8 @@ def fingerprint(carried: dict, meta: dict) -> str:
     if found is None:
         text = json.dumps([carried, name], sort_keys=True, separators=(",", ":"), default=str)
         found = hashlib.sha256(text.encode()).hexdigest()[:16]
+        if len(key) > FINGERPRINT_KEY_KEPT:  # kept, 256 such could pin a body's size each
+            return found
         if len(_fingerprints) >= FINGERPRINTS_KEPT:  # made-up capabilities: the oldest go
             del _fingerprints[next(iter(_fingerprints))]
         _fingerprints[key] = found
