@@ -23,6 +23,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import gevent
+
 from mcp_proxy.children.sharing import Sharing
 from mcp_proxy.core import greenlets
 from mcp_proxy.core.jsonrpc import Message
@@ -84,12 +86,15 @@ class Listening:
             port.deliver_if_open(acknowledged)
             return
 
-        def subscribe_then_acknowledge() -> None:
-            for uri in first:
-                try:
-                    self._request("resources/subscribe", {"uri": uri}, SUBSCRIBE_TIMEOUT)
-                except (ProxyError, LinkClosed) as exc:
-                    logger.warning("%s: resources/subscribe failed: %s", self.name, exc)
+        def subscribe(uri: str) -> None:
+            try:
+                self._request("resources/subscribe", {"uri": uri}, SUBSCRIBE_TIMEOUT)
+            except (ProxyError, LinkClosed) as exc:
+                logger.warning("%s: resources/subscribe failed: %s", self.name, exc)
+
+        def subscribe_then_acknowledge() -> None:  # all at once: one bound for the lot
+            gevent.joinall([greenlets.spawn(subscribe, uri, name=f"{self.name} subscribe")
+                            for uri in first], timeout=SUBSCRIBE_TIMEOUT + 1)
             port.deliver_if_open(acknowledged)
 
         greenlets.spawn(subscribe_then_acknowledge, name=f"{self.name} listen")
