@@ -136,17 +136,19 @@ class Supervisor(EraChoice):
             raise
         self.spawned += 1
         self.children[child] = server_name
-        self.health[server_name].spawned()
+        health = self.health[server_name]  # this entry's: a reload gives a new one its own
+        health.spawned()
         self.metrics.child_started(server_name)
         child.meter = self.metrics.relay_meter(server_name)  # the relay counts through it
         started = time.monotonic()  # a callback, not a greenlet per child: it must not block
-        child.stopped.rawlink(lambda _: self._stopped(server_name, child, started))
+        child.stopped.rawlink(lambda _: self._stopped(server_name, health, child, started))
         return child
 
-    def _stopped(self, server_name: str, child: Child, started: float) -> None:
+    def _stopped(self, server_name: str, health: ServerHealth, child: Child,
+                 started: float) -> None:
         self.children.pop(child, None)
         code = child.process.returncode
-        self.health[server_name].exited(code, time.monotonic() - started)
+        health.exited(code, time.monotonic() - started)
         self.metrics.child_exited(server_name, code)
 
     def problems(self, server_name: str, now: float) -> list[str]:
