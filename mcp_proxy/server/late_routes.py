@@ -60,12 +60,10 @@ class ServedPaths:
         self.app, self.registry, self._add_routes = app, registry, add_routes
         self.views: dict[str, dict[str, Callable]] = {}  # server -> its endpoints' views
         self.handlers: dict[str, dict[tuple[str, str], Callable]] = {}  # forwarded ones
-        self.withdrawn: set[str] = set()
         app.register_error_handler(ServerRemoved, server_removed)
 
     def serve(self, name: str) -> None:
         """Serve server ``name``'s paths: its routes added, or given back after a removal."""
-        self.withdrawn.discard(name)
         views = self.views.get(name)
         if views is not None:  # served before: its rules are in the map
             self.app.view_functions.update(views)
@@ -85,7 +83,6 @@ class ServedPaths:
 
     def withdraw(self, name: str) -> None:
         """Answer every path of server ``name`` with a 404 naming it as removed."""
-        self.withdrawn.add(name)
         gone = ServerRemoved(f"server {name!r} was taken out of the config (reloaded)")
 
         def view():
