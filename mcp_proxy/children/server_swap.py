@@ -36,8 +36,12 @@ class Retired:
         self.children = children  # its processes when it was detached
 
     def busy(self) -> bool:
-        """Whether a request still runs through it (a 2026-07-28 request on its lane)."""
-        return any(getattr(getattr(mux, "sharing", None), "ports", None) for mux in self.muxes)
+        """Whether a request still runs through it (a 2026-07-28 request on its lane, or on
+        one of its bridge's legacy sessions)."""
+        held = list(self.muxes)
+        for mux in self.muxes:  # a LegacyBridge: its sessions per (caller, capabilities)
+            held += [one for pool in getattr(mux, "sessions", {}).values() for one in pool]
+        return any(getattr(getattr(mux, "sharing", None), "ports", None) for mux in held)
 
     def stop(self, reason: str, grace: float) -> None:
         """Wait (at most ``grace`` seconds) for its last requests, then stop everything it
