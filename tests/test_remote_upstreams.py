@@ -339,3 +339,33 @@ def test_any_url_is_accepted_or_refused_in_one_line(tmp_path, url, transport, ve
     except ConfigError as exc:
         for line in getattr(exc, "problems", None) or [str(exc)]:
             assert "\n" not in line and line
+
+
+def test_a_remote_servers_secrets_are_hidden_from_the_moment_it_is_made():
+    """Whoever makes a remote server (the start, --check-config's combined-name check, a
+    reload) has its header values and URL query out of every log line before its first
+    contact: the combined check used to log a member's failing GET URL, query and all."""
+    import logging
+
+    from mcp_proxy.config.remote_entry import remote_settings
+    from mcp_proxy.config.settings import ToolRules
+    from mcp_proxy.upstream.remote_server import RemoteServer
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(self.format(record))
+
+    keep = Keep()
+    root = logging.getLogger()
+    root.addHandler(keep)
+    try:
+        RemoteServer("far", remote_settings({
+            "url": "http://127.0.0.1:9/mcp?key=query-secret-1234",
+            "headers": {"Authorization": "Bearer header-secret-5678"}}), ToolRules())
+        logging.getLogger("mcp_proxy.test").warning(
+            "GET http://127.0.0.1:9/mcp?key=query-secret-1234 with Bearer header-secret-5678")
+    finally:
+        root.removeHandler(keep)
+    assert seen and "query-secret-1234" not in seen[0] and "header-secret-5678" not in seen[0]

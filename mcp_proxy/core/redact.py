@@ -1,12 +1,17 @@
 """Secrets blanked out of log records (``Redact``): client mode's remote, and server mode's
 remote servers, put theirs (header values, passwords, URL query strings) on every handler.
 
-It knows only strings: which ones are secret is its caller's to say.
+It knows only strings: which ones are secret is its caller's to say. ``hide`` puts a filter
+for secrets not hidden yet on the root logger's handlers (server mode's remote servers, each
+as it is made: at start, by ``--check-config``, by a reload).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+
+_hidden: set[str] = set()  # what hide() has put on the handlers so far
 
 
 class Redact(logging.Filter):
@@ -35,3 +40,12 @@ class Redact(logging.Filter):
         if record.exc_text:
             record.exc_text = self._redact(record.exc_text) or record.exc_text
         return True
+
+
+def hide(secrets: Iterable[str]) -> None:
+    """Keep ``secrets`` out of every log line from now on (each one filtered once)."""
+    new = {secret for secret in secrets if secret} - _hidden
+    if new:
+        _hidden.update(new)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(Redact(sorted(new)))

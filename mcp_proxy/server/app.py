@@ -35,7 +35,6 @@ from mcp_proxy.children.supervisor import Supervisor
 from mcp_proxy.config.settings import ServerSettings, ServerSpec
 from mcp_proxy.core import tracing
 from mcp_proxy.core.log_format import set_worker
-from mcp_proxy.core.redact import Redact
 from mcp_proxy.server.api_keys import KeyRing
 from mcp_proxy.server.audit import AuditMeter
 from mcp_proxy.server.guard import install_guard
@@ -52,7 +51,6 @@ from mcp_proxy.server.streamable_transport import add_streamable_routes
 from mcp_proxy.server.tool_scopes import ToolScopes
 from mcp_proxy.server.traced_meter import TracedMeter
 from mcp_proxy.server.url_adapter import PathRouting
-from mcp_proxy.upstream.http_session import secrets_of
 from mcp_proxy.upstream.remote_server import RemoteServer
 
 logger = logging.getLogger(__name__)
@@ -115,11 +113,6 @@ def create_app(settings: ServerSettings, reload_on_hangup: bool = True) -> Flask
                                      bridge=partial(LegacyBridge, session=LegacySession),
                                      combiner=Combiner, shared_remote=SharedRemote)
     remotes = registry.supervisor.remotes
-    if remotes:  # their headers, secrets and URL queries stay out of every log line
-        redact = Redact([secret for spec in settings.servers.values() if spec.remote
-                         for secret in secrets_of(spec.remote)])
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(redact)
     # read at each scrape, from what serves now (a config reload adds and removes servers)
     registry.metrics.remotes = lambda: {name: r.status() for name, r in list(remotes.items())}
     registry.metrics.members = partial(_members, registry.supervisor)

@@ -39,11 +39,9 @@ from mcp_proxy.children.server_swap import Retired, attach, detach
 from mcp_proxy.config.schema import json_path
 from mcp_proxy.config.settings import ServerSpec
 from mcp_proxy.core import greenlets
-from mcp_proxy.core.redact import Redact
 from mcp_proxy.errors import ConfigError, ConfigProblems
 from mcp_proxy.server.late_routes import ServedPaths
 from mcp_proxy.server.sessions import Registry
-from mcp_proxy.upstream.http_session import secrets_of
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +85,6 @@ class Reloader:
         self.last: dict | None = None  # the last reload: when, its outcome, what it did
         self.reloads = 0  # done, applied or refused
         self._running: gevent.Greenlet | None = None
-        self._redacted: set[str] = set()  # remote servers' secrets put on the log handlers
         self._again = False
         self.counted = Counter("mcp_proxy_config_reloads", "Reloads of the named-server "
                                "config file (SIGHUP), by outcome", ["outcome"],
@@ -159,12 +156,7 @@ class Reloader:
                                   f"its scopes ({', '.join(moved)}): restart to apply")
         for name in fresh:
             spec = change.specs[name]
-            if spec.remote is not None:
-                secrets = set(secrets_of(spec.remote)) - self._redacted
-                if secrets:  # kept out of every log line, the probe's first
-                    self._redacted |= secrets
-                    for handler in logging.getLogger().handlers:
-                        handler.addFilter(Redact(sorted(secrets)))
+            if spec.remote is not None:  # made: its secrets hidden first (core/redact.py)
                 change.remotes[name] = self.remote(name, spec.remote, spec.tools)
         probes = [gevent.spawn(remote.probe) for remote in change.remotes.values()]
         gevent.joinall(probes)

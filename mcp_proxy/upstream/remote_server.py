@@ -25,6 +25,7 @@ from gevent.lock import Semaphore
 from mcp_proxy import __version__
 from mcp_proxy.config.masking import scrub
 from mcp_proxy.config.settings import ClientSettings, ToolRules
+from mcp_proxy.core.redact import hide
 from mcp_proxy.core.tool_filter import ToolFilter
 from mcp_proxy.errors import (
     AuthError,
@@ -34,7 +35,7 @@ from mcp_proxy.errors import (
     UpstreamError,
 )
 from mcp_proxy.upstream.http_reading import check_status
-from mcp_proxy.upstream.http_session import make_session
+from mcp_proxy.upstream.http_session import make_session, secrets_of
 from mcp_proxy.upstream.remote_link import Upstream
 from mcp_proxy.upstream.sse_remote import STREAM_HEADERS, SseUpstream
 from mcp_proxy.upstream.streamable_remote import POST_HEADERS, StreamableUpstream, json_rpc_error
@@ -63,6 +64,7 @@ class RemoteServer:
     def __init__(self, name: str, settings: ClientSettings, tools: ToolRules) -> None:
         self.name = name or "default"
         self.settings = settings
+        hide(secrets_of(settings))  # before its first contact: every log line, from now on
         self.tools = tools
         self.transport = None if settings.transport == "auto" else settings.transport
         # the probe's initialize: "legacy" accepted, "modern" refused with a JSON-RPC error
