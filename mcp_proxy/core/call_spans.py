@@ -63,3 +63,20 @@ def handed_on(message: Message, span: Any) -> Message:
     if not isinstance(meta, dict):
         return message
     return jsonrpc.rewritten(message, params={"_meta": tracing.inject(span, dict(meta))})
+
+
+def start_call(open_spans: dict, message: Message, parent: Any, kind: str,
+               attributes: dict) -> Any:
+    """Open request ``message``'s span (named for its method and target, with ``attributes``
+    and the call's own) under ``parent``, kept in ``open_spans`` by the request's id; a span
+    still open under that id ends first: one answer cannot tell which of the two it ends."""
+    name, target = named(message.method, message.params)
+    key = jsonrpc.id_key(message.id)
+    earlier = open_spans.pop(key, None)
+    if earlier is not None:
+        tracing.end_span(earlier, "no answer: the client sent another request with its id")
+    span = open_spans[key] = tracing.start_span(name, parent, kind, {
+        **attributes, "mcp.method.name": message.method,
+        "jsonrpc.request.id": str(message.id), "mcp.proxy.request.bytes": len(message.raw),
+        **target})
+    return span

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mcp_proxy.core import jsonrpc, tracing
-from mcp_proxy.core.call_spans import error_of, handed_on, named, outcome_of
+from mcp_proxy.core.call_spans import error_of, handed_on, outcome_of, start_call
 from mcp_proxy.core.jsonrpc import Message, id_key
 
 
@@ -55,21 +55,11 @@ class TracedMeter:
                       "cancelled by the client")
 
     def _start(self, message: Message) -> None:
-        method = message.method
-        params = message.params
-        parent = tracing.context_from_meta(params)
-        attributes = {"mcp.method.name": method, "jsonrpc.request.id": str(message.id),
-                      "mcp.session.id": self.session, "mcp.proxy.server": self.server,
-                      "mcp.proxy.transport": self.transport, "mcp.proxy.era": self.era,
-                      "mcp.proxy.request.bytes": len(message.raw)}
-        name, target = named(method, params)
-        attributes.update(target)
-        key = id_key(message.id)
-        earlier = self._open.pop(key, None)
-        if earlier is not None:  # one answer cannot tell which of the two it ends
-            tracing.end_span(earlier, "no answer: the client sent another request with its id")
+        parent = tracing.context_from_meta(message.params)
         kind = "internal" if parent is None else "server"  # under our HTTP span, or the client's
-        self._open[key] = tracing.start_span(name, parent, kind, attributes)
+        start_call(self._open, message, parent, kind, {
+            "mcp.session.id": self.session, "mcp.proxy.server": self.server,
+            "mcp.proxy.transport": self.transport, "mcp.proxy.era": self.era})
 
     def hand_on(self, message: Message) -> Message:
         """The copy of ``message`` the server gets: a request's ``_meta`` names its span."""

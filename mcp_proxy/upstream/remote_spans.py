@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mcp_proxy.core import era_headers, jsonrpc, tracing
-from mcp_proxy.core.call_spans import error_of, handed_on, named, outcome_of
+from mcp_proxy.core.call_spans import error_of, handed_on, outcome_of, start_call
 from mcp_proxy.core.jsonrpc import Message, id_key
 
 
@@ -43,21 +43,10 @@ class RemoteSpans:
 
     def start(self, message: Message) -> Message:
         """Open ``message``'s span; the copy of it to send on, its ``_meta`` naming the span."""
-        method = message.method
-        params = message.params
-        attributes = {**self.link, "mcp.method.name": method,
-                      "jsonrpc.request.id": str(message.id),
-                      "mcp.proxy.era": "modern" if era_headers.is_modern_version(
-                          era_headers.version_of(message)) else "legacy",
-                      "mcp.proxy.request.bytes": len(message.raw)}
-        name, target = named(method, params)
-        attributes.update(target)
-        key = id_key(message.id)
-        earlier = self.open.pop(key, None)
-        if earlier is not None:  # one answer cannot tell which of the two it ends
-            tracing.end_span(earlier, "no answer: the client sent another request with its id")
-        span = self.open[key] = tracing.start_span(
-            name, tracing.context_from_meta(params), "client", attributes)
+        era = "modern" if era_headers.is_modern_version(era_headers.version_of(message)) \
+            else "legacy"
+        span = start_call(self.open, message, tracing.context_from_meta(message.params),
+                          "client", {**self.link, "mcp.proxy.era": era})
         return handed_on(message, span)  # positional params: the header still carries it
 
     def span_of(self, message: Message) -> Any:
