@@ -389,3 +389,28 @@ def test_settings_the_sdk_cannot_honour(proxy_factory, environ, says):
     assert proxy.proc.wait(20) == 1
     proxy.expect(says)
     assert "Traceback" not in proxy.stderr()
+
+
+def test_a_request_id_used_twice_ends_the_first_span_unanswered():
+    """A client (or a remote's caller) that reuses an id in flight: the first call's span ends
+    as unanswered, the answer ends the second, none is left open (core/call_spans.start_call,
+    which both modes' spans open calls through)."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from mcp_proxy.core import call_spans, jsonrpc, trace_setup, tracing
+
+    exporter = InMemorySpanExporter()
+    assert trace_setup.configure("test", {}, exporter)
+    try:
+        open_spans: dict = {}
+        for name in ("first", "second"):
+            call_spans.start_call(open_spans, jsonrpc.parse(json.dumps(rpc(
+                "tools/call", 7, name=name, arguments={})).encode()), None, "client", {})
+        tracing.end_span(open_spans.pop(jsonrpc.id_key(7)))
+        assert open_spans == {}
+        ended = [(span.name, span.status.description) for span in exporter.get_finished_spans()]
+        assert ended == [("tools/call first",
+                          "no answer: the client sent another request with its id"),
+                         ("tools/call second", None)], ended
+    finally:
+        tracing.shutdown()
