@@ -325,9 +325,10 @@ def test_under_gunicorn_sighup_is_the_arbiters(tmp_path):
         server.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: "b" in requests.get(server.base + "/status", timeout=10).json()[
             "server_instances"], 30, 0.2)
-        assert requests.post(server.base + "/servers/b/mcp", headers=STREAM_HEADERS, timeout=10,
-                             json=rpc("initialize", 0, protocolVersion="2025-06-18")
-                             ).status_code == 200
+        # an old worker may still take a connection while it drains: every one soon serves b
+        wait_until(lambda: requests.post(
+            server.base + "/servers/b/mcp", headers=STREAM_HEADERS, timeout=10,
+            json=rpc("initialize", 0, protocolVersion="2025-06-18")).status_code == 200, 30, 0.2)
         assert server.proc.poll() is None
 
 
