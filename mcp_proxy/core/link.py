@@ -92,9 +92,10 @@ class Link:
                 inbox.put(_END)
                 break
             sink(item)
-        self._sink, self._on_end = sink, on_end
         if self.ended.is_set():
             on_end()
+            return
+        self._sink, self._on_end = sink, on_end
 
     def close(self, reason: str = "closed") -> None:
         """End the link once; later calls are ignored."""
@@ -113,6 +114,9 @@ class Link:
                 self._on_end()
         finally:
             self.ended.set()
+            # the bridge's closures name both links: dropped, they leave no cycle that only
+            # the garbage collector would free (a closed link delivers nothing)
+            self._sink = self._on_end = None
 
     def _on_close(self, reason: str) -> None:
         """Subclasses release their resources here."""

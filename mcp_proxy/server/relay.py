@@ -29,9 +29,10 @@ from mcp_proxy.errors import LegacyOnly, LinkClosed, ProxyError, ServerBusy, Spa
 from mcp_proxy.server import era
 from mcp_proxy.server.caller import caller_of
 from mcp_proxy.server.request_port import RequestPort
+from mcp_proxy.server.response_body import Body
 from mcp_proxy.server.responses import WholeResponse, event_stream, rpc_error, server_busy
 from mcp_proxy.server.scaleout.frames import auth_digest
-from mcp_proxy.server.streams import PING, Body, Stream, sse_event
+from mcp_proxy.server.streams import PING, Stream, sse_event
 from mcp_proxy.server.tool_scopes import INSUFFICIENT_SCOPE, ScopeGate, ToolScopes
 
 if TYPE_CHECKING:

@@ -77,3 +77,7 @@ class RequestPort(StreamOwner, Port):
         super()._on_close(reason)
         self.registry.requests.discard(self)
         self.stream.end()
+        # the port and its stream name each other: with that cycle cut, a request's objects
+        # go when its answer does, not in a pass of the garbage collector (those passes cost
+        # a request on the lane as much as the rest of its difference to a session's)
+        self.stream.disown()

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, request, url_for
 from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.errors import LinkClosed, ServerBusy, SpawnError, TooManySessions
+from mcp_proxy.server.response_body import Body
 from mcp_proxy.server.responses import (
     WholeResponse,
     event_stream,
@@ -30,7 +31,7 @@ from mcp_proxy.server.responses import (
     too_many_sessions,
 )
 from mcp_proxy.server.sessions import TAGGED_ID, Registry, Session
-from mcp_proxy.server.streams import Body, Stream, sse_event
+from mcp_proxy.server.streams import Stream, sse_event
 
 DISCOVER = "server/discover"
 SSE_IS_2025 = ("Method not found: HTTP+SSE carries the 2025 era only; the 2026-07-28 era is "
@@ -54,6 +55,7 @@ class SseSession(Session):
     def _on_close(self, reason: str) -> None:
         super()._on_close(reason)
         self.stream.end()
+        self.stream.disown()
 
 
 def add_sse_routes(bp: Blueprint, registry: Registry, server_name: str) -> None:

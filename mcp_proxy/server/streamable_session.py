@@ -128,3 +128,4 @@ class StreamableSession(Session):
         for key in list(self.requests):
             self.release(key)
         self.unsolicited.end()
+        self.unsolicited.disown()

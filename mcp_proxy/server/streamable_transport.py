@@ -19,6 +19,7 @@ from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.core.protocol import LEGACY_VERSIONS
 from mcp_proxy.errors import TooManySessions
 from mcp_proxy.server.era import is_modern, no_modern_streams
+from mcp_proxy.server.response_body import Body
 from mcp_proxy.server.responses import (
     accepts,
     event_stream,
@@ -30,7 +31,7 @@ from mcp_proxy.server.responses import (
 )
 from mcp_proxy.server.sessions import Registry
 from mcp_proxy.server.streamable_session import StreamableSession
-from mcp_proxy.server.streams import PING, Body
+from mcp_proxy.server.streams import PING
 
 logger = logging.getLogger(__name__)
 

@@ -1,22 +1,16 @@
-"""Event streams: the queue a streaming response drains, and the response body around it.
+"""Event streams: the queue a streaming response drains.
 
-This module owns a stream's queue, its byte accounting and the body that writes it out; it
-never routes a message (the owner picks the stream). A :class:`Stream` counts the bytes it
-holds against its owner (a session, a 2026-07-28 request's port, or a forwarded call): while
-a reader drains the stream, its bytes count as "in flight to the client" (backpressure on the
-child); a stream nobody reads yet (the GET backlog) only counts against the hard budget.
-
-A :class:`Body` is the streaming response around a stream's events: it notices at once a
-client that closed or reset its connection (see :func:`_watch`), remembers when a chunk was
-handed to a client that has not taken it (stall detection), and runs its cleanup exactly
-once, however the response ends, even if the server never started iterating it.
+This module owns a stream's queue and its byte accounting; it never routes a message (the
+owner picks the stream) and never writes a response (response_body.py does). A
+:class:`Stream` counts the bytes it holds against its owner (a session, a 2026-07-28
+request's port, or a forwarded call): while a reader drains the stream, its bytes count as
+"in flight to the client" (backpressure on the child); a stream nobody reads yet (the GET
+backlog) only counts against the hard budget.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -24,7 +18,7 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent.hub import Waiter
 
-from mcp_proxy.core import greenlets, jsonrpc
+from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.errors import LinkClosed, StreamEnded
 
@@ -36,9 +30,6 @@ logger = logging.getLogger(__name__)
 _END = object()
 _WAKE = object()
 PING = b": ping\n\n"
-# where the client's socket is in the WSGI environ: ours, gunicorn's gevent worker,
-# gunicorn's gevent_pywsgi worker
-SOCKET_KEYS = ("mcp_proxy.socket", "gunicorn.socket", "gunicorn.sock")
 
 
 def sse_event(data: bytes, event: bytes = b"message") -> bytes:
@@ -85,6 +76,31 @@ class StreamOwner:
             if since is not None and now - since > limit:
                 return stream
         return None
+
+
+class _Ignored(set):
+    """A set that keeps nothing: a disowned stream's ``draining``."""
+
+    def add(self, item) -> None:
+        pass
+
+
+class _Unowned(StreamOwner):
+    """The owner of a stream whose owner closed (``Stream.disown``): its reader may still
+    take what is queued, and nothing is counted any more."""
+
+    name = "closed"
+    queued = 0
+    draining = _Ignored()
+
+    def charge(self, size: int, reading: bool) -> None:
+        pass
+
+    def refund(self, size: int, reading: bool) -> None:
+        pass
+
+
+_UNOWNED = _Unowned()
 
 
 class Stream:
@@ -151,6 +167,11 @@ class Stream:
             self.session.press(-self.queued)
         self.writing_since = None
 
+    def disown(self) -> None:
+        """Its owner closed: it no longer names it, so the two leave no cycle for the
+        garbage collector (a stateless request's session is one per POST)."""
+        self.session = _UNOWNED
+
     def wake(self) -> None:
         """Make the current reader's wait end with :class:`StreamEnded` (its client left)."""
         self._enqueue((_WAKE, self._generation))
@@ -205,95 +226,3 @@ class Stream:
             yield PING if message is None else sse_event(message.raw)
             if until_response and message is not None and message.kind == jsonrpc.RESPONSE:
                 return
-
-
-def client_socket(environ: dict) -> socket.socket | None:
-    for key in SOCKET_KEYS:
-        sock = environ.get(key)
-        if sock is not None:
-            return sock
-    return None
-
-
-def _watch(sock: socket.socket, on_gone: Callable[[], None]):
-    """Watch the client's socket without a greenlet: when it turns readable (the loop calls
-    back), peek in a greenlet; at EOF or a reset, call ``on_gone``.
-
-    A client that sends more instead (a pipelined request) cannot be told from one that
-    stays: the watch ends and the keepalive pings detect it as before.
-    """
-    watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
-
-    def peek() -> None:
-        try:
-            if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
-                return
-        except BlockingIOError:
-            watcher.start(readable)  # woken for nothing: watch on
-            return
-        except OSError:
-            pass
-        on_gone()
-
-    def readable() -> None:
-        watcher.stop()
-        greenlets.spawn(peek, name="disconnect check")
-
-    watcher.start(readable)
-    return watcher
-
-
-class Body:
-    """A streaming response body around ``chunks``: see the module docstring.
-
-    Of ``stream`` it uses only ``writing_since``, ``abort`` and ``session.draining`` (what the
-    reaper's stall check reads), so a forwarded call (scaleout/forwarder.py) stands in for one.
-    """
-
-    def __init__(self, chunks: Iterator[bytes], environ: dict, stream: Stream | None,
-                 on_gone: Callable[[], None], cleanup: Callable[[], None]) -> None:
-        self._chunks = chunks
-        self._stream = stream
-        self._cleanup: Callable[[], None] | None = cleanup
-        self._watcher = None
-        if stream is not None:
-            stream.session.draining.add(stream)
-        sock = client_socket(environ)
-        if sock is not None:
-            self._watcher = _watch(sock, on_gone)
-            if stream is not None:
-                stream.abort = lambda: _shutdown(sock)
-        elif "mcp_proxy.on_gone" in environ:  # forwarded: the receiving worker watches
-            environ["mcp_proxy.on_gone"].append(on_gone)
-
-    def __iter__(self) -> Iterator[bytes]:
-        stream = self._stream
-        if stream is None:
-            yield from self._chunks
-            return
-        for chunk in self._chunks:  # the server resumes us once the client took the chunk
-            stream.writing_since = time.monotonic()
-            yield chunk
-            stream.writing_since = None
-
-    def close(self) -> None:
-        """Called by the WSGI server however the response ended: stop watching, clean up."""
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher.close()
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
-        if self._stream is not None:
-            self._stream.writing_since = None
-            self._stream.session.draining.discard(self._stream)
-        cleanup, self._cleanup = self._cleanup, None
-        if cleanup is not None:
-            cleanup()
-
-
-def _shutdown(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass

@@ -37,11 +37,12 @@ from werkzeug.datastructures import Headers
 from mcp_proxy.config.settings import ServerSettings
 from mcp_proxy.core import greenlets, jsonrpc
 from mcp_proxy.errors import BusDown, BusError, LinkClosed, MessageError, OwnerSilent
+from mcp_proxy.server.response_body import Body
 from mcp_proxy.server.responses import RETRY_AFTER, read_body, rpc_error
 from mcp_proxy.server.scaleout.bus import GRACE, Bus
 from mcp_proxy.server.scaleout.frames import call_frame, weight
 from mcp_proxy.server.scaleout.owner_watch import STALLED, OwnerWatch
-from mcp_proxy.server.streams import Body, StreamOwner, sse_event
+from mcp_proxy.server.streams import StreamOwner, sse_event
 
 logger = logging.getLogger(__name__)
 

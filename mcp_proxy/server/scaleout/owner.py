@@ -43,7 +43,7 @@ _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
 class Served:
     """A request this worker serves for another: where to publish its frames, how to cancel.
 
-    Its response registers its disconnect hook with ``append`` (streams.Body); a cancel that
+    Its response registers its disconnect hook with ``append`` (response_body.Body); a cancel that
     came first fires the hook at once.
     """
 
