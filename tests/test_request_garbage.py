@@ -108,3 +108,17 @@ def test_a_2025_session_request_leaves_no_cycle(app):
         assert answer.status_code == 200, answer.data
 
     assert _garbage_of(serve, 20) == []
+
+
+def test_a_client_mode_answer_leaves_no_cycle():
+    """Client mode reads each POST's answer into a RawResponse: one per message."""
+    from test_client_posts import answer_to
+
+    def serve(n: int) -> None:
+        answer, released = answer_to(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        assert answer.raw.read1() == b"ok"
+        answer.close()
+        answer._sock.close()
+        assert released == [True]
+
+    assert _garbage_of(serve, 5) == []

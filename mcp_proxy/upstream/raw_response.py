@@ -35,7 +35,6 @@ class RawResponse:
         self._buf = bytearray()
         self._content: bytes | None = None
         self._after_chunk = False  # the CRLF that ends a chunk's data is still to come
-        self.raw = self
         try:
             self._read_head()
             while 100 <= self.status_code < 200 and self.status_code != 101:
@@ -45,6 +44,12 @@ class RawResponse:
             self._done = False
             self.close()
             raise
+
+    @property
+    def raw(self) -> RawResponse:
+        """Itself, read as a requests response's ``raw`` is (http_reading.events); a property,
+        not an attribute naming itself, so a response leaves no cycle behind."""
+        return self
 
     # --- the head ---------------------------------------------------------------------------
 
