@@ -109,6 +109,11 @@ class ModernLane(Multiplexer):
         self.unspent.clear()
         self.listed_at, self.listing_failed = float("-inf"), None
 
+    def sync_level(self) -> None:
+        """Nothing to give the child: a 2026-07-28 request carries its own log level in its
+        ``_meta`` and a lane's port never has one, so the base class's look at every port on
+        each request's release (the cost growing with the requests in flight) is skipped."""
+
     def _child_ended(self, child: Link) -> None:
         if self.legacy_only and child is self.child:  # the probe's child, stopped on purpose
             self.child = None
