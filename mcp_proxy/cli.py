@@ -48,10 +48,12 @@ from functools import partial
 
 from mcp_proxy.config.flag_settings import is_url, server_settings
 from mcp_proxy.config.options import build_parser
+from mcp_proxy.core import greenlets
 from mcp_proxy.core.log_format import setup_logging
 from mcp_proxy.errors import ConfigError, ConfigProblems
 
 logger = logging.getLogger("mcp_proxy")
+greenlets.untracked()
 
 
 def _release_signals() -> None:

@@ -24,7 +24,7 @@ from gevent import monkey
 
 from mcp_proxy.config.flag_settings import server_settings
 from mcp_proxy.config.options import build_parser
-from mcp_proxy.core import trace_setup
+from mcp_proxy.core import greenlets, trace_setup
 from mcp_proxy.core.log_format import setup_logging
 from mcp_proxy.errors import ConfigError
 from mcp_proxy.gunicorn_conf import redis_configured, too_many_workers
@@ -50,6 +50,7 @@ def _check_process(worker) -> None:
 
 
 def _app_from_environment():
+    greenlets.untracked()
     ns = build_parser().parse_args(shlex.split(os.environ.get("MCP_PROXY_ARGS", "")))
     if not ns.command_or_url and not ns.named_server and not ns.named_server_config:
         raise ConfigError("MCP_PROXY_ARGS must name the stdio server command, e.g. "

@@ -244,3 +244,18 @@ def test_an_oversize_answer_fails_only_the_request_whose_id_is_sure(tmp_path):
     child, got = _pieces_child(tmp_path, pieces)
     assert [m.id for m in got] == [7, 5]
     assert "exceeds the proxy's frame cap" in got[0].error["message"]
+
+
+def test_greenlets_skip_the_spawning_tree_unless_asked(monkeypatch):
+    """The proxy's greenlets skip gevent's spawning-tree record (its cost is a stack walk per
+    greenlet); GEVENT_TRACK_GREENLET_TREE, set, keeps gevent's own choice."""
+    from mcp_proxy.core import greenlets
+
+    monkeypatch.setattr(gevent.config, "track_greenlet_tree", True)
+    monkeypatch.setenv("GEVENT_TRACK_GREENLET_TREE", "1")
+    greenlets.untracked()
+    assert gevent.config.track_greenlet_tree is True
+    monkeypatch.delenv("GEVENT_TRACK_GREENLET_TREE")
+    greenlets.untracked()
+    assert gevent.config.track_greenlet_tree is False
+    assert gevent.spawn(lambda: None).spawning_stack is None

@@ -11,6 +11,7 @@ may kill the greenlet that failed without cutting its own work short.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 import gevent
@@ -18,6 +19,15 @@ import gevent
 logger = logging.getLogger(__name__)
 
 ErrorHandler = Callable[[BaseException], None]
+
+
+def untracked() -> None:
+    """Greenlets made from now on skip gevent's record of their spawning tree (the spawner,
+    its locals, and the spawning stack with a line number per frame): about 18 k of the
+    ~600 k instructions of a bridged call, which spawns one (bench/README.md). The record
+    only serves debugging: ``GEVENT_TRACK_GREENLET_TREE=1`` keeps it."""
+    if "GEVENT_TRACK_GREENLET_TREE" not in os.environ:
+        gevent.config.track_greenlet_tree = False
 
 
 def spawn(func: Callable, *args, name: str,
