@@ -27,7 +27,9 @@ reports an echo's text)
 changes its servers between steps that way; ``subscribe``, ``unsubscribe`` and ``set_level``
 send those requests; ``observed`` reports the resources/updated URIs and log lines seen since
 the last one, waiting (bounded) for those ``expect`` names; a ``call`` with ``retry`` S tries
-again while it fails, up to S seconds).
+again while it fails, up to S seconds; ``call_until`` calls again until the ``expect`` URIs
+were updated, up to ``seconds``; ``listen_open`` holds a 2026-07-28 listen to ``uris`` until
+the script ends, ``listen_next`` reports its next event).
 """
 
 from __future__ import annotations
@@ -209,7 +211,9 @@ async def run_scenario(name: str, client: Client, seen: Observed, big: int) -> A
             return {"unexpected": "slow answered", "text": text_of(result)}
         return checked(await client.call_tool("echo", {"text": "after cancel"}))
     if name == "script":
-        return [await script_step(step, client, seen) for step in SCRIPT]
+        results = [await script_step(step, client, seen) for step in SCRIPT]
+        await HELD.aclose()
+        return results
     if name == "crash":
         result = await client.call_tool("crash", {})
         return {"unexpected": "crash answered", "text": text_of(result)}
@@ -217,6 +221,8 @@ async def run_scenario(name: str, client: Client, seen: Observed, big: int) -> A
 
 
 SCRIPT: list = []  # --script's steps
+HELD = contextlib.AsyncExitStack()  # a listen held across steps (listen_open)
+LISTENS: list = []
 LISTEN_TOOLS = ["touch", "change"]  # --listen-tools
 _LISTS = {"tools": ("list_tools", "tools", "name"), "prompts": ("list_prompts", "prompts", "name"),
           "resources": ("list_resources", "resources", "uri"),
@@ -252,6 +258,22 @@ async def script_step(step: dict, client: Client, seen: Observed) -> Any:
         if op == "set_level":
             await client.set_logging_level(step["level"])
             return "set"
+        if op == "listen_open":  # 2026-07-28: a listen held until the script ends
+            LISTENS.append(await HELD.enter_async_context(client.listen(
+                resource_subscriptions=step["uris"])))
+            return "listening"
+        if op == "listen_next":  # the held listen's next event (bounded)
+            with anyio.fail_after(step.get("seconds", 20.0)):
+                event = await LISTENS[-1].__anext__()
+            return {"event": type(event).__name__, "uri": str(getattr(event, "uri", ""))}
+        if op == "call_until":  # called again until the URIs of "expect" were updated
+            deadline = time.monotonic() + step.get("seconds", 30.0)
+            calls = 0
+            while not set(step["expect"]) <= set(seen.updated) and time.monotonic() < deadline:
+                await client.call_tool(step["name"], step.get("args", {}))
+                calls += 1
+                await wait_for(lambda: set(step["expect"]) <= set(seen.updated), 0.5)
+            return {"calls": calls, "updated": sorted(set(seen.updated))}
         if op == "observed":  # what came since the last one: waits for "expect", then a moment
             await wait_for(lambda: set(step.get("expect", [])) <= {
                 *seen.updated, *(str(log["data"]) for log in seen.logs)}, 20.0)

@@ -46,8 +46,8 @@ EXPECTED_LOGS = ["a warning line", "a error line"]
 class LevelsRemote:
     """levels_server.py on a port kept across restarts (each run its own --record file)."""
 
-    def __init__(self, tmp_path: Path, transport: str) -> None:
-        self.tmp_path, self.transport = tmp_path, transport
+    def __init__(self, tmp_path: Path, transport: str, *extra: str) -> None:
+        self.tmp_path, self.transport, self.extra = tmp_path, transport, extra
         self.port = free_port()
         path = "/sse" if transport == "sse" else "/mcp"
         self.url = f"http://127.0.0.1:{self.port}{path}"
@@ -56,8 +56,9 @@ class LevelsRemote:
 
     def start(self, *refuse: str) -> LevelsRemote:
         record = self.tmp_path / f"record{len(self.runs)}.jsonl"
-        args = [*LEVELS_SERVER, self.transport, "--port", str(self.port), "--record",
-                str(record), *(arg for prefix in refuse for arg in ("--refuse", prefix))]
+        args = [*LEVELS_SERVER, self.transport, *self.extra, "--port", str(self.port),
+                "--record", str(record),
+                *(arg for prefix in refuse for arg in ("--refuse", prefix))]
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 start_new_session=True)
         self.runs.append(proc)
@@ -105,15 +106,17 @@ def _steps(lost: Path, back: Path) -> list[dict]:
     ]
 
 
-def _run(tmp_path: Path, remote: LevelsRemote, transport: str, target: str) -> dict:
+def _run(tmp_path: Path, remote: LevelsRemote, transport: str, target: str,
+         steps=_steps, replayed: bool = True, extra: tuple = ()) -> dict:
     """Drive the steps, killing the remote at the mark and restarting it (refusing memo://b)
-    on its port; the driver goes on once the new remote got the replayed memo://a."""
+    on its port; the driver goes on once the new remote got the replayed memo://a (or at
+    once, when nothing is ``replayed``)."""
     lost, back = tmp_path / "lost", tmp_path / "back"
     script = tmp_path / "script.json"
-    script.write_text(json.dumps(_steps(lost, back)))
+    script.write_text(json.dumps(steps(lost, back)))
     driver = subprocess.Popen(
         [sys.executable, str(TESTS / "sdk_driver.py"), "--transport", transport, "--target",
-         target, "--timeout", "120", "--script", str(script), "script"],
+         target, "--timeout", "120", "--script", str(script), *extra, "script"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 90
@@ -124,7 +127,7 @@ def _run(tmp_path: Path, remote: LevelsRemote, transport: str, target: str) -> d
         remote.kill()
         remote.start("memo://b")
         deadline = time.monotonic() + 60
-        while ("resources/subscribe", "memo://a") not in remote.got(1):
+        while replayed and ("resources/subscribe", "memo://a") not in remote.got(1):
             assert time.monotonic() < deadline, remote.got(1)
             time.sleep(0.05)
         back.write_text("back")
@@ -177,6 +180,71 @@ def test_server_mode_url_entry_gets_them_back(proxy_factory, tmp_path):
         assert requests.get(front.base + "/status", timeout=10).status_code == 200
     finally:
         remote.stop()
+
+
+def _listen_steps(lost: Path, back: Path) -> list[dict]:
+    touch = {"op": "call", "name": "touch", "args": {"uri": "memo://a"}}
+    return [
+        {"op": "subscribe", "uri": "memo://a"},  # held by the bridge's subscriptions/listen
+        touch, {"op": "observed", "expect": ["memo://a"]},
+        {"op": "mark", "path": str(lost)},
+        {"op": "await", "path": str(back), "seconds": 90},
+        {"op": "call", "name": "echo", "args": {"text": "back"}, "retry": 60},
+        {"op": "call_until", "name": "touch", "args": {"uri": "memo://a"},
+         "expect": ["memo://a"], "seconds": 30},
+    ]
+
+
+def test_a_modern_remote_gets_the_listen_again(tmp_path):
+    """A 2026-07-28-only remote has no session to recover: the bridge's held listen ends
+    with the remote, and is opened again (with backoff) once the remote is back, with the
+    URIs the client subscribed to."""
+    remote = LevelsRemote(tmp_path, "streamable-http", "--era", "modern").start()
+    try:
+        command = f"{sys.executable} -m mcp_proxy --transport streamablehttp {remote.url}"
+        seen = _run(tmp_path, remote, "stdio", command, _listen_steps, replayed=False)
+    finally:
+        remote.stop()
+    steps = seen["steps"]
+    assert steps[2]["updated"] == ["memo://a"] and steps[5]["text"] == "back", steps
+    assert steps[6]["updated"] == ["memo://a"], steps  # the listen holds memo://a again
+    assert seen["stderr"].count("listening to the remote for") >= 2
+    assert "Traceback" not in seen["stderr"]
+
+
+def _modern_client_steps(lost: Path, back: Path) -> list[dict]:
+    logs = {"op": "call", "name": "logs"}
+    return [
+        {"op": "listen_open", "uris": ["memo://a"]},  # the bridge subscribes on the remote
+        {"op": "call", "name": "touch", "args": {"uri": "memo://a"}},
+        {"op": "listen_next"}, logs, {"op": "observed", "expect": ["a debug line"]},
+        {"op": "mark", "path": str(lost)},
+        {"op": "await", "path": str(back), "seconds": 90},
+        {"op": "call", "name": "subscribed", "retry": 60},
+        {"op": "call", "name": "touch", "args": {"uri": "memo://a"}},
+        {"op": "listen_next"}, logs, {"op": "observed", "expect": ["a debug line"]},
+    ]
+
+
+def test_a_modern_client_keeps_its_listen_over_a_legacy_remote(tmp_path):
+    """The reverse bridge (a 2026-07-28 client, a 2025-era remote): the listen the client
+    holds is the remote's resources/subscribe, and every request's logLevel its
+    logging/setLevel; a recovered remote session gets both again, from the link."""
+    remote = LevelsRemote(tmp_path, "streamable-http", "--era", "legacy").start()
+    try:
+        command = f"{sys.executable} -m mcp_proxy --transport streamablehttp {remote.url}"
+        seen = _run(tmp_path, remote, "stdio", command, _modern_client_steps,
+                    extra=("--mode", "2026-07-28"))
+    finally:
+        remote.stop()
+    steps = seen["steps"]
+    updated = {"event": steps[2]["event"], "uri": "memo://a"}
+    assert steps[2] == updated and steps[9] == updated, steps
+    assert steps[7] == {"text": '["memo://a"]', "isError": False}, steps
+    everything = ["a debug line", "a info line", "a notice line", *EXPECTED_LOGS]
+    assert steps[4]["logs"] == steps[11]["logs"] == everything, steps
+    assert remote.got(1)[0] == ("logging/setLevel", "debug")
+    assert "Traceback" not in seen["stderr"]
 
 
 # -- in the test process: a scripted transport -------------------------------------------------
