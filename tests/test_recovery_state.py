@@ -190,6 +190,9 @@ def _listen_steps(lost: Path, back: Path) -> list[dict]:
         {"op": "mark", "path": str(lost)},
         {"op": "await", "path": str(back), "seconds": 90},
         {"op": "call", "name": "echo", "args": {"text": "back"}, "retry": 60},
+        # the reopened listen tells what may have changed while none was open
+        {"op": "observed", "expect": ["memo://a"]},
+        {"op": "changed", "seen": 1},
         {"op": "call_until", "name": "touch", "args": {"uri": "memo://a"},
          "expect": ["memo://a"], "seconds": 30},
     ]
@@ -198,7 +201,8 @@ def _listen_steps(lost: Path, back: Path) -> list[dict]:
 def test_a_modern_remote_gets_the_listen_again(tmp_path):
     """A 2026-07-28-only remote has no session to recover: the bridge's held listen ends
     with the remote, and is opened again (with backoff) once the remote is back, with the
-    URIs the client subscribed to."""
+    URIs the client subscribed to; its acknowledgement tells the client that they, and the
+    lists, may have changed meanwhile (resources/updated, list_changed)."""
     remote = LevelsRemote(tmp_path, "streamable-http", "--era", "modern").start()
     try:
         command = f"{sys.executable} -m mcp_proxy --transport streamablehttp {remote.url}"
@@ -207,7 +211,9 @@ def test_a_modern_remote_gets_the_listen_again(tmp_path):
         remote.stop()
     steps = seen["steps"]
     assert steps[2]["updated"] == ["memo://a"] and steps[5]["text"] == "back", steps
-    assert steps[6]["updated"] == ["memo://a"], steps  # the listen holds memo://a again
+    assert steps[6] == {"updated": ["memo://a"], "logs": []}, steps  # the catch-up
+    assert steps[7] == 1, steps  # tools/list_changed, once
+    assert steps[8]["updated"] == ["memo://a"], steps  # the listen holds memo://a again
     assert seen["stderr"].count("listening to the remote for") >= 2
     assert "Traceback" not in seen["stderr"]
 
