@@ -50,7 +50,7 @@ AUTH_FAILED = {"reason": "authentication"}  # the data of an error that is no er
 
 
 class Upstream(Recovery, Link):
-    """Base of the remote links: bookkeeping, error answers and the recovery loop."""
+    """Base of the remote links: bookkeeping and error answers (the recovery loop: Recovery)."""
 
     concurrent_requests = False  # True: each request is posted in its own greenlet
     tool_filter: ToolFilter | None = None  # server mode's "tools" of a remote server entry
