@@ -24,7 +24,12 @@ gives up on a 30 s ``slow`` call after 1 s (the SDK sends ``notifications/cancel
 reports an echo's text)
 ``script`` runs the steps of ``--script FILE`` (a JSON list) and reports each one's outcome
 (``mark`` writes a file the test waits for, ``await`` waits for one the test writes: a test
-changes its servers between steps that way).
+changes its servers between steps that way; ``subscribe``, ``unsubscribe`` and ``set_level``
+send those requests; ``observed`` reports the resources/updated URIs and log lines seen since
+the last one, waiting (bounded) for those ``expect`` names; a ``call`` with ``retry`` S tries
+again while it fails, up to S seconds; ``call_until`` calls again until the ``expect`` URIs
+were updated, up to ``seconds``; ``listen_open`` holds a 2026-07-28 listen to ``uris`` until
+the script ends, ``listen_next`` reports its next event).
 """
 
 from __future__ import annotations
@@ -206,7 +211,9 @@ async def run_scenario(name: str, client: Client, seen: Observed, big: int) -> A
             return {"unexpected": "slow answered", "text": text_of(result)}
         return checked(await client.call_tool("echo", {"text": "after cancel"}))
     if name == "script":
-        return [await script_step(step, client, seen) for step in SCRIPT]
+        results = [await script_step(step, client, seen) for step in SCRIPT]
+        await HELD.aclose()
+        return results
     if name == "crash":
         result = await client.call_tool("crash", {})
         return {"unexpected": "crash answered", "text": text_of(result)}
@@ -214,6 +221,8 @@ async def run_scenario(name: str, client: Client, seen: Observed, big: int) -> A
 
 
 SCRIPT: list = []  # --script's steps
+HELD = contextlib.AsyncExitStack()  # a listen held across steps (listen_open)
+LISTENS: list = []
 LISTEN_TOOLS = ["touch", "change"]  # --listen-tools
 _LISTS = {"tools": ("list_tools", "tools", "name"), "prompts": ("list_prompts", "prompts", "name"),
           "resources": ("list_resources", "resources", "uri"),
@@ -235,7 +244,7 @@ async def script_step(step: dict, client: Client, seen: Observed) -> Any:
                 if op == "page" or not cursor or pages > 100:
                     return {"names": names, "pages": pages, "next": cursor}
         if op == "call":
-            result = await client.call_tool(step["name"], step.get("args", {}))
+            result = await call_retrying(client, step)
             return {"text": text_of(result), "isError": bool(result.is_error)}
         if op == "read":
             read = await client.read_resource(step["uri"])
@@ -243,6 +252,37 @@ async def script_step(step: dict, client: Client, seen: Observed) -> Any:
         if op == "subscribe":
             await client.subscribe_resource(step["uri"])
             return "subscribed"
+        if op == "unsubscribe":
+            await client.unsubscribe_resource(step["uri"])
+            return "unsubscribed"
+        if op == "set_level":
+            await client.set_logging_level(step["level"])
+            return "set"
+        if op == "listen_open":  # 2026-07-28: a listen held until the script ends
+            LISTENS.append(await HELD.enter_async_context(client.listen(
+                resource_subscriptions=step["uris"])))
+            return "listening"
+        if op == "listen_next":  # the held listen's next event (bounded)
+            with anyio.fail_after(step.get("seconds", 20.0)):
+                event = await LISTENS[-1].__anext__()
+            return {"event": type(event).__name__, "uri": str(getattr(event, "uri", ""))}
+        if op == "call_until":  # called again until the URIs of "expect" were updated
+            deadline = time.monotonic() + step.get("seconds", 30.0)
+            calls = 0
+            while not set(step["expect"]) <= set(seen.updated) and time.monotonic() < deadline:
+                await client.call_tool(step["name"], step.get("args", {}))
+                calls += 1
+                await wait_for(lambda: set(step["expect"]) <= set(seen.updated), 0.5)
+            return {"calls": calls, "updated": sorted(set(seen.updated))}
+        if op == "observed":  # what came since the last one: waits for "expect", then a moment
+            await wait_for(lambda: set(step.get("expect", [])) <= {
+                *seen.updated, *(str(log["data"]) for log in seen.logs)}, 20.0)
+            await anyio.sleep(step.get("settle", 0.5))
+            report = {"updated": sorted(set(seen.updated)),
+                      "logs": [str(log["data"]) for log in seen.logs]}
+            seen.updated.clear()
+            seen.logs.clear()
+            return report
         if op == "prompt":
             got = await client.get_prompt(step["name"], step.get("args") or None)
             return {"text": got.messages[0].content.text}
@@ -261,6 +301,21 @@ async def script_step(step: dict, client: Client, seen: Observed) -> Any:
         raise ValueError(f"unknown step {op!r}")
     except Exception as exc:  # noqa: BLE001 - the report is the point
         return describe(exc)
+
+
+async def call_retrying(client: Client, step: dict):
+    """A tool call; with ``retry`` (seconds) called again while it fails, as a client does
+    while the proxy recovers its remote."""
+    deadline = time.monotonic() + step.get("retry", 0.0)
+    while True:
+        try:
+            result = await client.call_tool(step["name"], step.get("args", {}))
+            if not result.is_error or time.monotonic() > deadline:
+                return result
+        except MCPError:
+            if time.monotonic() > deadline:
+                raise
+        await anyio.sleep(0.2)
 
 
 def describe(exc: BaseException) -> dict:

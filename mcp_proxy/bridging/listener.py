@@ -6,7 +6,10 @@ filter changes (``listening`` is set again once the new one is acknowledged), an
 backoff when it drops; after five streams in a row that each lived under 30 s it gives up
 (logged), as mcp-remote does. Its acknowledgement is consumed (the types not granted are
 logged); the change notifications reach the client without the ``subscriptionId`` the 2025
-era does not know.
+era does not know. A listen reopened after a drop (the peer restarted, say) cannot tell what
+changed while none was open, so its acknowledgement tells the client that everything it
+listens to may have: a ``list_changed`` per list granted, a ``resources/updated`` per URI (a
+client refetches; a spurious one costs a list).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Listener:
         self.asked: dict = {}
         self.changed = Event()
         self.listening = Event()  # set once the listen of the current filter is acknowledged
+        self.missed = False  # a listen dropped: the next one's acknowledgement catches up
         self._loop: gevent.Greenlet | None = None
 
     def filter(self) -> dict:
@@ -86,6 +90,7 @@ class Listener:
             if self.changed.is_set():
                 short = 0
                 continue
+            self.missed = True
             short = short + 1 if clock.now() - opened < SHORT_LIVED else 0
             why = (answer.error or {}).get("message") if answer is not None else "stopped"
             if short >= GIVE_UP_AFTER:
@@ -114,6 +119,9 @@ class Listener:
                         ", ".join(sorted(granted)) or "nothing",
                         f" (not granted: {', '.join(missing)})" if missing else "")
             self.listening.set()
+            if self.missed:
+                self.missed = False
+                self._catch_up(granted)
             return True
         rest = {key: value for key, value in params["_meta"].items() if key != SUBSCRIPTION_KEY}
         if rest:
@@ -125,3 +133,13 @@ class Listener:
             obj["params"] = params
         self.bridge.deliver_unless_closed(Message(obj))
         return True
+
+    def _catch_up(self, granted: dict) -> None:
+        """What changed while no listen was open: possibly everything it listens to."""
+        told = [{"method": f"notifications/{kind}/list_changed"} for kind, key in LISTED
+                if granted.get(key)]
+        if "resourceSubscriptions" in granted:
+            told += [{"method": "notifications/resources/updated", "params": {"uri": uri}}
+                     for uri in self.asked.get("resourceSubscriptions", ())]
+        for obj in told:
+            self.bridge.deliver_unless_closed(Message({"jsonrpc": "2.0", **obj}))

@@ -15,8 +15,10 @@ the proxy's ``initialize``, while the link stays open. This subclass hears of it
 (``on_state``, upstream/watched_remote.py): while the remote is lost the ports are told, as
 when a child dies (a combined server's member hides its tools), and the server requests the
 clients hold are forgotten; once it is back, the log level and the subscriptions the new
-remote session has lost are sent again and the ports are told. When the recovery gives up
-the link closes, and the multiplexer starts a new one as it restarts a child.
+remote session has lost are sent again, from the multiplexer's own bookkeeping, and the
+ports are told (so the link keeps no memory of its own of them: upstream/session_memory.py,
+which would send them twice). When the recovery gives up the link closes, and the multiplexer
+starts a new one as it restarts a child.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class SharedRemote(Multiplexer):
 
     def _handshake(self, child: Link) -> None:
         child.on_state = partial(self._remote_state, child)  # type: ignore[attr-defined]
+        if getattr(child, "memory", None) is not None:  # replayed here, from self.level and
+            child.memory = None  # type: ignore[attr-defined]  # self.sharing.subscribed
         super()._handshake(child)
 
     def _remote_state(self, child: Link, up: bool, why: str) -> None:

@@ -4,10 +4,11 @@ Streamable HTTP links (sse_remote.py, streamable_remote.py).
 The remote may drop, expire our session or restart. Recovery keeps the desktop client's
 stdio session alive: requests in flight get a JSON-RPC error at once, then we reconnect with
 backoff and replay the client's own ``initialize`` (under an id of ours, whose answer we
-keep to ourselves) and ``notifications/initialized``. Messages sent meanwhile wait, bounded,
-for the link to be ready again. Subclasses provide the transport: ``_open``, ``_post``,
-``_initialized_by``, ``_after_initialized``, ``_reset`` and ``_teardown``; they hand what they
-read from the remote to ``deliver_remote`` (or ``deliver_refused``). A remote server of
+keep to ourselves) and ``notifications/initialized``, then the log level and the resource
+subscriptions the client set up (recovery.py, session_memory.py). Messages sent meanwhile
+wait, bounded, for the link to be ready again. Subclasses provide the transport: ``_open``,
+``_post``, ``_initialized_by``, ``_after_initialized``, ``_reset`` and ``_teardown``; they hand
+what they read from the remote to ``deliver_remote`` (or ``deliver_refused``). A remote server of
 server mode filters its tools here (``tool_filter``, as a child does on its pipes). It owns
 no socket and never reads the wire itself.
 """
@@ -19,7 +20,7 @@ import time
 
 import gevent
 import requests
-from gevent.event import AsyncResult, Event
+from gevent.event import Event
 
 from mcp_proxy.config.settings import ClientSettings
 from mcp_proxy.core import jsonrpc
@@ -40,15 +41,16 @@ from mcp_proxy.errors import (
     UpstreamError,
 )
 from mcp_proxy.upstream.backoff import backoff
+from mcp_proxy.upstream.recovery import Recovery
+from mcp_proxy.upstream.session_memory import REMEMBERED
 
 logger = logging.getLogger(__name__)
 
-REPLAY_ID = "mcp-proxy-reinitialize"
 AUTH_FAILED = {"reason": "authentication"}  # the data of an error that is no era evidence
 
 
-class Upstream(Link):
-    """Base of the remote links: bookkeeping, error answers and the recovery loop."""
+class Upstream(Recovery, Link):
+    """Base of the remote links: bookkeeping and error answers (the recovery loop: Recovery)."""
 
     concurrent_requests = False  # True: each request is posted in its own greenlet
     tool_filter: ToolFilter | None = None  # server mode's "tools" of a remote server entry
@@ -63,7 +65,6 @@ class Upstream(Link):
         self.initialized: Message | None = None
         self.in_flight: dict[tuple, object] = {}
         self.tasks: dict[tuple, tuple[gevent.Greenlet, Message]] = {}  # id -> (poster, request)
-        self._replay: AsyncResult | None = None
         self.recovering = False  # lost, and reconnecting (or failed to)
         self._failures = 0
 
@@ -113,6 +114,9 @@ class Upstream(Link):
             self.initialize = message
         elif message.method == "notifications/initialized":
             self.initialized = message
+        elif message.method in REMEMBERED and self.memory is not None \
+                and message.kind == jsonrpc.REQUEST:
+            self.memory.sent(id_key(message.id), message.method, message.params)
         if message.kind == jsonrpc.REQUEST:
             self.in_flight[id_key(message.id)] = message.id
             if self.concurrent_requests:
@@ -178,6 +182,8 @@ class Upstream(Link):
             logger.warning("%s: %s failed: %s", self.name, message.method or "message", text)
         if message.kind == jsonrpc.REQUEST and self.in_flight.pop(id_key(message.id), None) \
                 is not None:
+            if self.memory is not None:
+                self.memory.forget(id_key(message.id))
             self._deliver_unless_closed(jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR,
                                                               text, data))
         if end:
@@ -201,13 +207,14 @@ class Upstream(Link):
         if self.tool_filter is not None:
             message = self.tool_filter.answer(message)
         if message.kind == jsonrpc.RESPONSE:
-            if message.id == REPLAY_ID and self._replay is not None:
-                self._replay.set(message)
+            if self._own and self.keep_own(message):  # the recovery's own requests
                 return
             if self.in_flight.pop(id_key(message.id), None) is None:
                 logger.debug("%s: answer to %r arrived after its error; dropped",
                              self.name, message.id)
                 return
+            if self.memory is not None and self.memory.asked:
+                self.memory.answered(id_key(message.id), "result" in message.obj)
         self._deliver_unless_closed(message)
 
     def _deliver_unless_closed(self, message: Message) -> None:
@@ -217,84 +224,7 @@ class Upstream(Link):
         except LinkClosed:
             pass
 
-    # --- recovery ---------------------------------------------------------------------------
-
-    def lost(self, reason: str) -> None:
-        """The remote session is gone: fail what is in flight, then reconnect in the background."""
-        if self.closed.is_set() or self.recovering:
-            return
-        logger.warning("%s: lost the remote session (%s); reconnecting", self.name, reason)
-        self.recovering = True
-        self.ready.clear()
-        for request_id in list(self.in_flight.values()):
-            self.in_flight.pop(id_key(request_id), None)
-            self._deliver_unless_closed(jsonrpc.error_message(
-                request_id, jsonrpc.INTERNAL_ERROR, f"remote connection lost: {reason}"))
-        spawn(self._recover, name=f"{self.name}: recovery", on_error=closing(self))
-
-    def _recover(self) -> None:
-        deadline = time.monotonic() + self.settings.recovery_timeout
-        attempt = 0
-        while not self.closed.is_set():
-            try:
-                self._reset()
-                self._open()
-                self._replay_handshake()
-                logger.info("%s: reconnected and re-initialized", self.name)
-                self.recovering = False
-                self._failures = 0
-                self.ready.set()
-                return
-            except (AuthError, TlsError, ProxyRefused) as exc:
-                self.close(f"cannot reconnect: {exc}")
-                return
-            except UpstreamError as exc:  # Refused too: the remote worked until now, and a
-                # deploy may show a page that is not MCP for a while (--recovery-timeout)
-                if time.monotonic() > deadline:
-                    self.close(f"could not reconnect within {self.settings.recovery_timeout:g}"
-                               f" s: {exc}")
-                    return
-                logger.warning("%s: reconnect failed (%s)", self.name, exc)
-                gevent.sleep(backoff(attempt))
-                attempt += 1
-
-    def _replay_handshake(self) -> None:
-        if self.initialize is None:
-            return
-        obj = dict(self.initialize.obj, id=REPLAY_ID)
-        self._replay = AsyncResult()
-        try:
-            self._post(Message(obj))
-            answer = self._replay.get(timeout=self.settings.connect_timeout + 20)
-        except gevent.Timeout as exc:
-            raise UpstreamError("no answer to the replayed initialize") from exc
-        finally:
-            self._replay = None
-        if "error" in answer.obj:
-            raise UpstreamError(f"replayed initialize failed: {answer.obj['error']}")
-        self._initialized_by(answer)
-        if self.initialized is not None:
-            self._post(self.initialized)
-            self._after_initialized()
-
-    # --- transport hooks ----------------------------------------------------------------------
-
-    def _open(self) -> None:
-        """Connect (or check the remote is reachable); raise UpstreamError or AuthError."""
-
-    def _post(self, message: Message) -> None:
-        """POST one message to the remote; what it answers comes back through
-        ``deliver_remote``."""
-        raise NotImplementedError
-
-    def _initialized_by(self, answer: Message) -> None:
-        """Learn what the initialize answer tells (session, version)."""
-
-    def _after_initialized(self) -> None:
-        """The handshake is complete (e.g. open the GET stream)."""
-
-    def _reset(self) -> None:
-        """Forget the old connection before reconnecting."""
+    # --- transport hooks (the others: recovery.py) ---------------------------------------------
 
     def _teardown(self) -> None:
         """Release the connection for good (e.g. DELETE the session)."""
