@@ -243,15 +243,15 @@ _HEAD = b'{"jsonrpc":"2.0","id":'
 _AFTER_HEAD = len(_HEAD)
 
 
-def _id_bytes(value: Any) -> bytes:
-    return b"%d" % value if type(value) is int else encode(value)
-
-
 def with_id(message: Message, new_id: Any) -> Message:
     """``message`` under another id. Where the id stands first (after ``jsonrpc``) or last in
     the compact bytes, as the SDKs write it, the bytes are spliced, not parsed and encoded
     again (a 1 MiB answer then costs one copy, no parse)."""
-    old, new, raw = _id_bytes(message._obj.get("id")), _id_bytes(new_id), message.raw
+    obj, raw = message._obj, message.raw
+    old_id = obj.get("id")
+    # an integer id as the SDKs write it, else as JSON (a string: quoted and escaped)
+    old = b"%d" % old_id if type(old_id) is int else encode(old_id)
+    new = b"%d" % new_id if type(new_id) is int else encode(new_id)
     if raw.startswith(_HEAD) and raw.startswith(old + b",", _AFTER_HEAD):
         spliced = b"".join((_HEAD, new, memoryview(raw)[_AFTER_HEAD + len(old):]))
     elif raw.endswith(b',"id":' + old + b"}"):
@@ -260,7 +260,7 @@ def with_id(message: Message, new_id: Any) -> Message:
         return rewritten(message, id=new_id)
     copy = Message.__new__(Message)
     copy.raw, copy.kind, copy._whole = spliced, message.kind, message._whole
-    copy._obj = {**message._obj, "id": new_id}
+    copy._obj = {**obj, "id": new_id}
     return copy
 
 

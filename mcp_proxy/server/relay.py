@@ -199,6 +199,15 @@ class Relay:
         except ServerBusy as exc:
             port.close("the server is busy")
             return server_busy(exc, message)
+        response = self._respond(port, port.stream, message, {}, True,
+                                 lambda first: self._modern_body(port, message, first, environ))
+        if isinstance(response, WholeResponse):  # not an event stream: answered whole
+            port.close("request done")
+        return response
+
+    def _modern_body(self, port: RequestPort, message: Message, first: list,
+                     environ: dict) -> Body:
+        """The event stream of a modern request's answer (most are answered whole)."""
         stream = port.stream
 
         def gone() -> None:
@@ -210,11 +219,7 @@ class Relay:
             stream.discard()
             port.close("request done")
 
-        response = self._respond(port, stream, message, {}, True, lambda first: Body(
-            self._events(stream, first), environ, stream, gone, ended))
-        if response.mimetype != "text/event-stream":
-            port.close("request done")
-        return response
+        return Body(self._events(stream, first), environ, stream, gone, ended)
 
 
 def _forbidden(rules: ToolScopes, environ: dict, message: Message,

@@ -21,6 +21,7 @@ from mcp_proxy.errors import TooManySessions
 from mcp_proxy.server.era import is_modern, no_modern_streams
 from mcp_proxy.server.response_body import Body
 from mcp_proxy.server.responses import (
+    WholeResponse,
     accepts,
     event_stream,
     is_json,
@@ -92,7 +93,7 @@ def add_streamable_routes(bp: Blueprint, registry: Registry, server_name: str,
             session = StreamableSession(registry, server_name)
             session.ephemeral, session.caller = True, registry.caller_of(environ)
             response = relay.answer(session, message, {}, environ, ephemeral=True)
-            if response.mimetype != "text/event-stream":
+            if isinstance(response, WholeResponse):  # not an event stream: answered whole
                 session.close("stateless request done")
             return response
         if environ.get(SESSION_KEY) or message.method != "initialize":
