@@ -213,7 +213,7 @@ class Scripted(LegacyFace):
         super().__init__("test")
         self.discovered_answer = discovered
 
-    def send_peer(self, message: Message) -> None:
+    def send_peer(self, message: Message, here: bool = False) -> None:
         if message.method == "server/discover":
             self.consumes(Message({"jsonrpc": "2.0", "id": message.id,
                                    "result": self.discovered_answer}))

@@ -31,7 +31,7 @@ from mcp_proxy import __version__
 from mcp_proxy.bridging.listener import Listener
 from mcp_proxy.bridging.rounds import drive
 from mcp_proxy.core import era_headers, jsonrpc
-from mcp_proxy.core.greenlets import closing, spawn
+from mcp_proxy.core.greenlets import Task, closing, spawn, start
 from mcp_proxy.core.jsonrpc import Message, id_key
 from mcp_proxy.core.link import Link
 from mcp_proxy.core.protocol import (
@@ -72,11 +72,14 @@ class LegacyFace(Link):
         self.uris: set[str] = set()
         self.legs: dict[tuple, AsyncResult] = {}  # our requests to the peer
         self.asks: dict[tuple, AsyncResult] = {}  # our requests to the client
-        self.calls: dict[tuple, gevent.Greenlet] = {}  # client request -> its driver
+        self.calls: dict[tuple, Task] = {}  # client request -> its driver
         self._ids = itertools.count(1)
         self.listener = Listener(self)
 
-    def send_peer(self, message: Message) -> None:
+    def send_peer(self, message: Message, here: bool = False) -> None:
+        """Send ``message`` to the peer. ``here``: the caller is a greenlet of this one
+        request (its driver), which may carry the exchange itself instead of handing it to
+        a greenlet of its own (in client mode: one greenlet less per call)."""
         raise NotImplementedError
 
     def stop_peer(self, leg_id: str) -> None:
@@ -112,7 +115,7 @@ class LegacyFace(Link):
             self._local(message)
         else:
             key = id_key(message.id)
-            self.calls[key] = spawn(self._drive, message, name=f"{self.name}: {method}",
+            self.calls[key] = start(self._drive, message, name=f"{self.name}: {method}",
                                     on_error=closing(self))
 
     def _local(self, message: Message) -> None:
@@ -171,9 +174,10 @@ class LegacyFace(Link):
         return {**stamp, **_dict(meta)}
 
     def leg(self, method: str, params: dict, leg_id: str | None = None,
-            timeout: float | None = None) -> Message | None:
+            timeout: float | None = None, here: bool = False) -> Message | None:
         """Send one request to the peer and wait for its answer (None: it was stopped, or
-        had no answer within ``timeout``)."""
+        had no answer within ``timeout``); ``here``: called by the request's driver, which
+        its cancellation kills (see ``send_peer``)."""
         leg_id = leg_id or self.next_id("leg")
         waiter = self.legs[id_key(leg_id)] = AsyncResult()
         meta = self.envelope(params.get("_meta"))
@@ -182,7 +186,7 @@ class LegacyFace(Link):
         params = {**params, "_meta": meta}
         try:
             self.send_peer(Message({"jsonrpc": "2.0", "id": leg_id, "method": method,
-                                    "params": params}))
+                                    "params": params}), here)
             return waiter.get(timeout=timeout)
         except gevent.Timeout:
             logger.info("%s: no answer to %s within %g s", self.name, method, timeout)

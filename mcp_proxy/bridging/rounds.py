@@ -37,7 +37,7 @@ def drive(bridge, message: Message) -> Message:
     params = dict(message.obj.get("params") or {})
     rounds, refreshed = 0, False
     while True:
-        answer = bridge.leg(message.method, params)
+        answer = bridge.leg(message.method, params, here=True)
         if answer is None:
             raise CannotCarry("the request was stopped")
         if (answer.error or {}).get("code") == HEADER_MISMATCH \
@@ -63,7 +63,7 @@ def _list_tools(bridge) -> None:
     """List the peer's tools (up to 10 pages): the upstream learns their headers."""
     cursor = None
     for _ in range(10):
-        answer = bridge.leg("tools/list", {"cursor": cursor} if cursor else {})
+        answer = bridge.leg("tools/list", {"cursor": cursor} if cursor else {}, here=True)
         result = answer.obj.get("result") if answer is not None else None
         cursor = result.get("nextCursor") if isinstance(result, dict) else None
         if not isinstance(cursor, str):

@@ -62,8 +62,8 @@ class ModernChildAsLegacy(EraProbe):
         if inner is not None:  # the child reads its stdout only while the session can take
             inner.peer_ready = event
 
-    def send_peer(self, message: Message) -> None:
-        self.inner.send(message)
+    def send_peer(self, message: Message, here: bool = False) -> None:
+        self.inner.send(message)  # a write to the child's stdin: never waits for the answer
 
     def stop_peer(self, leg_id: str) -> None:
         try:

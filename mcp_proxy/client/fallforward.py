@@ -37,8 +37,8 @@ class FallForward(EraProbe):
         self.ask_timeout = self.era_wait = inner.settings.read_timeout
         inner.attach(self._deliver_remote, lambda: self.close(inner.close_reason))
 
-    def send_peer(self, message: Message) -> None:
-        self.inner.send(message)
+    def send_peer(self, message: Message, here: bool = False) -> None:
+        self.inner.send(message, here)
 
     def stop_peer(self, leg_id: str) -> None:
         self.inner.stop_request(leg_id)  # close its response: a cancel, in this era

@@ -24,7 +24,7 @@ from gevent.event import Event
 
 from mcp_proxy.config.settings import ClientSettings
 from mcp_proxy.core import jsonrpc
-from mcp_proxy.core.greenlets import closing, spawn
+from mcp_proxy.core.greenlets import Task, closing, current_task, start
 from mcp_proxy.core.jsonrpc import Message, id_key
 from mcp_proxy.core.link import Link
 from mcp_proxy.core.tool_filter import ToolFilter
@@ -64,7 +64,7 @@ class Upstream(Recovery, Link):
         self.initialize: Message | None = None
         self.initialized: Message | None = None
         self.in_flight: dict[tuple, object] = {}
-        self.tasks: dict[tuple, tuple[gevent.Greenlet, Message]] = {}  # id -> (poster, request)
+        self.tasks: dict[tuple, tuple[Task, Message]] = {}  # id -> (poster, request)
         self.recovering = False  # lost, and reconnecting (or failed to)
         self._failures = 0
 
@@ -103,7 +103,10 @@ class Upstream(Recovery, Link):
     # --- client -> remote -----------------------------------------------------------------
 
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Message, here: bool = False) -> None:
+        """Send ``message``; a request is posted in a greenlet of its own, unless ``here``:
+        the caller is one that request's cancellation kills (the era bridge's driver), and
+        posts it itself."""
         if self.closed.is_set():
             raise LinkClosed(f"{self.name} is closed: {self.close_reason}")
         if self.tool_filter is not None:
@@ -119,8 +122,8 @@ class Upstream(Recovery, Link):
             self.memory.sent(id_key(message.id), message.method, message.params)
         if message.kind == jsonrpc.REQUEST:
             self.in_flight[id_key(message.id)] = message.id
-            if self.concurrent_requests:
-                task = spawn(self._send_now, message, name=f"{self.name}: request",
+            if self.concurrent_requests and not here:
+                task = start(self._send_now, message, name=f"{self.name}: request",
                              on_error=closing(self))
                 self.tasks[id_key(message.id)] = (task, message)
                 return
@@ -145,9 +148,8 @@ class Upstream(Recovery, Link):
         try:
             self._send_when_ready(message)
         finally:
-            key = id_key(message.id)
-            if message.kind == jsonrpc.REQUEST \
-                    and self.tasks.get(key, (None,))[0] is gevent.getcurrent():
+            key, task = id_key(message.id), current_task()
+            if task is not None and self.tasks.get(key, (None,))[0] is task:
                 del self.tasks[key]
 
     def _send_when_ready(self, message: Message) -> None:

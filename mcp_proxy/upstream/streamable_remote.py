@@ -81,12 +81,12 @@ class StreamableUpstream(Upstream):
             raise UpstreamError(f"GET {self.settings.url}: HTTP {probe.status_code} "
                                 f"{probe.reason}")
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Message, here: bool = False) -> None:
         if message.method == "initialize":
             self._handshake.clear()  # now, before the request's greenlet even starts
         elif message.method == "notifications/cancelled" and self._cancel(message):
             return
-        super().send(message)
+        super().send(message, here)
 
     def stop_request(self, request_id) -> bool:
         """Stop posting a request: kill its greenlet, which closes its HTTP response (the

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gevent import GreenletExit
+
 from mcp_proxy.core import jsonrpc, tracing
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.errors import FallbackNeeded
@@ -35,7 +37,7 @@ class Traced:
         super().__init__(settings, http, *args, **kwargs)  # type: ignore[call-arg]
         self.spans = RemoteSpans(settings.url, self.transport)
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Message, here: bool = False) -> None:
         if message.kind != jsonrpc.REQUEST or self.closed.is_set():
             if message.method == "notifications/cancelled":  # an answer may still come: late
                 self.spans.unanswered(message.params.get("requestId"), "cancelled", CANCELLED)
@@ -43,7 +45,10 @@ class Traced:
             return
         traced = self.spans.start(message)
         try:
-            super().send(traced)
+            super().send(traced, here)
+        except GreenletExit:  # posted here (``here``), and its driver stopped: a cancel
+            self.spans.unanswered(message.id, "cancelled", CANCELLED)
+            raise
         except BaseException:
             self.spans.unanswered(message.id, "not sent", "the link refused it")
             raise
