@@ -23,6 +23,9 @@ def main(url: str) -> int:
     print("fake browser: opening", url, flush=True)
     mode = os.environ.get("FAKE_BROWSER_MODE", "follow")
     log = os.environ.get("FAKE_BROWSER_LOG")
+    # as desktop browsers do, loopback addresses bypass any proxy of the environment (the
+    # proxy under test's HTTP(S)_PROXY are inherited): this browser visits nothing else
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost,::1"
     http = requests.Session()  # keeps an authorization server's cookies across the sign-in
     for _ in range(10):
         if log:

@@ -63,7 +63,9 @@ def test_mcp_and_sign_in_go_through_the_proxy(auth_env, remote, clients, tinypro
                                               scheme, transport):
     """Every request of the client (discovery, registration, token, the MCP GET and POSTs,
     the fast path's included) reaches the server through the proxy; over TLS with the
-    private CA from REQUESTS_CA_BUNDLE."""
+    private CA from REQUESTS_CA_BUNDLE. The browser goes direct, as browsers do to loopback
+    addresses (through tinyproxy, its callback was dropped now and then on a loaded
+    machine: the sign-in then waited out the test)."""
     server = remote(tls=(private_ca.cert, private_ca.key) if scheme == "https" else None)
     port = server.server_address[1]
     forward = tinyproxy(connect_ports=[port])
@@ -73,13 +75,15 @@ def test_mcp_and_sign_in_go_through_the_proxy(auth_env, remote, clients, tinypro
         server.sw["prm_resource"] = server.base + "/"  # one resource for /sse and /messages/
     client = clients("--transport", transport, server.base + path, env=env)
     assert tools_of(client) == ["echo", "admin"]
-    assert client.call(rpc("ping", 2))["result"] == {}
+    answer = client.call(rpc("ping", 2))  # once an error here, in CI: the failure says which
+    assert answer.get("result") == {}, (answer, client.stderr(), forward.log())
     assert client.close() == 0
     seen = {(method, path) for _, method, path in server.peers}
     assert {("POST", "/register"), ("POST", "/token")} <= seen
     assert any(path.startswith("/.well-known/") for _, path in seen)
     assert ("POST", "/mcp" if transport == "streamablehttp" else "/messages/") in seen
-    assert {peer for peer, _, _ in server.peers} == {PROXIED_FROM}, server.peers
+    ours = {peer for peer, _, path in server.peers if path != "/authorize"}  # the browser's
+    assert ours == {PROXIED_FROM}, server.peers
     log = forward.log()
     if scheme == "https":
         assert f"CONNECT 127.0.0.1:{port} HTTP/1." in log
