@@ -19,6 +19,8 @@ from conftest import RAW_SERVER
 from mcp_proxy.config.flag_settings import server_settings
 from mcp_proxy.config.options import build_parser
 from mcp_proxy.server.app import create_app
+from mcp_proxy.server.response_body import Body
+from mcp_proxy.server.streams import Stream, StreamOwner
 
 MODERN = "2026-07-28"
 ENVELOPE = {"io.modelcontextprotocol/protocolVersion": MODERN,
@@ -122,3 +124,18 @@ def test_a_client_mode_answer_leaves_no_cycle():
         assert released == [True]
 
     assert _garbage_of(serve, 5) == []
+
+
+def test_a_stream_disowned_while_its_response_drains_leaves_its_owners_set():
+    """Its owner closed first (a session's DELETE during a long answer): the response's end
+    still takes the stream out of the owner's set, which the reaper's stall check reads."""
+    owner = StreamOwner()
+    owner.draining = set()
+    stream = Stream(owner)
+    body = Body(iter([b"data: {}\n\n"]), {}, stream, on_gone=lambda: None,
+                cleanup=lambda: None)
+    assert owner.draining == {stream}
+    stream.disown()
+    assert list(body) == [b"data: {}\n\n"]
+    body.close()
+    assert owner.draining == set() and stream.writing_since is None

@@ -78,8 +78,10 @@ class Body:
         self._stream = stream
         self._cleanup: Callable[[], None] | None = cleanup
         self._watcher = None
+        # the owner's set, kept: the stream may be disowned (its owner closed) before we end
+        self._draining = stream.session.draining if stream is not None else None
         if stream is not None:
-            stream.session.draining.add(stream)
+            self._draining.add(stream)
         sock = client_socket(environ)
         if sock is not None:
             self._watcher = _watch(sock, on_gone)
@@ -108,7 +110,7 @@ class Body:
             close()
         if self._stream is not None:
             self._stream.writing_since = None
-            self._stream.session.draining.discard(self._stream)
+            self._draining.discard(self._stream)
         cleanup, self._cleanup = self._cleanup, None
         if cleanup is not None:
             cleanup()
