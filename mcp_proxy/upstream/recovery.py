@@ -50,6 +50,7 @@ class Recovery:
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self._own: dict[str, AsyncResult] = {}  # our own requests' ids -> their answers
+        self._lost_again: str | None = None  # why the session being recovered went too
         # the client's log level and subscriptions, sent again to a new session (None: not
         # kept, e.g. a shared remote's multiplexer replays them from its own bookkeeping)
         self.memory: SessionMemory | None = SessionMemory(name)
@@ -63,8 +64,13 @@ class Recovery:
         return True
 
     def lost(self, reason: str) -> None:
-        """The remote session is gone: fail what is in flight, then reconnect in the background."""
-        if self.closed.is_set() or self.recovering:
+        """The remote session is gone: fail what is in flight, then reconnect in the background.
+        Lost again while recovering (the new session's stream dropped during the replay):
+        the recovery does not count that attempt and tries again."""
+        if self.closed.is_set():
+            return
+        if self.recovering:
+            self._lost_again = reason
             return
         logger.warning("%s: lost the remote session (%s); reconnecting", self.name, reason)
         self.recovering = True
@@ -83,8 +89,11 @@ class Recovery:
         while not self.closed.is_set():
             try:
                 self._reset()
+                self._lost_again = None  # from now on, a loss is the new session's
                 self._open()
-                self._replay_handshake()
+                self._replay_handshake(deadline)
+                if self._lost_again is not None:
+                    raise UpstreamError(f"lost again while recovering: {self._lost_again}")
                 logger.info("%s: reconnected and re-initialized", self.name)
                 self.recovering = False
                 self._failures = 0
@@ -103,7 +112,7 @@ class Recovery:
                 gevent.sleep(backoff(attempt))
                 attempt += 1
 
-    def _replay_handshake(self) -> None:
+    def _replay_handshake(self, deadline: float) -> None:
         if self.initialize is None:
             return
         answer = self._ask_own(dict(self.initialize.obj, id=REPLAY_ID))
@@ -116,19 +125,20 @@ class Recovery:
             self._post(self.initialized)
             self._after_initialized()
         if self.memory is not None:
-            self.memory.replay(self._ask, WIDTH if self.concurrent_requests else 1)
+            self.memory.replay(self._ask, WIDTH if self.concurrent_requests else 1, deadline)
 
-    def _ask(self, method: str, params: dict, request_id: str) -> Message | None:
+    def _ask(self, method: str, params: dict, request_id: str, timeout: float) -> Message | None:
         return self._ask_own({"jsonrpc": "2.0", "id": request_id, "method": method,
-                              "params": params})
+                              "params": params}, timeout)
 
-    def _ask_own(self, obj: dict) -> Message | None:
-        """Post a request of ours; its answer (None: none in time), which the client never
-        sees. An UpstreamError of the POST goes through."""
+    def _ask_own(self, obj: dict, timeout: float | None = None) -> Message | None:
+        """Post a request of ours; its answer (None: none in time, at most ``timeout`` s),
+        which the client never sees. An UpstreamError of the POST goes through."""
         waiter = self._own[obj["id"]] = AsyncResult()
+        wait = self.settings.connect_timeout + 20
         try:
             self._post(Message(obj))
-            return waiter.get(timeout=self.settings.connect_timeout + 20)
+            return waiter.get(timeout=wait if timeout is None else min(wait, timeout))
         except gevent.Timeout:
             return None
         finally:

@@ -26,6 +26,7 @@ sends, and nothing on an answer while none of those requests waits for one.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,9 +41,12 @@ REMEMBERED = frozenset({SET_LEVEL, SUBSCRIBE, UNSUBSCRIBE})
 MAX_URIS = 10_000
 MAX_ASKED = 1_000  # awaited answers kept (a cancelled request may never be answered)
 WIDTH = 8  # subscriptions replayed at once, on a link that posts requests concurrently
+DEFAULT_BUDGET = 60.0  # seconds for a whole replay, when the caller gives no deadline
+MIN_WAIT = 1.0  # the level is asked for even when the deadline is near
 
-# ask(method, params, id) -> the remote's answer (a jsonrpc.Message), or None when none came
-Ask = Callable[[str, dict, str], Any]
+# ask(method, params, id, timeout) -> the remote's answer (a jsonrpc.Message), or None when
+# none came within ``timeout`` seconds
+Ask = Callable[[str, dict, str, float], Any]
 
 
 class SessionMemory:
@@ -103,30 +107,47 @@ class SessionMemory:
 
     # --- a new remote session ---------------------------------------------------------------
 
-    def replay(self, ask: Ask, width: int = 1) -> None:
-        """Send the level, then the subscriptions, to the new session (``width`` at once).
-        A refusal or no answer is logged; an :class:`~mcp_proxy.errors.UpstreamError` of
-        ``ask`` (the remote gone again) goes through to the recovery loop."""
+    def replay(self, ask: Ask, width: int = 1, until: float | None = None) -> None:
+        """Send the level, then the subscriptions, to the new session (``width`` at once),
+        until the monotonic time ``until`` (what is left then is one warning: the session
+        is ready without it). A refusal or no answer is logged; an exception of ``ask`` (an
+        :class:`~mcp_proxy.errors.UpstreamError`: the remote gone again) stops the replay
+        and goes through to the recovery loop, raised here, in the caller's greenlet."""
+        until = time.monotonic() + DEFAULT_BUDGET if until is None else until
         if self.level is not None:
-            answer = ask(SET_LEVEL, {"level": self.level}, "mcp-proxy-replay-level")
+            answer = ask(SET_LEVEL, {"level": self.level}, "mcp-proxy-replay-level",
+                         max(until - time.monotonic(), MIN_WAIT))
             self._check(answer, f"logging/setLevel {self.level!r}")
         uris = list(self.uris)
-        if not uris:
-            return
+        failed: list[Exception] = []
+        skipped = 0
 
         def subscribe(numbered: tuple[int, str]) -> None:
-            answer = ask(SUBSCRIBE, {"uri": numbered[1]}, f"mcp-proxy-replay-{numbered[0]}")
+            nonlocal skipped
+            left = until - time.monotonic()
+            if failed or left <= 0:
+                skipped += not failed
+                return
+            try:
+                answer = ask(SUBSCRIBE, {"uri": numbered[1]}, f"mcp-proxy-replay-{numbered[0]}",
+                             left)
+            except Exception as exc:  # kept for the caller: a pool's greenlet that raises
+                failed.append(exc)  # would print its traceback past the logging
+                return
             self._check(answer, f"resources/subscribe {numbered[1]!r}")
 
-        if width <= 1:
+        pool = gevent.pool.Pool(max(width, 1))
+        try:
             for numbered in enumerate(uris):
-                subscribe(numbered)
-        else:
-            pool = gevent.pool.Pool(width)
-            try:
-                pool.map(subscribe, enumerate(uris))
-            finally:
-                pool.kill()  # after a failure, the others it was still asking
+                pool.spawn(subscribe, numbered)  # waits while ``width`` are under way
+            pool.join()
+        finally:
+            pool.kill()  # only if we were killed: every one of them has ended otherwise
+        if failed:
+            raise failed[0]
+        if skipped:
+            logger.warning("%s: the recovery's time ran out: %d resource subscription(s) not "
+                           "sent again to the recovered remote session", self.name, skipped)
 
     def _check(self, answer: Any, what: str) -> None:
         if answer is None:
