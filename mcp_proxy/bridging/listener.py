@@ -3,8 +3,11 @@
 The filter is what the 2026-07-28 peer's capabilities offer (tools, prompts and resources
 ``listChanged``) plus the resources the client subscribed to. The listen is reopened when the
 filter changes (``listening`` is set again once the new one is acknowledged), and with
-backoff when it drops; after five streams in a row that each lived under 30 s it gives up
-(logged), as mcp-remote does. Its acknowledgement is consumed (the types not granted are
+backoff when it drops, for as long as the session lasts: after five streams in a row that
+each lived under 30 s (one warning) every 30 s. mcp-remote gives up there, and a remote away
+for a minute then cost the client its notifications for the rest of its session. A listen the
+peer refuses (method not found, invalid params) is asked again only once the filter changes:
+the same one would be refused again. Its acknowledgement is consumed (the types not granted are
 logged); the change notifications reach the client without the ``subscriptionId`` the 2025
 era does not know. A listen reopened after a drop (the peer restarted, say) cannot tell what
 changed while none was open, so its acknowledgement tells the client that everything it
@@ -29,7 +32,9 @@ logger = logging.getLogger(__name__)
 LISTED = (("tools", "toolsListChanged"), ("prompts", "promptsListChanged"),
           ("resources", "resourcesListChanged"))
 SHORT_LIVED = 30.0
-GIVE_UP_AFTER = 5
+PATIENT_AFTER = 5  # streams in a row under SHORT_LIVED: from then on, one try per CAP
+CAP = 30.0
+REFUSED = (-32601, -32602)  # the peer will not hold this filter: wait for another
 
 
 class Listener:
@@ -91,15 +96,22 @@ class Listener:
                 short = 0
                 continue
             self.missed = True
+            error = (answer.error or {}) if answer is not None else {}
+            why = error.get("message") if answer is not None else "stopped"
+            if error.get("code") in REFUSED:
+                logger.warning("the %s refused the listen (%s); no change notifications "
+                               "until the client's subscriptions change", self.bridge.peer, why)
+                self.changed.wait()
+                short = 0
+                continue
             short = short + 1 if clock.now() - opened < SHORT_LIVED else 0
-            why = (answer.error or {}).get("message") if answer is not None else "stopped"
-            if short >= GIVE_UP_AFTER:
-                logger.warning("the %s's listen stream keeps ending (%s); no more change "
-                               "notifications for this session", self.bridge.peer, why or "ended")
-                return
-            logger.info("the %s's listen stream ended (%s); reopening", self.bridge.peer,
-                        why or "ended")
-            self.changed.wait(backoff(short + 2, cap=30.0))
+            if short == PATIENT_AFTER:
+                logger.warning("the %s's listen stream keeps ending (%s); trying again every "
+                               "%g s", self.bridge.peer, why or "ended", CAP)
+            else:
+                logger.info("the %s's listen stream ended (%s); reopening", self.bridge.peer,
+                            why or "ended")
+            self.changed.wait(backoff(short + 2, cap=CAP))
 
     def consume(self, message: Message) -> bool:
         """Take a listen notification: True if it was handled here (or belongs to nobody)."""
