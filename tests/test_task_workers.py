@@ -5,7 +5,9 @@ with empty contextvars, as a new greenlet does. In-process, gevent without monke
 from __future__ import annotations
 
 import contextvars
+import gc
 import logging
+import weakref
 
 import gevent
 from gevent.event import Event
@@ -160,3 +162,19 @@ def test_tasks_end_as_they_are_told_in_any_order(steps):
     for n, result in outcome.items():
         assert result == "done" if n not in killed else result in ("done", "killed")
     assert not any(task.running for task in tasks.values())
+
+
+def test_an_ended_task_keeps_nothing_it_served_alive():
+    """A kept greenlet and its last task hold no reference to what that task was given (a
+    closed session's link and buffers, say) while the greenlet waits for the next task."""
+
+    class Served:
+        pass
+
+    served = Served()
+    gone = weakref.ref(served)
+    task = start(lambda thing: None, served, name="holder")
+    settle()
+    del served
+    gc.collect()
+    assert gone() is None and not task.running

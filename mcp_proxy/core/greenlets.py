@@ -130,6 +130,8 @@ def _work() -> None:
                 gevent.spawn(_handle, task.name, task.on_error, exc)
         finally:
             task.worker = me.task = None
+            task.func, task.args = None, ()  # what it served is not kept alive by it...
+        task = None  # ...nor by this greenlet while it waits for the next one
         if _Idle.hub is not hub:
             _Idle.hub, _Idle.workers = hub, []
         if len(_Idle.workers) >= MAX_IDLE:
