@@ -123,8 +123,7 @@ def _work() -> None:
             contextvars.Context().run(task.func, *task.args)  # as empty as a new greenlet's
         except GreenletExit:
             pass
-        except Exception as exc:
-            task.worker = me.task = None
+        except Exception as exc:  # nothing here switches: a late kill cannot land in it
             logger.exception("%s crashed", task.name)
             if task.on_error is not None:
                 gevent.spawn(_handle, task.name, task.on_error, exc)

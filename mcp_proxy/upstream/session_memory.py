@@ -41,7 +41,6 @@ REMEMBERED = frozenset({SET_LEVEL, SUBSCRIBE, UNSUBSCRIBE})
 MAX_URIS = 10_000
 MAX_ASKED = 1_000  # awaited answers kept (a cancelled request may never be answered)
 WIDTH = 8  # subscriptions replayed at once, on a link that posts requests concurrently
-DEFAULT_BUDGET = 60.0  # seconds for a whole replay, when the caller gives no deadline
 MIN_WAIT = 1.0  # the level is asked for even when the deadline is near
 
 # ask(method, params, id, timeout) -> the remote's answer (a jsonrpc.Message), or None when
@@ -107,13 +106,12 @@ class SessionMemory:
 
     # --- a new remote session ---------------------------------------------------------------
 
-    def replay(self, ask: Ask, width: int = 1, until: float | None = None) -> None:
+    def replay(self, ask: Ask, width: int, until: float) -> None:
         """Send the level, then the subscriptions, to the new session (``width`` at once),
         until the monotonic time ``until`` (what is left then is one warning: the session
         is ready without it). A refusal or no answer is logged; an exception of ``ask`` (an
         :class:`~mcp_proxy.errors.UpstreamError`: the remote gone again) stops the replay
         and goes through to the recovery loop, raised here, in the caller's greenlet."""
-        until = time.monotonic() + DEFAULT_BUDGET if until is None else until
         if self.level is not None:
             answer = ask(SET_LEVEL, {"level": self.level}, "mcp-proxy-replay-level",
                          max(until - time.monotonic(), MIN_WAIT))
