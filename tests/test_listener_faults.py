@@ -98,3 +98,18 @@ def test_a_refused_listen_waits_for_a_new_filter(caplog):
     assert [r.getMessage() for r in caplog.records][0] == (
         "the remote refused the listen (Method not found); no change notifications until the "
         "client's subscriptions change")
+
+
+@pytest.mark.parametrize("error", [{"code": "-32601", "message": 7}, {"code": [-32601]},
+                                   {"message": None}, {}])
+def test_a_malformed_error_answer_is_an_ending_not_a_crash(error):
+    """A peer's error object with a code of the wrong type, or none, is a listen that ended:
+    reopened, and the listener's greenlet lives on."""
+    bridge = Bridge(lambda n: jsonrpc.Message({"jsonrpc": "2.0", "id": "x", "error": error}))
+    listen = Listener(bridge)
+    listen.start()
+    with gevent.Timeout(10):
+        while len(bridge.legs) < 3:
+            gevent.sleep(0.01)
+    assert not listen._loop.dead
+    listen.stop()
