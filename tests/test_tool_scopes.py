@@ -97,6 +97,7 @@ def test_on_mcp_the_refusal_is_403_with_the_challenge_to_step_up(oidc, proxy_fac
         f'Bearer error="insufficient_scope", scope="mcp:tools mcp:admin", '
         f'resource_metadata="{proxy.base}{WELL_KNOWN}/servers/s/mcp"')
     assert refused.json()["error"]["code"] == -32003 and refused.json()["id"] == 1
+    proxy.expect("refused tools/call")  # the log line may be read after the answer came
     assert sum("refused tools/call" in line for line in proxy.lines) == 1  # logged once
     listed = requests.post(url, json=rpc("tools/list", 2), headers=narrow, timeout=15)
     assert "echo" not in tool_names(listed) and "nested" in tool_names(listed)
