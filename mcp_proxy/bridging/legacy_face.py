@@ -8,9 +8,10 @@ peer is known to be modern-only (``discover``), the session is bridged:
   ``resources/(un)subscribe`` are answered ``{}`` here (the last three change what later
   requests carry); ``notifications/initialized`` and ``roots/list_changed`` end here;
 - every request is stamped with the ``_meta`` envelope (the client's capabilities and info
-  from its ``initialize``, its log level) and runs in its own greenlet: ``input_required``
-  rounds are asked of the client and retried (rounds.py), ``resultType: "complete"`` is
-  stripped, a cancel stops the current leg (``stop_peer``);
+  from its ``initialize``, its log level) and sent from the caller's greenlet; a final
+  answer goes back from the greenlet that read it, ``resultType: "complete"`` stripped, and
+  only ``input_required`` rounds, asked of the client and retried, get a greenlet of their
+  own (rounds.py); a cancel stops the current leg (``stop_peer``);
 - change notifications come from one ``subscriptions/listen`` held here (listener.py).
 
 A subclass says how a message reaches the peer (``send_peer``), how a request to it is
@@ -28,10 +29,10 @@ import gevent
 from gevent.event import AsyncResult
 
 from mcp_proxy import __version__
+from mcp_proxy.bridging import rounds
 from mcp_proxy.bridging.listener import Listener
-from mcp_proxy.bridging.rounds import drive
 from mcp_proxy.core import era_headers, jsonrpc
-from mcp_proxy.core.greenlets import Task, closing, spawn, start
+from mcp_proxy.core.greenlets import Task, closing, current_task, spawn
 from mcp_proxy.core.jsonrpc import Message, id_key
 from mcp_proxy.core.link import Link
 from mcp_proxy.core.protocol import (
@@ -72,7 +73,8 @@ class LegacyFace(Link):
         self.uris: set[str] = set()
         self.legs: dict[tuple, AsyncResult] = {}  # our requests to the peer
         self.asks: dict[tuple, AsyncResult] = {}  # our requests to the client
-        self.calls: dict[tuple, Task] = {}  # client request -> its driver
+        self.calls: dict[tuple, Task | rounds.FirstLeg] = {}  # client request -> its driver
+        self._stamp: tuple = (None, None, None, {})  # what the envelope was made of, and it
         self._ids = itertools.count(1)
         self.listener = Listener(self)
 
@@ -114,9 +116,7 @@ class LegacyFace(Link):
         elif method in LOCAL:
             self._local(message)
         else:
-            key = id_key(message.id)
-            self.calls[key] = start(self._drive, message, name=f"{self.name}: {method}",
-                                    on_error=closing(self))
+            rounds.FirstLeg(self, message).send()
 
     def _local(self, message: Message) -> None:
         params = message.params
@@ -148,30 +148,39 @@ class LegacyFace(Link):
             logger.info("%s: request %r cancelled by the client", self.name, request_id)
             driver.kill(block=False)
 
-    def _drive(self, message: Message) -> None:
+    def drive(self, message: Message, answer: Message) -> None:
+        """Carry ``message`` on from its first leg's ``answer`` (a greenlet of its own)."""
+        task = current_task()
         try:
-            answer = drive(self, message)
-        except CannotCarry as exc:
-            answer = jsonrpc.error_message(message.id, exc.code, str(exc), exc.data)
-        except (LinkClosed, ServerBusy) as exc:
-            answer = jsonrpc.error_message(message.id, jsonrpc.INTERNAL_ERROR,
-                                           f"MCP server unavailable: {exc}")
-        finally:
-            self.calls.pop(id_key(message.id), None)
-        self.deliver_unless_closed(answer)
+            answer = rounds.drive(self, message, answer)
+        except (CannotCarry, LinkClosed, ServerBusy) as exc:
+            answer = rounds.failed(message.id, exc)
+        finally:  # a cancelled id the client used again is another request's by now
+            if self.calls.get(id_key(message.id)) is task:
+                del self.calls[id_key(message.id)]
+        if not task.killed:  # a cancel that came while the answer was on its way: none
+            self.deliver_unless_closed(answer)
 
     # --- the 2026-07-28 peer --------------------------------------------------------------
 
-    def envelope(self, meta: Any = None) -> dict:
-        """The ``_meta`` a request carries: the client's identity, its level, and what it
-        already had (a progress token; a protocol version of its own is kept)."""
-        stamp = {VERSION_KEY: self.version,
-                 CAPABILITIES_KEY: _dict(self.client.get("capabilities")),
-                 CLIENT_INFO_KEY: self.client.get("clientInfo")
-                 or {"name": "mcp-proxy", "version": __version__}}
-        if self.log_level:
-            stamp[LOG_LEVEL_KEY] = self.log_level
-        return {**stamp, **_dict(meta)}
+    def leg_message(self, method: str, params: dict, leg_id: str) -> Message:
+        """A request to the peer, its ``_meta`` the envelope: the client's identity and level
+        (made once per change of them), and what the request had (a progress token)."""
+        client, version, level, stamp = self._stamp
+        if client is not self.client or version != self.version or level != self.log_level:
+            stamp = {VERSION_KEY: self.version,
+                     CAPABILITIES_KEY: _dict(self.client.get("capabilities")),
+                     CLIENT_INFO_KEY: self.client.get("clientInfo")
+                     or {"name": "mcp-proxy", "version": __version__}}
+            if self.log_level:
+                stamp[LOG_LEVEL_KEY] = self.log_level
+            self._stamp = (self.client, self.version, self.log_level, stamp)
+        meta = params.get("_meta")
+        meta = {**stamp, **meta} if isinstance(meta, dict) else {**stamp}
+        if method == "subscriptions/listen":  # no log lines of other requests belong to it
+            meta.pop(LOG_LEVEL_KEY, None)
+        return Message({"jsonrpc": "2.0", "id": leg_id, "method": method,
+                        "params": {**params, "_meta": meta}})
 
     def leg(self, method: str, params: dict, leg_id: str | None = None,
             timeout: float | None = None, here: bool = False) -> Message | None:
@@ -180,13 +189,8 @@ class LegacyFace(Link):
         its cancellation kills (see ``send_peer``)."""
         leg_id = leg_id or self.next_id("leg")
         waiter = self.legs[id_key(leg_id)] = AsyncResult()
-        meta = self.envelope(params.get("_meta"))
-        if method == "subscriptions/listen":  # no log lines of other requests belong to it
-            meta.pop(LOG_LEVEL_KEY, None)
-        params = {**params, "_meta": meta}
         try:
-            self.send_peer(Message({"jsonrpc": "2.0", "id": leg_id, "method": method,
-                                    "params": params}), here)
+            self.send_peer(self.leg_message(method, params, leg_id), here)
             return waiter.get(timeout=timeout)
         except gevent.Timeout:
             logger.info("%s: no answer to %s within %g s", self.name, method, timeout)
@@ -208,6 +212,9 @@ class LegacyFace(Link):
             waiter = self.legs.get(id_key(message.id))
             if waiter is not None:
                 waiter.set(message)
+                return True
+            if self.bridging:  # every request the peer gets is a leg: a stopped one's
+                logger.debug("%s: dropped a late answer to %r", self.name, message.id)
                 return True
         elif self.bridging and message.kind == jsonrpc.NOTIFICATION:
             return self.listener.consume(message)
@@ -278,17 +285,10 @@ class LegacyFace(Link):
         self.deliver_unless_closed(Message(request))
         return ask_id, waiter
 
-    def forget_asks(self, ask_ids: list[str], cancel: bool) -> None:
-        for ask_id in ask_ids:
-            waiter = self.asks.pop(id_key(ask_id), None)
-            if cancel and waiter is not None and not waiter.ready():
-                self.deliver_unless_closed(Message({"jsonrpc": "2.0",
-                                                    "method": "notifications/cancelled",
-                                                    "params": {"requestId": ask_id}}))
-
     def _on_close(self, reason: str) -> None:
         self.listener.stop()
-        for driver in list(self.calls.values()):
+        calls, self.calls = self.calls, {}
+        for driver in calls.values():
             driver.kill(block=False)
         for waiter in list(self.legs.values()):  # e.g. the discover probe: it waits no more
             if not waiter.ready():

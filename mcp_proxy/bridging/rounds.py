@@ -19,8 +19,9 @@ from typing import Any
 import gevent
 
 from mcp_proxy.core import jsonrpc
-from mcp_proxy.core.jsonrpc import Message
-from mcp_proxy.errors import CannotCarry
+from mcp_proxy.core.greenlets import closing, start
+from mcp_proxy.core.jsonrpc import Message, id_key
+from mcp_proxy.errors import CannotCarry, LinkClosed, ServerBusy
 
 logger = logging.getLogger(__name__)
 
@@ -28,39 +29,128 @@ MAX_ROUNDS = 10
 MAX_REQUESTS = 8  # per round (both limits as in mcp-remote)
 MISSING_CAPABILITY = -32021
 HEADER_MISMATCH = -32020
+INVALID_PARAMS = -32602
 CAPABILITY_OF = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation",
                  "roots/list": "roots"}
 
 
-def drive(bridge, message: Message) -> Message:
-    """The final answer to the client's ``message`` (its own id), after every round."""
+def drive(bridge, message: Message, answer: Message | None = None) -> Message:
+    """The final answer to the client's ``message`` (its own id), after every round;
+    ``answer``: the first leg's, when it was sent without a driver (``FirstLeg``)."""
     params = dict(message.obj.get("params") or {})
     rounds, refreshed = 0, False
     while True:
-        answer = bridge.leg(message.method, params, here=True)
+        if answer is None:
+            answer = bridge.leg(message.method, params, here=True)
         if answer is None:
             raise CannotCarry("the request was stopped")
-        if (answer.error or {}).get("code") == HEADER_MISMATCH \
-                and message.method == "tools/call" and not refreshed:
+        if not refreshed and _refused_headers(message, answer):
             refreshed = True  # the tool's x-mcp-header annotations may have changed: once
-            logger.info("the %s refused a tools/call's headers; listing tools again", bridge.peer)
             _list_tools(bridge)
+            answer = None
             continue
-        result = answer.obj.get("result")
-        if not isinstance(result, dict) or result.get("resultType") != "input_required":
-            return _final(message.id, answer, result)
+        kind = answer.result_type
+        if kind != "input_required":
+            return _final(message.id, answer, kind)
         if rounds == MAX_ROUNDS:
             raise CannotCarry(f"the {bridge.peer} asked for input more than {MAX_ROUNDS} times "
                               f"for one {message.method}; mcp-proxy gave up")
         rounds += 1
+        result = answer.obj["result"]
         responses = _ask(bridge, result.get("inputRequests"))
         params = {**(message.obj.get("params") or {}), "inputResponses": responses}
         if "requestState" in result:
             params["requestState"] = result["requestState"]
+        answer = None
+
+
+def settled(message: Message, answer: Message) -> Message | None:
+    """The client's final answer if the first leg's ``answer`` needs no other round."""
+    kind = answer.result_type
+    if kind == "input_required" or (answer.error is not None
+                                    and _refused_headers(message, answer)):
+        return None
+    return _final(message.id, answer, kind)
+
+
+def failed(request_id: Any, exc: Exception) -> Message:
+    """The client's answer to a request that could not be carried (``exc`` says why)."""
+    if isinstance(exc, CannotCarry):
+        return jsonrpc.error_message(request_id, exc.code, str(exc), exc.data)
+    return jsonrpc.error_message(request_id, jsonrpc.INTERNAL_ERROR,
+                                 f"MCP server unavailable: {exc}")
+
+
+class FirstLeg:
+    """A client request whose first leg is out with no driver: most answers are final and
+    go to the client from the greenlet that read them (no greenlet, no wake-up of ours per
+    call); a driver (``drive``) starts only for a second round. It stands for the leg's
+    waiter in ``bridge.legs`` and for the driver in ``bridge.calls``."""
+
+    __slots__ = ("bridge", "message", "leg_id", "leg_key", "key")
+
+    def __init__(self, bridge, message: Message) -> None:
+        self.bridge, self.message, self.leg_id = bridge, message, bridge.next_id("leg")
+        self.leg_key, self.key = (True, self.leg_id), id_key(message.id)
+
+    def send(self) -> None:
+        bridge, message = self.bridge, self.message
+        params = message.obj.get("params", {})
+        if not isinstance(params, dict):  # JSON-RPC allows an array; no MCP request has one
+            bridge.deliver_unless_closed(jsonrpc.error_message(
+                message.id, INVALID_PARAMS, "Invalid params: MCP params are an object"))
+            return
+        bridge.calls[self.key] = bridge.legs[self.leg_key] = self
+        leg = bridge.leg_message(message.method, params, self.leg_id)
+        try:
+            bridge.send_peer(leg)
+        except (LinkClosed, ServerBusy) as exc:
+            if self._forget():
+                bridge.deliver_unless_closed(failed(message.id, exc))
+
+    def ready(self) -> bool:
+        return False  # a waiter that is set is no longer in ``bridge.legs``
+
+    def set(self, answer: Message | None) -> None:
+        """The leg's answer (None: it was stopped, or the bridge closed)."""
+        if not self._forget():
+            return
+        bridge, message = self.bridge, self.message
+        if answer is None:
+            bridge.deliver_unless_closed(failed(message.id, CannotCarry("the request was "
+                                                                        "stopped")))
+            return
+        final = settled(message, answer)
+        if final is not None:
+            bridge.deliver_unless_closed(final)
+        else:
+            bridge.calls[self.key] = start(bridge.drive, message, answer,
+                                           name=f"{bridge.name}: {message.method}",
+                                           on_error=closing(bridge))
+
+    def kill(self, block: bool = False) -> None:
+        """The client cancelled its request: stop the leg; no answer goes to the client."""
+        if self._forget():
+            self.bridge.stop_peer(self.leg_id)
+
+    def _forget(self) -> bool:
+        """Leave the bridge's tables; False if it already had (answered, stopped)."""
+        legs, calls = self.bridge.legs, self.bridge.calls
+        if legs.get(self.leg_key) is not self:
+            return False
+        del legs[self.leg_key]
+        if calls.get(self.key) is self:
+            del calls[self.key]
+        return True
+
+
+def _refused_headers(message: Message, answer: Message) -> bool:
+    return message.method == "tools/call" and (answer.error or {}).get("code") == HEADER_MISMATCH
 
 
 def _list_tools(bridge) -> None:
     """List the peer's tools (up to 10 pages): the upstream learns their headers."""
+    logger.info("the %s refused a tools/call's headers; listing tools again", bridge.peer)
     cursor = None
     for _ in range(10):
         answer = bridge.leg("tools/list", {"cursor": cursor} if cursor else {}, here=True)
@@ -70,11 +160,28 @@ def _list_tools(bridge) -> None:
             return
 
 
-def _final(request_id: Any, answer: Message, result: Any) -> Message:
-    obj = {**answer.obj, "id": request_id}
-    if isinstance(result, dict) and result.get("resultType") == "complete":
-        obj["result"] = {key: value for key, value in result.items() if key != "resultType"}
-    return Message(obj)
+_COMPLETE = b',"resultType":"complete"}}'
+
+
+def _final(request_id: Any, answer: Message, kind: Any) -> Message:
+    """The peer's final answer under the client's id, without the result's ``resultType:
+    "complete"`` (``kind``): a 2025-era client's schema lacks it (strict ones refuse it)."""
+    if kind != "complete":
+        return jsonrpc.with_id(answer, request_id)
+    raw = answer.raw
+    if raw.endswith(_COMPLETE) and raw.count(b'"resultType"') == 1 and b"\\u" not in raw:
+        # As the SDKs write it: the last member of the last member. With no \u escape, the
+        # result's own member is spelled so in the bytes; as the only one, it is this one:
+        # cut from the bytes, nothing parsed or encoded again.
+        view = answer.view
+        result = dict(view["result"])
+        del result["resultType"]
+        answer = Message({**view, "result": result}, raw[:-len(_COMPLETE)] + b"}}")
+    else:
+        obj = answer.obj
+        answer = Message({**obj, "result": {key: value for key, value in obj["result"].items()
+                                            if key != "resultType"}})
+    return jsonrpc.with_id(answer, request_id)
 
 
 def _check(bridge, requests: Any) -> None:
@@ -126,4 +233,9 @@ def _ask(bridge, requests: Any) -> dict:
         done = True
         return responses
     finally:
-        bridge.forget_asks([ask_id for ask_id, _ in asked.values()], cancel=not done)
+        for ask_id, waiter in asked.values():  # given up on: the client is told
+            bridge.asks.pop(id_key(ask_id), None)
+            if not done and not waiter.ready():
+                bridge.deliver_unless_closed(Message({"jsonrpc": "2.0",
+                                                      "method": "notifications/cancelled",
+                                                      "params": {"requestId": ask_id}}))

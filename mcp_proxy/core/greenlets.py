@@ -63,19 +63,22 @@ def spawn(func: Callable, *args, name: str,
 class Task:
     """One ``start``: ``running`` while its greenlet carries it; ``kill()`` ends it there."""
 
-    __slots__ = ("func", "args", "name", "on_error", "worker")
+    __slots__ = ("func", "args", "name", "on_error", "worker", "killed")
 
     def __init__(self, func: Callable, args: tuple, name: str,
                  on_error: ErrorHandler | None) -> None:
         self.func, self.args, self.name, self.on_error = func, args, name, on_error
         self.worker: _Worker | None = None
+        self.killed = False
 
     @property
     def running(self) -> bool:
         return self.worker is not None
 
     def kill(self, block: bool = False) -> None:
-        """Raise GreenletExit in the task, soon (never waits: ``block`` is gevent's word)."""
+        """Raise GreenletExit in the task, soon (never waits: ``block`` is gevent's word); a
+        task its greenlet has not begun yet never runs."""
+        self.killed = True
         if self.worker is not None:
             gevent.get_hub().loop.run_callback(self._throw)
 
@@ -120,7 +123,8 @@ def _work() -> None:
     while True:
         task = me.task
         try:
-            contextvars.Context().run(task.func, *task.args)  # as empty as a new greenlet's
+            if not task.killed:
+                contextvars.Context().run(task.func, *task.args)  # as empty as a new one's
         except GreenletExit:
             pass
         except Exception as exc:  # nothing here switches: a late kill cannot land in it

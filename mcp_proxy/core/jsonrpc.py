@@ -7,6 +7,7 @@ with (one line, no newline) beside the parsed object that routing reads.
 from __future__ import annotations
 
 import json
+import json.encoder
 from typing import Any
 
 from mcp_proxy.core import strict_json
@@ -22,13 +23,19 @@ REQUEST_CANCELLED = -32800
 REQUEST, NOTIFICATION, RESPONSE = "request", "notification", "response"
 
 
-# made once: json.dumps builds a new encoder for every call with arguments (9 k instructions)
+# made once: json.dumps builds a new encoder for every call with arguments (9 k instructions),
+# and JSONEncoder.encode its C encoder for every call (~85 Python opcodes). No circular
+# check: what is encoded is parsed JSON or built here (a cycle would be a RecursionError).
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_c_encoder = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
+    None, _encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, True)
 
 
 def encode(obj: Any) -> bytes:
     """Serialise ``obj`` as compact single-line UTF-8 JSON."""
-    return _encoder.encode(obj).encode("utf-8")
+    if _c_encoder is None:  # an interpreter without the C accelerator
+        return _encoder.encode(obj).encode("utf-8")
+    return "".join(_c_encoder(obj, 0)).encode("utf-8")
 
 
 def id_key(request_id: Any) -> tuple[bool, Any]:
@@ -68,8 +75,9 @@ def _routing_view(obj: dict) -> dict:
                 kept[key] = value
         view["params"] = kept
     result = obj.get("result")
-    if isinstance(result, dict) and "requestState" in result:
-        view["result"] = {"requestState": result["requestState"]}
+    if isinstance(result, dict):
+        view["result"] = {key: result[key] for key in ("requestState", "resultType")
+                          if key in result}
     return view
 
 
@@ -92,6 +100,11 @@ class Message:
     def obj(self) -> dict:
         """The whole message (parsed again from ``raw`` if only its routing view is kept)."""
         return self._obj if self._whole else strict_json.reread(self.raw.decode("utf-8"))
+
+    @property
+    def view(self) -> dict:
+        """What routing reads: the whole message, or a large one's routing view."""
+        return self._obj
 
     @property
     def id(self) -> Any:
@@ -118,6 +131,12 @@ class Message:
         (read here, not by scanning a large message's bytes for it)."""
         holder = self._obj.get("params" if "method" in self._obj else "result")
         return holder.get("requestState") if isinstance(holder, dict) else None
+
+    @property
+    def result_type(self) -> Any:
+        """An answer's 2026-07-28 ``resultType`` (None if it has none)."""
+        result = self._obj.get("result")
+        return result.get("resultType") if isinstance(result, dict) else None
 
     def __repr__(self) -> str:
         return f"<Message {self.kind} id={self.id!r} method={self.method!r} {len(self.raw)}B>"
