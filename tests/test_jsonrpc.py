@@ -211,9 +211,10 @@ def test_routed_params_are_refused_as_before(params, meta):
 @settings(max_examples=200, deadline=None, database=None)
 @given(old=st.one_of(st.integers(-10**6, 10**6), st.text(max_size=4)),
        new=st.one_of(st.integers(-10**6, 10**6), st.text(max_size=4)),
-       last=st.booleans())
-def test_with_id_splices_any_id_exactly(old, new, last):
-    body = {"jsonrpc": "2.0", "id": old, "result": {"id": old, "x": [old]}}
+       last=st.booleans(), pad=st.sampled_from([0, 2000]))
+def test_with_id_splices_any_id_exactly(old, new, last, pad):
+    assert jsonrpc._id_bytes(old) == jsonrpc.encode(old)  # the encoder-free spelling
+    body = {"jsonrpc": "2.0", "id": old, "result": {"id": old, "x": [old], "pad": "p" * pad}}
     if last:  # as SDK clients write it
         body = {"method": "m", "params": {"id": old}, "jsonrpc": "2.0", "id": old}
     raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()

@@ -262,17 +262,25 @@ _HEAD = b'{"jsonrpc":"2.0","id":'
 _AFTER_HEAD = len(_HEAD)
 
 
+def _id_bytes(value: Any) -> bytes:
+    """An id as ``encode`` writes it; a plain string (no escape needed) costs no encoder."""
+    if type(value) is int:
+        return b"%d" % value
+    if type(value) is str and value.isprintable() and '"' not in value and "\\" not in value:
+        return b'"%s"' % value.encode("utf-8")
+    return encode(value)
+
+
 def with_id(message: Message, new_id: Any) -> Message:
     """``message`` under another id. Where the id stands first (after ``jsonrpc``) or last in
     the compact bytes, as the SDKs write it, the bytes are spliced, not parsed and encoded
     again (a 1 MiB answer then costs one copy, no parse)."""
     obj, raw = message._obj, message.raw
-    old_id = obj.get("id")
-    # an integer id as the SDKs write it, else as JSON (a string: quoted and escaped)
-    old = b"%d" % old_id if type(old_id) is int else encode(old_id)
-    new = b"%d" % new_id if type(new_id) is int else encode(new_id)
-    if raw.startswith(_HEAD) and raw.startswith(old + b",", _AFTER_HEAD):
-        spliced = b"".join((_HEAD, new, memoryview(raw)[_AFTER_HEAD + len(old):]))
+    old, new = _id_bytes(obj.get("id")), _id_bytes(new_id)
+    end = _AFTER_HEAD + len(old)
+    if raw.startswith(old, _AFTER_HEAD) and raw[end:end + 1] == b"," and raw.startswith(_HEAD):
+        spliced = _HEAD + new + raw[end:] if len(raw) <= _SHORT \
+            else b"".join((_HEAD, new, memoryview(raw)[end:]))  # one copy of a large one
     elif raw.endswith(b',"id":' + old + b"}"):
         spliced = b"".join((memoryview(raw)[:-len(old) - 1], new, b"}"))
     else:
