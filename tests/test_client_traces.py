@@ -142,7 +142,7 @@ def test_a_bridged_call_each_round_in_the_clients_trace(server, client):
     (ours,) = named(spans, "tools/call echo")
     assert (ours["trace_id"], ours["parent_id"]) == (TRACE, CLIENT_SPAN)
     assert ours["attributes"]["mcp.proxy.era"] == "modern"
-    assert ours["attributes"]["jsonrpc.request.id"].startswith("mcp-proxy-leg-")
+    assert ours["attributes"]["jsonrpc.request.id"] == "8"  # the leg has the client's id
     (probe,) = named(spans, "server/discover")  # the bridge's own: a trace of its own
     assert probe["parent_id"] is None and probe["attributes"]["mcp.proxy.outcome"] == "ok"
     (theirs,) = named(wait_for(server.spans, "tools/call echo"), "tools/call echo")

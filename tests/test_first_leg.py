@@ -65,13 +65,25 @@ def test_a_final_answer_goes_back_at_once_without_a_driver():
     face = Face()
     face.bridged(call(7))
     leg = face.sent[-1]
-    assert leg.id.startswith("mcp-proxy-leg-") and leg.params["_meta"][
+    assert leg.id == 7 and leg.params["_meta"][  # the client's id: its answer needs no splice
         "io.modelcontextprotocol/clientCapabilities"] == {"roots": {}}
     face.answer(leg, {"content": [{"type": "text", "text": "hi"}], "resultType": "complete"})
     # delivered in this very greenlet: no switch, no driver
     assert face.to_client == [{"jsonrpc": "2.0", "id": 7,
                                "result": {"content": [{"type": "text", "text": "hi"}]}}]
     assert face.calls == {} and face.legs == {}
+
+
+def test_a_client_id_like_ours_or_in_flight_gets_a_leg_id_of_ours():
+    face = Face()
+    face.bridged(call("mcp-proxy-listen-1"))  # would be the listener's
+    face.legs[(False, 9)] = object()  # a leg in flight under 9 (say, a cancelled one's)
+    face.bridged(call(9))
+    ours = [leg.id for leg in face.sent]
+    assert all(str(leg_id).startswith("mcp-proxy-leg-") for leg_id in ours), ours
+    for leg in face.sent:
+        face.answer(leg, {"content": []})
+    assert [m["id"] for m in face.to_client] == ["mcp-proxy-listen-1", 9]
 
 
 def test_a_second_round_starts_a_driver_that_ends_with_one_answer():
@@ -133,7 +145,7 @@ def test_closing_stops_every_first_leg_and_answers_none():
 
 # --- the model --------------------------------------------------------------------------------
 
-IDS = st.one_of(st.integers(0, 3), st.sampled_from(["0", "x"]))
+IDS = st.one_of(st.integers(0, 3), st.sampled_from(["0", "x", "mcp-proxy-leg-1"]))
 STEPS = st.lists(st.one_of(
     st.tuples(st.just("request"), IDS),
     st.tuples(st.just("answer"), st.integers(0, 9), st.sampled_from(
@@ -154,11 +166,13 @@ RESULTS = {"complete": {"content": [], "resultType": "complete"}, "bare": {"cont
 def test_any_interleaving_answers_each_request_at_most_once_and_leaves_nothing(steps, closing):
     face = Face()
     open_ids: set = set()  # client ids in flight, as a 2025-era client sees them
+    opened: set = set()  # every client id used
     cancelled: set = set()
     for step in steps:
         if step[0] == "request":
             if jsonrpc.id_key(step[1]) not in open_ids:  # ids in flight are not used again
                 open_ids.add(jsonrpc.id_key(step[1]))
+                opened.add(jsonrpc.id_key(step[1]))
                 cancelled.discard(jsonrpc.id_key(step[1]))
                 face.bridged(call(step[1]))
         elif step[0] == "answer" and face.sent:
@@ -190,8 +204,8 @@ def test_any_interleaving_answers_each_request_at_most_once_and_leaves_nothing(s
         for message in answered:
             key = jsonrpc.id_key(message["id"])
             open_ids.discard(key)
-            # an answer goes to a client id only: never one of ours
-            assert not str(message["id"]).startswith("mcp-proxy-")
+            # an answer goes to a client's id only: never one of ours
+            assert key in opened, message
             assert "resultType" not in message.get("result", {})
         keys = [jsonrpc.id_key(m["id"]) for m in answered]
         assert not any(key in cancelled for key in keys), "a cancelled request was answered"

@@ -85,13 +85,20 @@ class FirstLeg:
     """A client request whose first leg is out with no driver: most answers are final and
     go to the client from the greenlet that read them (no greenlet, no wake-up of ours per
     call); a driver (``drive``) starts only for a second round. It stands for the leg's
-    waiter in ``bridge.legs`` and for the driver in ``bridge.calls``."""
+    waiter in ``bridge.legs`` and for the driver in ``bridge.calls``. The leg has the
+    client's id, as a relay's request has (its answer then goes back as it came), unless
+    that id looks like ours or is a leg's in flight already."""
 
     __slots__ = ("bridge", "message", "leg_id", "leg_key", "key")
 
     def __init__(self, bridge, message: Message) -> None:
-        self.bridge, self.message, self.leg_id = bridge, message, bridge.next_id("leg")
-        self.leg_key, self.key = (True, self.leg_id), id_key(message.id)
+        self.bridge, self.message = bridge, message
+        self.leg_id, self.key = message.id, id_key(message.id)
+        self.leg_key = self.key
+        if self.key in bridge.legs or (type(self.leg_id) is str
+                                       and self.leg_id.startswith("mcp-proxy-")):
+            self.leg_id = bridge.next_id("leg")
+            self.leg_key = (True, self.leg_id)
 
     def send(self) -> None:
         bridge, message = self.bridge, self.message
@@ -166,22 +173,22 @@ _COMPLETE = b',"resultType":"complete"}}'
 def _final(request_id: Any, answer: Message, kind: Any) -> Message:
     """The peer's final answer under the client's id, without the result's ``resultType:
     "complete"`` (``kind``): a 2025-era client's schema lacks it (strict ones refuse it)."""
-    if kind != "complete":
-        return jsonrpc.with_id(answer, request_id)
-    raw = answer.raw
-    if raw.endswith(_COMPLETE) and raw.count(b'"resultType"') == 1 and b"\\u" not in raw:
-        # As the SDKs write it: the last member of the last member. With no \u escape, the
-        # result's own member is spelled so in the bytes; as the only one, it is this one:
-        # cut from the bytes, nothing parsed or encoded again.
-        view = answer.view
-        result = dict(view["result"])
-        del result["resultType"]
-        answer = Message({**view, "result": result}, raw[:-len(_COMPLETE)] + b"}}")
-    else:
-        obj = answer.obj
-        answer = Message({**obj, "result": {key: value for key, value in obj["result"].items()
-                                            if key != "resultType"}})
-    return jsonrpc.with_id(answer, request_id)
+    same = answer.id == request_id and type(answer.id) is type(request_id)
+    if kind == "complete":
+        raw = answer.raw
+        if raw.endswith(_COMPLETE) and raw.count(b'"resultType"') == 1 and b"\\u" not in raw:
+            # As the SDKs write it: the last member of the last member. With no \u escape,
+            # the result's own member is spelled so in the bytes; as the only one, it is this
+            # one: cut from the bytes, nothing parsed or encoded again.
+            view = answer.view
+            result = dict(view["result"])
+            del result["resultType"]
+            answer = Message({**view, "result": result}, raw[:-len(_COMPLETE)] + b"}}")
+        else:
+            obj = answer.obj
+            answer = Message({**obj, "result": {key: value for key, value
+                                                in obj["result"].items() if key != "resultType"}})
+    return answer if same else jsonrpc.with_id(answer, request_id)
 
 
 def _check(bridge, requests: Any) -> None:
