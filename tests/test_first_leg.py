@@ -12,13 +12,14 @@ a close against what must hold after each.
 from __future__ import annotations
 
 import json
+import logging
 
 import gevent
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mcp_proxy.bridging import rounds
-from mcp_proxy.bridging.legacy_face import LegacyFace
+from mcp_proxy.bridging.legacy_face import MAX_STOPPED, LegacyFace
 from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.jsonrpc import Message
 from mcp_proxy.core.protocol import MODERN_VERSION
@@ -35,7 +36,7 @@ class Face(LegacyFace):
         self.bridging, self.version = True, MODERN_VERSION
         self.client = {"capabilities": {"roots": {}}, "clientInfo": {"name": "t", "version": "1"}}
         self.sent: list[Message] = []
-        self.stopped: list[str] = []
+        self.peer_stopped: list[str] = []
         self.to_client: list[dict] = []
         self.refuse = False
         self.attach(lambda message: self.to_client.append(message.obj), lambda: None)
@@ -46,7 +47,7 @@ class Face(LegacyFace):
         self.sent.append(message)
 
     def stop_peer(self, leg_id: str) -> None:
-        self.stopped.append(leg_id)
+        self.peer_stopped.append(leg_id)
 
     def answer(self, leg: Message, result: dict | None = None, error: dict | None = None) -> bool:
         obj = {"jsonrpc": "2.0", "id": leg.id}
@@ -111,9 +112,38 @@ def test_a_cancel_stops_the_leg_and_a_late_answer_never_reaches_the_client():
     leg = face.sent[-1]
     face.bridged(Message({"jsonrpc": "2.0", "method": "notifications/cancelled",
                           "params": {"requestId": 1}}))
-    assert face.stopped == [leg.id] and face.calls == {} and face.legs == {}
+    assert face.peer_stopped == [leg.id] and face.calls == {} and face.legs == {}
     face.answer(leg, {"content": []})  # it crossed the cancel: dropped
     assert face.to_client == []
+
+
+def test_an_answer_to_no_leg_is_dropped_with_a_warning_a_stopped_ones_quietly(caplog):
+    """A peer that answers an id the proxy never sent (or changed its type: "7" for 7) is
+    named in the log; the late answer to a cancelled request is expected, and only debug."""
+    face = Face()
+    face.bridged(call(7))
+    leg = face.sent[-1]
+    face.bridged(Message({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                          "params": {"requestId": 7}}))
+    with caplog.at_level(logging.DEBUG, logger="mcp_proxy.bridging.legacy_face"):
+        face.answer(leg, {"content": []})  # crossed the cancel
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        face.bridged(call(8))
+        face.consumes(jsonrpc.parse(b'{"jsonrpc":"2.0","id":"8","result":{}}'))
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == ["test: dropped the server's answer to '8', which no request of the "
+                      "proxy has in flight"]
+    assert face.to_client == [] and list(face.calls) == [(False, 8)]  # 8 still waits for its own
+
+
+def test_the_stopped_legs_remembered_are_bounded():
+    face = Face()
+    for n in range(MAX_STOPPED + 50):
+        face.bridged(call(n))
+        face.bridged(Message({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                              "params": {"requestId": n}}))
+    assert len(face.stopped) == MAX_STOPPED
+    assert next(iter(face.stopped)) == (False, 50)  # the oldest went first
 
 
 def test_a_refused_send_answers_the_request_with_why():
@@ -139,7 +169,7 @@ def test_closing_stops_every_first_leg_and_answers_none():
     for n in range(3):
         face.bridged(call(n))
     face.close("test over")
-    assert sorted(face.stopped) == sorted(m.id for m in face.sent)
+    assert sorted(face.peer_stopped) == sorted(m.id for m in face.sent)
     assert face.calls == {} and face.legs == {} and face.to_client == []
 
 

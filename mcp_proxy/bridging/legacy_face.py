@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 LOCAL = ("ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe")
 DROPPED = ("notifications/initialized", "notifications/roots/list_changed")
 SUBSCRIBE_WAIT = 5.0  # for the listen that carries a new subscription
+MAX_STOPPED = 256  # stopped legs remembered: a late answer to one is no surprise
 
 
 def _dict(value: Any) -> dict:
@@ -73,6 +74,7 @@ class LegacyFace(Link):
         self.uris: set[str] = set()
         self.legs: dict[tuple, AsyncResult] = {}  # our requests to the peer
         self.asks: dict[tuple, AsyncResult] = {}  # our requests to the client
+        self.stopped: dict[tuple, None] = {}  # legs stopped lately, oldest first
         self.calls: dict[tuple, Task | rounds.FirstLeg] = {}  # client request -> its driver
         self._stamp: tuple = (None, None, None, {})  # what the envelope was made of, and it
         self._ids = itertools.count(1)
@@ -197,10 +199,15 @@ class LegacyFace(Link):
             return None
         finally:
             if self.legs.pop(id_key(leg_id), None) is not None and not waiter.ready():
-                self.stop_peer(leg_id)  # killed or given up on while waiting
+                self.stop_leg(leg_id)  # killed or given up on while waiting
 
     def stop_leg(self, leg_id: str) -> None:
+        """Stop our request ``leg_id``: the peer is told, its waiter gets None, and an answer
+        that still comes ends here quietly."""
         waiter = self.legs.pop(id_key(leg_id), None)
+        self.stopped[id_key(leg_id)] = None
+        if len(self.stopped) > MAX_STOPPED:
+            del self.stopped[next(iter(self.stopped))]
         self.stop_peer(leg_id)
         if waiter is not None and not waiter.ready():
             waiter.set(None)
@@ -213,8 +220,13 @@ class LegacyFace(Link):
             if waiter is not None:
                 waiter.set(message)
                 return True
-            if self.bridging:  # every request the peer gets is a leg: a stopped one's
-                logger.debug("%s: dropped a late answer to %r", self.name, message.id)
+            if self.bridging:  # every request the peer gets is a leg
+                if id_key(message.id) in self.stopped:
+                    del self.stopped[id_key(message.id)]
+                    logger.debug("%s: dropped a late answer to %r", self.name, message.id)
+                else:
+                    logger.warning("%s: dropped the %s's answer to %r, which no request of "
+                                   "the proxy has in flight", self.name, self.peer, message.id)
                 return True
         elif self.bridging and message.kind == jsonrpc.NOTIFICATION:
             return self.listener.consume(message)
@@ -275,15 +287,6 @@ class LegacyFace(Link):
             self.deliver(message)
         except LinkClosed:
             pass
-
-    def ask_client(self, method: str, params: Any) -> tuple[str, AsyncResult]:
-        ask_id = self.next_id("in")
-        waiter = self.asks[id_key(ask_id)] = AsyncResult()
-        request = {"jsonrpc": "2.0", "id": ask_id, "method": method}
-        if params is not None:
-            request["params"] = params
-        self.deliver_unless_closed(Message(request))
-        return ask_id, waiter
 
     def _on_close(self, reason: str) -> None:
         self.listener.stop()

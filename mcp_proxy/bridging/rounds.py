@@ -7,8 +7,8 @@ back in a retry of the original request under a new id, with ``inputResponses`` 
 ``requestState`` echoed verbatim. The client's own id gets the final answer, without
 ``resultType: "complete"``. What the legacy flow cannot carry is refused with
 ``errors.CannotCarry``, which the bridge turns into a JSON-RPC error that says why: never
-guessed at. It only drives: its requests go out through the bridge's ``leg`` and
-``ask_client`` (legacy_face.py), it touches no wire.
+guessed at. It only drives: its requests go out through the bridge's ``leg``
+(legacy_face.py) and ``deliver``, it touches no wire.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import logging
 from typing import Any
 
 import gevent
+from gevent.event import AsyncResult
 
 from mcp_proxy.core import jsonrpc
 from mcp_proxy.core.greenlets import closing, start
@@ -138,7 +139,7 @@ class FirstLeg:
     def kill(self, block: bool = False) -> None:
         """The client cancelled its request: stop the leg; no answer goes to the client."""
         if self._forget():
-            self.bridge.stop_peer(self.leg_id)
+            self.bridge.stop_leg(self.leg_id)
 
     def _forget(self) -> bool:
         """Leave the bridge's tables; False if it already had (answered, stopped)."""
@@ -217,10 +218,21 @@ def _check(bridge, requests: Any) -> None:
                               "2025-era client cannot bring back through mcp-proxy")
 
 
+def _ask_client(bridge, method: str, params: Any) -> tuple[str, AsyncResult]:
+    """Put one input request to the client, under an id of ours; its id and waiter."""
+    ask_id = bridge.next_id("in")
+    waiter = bridge.asks[id_key(ask_id)] = AsyncResult()
+    request = {"jsonrpc": "2.0", "id": ask_id, "method": method}
+    if params is not None:
+        request["params"] = params
+    bridge.deliver_unless_closed(Message(request))
+    return ask_id, waiter
+
+
 def _ask(bridge, requests: Any) -> dict:
     """Ask the client one round's input requests at once; their results by key."""
     _check(bridge, requests)
-    asked = {key: bridge.ask_client(request["method"], request.get("params"))
+    asked = {key: _ask_client(bridge, request["method"], request.get("params"))
              for key, request in requests.items()}
     done = False
     try:
