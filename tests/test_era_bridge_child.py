@@ -172,6 +172,54 @@ def test_a_discover_of_the_wrong_types_is_read_safely(modern_proxy):
     reader.close()
 
 
+HOSTILE_MODERN = """
+import json, sys
+for line in sys.stdin:
+    message = json.loads(line)
+    rid, method = message.get("id"), message.get("method")
+    if rid is None:
+        continue
+    if method == "initialize":
+        out = {"jsonrpc": "2.0", "id": rid, "error": {"code": -32022, "message": "2026 only",
+               "data": {"supported": ["2026-07-28"]}}}
+    elif method == "server/discover":
+        out = {"jsonrpc": "2.0", "id": rid, "result": {"supportedVersions": ["2026-07-28"],
+               "resultType": "complete", "capabilities": {"tools": {}}}}
+    elif method == "tools/call" and message["params"]["name"] == "dup":
+        sys.stdout.write('{"jsonrpc":"2.0","id":%s,"result":{"content":[],"content":[1]}}\\n'
+                         % json.dumps(rid))
+        sys.stdout.flush()
+        continue
+    elif method == "tools/call" and message["params"]["name"] == "die":
+        sys.exit(4)
+    else:
+        continue
+    sys.stdout.write(json.dumps(out) + "\\n")
+    sys.stdout.flush()
+"""
+
+
+def test_a_hostile_child_answer_and_a_death_mid_call_each_end_the_request(proxy_factory,
+                                                                          tmp_path):
+    """The first leg's answer with a duplicate member is refused with a reason, under the
+    client's id; a child that dies while a bridged call waits ends the call, never a hang."""
+    child = tmp_path / "hostile_modern.py"
+    child.write_text(HOSTILE_MODERN)
+    proxy = proxy_factory("--keepalive", "60", "--", sys.executable, str(child))
+    reader, endpoint, answer = initialize_over_sse(proxy)
+    assert answer["id"] == 0 and answer["result"]["protocolVersion"] in LEGACY_VERSIONS
+    requests.post(endpoint, json=rpc("tools/call", 5, name="dup", arguments={}), timeout=10)
+    refused = reader.next_message()
+    assert refused["id"] == 5 and refused["error"]["code"] == -32603, refused
+    assert "duplicate member" in refused["error"]["message"]
+    requests.post(endpoint, json=rpc("tools/call", 6, name="die", arguments={}), timeout=10)
+    ended = reader.next_message()
+    assert ended["id"] == 6 and ended["error"]["code"] == -32000, ended
+    assert "server process exited with code 4" in ended["error"]["message"]
+    assert "Traceback" not in proxy.stderr()
+    reader.close()
+
+
 def test_endless_input_rounds_end_after_ten(modern_proxy):
     proxy = modern_proxy(child_flags=("--endless",))
     reader, endpoint, _ = initialize_over_sse(proxy)
